@@ -1,0 +1,164 @@
+"""Experiment and base configuration, with the spec's defaults.
+
+This module imports no torch: the API validates user configs with it, and the API
+image ships without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class GatingTempSchedule(BaseModel):
+    """Linear annealing of the router temperature: `start` -> `end` over `epochs`, then held."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float = Field(1.0, gt=0, description="temperature at epoch 1")
+    end: float = Field(0.5, gt=0, description="temperature from epoch `epochs + 1` on")
+    epochs: int = Field(5, ge=1, description="length of the annealing period, in epochs")
+
+    def temperature(self, epoch_index: int) -> float:
+        """Temperature for the 0-based epoch `epoch_index`: start at 0, end at `epochs` and after."""
+        progress = min(epoch_index / self.epochs, 1.0)
+        return self.start + (self.end - self.start) * progress
+
+
+class ExperimentConfig(BaseModel):
+    """One experiment's MoE, regularisation and training settings (the spec's fields and defaults)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Identification
+    name: str = Field(min_length=1, max_length=200)
+    # Model architecture: each expert's FFN hidden size
+    expert_dim: int = Field(gt=0)
+    # MoE
+    top_k: int = Field(1, ge=1, description="experts each token is routed to")
+    aux_weight: float = Field(0.01, ge=0, description="load-balancing loss weight")  # Switch Transformer, sec. 2.2
+    capacity_factor: float = Field(1.25, gt=0)  # Switch Transformer uses 1.0-1.25 in training
+    # Regularisation
+    dropout: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Training
+    batch_size: int = Field(16, ge=1)
+    early_stopping_patience: int = Field(0, ge=0, description="0 disables early stopping")
+    gating_temp_schedule: GatingTempSchedule | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class BaseConfig(BaseModel):
+    """The hyperparameters of the spec's `main()`, plus data settings and a seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq_len: int = Field(256, ge=2)
+    batch_size: int = Field(16, ge=1)
+    hidden_dim: int = Field(256, ge=1)
+    num_layers: int = Field(6, ge=1)
+    num_heads: int = Field(8, ge=1)
+    ffn_dim: int = Field(1024, ge=1)
+    num_epochs: int = Field(20, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    vocab_size: int = Field(10000, ge=300)  # byte-level BPE needs 256 bytes + merges
+    num_experts: int = Field(8, ge=1)
+    moe_layers: list[int] = Field(default_factory=lambda: [2, 4])
+    dense_patience: int = Field(3, ge=0, description="early-stopping patience of the dense baseline")
+
+    # Data: the hub's wikitext-2-v1 unless `data_dir` holds train.txt/valid.txt/test.txt
+    dataset_name: str = "wikitext"
+    dataset_config: str = "wikitext-2-v1"
+    data_dir: str | None = None
+    max_train_tokens: int | None = Field(None, ge=2, description="cap on training tokens")
+    max_val_tokens: int | None = Field(None, ge=2, description="cap on validation tokens")
+    cache_dir: str | None = Field(None, description="tokenizer/dataset cache; default ~/.cache/moe_lab")
+    seed: int = 1337
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> BaseConfig:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"moe_layers {bad} outside 0..{self.num_layers - 1} (num_layers)")
+        if len(set(self.moe_layers)) != len(self.moe_layers):
+            raise ValueError(f"moe_layers has duplicates: {self.moe_layers}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+# Named bases. "spec" is the spec's main(); "tiny" is sized so the whole study of main()
+# (dense baseline + the four experiments) finishes in a few minutes on 2 CPU cores;
+# "micro" is for tests and smoke runs.
+BASE_PRESETS: dict[str, dict[str, Any]] = {
+    "spec": {},
+    "tiny": dict(
+        seq_len=64,
+        hidden_dim=64,
+        num_layers=6,
+        num_heads=4,
+        ffn_dim=256,
+        num_epochs=4,
+        vocab_size=4096,
+        max_train_tokens=120_000,
+        max_val_tokens=24_000,
+        learning_rate=1e-3,
+    ),
+    "micro": dict(
+        seq_len=32,
+        hidden_dim=32,
+        num_layers=6,
+        num_heads=2,
+        ffn_dim=64,
+        num_epochs=2,
+        vocab_size=512,
+        max_train_tokens=8_192,
+        max_val_tokens=2_048,
+        learning_rate=1e-3,
+    ),
+}
+
+
+def base_config(preset: str = "spec", **overrides: Any) -> BaseConfig:
+    """A `BaseConfig` from a named preset, with field overrides."""
+    if preset not in BASE_PRESETS:
+        raise ValueError(f"unknown base preset {preset!r}; choose from {sorted(BASE_PRESETS)}")
+    return BaseConfig(**{**BASE_PRESETS[preset], **overrides})
+
+
+# The spec's four experiments, as overrides of the ExperimentConfig defaults.
+EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {},  # top-1, standard regularisation
+    "top2": dict(top_k=2, capacity_factor=2.5),  # "double expert capacity" for twice the assignments
+    "strong_reg": dict(dropout=0.2, weight_decay=1e-3, label_smoothing=0.1),
+    "throughput_opt": dict(batch_size=32),
+}
+
+
+def get_experiment_configs(base: BaseConfig | None = None) -> dict[str, ExperimentConfig]:
+    """The spec's predefined experiments; each expert is as wide as the base's dense FFN."""
+    base = base or BaseConfig()
+    return {
+        name: ExperimentConfig(name=name, expert_dim=base.ffn_dim, **overrides)
+        for name, overrides in EXPERIMENT_PRESETS.items()
+    }
+
+
+def dense_config(base: BaseConfig | None = None) -> ExperimentConfig:
+    """The dense baseline's training settings: spec defaults, early-stopping patience from the base."""
+    base = base or BaseConfig()
+    return ExperimentConfig(
+        name="dense",
+        expert_dim=base.ffn_dim,
+        batch_size=base.batch_size,
+        early_stopping_patience=base.dense_patience,
+    )
