@@ -1,0 +1,53 @@
+"""FastAPI dependencies: settings, a database session, the task queue, the token guard."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.db import session_scope
+from api.queue import TrainingQueue
+from api.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_db(settings: SettingsDep) -> Iterator[Session]:
+    with session_scope(settings.database_url) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def get_queue(settings: SettingsDep) -> TrainingQueue:
+    return TrainingQueue.for_settings(settings)
+
+
+QueueDep = Annotated[TrainingQueue, Depends(get_queue)]
+
+# auto_error off: a missing header is our 401 (with the scheme), not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """With MOE_API_TOKEN set, every guarded route needs `Authorization: Bearer <token>`."""
+    if settings.api_token is None:
+        return
+    expected = settings.api_token.get_secret_value()
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode(), expected.encode()
+    ):
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,218 @@
+"""The tables of the store of record. The schema is made by the Alembic migrations only."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime, on SQLite too (which stores it without a zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime; use an aware UTC one")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+# JSONB on Postgres (indexable, compact); plain JSON (text) on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+# Stable constraint names, so that migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Status(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED = frozenset({Status.succeeded, Status.failed, Status.cancelled})
+
+
+class Study(Base):
+    """The spec's main(): a dense baseline plus experiments judged against it."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    base_preset: Mapped[str | None] = mapped_column(String(50))
+    base: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    experiment_presets: Mapped[list[str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    members: Mapped[list[Experiment]] = relationship(
+        back_populates="study", order_by="Experiment.id", lazy="selectin"
+    )
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    preset: Mapped[str | None] = mapped_column(String(50))
+    base_preset: Mapped[str | None] = mapped_column(String(50))
+    dense: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The dense run whose results this one's verdict is judged against.
+    baseline_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), index=True
+    )
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    base: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+    status: Mapped[str] = mapped_column(String(20), default=Status.queued, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    current_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    num_epochs: Mapped[int] = mapped_column(Integer)
+    stopped_early: Mapped[bool] = mapped_column(Boolean, default=False)
+    best_val_loss: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[int | None] = mapped_column(BigInteger)
+    # The engine's get_metrics() output, stored when the run succeeds.
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    device: Mapped[str | None] = mapped_column(String(50))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    study: Mapped[Study | None] = relationship(back_populates="members")
+    epochs: Mapped[list[EpochMetrics]] = relationship(
+        back_populates="experiment",
+        order_by="EpochMetrics.epoch",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class EpochMetrics(Base):
+    """One row per finished epoch; a replayed epoch (after a resume) overwrites its row."""
+
+    __tablename__ = "epoch_metrics"
+    __table_args__ = (UniqueConstraint("experiment_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_ce_loss: Mapped[float] = mapped_column(Float)
+    train_aux_loss: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_ce_loss: Mapped[float | None] = mapped_column(Float)
+    val_aux_loss: Mapped[float | None] = mapped_column(Float)
+    tokens_per_sec: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    forward_time: Mapped[float] = mapped_column(Float)
+    backward_time: Mapped[float] = mapped_column(Float)
+    optimizer_time: Mapped[float] = mapped_column(Float)
+    gating_temperature: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="epochs")
+    expert_stats: Mapped[list[ExpertStats]] = relationship(
+        primaryjoin="and_(EpochMetrics.experiment_id == foreign(ExpertStats.experiment_id), "
+        "EpochMetrics.epoch == foreign(ExpertStats.epoch))",
+        order_by="ExpertStats.layer",
+        viewonly=True,
+        lazy="selectin",
+    )
+
+    def as_record(self) -> dict[str, Any]:
+        """The epoch as the API shows it (the shape of the engine's on_epoch_end record)."""
+        val = None
+        if self.val_loss is not None:
+            val = {
+                "loss": self.val_loss,
+                "ce_loss": self.val_ce_loss,
+                "aux_loss": self.val_aux_loss,
+            }
+        return {
+            "epoch": self.epoch,
+            "train": {
+                "loss": self.train_loss,
+                "ce_loss": self.train_ce_loss,
+                "aux_loss": self.train_aux_loss,
+            },
+            "val": val,
+            "tokens_per_sec": self.tokens_per_sec,
+            "steps": self.steps,
+            "forward_time": self.forward_time,
+            "backward_time": self.backward_time,
+            "optimizer_time": self.optimizer_time,
+            "gating_temperature": self.gating_temperature,
+            "expert_stats": self.expert_stats,
+        }
+
+
+class ExpertStats(Base):
+    """Routing statistics of one MoE layer at the end of one epoch."""
+
+    __tablename__ = "expert_stats"
+    __table_args__ = (UniqueConstraint("experiment_id", "epoch", "layer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    layer: Mapped[int] = mapped_column(Integer)
+    entropy: Mapped[float] = mapped_column(Float)
+    min_usage: Mapped[float] = mapped_column(Float)
+    max_usage: Mapped[float] = mapped_column(Float)
+    usage: Mapped[list[float]] = mapped_column(JSONType)
+    dropped: Mapped[float | None] = mapped_column(Float)

@@ -1,0 +1,145 @@
+"""Experiments: submit, list, inspect, follow metrics, judge, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from api import crud
+from api.deps import QueueDep, SessionDep, SettingsDep
+from api.models import Experiment, Status
+from api.schemas import (
+    EpochRead,
+    ExperimentCreate,
+    ExperimentList,
+    ExperimentRead,
+    MetricsRead,
+    VerdictRead,
+)
+from api.specs import SpecError, resolve_base, resolve_config
+from api.submit import submit
+from api.verdicts import NoVerdict, verdict
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentRead)
+def create_experiment(
+    *, body: ExperimentCreate, session: SessionDep, queue: QueueDep, response: Response
+) -> Experiment:
+    if body.dense and body.preset is not None:
+        raise _invalid("preset", "a dense run takes no MoE preset")
+    try:
+        base = resolve_base(base_preset=body.base_preset, overrides=body.base)
+        config = resolve_config(
+            name=body.name,
+            base=base,
+            preset=body.preset,
+            dense=body.dense,
+            overrides=body.config,
+        )
+    except SpecError as exc:
+        raise RequestValidationError(exc.errors) from exc
+    if body.baseline_id is not None:
+        if body.dense:
+            raise _invalid("baseline_id", "a dense run is itself a baseline; it has none")
+        baseline = crud.get_experiment(session=session, experiment_id=body.baseline_id)
+        if baseline is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"baseline {body.baseline_id} not found")
+        if not baseline.dense:
+            raise _invalid("baseline_id", f"experiment {baseline.id} is not a dense run")
+    experiment = crud.create_experiment(
+        session=session,
+        name=body.name,
+        config=config,
+        base=base,
+        preset=body.preset,
+        base_preset=body.base_preset,
+        dense=body.dense,
+        baseline_id=body.baseline_id,
+    )
+    submit(session=session, queue=queue, experiments=[experiment])
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return experiment
+
+
+@router.get("", response_model=ExperimentList)
+def list_experiments(
+    *,
+    session: SessionDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict:
+    items, total = crud.list_experiments(session=session, status=status, limit=limit, offset=offset)
+    return {"items": items, "total": total}
+
+
+@router.get("/{experiment_id}", response_model=ExperimentRead)
+def read_experiment(*, experiment_id: int, session: SessionDep) -> Experiment:
+    return _get_or_404(session, experiment_id)
+
+
+@router.get("/{experiment_id}/metrics", response_model=MetricsRead)
+def read_metrics(*, experiment_id: int, session: SessionDep) -> MetricsRead:
+    experiment = _get_or_404(session, experiment_id)
+    epochs = crud.list_epochs(session=session, experiment_id=experiment_id)
+    return MetricsRead(
+        experiment_id=experiment.id,
+        status=experiment.status,
+        epochs=[EpochRead.model_validate(row.as_record()) for row in epochs],
+    )
+
+
+@router.get(
+    "/{experiment_id}/verdict",
+    response_model=VerdictRead,
+    responses={409: {"description": "a run is unfinished, or there is no baseline"}},
+)
+def read_verdict(*, experiment_id: int, session: SessionDep) -> dict:
+    experiment = _get_or_404(session, experiment_id)
+    baseline = (
+        crud.get_experiment(session=session, experiment_id=experiment.baseline_id)
+        if experiment.baseline_id is not None
+        else None
+    )
+    try:
+        return verdict(experiment, baseline)
+    except NoVerdict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.post(
+    "/{experiment_id}/cancel",
+    response_model=ExperimentRead,
+    responses={409: {"description": "the run already succeeded or failed"}},
+)
+def cancel_experiment(
+    *, experiment_id: int, session: SessionDep, settings: SettingsDep
+) -> Experiment:
+    experiment = _get_or_404(session, experiment_id)
+    if experiment.status in (Status.succeeded, Status.failed):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"experiment {experiment_id} already {experiment.status}"
+        )
+    crud.request_cancel(
+        session=session,
+        experiment_id=experiment_id,
+        stale_before=crud.stale_cutoff(settings.heartbeat_timeout),
+    )
+    return _get_or_404(session, experiment_id)
+
+
+def _get_or_404(session: SessionDep, experiment_id: int) -> Experiment:
+    experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
+    if experiment is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
+    return experiment
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": None}]
+    )

@@ -1,0 +1,75 @@
+"""Studies: the spec's main() as a service call, a dense baseline plus experiments."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from api import crud
+from api.deps import QueueDep, SessionDep
+from api.models import Study
+from api.schemas import StudyCreate, StudyList, StudyRead
+from api.specs import SpecError, resolve_base, resolve_config
+from api.study_report import study_read, study_summary
+from api.submit import submit
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyRead)
+def create_study(
+    *, body: StudyCreate, session: SessionDep, queue: QueueDep, response: Response
+) -> dict:
+    try:
+        base = resolve_base(base_preset=body.base_preset, overrides=body.base)
+        configs = {
+            preset: resolve_config(name=preset, base=base, preset=preset, overrides={})
+            for preset in body.experiments
+        }
+        dense = resolve_config(name="dense", base=base, dense=True, overrides={})
+    except SpecError as exc:
+        raise RequestValidationError(exc.errors) from exc
+    study = crud.create_study(
+        session=session,
+        name=body.name,
+        base=base,
+        base_preset=body.base_preset,
+        presets=list(body.experiments),
+    )
+    common = {"session": session, "base": base, "base_preset": body.base_preset, "study": study}
+    dense_run = crud.create_experiment(name="dense", config=dense, dense=True, **common)
+    members = [
+        crud.create_experiment(
+            name=preset, config=config, preset=preset, baseline_id=dense_run.id, **common
+        )
+        for preset, config in configs.items()
+    ]
+    # The dense run first: with one worker, the baseline is known before the others end.
+    submit(session=session, queue=queue, experiments=[dense_run, *members])
+    response.headers["Location"] = f"/studies/{study.id}"
+    return study_read(_get_or_404(session, study.id))
+
+
+@router.get("", response_model=StudyList)
+def list_studies(
+    *,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict:
+    items, total = crud.list_studies(session=session, limit=limit, offset=offset)
+    return {"items": [study_summary(study) for study in items], "total": total}
+
+
+@router.get("/{study_id}", response_model=StudyRead)
+def read_study(*, study_id: int, session: SessionDep) -> dict:
+    return study_read(_get_or_404(session, study_id))
+
+
+def _get_or_404(session: SessionDep, study_id: int) -> Study:
+    study = crud.get_study(session=session, study_id=study_id)
+    if study is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"study {study_id} not found")
+    return study

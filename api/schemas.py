@@ -1,0 +1,200 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.models import Status
+
+# The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
+ExperimentPreset = Literal["baseline", "top2", "strong_reg", "throughput_opt"]
+BasePreset = Literal["tiny", "micro", "spec"]
+
+
+class ExperimentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    preset: ExperimentPreset | None = Field(
+        None, description="start from one of the spec's four experiments"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="ExperimentConfig fields overriding the preset (or the spec defaults)",
+    )
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="BaseConfig fields overriding the base preset"
+    )
+    base_preset: BasePreset | None = Field(None, description="default: the spec's base")
+    dense: bool = Field(False, description="a dense baseline run (no MoE layers)")
+    baseline_id: int | None = Field(
+        None, description="the dense experiment this one's verdict is judged against"
+    )
+
+
+class StudyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    base: dict[str, Any] = Field(default_factory=dict)
+    base_preset: BasePreset | None = None
+    experiments: list[ExperimentPreset] = Field(
+        default_factory=lambda: ["baseline", "top2", "strong_reg", "throughput_opt"],
+        min_length=1,
+    )
+
+    @field_validator("experiments")
+    @classmethod
+    def _unique(cls, presets: list[str]) -> list[str]:
+        if len(set(presets)) != len(presets):
+            raise ValueError("experiments must not repeat a preset")
+        return presets
+
+
+class ExperimentRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    preset: str | None
+    base_preset: str | None
+    dense: bool
+    baseline_id: int | None
+    study_id: int | None
+    status: Status
+    cancel_requested: bool
+    config: dict[str, Any]
+    base: dict[str, Any]
+    current_epoch: int
+    num_epochs: int
+    stopped_early: bool
+    best_val_loss: float | None
+    params: int | None
+    device: str | None
+    attempts: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExperimentList(BaseModel):
+    items: list[ExperimentRead]
+    total: int
+
+
+class Losses(BaseModel):
+    loss: float
+    ce_loss: float
+    aux_loss: float
+
+
+class ExpertStatsRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    layer: int
+    entropy: float
+    min_usage: float
+    max_usage: float
+    usage: list[float]
+    dropped: float | None
+
+
+class EpochRead(BaseModel):
+    epoch: int
+    train: Losses
+    val: Losses | None
+    tokens_per_sec: float
+    steps: int
+    forward_time: float
+    backward_time: float
+    optimizer_time: float
+    gating_temperature: float | None
+    expert_stats: list[ExpertStatsRead]
+
+
+class MetricsRead(BaseModel):
+    experiment_id: int
+    status: Status
+    epochs: list[EpochRead]
+
+
+class VerdictRead(BaseModel):
+    """moe_core.criteria.judge's verdict; each section carries its numbers as well."""
+
+    baseline_id: int
+    primary: dict[str, Any]
+    secondary: dict[str, Any]
+    tertiary: dict[str, Any]
+    passed: bool
+
+
+class StudyMember(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    preset: str | None
+    dense: bool
+    status: Status
+    current_epoch: int
+    num_epochs: int
+    best_val_loss: float | None
+    error: str | None
+
+
+class VerdictRow(BaseModel):
+    """One line of a study's verdict table; `verdict` is null (with a `detail`) until
+    both the member and the study's dense run have succeeded."""
+
+    experiment_id: int
+    name: str
+    status: Status
+    passed: bool | None
+    primary_passed: bool | None
+    tertiary_passed: bool | None
+    verdict: VerdictRead | None
+    detail: str | None
+
+
+class StudyRead(BaseModel):
+    id: int
+    name: str
+    base_preset: str | None
+    base: dict[str, Any]
+    experiments: list[str]
+    status: Status
+    dense_id: int
+    members: list[StudyMember]
+    verdicts: list[VerdictRow]
+    created_at: datetime
+
+
+class StudySummary(BaseModel):
+    id: int
+    name: str
+    status: Status
+    dense_id: int
+    member_ids: list[int]
+    created_at: datetime
+
+
+class StudyList(BaseModel):
+    items: list[StudySummary]
+    total: int
+
+
+class Presets(BaseModel):
+    experiments: dict[str, dict[str, Any]] = Field(
+        description="the four experiments, as full configs on the spec base"
+    )
+    dense: dict[str, Any] = Field(description="the dense baseline's config on the spec base")
+    base: dict[str, dict[str, Any]] = Field(description="the base presets, as full configs")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

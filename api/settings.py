@@ -1,0 +1,92 @@
+"""The one settings object of the service, shared by the API, the worker and migrations.
+
+Every field reads an upper-case environment variable with the `MOE_` prefix
+(`MOE_DATABASE_URL`, `MOE_BROKER_URL`, ...). With none set, the service runs embedded:
+SQLite for the store and kombu's SQLAlchemy transport on a second SQLite file for the
+broker, both under `MOE_HOME` (default `$XDG_DATA_HOME/moe-lab`, i.e.
+`~/.local/share/moe-lab`), so that a first run needs no server.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """The data home of the embedded default, following the XDG base-directory convention."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "moe-lab"
+
+
+class Settings(BaseSettings):
+    # validate_default off: the None defaults below are placeholders that _embedded_defaults fills.
+    model_config = SettingsConfigDict(env_prefix="MOE_", extra="ignore", validate_default=False)
+
+    home: Path = Field(
+        default_factory=default_home, description="data home of the embedded default"
+    )
+    # The four below default to places under `home` (filled in by _embedded_defaults).
+    database_url: str = Field(
+        None, description="SQLAlchemy URL; default sqlite:///$MOE_HOME/moe.db"
+    )
+    broker_url: str = Field(
+        None, description="Celery broker URL; default sqla+sqlite:///$MOE_HOME/broker.db"
+    )
+    artifact_dir: Path = Field(None, description="checkpoints and model weights")
+    cache_dir: Path = Field(None, description="the worker's tokenizer/dataset cache")
+    data_dir: Path | None = Field(
+        None,
+        description="directory with train.txt/valid.txt/test.txt for experiments whose base "
+        "names no data_dir; unset: the hub's WikiText-2",
+    )
+    api_token: SecretStr | None = Field(
+        None, description="when set, the API needs this bearer token"
+    )
+
+    # Worker
+    device: str | None = Field(
+        None, description="torch device of this worker (cuda:0, cpu); unset: cuda if available"
+    )
+    # Redis hands an unacknowledged task to another worker only after this many seconds,
+    # also when the worker that held it died; above the longest run, or a run still going
+    # is delivered a second time (that delivery then waits, see heartbeat_timeout).
+    visibility_timeout: int = Field(6 * 3600, ge=1)
+    # A running experiment whose worker wrote no heartbeat for this long is abandoned, and
+    # a redelivered task takes it over from its last checkpoint.
+    heartbeat_timeout: float = Field(60.0, gt=0)
+    # How often a training run reads its cancel flag (and writes its heartbeat): about one
+    # GPU training step, so a cancel lands within a step or two.
+    cancel_poll_seconds: float = Field(0.1, ge=0)
+    # Embedded SQLite has no separate migrate step: the API and worker upgrade it at start.
+    auto_migrate: bool = Field(
+        None, description="`alembic upgrade head` at start; default: on for SQLite"
+    )
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.home / 'moe.db'}"
+        if self.broker_url is None:
+            self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        if self.artifact_dir is None:
+            self.artifact_dir = self.home / "artifacts"
+        if self.cache_dir is None:
+            self.cache_dir = self.home / "cache"
+        if self.auto_migrate is None:
+            self.auto_migrate = self.database_url.startswith("sqlite")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the store is SQLite (no server), where a few things work differently."""
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The Celery worker that runs training experiments (see worker/celery_app.py)."""
