@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     device: str | None = Field(
         None, description="torch device of this worker (cuda:0, cpu); unset: cuda if available"
     )
+    # Prefix of every Redis key of the broker: several deployments (or test runs) can share
+    # one Redis without seeing each other's queues.
+    broker_key_prefix: str = ""
     # Redis hands an unacknowledged task to another worker only after this many seconds,
     # also when the worker that held it died; above the longest run, or a run still going
     # is delivered a second time (that delivery then waits, see heartbeat_timeout).

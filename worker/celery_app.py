@@ -34,6 +34,11 @@ def create_celery(settings: Settings) -> Celery:
             # visibility_timeout / 2, instead of kombu's fixed ~100 s.
             "unacked_restore_interval": max(1, settings.visibility_timeout // 20),
             "unacked_restore_throttle": 1,
+            **(
+                {"global_keyprefix": settings.broker_key_prefix}
+                if settings.broker_key_prefix
+                else {}
+            ),
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

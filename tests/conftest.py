@@ -1,0 +1,326 @@
+"""Shared fixtures of the service tests (api/, worker/): real Postgres, Redis and workers.
+
+Services: Postgres at 127.0.0.1:5432 (trust auth) and Redis at 127.0.0.1:6379, overridable
+with MOE_TEST_POSTGRES_URL / MOE_TEST_REDIS_URL. Each test session gets a database of its
+own (migrated by Alembic, dropped at the end) and a Redis key prefix of its own. A test
+that needs a missing service is skipped on a laptop and fails in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The checkout first: plain `pytest` (not `python -m pytest`) leaves it off sys.path, and
+# tests/api/ would then pass for the `api` package.
+sys.path.insert(0, str(ROOT))
+
+from api.settings import Settings  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+POSTGRES_URL = os.environ.get(
+    "MOE_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("MOE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# The service tests must never touch the developer's own deployment (a MOE_DATABASE_URL in
+# the shell, say): every test builds its Settings explicitly, and these are cleared.
+for _field in Settings.model_fields:
+    if _field != "data_dir":  # the real WikiText-2, for tests marked `wikitext`
+        os.environ.pop(f"MOE_{_field.upper()}", None)
+
+
+def service_missing(what: str, error: BaseException) -> None:
+    """Skip outside CI; in CI a missing service is a failure, never a silent skip."""
+    message = f"{what} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def write_corpus(
+    directory: Path, *, seed: int = 0, train_lines: int = 1500, eval_lines: int = 250
+) -> Path:
+    """A small English-like corpus in the layout of WikiText-2's raw files."""
+    rng = random.Random(seed)
+    nouns = "model expert router token layer network gate signal river city music army ship".split()
+    verbs = "routes learns carries builds follows splits joins reaches measures trains".split()
+    adjectives = "large small early quiet dense sparse bright ancient modern simple".split()
+
+    def sentence() -> str:
+        return (
+            f"The {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} "
+            f"the {rng.choice(adjectives)} {rng.choice(nouns)} ."
+        )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, lines in (
+        ("train.txt", train_lines),
+        ("valid.txt", eval_lines),
+        ("test.txt", eval_lines),
+    ):
+        body = [" = Heading = \n"]
+        body += [
+            " ".join(sentence() for _ in range(rng.randint(1, 4))) + " \n" for _ in range(lines)
+        ]
+        (directory / name).write_text("".join(body))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tokenizer/dataset cache for the session: workers reuse what the first built."""
+    return tmp_path_factory.mktemp("cache")
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+def _admin_engine():
+    from sqlalchemy import create_engine
+
+    # AUTOCOMMIT: CREATE/DROP DATABASE cannot run in a transaction.
+    return create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_admin():
+    """An engine on the server's maintenance database, for creating test databases."""
+    from sqlalchemy import text
+
+    engine = _admin_engine()
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        service_missing(f"Postgres ({POSTGRES_URL})", exc)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def empty_postgres(postgres_admin) -> Callable[[], str]:
+    """A factory of fresh, empty databases (dropped at the end of the session)."""
+    from sqlalchemy import make_url, text
+
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"moe_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with postgres_admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    from api.db import _engines
+
+    for url in list(_engines):
+        if "moe_test_" in url:
+            _engines.pop(url).dispose()
+    with postgres_admin.connect() as connection:
+        for name in created:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(empty_postgres) -> str:
+    """The session's Postgres database, migrated to head."""
+    from api.migrate import upgrade_database
+
+    url = empty_postgres()
+    upgrade_database(url)
+    return url
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except Exception as exc:
+        service_missing(f"Redis ({REDIS_URL})", exc)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def broker_prefix(redis_client) -> Iterator[str]:
+    """This session's Redis key prefix; its keys are deleted at the end."""
+    prefix = f"moe-test-{os.getpid()}-{uuid.uuid4().hex[:6]}:"
+    yield prefix
+    for key in redis_client.scan_iter(match=f"{prefix}*"):
+        redis_client.delete(key)
+
+
+# --------------------------------------------------------------------------- settings, API
+
+
+@pytest.fixture(scope="session")
+def service_settings(database_url, broker_prefix, corpus_dir, cache_dir, tmp_path_factory):
+    """Settings of the Postgres + Redis deployment the tests run against."""
+    return Settings(
+        home=tmp_path_factory.mktemp("home"),
+        database_url=database_url,
+        broker_url=REDIS_URL,
+        broker_key_prefix=broker_prefix,
+        artifact_dir=tmp_path_factory.mktemp("artifacts"),
+        data_dir=corpus_dir,
+        cache_dir=cache_dir,
+        # Short, so that a killed worker's task comes back within seconds (see
+        # tests/worker/test_worker_lost.py); production keeps hours.
+        visibility_timeout=4,
+        heartbeat_timeout=3.0,
+        cancel_poll_seconds=0.05,
+    )
+
+
+def make_client(settings) -> Any:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api.settings import get_settings
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    return TestClient(app)
+
+
+@pytest.fixture()
+def client(service_settings) -> Iterator[Any]:
+    with make_client(service_settings) as test_client:
+        yield test_client
+
+
+def queued_messages(redis_client, prefix: str) -> int:
+    """Tasks waiting in the session's `gpu` queue."""
+    return redis_client.llen(f"{prefix}gpu")
+
+
+def micro_base(**overrides: Any) -> dict[str, Any]:
+    """A request's `base` for a fast run on the generated corpus."""
+    return {"max_train_tokens": 4096, "max_val_tokens": 1024, **overrides}
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def settings_env(settings) -> dict[str, str]:
+    """The environment that gives a worker process these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"MOE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    # Two cores: one torch thread per worker keeps the test machine responsive.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class WorkerProcess:
+    """A real `celery -A worker.celery_app worker` in its own process group."""
+
+    def __init__(self, settings, log_path: Path, name: str) -> None:
+        self.log_path = log_path
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-Q", "gpu", "--concurrency", "1", "--prefetch-multiplier", "1",
+            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+            "--loglevel", "INFO",
+        ]  # fmt: skip
+        self.log = open(log_path, "ab")
+        # A session of its own: kill() takes the pool child down with the main process,
+        # as when a machine or container dies.
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=settings_env(settings), stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log_path.read_text(errors="replace"):
+                return self
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool child): no chance to ack."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # Cold shutdown: a run still going is abandoned, as at a SIGKILL.
+            os.killpg(self.process.pid, signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture()
+def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes (stopped at teardown; their logs shown on failure)."""
+    workers: list[WorkerProcess] = []
+
+    def start(settings, name: str | None = None) -> WorkerProcess:
+        name = name or f"w{len(workers)}"
+        worker = WorkerProcess(settings, tmp_path / f"{name}.log", name)
+        workers.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+        sys.stderr.write(f"--- {worker.log_path.name} (tail)\n{worker.output()[-4000:]}\n")
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll until `predicate()` is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
