@@ -37,7 +37,9 @@ class ExperimentConfig(BaseModel):
     expert_dim: int = Field(gt=0)
     # MoE
     top_k: int = Field(1, ge=1, description="experts each token is routed to")
-    aux_weight: float = Field(0.01, ge=0, description="load-balancing loss weight")  # Switch Transformer, sec. 2.2
+    aux_weight: float = Field(
+        0.01, ge=0, description="load-balancing loss weight"
+    )  # Switch Transformer, sec. 2.2
     capacity_factor: float = Field(1.25, gt=0)  # Switch Transformer uses 1.0-1.25 in training
     # Regularisation
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -68,7 +70,9 @@ class BaseConfig(BaseModel):
     vocab_size: int = Field(10000, ge=300)  # byte-level BPE needs 256 bytes + merges
     num_experts: int = Field(8, ge=1)
     moe_layers: list[int] = Field(default_factory=lambda: [2, 4])
-    dense_patience: int = Field(3, ge=0, description="early-stopping patience of the dense baseline")
+    dense_patience: int = Field(
+        3, ge=0, description="early-stopping patience of the dense baseline"
+    )
 
     # Data: the hub's wikitext-2-v1 unless `data_dir` holds train.txt/valid.txt/test.txt
     dataset_name: str = "wikitext"
@@ -76,7 +80,9 @@ class BaseConfig(BaseModel):
     data_dir: str | None = None
     max_train_tokens: int | None = Field(None, ge=2, description="cap on training tokens")
     max_val_tokens: int | None = Field(None, ge=2, description="cap on validation tokens")
-    cache_dir: str | None = Field(None, description="tokenizer/dataset cache; default ~/.cache/moe_lab")
+    cache_dir: str | None = Field(
+        None, description="tokenizer/dataset cache; default ~/.cache/moe_lab"
+    )
     seed: int = 1337
 
     @model_validator(mode="after")
@@ -109,8 +115,8 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         ffn_dim=256,
         num_epochs=4,
         vocab_size=4096,
-        max_train_tokens=120_000,
-        max_val_tokens=24_000,
+        max_train_tokens=80_000,
+        max_val_tokens=16_000,
         learning_rate=1e-3,
     ),
     "micro": dict(
@@ -138,7 +144,9 @@ def base_config(preset: str = "spec", **overrides: Any) -> BaseConfig:
 # The spec's four experiments, as overrides of the ExperimentConfig defaults.
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {},  # top-1, standard regularisation
-    "top2": dict(top_k=2, capacity_factor=2.5),  # "double expert capacity" for twice the assignments
+    "top2": dict(
+        top_k=2, capacity_factor=2.5
+    ),  # "double expert capacity" for twice the assignments
     "strong_reg": dict(dropout=0.2, weight_decay=1e-3, label_smoothing=0.1),
     "throughput_opt": dict(batch_size=32),
 }

@@ -1,0 +1,158 @@
+"""Command line: `python -m moe_core study ...` runs the spec's main(); `train` runs one experiment.
+
+    python -m moe_core study --base tiny --out runs/study
+    python -m moe_core train --preset top2 --base tiny --set dropout=0.2 --out runs/top2
+    python -m moe_core train --dense --base tiny --out runs/dense
+    python -m moe_core train --preset baseline --base tiny --judge-against runs/dense/result.json
+
+WikiText-2 comes from the Hugging Face hub unless --data-dir (or MOE_DATA_DIR) names a
+directory with train.txt, valid.txt and test.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import BASE_PRESETS, EXPERIMENT_PRESETS, ExperimentConfig, base_config, dense_config
+
+
+def _parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
+    """key=value pairs; values are JSON when they parse (numbers, lists, objects, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: {flag} expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _validation_message(err: ValidationError, what: str) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in err.errors()]
+    return f"error: invalid {what}: " + "; ".join(parts)
+
+
+def _base_from_args(args: argparse.Namespace):
+    overrides = _parse_assignments(args.base_set, "--base-set")
+    if args.epochs is not None:
+        overrides["num_epochs"] = args.epochs
+    data_dir = args.data_dir or os.environ.get("MOE_DATA_DIR")
+    if data_dir:
+        overrides.setdefault("data_dir", data_dir)
+    if args.cache_dir:
+        overrides.setdefault("cache_dir", args.cache_dir)
+    return base_config(args.base, **overrides)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base", default="tiny", choices=sorted(BASE_PRESETS), help="base preset (default: tiny)"
+    )
+    p.add_argument(
+        "--base-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a BaseConfig field",
+    )
+    p.add_argument("--epochs", type=int, help="shorthand for --base-set num_epochs=N")
+    p.add_argument(
+        "--data-dir",
+        help="directory with train.txt/valid.txt/test.txt (default: $MOE_DATA_DIR, else the hub)",
+    )
+    p.add_argument("--cache-dir", help="tokenizer and dataset cache (default: ~/.cache/moe_lab)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="only the final table")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moe_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    study = sub.add_parser(
+        "study", help="the spec's main(): dense baseline + experiments, with verdicts"
+    )
+    _add_common(study)
+    study.add_argument("--experiments", nargs="+", choices=sorted(EXPERIMENT_PRESETS),
+                       help="experiments to run (default: all four)")  # fmt: skip
+
+    train = sub.add_parser("train", help="train one experiment (resumes from OUT/checkpoint.pt)")
+    _add_common(train)
+    train.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), default="baseline")
+    train.add_argument("--dense", action="store_true", help="a dense baseline instead of MoE")
+    train.add_argument("--name", help="experiment name (default: the preset's)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an ExperimentConfig field",
+    )
+    train.add_argument(
+        "--judge-against", metavar="RESULT_JSON", help="a dense run's result.json to judge against"
+    )
+
+    args = parser.parse_args(argv)
+    try:
+        base = _base_from_args(args)
+    except ValidationError as err:
+        print(_validation_message(err, "base config"), file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if args.command == "study":
+        from .experiments import main as run_study
+
+        run_study(
+            base, args.out, experiments=args.experiments, device=args.device, verbose=not args.quiet
+        )
+        return 0
+
+    try:
+        start = dense_config(base).to_dict() if args.dense else {
+            "name": args.preset, "expert_dim": base.ffn_dim, **EXPERIMENT_PRESETS[args.preset]}  # fmt: skip
+        overrides = _parse_assignments(args.set, "--set")
+        if args.name:
+            overrides["name"] = args.name
+        config = ExperimentConfig(**{**start, **overrides})
+    except ValidationError as err:
+        print(_validation_message(err, "experiment config"), file=sys.stderr)
+        return 2
+
+    from .criteria import format_verdict, judge
+    from .data import build_datasets
+    from .experiments import run_single_experiment
+
+    out = Path(args.out)
+    data = build_datasets(base)
+    result = run_single_experiment(
+        config, data.train, data.val, base, args.device, dense=args.dense,
+        checkpoint_path=out / "checkpoint.pt", model_path=out / "model.pt", verbose=not args.quiet,
+    )  # fmt: skip
+    result["dense"] = args.dense
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'result.json'} and {out / 'model.pt'}")
+    if args.judge_against:
+        dense = json.loads(Path(args.judge_against).read_text())
+        print(format_verdict(config.name, judge(result, dense)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

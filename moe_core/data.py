@@ -1,0 +1,157 @@
+"""WikiText-2 as blocks of token ids: `datasets` for loading, a byte-level BPE from `tokenizers`.
+
+By default the splits come from the Hugging Face hub (`wikitext`, `wikitext-2-v1`). When
+`BaseConfig.data_dir` is set, the same three splits are read from `train.txt`,
+`valid.txt` and `test.txt` there (byte-identical to wikitext-2-v1's `wiki.*.tokens`).
+Everything expensive is cached: the tokenizer on disk keyed by the training text's
+content and the vocabulary size, the tokenised splits by `datasets`' map cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict, load_dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.utils.data import Dataset
+
+from .config import BaseConfig
+
+SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+EOT = "<|endoftext|>"
+
+
+def cache_root(base: BaseConfig) -> Path:
+    root = Path(base.cache_dir or os.environ.get("MOE_CACHE_DIR") or "~/.cache/moe_lab")
+    return root.expanduser()
+
+
+def load_text_splits(base: BaseConfig) -> DatasetDict:
+    """train/validation/test splits, each with one `text` column holding one line per row."""
+    cache_dir = str(cache_root(base) / "datasets")
+    if base.data_dir:
+        data_dir = Path(base.data_dir).expanduser()
+        missing = [name for name in SPLIT_FILES.values() if not (data_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"data_dir {data_dir} lacks {', '.join(missing)}")
+        files = {split: str(data_dir / name) for split, name in SPLIT_FILES.items()}
+        # keep_linebreaks matches the hub's rows, which end in "\n".
+        return load_dataset("text", data_files=files, keep_linebreaks=True, cache_dir=cache_dir)
+    return load_dataset(base.dataset_name, base.dataset_config, cache_dir=cache_dir)
+
+
+def _content_hash(splits: DatasetDict) -> str:
+    h = hashlib.sha256()
+    for batch in splits["train"].iter(batch_size=10_000):
+        h.update("".join(batch["text"]).encode())
+    return h.hexdigest()[:16]
+
+
+def train_tokenizer(splits: DatasetDict, vocab_size: int) -> Tokenizer:
+    """A byte-level BPE (GPT-2 style) trained on the training split."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    batches = (b["text"] for b in splits["train"].iter(batch_size=1000))
+    tok.train_from_iterator(batches, trainer=trainer, length=len(splits["train"]))
+    return tok
+
+
+def get_tokenizer(splits: DatasetDict, base: BaseConfig) -> tuple[Tokenizer, str]:
+    """The cached tokenizer for this training text and vocab size, training it on a miss."""
+    key = f"bpe-{_content_hash(splits)}-v{base.vocab_size}"
+    path = cache_root(base) / "tokenizers" / f"{key}.json"
+    if path.is_file():
+        return Tokenizer.from_file(str(path)), key
+    tok = train_tokenizer(splits, base.vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tok.save(str(tmp))
+    os.replace(tmp, path)  # atomic: a concurrent run never reads half a file
+    return tok, key
+
+
+class TokenBlocks(Dataset):
+    """Contiguous, non-overlapping blocks of seq_len + 1 tokens, as (input, target) pairs."""
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int):
+        n = len(tokens) // (seq_len + 1)
+        if n == 0:
+            raise ValueError(f"{len(tokens)} tokens are fewer than one block of {seq_len + 1}")
+        self.seq_len = seq_len
+        self.blocks = tokens[: n * (seq_len + 1)].view(n, seq_len + 1)
+
+    def __len__(self) -> int:
+        return self.blocks.size(0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        block = self.blocks[i]
+        return block[:-1], block[1:]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.blocks.size(0) * self.seq_len
+
+
+@dataclass
+class WikiTextData:
+    train: TokenBlocks
+    val: TokenBlocks
+    test: TokenBlocks
+    tokenizer: Tokenizer
+    tokenizer_key: str
+    seconds: float
+
+
+def _token_ids(split, tokenizer: Tokenizer, tokenizer_key: str) -> np.ndarray:
+    def encode(batch: dict) -> dict:
+        return {"ids": [e.ids for e in tokenizer.encode_batch(batch["text"])]}
+
+    # An explicit fingerprint: `datasets` cannot hash a Rust tokenizer deterministically,
+    # and without one every run would re-tokenise instead of hitting the cache.
+    mapped = split.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=split.column_names,
+        new_fingerprint=f"{split._fingerprint}-{tokenizer_key}",
+        desc="tokenising",
+    )
+    # Flatten the arrow list column without a Python loop.
+    return mapped.data.column("ids").combine_chunks().flatten().to_numpy()
+
+
+def build_datasets(base: BaseConfig) -> WikiTextData:
+    """Load, tokenise (cached) and cut WikiText-2 into blocks of `base.seq_len` + 1 tokens."""
+    start = time.perf_counter()
+    splits = load_text_splits(base)
+    tokenizer, key = get_tokenizer(splits, base)
+    caps = {
+        "train": base.max_train_tokens,
+        "validation": base.max_val_tokens,
+        "test": base.max_val_tokens,
+    }
+    blocks = {}
+    for split, cap in caps.items():
+        ids = _token_ids(splits[split], tokenizer, key)[:cap]
+        blocks[split] = TokenBlocks(torch.from_numpy(ids.astype(np.int64)), base.seq_len)
+    return WikiTextData(
+        train=blocks["train"],
+        val=blocks["validation"],
+        test=blocks["test"],
+        tokenizer=tokenizer,
+        tokenizer_key=key,
+        seconds=time.perf_counter() - start,
+    )

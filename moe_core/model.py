@@ -1,0 +1,282 @@
+"""
+Full definition of a GPT language model with Mixture-of-Experts feed-forward layers,
+all of it in this single file, built bottom-up:
+Router -> Experts -> MoELayer -> MLP -> CausalSelfAttention -> Block -> GPTConfig -> GPT.
+
+References:
+- GPT-2 / nanoGPT for the transformer (pre-LayerNorm, learned positions, tied embeddings).
+- Switch Transformer (Fedus, Zoph, Shazeer 2021, arXiv:2101.03961) for top-1 routing,
+  expert capacity and the load-balancing loss.
+- GShard (Lepikhin et al. 2020, arXiv:2006.16668) for top-2 routing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Router(nn.Module):
+    """Linear gate computed in float32, with a temperature settable between epochs."""
+
+    def __init__(self, n_embd: int, num_experts: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, n_embd))
+        nn.init.normal_(self.weight, std=0.02)
+        # A plain attribute rather than a buffer: it is a training schedule, set by the
+        # Trainer each epoch, and the checkpoint records the epoch it derives from.
+        self.temperature = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 even under bf16 autocast: softmax over small logit differences is
+        # where low precision hurts routing most (Switch Transformer, sec. 2.4).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())  # [N, E]
+        return logits / self.temperature
+
+
+class Experts(nn.Module):
+    """`num_experts` GELU FFNs of hidden size `expert_dim`, run on expert-sorted rows."""
+
+    def __init__(self, num_experts: int, n_embd: int, expert_dim: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(num_experts, n_embd, expert_dim))  # [E, C, H]
+        self.w2 = nn.Parameter(torch.empty(num_experts, expert_dim, n_embd))  # [E, H, C]
+        nn.init.normal_(self.w1, std=0.02)
+        nn.init.normal_(self.w2, std=0.02)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        # x: [M, C], rows sorted by expert; offsets: [E] int32 cumulative row ends.
+        # grouped_mm runs every expert's matmul on its contiguous slice in one call,
+        # forward and backward, with no padding to capacity and no per-expert loop.
+        w1, w2 = self.w1, self.w2
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
+        h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [M, H]
+        return F.grouped_mm(h, w2, offs=offsets)  # [M, C]
+
+
+class MoELayer(nn.Module):
+    """Top-k routed experts with capacity, replacing a Block's MLP.
+
+    `forward` returns (output, balance_loss) with the *unweighted* load-balancing loss;
+    the model applies `aux_weight`. Each forward leaves `last_counts` (assignments per
+    expert, before capacity) and `last_dropped` (assignments over capacity) as detached
+    tensors, so statistics cost no device sync.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        num_experts: int,
+        expert_dim: int,
+        top_k: int = 1,
+        capacity_factor: float = 1.25,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k ({top_k}) must be between 1 and num_experts ({num_experts})")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.capacity_factor = capacity_factor
+        self.router = Router(n_embd, num_experts)
+        self.experts = Experts(num_experts, n_embd, expert_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.last_counts: torch.Tensor | None = None
+        self.last_dropped: torch.Tensor | None = None
+
+    def capacity(self, num_tokens: int) -> int:
+        # Switch Transformer: expert capacity = capacity_factor * tokens / experts.
+        return math.ceil(self.capacity_factor * num_tokens / self.num_experts)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = x.size()
+        E, k = self.num_experts, self.top_k
+        x_flat = x.reshape(-1, C)  # [N, C]
+        N = x_flat.size(0)
+
+        probs = F.softmax(self.router(x_flat), dim=-1)  # [N, E] float32
+        gates, chosen = probs.topk(k, dim=-1)  # [N, k]
+        # Top-1 keeps the raw probability as the gate (Switch): renormalising it would make
+        # it 1.0 and cut the router off from the task loss's gradient. For k > 1 the gates
+        # are renormalised to sum to 1 (GShard, Mixtral), so the output's scale does not
+        # depend on how peaked the router is.
+        if k > 1:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+
+        # Assignments in priority order: every token's first choice, then every second
+        # choice, so capacity drops second choices before any first choice.
+        flat_expert = chosen.t().reshape(-1)  # [k*N]
+        flat_gate = gates.t().reshape(-1)  # [k*N]
+        flat_token = torch.arange(N, device=x.device).repeat(k)  # [k*N]
+
+        # Sort assignments by expert; a stable sort keeps the priority order within each.
+        sorted_expert, order = torch.sort(flat_expert, stable=True)  # [k*N]
+        counts = torch.bincount(flat_expert, minlength=E)  # [E]
+        starts = torch.cumsum(counts, 0) - counts  # [E]
+        position = torch.arange(k * N, device=x.device) - starts[sorted_expert]  # slot in expert
+        cap = self.capacity(N)
+        keep = position < cap  # over-capacity assignments are dropped
+        kept = order[keep]  # [M] assignment ids, still grouped by expert
+        kept_counts = counts.clamp(max=cap)
+        offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # [E] row ends
+
+        token_ids = flat_token[kept]  # [M]
+        expert_out = self.experts(x_flat[token_ids], offsets)  # [M, C]
+        weighted = expert_out * flat_gate[kept].unsqueeze(1).to(expert_out.dtype)
+        # Combine: sum each token's (one or k) expert outputs. A dropped token gets zeros
+        # here and so passes through the block's residual connection unchanged.
+        out = torch.zeros_like(x_flat, dtype=weighted.dtype).index_add_(0, token_ids, weighted)
+
+        # Load-balancing loss, Switch Transformer eq. (4)-(6): E * sum_e f_e * P_e, where
+        # f_e is the fraction of assignments routed to expert e and P_e the mean router
+        # probability for e. It is 1.0 at perfect balance and E when all go to one expert.
+        f = counts.to(probs.dtype) / (k * N)  # [E]
+        P = probs.mean(dim=0)  # [E]
+        balance_loss = E * torch.sum(f * P)
+
+        self.last_counts = counts.detach()
+        self.last_dropped = (counts - kept_counts).sum().detach()
+        return self.dropout(out.to(x.dtype)).view(B, T, C), balance_loss
+
+
+class MLP(nn.Module):
+    """The dense FFN: the same GELU network as one expert."""
+
+    def __init__(self, n_embd: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, hidden, bias=False)
+        self.proj = nn.Linear(hidden, n_embd, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float):
+        super().__init__()
+        assert n_embd % n_head == 0
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.attn_dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
+        return self.resid_dropout(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block whose FFN is an MLP or an MoELayer."""
+
+    def __init__(self, config: GPTConfig, moe: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        if moe:
+            self.ffn: nn.Module = MoELayer(
+                config.n_embd,
+                config.num_experts,
+                config.expert_dim,
+                config.top_k,
+                config.capacity_factor,
+                config.dropout,
+            )
+        else:
+            self.ffn = MLP(config.n_embd, config.ffn_dim, config.dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x + self.attn(self.ln_1(x))
+        if isinstance(self.ffn, MoELayer):
+            h, balance_loss = self.ffn(self.ln_2(x))
+            return x + h, balance_loss
+        return x + self.ffn(self.ln_2(x)), None
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 10000
+    block_size: int = 256  # longest sequence
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    ffn_dim: int = 1024  # dense FFN hidden size
+    dropout: float = 0.1
+    moe_layers: tuple[int, ...] = field(default_factory=tuple)  # empty: a dense model
+    num_experts: int = 8
+    expert_dim: int = 1024
+    top_k: int = 1
+    capacity_factor: float = 1.25
+    aux_weight: float = 0.01  # Switch Transformer, sec. 2.2: alpha = 1e-2
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        moe = set(config.moe_layers)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i in moe) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying (GPT-2)
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("experts.w2"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
+
+    def set_gating_temperature(self, temperature: float) -> None:
+        for layer in self.moe_layers:
+            layer.router.temperature = temperature
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """idx: (B, T) token ids -> (logits (B, T, vocab), weighted aux loss (scalar))."""
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {T} tokens is longer than block_size {self.config.block_size}"
+            )
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        balance_losses = []
+        for block in self.blocks:
+            x, balance_loss = block(x)
+            if balance_loss is not None:
+                balance_losses.append(balance_loss)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        if balance_losses:
+            # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
+            # balance) however many layers are MoE.
+            aux = self.config.aux_weight * torch.stack(balance_losses).mean()
+        else:
+            aux = torch.zeros((), device=idx.device)
+        return logits, aux

@@ -1,0 +1,465 @@
+"""The Trainer: epochs, evaluation, early stopping, gating-temperature annealing, expert
+statistics and checkpoint/resume, for any model whose forward returns (logits, aux_loss).
+
+The service plugs in through two hooks that the Trainer knows nothing about: `on_epoch_end`
+receives each finished epoch's complete record, and `should_stop` is consulted every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .config import GatingTempSchedule
+from .model import MoELayer
+
+EpochCallback = Callable[[dict[str, Any]], None]
+GRAD_CLIP = 1.0  # max gradient norm, as the spec requires
+
+
+class TrainingCancelled(Exception):
+    """Raised by `train_epoch` when `should_stop()` turns true mid-epoch."""
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device | str,
+        model_name: str = "model",
+        early_stopping_patience: int = 0,
+        gating_temp_schedule: Mapping[str, Any] | GatingTempSchedule | None = None,
+        *,
+        label_smoothing: float = 0.0,
+        on_epoch_end: EpochCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        log_interval: int = 50,
+        verbose: bool = True,
+        amp_dtype: torch.dtype | None = None,
+    ):
+        self.model = model
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.optimizer = optimizer
+        self.device = torch.device(device)
+        self.model_name = model_name
+        self.early_stopping_patience = early_stopping_patience
+        if isinstance(gating_temp_schedule, Mapping):
+            gating_temp_schedule = GatingTempSchedule(**gating_temp_schedule)
+        self.gating_temp_schedule = gating_temp_schedule
+        self.label_smoothing = label_smoothing
+        self.on_epoch_end = on_epoch_end
+        self.should_stop = should_stop
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.log_interval = log_interval
+        self.verbose = verbose
+        # bf16 autocast is for GPUs; on CPU it is slower than float32 for these sizes.
+        self.amp_dtype = amp_dtype
+
+        self.moe_layers = [m for m in model.modules() if isinstance(m, MoELayer)]
+
+        # Loss tracking (one entry per epoch; val lists per evaluated epoch)
+        self.train_losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.train_ce_losses: list[float] = []
+        self.val_ce_losses: list[float] = []
+        self.train_aux_losses: list[float] = []
+        self.val_aux_losses: list[float] = []
+        # Performance
+        self.tokens_per_sec: list[float] = []
+        self.steps: list[int] = []
+        self.current_step = 0
+        self.timing_breakdown: dict[str, list[float]] = {
+            "forward": [],
+            "backward": [],
+            "optimizer": [],
+        }
+        # Early stopping
+        self.best_val_loss = float("inf")
+        self.patience_counter = 0
+        self.stopped_early = False
+        self.best_state: dict[str, torch.Tensor] | None = None
+        # Expert statistics: one entry per epoch, {"epoch", "gating_temperature", "layers": [...]}
+        self.expert_stats_history: list[dict[str, Any]] = []
+        # Progress
+        self.epoch = 0  # epochs completed
+        self.gating_temperature: float | None = None
+        self.cancelled = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _sync(self) -> None:
+        # CUDA kernels run asynchronously: without this a phase's clock would stop before
+        # its work is done and the time would be billed to the next phase.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor, smoothing: float):
+        """(objective, ce, aux): ce is plain cross-entropy; the objective adds smoothing."""
+        logits, aux = self.model(x)
+        logits = logits.view(-1, logits.size(-1)).float()
+        y = y.reshape(-1)
+        if smoothing > 0:
+            # One log-softmax gives both the plain CE that is reported (so runs with and
+            # without smoothing compare) and the smoothed CE that is optimised, which is
+            # (1 - eps) * nll + eps * mean over the vocabulary of -log p.
+            logp = F.log_softmax(logits, dim=-1)
+            ce = -logp.gather(1, y.unsqueeze(1)).mean()
+            objective = (1 - smoothing) * ce - smoothing * logp.mean()
+        else:
+            ce = F.cross_entropy(logits, y)
+            objective = ce
+        return objective + aux, ce, aux
+
+    def temperature_for_epoch(self, epoch_index: int) -> float | None:
+        """Gating temperature for the 0-based epoch (None without a schedule)."""
+        if self.gating_temp_schedule is None:
+            return None
+        return self.gating_temp_schedule.temperature(epoch_index)
+
+    def _set_temperature(self, epoch_index: int) -> None:
+        t = self.temperature_for_epoch(epoch_index)
+        if t is None:
+            t = 1.0 if self.moe_layers else None
+        self.gating_temperature = t
+        for layer in self.moe_layers:
+            layer.router.temperature = t
+
+    # ------------------------------------------------------------------ epochs
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training data; returns the spec's keys."""
+        self.model.train()
+        E = [layer.num_experts for layer in self.moe_layers]
+        usage = [torch.zeros(e, dtype=torch.long, device=self.device) for e in E]
+        dropped = [torch.zeros((), dtype=torch.long, device=self.device) for _ in E]
+        total = torch.zeros(3, device=self.device)  # loss, ce, aux (summed; no per-step sync)
+        t_fwd = t_bwd = t_opt = 0.0
+        n_steps = n_tokens = 0
+        self._sync()
+        epoch_start = time.perf_counter()
+
+        for x, y in self.train_loader:
+            if self.should_stop is not None and self.should_stop():
+                raise TrainingCancelled(f"{self.model_name}: stopped at step {self.current_step}")
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+
+            t0 = time.perf_counter()
+            with self._autocast():
+                loss, ce, aux = self._losses(x, y, self.label_smoothing)
+            self._sync()
+            t1 = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+            self._sync()
+            t2 = time.perf_counter()
+            self.optimizer.step()
+            self._sync()
+            t3 = time.perf_counter()
+            t_fwd += t1 - t0
+            t_bwd += t2 - t1
+            t_opt += t3 - t2
+
+            total += torch.stack([loss.detach(), ce.detach(), aux.detach()])
+            for i, layer in enumerate(self.moe_layers):
+                usage[i] += layer.last_counts
+                dropped[i] += layer.last_dropped
+            n_steps += 1
+            n_tokens += y.numel()
+            self.current_step += 1
+            if self.verbose and self.log_interval and n_steps % self.log_interval == 0:
+                elapsed = time.perf_counter() - epoch_start
+                print(
+                    f"  [{self.model_name}] epoch {self.epoch + 1} step {n_steps}/{len(self.train_loader)}"
+                    f" loss {loss.item():.4f} | {n_tokens / elapsed:,.0f} tok/s",
+                    flush=True,
+                )
+
+        self._sync()
+        elapsed = time.perf_counter() - epoch_start
+        if n_steps == 0:
+            raise ValueError(
+                "the training loader yielded no batches (dataset smaller than a batch?)"
+            )
+        loss, ce, aux = (total / n_steps).tolist()
+        self._epoch_usage = (usage, dropped)
+        self.train_losses.append(loss)
+        self.train_ce_losses.append(ce)
+        self.train_aux_losses.append(aux)
+        self.tokens_per_sec.append(n_tokens / elapsed)
+        self.steps.append(n_steps)
+        self.timing_breakdown["forward"].append(t_fwd)
+        self.timing_breakdown["backward"].append(t_bwd)
+        self.timing_breakdown["optimizer"].append(t_opt)
+        return {
+            "loss": loss,
+            "ce_loss": ce,
+            "aux_loss": aux,
+            "tokens_per_sec": n_tokens / elapsed,
+            "forward_time": t_fwd,
+            "backward_time": t_bwd,
+            "optimizer_time": t_opt,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean validation losses over all tokens (CE without label smoothing)."""
+        self.model.eval()
+        total = torch.zeros(3, device=self.device)
+        n_tokens = 0
+        for x, y in self.val_loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with self._autocast():
+                loss, ce, aux = self._losses(x, y, 0.0)
+            # Token-weighted, so a short last batch counts for what it holds.
+            total += y.numel() * torch.stack([loss, ce, aux]).float()
+            n_tokens += y.numel()
+        if n_tokens == 0:
+            raise ValueError("the validation loader yielded no batches")
+        loss, ce, aux = (total / n_tokens).tolist()
+        self.val_losses.append(loss)
+        self.val_ce_losses.append(ce)
+        self.val_aux_losses.append(aux)
+        return {"loss": loss, "ce_loss": ce, "aux_loss": aux}
+
+    def _expert_stats(self) -> list[dict[str, Any]]:
+        """Per MoE layer, over this epoch's training assignments (before capacity drops).
+
+        `entropy` is the Shannon entropy of the usage distribution in nats, not normalised:
+        ln(num_experts) (2.079 for 8 experts) is perfect balance, 0 is collapse onto one.
+        `min_usage`/`max_usage`/`usage` are percentages of assignments; `dropped` is the
+        fraction of assignments that overflowed capacity.
+        """
+        usage, dropped = self._epoch_usage
+        stats = []
+        for i, (counts, n_dropped) in enumerate(zip(usage, dropped, strict=True)):
+            counts = counts.double().cpu()
+            n = counts.sum().item()
+            p = counts / max(n, 1)
+            entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+            stats.append(
+                {
+                    "layer": self._moe_layer_index(i),
+                    "entropy": entropy,
+                    "max_entropy": math.log(len(counts)),
+                    "min_usage": 100 * p.min().item(),
+                    "max_usage": 100 * p.max().item(),
+                    "usage": (100 * p).tolist(),
+                    "dropped": n_dropped.item() / max(n, 1),
+                }
+            )
+        return stats
+
+    def _moe_layer_index(self, i: int) -> int:
+        """The block index of the i-th MoE layer, when the model has `blocks`; else i."""
+        blocks = getattr(self.model, "blocks", None)
+        if blocks is None:
+            return i
+        indices = [
+            j for j, b in enumerate(blocks) if any(m is self.moe_layers[i] for m in b.modules())
+        ]
+        return indices[0] if indices else i
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, num_epochs: int, eval_every: int = 1) -> dict[str, Any]:
+        """Train until `num_epochs` epochs are done (counting resumed ones) or early stopping.
+
+        Returns `get_metrics()`. If `should_stop` fires, the partial epoch is discarded,
+        `cancelled` is set and training returns.
+        """
+        patience = self.early_stopping_patience
+        while self.epoch < num_epochs and not self.stopped_early:
+            epoch_index = self.epoch
+            self._set_temperature(epoch_index)
+            try:
+                train_stats = self.train_epoch()
+            except TrainingCancelled:
+                self.cancelled = True
+                if self.verbose:
+                    print(
+                        f"[{self.model_name}] cancelled during epoch {epoch_index + 1}", flush=True
+                    )
+                break
+            val_stats = None
+            is_last = epoch_index + 1 == num_epochs
+            if (epoch_index + 1) % eval_every == 0 or is_last:
+                val_stats = self.evaluate()
+                if val_stats["loss"] < self.best_val_loss:
+                    self.best_val_loss = val_stats["loss"]
+                    self.patience_counter = 0
+                    if patience > 0:
+                        self.best_state = {
+                            k: v.detach().clone() for k, v in self.model.state_dict().items()
+                        }
+                else:
+                    self.patience_counter += 1
+                    if patience > 0 and self.patience_counter >= patience:
+                        self.stopped_early = True
+            self.epoch = epoch_index + 1
+
+            layers = self._expert_stats() if self.moe_layers else []
+            if self.moe_layers:
+                self.expert_stats_history.append(
+                    {
+                        "epoch": self.epoch,
+                        "gating_temperature": self.gating_temperature,
+                        "layers": layers,
+                    }
+                )
+            record = self._epoch_record(train_stats, val_stats, layers)
+            if self.verbose:
+                self._print_epoch(record, num_epochs)
+            # The callback runs before the checkpoint: a crash between the two replays this
+            # epoch, so a consumer that upserts by epoch sees every epoch at least once.
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(record)
+            if self.checkpoint_path is not None:
+                self.save_checkpoint(self.checkpoint_path)
+        if self.best_state is not None and not self.cancelled:
+            self.model.load_state_dict(self.best_state)  # early stopping keeps the best model
+        return self.get_metrics()
+
+    def _epoch_record(self, train_stats, val_stats, layers) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model_name": self.model_name,
+            "train": {k: train_stats[k] for k in ("loss", "ce_loss", "aux_loss")},
+            "val": val_stats,
+            "tokens_per_sec": train_stats["tokens_per_sec"],
+            "steps": self.steps[-1],
+            "forward_time": train_stats["forward_time"],
+            "backward_time": train_stats["backward_time"],
+            "optimizer_time": train_stats["optimizer_time"],
+            "gating_temperature": self.gating_temperature,
+            "expert_stats": layers,
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "patience_counter": self.patience_counter,
+            "stopped_early": self.stopped_early,
+        }
+
+    def _print_epoch(self, r: dict[str, Any], num_epochs: int) -> None:
+        t = r["train"]
+        line = (
+            f"[{self.model_name}] epoch {r['epoch']}/{num_epochs} "
+            f"train {t['loss']:.4f} (ce {t['ce_loss']:.4f} aux {t['aux_loss']:.4f})"
+        )
+        if r["val"] is not None:
+            v = r["val"]
+            line += f" | val {v['loss']:.4f} (ce {v['ce_loss']:.4f}, ppl {math.exp(min(v['ce_loss'], 50)):.1f})"
+        total = r["forward_time"] + r["backward_time"] + r["optimizer_time"]
+        line += (
+            f" | {r['tokens_per_sec']:,.0f} tok/s | fwd {r['forward_time']:.1f}s"
+            f" bwd {r['backward_time']:.1f}s opt {r['optimizer_time']:.1f}s of {total:.1f}s"
+        )
+        if r["gating_temperature"] is not None:
+            line += f" | T {r['gating_temperature']:.3f}"
+        print(line, flush=True)
+        for s in r["expert_stats"]:
+            print(
+                f"    layer {s['layer']}: entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
+                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}% | dropped {100 * s['dropped']:.1f}%",
+                flush=True,
+            )
+        if r["stopped_early"]:
+            print(
+                f"[{self.model_name}] early stopping: no improvement for {self.patience_counter} evaluations",
+                flush=True,
+            )
+
+    def get_metrics(self) -> dict[str, Any]:
+        return {
+            "train_losses": list(self.train_losses),
+            "val_losses": list(self.val_losses),
+            "train_ce_losses": list(self.train_ce_losses),
+            "val_ce_losses": list(self.val_ce_losses),
+            "train_aux_losses": list(self.train_aux_losses),
+            "val_aux_losses": list(self.val_aux_losses),
+            "tokens_per_sec": list(self.tokens_per_sec),
+            "steps": list(self.steps),
+            "current_step": self.current_step,
+            "timing_breakdown": {k: list(v) for k, v in self.timing_breakdown.items()},
+            "expert_stats_history": list(self.expert_stats_history),
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "patience_counter": self.patience_counter,
+            "stopped_early": self.stopped_early,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    _HISTORY = (
+        "train_losses", "val_losses", "train_ce_losses", "val_ce_losses", "train_aux_losses",
+        "val_aux_losses", "tokens_per_sec", "steps", "current_step", "timing_breakdown",
+        "best_val_loss", "patience_counter", "stopped_early", "expert_stats_history", "epoch",
+    )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        generator = getattr(self.train_loader, "generator", None)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best_state": self.best_state,
+            "history": {name: getattr(self, name) for name in self._HISTORY},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "loader": generator.get_state() if generator is not None else None,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_state = state["best_state"]
+        for name, value in state["history"].items():
+            setattr(self, name, value)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None and rng["loader"] is not None:
+            generator.set_state(rng["loader"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Everything needed to resume after this epoch, written atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+    def load_checkpoint(self, path: str | os.PathLike) -> int:
+        """Restore from `path`; returns the number of completed epochs (the next is +1)."""
+        # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(state)
+        return self.epoch
