@@ -28,10 +28,14 @@ def create_celery(settings: Settings) -> Celery:
         # because a run resumes from its last checkpoint and epoch rows are upserts.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        broker_transport_options={
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if settings.broker_url.startswith(("redis", "rediss", "sentinel")):
+        app.conf.broker_transport_options = {
             "visibility_timeout": settings.visibility_timeout,
-            # Sweep for abandoned (unacked, past visibility_timeout) messages about every
-            # visibility_timeout / 2, instead of kombu's fixed ~100 s.
+            # Sweep for abandoned messages (unacked past the visibility timeout) every
+            # twentieth of it, instead of kombu's fixed ~100 s.
             "unacked_restore_interval": max(1, settings.visibility_timeout // 20),
             "unacked_restore_throttle": 1,
             **(
@@ -39,25 +43,23 @@ def create_celery(settings: Settings) -> Celery:
                 if settings.broker_key_prefix
                 else {}
             ),
-        },
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
-    if settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
+        }
+    elif settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
         # The embedded SQL broker has no fanout exchanges, which remote control
         # (inspect, revoke broadcasts) and worker gossip need.
         app.conf.worker_enable_remote_control = False
     return app
 
 
-_apps: dict[str, Celery] = {}
+_apps: dict[tuple[str, str], Celery] = {}
 
 
 def celery_for(settings: Settings) -> Celery:
-    """One Celery app per broker URL and process (the API's producer pool lives in it)."""
-    if settings.broker_url not in _apps:
-        _apps[settings.broker_url] = create_celery(settings)
-    return _apps[settings.broker_url]
+    """One Celery app per broker and process (the API's producer pool lives in it)."""
+    key = (settings.broker_url, settings.broker_key_prefix)
+    if key not in _apps:
+        _apps[key] = create_celery(settings)
+    return _apps[key]
 
 
 # The app `celery -A worker.celery_app worker` runs, configured from the environment.

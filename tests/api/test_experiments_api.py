@@ -1,0 +1,213 @@
+"""The experiments and presets routes against real Postgres and Redis (no worker running:
+submitted tasks stay in the queue, where the tests count them)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import micro_base, queued_messages
+from sqlalchemy import func, select
+
+from api.db import session_scope
+from api.models import Experiment
+from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
+
+
+def experiment_rows(settings) -> int:
+    with session_scope(settings.database_url) as session:
+        return session.scalar(select(func.count()).select_from(Experiment))
+
+
+def submit(client, **body):
+    return client.post("/experiments", json={"name": "run", "base_preset": "micro", **body})
+
+
+def test_submit_returns_201_with_location_and_queues_one_task(
+    client, service_settings, redis_client, broker_prefix
+):
+    before = queued_messages(redis_client, broker_prefix)
+    response = submit(client, preset="top2", config={"dropout": 0.2}, base=micro_base())
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/experiments/{body['id']}"
+    assert body["status"] == "queued"
+    # preset, then the request's fields; expert_dim follows the base's ffn_dim
+    assert body["config"]["top_k"] == 2
+    assert body["config"]["capacity_factor"] == EXPERIMENT_PRESETS["top2"]["capacity_factor"]
+    assert body["config"]["dropout"] == 0.2
+    assert body["config"]["expert_dim"] == BASE_PRESETS["micro"]["ffn_dim"]
+    assert body["base"]["hidden_dim"] == BASE_PRESETS["micro"]["hidden_dim"]
+    assert body["base"]["max_train_tokens"] == 4096
+    assert body["num_epochs"] == body["base"]["num_epochs"]
+    assert queued_messages(redis_client, broker_prefix) == before + 1
+
+    fetched = client.get(response.headers["location"]).json()
+    assert fetched["config"] == body["config"] and fetched["base"] == body["base"]
+    assert fetched["current_epoch"] == 0 and fetched["best_val_loss"] is None
+
+
+def test_defaults_are_the_spec_and_dense_uses_dense_config(client):
+    spec = client.post("/experiments", json={"name": "spec-defaults"}).json()
+    assert spec["base"] == BaseConfig().model_dump(mode="json")
+    assert spec["config"]["expert_dim"] == 1024 and spec["config"]["top_k"] == 1
+
+    dense = submit(client, dense=True, base={"dense_patience": 5, "ffn_dim": 48}).json()
+    assert dense["dense"] is True
+    assert dense["config"]["early_stopping_patience"] == 5
+    assert dense["config"]["expert_dim"] == 48
+
+    explicit = submit(client, config={"expert_dim": 40}).json()
+    assert explicit["config"]["expert_dim"] == 40
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"config": {"top_k": 0}}, ["body", "config", "top_k"]),
+        ({"config": {"no_such_field": 1}}, ["body", "config", "no_such_field"]),
+        ({"config": {"dropout": "lots"}}, ["body", "config", "dropout"]),
+        ({"base": {"num_heads": 0}}, ["body", "base", "num_heads"]),
+        ({"base": {"hidden_dim": 33}}, ["body", "base"]),  # not divisible by num_heads
+        ({"preset": "top3"}, ["body", "preset"]),
+        ({"base_preset": "huge"}, ["body", "base_preset"]),
+        ({"name": ""}, ["body", "name"]),
+        ({"surprise": True}, ["body", "surprise"]),
+        ({"dense": True, "preset": "top2"}, ["body", "preset"]),
+    ],
+)
+def test_bad_bodies_get_422_naming_the_field_and_queue_nothing(
+    client, service_settings, redis_client, broker_prefix, body, loc
+):
+    rows, queued = experiment_rows(service_settings), queued_messages(redis_client, broker_prefix)
+
+    response = submit(client, **body)
+
+    assert response.status_code == 422, response.text
+    assert loc in [error["loc"] for error in response.json()["detail"]]
+    assert experiment_rows(service_settings) == rows
+    assert queued_messages(redis_client, broker_prefix) == queued
+
+
+def test_baseline_must_exist_and_be_dense(client, service_settings, redis_client, broker_prefix):
+    moe = submit(client).json()
+    dense = submit(client, dense=True).json()
+    rows, queued = experiment_rows(service_settings), queued_messages(redis_client, broker_prefix)
+
+    missing = submit(client, baseline_id=999_999)
+    assert missing.status_code == 404 and "999999" in missing.json()["detail"]
+    not_dense = submit(client, baseline_id=moe["id"])
+    assert not_dense.status_code == 422
+    assert not_dense.json()["detail"][0]["loc"] == ["body", "baseline_id"]
+    dense_with_baseline = submit(client, dense=True, baseline_id=dense["id"])
+    assert dense_with_baseline.status_code == 422
+    assert experiment_rows(service_settings) == rows
+    assert queued_messages(redis_client, broker_prefix) == queued
+
+    judged = submit(client, baseline_id=dense["id"])
+    assert judged.status_code == 201 and judged.json()["baseline_id"] == dense["id"]
+
+
+def test_list_filters_and_pages(client):
+    ids = [submit(client, name=f"page-{i}").json()["id"] for i in range(3)]
+    client.post(f"/experiments/{ids[0]}/cancel")
+
+    page = client.get("/experiments", params={"limit": 2, "offset": 0}).json()
+    assert len(page["items"]) == 2 and page["total"] >= 3
+    assert page["items"][0]["id"] > page["items"][1]["id"]  # newest first
+    cancelled = client.get("/experiments", params={"status": "cancelled"}).json()
+    assert ids[0] in [item["id"] for item in cancelled["items"]]
+    assert all(item["status"] == "cancelled" for item in cancelled["items"])
+    assert cancelled["total"] == len(cancelled["items"])
+    assert client.get("/experiments", params={"status": "bogus"}).status_code == 422
+    assert client.get("/experiments", params={"limit": 0}).status_code == 422
+
+
+def test_unknown_ids_are_404(client):
+    for path in (
+        "/experiments/424242",
+        "/experiments/424242/metrics",
+        "/experiments/424242/verdict",
+    ):
+        assert client.get(path).status_code == 404, path
+    assert client.post("/experiments/424242/cancel").status_code == 404
+    assert client.get("/studies/424242").status_code == 404
+
+
+def test_cancel_a_queued_run_marks_it_cancelled_at_once(client):
+    run = submit(client).json()
+
+    response = client.post(f"/experiments/{run['id']}/cancel")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["finished_at"] is not None
+    # cancelling again is harmless
+    assert client.post(f"/experiments/{run['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_metrics_of_a_queued_run_are_empty(client):
+    run = submit(client).json()
+    assert client.get(f"/experiments/{run['id']}/metrics").json() == {
+        "experiment_id": run["id"],
+        "status": "queued",
+        "epochs": [],
+    }
+
+
+def test_verdict_is_409_without_baseline_or_while_unfinished(client):
+    dense = submit(client, dense=True).json()
+    alone = submit(client).json()
+    judged = submit(client, baseline_id=dense["id"]).json()
+
+    no_baseline = client.get(f"/experiments/{alone['id']}/verdict")
+    assert no_baseline.status_code == 409 and "no baseline" in no_baseline.json()["detail"]
+    unfinished = client.get(f"/experiments/{judged['id']}/verdict")
+    assert unfinished.status_code == 409 and "queued" in unfinished.json()["detail"]
+    of_dense = client.get(f"/experiments/{dense['id']}/verdict")
+    assert of_dense.status_code == 409 and "dense" in of_dense.json()["detail"]
+
+
+def test_studies_validate_and_queue_a_dense_run_plus_members(
+    client, service_settings, redis_client, broker_prefix
+):
+    queued = queued_messages(redis_client, broker_prefix)
+    bad = client.post("/studies", json={"name": "s", "experiments": ["baseline", "baseline"]})
+    assert bad.status_code == 422
+    bad_base = client.post("/studies", json={"name": "s", "base": {"num_layers": 2}})
+    assert bad_base.status_code == 422  # the default moe_layers [2, 4] need 5 layers
+    assert queued_messages(redis_client, broker_prefix) == queued
+
+    response = client.post("/studies", json={"name": "all", "base_preset": "micro"})
+    assert response.status_code == 201, response.text
+    study = response.json()
+    assert response.headers["location"] == f"/studies/{study['id']}"
+    assert study["experiments"] == list(EXPERIMENT_PRESETS)  # default: all four
+    members = {member["name"]: member for member in study["members"]}
+    assert set(members) == {"dense", *EXPERIMENT_PRESETS}
+    assert members["dense"]["dense"] and members["dense"]["id"] == study["dense_id"]
+    assert queued_messages(redis_client, broker_prefix) == queued + 5
+    for row in study["verdicts"]:
+        assert row["verdict"] is None and "queued" in row["detail"]
+        member = client.get(f"/experiments/{row['experiment_id']}").json()
+        assert member["baseline_id"] == study["dense_id"] and member["study_id"] == study["id"]
+    assert study["status"] == "queued"
+    listed = client.get("/studies").json()
+    assert study["id"] in [item["id"] for item in listed["items"]]
+
+
+def test_presets_list_the_four_experiments_and_the_bases(client):
+    presets = client.get("/presets").json()
+    assert set(presets["experiments"]) == set(EXPERIMENT_PRESETS)
+    assert presets["experiments"]["strong_reg"]["dropout"] == 0.2
+    assert set(presets["base"]) == set(BASE_PRESETS)
+    assert presets["base"]["micro"]["hidden_dim"] == BASE_PRESETS["micro"]["hidden_dim"]
+    assert presets["dense"]["early_stopping_patience"] == BaseConfig().dense_patience
+
+
+def test_schema_literals_match_the_engine_presets():
+    from typing import get_args
+
+    from api.schemas import BasePreset, ExperimentPreset
+
+    assert set(get_args(ExperimentPreset)) == set(EXPERIMENT_PRESETS)
+    assert set(get_args(BasePreset)) == set(BASE_PRESETS)
