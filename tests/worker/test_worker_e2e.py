@@ -1,0 +1,149 @@
+"""Runs through the whole service: the API in-process, a real Celery worker process, real
+Postgres and Redis, the engine on the micro base and a generated corpus."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import WorkerProcess, make_client, micro_base, wait_for
+
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def worker(service_settings, tmp_path_factory):
+    process = WorkerProcess(service_settings, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+        print(process.output()[-4000:])
+
+
+@pytest.fixture()
+def api(service_settings, worker):
+    with make_client(service_settings) as client:
+        yield client
+
+
+def submit(api, **body) -> dict:
+    response = api.post("/experiments", json={"name": "e2e", "base_preset": "micro", **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def finished(api, experiment_id: int, timeout: float = 120) -> dict:
+    def done():
+        run = api.get(f"/experiments/{experiment_id}").json()
+        return run if run["status"] in FINISHED else None
+
+    return wait_for(done, timeout=timeout, interval=0.2, what=f"experiment {experiment_id} to end")
+
+
+def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api, service_settings):
+    run = submit(api, base=micro_base(num_epochs=4, max_train_tokens=8192))
+    assert run["status"] == "queued"
+
+    seen: list[tuple[str, int]] = []  # (status, epochs in /metrics) at each poll
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        metrics = api.get(f"/experiments/{run['id']}/metrics").json()
+        seen.append((metrics["status"], len(metrics["epochs"])))
+        if metrics["status"] in FINISHED:
+            break
+        time.sleep(0.03)
+
+    statuses = [status for status, _ in seen]
+    assert statuses[-1] == "succeeded", seen[-5:]
+    assert "running" in statuses
+    # rows appear while the run is still going, one epoch at a time
+    assert any(status == "running" and 0 < count < 4 for status, count in seen), seen
+    counts = [count for _, count in seen]
+    assert counts == sorted(counts)
+
+    epochs = metrics["epochs"]
+    assert [epoch["epoch"] for epoch in epochs] == [1, 2, 3, 4]
+    for epoch in epochs:
+        assert epoch["train"]["loss"] > 0 and epoch["val"]["ce_loss"] > 0
+        assert epoch["steps"] > 0 and epoch["tokens_per_sec"] > 0
+        assert epoch["gating_temperature"] == 1.0
+        assert [stats["layer"] for stats in epoch["expert_stats"]] == [2, 4]
+        usage = epoch["expert_stats"][0]["usage"]
+        assert len(usage) == 8 and sum(usage) == pytest.approx(100, abs=0.5)
+
+    final = api.get(f"/experiments/{run['id']}").json()
+    assert final["current_epoch"] == final["num_epochs"] == 4
+    assert final["device"] == "cpu" and final["attempts"] == 1
+    assert final["params"] > 0 and final["best_val_loss"] > 0
+    assert final["started_at"] <= final["finished_at"]
+    checkpoint = service_settings.artifact_dir / "experiments" / str(run["id"]) / "checkpoint.pt"
+    assert checkpoint.is_file()
+
+
+def test_a_study_runs_dense_then_members_and_produces_verdicts(api, service_settings):
+    response = api.post(
+        "/studies",
+        json={
+            "name": "mini",
+            "base_preset": "micro",
+            "base": micro_base(),
+            "experiments": ["baseline", "top2"],
+        },
+    )
+    assert response.status_code == 201, response.text
+    study = response.json()
+
+    def study_done():
+        body = api.get(f"/studies/{study['id']}").json()
+        return body if body["status"] in FINISHED else None
+
+    body = wait_for(study_done, timeout=180, interval=0.3, what="the study")
+    assert body["status"] == "succeeded", body["members"]
+    assert [row["name"] for row in body["verdicts"]] == ["baseline", "top2"]
+    for row in body["verdicts"]:
+        verdict = row["verdict"]
+        assert verdict["baseline_id"] == study["dense_id"]
+        assert isinstance(verdict["primary"]["passed"], bool)
+        assert verdict["primary"]["dense_val_loss"] > 0
+        assert isinstance(verdict["tertiary"]["passed"], bool)
+        assert verdict["passed"] == (verdict["primary"]["passed"] and verdict["tertiary"]["passed"])
+        assert row["passed"] == verdict["passed"]
+        # the same verdict from the experiment's own route
+        single = api.get(f"/experiments/{row['experiment_id']}/verdict")
+        assert single.status_code == 200 and single.json() == verdict
+    # the dense baseline's weights are kept as an artifact
+    model = service_settings.artifact_dir / "experiments" / str(study["dense_id"]) / "model.pt"
+    assert model.is_file() and model.stat().st_size > 0
+
+
+def test_cancel_mid_run_keeps_finished_epochs(api):
+    run = submit(api, base=micro_base(num_epochs=40))
+    wait_for(
+        lambda: api.get(f"/experiments/{run['id']}/metrics").json()["epochs"],
+        timeout=60,
+        what="the first epoch",
+    )
+
+    response = api.post(f"/experiments/{run['id']}/cancel")
+    assert response.status_code == 200
+    assert response.json()["cancel_requested"] is True
+    cancelled_at = time.monotonic()
+    final = finished(api, run["id"], timeout=30)
+    assert time.monotonic() - cancelled_at < 10
+
+    assert final["status"] == "cancelled"
+    epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
+    assert 1 <= len(epochs) < 40
+    assert [epoch["epoch"] for epoch in epochs] == list(range(1, len(epochs) + 1))
+    assert final["current_epoch"] == len(epochs)
+    assert api.post(f"/experiments/{run['id']}/cancel").status_code == 200  # idempotent
+
+
+def test_an_exception_in_training_marks_the_run_failed_with_its_text(api):
+    # More sequences per batch than the corpus has: the engine refuses to train.
+    run = submit(api, base=micro_base(), config={"batch_size": 100_000})
+    final = finished(api, run["id"])
+    assert final["status"] == "failed"
+    assert "ValueError" in final["error"] and "fewer than one batch" in final["error"]
+    assert api.post(f"/experiments/{run['id']}/cancel").status_code == 409
