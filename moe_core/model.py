@@ -57,8 +57,15 @@ class Experts(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
-        h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [M, H]
-        return F.grouped_mm(h, w2, offs=offsets)  # [M, C]
+        C, H = w1.shape[1:]
+        if (C * x.element_size()) % 16 == 0 and (H * x.element_size()) % 16 == 0:
+            h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [M, H]
+            return F.grouped_mm(h, w2, offs=offsets)  # [M, C]
+        # grouped_mm needs 16-byte-aligned rows; odd widths take a loop over the same
+        # contiguous per-expert slices.
+        ends = offsets.tolist()
+        starts = [0] + ends[:-1]
+        return torch.cat([F.gelu(x[a:b] @ w1[e]) @ w2[e] for e, (a, b) in enumerate(zip(starts, ends))])
 
 
 class MoELayer(nn.Module):

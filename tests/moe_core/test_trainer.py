@@ -1,0 +1,211 @@
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from moe_core.config import ExperimentConfig, base_config
+from moe_core.experiments import build_model, build_optimizer, run_single_experiment
+from moe_core.trainer import Trainer, TrainingCancelled
+
+TRAIN_EPOCH_KEYS = {
+    "loss",
+    "ce_loss",
+    "aux_loss",
+    "tokens_per_sec",
+    "forward_time",
+    "backward_time",
+    "optimizer_time",
+}
+EVAL_KEYS = {"loss", "ce_loss", "aux_loss"}
+METRIC_KEYS = {
+    "train_losses", "val_losses", "train_ce_losses", "val_ce_losses", "train_aux_losses",
+    "val_aux_losses", "tokens_per_sec", "steps", "current_step", "timing_breakdown",
+    "expert_stats_history", "best_val_loss", "patience_counter", "stopped_early",
+}  # fmt: skip
+TRAINER_ATTRIBUTES = METRIC_KEYS | {"current_step"}
+
+
+def random_blocks(n: int, seq_len: int = 16, vocab: int = 512, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, vocab, (n, seq_len + 1), generator=g)
+    return TensorDataset(data[:, :-1], data[:, 1:])
+
+
+def make_trainer(lr=1e-3, patience=0, schedule=None, moe=True, **kw) -> Trainer:
+    base = base_config("micro", seq_len=16, learning_rate=lr)
+    config = ExperimentConfig(name="t", expert_dim=64, batch_size=8, dropout=0.0)
+    model = build_model(config, base, dense=not moe)
+    train = DataLoader(random_blocks(32), batch_size=8, shuffle=True)
+    val = DataLoader(random_blocks(8, seed=1), batch_size=8)
+    return Trainer(model, train, val, build_optimizer(model, config, base), "cpu", "t",
+                   early_stopping_patience=patience, gating_temp_schedule=schedule, verbose=False, **kw)  # fmt: skip
+
+
+def test_trainer_has_every_spec_attribute():
+    trainer = make_trainer()
+    for name in TRAINER_ATTRIBUTES:
+        assert hasattr(trainer, name), name
+    assert set(trainer.timing_breakdown) == {"forward", "backward", "optimizer"}
+
+
+def test_train_epoch_evaluate_and_get_metrics_return_exactly_the_spec_keys():
+    trainer = make_trainer()
+    stats = trainer.train_epoch()
+    assert set(stats) == TRAIN_EPOCH_KEYS
+    assert stats["loss"] == pytest.approx(stats["ce_loss"] + stats["aux_loss"], rel=1e-5)
+    assert stats["tokens_per_sec"] > 0 and stats["forward_time"] > 0
+    assert set(trainer.evaluate()) == EVAL_KEYS
+    trainer.train(2)
+    metrics = trainer.get_metrics()
+    assert set(metrics) == METRIC_KEYS
+    assert metrics["steps"] == [4, 4, 4] and metrics["current_step"] == 12
+    assert len(metrics["timing_breakdown"]["forward"]) == 3
+
+
+def test_expert_stats_each_epoch():
+    trainer = make_trainer()
+    trainer.train(2)
+    history = trainer.expert_stats_history
+    assert [h["epoch"] for h in history] == [1, 2]
+    layers = history[-1]["layers"]
+    assert [s["layer"] for s in layers] == [2, 4]
+    for s in layers:
+        assert sum(s["usage"]) == pytest.approx(100.0)
+        assert s["min_usage"] == pytest.approx(min(s["usage"])) and s["max_usage"] == pytest.approx(
+            max(s["usage"])
+        )
+        assert 0 <= s["entropy"] <= s["max_entropy"] + 1e-9
+        assert 0 <= s["dropped"] < 1
+
+
+def test_dense_model_has_no_expert_stats():
+    trainer = make_trainer(moe=False)
+    trainer.train(1)
+    assert trainer.expert_stats_history == []
+    assert trainer.train_aux_losses == [0.0]
+
+
+def test_gating_temperature_follows_the_schedule_per_epoch():
+    seen = []
+    trainer = make_trainer(
+        schedule={"start": 1.0, "end": 0.5, "epochs": 5}, on_epoch_end=seen.append
+    )
+    trainer.train(7)
+    temps = [round(r["gating_temperature"], 6) for r in seen]
+    assert temps == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5]
+    assert all(layer.router.temperature == pytest.approx(0.5) for layer in trainer.moe_layers)
+    assert [round(h["gating_temperature"], 6) for h in trainer.expert_stats_history] == temps
+
+
+def test_early_stopping_after_patience_epochs_without_improvement_keeps_best_model():
+    trainer = make_trainer(lr=1e-12, patience=2)  # the loss barely moves, so it never improves
+    first = {}
+
+    def remember(record):
+        if record["epoch"] == 1:
+            first.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    trainer.on_epoch_end = remember
+    trainer.val_loader = DataLoader(random_blocks(8, seed=1), batch_size=8)
+    # Make later evaluations worse than the first, deterministically.
+    original = trainer.evaluate
+    calls = []
+
+    def worsening():
+        out = original()
+        calls.append(1)
+        bump = 0.1 * (len(calls) - 1)
+        trainer.val_losses[-1] += bump
+        out["loss"] += bump
+        return out
+
+    trainer.evaluate = worsening
+    trainer.train(10)
+    assert trainer.stopped_early
+    assert len(trainer.train_losses) == 3  # the best epoch + `patience` epochs without improvement
+    assert trainer.patience_counter == 2
+    assert trainer.best_val_loss == trainer.val_losses[0]
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(v, first[k])
+
+
+def test_no_early_stopping_when_patience_is_zero():
+    trainer = make_trainer(lr=1e-12)
+    trainer.train(4)
+    assert not trainer.stopped_early and len(trainer.train_losses) == 4
+
+
+def test_eval_every_skips_evaluations_but_always_evaluates_the_last_epoch():
+    seen = []
+    trainer = make_trainer(on_epoch_end=seen.append)
+    trainer.train(5, eval_every=2)
+    assert [r["val"] is not None for r in seen] == [False, True, False, True, True]
+    assert len(trainer.val_losses) == 3
+
+
+def test_epoch_record_is_complete():
+    seen = []
+    make_trainer(on_epoch_end=seen.append).train(1)
+    (r,) = seen
+    assert {"epoch", "train", "val", "tokens_per_sec", "steps", "forward_time", "backward_time",
+            "optimizer_time", "gating_temperature", "expert_stats"} <= set(r)  # fmt: skip
+    assert set(r["train"]) == set(r["val"]) == EVAL_KEYS
+    assert {"layer", "entropy", "min_usage", "max_usage", "usage"} <= set(r["expert_stats"][0])
+
+
+def test_stop_check_cancels_within_a_step_and_keeps_finished_epochs():
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 6  # epoch 1 is 4 steps; stop during epoch 2
+
+    seen = []
+    trainer = make_trainer(should_stop=stop, on_epoch_end=seen.append)
+    trainer.train(5)
+    assert trainer.cancelled
+    assert [r["epoch"] for r in seen] == [1]
+    assert trainer.current_step == 6
+    with pytest.raises(TrainingCancelled):
+        trainer.train_epoch()
+
+
+def test_label_smoothing_changes_the_objective_not_the_reported_ce():
+    torch.manual_seed(0)
+    a = make_trainer(lr=1e-12)
+    torch.manual_seed(0)
+    b = make_trainer(lr=1e-12, label_smoothing=0.1)
+    b.model.load_state_dict(a.model.state_dict())
+    sa, sb = a.evaluate(), b.evaluate()
+    assert sa["ce_loss"] == pytest.approx(sb["ce_loss"])
+    x, y = next(iter(a.train_loader))
+    obj_a, ce_a, _ = a._losses(x, y, 0.0)
+    obj_b, ce_b, _ = b._losses(x, y, 0.1)
+    assert ce_a.item() == pytest.approx(ce_b.item())
+    expected = torch.nn.functional.cross_entropy(
+        a.model(x)[0].view(-1, 512), y.reshape(-1), label_smoothing=0.1
+    )
+    assert (obj_b - (obj_a - ce_a)).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(micro_data, tmp_path):
+    config = ExperimentConfig(name="resume", expert_dim=64, batch_size=16, dropout=0.1,
+                              gating_temp_schedule={"start": 1.0, "end": 0.5, "epochs": 3})  # fmt: skip
+    full_base = base_config("micro", num_epochs=4)
+    full = run_single_experiment(
+        config, micro_data.train, micro_data.val, full_base, "cpu", verbose=False
+    )
+
+    ckpt = tmp_path / "ckpt.pt"
+    seen = []
+    first = run_single_experiment(config, micro_data.train, micro_data.val, base_config("micro", num_epochs=2),
+                                  "cpu", checkpoint_path=ckpt, verbose=False)  # fmt: skip
+    assert len(first["metrics"]["train_losses"]) == 2 and ckpt.is_file()
+    torch.manual_seed(12345)  # a resumed process starts with other RNG state
+    resumed = run_single_experiment(config, micro_data.train, micro_data.val, full_base, "cpu",
+                                    checkpoint_path=ckpt, on_epoch_end=seen.append, verbose=False)  # fmt: skip
+    assert [r["epoch"] for r in seen] == [3, 4]  # continues at epoch k + 1
+    for key in ("train_losses", "val_losses", "train_ce_losses", "val_aux_losses", "steps"):
+        assert resumed["metrics"][key] == full["metrics"][key], key
+    assert resumed["metrics"]["current_step"] == full["metrics"]["current_step"]
+    usage = lambda m: [layer["usage"] for h in m["expert_stats_history"] for layer in h["layers"]]  # noqa: E731
+    assert usage(resumed["metrics"]) == usage(full["metrics"])
