@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(
         None, description="`alembic upgrade head` at start; default: on for SQLite"
     )
+
+    @field_validator("data_dir", "api_token", "device", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker compose passes `MOE_API_TOKEN: ${MOE_API_TOKEN:-}` as "" when unset.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

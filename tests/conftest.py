@@ -9,7 +9,6 @@ that needs a missing service is skipped on a laptop and fails in CI (CI=true).
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,12 +20,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# The checkout first: plain `pytest` (not `python -m pytest`) leaves it off sys.path, and
-# tests/api/ would then pass for the `api` package.
-sys.path.insert(0, str(ROOT))
+from api.settings import Settings
+from tests.corpus import write_corpus
 
-from api.settings import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_URL = os.environ.get(
@@ -37,7 +34,7 @@ REDIS_URL = os.environ.get("MOE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # The service tests must never touch the developer's own deployment (a MOE_DATABASE_URL in
 # the shell, say): every test builds its Settings explicitly, and these are cleared.
 for _field in Settings.model_fields:
-    if _field != "data_dir":  # the real WikiText-2, for tests marked `wikitext`
+    if _field not in ("data_dir", "cache_dir"):  # shared with the engine and its tests
         os.environ.pop(f"MOE_{_field.upper()}", None)
 
 
@@ -52,38 +49,10 @@ def service_missing(what: str, error: BaseException) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def write_corpus(
-    directory: Path, *, seed: int = 0, train_lines: int = 1500, eval_lines: int = 250
-) -> Path:
-    """A small English-like corpus in the layout of WikiText-2's raw files."""
-    rng = random.Random(seed)
-    nouns = "model expert router token layer network gate signal river city music army ship".split()
-    verbs = "routes learns carries builds follows splits joins reaches measures trains".split()
-    adjectives = "large small early quiet dense sparse bright ancient modern simple".split()
-
-    def sentence() -> str:
-        return (
-            f"The {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} "
-            f"the {rng.choice(adjectives)} {rng.choice(nouns)} ."
-        )
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, lines in (
-        ("train.txt", train_lines),
-        ("valid.txt", eval_lines),
-        ("test.txt", eval_lines),
-    ):
-        body = [" = Heading = \n"]
-        body += [
-            " ".join(sentence() for _ in range(rng.randint(1, 4))) + " \n" for _ in range(lines)
-        ]
-        (directory / name).write_text("".join(body))
-    return directory
-
-
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
+    # Larger than the engine tests' default: service runs use up to 8k training tokens.
+    return write_corpus(tmp_path_factory.mktemp("corpus"), lines=(1500, 200, 200))
 
 
 @pytest.fixture(scope="session")

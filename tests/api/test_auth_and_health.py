@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, make_client
 from pydantic import SecretStr
+
+from tests.conftest import ROOT, make_client
 
 
 def test_token_guard(service_settings):

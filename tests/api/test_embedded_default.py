@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from conftest import make_client
 from sqlalchemy import create_engine, inspect, text
 
 from api.settings import Settings
+from tests.conftest import make_client
 
 
 def test_no_settings_means_sqlite_and_the_sql_broker_under_the_data_home(tmp_path, monkeypatch):

@@ -4,12 +4,12 @@ submitted tasks stay in the queue, where the tests count them)."""
 from __future__ import annotations
 
 import pytest
-from conftest import micro_base, queued_messages
 from sqlalchemy import func, select
 
 from api.db import session_scope
 from api.models import Experiment
 from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
+from tests.conftest import micro_base, queued_messages
 
 
 def experiment_rows(settings) -> int:

@@ -9,12 +9,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import ROOT, settings_env
 from sqlalchemy import create_engine, inspect
 
 from api.migrate import alembic_config, upgrade_database
 from api.models import Base
 from api.settings import Settings
+from tests.conftest import ROOT, settings_env
 
 TABLES = {"alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats"}
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import WorkerProcess, make_client, micro_base, wait_for
+
+from tests.conftest import WorkerProcess, make_client, micro_base, wait_for
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 

@@ -5,13 +5,16 @@ next sweep), and the new worker resumes the run from the last checkpoint."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from pathlib import Path
 
-from conftest import make_client, micro_base, wait_for
 from sqlalchemy import func, select
 
 from api.db import session_scope
 from api.models import EpochMetrics, ExpertStats
+from tests.conftest import make_client, micro_base, wait_for
 
 EPOCHS = 6
 
@@ -67,3 +70,42 @@ def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(service_sett
     # it, so epoch 1 was not trained (nor written) again.
     recorded = dict(rows)
     assert recorded[1].timestamp() < killed_at
+
+
+def test_a_killed_pool_child_is_requeued_and_resumed_by_its_own_worker(
+    service_settings, start_worker
+):
+    """reject_on_worker_lost: the main process sees its child die and requeues at once."""
+    with make_client(service_settings) as api:
+        worker = start_worker(service_settings, name="survivor")
+        run = api.post(
+            "/experiments",
+            json={
+                "name": "child",
+                "base_preset": "micro",
+                "base": micro_base(num_epochs=4, max_train_tokens=8192),
+            },
+        ).json()
+        wait_for(
+            lambda: api.get(f"/experiments/{run['id']}/metrics").json()["epochs"],
+            timeout=90,
+            what="a finished epoch",
+        )
+        children = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children")
+        (child,) = map(int, children.read_text().split())
+        os.kill(child, signal.SIGKILL)
+
+        final = wait_for(
+            lambda: (
+                (body := api.get(f"/experiments/{run['id']}").json())["status"] != "running"
+                and body
+            ),
+            timeout=120,
+            interval=0.2,
+            what="the requeued run",
+        )
+        assert final["status"] == "succeeded", final["error"]
+        assert final["attempts"] == 2
+        epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
+        assert [epoch["epoch"] for epoch in epochs] == [1, 2, 3, 4]
+    assert "WorkerLostError" in worker.output()

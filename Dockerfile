@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# Two images from one file:
+#   docker build --target api    -t moe-lab-api .     # FastAPI + migrations, no torch
+#   docker build --target worker -t moe-lab-worker .  # Celery worker with torch and the engine
+
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MOE_HOME=/var/lib/moe-lab
+WORKDIR /app
+# Named volumes mounted here take the ownership these folders have in the image.
+RUN useradd --create-home --uid 1000 moe \
+    && mkdir -p /var/lib/moe-lab/artifacts /var/lib/moe-lab/cache \
+    && chown -R moe /var/lib/moe-lab
+
+# ---------------------------------------------------------------- api: no torch
+FROM base AS api
+COPY requirements/api.txt requirements/api.txt
+RUN pip install -r requirements/api.txt
+COPY alembic.ini ./
+COPY migrations migrations
+COPY api api
+# The API enqueues by task name: it needs the Celery app, not the tasks (which import torch).
+COPY worker/__init__.py worker/celery_app.py worker/
+# Only the engine's torch-free modules: the config it validates and the success criteria.
+COPY moe_core/__init__.py moe_core/config.py moe_core/criteria.py moe_core/
+USER moe
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---------------------------------------------------------------- worker: torch + engine
+FROM base AS worker
+COPY requirements/api.txt requirements/worker.txt requirements/
+# torch is pinned in worker.txt; on x86_64 Linux this is the CUDA build, for GPU nodes.
+RUN pip install -r requirements/worker.txt
+COPY alembic.ini ./
+COPY migrations migrations
+COPY api api
+COPY worker worker
+COPY moe_core moe_core
+USER moe
+# One process per GPU: concurrency 1, and never prefetch a second hours-long run.
+CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]
