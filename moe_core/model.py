@@ -65,7 +65,12 @@ class Experts(nn.Module):
         # contiguous per-expert slices.
         ends = offsets.tolist()
         starts = [0] + ends[:-1]
-        return torch.cat([F.gelu(x[a:b] @ w1[e]) @ w2[e] for e, (a, b) in enumerate(zip(starts, ends))])
+        return torch.cat(
+            [
+                F.gelu(x[a:b] @ w1[e]) @ w2[e]
+                for e, (a, b) in enumerate(zip(starts, ends, strict=True))
+            ]
+        )
 
 
 class MoELayer(nn.Module):

@@ -112,9 +112,9 @@ def test_main_writes_results_and_dense_model(micro_base, tmp_path):
 def test_cli_study_and_train(micro_base, tmp_path):
     env_args = ["--base", "micro", "--data-dir", micro_base.data_dir, "--cache-dir", micro_base.cache_dir,
                 "--epochs", "1", "--device", "cpu"]  # fmt: skip
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "moe_core", *a], capture_output=True, text=True
-    )  # noqa: E731
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "moe_core", *args], capture_output=True, text=True)
+
     study = run("study", *env_args, "--experiments", "baseline", "--out", str(tmp_path / "s"))
     assert study.returncode == 0, study.stderr
     assert "dense" in study.stdout and "baseline" in study.stdout and "tok/s" in study.stdout
