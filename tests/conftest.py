@@ -141,12 +141,18 @@ def redis_client():
 
 
 @pytest.fixture(scope="session")
-def broker_prefix(redis_client) -> Iterator[str]:
-    """This session's Redis key prefix; its keys are deleted at the end."""
-    prefix = f"moe-test-{os.getpid()}-{uuid.uuid4().hex[:6]}:"
-    yield prefix
-    for key in redis_client.scan_iter(match=f"{prefix}*"):
+def broker_prefixes(redis_client) -> Iterator[Callable[[], str]]:
+    """A factory of Redis key prefixes unique to this session; their keys go at the end."""
+    session = f"moe-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    count = iter(range(1_000_000))
+    yield lambda: f"{session}-{next(count)}:"
+    for key in redis_client.scan_iter(match=f"{session}-*"):
         redis_client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def broker_prefix(broker_prefixes) -> str:
+    return broker_prefixes()
 
 
 # --------------------------------------------------------------------------- settings, API
@@ -180,6 +186,13 @@ def make_client(settings) -> Any:
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
     return TestClient(app)
+
+
+@pytest.fixture()
+def worker_settings(service_settings, broker_prefixes):
+    """The service settings with a queue of their own: a worker started with them never
+    finds the tasks other tests queued (and left) in the shared one."""
+    return service_settings.model_copy(update={"broker_key_prefix": broker_prefixes()})
 
 
 @pytest.fixture()

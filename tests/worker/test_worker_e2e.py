@@ -13,8 +13,14 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
-def worker(service_settings, tmp_path_factory):
-    process = WorkerProcess(service_settings, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
+def settings(service_settings, broker_prefixes):
+    # A queue of its own: the API tests leave queued tasks (spec-sized ones among them).
+    return service_settings.model_copy(update={"broker_key_prefix": broker_prefixes()})
+
+
+@pytest.fixture(scope="module")
+def worker(settings, tmp_path_factory):
+    process = WorkerProcess(settings, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
     try:
         yield process.wait_ready()
     finally:
@@ -23,8 +29,8 @@ def worker(service_settings, tmp_path_factory):
 
 
 @pytest.fixture()
-def api(service_settings, worker):
-    with make_client(service_settings) as client:
+def api(settings, worker):
+    with make_client(settings) as client:
         yield client
 
 
@@ -42,7 +48,7 @@ def finished(api, experiment_id: int, timeout: float = 120) -> dict:
     return wait_for(done, timeout=timeout, interval=0.2, what=f"experiment {experiment_id} to end")
 
 
-def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api, service_settings):
+def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api, settings):
     run = submit(api, base=micro_base(num_epochs=4, max_train_tokens=8192))
     assert run["status"] == "queued"
 
@@ -78,11 +84,11 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert final["device"] == "cpu" and final["attempts"] == 1
     assert final["params"] > 0 and final["best_val_loss"] > 0
     assert final["started_at"] <= final["finished_at"]
-    checkpoint = service_settings.artifact_dir / "experiments" / str(run["id"]) / "checkpoint.pt"
+    checkpoint = settings.artifact_dir / "experiments" / str(run["id"]) / "checkpoint.pt"
     assert checkpoint.is_file()
 
 
-def test_a_study_runs_dense_then_members_and_produces_verdicts(api, service_settings):
+def test_a_study_runs_dense_then_members_and_produces_verdicts(api, settings):
     response = api.post(
         "/studies",
         json={
@@ -114,7 +120,7 @@ def test_a_study_runs_dense_then_members_and_produces_verdicts(api, service_sett
         single = api.get(f"/experiments/{row['experiment_id']}/verdict")
         assert single.status_code == 200 and single.json() == verdict
     # the dense baseline's weights are kept as an artifact
-    model = service_settings.artifact_dir / "experiments" / str(study["dense_id"]) / "model.pt"
+    model = settings.artifact_dir / "experiments" / str(study["dense_id"]) / "model.pt"
     assert model.is_file() and model.stat().st_size > 0
 
 

@@ -19,9 +19,9 @@ from tests.conftest import make_client, micro_base, wait_for
 EPOCHS = 6
 
 
-def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(service_settings, start_worker):
-    with make_client(service_settings) as api:
-        first = start_worker(service_settings, name="doomed")
+def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(worker_settings, start_worker):
+    with make_client(worker_settings) as api:
+        first = start_worker(worker_settings, name="doomed")
         run = api.post(
             "/experiments",
             json={
@@ -40,7 +40,7 @@ def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(service_sett
         state = api.get(f"/experiments/{run['id']}").json()
         assert state["status"] == "running" and state["current_epoch"] < EPOCHS
 
-        start_worker(service_settings, name="rescuer")
+        start_worker(worker_settings, name="rescuer")
 
         def finished():
             body = api.get(f"/experiments/{run['id']}").json()
@@ -53,7 +53,7 @@ def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(service_sett
         epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
         assert [epoch["epoch"] for epoch in epochs] == list(range(1, EPOCHS + 1))
 
-    with session_scope(service_settings.database_url) as session:
+    with session_scope(worker_settings.database_url) as session:
         rows = session.execute(
             select(EpochMetrics.epoch, EpochMetrics.recorded_at).where(
                 EpochMetrics.experiment_id == run["id"]
@@ -73,11 +73,11 @@ def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(service_sett
 
 
 def test_a_killed_pool_child_is_requeued_and_resumed_by_its_own_worker(
-    service_settings, start_worker
+    worker_settings, start_worker
 ):
     """reject_on_worker_lost: the main process sees its child die and requeues at once."""
-    with make_client(service_settings) as api:
-        worker = start_worker(service_settings, name="survivor")
+    with make_client(worker_settings) as api:
+        worker = start_worker(worker_settings, name="survivor")
         run = api.post(
             "/experiments",
             json={
