@@ -61,8 +61,10 @@ def build_model(config: ExperimentConfig, base: BaseConfig, dense: bool = False)
 
 
 def build_optimizer(
-    model: nn.Module, config: ExperimentConfig, base: BaseConfig
+    model: nn.Module, config: ExperimentConfig, base: BaseConfig, *, fused: bool = False
 ) -> torch.optim.AdamW:
+    """AdamW; `fused` runs the whole update as one kernel per dtype/device on a GPU
+    (torch's fused implementation), instead of a loop of small kernels per parameter."""
     # Decay matrices only, as nanoGPT and most LM recipes do: decaying LayerNorm gains and
     # biases pulls them toward zero for no regularisation benefit.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -70,7 +72,7 @@ def build_optimizer(
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=base.learning_rate)
+    return torch.optim.AdamW(groups, lr=base.learning_rate, fused=fused or None)
 
 
 def _train(

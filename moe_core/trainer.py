@@ -52,6 +52,7 @@ class Trainer:
         log_interval: int = 50,
         verbose: bool = True,
         amp_dtype: torch.dtype | None = None,
+        compile: bool = False,
     ):
         self.model = model
         self.train_loader = train_loader
@@ -71,6 +72,12 @@ class Trainer:
         self.verbose = verbose
         # bf16 autocast is for GPUs; on CPU it is slower than float32 for these sizes.
         self.amp_dtype = amp_dtype
+        # torch.compile fuses the elementwise work around the matmuls (GELU, LayerNorm,
+        # residuals, the router's softmax) into a few kernels; it pays on GPUs, where the
+        # launches of small kernels dominate. `model` itself stays uncompiled, so
+        # checkpoints and state dicts keep their plain parameter names.
+        self.compile = compile
+        self.forward_model = torch.compile(model) if compile else model
 
         self.moe_layers = [m for m in model.modules() if isinstance(m, MoELayer)]
 
@@ -105,10 +112,28 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
 
     def _sync(self) -> None:
-        # CUDA kernels run asynchronously: without this a phase's clock would stop before
-        # its work is done and the time would be billed to the next phase.
+        # CUDA kernels run asynchronously: without this the epoch's wall clock would stop
+        # before its work is done. Once per epoch; phases are timed by events (_clock).
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _clock(self) -> float | torch.cuda.Event:
+        """A point in time: the wall clock on the CPU, a recorded event on CUDA.
+
+        CUDA events are read once per epoch, after one synchronize, so phase timing
+        costs no sync per phase and the GPU's queue never drains between phases.
+        """
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    @staticmethod
+    def _seconds(start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
+        if isinstance(start, float):
+            return end - start
+        return start.elapsed_time(end) / 1e3
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -117,7 +142,7 @@ class Trainer:
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor, smoothing: float):
         """(objective, ce, aux): ce is plain cross-entropy; the objective adds smoothing."""
-        logits, aux = self.model(x)
+        logits, aux = self.forward_model(x)
         logits = logits.view(-1, logits.size(-1)).float()
         y = y.reshape(-1)
         if smoothing > 0:
@@ -155,7 +180,7 @@ class Trainer:
         usage = [torch.zeros(e, dtype=torch.long, device=self.device) for e in E]
         dropped = [torch.zeros((), dtype=torch.long, device=self.device) for _ in E]
         total = torch.zeros(3, device=self.device)  # loss, ce, aux (summed; no per-step sync)
-        t_fwd = t_bwd = t_opt = 0.0
+        clocks = []  # per step: (start, forward done, backward done, optimizer done)
         n_steps = n_tokens = 0
         self._sync()
         epoch_start = time.perf_counter()
@@ -166,22 +191,17 @@ class Trainer:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
 
-            t0 = time.perf_counter()
+            t0 = self._clock()
             with self._autocast():
                 loss, ce, aux = self._losses(x, y, self.label_smoothing)
-            self._sync()
-            t1 = time.perf_counter()
+            t1 = self._clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-            self._sync()
-            t2 = time.perf_counter()
+            t2 = self._clock()
             self.optimizer.step()
-            self._sync()
-            t3 = time.perf_counter()
-            t_fwd += t1 - t0
-            t_bwd += t2 - t1
-            t_opt += t3 - t2
+            t3 = self._clock()
+            clocks.append((t0, t1, t2, t3))
 
             total += torch.stack([loss.detach(), ce.detach(), aux.detach()])
             for i, layer in enumerate(self.moe_layers):
@@ -200,6 +220,9 @@ class Trainer:
 
         self._sync()
         elapsed = time.perf_counter() - epoch_start
+        t_fwd = sum(self._seconds(t0, t1) for t0, t1, _, _ in clocks)
+        t_bwd = sum(self._seconds(t1, t2) for _, t1, t2, _ in clocks)
+        t_opt = sum(self._seconds(t2, t3) for _, _, t2, t3 in clocks)
         if n_steps == 0:
             raise ValueError(
                 "the training loader yielded no batches (dataset smaller than a batch?)"

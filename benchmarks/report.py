@@ -1,0 +1,147 @@
+"""The issue's targets, checked against a run's results, and the printed table."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    section: str
+    row: Callable[[dict[str, Any]], bool]  # which row of the section it reads
+    figure: Callable[[dict[str, Any]], float]  # the figure (a median) of that row
+    bound: float
+    higher_is_better: bool = False
+
+    def check(self, results: dict[str, Any]) -> dict[str, Any]:
+        section = results["sections"].get(self.section, {})
+        rows = [r for r in section.get("rows", []) if self.row(r)]
+        op = ">=" if self.higher_is_better else "<="
+        entry: dict[str, Any] = {"target": self.name, "bound": f"{op} {self.bound:g}"}
+        if not rows:
+            entry.update(value=None, met=None, status=section.get("skipped") or "not measured")
+            return entry
+        value = self.figure(rows[0])
+        met = value >= self.bound if self.higher_is_better else value <= self.bound
+        entry.update(value=value, met=met, status="met" if met else "missed")
+        if not met:
+            entry["by"] = value / self.bound - 1  # how far past the bound, relative
+        return entry
+
+
+def _layer(tokens: int, top_k: int, cf: float):
+    def match(row):
+        p = row["params"]
+        return p["tokens"] == tokens and p["top_k"] == top_k and p["capacity_factor"] == cf
+
+    return match
+
+
+def _named(prefix: str):
+    return lambda row: row["name"].startswith(prefix)
+
+
+def _ratio(row):
+    return row["ratio"]["median"]
+
+
+TARGETS = [
+    *(
+        Target(f"MoE layer top-1 cf={cf} @{n} tokens / dense FFN", "moe_layer",
+               _layer(n, 1, cf), _ratio, bound)  # fmt: skip
+        for n, bound in ((4096, 1.15), (8192, 1.10))
+        for cf in (1.25, 2.5)
+    ),
+    *(
+        Target(f"MoE layer top-2 cf={cf} @{n} tokens / dense FFN", "moe_layer",
+               _layer(n, 2, cf), _ratio, 2.3)  # fmt: skip
+        for n in (4096, 8192)
+        for cf in (1.25, 2.5)
+    ),
+    Target("whole-model baseline MoE tokens/s / dense (spec dims)", "model_step",
+           _named("spec"), _ratio, 0.85, higher_is_better=True),  # fmt: skip
+    Target("Trainer epoch / bare loop", "trainer_overhead", _named(""), _ratio, 1.03),
+    Target("cached data reload (s)", "data", _named("cached"),
+           lambda r: r["seconds"]["median"], 2.0),  # fmt: skip
+    Target("GET metrics p99 @32 clients (ms)", "service", _named("GET metrics c=32"),
+           lambda r: r["p99_ms"], 50.0),  # fmt: skip
+    Target("POST /experiments (req/s)", "service", _named("POST /experiments"),
+           lambda r: r["requests_per_s"], 200.0, higher_is_better=True),  # fmt: skip
+    Target("queue latency p50 (ms)", "service", _named("queue latency"),
+           lambda r: r["latency_ms"]["median"], 500.0),  # fmt: skip
+    Target("epoch streaming / tiny epoch", "service", _named("epoch streaming"),
+           lambda r: r["fraction_of_epoch"], 0.01),  # fmt: skip
+]
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t.check(results) for t in TARGETS]
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _spread(s: dict[str, float], fmt: str = "{:.3f}") -> str:
+    f = fmt.format
+    return f"{f(s['median'])} [IQR {f(s['q1'])}-{f(s['q3'])}, {f(s['min'])}-{f(s['max'])}, n={s['n']}]"
+
+
+def _ms(s: dict[str, float]) -> str:
+    return f"{1e3 * s['median']:.1f}"
+
+
+def row_lines(section: str, row: dict[str, Any]) -> list[str]:
+    name = row["name"]
+    if "ratio" in row:
+        line = f"  {name:<40} {row['ratio_of']}: {_spread(row['ratio'])}"
+        times = ", ".join(f"{k} {_ms(v)}" for k, v in row.get("times_s", {}).items())
+        lines = [line, f"  {'':<40} median ms: {times}"]
+        for ref, s in row.get("references", {}).items():
+            lines.append(f"  {'':<40} {ref} / dense: {_spread(s, '{:.2f}')}")
+        for ref, why in row.get("skipped", {}).items():
+            lines.append(f"  {'':<40} {ref}: skipped ({why})")
+        if "tokens_per_s" in row:
+            tps = ", ".join(f"{k} {v:,.0f}" for k, v in row["tokens_per_s"].items())
+            lines.append(f"  {'':<40} tokens/s: {tps}")
+        if "mfu" in row:
+            lines.append(f"  {'':<40} MFU: {row['mfu']}")
+        return lines
+    if "seconds" in row:
+        return [f"  {name:<40} seconds: {_spread(row['seconds'], '{:.2f}')}"]
+    return [f"  {name:<40} " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "name")]
+
+
+def format_table(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    lines = [
+        f"benchmarks {env['date']} commit {env['commit']} | {env['device']} ({env['device_name']})"
+        f" | torch {env['torch']} | {env['torch_threads']} threads | load {env['load_avg_at_start']}",
+    ]
+    for section, body in results["sections"].items():
+        seconds = body.get("seconds")
+        lines.append(f"\n== {section}" + (f" ({seconds:.0f}s)" if seconds is not None else ""))
+        if "skipped" in body:
+            lines.append(f"  skipped: {body['skipped']}")
+        if "error" in body:
+            lines.append(f"  error: {body['error']}")
+        for row in body.get("rows", []):
+            lines.extend(row_lines(section, row))
+    lines.append("\n== targets")
+    for t in results["targets"]:
+        value = "-" if t["value"] is None else f"{t['value']:.4g}"
+        extra = f" (by {100 * t['by']:.0f}%)" if "by" in t else ""
+        lines.append(f"  [{t['status']:^12}] {t['target']:<55} {value:>9} {t['bound']}{extra}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,82 @@
+"""The benchmark suite at smoke sizes: every section runs and reports sane figures."""
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.moe_references import REFERENCES
+from benchmarks.report import TARGETS
+from benchmarks.suite import SECTIONS, run_suite
+from moe_core.model import MoELayer
+from tests.corpus import write_corpus
+
+
+def _finite_positive(stats):
+    assert stats["n"] >= 1
+    for key in ("median", "q1", "q3", "min", "max"):
+        assert math.isfinite(stats[key]) and stats[key] > 0, (key, stats)
+    assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    # A small generated corpus, so the data section runs without WikiText-2 too.
+    corpus = write_corpus(tmp_path_factory.mktemp("bench-corpus"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOE_DATA_DIR", str(corpus))
+    try:
+        names = [n for n in SECTIONS if n != "service"]  # the service needs live servers
+        return run_suite(names, smoke=True, write=False, verbose=False)
+    finally:
+        mp.undo()
+
+
+def test_every_section_ran_without_error(results):
+    assert set(results["sections"]) == set(SECTIONS) - {"service"}
+    for name, body in results["sections"].items():
+        assert "error" not in body, (name, body.get("traceback"))
+        assert body["rows"], name
+    env = results["environment"]
+    assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
+
+
+def test_ratios_and_times_are_positive_and_finite(results):
+    for name, body in results["sections"].items():
+        for row in body["rows"]:
+            if "ratio" in row:
+                _finite_positive(row["ratio"])
+                for stats in row["times_s"].values():
+                    _finite_positive(stats)
+            else:
+                _finite_positive(row["seconds"])
+
+
+def test_moe_layer_rows_cover_routings_and_references(results):
+    rows = results["sections"]["moe_layer"]["rows"]
+    assert {(r["params"]["top_k"], r["params"]["capacity_factor"]) for r in rows} == {
+        (1, 1.25), (1, 2.5), (2, 1.25), (2, 2.5)
+    }  # fmt: skip
+    for row in rows:
+        assert set(row["references"]) | set(row["skipped"]) == set(REFERENCES)
+        assert 0 <= row["dropped_fraction"] < 1
+
+
+def test_every_target_is_reported(results):
+    targets = results["targets"]
+    assert [t["target"] for t in targets] == [t.name for t in TARGETS]
+    trainer = next(t for t in targets if t["target"].startswith("Trainer"))
+    assert trainer["value"] is not None and trainer["met"] in (True, False)
+
+
+@pytest.mark.parametrize("top_k,capacity_factor", [(1, 1.25), (1, 0.5), (2, 1.0), (2, 2.5)])
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_references_compute_what_the_engine_computes(name, top_k, capacity_factor):
+    """Same weights, same routing and capacity rules: the comparison is like for like."""
+    torch.manual_seed(0)
+    layer = MoELayer(16, num_experts=4, expert_dim=32, top_k=top_k, capacity_factor=capacity_factor)
+    x = torch.randn(2, 24, 16)
+    out, balance = layer(x)
+    ref_out, ref_balance = REFERENCES[name](layer, x)
+    torch.testing.assert_close(ref_out, out)
+    torch.testing.assert_close(ref_balance, balance)
