@@ -59,7 +59,7 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
 
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        process.terminate()  # the main process only: a warm shutdown stops its children
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -82,7 +82,9 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="moe-demo-"))
     base_url = f"http://127.0.0.1:{args.port}"
     python = sys.executable
-    api = start([python, "-m", "uvicorn", "api.main:app", "--port", str(args.port)], logs / "api.log")
+    api = start(
+        [python, "-m", "uvicorn", "api.main:app", "--port", str(args.port)], logs / "api.log"
+    )
     worker = start(
         [python, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
          "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"],
@@ -94,7 +96,12 @@ def main() -> int:
         study = call(
             f"{base_url}/studies",
             "POST",
-            {"name": "demo", "base_preset": args.base_preset, "base": base, "experiments": args.experiments},
+            {
+                "name": "demo",
+                "base_preset": args.base_preset,
+                "base": base,
+                "experiments": args.experiments,
+            },
         )
         print(f"study {study['id']}: dense run {study['dense_id']} + {', '.join(args.experiments)}")
         shown: dict[int, int] = {}
@@ -121,7 +128,7 @@ def main() -> int:
             print(
                 f"  {row['name']:>14}: {'PASS' if row['passed'] else 'fail'}  "
                 f"val {primary['val_loss']:.4f} vs dense {primary['dense_val_loss']:.4f}  "
-                f"min expert usage {tertiary['min_usage']}"
+                f"min expert usage {tertiary['min_usage'] or 0:.1f}%"
             )
         return 0 if study["status"] == "succeeded" else 1
     finally:
