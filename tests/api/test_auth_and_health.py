@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from pydantic import SecretStr
 
 from tests.conftest import ROOT, make_client
+
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 
 
 def test_token_guard(service_settings):

@@ -11,6 +11,8 @@ from api.models import Experiment
 from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
 from tests.conftest import micro_base, queued_messages
 
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
 
 def experiment_rows(settings) -> int:
     with session_scope(settings.database_url) as session:

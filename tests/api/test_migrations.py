@@ -16,6 +16,8 @@ from api.models import Base
 from api.settings import Settings
 from tests.conftest import ROOT, settings_env
 
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
 TABLES = {"alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats"}
 
 

@@ -14,6 +14,8 @@ from api.migrate import upgrade_database
 from api.models import EpochMetrics, ExpertStats, Status, utcnow
 from moe_core.config import base_config, get_experiment_configs
 
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def database(request, tmp_path) -> str:

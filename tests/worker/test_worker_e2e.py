@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import WorkerProcess, make_client, micro_base, wait_for
 
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
