@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, Update, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -180,13 +180,7 @@ def claim_experiment(
 def heartbeat(*, session: Session, experiment_id: int, owner: str) -> bool:
     """Record that `owner` is alive (committed); False when the run is no longer its own."""
     alive = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.worker == owner,
-            Experiment.status == Status.running,
-        )
-        .values(heartbeat_at=utcnow())
+        _update_owned(experiment_id, owner).values(heartbeat_at=utcnow())
     ).rowcount
     session.commit()
     return alive == 1
@@ -218,13 +212,7 @@ def record_epoch(
     epoch = record["epoch"]
     train, val = record["train"], record.get("val")
     owned = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.worker == owner,
-            Experiment.status == Status.running,
-        )
-        .values(
+        _update_owned(experiment_id, owner).values(
             current_epoch=epoch,
             best_val_loss=_finite(record.get("best_val_loss")),
             stopped_early=bool(record.get("stopped_early", False)),
@@ -292,15 +280,7 @@ def finish_experiment(
                 values["best_val_loss"] = metrics["best_val_loss"]
             if "stopped_early" in metrics:
                 values["stopped_early"] = bool(metrics["stopped_early"])
-    done = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.worker == owner,
-            Experiment.status == Status.running,
-        )
-        .values(**values)
-    ).rowcount
+    done = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount
     session.commit()
     return done == 1
 
@@ -308,6 +288,15 @@ def finish_experiment(
 def stale_cutoff(heartbeat_timeout: float) -> datetime:
     """Heartbeats older than this mean the worker is gone."""
     return utcnow() - timedelta(seconds=heartbeat_timeout)
+
+
+def _update_owned(experiment_id: int, owner: str) -> Update:
+    """An UPDATE of the run that changes nothing unless `owner` still runs it (fencing)."""
+    return update(Experiment).where(
+        Experiment.id == experiment_id,
+        Experiment.worker == owner,
+        Experiment.status == Status.running,
+    )
 
 
 def _upsert(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:

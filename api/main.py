@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 
 from api.deps import require_token
 from api.migrate import auto_migrate
 from api.routes import experiments, health, presets, studies
 from api.settings import get_settings
+from api.specs import SpecError
 
 
 @asynccontextmanager
@@ -24,6 +27,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+async def _spec_error(request: Request, exc: Exception) -> Response:
+    # A config the engine rejects is a 422 like any other body error, located in the body.
+    assert isinstance(exc, SpecError)
+    return await request_validation_exception_handler(request, RequestValidationError(exc.errors))
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="MoE lab",
@@ -31,6 +40,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_exception_handler(SpecError, _spec_error)
     app.include_router(health.router)
     guarded = [Depends(require_token)]
     for module in (experiments, studies, presets):

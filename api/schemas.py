@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api.models import Status
 
@@ -33,6 +33,20 @@ class ExperimentCreate(BaseModel):
     baseline_id: int | None = Field(
         None, description="the dense experiment this one's verdict is judged against"
     )
+
+    @field_validator("dense")
+    @classmethod
+    def _dense_has_no_preset(cls, dense: bool, info: ValidationInfo) -> bool:
+        if dense and info.data.get("preset") is not None:
+            raise ValueError("a dense run takes no MoE preset")
+        return dense
+
+    @field_validator("baseline_id")
+    @classmethod
+    def _dense_has_no_baseline(cls, baseline_id: int | None, info: ValidationInfo) -> int | None:
+        if baseline_id is not None and info.data.get("dense"):
+            raise ValueError("a dense run is itself a baseline; it has none")
+        return baseline_id
 
 
 class StudyCreate(BaseModel):

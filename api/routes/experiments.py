@@ -18,7 +18,7 @@ from api.schemas import (
     MetricsRead,
     VerdictRead,
 )
-from api.specs import SpecError, resolve_base, resolve_config
+from api.specs import resolve_base, resolve_config
 from api.submit import submit
 from api.verdicts import NoVerdict, verdict
 
@@ -29,27 +29,12 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 def create_experiment(
     *, body: ExperimentCreate, session: SessionDep, queue: QueueDep, response: Response
 ) -> Experiment:
-    if body.dense and body.preset is not None:
-        raise _invalid("preset", "a dense run takes no MoE preset")
-    try:
-        base = resolve_base(base_preset=body.base_preset, overrides=body.base)
-        config = resolve_config(
-            name=body.name,
-            base=base,
-            preset=body.preset,
-            dense=body.dense,
-            overrides=body.config,
-        )
-    except SpecError as exc:
-        raise RequestValidationError(exc.errors) from exc
+    base = resolve_base(base_preset=body.base_preset, overrides=body.base)
+    config = resolve_config(
+        name=body.name, base=base, preset=body.preset, dense=body.dense, overrides=body.config
+    )
     if body.baseline_id is not None:
-        if body.dense:
-            raise _invalid("baseline_id", "a dense run is itself a baseline; it has none")
-        baseline = crud.get_experiment(session=session, experiment_id=body.baseline_id)
-        if baseline is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"baseline {body.baseline_id} not found")
-        if not baseline.dense:
-            raise _invalid("baseline_id", f"experiment {baseline.id} is not a dense run")
+        _check_baseline(session, body.baseline_id)
     experiment = crud.create_experiment(
         session=session,
         name=body.name,
@@ -132,14 +117,25 @@ def cancel_experiment(
     return _get_or_404(session, experiment_id)
 
 
+def _check_baseline(session: SessionDep, baseline_id: int) -> None:
+    baseline = crud.get_experiment(session=session, experiment_id=baseline_id)
+    if baseline is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"baseline {baseline_id} not found")
+    if not baseline.dense:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "baseline_id"),
+                    "msg": f"experiment {baseline.id} is not a dense run",
+                    "input": baseline_id,
+                }
+            ]
+        )
+
+
 def _get_or_404(session: SessionDep, experiment_id: int) -> Experiment:
     experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
     return experiment
-
-
-def _invalid(field: str, message: str) -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": None}]
-    )

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.exceptions import RequestValidationError
 
 from api import crud
 from api.deps import QueueDep, SessionDep
 from api.models import Study
 from api.schemas import StudyCreate, StudyList, StudyRead
-from api.specs import SpecError, resolve_base, resolve_config
+from api.specs import resolve_base, resolve_config
 from api.study_report import study_read, study_summary
 from api.submit import submit
 
@@ -22,15 +21,12 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 def create_study(
     *, body: StudyCreate, session: SessionDep, queue: QueueDep, response: Response
 ) -> dict:
-    try:
-        base = resolve_base(base_preset=body.base_preset, overrides=body.base)
-        configs = {
-            preset: resolve_config(name=preset, base=base, preset=preset, overrides={})
-            for preset in body.experiments
-        }
-        dense = resolve_config(name="dense", base=base, dense=True, overrides={})
-    except SpecError as exc:
-        raise RequestValidationError(exc.errors) from exc
+    base = resolve_base(base_preset=body.base_preset, overrides=body.base)
+    configs = {
+        preset: resolve_config(name=preset, base=base, preset=preset, overrides={})
+        for preset in body.experiments
+    }
+    dense = resolve_config(name="dense", base=base, dense=True, overrides={})
     study = crud.create_study(
         session=session,
         name=body.name,

@@ -74,7 +74,7 @@ def test_defaults_are_the_spec_and_dense_uses_dense_config(client):
         ({"base_preset": "huge"}, ["body", "base_preset"]),
         ({"name": ""}, ["body", "name"]),
         ({"surprise": True}, ["body", "surprise"]),
-        ({"dense": True, "preset": "top2"}, ["body", "preset"]),
+        ({"dense": True, "preset": "top2"}, ["body", "dense"]),
     ],
 )
 def test_bad_bodies_get_422_naming_the_field_and_queue_nothing(

@@ -22,22 +22,22 @@ pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 EPOCHS = 6
 
 
+def submit_and_wait_for_epochs(api, name: str, *, epochs: int, finished: int) -> dict:
+    """Submit a micro run of `epochs` epochs; return it once `finished` epochs are recorded."""
+    base = micro_base(num_epochs=epochs, max_train_tokens=8192)
+    run = api.post("/experiments", json={"name": name, "base_preset": "micro", "base": base}).json()
+    wait_for(
+        lambda: len(api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]) >= finished,
+        timeout=90,
+        what=f"{finished} finished epochs",
+    )
+    return run
+
+
 def test_killed_worker_is_resumed_by_another_with_one_row_per_epoch(worker_settings, start_worker):
     with make_client(worker_settings) as api:
         first = start_worker(worker_settings, name="doomed")
-        run = api.post(
-            "/experiments",
-            json={
-                "name": "lost",
-                "base_preset": "micro",
-                "base": micro_base(num_epochs=EPOCHS, max_train_tokens=8192),
-            },
-        ).json()
-        wait_for(
-            lambda: len(api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]) >= 2,
-            timeout=90,
-            what="two finished epochs",
-        )
+        run = submit_and_wait_for_epochs(api, "lost", epochs=EPOCHS, finished=2)
         first.kill()
         killed_at = time.time()
         state = api.get(f"/experiments/{run['id']}").json()
@@ -81,19 +81,7 @@ def test_a_killed_pool_child_is_requeued_and_resumed_by_its_own_worker(
     """reject_on_worker_lost: the main process sees its child die and requeues at once."""
     with make_client(worker_settings) as api:
         worker = start_worker(worker_settings, name="survivor")
-        run = api.post(
-            "/experiments",
-            json={
-                "name": "child",
-                "base_preset": "micro",
-                "base": micro_base(num_epochs=4, max_train_tokens=8192),
-            },
-        ).json()
-        wait_for(
-            lambda: api.get(f"/experiments/{run['id']}/metrics").json()["epochs"],
-            timeout=90,
-            what="a finished epoch",
-        )
+        run = submit_and_wait_for_epochs(api, "child", epochs=4, finished=1)
         children = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children")
         (child,) = map(int, children.read_text().split())
         os.kill(child, signal.SIGKILL)
