@@ -1,0 +1,33 @@
+"""The newcomer's path: no settings but a data home, so SQLite and the SQL broker, with a
+real worker process. Needs no server at all."""
+
+from __future__ import annotations
+
+from api.settings import Settings
+from tests.conftest import make_client, micro_base, wait_for
+
+
+def test_a_run_succeeds_on_sqlite_with_the_serverless_broker(
+    tmp_path, corpus_dir, cache_dir, start_worker
+):
+    settings = Settings(home=tmp_path / "home", data_dir=corpus_dir, cache_dir=cache_dir)
+    assert settings.database_url.startswith("sqlite") and settings.broker_url.startswith(
+        "sqla+sqlite"
+    )
+
+    with make_client(settings) as api:  # migrates the SQLite store at start
+        start_worker(settings, name="laptop")
+        run = api.post(
+            "/experiments",
+            json={"name": "first", "base_preset": "micro", "base": micro_base(num_epochs=2)},
+        ).json()
+
+        def finished():
+            body = api.get(f"/experiments/{run['id']}").json()
+            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_for(finished, timeout=120, interval=0.2, what="the embedded run")
+        assert final["status"] == "succeeded", final["error"]
+        epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
+        assert [epoch["epoch"] for epoch in epochs] == [1, 2]
+    assert (settings.artifact_dir / "experiments" / str(run["id"]) / "checkpoint.pt").is_file()
