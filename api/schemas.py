@@ -136,6 +136,14 @@ class MetricsRead(BaseModel):
     epochs: list[EpochRead]
 
 
+class ResultRead(BaseModel):
+    """What the engine's run_single_experiment returned: metrics is Trainer.get_metrics()."""
+
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    params: int
+
+
 class VerdictRead(BaseModel):
     """moe_core.criteria.judge's verdict; each section carries its numbers as well."""
 

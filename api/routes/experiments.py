@@ -16,6 +16,7 @@ from api.schemas import (
     ExperimentList,
     ExperimentRead,
     MetricsRead,
+    ResultRead,
     VerdictRead,
 )
 from api.specs import resolve_base, resolve_config
@@ -76,6 +77,21 @@ def read_metrics(*, experiment_id: int, session: SessionDep) -> MetricsRead:
         status=experiment.status,
         epochs=[EpochRead.model_validate(row.as_record()) for row in epochs],
     )
+
+
+@router.get(
+    "/{experiment_id}/result",
+    response_model=ResultRead,
+    responses={409: {"description": "the run has not succeeded"}},
+)
+def read_result(*, experiment_id: int, session: SessionDep) -> dict:
+    experiment = _get_or_404(session, experiment_id)
+    if experiment.status != Status.succeeded:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} is {experiment.status}; a result needs it succeeded",
+        )
+    return {"config": experiment.config, "metrics": experiment.metrics, "params": experiment.params}
 
 
 @router.get(

@@ -165,6 +165,7 @@ def test_verdict_is_409_without_baseline_or_while_unfinished(client):
     assert no_baseline.status_code == 409 and "no baseline" in no_baseline.json()["detail"]
     unfinished = client.get(f"/experiments/{judged['id']}/verdict")
     assert unfinished.status_code == 409 and "queued" in unfinished.json()["detail"]
+    assert client.get(f"/experiments/{judged['id']}/result").status_code == 409
     of_dense = client.get(f"/experiments/{dense['id']}/verdict")
     assert of_dense.status_code == 409 and "dense" in of_dense.json()["detail"]
 

@@ -121,6 +121,12 @@ def test_a_study_runs_dense_then_members_and_produces_verdicts(api, settings):
         # the same verdict from the experiment's own route
         single = api.get(f"/experiments/{row['experiment_id']}/verdict")
         assert single.status_code == 200 and single.json() == verdict
+    # the engine's own result of each run is kept whole
+    result = api.get(f"/experiments/{study['dense_id']}/result").json()
+    assert result["params"] > 0 and result["config"]["name"] == "dense"
+    assert len(result["metrics"]["train_losses"]) == 2  # get_metrics(), one entry per epoch
+    dense = api.get(f"/experiments/{study['dense_id']}").json()
+    assert result["metrics"]["best_val_loss"] == pytest.approx(dense["best_val_loss"])
     # the dense baseline's weights are kept as an artifact
     model = settings.artifact_dir / "experiments" / str(study["dense_id"]) / "model.pt"
     assert model.is_file() and model.stat().st_size > 0
