@@ -30,8 +30,8 @@ class Target:
         value = self.figure(rows[0])
         met = value >= self.bound if self.higher_is_better else value <= self.bound
         entry.update(value=value, met=met, status="met" if met else "missed")
-        if not met:
-            entry["by"] = value / self.bound - 1  # how far past the bound, relative
+        if not met:  # how far past the bound, relative to it
+            entry["by"] = 1 - value / self.bound if self.higher_is_better else value / self.bound - 1
         return entry
 
 
@@ -112,6 +112,15 @@ def row_lines(section: str, row: dict[str, Any]) -> list[str]:
         if "mfu" in row:
             lines.append(f"  {'':<40} MFU: {row['mfu']}")
         return lines
+    if "p99_ms" in row:
+        return [f"  {name:<40} p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms,"
+                f" {row['requests_per_s']:.0f} req/s (n={row['latency_ms']['n']})"]  # fmt: skip
+    if "latency_ms" in row:
+        return [f"  {name:<40} ms: {_spread(row['latency_ms'], '{:.0f}')}"]
+    if "fraction_of_epoch" in row:
+        return [f"  {name:<40} seconds: {_spread(row['seconds'], '{:.4f}')};"
+                f" {100 * row['fraction_of_epoch']:.2f}% of a {row['params']['tiny_epoch_s']:.2f}s"
+                " tiny epoch"]  # fmt: skip
     if "seconds" in row:
         return [f"  {name:<40} seconds: {_spread(row['seconds'], '{:.2f}')}"]
     return [f"  {name:<40} " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "name")]

@@ -22,7 +22,7 @@ from moe_core.trainer import GRAD_CLIP, Trainer
 from .context import Context
 from .harness import ratio_samples, summarize, times_summary
 
-FULL = dict(preset="tiny", steps=40)
+FULL = dict(preset="tiny", steps=24)
 SMOKE = dict(preset="micro", steps=4)
 
 
@@ -73,7 +73,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 ).item()
 
     samples = ctx.run({"trainer": trainer_epoch, "bare": bare_epoch},
-                      warmup=1, repeats=ctx.repeats + 4 if not ctx.smoke else ctx.repeats)  # fmt: skip
+                      warmup=1, repeats=ctx.repeats)  # fmt: skip
     ratio = summarize(ratio_samples(samples, "trainer", "bare"))
     times = times_summary(samples)
     return {

@@ -124,9 +124,9 @@ class MoELayer(nn.Module):
 
         # Assignments in priority order: every token's first choice, then every second
         # choice, so capacity drops second choices before any first choice.
+        # Assignment a is token a % N's (a // N)-th choice.
         flat_expert = chosen.t().reshape(-1)  # [k*N]
         flat_gate = gates.t().reshape(-1)  # [k*N]
-        flat_token = torch.arange(N, device=x.device).repeat(k)  # [k*N]
 
         # Sort assignments by expert; a stable sort keeps the priority order within each.
         sorted_expert, order = torch.sort(flat_expert, stable=True)  # [k*N]
@@ -139,8 +139,10 @@ class MoELayer(nn.Module):
         kept_counts = counts.clamp(max=cap)
         offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # [E] row ends
 
-        token_ids = flat_token[kept]  # [M]
-        expert_out = self.experts(x_flat[token_ids], offsets)  # [M, C]
+        token_ids = kept if k == 1 else kept % N  # [M]
+        # index_select rather than x_flat[token_ids]: its backward is an index_add, not
+        # the slower accumulating index_put of advanced indexing.
+        expert_out = self.experts(x_flat.index_select(0, token_ids), offsets)  # [M, C]
         weighted = expert_out * flat_gate[kept].unsqueeze(1).to(expert_out.dtype)
         # Combine: sum each token's (one or k) expert outputs. A dropped token gets zeros
         # here and so passes through the block's residual connection unchanged.
