@@ -1,20 +1,8 @@
-from pathlib import Path
-
+# corpus_dir and cache_dir (a generated corpus and a session cache) come from tests/conftest.py.
 import pytest
 import torch
 
 from moe_core.config import base_config
-from tests.corpus import write_corpus
-
-
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("moe-cache")
 
 
 @pytest.fixture

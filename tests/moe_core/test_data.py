@@ -75,8 +75,9 @@ WIKITEXT = os.environ.get("MOE_DATA_DIR")
 @pytest.mark.skipif(
     not WIKITEXT or not Path(WIKITEXT, "train.txt").is_file(), reason="MOE_DATA_DIR not set"
 )
-def test_real_wikitext2(tmp_path_factory):
-    base = base_config("tiny", data_dir=WIKITEXT, max_train_tokens=None, max_val_tokens=None)
+def test_real_wikitext2(cache_dir):
+    base = base_config("tiny", data_dir=WIKITEXT, cache_dir=str(cache_dir),
+                       max_train_tokens=None, max_val_tokens=None)  # fmt: skip
     data = build_datasets(base)
     # 2,088,628 words in train; byte-level BPE at 4k merges gives more tokens than words.
     assert 2_000_000 < data.train.num_tokens < 4_000_000
