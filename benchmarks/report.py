@@ -154,3 +154,61 @@ def write_json(results: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """The figures and targets as Markdown, for benchmarks/README.md."""
+    env = results["environment"]
+    lines = [
+        f"Run {env['date']}, commit `{env['commit']}`, {env['device']} ({env['device_name']},"
+        f" {env['cpu_count']} cores), torch {env['torch']}, {env['torch_threads']} threads,"
+        f" load average at start {', '.join(f'{x:.2f}' for x in env['load_avg_at_start'] or [])};"
+        f" {results['seconds'] / 60:.1f} min.",
+        "",
+        "| section | row | figure: median [IQR] (min-max) | median times |",
+        "|---|---|---|---|",
+    ]
+    for section, body in results["sections"].items():
+        if "skipped" in body or "error" in body:
+            lines.append(f"| {section} | - | {body.get('skipped') or body.get('error')} | |")
+        for row in body.get("rows", []):
+            figure, times = "", ""
+            if "ratio" in row:
+                s = row["ratio"]
+                figure = (f"{row['ratio_of']}: **{s['median']:.2f}** [{s['q1']:.2f}-{s['q3']:.2f}]"
+                          f" ({s['min']:.2f}-{s['max']:.2f})")  # fmt: skip
+                for ref, r in row.get("references", {}).items():
+                    figure += f"; {ref}: {r['median']:.2f}"
+                times = ", ".join(f"{k} {1e3 * v['median']:.0f} ms" for k, v in row["times_s"].items())
+                if "tokens_per_s" in row:
+                    times += "; tok/s " + ", ".join(
+                        f"{k} {v:,.0f}" for k, v in row["tokens_per_s"].items()
+                    )
+            elif "p99_ms" in row:
+                figure = f"p50 {row['p50_ms']:.1f} ms, p99 **{row['p99_ms']:.1f} ms**"
+                times = f"{row['requests_per_s']:.0f} req/s"
+            elif "latency_ms" in row:
+                s = row["latency_ms"]
+                figure = f"**{s['median']:.0f} ms** [{s['q1']:.0f}-{s['q3']:.0f}] ({s['min']:.0f}-{s['max']:.0f})"
+            elif "seconds" in row:
+                s = row["seconds"]
+                figure = f"**{s['median']:.3g} s** ({s['min']:.3g}-{s['max']:.3g}, n={s['n']})"
+                if "fraction_of_epoch" in row:
+                    figure += f"; {100 * row['fraction_of_epoch']:.2f}% of a tiny epoch"
+                    times = f"tiny epoch {row['params']['tiny_epoch_s']:.2f} s"
+            lines.append(f"| {section} | {row['name']} | {figure} | {times} |")
+    lines += ["", "| target | bound | value | status |", "|---|---|---|---|"]
+    for t in results["targets"]:
+        value = "-" if t["value"] is None else f"{t['value']:.4g}"
+        status = t["status"] + (f" by {100 * t['by']:.0f}%" if "by" in t else "")
+        lines.append(f"| {t['target']} | {t['bound']} | {value} | {status} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m benchmarks.report [results.json]: Markdown for the README
+    import sys
+
+    from .suite import RESULTS_DIR
+
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "latest.json"
+    print(format_markdown(json.loads(source.read_text())))
