@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .suite import SECTIONS, RESULTS_DIR, run_suite
+from .suite import RESULTS_DIR, SECTIONS, run_suite
 
 
 def main(argv: list[str] | None = None) -> int:

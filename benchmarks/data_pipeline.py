@@ -8,6 +8,7 @@ same code on a corpus small enough for the test suite.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -35,8 +36,7 @@ def _head(src: Path, dst: Path, lines: int) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_FILES.values():
         with open(src / name, encoding="utf-8") as f:
-            head = [line for _, line in zip(range(lines), f)]
-        (dst / name).write_text("".join(head), encoding="utf-8")
+            (dst / name).write_text("".join(itertools.islice(f, lines)), encoding="utf-8")
     return dst
 
 
@@ -62,8 +62,11 @@ def run(ctx: Context) -> dict[str, Any]:
         "rows": [
             {
                 "name": "first tokenisation (tokenizer training + map)",
-                "params": dict(corpus=str(source), smoke_lines=SMOKE_LINES if ctx.smoke else None,
-                               vocab_size=base.vocab_size),  # fmt: skip
+                "params": dict(
+                    corpus=str(source),
+                    smoke_lines=SMOKE_LINES if ctx.smoke else None,
+                    vocab_size=base.vocab_size,
+                ),  # fmt: skip
                 "seconds": summarize([cold]),
                 "train_tokens": data.train.num_tokens,
             },

@@ -82,18 +82,23 @@ def run(ctx: Context) -> dict[str, Any]:
         times = times_summary(samples)
         row = {
             "name": f"{label}: baseline MoE vs dense",
-            "params": dict(preset=preset, seq_len=base.seq_len, batch_size=base.batch_size,
-                           hidden_dim=base.hidden_dim, num_layers=base.num_layers,
-                           moe_layers=base.moe_layers, num_experts=base.num_experts,
-                           top_k=moe_cfg.top_k, capacity_factor=moe_cfg.capacity_factor,
-                           moe_parameters=count_parameters(models["moe"]),
-                           dense_parameters=count_parameters(models["dense"])),  # fmt: skip
+            "params": dict(
+                preset=preset,
+                seq_len=base.seq_len,
+                batch_size=base.batch_size,
+                hidden_dim=base.hidden_dim,
+                num_layers=base.num_layers,
+                moe_layers=base.moe_layers,
+                num_experts=base.num_experts,
+                top_k=moe_cfg.top_k,
+                capacity_factor=moe_cfg.capacity_factor,
+                moe_parameters=count_parameters(models["moe"]),
+                dense_parameters=count_parameters(models["dense"]),
+            ),  # fmt: skip
             # tokens/s of MoE over tokens/s of dense = dense time over MoE time
             "ratio": summarize(ratio_samples(samples, "dense", "moe")),
             "ratio_of": "moe tokens/s / dense tokens/s",
-            "tokens_per_s": {
-                name: tokens / times[name]["median"] for name in ("moe", "dense")
-            },
+            "tokens_per_s": {name: tokens / times[name]["median"] for name in ("moe", "dense")},
             "times_s": times,
         }
         peak = gpu_peak_flops(ctx.device) if ctx.device.type == "cuda" else None

@@ -45,7 +45,7 @@ def run(ctx: Context) -> dict[str, Any]:
         x = torch.randn(1, tokens, d, generator=gen).to(ctx.device).requires_grad_()
         grad = torch.randn(1, tokens, d, generator=gen).to(ctx.device)
 
-        def step(module, forward):
+        def step(module, forward, x=x, grad=grad):
             def call():
                 module.zero_grad(set_to_none=True)
                 x.grad = None
@@ -64,12 +64,13 @@ def run(ctx: Context) -> dict[str, Any]:
             if name == "gshard_einsum" and tokens * E * moe.capacity(tokens) > GSHARD_MAX_ELEMENTS:
                 skipped[name] = "combine tensor over 32M elements"
                 continue
-            variants[name] = step(moe, lambda x, ref=ref: ref(moe, x))
+            variants[name] = step(moe, lambda x, ref=ref, moe=moe: ref(moe, x))
         samples = ctx.run(variants)
         row = {
             "name": f"tokens={tokens} top{top_k} cf={cf}",
-            "params": dict(tokens=tokens, d=d, hidden=hidden, experts=E, top_k=top_k,
-                           capacity_factor=cf),  # fmt: skip
+            "params": dict(
+                tokens=tokens, d=d, hidden=hidden, experts=E, top_k=top_k, capacity_factor=cf
+            ),  # fmt: skip
             "ratio": summarize(ratio_samples(samples, "moe", "dense")),
             "ratio_of": "moe / dense (time)",
             "references": {

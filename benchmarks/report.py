@@ -31,7 +31,9 @@ class Target:
         met = value >= self.bound if self.higher_is_better else value <= self.bound
         entry.update(value=value, met=met, status="met" if met else "missed")
         if not met:  # how far past the bound, relative to it
-            entry["by"] = 1 - value / self.bound if self.higher_is_better else value / self.bound - 1
+            entry["by"] = (
+                1 - value / self.bound if self.higher_is_better else value / self.bound - 1
+            )
         return entry
 
 
@@ -53,30 +55,68 @@ def _ratio(row):
 
 TARGETS = [
     *(
-        Target(f"MoE layer top-1 cf={cf} @{n} tokens / dense FFN", "moe_layer",
-               _layer(n, 1, cf), _ratio, bound)  # fmt: skip
+        Target(
+            f"MoE layer top-1 cf={cf} @{n} tokens / dense FFN",
+            "moe_layer",
+            _layer(n, 1, cf),
+            _ratio,
+            bound,
+        )  # fmt: skip
         for n, bound in ((4096, 1.15), (8192, 1.10))
         for cf in (1.25, 2.5)
     ),
     *(
-        Target(f"MoE layer top-2 cf={cf} @{n} tokens / dense FFN", "moe_layer",
-               _layer(n, 2, cf), _ratio, 2.3)  # fmt: skip
+        Target(
+            f"MoE layer top-2 cf={cf} @{n} tokens / dense FFN",
+            "moe_layer",
+            _layer(n, 2, cf),
+            _ratio,
+            2.3,
+        )  # fmt: skip
         for n in (4096, 8192)
         for cf in (1.25, 2.5)
     ),
-    Target("whole-model baseline MoE tokens/s / dense (spec dims)", "model_step",
-           _named("spec"), _ratio, 0.85, higher_is_better=True),  # fmt: skip
+    Target(
+        "whole-model baseline MoE tokens/s / dense (spec dims)",
+        "model_step",
+        _named("spec"),
+        _ratio,
+        0.85,
+        higher_is_better=True,
+    ),  # fmt: skip
     Target("Trainer epoch / bare loop", "trainer_overhead", _named(""), _ratio, 1.03),
-    Target("cached data reload (s)", "data", _named("cached"),
-           lambda r: r["seconds"]["median"], 2.0),  # fmt: skip
-    Target("GET metrics p99 @32 clients (ms)", "service", _named("GET metrics c=32"),
-           lambda r: r["p99_ms"], 50.0),  # fmt: skip
-    Target("POST /experiments (req/s)", "service", _named("POST /experiments"),
-           lambda r: r["requests_per_s"], 200.0, higher_is_better=True),  # fmt: skip
-    Target("queue latency p50 (ms)", "service", _named("queue latency"),
-           lambda r: r["latency_ms"]["median"], 500.0),  # fmt: skip
-    Target("epoch streaming / tiny epoch", "service", _named("epoch streaming"),
-           lambda r: r["fraction_of_epoch"], 0.01),  # fmt: skip
+    Target(
+        "cached data reload (s)", "data", _named("cached"), lambda r: r["seconds"]["median"], 2.0
+    ),  # fmt: skip
+    Target(
+        "GET metrics p99 @32 clients (ms)",
+        "service",
+        _named("GET metrics c=32"),
+        lambda r: r["p99_ms"],
+        50.0,
+    ),  # fmt: skip
+    Target(
+        "POST /experiments (req/s)",
+        "service",
+        _named("POST /experiments"),
+        lambda r: r["requests_per_s"],
+        200.0,
+        higher_is_better=True,
+    ),  # fmt: skip
+    Target(
+        "queue latency p50 (ms)",
+        "service",
+        _named("queue latency"),
+        lambda r: r["latency_ms"]["median"],
+        500.0,
+    ),  # fmt: skip
+    Target(
+        "epoch streaming / tiny epoch",
+        "service",
+        _named("epoch streaming"),
+        lambda r: r["fraction_of_epoch"],
+        0.01,
+    ),  # fmt: skip
 ]
 
 
@@ -89,7 +129,9 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _spread(s: dict[str, float], fmt: str = "{:.3f}") -> str:
     f = fmt.format
-    return f"{f(s['median'])} [IQR {f(s['q1'])}-{f(s['q3'])}, {f(s['min'])}-{f(s['max'])}, n={s['n']}]"
+    return (
+        f"{f(s['median'])} [IQR {f(s['q1'])}-{f(s['q3'])}, {f(s['min'])}-{f(s['max'])}, n={s['n']}]"
+    )
 
 
 def _ms(s: dict[str, float]) -> str:
@@ -179,7 +221,9 @@ def format_markdown(results: dict[str, Any]) -> str:
                           f" ({s['min']:.2f}-{s['max']:.2f})")  # fmt: skip
                 for ref, r in row.get("references", {}).items():
                     figure += f"; {ref}: {r['median']:.2f}"
-                times = ", ".join(f"{k} {1e3 * v['median']:.0f} ms" for k, v in row["times_s"].items())
+                times = ", ".join(
+                    f"{k} {1e3 * v['median']:.0f} ms" for k, v in row["times_s"].items()
+                )
                 if "tokens_per_s" in row:
                     times += "; tok/s " + ", ".join(
                         f"{k} {v:,.0f}" for k, v in row["tokens_per_s"].items()

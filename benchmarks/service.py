@@ -290,7 +290,10 @@ def queue_latency(dep: dict[str, Any], runs: int) -> dict[str, Any]:
                     time.sleep(0.002)
                 latencies.append(time.perf_counter() - t0)
                 client.post(f"/experiments/{exp['id']}/cancel")
-                while client.get(f"/experiments/{exp['id']}").json()["status"] in ("queued", "running"):
+                while client.get(f"/experiments/{exp['id']}").json()["status"] in (
+                    "queued",
+                    "running",
+                ):
                     time.sleep(0.05)  # idle again before the next POST
     finally:
         _stop(worker, signal.SIGQUIT)
@@ -342,7 +345,9 @@ def run(ctx: Context) -> dict[str, Any]:
                                      concurrency=concurrency, epochs=n["epochs"],
                                      layers=n["layers"]))  # fmt: skip
         body = {"name": "bench-post", "base_preset": "micro"}
-        lat, wall = asyncio.run(_load(dep["base_url"], "POST", "/experiments", n["posts"], 32, body))
+        lat, wall = asyncio.run(
+            _load(dep["base_url"], "POST", "/experiments", n["posts"], 32, body)
+        )
         rows.append(_latency_row("POST /experiments c=32", lat, wall, concurrency=32))
         rows.append(queue_latency(dep, n["queue_runs"]))
         epoch = tiny_epoch_seconds(ctx)

@@ -76,7 +76,9 @@ def run_suite(
         if out is None:
             full = not smoke and names == list(SECTIONS) and repeats is None
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-            out = RESULTS_DIR / ("latest.json" if full else f"{stamp}{'-smoke' if smoke else ''}.json")
+            out = RESULTS_DIR / (
+                "latest.json" if full else f"{stamp}{'-smoke' if smoke else ''}.json"
+            )
         write_json(results, out)
         results["written_to"] = str(out)
     if verbose:

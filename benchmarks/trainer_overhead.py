@@ -55,9 +55,12 @@ def run(ctx: Context) -> dict[str, Any]:
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():
                 logits, aux = forward(x)
-            loss = torch.nn.functional.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), y.view(-1)
-            ) + aux
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits.view(-1, logits.size(-1)).float(), y.view(-1)
+                )
+                + aux
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -80,8 +83,12 @@ def run(ctx: Context) -> dict[str, Any]:
         "rows": [
             {
                 "name": f"{sizes['preset']}: Trainer epoch vs bare loop",
-                "params": dict(preset=sizes["preset"], steps=sizes["steps"],
-                               batch_size=cfg.batch_size, seq_len=base.seq_len),  # fmt: skip
+                "params": dict(
+                    preset=sizes["preset"],
+                    steps=sizes["steps"],
+                    batch_size=cfg.batch_size,
+                    seq_len=base.seq_len,
+                ),  # fmt: skip
                 "ratio": ratio,
                 "ratio_of": "trainer / bare (time)",
                 "overhead_fraction": ratio["median"] - 1,

@@ -42,7 +42,7 @@ def test_every_section_ran_without_error(results):
 
 
 def test_ratios_and_times_are_positive_and_finite(results):
-    for name, body in results["sections"].items():
+    for body in results["sections"].values():
         for row in body["rows"]:
             if "ratio" in row:
                 _finite_positive(row["ratio"])
