@@ -35,11 +35,14 @@ QueueDep = Annotated[TrainingQueue, Depends(get_queue)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """With MOE_API_TOKEN set, every guarded route needs `Authorization: Bearer <token>`."""
+    """With MOE_API_TOKEN set, every guarded route needs `Authorization: Bearer <token>`.
+
+    async: it does no I/O, so it runs on the event loop instead of a thread-pool hop.
+    """
     if settings.api_token is None:
         return
     expected = settings.api_token.get_secret_value()

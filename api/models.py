@@ -166,39 +166,6 @@ class EpochMetrics(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
-    expert_stats: Mapped[list[ExpertStats]] = relationship(
-        primaryjoin="and_(EpochMetrics.experiment_id == foreign(ExpertStats.experiment_id), "
-        "EpochMetrics.epoch == foreign(ExpertStats.epoch))",
-        order_by="ExpertStats.layer",
-        viewonly=True,
-        lazy="selectin",
-    )
-
-    def as_record(self) -> dict[str, Any]:
-        """The epoch as the API shows it (the shape of the engine's on_epoch_end record)."""
-        val = None
-        if self.val_loss is not None:
-            val = {
-                "loss": self.val_loss,
-                "ce_loss": self.val_ce_loss,
-                "aux_loss": self.val_aux_loss,
-            }
-        return {
-            "epoch": self.epoch,
-            "train": {
-                "loss": self.train_loss,
-                "ce_loss": self.train_ce_loss,
-                "aux_loss": self.train_aux_loss,
-            },
-            "val": val,
-            "tokens_per_sec": self.tokens_per_sec,
-            "steps": self.steps,
-            "forward_time": self.forward_time,
-            "backward_time": self.backward_time,
-            "optimizer_time": self.optimizer_time,
-            "gating_temperature": self.gating_temperature,
-            "expert_stats": self.expert_stats,
-        }
 
 
 class ExpertStats(Base):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import threading
+from collections import OrderedDict
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from api import crud
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.models import Experiment, Status
 from api.schemas import (
-    EpochRead,
     ExperimentCreate,
     ExperimentList,
     ExperimentRead,
@@ -69,14 +71,55 @@ def read_experiment(*, experiment_id: int, session: SessionDep) -> Experiment:
 
 
 @router.get("/{experiment_id}/metrics", response_model=MetricsRead)
-def read_metrics(*, experiment_id: int, session: SessionDep) -> MetricsRead:
-    experiment = _get_or_404(session, experiment_id)
-    epochs = crud.list_epochs(session=session, experiment_id=experiment_id)
-    return MetricsRead(
-        experiment_id=experiment.id,
-        status=experiment.status,
-        epochs=[EpochRead.model_validate(row.as_record()) for row in epochs],
-    )
+def read_metrics(*, experiment_id: int, session: SessionDep, request: Request) -> Response:
+    found = crud.metrics_version(session=session, experiment_id=experiment_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
+    status_, count, latest = found
+    etag = f'"{experiment_id}-{status_}-{count}-{latest.timestamp() if latest else 0}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    epochs = _EPOCHS.get(experiment_id, (count, latest))
+    if epochs is None:
+        # Serialised here, not through response_model: the rows already have MetricsRead's
+        # shape (a test holds them to it), and validating hundreds of nested rows on every
+        # poll would dominate the read.
+        rows = crud.epoch_records(session=session, experiment_id=experiment_id)
+        epochs = json.dumps(rows, separators=(",", ":"))
+        _EPOCHS.put(experiment_id, (count, latest), epochs)
+    body = f'{{"experiment_id":{experiment_id},"status":"{status_}","epochs":{epochs}}}'
+    return Response(body, media_type="application/json", headers={"ETag": etag})
+
+
+class _EpochsCache:
+    """Serialised epochs per experiment, under the version `crud.metrics_version` reads.
+
+    Finished epochs never change unless replayed, which changes the version, so an entry
+    is either current or replaced; dashboards polling a run re-serialise nothing.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: OrderedDict[int, tuple[tuple[int, Any], str]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()  # sync handlers run in a thread pool
+
+    def get(self, experiment_id: int, version: tuple[int, Any]) -> str | None:
+        with self._lock:
+            entry = self._entries.get(experiment_id)
+            if entry is None or entry[0] != version:
+                return None
+            self._entries.move_to_end(experiment_id)
+            return entry[1]
+
+    def put(self, experiment_id: int, version: tuple[int, Any], epochs: str) -> None:
+        with self._lock:
+            self._entries[experiment_id] = (version, epochs)
+            self._entries.move_to_end(experiment_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_EPOCHS = _EpochsCache()
 
 
 @router.get(

@@ -102,10 +102,10 @@ def test_a_replayed_epoch_overwrites_its_rows(database, experiment_id):
 
     assert counts(database, experiment_id) == (2, 4)
     with session_scope(database) as session:
-        epochs = crud.list_epochs(session=session, experiment_id=experiment_id)
-        assert [row.epoch for row in epochs] == [1, 2]
-        assert epochs[1].train_loss == 3.5
-        assert [stats.layer for stats in epochs[1].expert_stats] == [2, 4]
+        epochs = crud.epoch_records(session=session, experiment_id=experiment_id)
+        assert [row["epoch"] for row in epochs] == [1, 2]
+        assert epochs[1]["train"]["loss"] == 3.5
+        assert [stats["layer"] for stats in epochs[1]["expert_stats"]] == [2, 4]
         run = crud.get_experiment(session=session, experiment_id=experiment_id)
         assert run.current_epoch == 2 and run.best_val_loss == 3.5
 
@@ -168,3 +168,31 @@ def test_cancelling_a_live_run_flags_it_for_its_worker(database, experiment_id):
         run = crud.get_experiment(session=session, experiment_id=experiment_id)
         assert (run.status, run.cancel_requested) == ("running", True)
         assert crud.should_stop(session=session, experiment_id=experiment_id, owner="a")
+
+
+def test_metrics_reads_follow_replays_and_answer_304_to_their_etag(
+    database, experiment_id, tmp_path
+):
+    from api.settings import Settings
+    from tests.conftest import make_client
+
+    settings = Settings(home=tmp_path / "home", database_url=database)
+    assert claim(database, experiment_id, "a")
+    write(database, experiment_id, "a", record(1, 5.0))
+    with make_client(settings) as api:
+        first = api.get(f"/experiments/{experiment_id}/metrics")
+        assert [e["train"]["loss"] for e in first.json()["epochs"]] == [5.0]
+        etag = first.headers["etag"]
+        assert (
+            api.get(
+                f"/experiments/{experiment_id}/metrics", headers={"If-None-Match": etag}
+            ).status_code
+            == 304
+        )
+
+        write(database, experiment_id, "a", record(2, 4.0))
+        write(database, experiment_id, "a", record(1, 4.5))  # a replay rewrites epoch 1
+        second = api.get(f"/experiments/{experiment_id}/metrics", headers={"If-None-Match": etag})
+        assert second.status_code == 200 and second.headers["etag"] != etag
+        assert [e["train"]["loss"] for e in second.json()["epochs"]] == [4.5, 4.0]
+        assert api.get("/experiments/999999/metrics").status_code == 404

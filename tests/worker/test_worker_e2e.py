@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from api.schemas import MetricsRead
 from tests.conftest import WorkerProcess, make_client, micro_base, wait_for
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
@@ -72,6 +73,8 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert counts == sorted(counts)
 
     epochs = metrics["epochs"]
+    # The endpoint serialises rows itself; they must still be exactly the documented model.
+    assert MetricsRead.model_validate(metrics).model_dump(mode="json") == metrics
     assert [epoch["epoch"] for epoch in epochs] == [1, 2, 3, 4]
     for epoch in epochs:
         assert epoch["train"]["loss"] > 0 and epoch["val"]["ce_loss"] > 0
