@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: moe_core.criteria is importable
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
@@ -64,6 +65,30 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def print_verdict_table(base_url: str, study: dict) -> None:
+    """The CLI study's comparison table, built from what the API stores and judges."""
+    from moe_core.criteria import format_table, format_verdict  # torch-free
+
+    def result(experiment_id: int) -> dict | None:
+        try:
+            return call(f"{base_url}/experiments/{experiment_id}/result")
+        except urllib.error.HTTPError:  # 409: the run did not succeed
+            return None
+
+    dense = result(study["dense_id"])
+    rows = {row["name"]: row for row in study["verdicts"]}
+    results = {name: result(row["experiment_id"]) for name, row in rows.items()}
+    judged = {
+        name: rows[name]["verdict"] for name, r in results.items() if r and rows[name]["verdict"]
+    }
+    for name, row in rows.items():
+        print(
+            format_verdict(name, row["verdict"]) if row["verdict"] else f"  {name}: {row['detail']}"
+        )
+    if dense is not None:
+        print("\n" + format_table(dense, {n: results[n] for n in judged}, judged))
 
 
 def main() -> int:
@@ -119,17 +144,8 @@ def main() -> int:
                             f"{epoch['tokens_per_sec']:,.0f} tok/s"
                         )
                     shown[member["id"]] = member["current_epoch"]
-        print(f"\nstudy {study['id']} {study['status']}")
-        for row in study["verdicts"]:
-            if row["verdict"] is None:
-                print(f"  {row['name']:>14}: {row['detail']}")
-                continue
-            primary, tertiary = row["verdict"]["primary"], row["verdict"]["tertiary"]
-            print(
-                f"  {row['name']:>14}: {'PASS' if row['passed'] else 'fail'}  "
-                f"val {primary['val_loss']:.4f} vs dense {primary['dense_val_loss']:.4f}  "
-                f"min expert usage {tertiary['min_usage'] or 0:.1f}%"
-            )
+        print(f"\nstudy {study['id']} {study['status']}\n")
+        print_verdict_table(base_url, study)
         return 0 if study["status"] == "succeeded" else 1
     finally:
         stop(worker)
