@@ -90,6 +90,19 @@ class Settings(BaseSettings):
             self.auto_migrate = self.database_url.startswith("sqlite")
         return self
 
+    def as_env(self) -> dict[str, str]:
+        """The MOE_ environment variables that give another process these settings."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            env[f"MOE_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        return env
+
     @property
     def is_embedded(self) -> bool:
         """True when the store is SQLite (no server), where a few things work differently."""

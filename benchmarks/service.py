@@ -77,12 +77,7 @@ def _free_port() -> int:
 
 def _env(settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"MOE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(settings.as_env())
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = "1"  # the worker trains beside the API on two cores
     return env

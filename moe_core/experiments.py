@@ -75,7 +75,7 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=base.learning_rate, fused=fused or None)
 
 
-def _train(
+def run_single_experiment(
     config: ExperimentConfig,
     train_dataset: Dataset,
     val_dataset: Dataset,
@@ -86,8 +86,15 @@ def _train(
     on_epoch_end: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    model_path: str | os.PathLike | None = None,
     verbose: bool = True,
-) -> tuple[dict[str, Any], Trainer]:
+) -> dict[str, Any]:
+    """Train one configuration for `base_config.num_epochs`; returns config, metrics, params.
+
+    `checkpoint_path` resumes from that file when it exists and rewrites it every epoch;
+    `model_path` receives the final (best, under early stopping) weights. Raises
+    `TrainingCancelled` when `should_stop` ends the run.
+    """
     device = resolve_device(device)
     seed_everything(base_config.seed)  # every run starts from the same initialisation
     # The loader's own generator makes the shuffle order part of the checkpoint.
@@ -141,41 +148,6 @@ def _train(
         "metrics": trainer.get_metrics(),
         "params": count_parameters(model),
     }
-    return result, trainer
-
-
-def run_single_experiment(
-    config: ExperimentConfig,
-    train_dataset: Dataset,
-    val_dataset: Dataset,
-    base_config: BaseConfig,
-    device: torch.device | str | None,
-    *,
-    dense: bool = False,
-    on_epoch_end: EpochCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    checkpoint_path: str | os.PathLike | None = None,
-    model_path: str | os.PathLike | None = None,
-    verbose: bool = True,
-) -> dict[str, Any]:
-    """Train one configuration for `base_config.num_epochs`; returns config, metrics, params.
-
-    `checkpoint_path` resumes from that file when it exists and rewrites it every epoch;
-    `model_path` receives the final (best, under early stopping) weights. Raises
-    `TrainingCancelled` when `should_stop` ends the run.
-    """
-    result, trainer = _train(
-        config,
-        train_dataset,
-        val_dataset,
-        base_config,
-        device,
-        dense=dense,
-        on_epoch_end=on_epoch_end,
-        should_stop=should_stop,
-        checkpoint_path=checkpoint_path,
-        verbose=verbose,
-    )
     if model_path is not None:
         save_model(trainer.model, model_path)
     return result
@@ -241,10 +213,8 @@ def main(
     if unknown:
         raise ValueError(f"unknown experiments {unknown}; choose from {sorted(configs)}")
 
-    dense, dense_trainer = _train(
-        dense_config(base), data.train, data.val, base, device, dense=True, verbose=verbose
-    )
-    save_model(dense_trainer.model, out / "dense_model.pt")
+    dense = run_single_experiment(dense_config(base), data.train, data.val, base, device,
+                                  dense=True, model_path=out / "dense_model.pt", verbose=verbose)  # fmt: skip
 
     results = {}
     for name in names:

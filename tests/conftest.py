@@ -217,12 +217,7 @@ def micro_base(**overrides: Any) -> dict[str, Any]:
 def settings_env(settings) -> dict[str, str]:
     """The environment that gives a worker process these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"MOE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(settings.as_env())
     env["PYTHONUNBUFFERED"] = "1"
     # Two cores: one torch thread per worker keeps the test machine responsive.
     env.setdefault("OMP_NUM_THREADS", "1")
