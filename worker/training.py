@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from api import crud
 from api.db import session_scope
 from api.models import FINISHED, Status
@@ -111,26 +113,51 @@ def _claim(experiment_id: int, *, owner: str, device: str, settings: Settings) -
         time.sleep(min(settings.heartbeat_timeout / 4, 5.0))
 
 
+FIRST_RETRY_DELAY = 0.5  # seconds; doubles up to 30 s between tries
+
+
+def _outlasting_outages(settings: Settings, what: str, write: Callable[[], Any]) -> Any:
+    """Run a database write, retrying through connection failures for up to
+    `settings.db_outage_seconds`: a restarted or failed-over database costs a pause, not
+    the run. Only connection-level errors are retried; anything else is a real failure."""
+    deadline = time.monotonic() + settings.db_outage_seconds
+    delay = FIRST_RETRY_DELAY
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unreachable (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+
+
 def _epoch_writer(
     experiment_id: int, *, owner: str, settings: Settings
 ) -> Callable[[dict[str, Any]], None]:
-    def write(record: dict[str, Any]) -> None:
+    def write_once(record: dict[str, Any]) -> None:
         with session_scope(settings.database_url) as session:
             crud.record_epoch(
                 session=session, experiment_id=experiment_id, owner=owner, record=record
             )
 
+    def write(record: dict[str, Any]) -> None:
+        what = f"experiment {experiment_id} epoch {record['epoch']}"
+        _outlasting_outages(settings, what, lambda: write_once(record))
+
     return write
 
 
 def _finish(experiment_id: int, *, owner: str, settings: Settings, **outcome: Any) -> None:
-    with session_scope(settings.database_url) as session:
-        if not crud.finish_experiment(
-            session=session, experiment_id=experiment_id, owner=owner, **outcome
-        ):
-            log.info(
-                "experiment %s: no longer ours to finish (%s)", experiment_id, outcome["status"]
+    def finish_once() -> bool:
+        with session_scope(settings.database_url) as session:
+            return crud.finish_experiment(
+                session=session, experiment_id=experiment_id, owner=owner, **outcome
             )
+
+    if not _outlasting_outages(settings, f"experiment {experiment_id} finish", finish_once):
+        log.info("experiment %s: no longer ours to finish (%s)", experiment_id, outcome["status"])
 
 
 class RunMonitor(threading.Thread):

@@ -196,3 +196,37 @@ def test_metrics_reads_follow_replays_and_answer_304_to_their_etag(
         assert second.status_code == 200 and second.headers["etag"] != etag
         assert [e["train"]["loss"] for e in second.json()["epochs"]] == [4.5, 4.0]
         assert api.get("/experiments/999999/metrics").status_code == 404
+
+
+def test_epoch_writes_wait_out_a_database_outage(database, experiment_id, tmp_path, monkeypatch):
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from api.settings import Settings
+    from worker import training
+
+    settings = Settings(home=tmp_path / "home", database_url=database, db_outage_seconds=5)
+    assert claim(database, experiment_id, "a")
+    real, calls = crud.record_epoch, []
+
+    def flaky(**kwargs):  # the database is away for two tries, then back
+        calls.append(kwargs["record"]["epoch"])
+        if len(calls) == 1:
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("server closed"))
+        if len(calls) == 2:
+            raise InterfaceError("INSERT", {}, ConnectionResetError("connection reset"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(training, "FIRST_RETRY_DELAY", 0.01)
+    monkeypatch.setattr(crud, "record_epoch", flaky)
+    training._epoch_writer(experiment_id, owner="a", settings=settings)(record(1, 5.0))
+    assert calls == [1, 1, 1] and counts(database, experiment_id) == (1, 2)
+
+    # An outage longer than db_outage_seconds surfaces; other errors are never retried.
+    monkeypatch.setattr(crud, "record_epoch", lambda **_: (_ for _ in ()).throw(
+        OperationalError("INSERT", {}, ConnectionRefusedError("down"))))  # fmt: skip
+    short = settings.model_copy(update={"db_outage_seconds": 0.05})
+    with pytest.raises(OperationalError):
+        training._epoch_writer(experiment_id, owner="a", settings=short)(record(2, 4.0))
+    monkeypatch.setattr(crud, "record_epoch", real)
+    with pytest.raises(crud.LostOwnership):
+        training._epoch_writer(experiment_id, owner="b", settings=settings)(record(2, 4.0))
