@@ -76,6 +76,10 @@ def run_experiment(experiment_id: int, *, settings: Settings) -> None:
         # Cancelled: the finished epochs stay. Lost: the new owner finishes the run, and
         # this update (conditional on ownership) then changes nothing.
         _finish(experiment_id, owner=owner, settings=settings, status=Status.cancelled)
+    except (OperationalError, InterfaceError):
+        # The database stayed away past db_outage_seconds: not the run's fault. The task's
+        # autoretry (worker.tasks) resumes it from its last checkpoint once it is back.
+        raise
     except Exception as exc:
         log.exception("experiment %s failed", experiment_id)
         error = f"{type(exc).__name__}: {exc}"
