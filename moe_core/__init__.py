@@ -18,6 +18,7 @@ _EXPORTS = {
     "get_experiment_configs": "config",
     "Trainer": "trainer",
     "TrainingCancelled": "trainer",
+    "TrainingDiverged": "trainer",
     "GPT": "model",
     "GPTConfig": "model",
     "MoELayer": "model",

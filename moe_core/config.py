@@ -134,8 +134,8 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def base_config(preset: str = "spec", **overrides: Any) -> BaseConfig:
-    """A `BaseConfig` from a named preset, with field overrides."""
+def base_config(preset: str = "spec", /, **overrides: Any) -> BaseConfig:
+    """A `BaseConfig` from a named preset, with field overrides (an unknown one is rejected)."""
     if preset not in BASE_PRESETS:
         raise ValueError(f"unknown base preset {preset!r}; choose from {sorted(BASE_PRESETS)}")
     return BaseConfig(**{**BASE_PRESETS[preset], **overrides})

@@ -16,21 +16,28 @@ GAP_REDUCTION_TARGET = 0.25  # primary: validation gap reduced by at least 25%
 MIN_USAGE_TARGET = 5.0  # tertiary: every expert receives at least 5% of assignments
 
 
+def _finite(values: list[float | None] | None) -> list[float]:
+    # Stored metrics turn NaN/inf into null: judge what is left rather than crash.
+    return [v for v in values or [] if v is not None and math.isfinite(v)]
+
+
 def best_val_loss(metrics: Mapping[str, Any]) -> float | None:
     """The best validation cross-entropy of a run (the model early stopping keeps)."""
-    losses = metrics.get("val_ce_losses") or []
+    losses = _finite(metrics.get("val_ce_losses"))
     return min(losses) if losses else None
 
 
 def generalisation_gap(metrics: Mapping[str, Any]) -> float | None:
     """val - train cross-entropy at the last epoch (the Trainer always evaluates the last)."""
     val, train = metrics.get("val_ce_losses") or [], metrics.get("train_ce_losses") or []
-    return val[-1] - train[-1] if val and train else None
+    if not val or not train or len(_finite([val[-1], train[-1]])) < 2:
+        return None
+    return val[-1] - train[-1]
 
 
 def throughput(metrics: Mapping[str, Any]) -> float | None:
     """Median training tokens/s over epochs: robust to the first epoch's warm-up."""
-    values = metrics.get("tokens_per_sec") or []
+    values = _finite(metrics.get("tokens_per_sec"))
     return statistics.median(values) if values else None
 
 

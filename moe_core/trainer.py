@@ -33,6 +33,10 @@ class TrainingCancelled(Exception):
     """Raised by `train_epoch` when `should_stop()` turns true mid-epoch."""
 
 
+class TrainingDiverged(FloatingPointError):
+    """An epoch's mean loss is NaN or infinite: the run cannot go on meaningfully."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -228,6 +232,13 @@ class Trainer:
                 "the training loader yielded no batches (dataset smaller than a batch?)"
             )
         loss, ce, aux = (total / n_steps).tolist()
+        # Checked once per epoch from the sums already kept: a per-step check would cost a
+        # device sync every step.
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"{self.model_name}: training loss is {loss} in epoch {self.epoch + 1}"
+                " (the run diverged: try a lower learning_rate)"
+            )
         self._epoch_usage = (usage, dropped)
         self.train_losses.append(loss)
         self.train_ce_losses.append(ce)
@@ -264,6 +275,8 @@ class Trainer:
         if n_tokens == 0:
             raise ValueError("the validation loader yielded no batches")
         loss, ce, aux = (total / n_tokens).tolist()
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"{self.model_name}: validation loss is {loss}")
         self.val_losses.append(loss)
         self.val_ce_losses.append(ce)
         self.val_aux_losses.append(aux)

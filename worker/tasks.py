@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery.signals import worker_init
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.migrate import auto_migrate
 from api.settings import get_settings
@@ -17,10 +17,13 @@ from worker.training import run_experiment
     # checkpoint, upserted epoch rows): see worker.training.
     acks_late=True,
     reject_on_worker_lost=True,
-    # The database being briefly away must not lose the run.
-    autoretry_for=(OperationalError,),
+    # The database being away must not lose the run: retry (resuming from the checkpoint)
+    # until it is back, at most 5 minutes apart. While it is away nothing could record a
+    # failure anyway, so giving up would only leave the run "running" for good.
+    autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
-    max_retries=5,
+    retry_backoff_max=300,
+    max_retries=None,
 )
 def train_experiment(experiment_id: int) -> None:
     run_experiment(experiment_id, settings=get_settings())

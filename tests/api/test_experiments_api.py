@@ -69,6 +69,7 @@ def test_defaults_are_the_spec_and_dense_uses_dense_config(client):
         ({"config": {"no_such_field": 1}}, ["body", "config", "no_such_field"]),
         ({"config": {"dropout": "lots"}}, ["body", "config", "dropout"]),
         ({"base": {"num_heads": 0}}, ["body", "base", "num_heads"]),
+        ({"base": {"preset": "tiny"}}, ["body", "base", "preset"]),  # not a BaseConfig field
         ({"base": {"hidden_dim": 33}}, ["body", "base"]),  # not divisible by num_heads
         ({"preset": "top3"}, ["body", "preset"]),
         ({"base_preset": "huge"}, ["body", "base_preset"]),

@@ -106,6 +106,8 @@ def test_bad_base_configs_are_rejected_clearly():
         BaseConfig(num_layers=4, moe_layers=[2, 4])
     with pytest.raises(ValueError, match="unknown base preset"):
         base_config("huge")
+    with pytest.raises(ValidationError, match="preset"):  # an override, not the preset's name
+        base_config("micro", preset="tiny")
 
 
 def test_schedule_is_linear_then_held():

@@ -81,6 +81,14 @@ def test_criteria_tertiary_needs_every_expert_at_five_percent():
     assert ok["secondary"]["throughput_ratio"] == 1.0
 
 
+def test_criteria_skip_missing_and_non_finite_values():
+    dense = _result(val=[5.0, 4.0], train=[4.5, 3.0])
+    stored = _result(val=[None, 4.2, float("nan")], train=[4.0, 3.9, 3.8])  # NaN stored as null
+    verdict = judge(stored, dense)
+    assert verdict["primary"]["val_loss"] == 4.2
+    assert verdict["primary"]["val_gap"] is None and not verdict["primary"]["gap_reduced_enough"]
+
+
 def test_evaluate_success_criteria_returns_and_prints(capsys):
     dense = _result(val=[5.0], train=[4.0])
     verdicts = evaluate_success_criteria(
@@ -112,8 +120,11 @@ def test_main_writes_results_and_dense_model(micro_base, tmp_path):
 def test_cli_study_and_train(micro_base, tmp_path):
     env_args = ["--base", "micro", "--data-dir", micro_base.data_dir, "--cache-dir", micro_base.cache_dir,
                 "--epochs", "1", "--device", "cpu"]  # fmt: skip
+
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "moe_core", *args], capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "moe_core", *args], capture_output=True, text=True
+        )
 
     study = run("study", *env_args, "--experiments", "baseline", "--out", str(tmp_path / "s"))
     assert study.returncode == 0, study.stderr

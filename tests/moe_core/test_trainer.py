@@ -4,7 +4,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from moe_core.config import ExperimentConfig, base_config
 from moe_core.experiments import build_model, build_optimizer, run_single_experiment
-from moe_core.trainer import Trainer, TrainingCancelled
+from moe_core.trainer import Trainer, TrainingCancelled, TrainingDiverged
 
 TRAIN_EPOCH_KEYS = {
     "loss",
@@ -209,3 +209,12 @@ def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(micro_data, tmp_
     assert resumed["metrics"]["current_step"] == full["metrics"]["current_step"]
     usage = lambda m: [layer["usage"] for h in m["expert_stats_history"] for layer in h["layers"]]  # noqa: E731
     assert usage(resumed["metrics"]) == usage(full["metrics"])
+
+
+def test_a_diverged_epoch_raises_and_records_nothing():
+    trainer = make_trainer()
+    with torch.no_grad():
+        trainer.model.lm_head.weight[0, 0] = float("nan")  # tied: every logit of token 0 is NaN
+    with pytest.raises(TrainingDiverged, match="training loss is nan in epoch 1"):
+        trainer.train(2)
+    assert trainer.train_losses == [] and trainer.epoch == 0
