@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -57,12 +58,10 @@ class Experts(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
-        C, H = w1.shape[1:]
-        if (C * x.element_size()) % 16 == 0 and (H * x.element_size()) % 16 == 0:
+        if _grouped_mm_supported(x, *w1.shape[1:]):
             h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [M, H]
             return F.grouped_mm(h, w2, offs=offsets)  # [M, C]
-        # grouped_mm needs 16-byte-aligned rows; odd widths take a loop over the same
-        # contiguous per-expert slices.
+        # Where grouped_mm cannot run, a loop over the same contiguous per-expert slices.
         ends = offsets.tolist()
         starts = [0] + ends[:-1]
         return torch.cat(
@@ -71,6 +70,20 @@ class Experts(nn.Module):
                 for e, (a, b) in enumerate(zip(starts, ends, strict=True))
             ]
         )
+
+
+@functools.cache
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _grouped_mm_supported(x: torch.Tensor, C: int, H: int) -> bool:
+    """grouped_mm needs 16-byte-aligned rows, and on CUDA bf16 inputs on SM >= 80
+    (torch's documented requirement); the CPU kernel takes float32 too."""
+    aligned = (C * x.element_size()) % 16 == 0 and (H * x.element_size()) % 16 == 0
+    if x.device.type == "cuda":
+        return aligned and x.dtype == torch.bfloat16 and _cuda_capability(x.device.index)[0] >= 8
+    return aligned
 
 
 class MoELayer(nn.Module):

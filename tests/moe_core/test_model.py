@@ -159,3 +159,17 @@ def test_top_k_larger_than_experts_is_rejected():
 def test_capacity_is_the_switch_formula():
     layer = MoELayer(8, num_experts=8, expert_dim=8, capacity_factor=1.25)
     assert layer.capacity(4096) == math.ceil(1.25 * 4096 / 8)
+
+
+def test_slice_loop_fallback_matches_grouped_mm(monkeypatch):
+    import moe_core.model as model_mod
+
+    layer = MoELayer(16, num_experts=4, expert_dim=32, top_k=2, capacity_factor=1.0)
+    x = torch.randn(2, 12, 16, requires_grad=True)
+    out, _ = layer(x)
+    (grad_x,) = torch.autograd.grad(out.pow(2).sum(), x)
+    monkeypatch.setattr(model_mod, "_grouped_mm_supported", lambda *a: False)  # e.g. fp32 on CUDA
+    out2, _ = layer(x)
+    (grad_x2,) = torch.autograd.grad(out2.pow(2).sum(), x)
+    torch.testing.assert_close(out2, out)
+    torch.testing.assert_close(grad_x2, grad_x)
