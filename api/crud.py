@@ -81,21 +81,9 @@ def list_experiments(
     return items, total
 
 
-def metrics_version(*, session: Session, experiment_id: int) -> tuple[str, int, Any] | None:
-    """(status, epochs recorded, latest epoch write) in one query; None for an unknown id.
-
-    Epoch rows change only by being added or replayed (which rewrites `recorded_at`), so
-    the last two identify the epochs' content: the API caches the rows under them.
-    """
-    m = EpochMetrics.__table__.c
-    row = session.execute(
-        select(Experiment.status, func.count(m.epoch), func.max(m.recorded_at))
-        .select_from(Experiment)
-        .outerjoin(EpochMetrics.__table__, m.experiment_id == Experiment.id)
-        .where(Experiment.id == experiment_id)
-        .group_by(Experiment.status)
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])
+def experiment_status(*, session: Session, experiment_id: int) -> str | None:
+    """The run's status alone (None for an unknown id): one column, no object loaded."""
+    return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
 
 
 def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any]]:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # How often a training run reads its cancel flag (and writes its heartbeat): about one
     # GPU training step, so a cancel lands within a step or two.
     cancel_poll_seconds: float = Field(0.1, ge=0)
+    # GET /experiments/{id}/metrics of a running run may be served from the API's cache up
+    # to this many seconds old (dashboards poll it); a finished run's never changes.
+    metrics_max_age: float = Field(1.0, ge=0)
     # A worker whose database goes away at an epoch's end waits this long for it, retrying,
     # with training paused (the epoch's checkpoint follows its rows), instead of failing.
     db_outage_seconds: float = Field(300.0, ge=0)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,6 +250,22 @@ def _latency_row(name: str, latencies: list[float], wall: float, **params) -> di
     }
 
 
+def _wrk_row(name: str, url: str, concurrency: int, seconds: int) -> dict[str, Any]:
+    """Latency percentiles and throughput from wrk (one thread, `concurrency` connections)."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    percentiles = {
+        int(m.group(1)): float(m.group(2)) * unit[m.group(3)]
+        for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)$", out, re.M)
+    }
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"name": name, "params": {"concurrency": concurrency, "seconds": seconds, "load": "wrk"},
+            "p50_ms": percentiles[50], "p99_ms": percentiles[99], "requests_per_s": rate}  # fmt: skip
+
+
 def queue_latency(dep: dict[str, Any], runs: int) -> dict[str, Any]:
     """POST a micro experiment to an idle worker; time until the API reports it running."""
     import httpx
@@ -338,7 +356,20 @@ def run(ctx: Context) -> dict[str, Any]:
             lat, wall = asyncio.run(_load(dep["base_url"], "GET", path, total, concurrency))
             rows.append(_latency_row(f"GET metrics c={concurrency}", lat, wall,
                                      concurrency=concurrency, epochs=n["epochs"],
-                                     layers=n["layers"]))  # fmt: skip
+                                     layers=n["layers"], load="httpx"))  # fmt: skip
+        # The floor: a route that does nothing, under the same load generator and server.
+        # Whatever it costs, no route can beat it on this machine.
+        lat, wall = asyncio.run(_load(dep["base_url"], "GET", "/healthz", n["reads_32"], 32))
+        rows.append(_latency_row("GET /healthz c=32 (floor)", lat, wall, concurrency=32,
+                                 load="httpx"))  # fmt: skip
+        # httpx in Python costs about as much CPU per request as the server on these two
+        # cores, so it caps what it can measure; wrk (C) does not, where it is installed.
+        if shutil.which("wrk") and not ctx.smoke:
+            for name, route in (
+                ("GET metrics c=32", path),
+                ("GET /healthz c=32 (floor)", "/healthz"),
+            ):
+                rows.append(_wrk_row(f"{name} [wrk]", dep["base_url"] + route, 32, seconds=8))
         body = {"name": "bench-post", "base_preset": "micro"}
         lat, wall = asyncio.run(
             _load(dep["base_url"], "POST", "/experiments", n["posts"], 32, body)

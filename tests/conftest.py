@@ -174,6 +174,9 @@ def service_settings(database_url, broker_prefix, corpus_dir, cache_dir, tmp_pat
         visibility_timeout=4,
         heartbeat_timeout=3.0,
         cancel_poll_seconds=0.05,
+        # Tests watch every epoch arrive: no cached metrics (tests/worker/test_run_store.py
+        # covers the cache).
+        metrics_max_age=0,
     )
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from api import crud
+from api.db import session_scope
 from api.deps import QueueDep, SessionDep, SettingsDep
-from api.models import Experiment, Status
+from api.models import FINISHED, Experiment, Status
 from api.schemas import (
     ExperimentCreate,
     ExperimentList,
@@ -71,55 +77,84 @@ def read_experiment(*, experiment_id: int, session: SessionDep) -> Experiment:
 
 
 @router.get("/{experiment_id}/metrics", response_model=MetricsRead)
-def read_metrics(*, experiment_id: int, session: SessionDep, request: Request) -> Response:
-    found = crud.metrics_version(session=session, experiment_id=experiment_id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
-    status_, count, latest = found
-    etag = f'"{experiment_id}-{status_}-{count}-{latest.timestamp() if latest else 0}"'
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    epochs = _EPOCHS.get(experiment_id, (count, latest))
-    if epochs is None:
-        # Serialised here, not through response_model: the rows already have MetricsRead's
-        # shape (a test holds them to it), and validating hundreds of nested rows on every
-        # poll would dominate the read.
-        rows = crud.epoch_records(session=session, experiment_id=experiment_id)
-        epochs = json.dumps(rows, separators=(",", ":"))
-        _EPOCHS.put(experiment_id, (count, latest), epochs)
-    body = f'{{"experiment_id":{experiment_id},"status":"{status_}","epochs":{epochs}}}'
-    return Response(body, media_type="application/json", headers={"ETag": etag})
+async def read_metrics(*, experiment_id: int, request: Request, settings: SettingsDep) -> Response:
+    # async, with the database only on a cache miss: dashboards poll this, and a hit should
+    # cost no thread hop, no connection and no query.
+    key = (settings.database_url, experiment_id)  # one process may serve several stores (tests)
+    cached = _METRICS.get(key, settings.metrics_max_age)
+    if cached is None:
+        # One read per expiry: the clients that miss together wait for it, rather than
+        # all querying at once the moment an entry ages out.
+        async with _METRICS.refreshing(key):
+            cached = _METRICS.get(key, settings.metrics_max_age)
+            if cached is None:
+                cached = await run_in_threadpool(
+                    _metrics_response, experiment_id, settings.database_url
+                )
+                _METRICS.put(key, cached)
+    if request.headers.get("if-none-match") == cached.etag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": cached.etag})
+    return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
 
 
-class _EpochsCache:
-    """Serialised epochs per experiment, under the version `crud.metrics_version` reads.
+@dataclass(frozen=True)
+class _Metrics:
+    body: bytes
+    etag: str
+    final: bool  # a finished run's metrics never change
+    at: float = field(default_factory=time.monotonic)
 
-    Finished epochs never change unless replayed, which changes the version, so an entry
-    is either current or replaced; dashboards polling a run re-serialise nothing.
-    """
 
-    def __init__(self, size: int = 256) -> None:
-        self._entries: OrderedDict[int, tuple[tuple[int, Any], str]] = OrderedDict()
+def _metrics_response(experiment_id: int, database_url: str) -> _Metrics:
+    with session_scope(database_url) as session:
+        status_ = crud.experiment_status(session=session, experiment_id=experiment_id)
+        if status_ is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
+        epochs = crud.epoch_records(session=session, experiment_id=experiment_id)
+    # Serialised here, not through response_model: the rows already have MetricsRead's
+    # shape (a test holds them to it), and validating hundreds of nested rows would
+    # dominate the read.
+    body = json.dumps(
+        {"experiment_id": experiment_id, "status": status_, "epochs": epochs},
+        separators=(",", ":"),
+    ).encode()
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    return _Metrics(body, etag, final=status_ in FINISHED)
+
+
+class _MetricsCache:
+    """Metrics responses per experiment: a finished run's until evicted, a running run's
+    for `max_age` seconds (the freshness the settings promise)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._entries: OrderedDict[tuple[str, int], _Metrics] = OrderedDict()
         self._size = size
-        self._lock = threading.Lock()  # sync handlers run in a thread pool
+        self._lock = threading.Lock()  # the miss path runs in the thread pool
+        self._refreshes: dict[tuple[str, int], asyncio.Lock] = {}
 
-    def get(self, experiment_id: int, version: tuple[int, Any]) -> str | None:
+    def refreshing(self, key: tuple[str, int]) -> asyncio.Lock:
+        """The lock that one refresh of `key` holds (handlers run on one event loop)."""
+        if len(self._refreshes) > 4 * self._size:
+            self._refreshes = {k: v for k, v in self._refreshes.items() if v.locked()}
+        return self._refreshes.setdefault(key, asyncio.Lock())
+
+    def get(self, key: tuple[str, int], max_age: float) -> _Metrics | None:
         with self._lock:
-            entry = self._entries.get(experiment_id)
-            if entry is None or entry[0] != version:
+            entry = self._entries.get(key)
+            if entry is None or not (entry.final or time.monotonic() - entry.at < max_age):
                 return None
-            self._entries.move_to_end(experiment_id)
-            return entry[1]
+            self._entries.move_to_end(key)
+            return entry
 
-    def put(self, experiment_id: int, version: tuple[int, Any], epochs: str) -> None:
+    def put(self, key: tuple[str, int], entry: _Metrics) -> None:
         with self._lock:
-            self._entries[experiment_id] = (version, epochs)
-            self._entries.move_to_end(experiment_id)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
 
-_EPOCHS = _EpochsCache()
+_METRICS = _MetricsCache()
 
 
 @router.get(

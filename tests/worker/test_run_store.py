@@ -3,10 +3,11 @@ and on SQLite (the embedded default)."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from api import crud
 from api.db import session_scope
@@ -176,7 +177,7 @@ def test_metrics_reads_follow_replays_and_answer_304_to_their_etag(
     from api.settings import Settings
     from tests.conftest import make_client
 
-    settings = Settings(home=tmp_path / "home", database_url=database)
+    settings = Settings(home=tmp_path / "home", database_url=database, metrics_max_age=0)
     assert claim(database, experiment_id, "a")
     write(database, experiment_id, "a", record(1, 5.0))
     with make_client(settings) as api:
@@ -230,3 +231,33 @@ def test_epoch_writes_wait_out_a_database_outage(database, experiment_id, tmp_pa
     monkeypatch.setattr(crud, "record_epoch", real)
     with pytest.raises(crud.LostOwnership):
         training._epoch_writer(experiment_id, owner="b", settings=settings)(record(2, 4.0))
+
+
+def test_metrics_of_a_running_run_are_cached_for_max_age_and_a_finished_runs_for_good(
+    database, experiment_id, tmp_path
+):
+    from api.settings import Settings
+    from tests.conftest import make_client
+
+    settings = Settings(home=tmp_path / "home", database_url=database, metrics_max_age=0.5)
+    path = f"/experiments/{experiment_id}/metrics"
+    assert claim(database, experiment_id, "a")
+    write(database, experiment_id, "a", record(1, 5.0))
+    with make_client(settings) as api:
+        assert len(api.get(path).json()["epochs"]) == 1
+        write(database, experiment_id, "a", record(2, 4.0))
+        assert len(api.get(path).json()["epochs"]) == 1  # within max_age: the cached answer
+        time.sleep(0.6)
+        assert len(api.get(path).json()["epochs"]) == 2  # older than max_age: read again
+        with session_scope(database) as session:
+            crud.finish_experiment(session=session, experiment_id=experiment_id, owner="a",
+                                   status=Status.succeeded)  # fmt: skip
+        time.sleep(0.6)
+        final = api.get(path).json()
+        assert final["status"] == "succeeded"
+        with session_scope(database) as session:  # (a finished run's rows never change;
+            session.execute(delete(ExpertStats))  # this only shows nobody asks again)
+            session.execute(delete(EpochMetrics))
+            session.commit()
+        time.sleep(0.6)
+        assert api.get(path).json() == final
