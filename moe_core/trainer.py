@@ -80,10 +80,15 @@ class Trainer:
         # residuals, the router's softmax) into a few kernels; it pays on GPUs, where the
         # launches of small kernels dominate. `model` itself stays uncompiled, so
         # checkpoints and state dicts keep their plain parameter names.
-        self.compile = compile
         self.forward_model = torch.compile(model) if compile else model
 
-        self.moe_layers = [m for m in model.modules() if isinstance(m, MoELayer)]
+        moe = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
+        self.moe_layers = [m for _, m in moe]
+        # The layer each reports as: the first index in its module path ("blocks.2.ffn" -> 2).
+        self.moe_layer_ids = [
+            next((int(part) for part in name.split(".") if part.isdigit()), i)
+            for i, (name, _) in enumerate(moe)
+        ]
 
         # Loss tracking (one entry per epoch; val lists per evaluated epoch)
         self.train_losses: list[float] = []
@@ -299,7 +304,7 @@ class Trainer:
             entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
             stats.append(
                 {
-                    "layer": self._moe_layer_index(i),
+                    "layer": self.moe_layer_ids[i],
                     "entropy": entropy,
                     "max_entropy": math.log(len(counts)),
                     "min_usage": 100 * p.min().item(),
@@ -309,16 +314,6 @@ class Trainer:
                 }
             )
         return stats
-
-    def _moe_layer_index(self, i: int) -> int:
-        """The block index of the i-th MoE layer, when the model has `blocks`; else i."""
-        blocks = getattr(self.model, "blocks", None)
-        if blocks is None:
-            return i
-        indices = [
-            j for j, b in enumerate(blocks) if any(m is self.moe_layers[i] for m in b.modules())
-        ]
-        return indices[0] if indices else i
 
     # ------------------------------------------------------------------ the loop
 
