@@ -10,9 +10,9 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.db import session_scope
-from api.queue import TrainingQueue
-from api.settings import Settings, get_settings
+from store.db import session_scope
+from store.queue import TrainingQueue
+from store.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

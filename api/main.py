@@ -9,15 +9,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import require_token
-from api.migrate import auto_migrate
-from api.routes import experiments, health, presets, studies
-from api.settings import get_settings
+from api.routes import experiments, health, operations, presets, studies
 from api.specs import SpecError
+from store.migrate import auto_migrate
+from store.settings import get_settings
 
 
 @asynccontextmanager
@@ -33,6 +36,20 @@ async def _spec_error(request: Request, exc: Exception) -> Response:
     return await request_validation_exception_handler(request, RequestValidationError(exc.errors))
 
 
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER = 5
+
+
+async def _database_unreachable(request: Request, exc: Exception) -> Response:
+    # A restart or failover of the database is a moment to wait out, not a server error;
+    # whatever the request was writing is rolled back with its session.
+    return JSONResponse(
+        {"detail": "the database is unreachable; retry shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="MoE lab",
@@ -41,9 +58,11 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(SpecError, _spec_error)
+    for error in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(error, _database_unreachable)
     app.include_router(health.router)
     guarded = [Depends(require_token)]
-    for module in (experiments, studies, presets):
+    for module in (experiments, studies, presets, operations):
         app.include_router(module.router, dependencies=guarded)
     return app
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from api.models import Status
+from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
 ExperimentPreset = Literal["baseline", "top2", "strong_reg", "throughput_opt"]
@@ -88,7 +88,11 @@ class ExperimentRead(BaseModel):
     best_val_loss: float | None
     params: int | None
     device: str | None
-    attempts: int
+    worker_name: str | None = Field(description="the worker node that runs (or ran) it")
+    attempts: int = Field(description="times a worker started or resumed it")
+    restarts: int = Field(description="times it was taken over after its worker died")
+    handbacks: int = Field(description="times a worker told to stop handed it back")
+    run_key: str = Field(description="unique to the run; its artifacts live under it")
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -220,3 +224,20 @@ class Presets(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WorkerRead(BaseModel):
+    name: str = Field(description="the Celery node name, e.g. gpu0@node-7")
+    host: str
+    pid: int
+    device: str | None = Field(description="the torch device its training process uses")
+    state: Literal["idle", "busy", "stopping"]
+    experiment_id: int | None = Field(description="the run it trains, if any")
+    started_at: datetime
+    heartbeat_at: datetime
+    idle_since: datetime | None
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerRead]
+    total: int

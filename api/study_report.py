@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.models import FINISHED, Experiment, Status, Study
 from api.verdicts import NoVerdict, verdict
+from store.models import FINISHED, Experiment, Status, Study
 
 
 def study_status(members: list[Experiment]) -> Status:

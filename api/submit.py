@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
-from api import crud
-from api.models import Experiment
-from api.queue import TrainingQueue
+from store import runs
+from store.models import Experiment
+from store.queue import TrainingQueue
 
 
 def submit(*, session: Session, queue: TrainingQueue, experiments: list[Experiment]) -> None:
@@ -21,7 +21,7 @@ def submit(*, session: Session, queue: TrainingQueue, experiments: list[Experime
     try:
         queue.enqueue(ids)
     except Exception as exc:  # kombu raises transport-specific errors
-        crud.fail_unqueued(session=session, experiment_ids=ids, error=f"not queued: {exc}")
+        runs.fail_unqueued(session=session, experiment_ids=ids, error=f"not queued: {exc}")
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"the task broker is unreachable: {exc}"
         ) from exc

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.models import Experiment, Status
 from moe_core.criteria import judge
+from store.models import Experiment, Status
 
 
 class NoVerdict(Exception):

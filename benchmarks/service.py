@@ -8,7 +8,7 @@ this process; a real Celery worker for the queue latency. Figures:
   experiment with 100 epochs x 2 MoE layers of stored metrics;
 - POST /experiments requests/s (32 concurrent clients);
 - queue latency, POST to `running`, with an idle worker;
-- streaming one epoch's rows (`crud.record_epoch`, as the worker's callback calls it) as
+- streaming one epoch's rows (`runs.record_epoch`, as the worker's callback calls it) as
   a fraction of a tiny-preset training epoch.
 
 Servers: MOE_BENCH_POSTGRES_URL (default the tests' MOE_TEST_POSTGRES_URL, else
@@ -102,8 +102,8 @@ def deployment() -> Iterator[dict[str, Any]]:
     import redis
     from sqlalchemy import create_engine, make_url, text
 
-    from api.migrate import upgrade_database
-    from api.settings import Settings
+    from store.migrate import upgrade_database
+    from store.settings import Settings
 
     from .data_pipeline import SMOKE_LINES, _head, data_dir
 
@@ -142,7 +142,7 @@ def deployment() -> Iterator[dict[str, Any]]:
                 _stop(api)
             for key in r.scan_iter(match=f"{prefix}*"):
                 r.delete(key)
-            from api.db import _engines
+            from store.db import _engines
 
             for u in [u for u in _engines if name in u]:
                 _engines.pop(u).dispose()
@@ -188,14 +188,14 @@ def seed_metrics(dep: dict[str, Any], epochs: int, layers: int) -> tuple[int, li
     each write took."""
     from sqlalchemy import update
 
-    from api import crud
-    from api.db import session_scope
-    from api.models import Experiment, Status
     from moe_core.config import base_config, get_experiment_configs
+    from store import runs
+    from store.db import session_scope
+    from store.models import Experiment, Status
 
     base = base_config("tiny")
     with session_scope(dep["url"]) as session:
-        exp = crud.create_experiment(session=session, name="bench-metrics",
+        exp = runs.create_experiment(session=session, name="bench-metrics",
                                      config=get_experiment_configs(base)["baseline"], base=base,
                                      preset="baseline", base_preset="tiny")  # fmt: skip
         session.execute(update(Experiment).where(Experiment.id == exp.id)
@@ -206,7 +206,7 @@ def seed_metrics(dep: dict[str, Any], epochs: int, layers: int) -> tuple[int, li
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         with session_scope(dep["url"]) as session:
-            crud.record_epoch(session=session, experiment_id=experiment_id, owner="bench",
+            runs.record_epoch(session=session, experiment_id=experiment_id, owner="bench",
                               record=_epoch_record(epoch, layers))  # fmt: skip
         seconds.append(time.perf_counter() - t0)
     return experiment_id, seconds

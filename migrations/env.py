@@ -1,5 +1,5 @@
 """Alembic environment: the database URL comes from the service settings, the target
-schema from api.models (so `alembic revision --autogenerate` diffs against the models)."""
+schema from store.models (so `alembic revision --autogenerate` diffs against the models)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.db import get_engine
-from api.models import Base
-from api.settings import get_settings
+from store.db import get_engine
+from store.models import Base
+from store.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -19,7 +19,7 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    # A caller may pass a URL (api.migrate does, and tests); otherwise the settings decide.
+    # A caller may pass a URL (store.migrate does, and tests); otherwise the settings decide.
     return config.get_main_option("sqlalchemy.url") or get_settings().database_url
 
 

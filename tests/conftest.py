@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from api.settings import Settings
+from store.settings import Settings
 from tests.corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def empty_postgres(postgres_admin) -> Callable[[], str]:
         return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
 
     yield make
-    from api.db import _engines
+    from store.db import _engines
 
     for url in list(_engines):
         if "moe_test_" in url:
@@ -117,11 +117,47 @@ def empty_postgres(postgres_admin) -> Callable[[], str]:
 @pytest.fixture(scope="session")
 def database_url(empty_postgres) -> str:
     """The session's Postgres database, migrated to head."""
-    from api.migrate import upgrade_database
+    from store.migrate import upgrade_database
 
     url = empty_postgres()
     upgrade_database(url)
     return url
+
+
+# --------------------------------------------------------------------------- stores
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request, tmp_path) -> str:
+    """A migrated store: the session's Postgres database, or a SQLite file of the test's."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("database_url")
+    from store.migrate import upgrade_database
+
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def own_database(request, tmp_path) -> str:
+    """A migrated store of the test's own, for what looks at every run (sweeps, counts)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("empty_postgres")()
+    from store.migrate import upgrade_database
+
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture()
+def experiment_id(database) -> int:
+    from tests.factories import new_experiment
+
+    return new_experiment(database)
 
 
 # --------------------------------------------------------------------------- Redis
@@ -169,12 +205,13 @@ def service_settings(database_url, broker_prefix, corpus_dir, cache_dir, tmp_pat
         artifact_dir=tmp_path_factory.mktemp("artifacts"),
         data_dir=corpus_dir,
         cache_dir=cache_dir,
-        # Short, so that a killed worker's task comes back within seconds (see
-        # tests/worker/test_worker_lost.py); production keeps hours.
-        visibility_timeout=4,
+        # Short, so that a dead worker's run is taken over within seconds (see
+        # tests/worker/test_faults.py); production keeps a minute. The broker's visibility
+        # timeout keeps its default of hours: takeover is the lease's job.
         heartbeat_timeout=3.0,
+        sweep_interval=0.5,
         cancel_poll_seconds=0.05,
-        # Tests watch every epoch arrive: no cached metrics (tests/worker/test_run_store.py
+        # Tests watch every epoch arrive: no cached metrics (tests/api/test_metrics_reads.py
         # covers the cache).
         metrics_max_age=0,
     )
@@ -184,7 +221,7 @@ def make_client(settings) -> Any:
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.settings import get_settings
+    from store.settings import get_settings
 
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
@@ -192,10 +229,31 @@ def make_client(settings) -> Any:
 
 
 @pytest.fixture()
-def worker_settings(service_settings, broker_prefixes):
-    """The service settings with a queue of their own: a worker started with them never
-    finds the tasks other tests queued (and left) in the shared one."""
-    return service_settings.model_copy(update={"broker_key_prefix": broker_prefixes()})
+def worker_settings(deployment):
+    """A deployment of the test's own (see `deployment`)."""
+    return deployment()
+
+
+@pytest.fixture(scope="session")
+def deployment(service_settings, broker_prefixes, empty_postgres, tmp_path_factory):
+    """A factory of deployments: the service settings with a database and a queue of their
+    own, so that a worker never finds the runs other tests queued and left (its sweeps would
+    publish them again), and a test can count every run and worker it sees."""
+    from store.migrate import upgrade_database
+
+    def make(**overrides: Any):
+        url = empty_postgres()
+        upgrade_database(url)
+        return service_settings.model_copy(
+            update={
+                "database_url": url,
+                "broker_key_prefix": broker_prefixes(),
+                "artifact_dir": tmp_path_factory.mktemp("artifacts"),
+                **overrides,
+            }
+        )
+
+    return make
 
 
 @pytest.fixture()

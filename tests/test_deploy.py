@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import Settings
+from store.queue import TRAINING_QUEUE
+from store.settings import Settings
 from tests.conftest import ROOT
-from worker.celery_app import TRAINING_QUEUE
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

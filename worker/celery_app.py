@@ -1,73 +1,59 @@
-"""The Celery application: `celery -A worker.celery_app worker -Q gpu ...` runs a worker.
+"""The worker's Celery application: `celery -A worker.celery_app worker -Q gpu ...`.
 
-This module imports no torch, so the API can import it to enqueue tasks (by name).
+Beside the tasks, each worker runs an agent in its main process (worker.sweeper: registry
+heartbeat, takeover of dead workers' runs) and hands its run back when told to stop
+(worker.shutdown).
 """
 
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init
+from typing import Any
 
-from api.db import dispose_engines_after_fork
-from api.settings import Settings, get_settings
+from celery.signals import (
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
-TRAINING_QUEUE = "gpu"
-TRAIN_TASK = "worker.tasks.train_experiment"
-
-
-def create_celery(settings: Settings) -> Celery:
-    app = Celery("moe_lab", broker=settings.broker_url, include=["worker.tasks"])
-    app.conf.update(
-        # The database is the source of truth for a run's state; no result backend.
-        task_ignore_result=True,
-        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}},
-        task_default_queue=TRAINING_QUEUE,
-        # A run takes minutes to hours: each worker process holds exactly one.
-        worker_prefetch_multiplier=1,
-        # Ack when a run ends, and hand a task whose worker died back to the queue: safe
-        # because a run resumes from its last checkpoint and epoch rows are upserts.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
-    if settings.broker_url.startswith(("redis", "rediss", "sentinel")):
-        app.conf.broker_transport_options = {
-            "visibility_timeout": settings.visibility_timeout,
-            # Sweep for abandoned messages (unacked past the visibility timeout) every
-            # twentieth of it, instead of kombu's fixed ~100 s.
-            "unacked_restore_interval": max(1, settings.visibility_timeout // 20),
-            "unacked_restore_throttle": 1,
-            **(
-                {"global_keyprefix": settings.broker_key_prefix}
-                if settings.broker_key_prefix
-                else {}
-            ),
-        }
-    elif settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
-        # The embedded SQL broker has no fanout exchanges, which remote control
-        # (inspect, revoke broadcasts) and worker gossip need.
-        app.conf.worker_enable_remote_control = False
-    return app
-
-
-_apps: dict[tuple[str, str], Celery] = {}
-
-
-def celery_for(settings: Settings) -> Celery:
-    """One Celery app per broker and process (the API's producer pool lives in it)."""
-    key = (settings.broker_url, settings.broker_key_prefix)
-    if key not in _apps:
-        _apps[key] = create_celery(settings)
-    return _apps[key]
-
+from store.db import dispose_engines_after_fork
+from store.queue import TrainingQueue, create_celery
+from store.settings import get_settings
+from worker import shutdown
 
 # The app `celery -A worker.celery_app worker` runs, configured from the environment.
-app = celery_for(get_settings())
+app = create_celery(get_settings(), include=["worker.tasks"])
+
+_agent: Any = None  # the main process's WorkerAgent, once the worker is ready
 
 
 @worker_process_init.connect
-def _fresh_connections_after_fork(**_: object) -> None:
+def _init_pool_process(**_: object) -> None:
     # A pool child must not share the parent's database connections (e.g. the parent's
-    # auto-migrate at start): drop them, the child opens its own.
+    # auto-migrate, or the agent's): drop them, the child opens its own.
     dispose_engines_after_fork()
+    shutdown.install_in_pool_process()
+
+
+@worker_ready.connect
+def _start_agent(sender: Any = None, **_: object) -> None:
+    global _agent
+    from worker.sweeper import WorkerAgent
+
+    _agent = WorkerAgent(settings=get_settings(), name=sender.hostname, queue=TrainingQueue(app))
+    _agent.start()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(how: str = "", **_: object) -> None:
+    # Runs inside the main process's signal handler: only set flags and send signals.
+    if _agent is not None:
+        _agent.stopping = True
+    if how == "Warm":
+        shutdown.forward_to_pool_processes()
+
+
+@worker_shutdown.connect
+def _stop_agent(**_: object) -> None:
+    if _agent is not None:
+        _agent.stop()

@@ -5,16 +5,19 @@ from __future__ import annotations
 from celery.signals import worker_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api.migrate import auto_migrate
-from api.settings import get_settings
-from worker.celery_app import TRAIN_TASK, app
+from store.migrate import auto_migrate
+from store.queue import TRAIN_TASK, TrainingQueue
+from store.settings import get_settings
+from worker import shutdown
+from worker.celery_app import app
 from worker.training import run_experiment
 
 
 @app.task(
     name=TRAIN_TASK,
-    # Late acks and requeue-on-lost are safe only because a run is idempotent (resume from
-    # checkpoint, upserted epoch rows): see worker.training.
+    bind=True,
+    # Late acks and requeue-on-lost are safe only because claiming a run is fenced and a
+    # run resumes from its checkpoint: see worker.lease.
     acks_late=True,
     reject_on_worker_lost=True,
     # The database being away must not lose the run: retry (resuming from the checkpoint)
@@ -25,11 +28,17 @@ from worker.training import run_experiment
     retry_backoff_max=300,
     max_retries=None,
 )
-def train_experiment(experiment_id: int) -> None:
-    run_experiment(experiment_id, settings=get_settings())
+def train_experiment(self, experiment_id: int) -> None:
+    with shutdown.task_in_progress():
+        run_experiment(
+            experiment_id,
+            settings=get_settings(),
+            queue=TrainingQueue(app),
+            worker_name=self.request.hostname,
+        )
 
 
 @worker_init.connect
 def _migrate_embedded_store(**_: object) -> None:
-    # The embedded SQLite store has no separate migrate step (see api.migrate).
+    # The embedded SQLite store has no separate migrate step (see store.migrate).
     auto_migrate(get_settings())

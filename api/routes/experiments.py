@@ -15,10 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from api import crud
-from api.db import session_scope
 from api.deps import QueueDep, SessionDep, SettingsDep
-from api.models import FINISHED, Experiment, Status
 from api.schemas import (
     ExperimentCreate,
     ExperimentList,
@@ -30,6 +27,9 @@ from api.schemas import (
 from api.specs import resolve_base, resolve_config
 from api.submit import submit
 from api.verdicts import NoVerdict, verdict
+from store import runs
+from store.db import session_scope
+from store.models import FINISHED, Experiment, Status
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -44,7 +44,7 @@ def create_experiment(
     )
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id)
-    experiment = crud.create_experiment(
+    experiment = runs.create_experiment(
         session=session,
         name=body.name,
         config=config,
@@ -67,7 +67,7 @@ def list_experiments(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict:
-    items, total = crud.list_experiments(session=session, status=status, limit=limit, offset=offset)
+    items, total = runs.list_experiments(session=session, status=status, limit=limit, offset=offset)
     return {"items": items, "total": total}
 
 
@@ -107,10 +107,10 @@ class _Metrics:
 
 def _metrics_response(experiment_id: int, database_url: str) -> _Metrics:
     with session_scope(database_url) as session:
-        status_ = crud.experiment_status(session=session, experiment_id=experiment_id)
+        status_ = runs.experiment_status(session=session, experiment_id=experiment_id)
         if status_ is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
-        epochs = crud.epoch_records(session=session, experiment_id=experiment_id)
+        epochs = runs.epoch_records(session=session, experiment_id=experiment_id)
     # Serialised here, not through response_model: the rows already have MetricsRead's
     # shape (a test holds them to it), and validating hundreds of nested rows would
     # dominate the read.
@@ -180,7 +180,7 @@ def read_result(*, experiment_id: int, session: SessionDep) -> dict:
 def read_verdict(*, experiment_id: int, session: SessionDep) -> dict:
     experiment = _get_or_404(session, experiment_id)
     baseline = (
-        crud.get_experiment(session=session, experiment_id=experiment.baseline_id)
+        runs.get_experiment(session=session, experiment_id=experiment.baseline_id)
         if experiment.baseline_id is not None
         else None
     )
@@ -203,16 +203,16 @@ def cancel_experiment(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"experiment {experiment_id} already {experiment.status}"
         )
-    crud.request_cancel(
+    runs.request_cancel(
         session=session,
         experiment_id=experiment_id,
-        stale_before=crud.stale_cutoff(settings.heartbeat_timeout),
+        stale_before=runs.stale_cutoff(settings.heartbeat_timeout),
     )
     return _get_or_404(session, experiment_id)
 
 
 def _check_baseline(session: SessionDep, baseline_id: int) -> None:
-    baseline = crud.get_experiment(session=session, experiment_id=baseline_id)
+    baseline = runs.get_experiment(session=session, experiment_id=baseline_id)
     if baseline is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"baseline {baseline_id} not found")
     if not baseline.dense:
@@ -229,7 +229,7 @@ def _check_baseline(session: SessionDep, baseline_id: int) -> None:
 
 
 def _get_or_404(session: SessionDep, experiment_id: int) -> Experiment:
-    experiment = crud.get_experiment(session=session, experiment_id=experiment_id)
+    experiment = runs.get_experiment(session=session, experiment_id=experiment_id)
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
     return experiment

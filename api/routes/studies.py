@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from api import crud
 from api.deps import QueueDep, SessionDep
-from api.models import Study
 from api.schemas import StudyCreate, StudyList, StudyRead
 from api.specs import resolve_base, resolve_config
 from api.study_report import study_read, study_summary
 from api.submit import submit
+from store import runs
+from store.models import Study
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -27,7 +27,7 @@ def create_study(
         for preset in body.experiments
     }
     dense = resolve_config(name="dense", base=base, dense=True, overrides={})
-    study = crud.create_study(
+    study = runs.create_study(
         session=session,
         name=body.name,
         base=base,
@@ -35,9 +35,9 @@ def create_study(
         presets=list(body.experiments),
     )
     common = {"session": session, "base": base, "base_preset": body.base_preset, "study": study}
-    dense_run = crud.create_experiment(name="dense", config=dense, dense=True, **common)
+    dense_run = runs.create_experiment(name="dense", config=dense, dense=True, **common)
     members = [
-        crud.create_experiment(
+        runs.create_experiment(
             name=preset, config=config, preset=preset, baseline_id=dense_run.id, **common
         )
         for preset, config in configs.items()
@@ -55,7 +55,7 @@ def list_studies(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict:
-    items, total = crud.list_studies(session=session, limit=limit, offset=offset)
+    items, total = runs.list_studies(session=session, limit=limit, offset=offset)
     return {"items": [study_summary(study) for study in items], "total": total}
 
 
@@ -65,7 +65,7 @@ def read_study(*, study_id: int, session: SessionDep) -> dict:
 
 
 def _get_or_404(session: SessionDep, study_id: int) -> Study:
-    study = crud.get_study(session=session, study_id=study_id)
+    study = runs.get_study(session=session, study_id=study_id)
     if study is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"study {study_id} not found")
     return study

@@ -16,7 +16,7 @@ down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# JSONB on Postgres, JSON text elsewhere (as api.models.JSONType).
+# JSONB on Postgres, JSON text elsewhere (as store.models.JSONType).
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 

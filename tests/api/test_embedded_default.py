@@ -6,7 +6,7 @@ import os
 
 from sqlalchemy import create_engine, inspect, text
 
-from api.settings import Settings
+from store.settings import Settings
 from tests.conftest import make_client
 
 

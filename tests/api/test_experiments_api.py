@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from api.db import session_scope
-from api.models import Experiment
 from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
+from store.db import session_scope
+from store.models import Experiment
 from tests.conftest import micro_base, queued_messages
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)

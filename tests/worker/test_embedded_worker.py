@@ -3,7 +3,7 @@ real worker process. Needs no server at all."""
 
 from __future__ import annotations
 
-from api.settings import Settings
+from store.settings import Settings
 from tests.conftest import make_client, micro_base, wait_for
 
 
@@ -30,4 +30,4 @@ def test_a_run_succeeds_on_sqlite_with_the_serverless_broker(
         assert final["status"] == "succeeded", final["error"]
         epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
         assert [epoch["epoch"] for epoch in epochs] == [1, 2]
-    assert (settings.artifact_dir / "experiments" / str(run["id"]) / "checkpoint.pt").is_file()
+    assert (settings.artifact_dir / "runs" / final["run_key"] / "checkpoint.pt").is_file()

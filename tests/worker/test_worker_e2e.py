@@ -16,9 +16,9 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
-def settings(service_settings, broker_prefixes):
-    # A queue of its own: the API tests leave queued tasks (spec-sized ones among them).
-    return service_settings.model_copy(update={"broker_key_prefix": broker_prefixes()})
+def settings(deployment):
+    # A store and queue of their own: the API tests leave queued runs (spec-sized ones).
+    return deployment()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert final["device"] == "cpu" and final["attempts"] == 1
     assert final["params"] > 0 and final["best_val_loss"] > 0
     assert final["started_at"] <= final["finished_at"]
-    checkpoint = settings.artifact_dir / "experiments" / str(run["id"]) / "checkpoint.pt"
+    checkpoint = settings.artifact_dir / "runs" / final["run_key"] / "checkpoint.pt"
     assert checkpoint.is_file()
 
 
@@ -131,7 +131,7 @@ def test_a_study_runs_dense_then_members_and_produces_verdicts(api, settings):
     dense = api.get(f"/experiments/{study['dense_id']}").json()
     assert result["metrics"]["best_val_loss"] == pytest.approx(dense["best_val_loss"])
     # the dense baseline's weights are kept as an artifact
-    model = settings.artifact_dir / "experiments" / str(study["dense_id"]) / "model.pt"
+    model = settings.artifact_dir / "runs" / dense["run_key"] / "model.pt"
     assert model.is_file() and model.stat().st_size > 0
 
 

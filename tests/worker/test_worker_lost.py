@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from api.db import session_scope
-from api.models import EpochMetrics, ExpertStats
+from store.db import session_scope
+from store.models import EpochMetrics, ExpertStats
 from tests.conftest import make_client, micro_base, wait_for
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)

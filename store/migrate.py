@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from api.settings import Settings
+from store.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

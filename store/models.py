@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_run_key() -> str:
+    return uuid.uuid4().hex
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -124,8 +129,21 @@ class Experiment(Base):
     # The engine's get_metrics() output, stored when the run succeeds.
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     device: Mapped[str | None] = mapped_column(String(50))
+    # Unique to this run, never reused (unlike the id after a database reset): its
+    # artifacts live under it, and a checkpoint is resumed only if it names it.
+    run_key: Mapped[str] = mapped_column(String(32), unique=True, default=new_run_key)
+    # The lease: the owner's unique id (fencing: every write of a worker is conditional on
+    # it), the Celery node it runs in, and its last heartbeat.
     worker: Mapped[str | None] = mapped_column(String(200))
+    worker_name: Mapped[str | None] = mapped_column(String(200), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the run was started again after its worker died (lease expired, process lost);
+    # past Settings.max_restarts the run fails. Handbacks (a worker told to stop) do not count.
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    handbacks: Mapped[int] = mapped_column(Integer, default=0)
+    # When the run's task was last published; a run queued long after that, while a worker
+    # sat idle, lost its message and is published again.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -163,6 +181,8 @@ class EpochMetrics(Base):
     backward_time: Mapped[float] = mapped_column(Float)
     optimizer_time: Mapped[float] = mapped_column(Float)
     gating_temperature: Mapped[float | None] = mapped_column(Float)
+    # Wall-clock seconds of the epoch, training and evaluation.
+    duration: Mapped[float | None] = mapped_column(Float)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
@@ -183,3 +203,21 @@ class ExpertStats(Base):
     max_usage: Mapped[float] = mapped_column(Float)
     usage: Mapped[list[float]] = mapped_column(JSONType)
     dropped: Mapped[float | None] = mapped_column(Float)
+
+
+class Worker(Base):
+    """A worker process (one per GPU), registered while it lives: its main process writes a
+    heartbeat whether or not it trains. Which run it trains is the run's `worker_name`."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(50))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Since when it has held no run (null while it trains).
+    idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Told to stop (SIGTERM): it hands its run back and takes no other.
+    stopping: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -55,15 +55,22 @@ class Settings(BaseSettings):
     # Prefix of every Redis key of the broker: several deployments (or test runs) can share
     # one Redis without seeing each other's queues.
     broker_key_prefix: str = ""
-    # Redis hands an unacknowledged task to another worker only after this many seconds,
-    # also when the worker that held it died; above the longest run, or a run still going
-    # is delivered a second time (that delivery then waits, see heartbeat_timeout).
-    visibility_timeout: int = Field(6 * 3600, ge=1)
-    # A running experiment whose worker wrote no heartbeat for this long is abandoned, and
-    # a redelivered task takes it over from its last checkpoint.
+    # Liveness is a lease in the database: a running run's worker writes a heartbeat every
+    # sixth of this; a run silent for this long is taken for dead and put back in the queue
+    # by the sweep that live workers run (and its message, if Redis lost it, published
+    # again after a worker sat idle this long beside it).
     heartbeat_timeout: float = Field(60.0, gt=0)
-    # How often a training run reads its cancel flag (and writes its heartbeat): about one
-    # GPU training step, so a cancel lands within a step or two.
+    # How often each live worker sweeps the store for runs to take over or re-publish.
+    sweep_interval: float = Field(15.0, gt=0)
+    # A run whose workers died more than this many times (lease expired, process killed,
+    # e.g. out of memory) fails with an error that says so, instead of looping for good.
+    max_restarts: int = Field(5, ge=0)
+    # Only a backstop: Redis hands an unacknowledged task to another worker after this many
+    # seconds. Taking over a dead worker's run is the lease's job (heartbeat_timeout); a
+    # redelivered task whose run is held by a live worker, or finished, does nothing.
+    visibility_timeout: int = Field(6 * 3600, ge=1)
+    # How often a training run reads its cancel flag: about one GPU training step, so a
+    # cancel lands within a step or two.
     cancel_poll_seconds: float = Field(0.1, ge=0)
     # GET /experiments/{id}/metrics of a running run may be served from the API's cache up
     # to this many seconds old (dashboards poll it); a finished run's never changes.

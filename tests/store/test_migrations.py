@@ -11,14 +11,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from api.migrate import alembic_config, upgrade_database
-from api.models import Base
-from api.settings import Settings
+from store.migrate import alembic_config, upgrade_database
+from store.models import Base
+from store.settings import Settings
 from tests.conftest import ROOT, settings_env
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 
-TABLES = {"alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats"}
+TABLES = {
+    "alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats", "workers",
+}  # fmt: skip
 
 
 def assert_schema_matches_models(url: str) -> None:
@@ -61,3 +63,33 @@ def test_alembic_cli_reads_the_settings(empty_postgres, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert_schema_matches_models(url)
+
+
+def test_runs_stored_before_leases_get_a_run_key_of_their_own(empty_database):
+    """0002 on a store with runs in it: each gets a distinct key (artifacts are keyed by it)."""
+    from sqlalchemy import text
+
+    command.upgrade(alembic_config(empty_database), "0001")
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as connection:
+            for name in ("old-1", "old-2"):
+                connection.execute(
+                    text(
+                        "INSERT INTO experiments (name, dense, config, base, status, "
+                        "cancel_requested, current_epoch, num_epochs, stopped_early, attempts, "
+                        "created_at) VALUES (:name, false, '{}', '{}', 'running', false, 1, 4, "
+                        "false, 1, CURRENT_TIMESTAMP)"
+                    ),
+                    {"name": name},
+                )
+        upgrade_database(empty_database)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT run_key, restarts, handbacks FROM experiments")
+            ).all()
+    finally:
+        engine.dispose()
+    assert len({key for key, _, _ in rows}) == 2 and all(len(key) == 32 for key, _, _ in rows)
+    assert {(restarts, handbacks) for _, restarts, handbacks in rows} == {(0, 0)}
+    assert_schema_matches_models(empty_database)

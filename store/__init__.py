@@ -1,0 +1,1 @@
+"""The store of record and the queue: what the API and the workers both stand on."""

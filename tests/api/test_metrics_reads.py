@@ -1,0 +1,72 @@
+"""GET /experiments/{id}/metrics: follows replays, answers 304 to its ETag, and caches a
+running run's answer for MOE_METRICS_MAX_AGE and a finished run's for good."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import delete
+
+from store import runs
+from store.db import session_scope
+from store.models import EpochMetrics, ExpertStats, Status
+from store.settings import Settings
+from tests.conftest import make_client
+from tests.factories import claim, record, write
+
+pytestmark = pytest.mark.services  # real Postgres (see tests/conftest.py)
+
+
+def test_metrics_reads_follow_replays_and_answer_304_to_their_etag(
+    database, experiment_id, tmp_path
+):
+
+    settings = Settings(home=tmp_path / "home", database_url=database, metrics_max_age=0)
+    claim(database, experiment_id, "a")
+    write(database, experiment_id, "a", record(1, 5.0))
+    with make_client(settings) as api:
+        first = api.get(f"/experiments/{experiment_id}/metrics")
+        assert [e["train"]["loss"] for e in first.json()["epochs"]] == [5.0]
+        etag = first.headers["etag"]
+        assert (
+            api.get(
+                f"/experiments/{experiment_id}/metrics", headers={"If-None-Match": etag}
+            ).status_code
+            == 304
+        )
+
+        write(database, experiment_id, "a", record(2, 4.0))
+        write(database, experiment_id, "a", record(1, 4.5))  # a replay rewrites epoch 1
+        second = api.get(f"/experiments/{experiment_id}/metrics", headers={"If-None-Match": etag})
+        assert second.status_code == 200 and second.headers["etag"] != etag
+        assert [e["train"]["loss"] for e in second.json()["epochs"]] == [4.5, 4.0]
+        assert api.get("/experiments/999999/metrics").status_code == 404
+
+
+def test_metrics_of_a_running_run_are_cached_for_max_age_and_a_finished_runs_for_good(
+    database, experiment_id, tmp_path
+):
+
+    settings = Settings(home=tmp_path / "home", database_url=database, metrics_max_age=0.5)
+    path = f"/experiments/{experiment_id}/metrics"
+    claim(database, experiment_id, "a")
+    write(database, experiment_id, "a", record(1, 5.0))
+    with make_client(settings) as api:
+        assert len(api.get(path).json()["epochs"]) == 1
+        write(database, experiment_id, "a", record(2, 4.0))
+        assert len(api.get(path).json()["epochs"]) == 1  # within max_age: the cached answer
+        time.sleep(0.6)
+        assert len(api.get(path).json()["epochs"]) == 2  # older than max_age: read again
+        with session_scope(database) as session:
+            runs.finish_experiment(session=session, experiment_id=experiment_id, owner="a",
+                                   status=Status.succeeded)  # fmt: skip
+        time.sleep(0.6)
+        final = api.get(path).json()
+        assert final["status"] == "succeeded"
+        with session_scope(database) as session:  # (a finished run's rows never change;
+            session.execute(delete(ExpertStats))  # this only shows nobody asks again)
+            session.execute(delete(EpochMetrics))
+            session.commit()
+        time.sleep(0.6)
+        assert api.get(path).json() == final

@@ -1,0 +1,118 @@
+"""The worker's agent, a thread in each worker's main process: it registers the worker,
+writes its heartbeat (idle or busy), and sweeps the store so that no run is stranded:
+
+- runs whose owner is dead go back to the queue: a pool process of this worker that died
+  (checked every tick), or any worker silent for `heartbeat_timeout` (every
+  `sweep_interval`); a run past `max_restarts` fails instead;
+- queued runs whose message the broker lost (a live worker sat idle beside them for
+  `heartbeat_timeout`) are published again.
+
+Every live worker sweeps; each change of a run is a fenced UPDATE, so exactly one sweep
+acts on a given run, and a duplicate message is harmless (claims are fenced too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+
+from store import runs, workers
+from store.db import session_scope
+from store.models import utcnow
+from store.queue import TrainingQueue
+from store.settings import Settings
+from worker.lease import HOST, owner_is_dead
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds between looks at this worker's own runs
+FORGET_WORKERS_AFTER = timedelta(days=1)  # a dead worker's row is kept this long
+
+
+class WorkerAgent(threading.Thread):
+    def __init__(self, *, settings: Settings, name: str, queue: TrainingQueue) -> None:
+        super().__init__(name="moe-worker-agent", daemon=True)
+        self.settings, self.worker_name, self.queue = settings, name, queue
+        self.stopping = False  # a warm shutdown began: say so, and take no run over
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        beat_every = self.settings.heartbeat_timeout / 6
+        last_beat = last_sweep = -float("inf")
+        registered = False
+        while not self._done.is_set():
+            try:
+                now = time.monotonic()
+                if not registered:
+                    self._register()
+                    registered = True
+                if now - last_beat >= beat_every:
+                    registered = self._beat()
+                    last_beat = now
+                self.release_dead_local_runs()
+                if now - last_sweep >= self.settings.sweep_interval and not self.stopping:
+                    self.sweep()
+                    last_sweep = now
+            except Exception:  # the database or broker is away: try again next tick
+                log.warning("worker agent: tick failed", exc_info=True)
+            self._done.wait(TICK)
+
+    def stop(self) -> None:
+        """At the end of a warm shutdown: stop the thread and leave the registry."""
+        self._done.set()
+        self.join(timeout=5)
+        try:
+            with session_scope(self.settings.database_url) as session:
+                workers.deregister(session=session, name=self.worker_name)
+        except Exception:
+            log.warning("worker agent: could not deregister", exc_info=True)
+
+    # ------------------------------------------------------------------ steps
+
+    def _register(self) -> None:
+        with session_scope(self.settings.database_url) as session:
+            workers.register(
+                session=session, name=self.worker_name, host=HOST, pid=os.getpid(),
+                device=self.settings.device,
+            )  # fmt: skip
+
+    def _beat(self) -> bool:
+        with session_scope(self.settings.database_url) as session:
+            return workers.beat(session=session, name=self.worker_name, stopping=self.stopping)
+
+    def release_dead_local_runs(self) -> list[int]:
+        """Runs of this worker whose pool process died: back to the queue at once."""
+        with session_scope(self.settings.database_url) as session:
+            ids = runs.requeue_abandoned(
+                session=session,
+                stale_before=runs.stale_cutoff(self.settings.heartbeat_timeout),
+                max_restarts=self.settings.max_restarts,
+                worker_name=self.worker_name,
+                owner_is_dead=owner_is_dead,
+            )
+        self._publish(ids, "its pool process died")
+        return ids
+
+    def sweep(self) -> tuple[list[int], list[int]]:
+        """Re-queue runs of dead workers; re-publish runs whose message was lost."""
+        with session_scope(self.settings.database_url) as session:
+            requeued = runs.requeue_abandoned(
+                session=session,
+                stale_before=runs.stale_cutoff(self.settings.heartbeat_timeout),
+                max_restarts=self.settings.max_restarts,
+            )
+            lost = runs.republish_due(
+                session=session, now=utcnow(), grace=self.settings.heartbeat_timeout
+            )
+            workers.prune(session=session, silent_before=utcnow() - FORGET_WORKERS_AFTER)
+        self._publish(requeued, "its worker stopped sending heartbeats")
+        self._publish(lost, "its message was lost (queued beside an idle worker)")
+        return requeued, lost
+
+    def _publish(self, ids: list[int], why: str) -> None:
+        if ids:
+            log.warning("re-queueing experiments %s: %s", ids, why)
+            self.queue.enqueue(ids)
