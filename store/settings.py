@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     device: str | None = Field(
         None, description="torch device of this worker (cuda:0, cpu); unset: cuda if available"
     )
+    # Workers that share a host's GPUs (docker compose replicas) each claim one here (a lock
+    # file per GPU, see worker.gpu_slot); a folder on a volume the replicas share.
+    gpu_lock_dir: Path | None = Field(
+        None, description="where workers on one host claim a GPU each; unset: no claiming"
+    )
     # Prefix of every Redis key of the broker: several deployments (or test runs) can share
     # one Redis without seeing each other's queues.
     broker_key_prefix: str = ""
@@ -83,7 +88,7 @@ class Settings(BaseSettings):
         None, description="`alembic upgrade head` at start; default: on for SQLite"
     )
 
-    @field_validator("data_dir", "api_token", "device", mode="before")
+    @field_validator("data_dir", "api_token", "device", "gpu_lock_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # docker compose passes `MOE_API_TOKEN: ${MOE_API_TOKEN:-}` as "" when unset.
