@@ -242,11 +242,11 @@ def deployment(service_settings, broker_prefixes, empty_postgres, tmp_path_facto
     from store.migrate import upgrade_database
 
     def make(**overrides: Any):
-        url = empty_postgres()
-        upgrade_database(url)
+        if "database_url" not in overrides:
+            overrides["database_url"] = empty_postgres()
+        upgrade_database(overrides["database_url"])
         return service_settings.model_copy(
             update={
-                "database_url": url,
                 "broker_key_prefix": broker_prefixes(),
                 "artifact_dir": tmp_path_factory.mktemp("artifacts"),
                 **overrides,
@@ -314,6 +314,19 @@ class WorkerProcess:
             time.sleep(0.1)
         raise AssertionError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
 
+    @property
+    def pool_pids(self) -> list[int]:
+        """The pool processes (children) of the worker's main process."""
+        pid = self.process.pid
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def terminate(self) -> None:
+        """SIGTERM to the main process only, as Docker and Kubernetes send it to PID 1."""
+        self.process.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool child): no chance to ack."""
         if self.process.poll() is None:
@@ -321,13 +334,8 @@ class WorkerProcess:
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            # Cold shutdown: a run still going is abandoned, as at a SIGKILL.
-            os.killpg(self.process.pid, signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """At teardown: a run still going is abandoned, as at a SIGKILL."""
+        self.kill()
         self.log.close()
 
     def output(self) -> str:
@@ -339,16 +347,17 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes (stopped at teardown; their logs shown on failure)."""
     workers: list[WorkerProcess] = []
 
-    def start(settings, name: str | None = None) -> WorkerProcess:
+    def start(settings, name: str | None = None, *, wait: bool = True) -> WorkerProcess:
         name = name or f"w{len(workers)}"
         worker = WorkerProcess(settings, tmp_path / f"{name}.log", name)
         workers.append(worker)
-        return worker.wait_ready()
+        return worker.wait_ready() if wait else worker
 
     yield start
     for worker in workers:
         worker.stop()
-        sys.stderr.write(f"--- {worker.log_path.name} (tail)\n{worker.output()[-4000:]}\n")
+    for worker in workers[-6:]:  # the last ones' logs, shown when the test fails
+        sys.stderr.write(f"--- {worker.log_path.name} (tail)\n{worker.output()[-3000:]}\n")
 
 
 def wait_for(

@@ -39,7 +39,8 @@ from worker import shutdown
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
-FIRST_RETRY_DELAY = 0.5  # seconds; doubles up to 30 s between tries
+FIRST_RETRY_DELAY = 0.5  # seconds; doubles up to MAX_RETRY_DELAY between tries
+MAX_RETRY_DELAY = 5.0  # a try is one connection attempt: cheap, and recovery stays prompt
 
 
 def new_owner_id() -> str:
@@ -88,7 +89,7 @@ def outlasting_outages(settings: Settings, what: str, write: Callable[[], Any]) 
                 raise
             log.warning("%s: database unreachable (%s); retrying in %.1fs", what, exc, delay)
             time.sleep(delay)
-            delay = min(2 * delay, 30.0)
+            delay = min(2 * delay, MAX_RETRY_DELAY)
 
 
 class RunLease:
@@ -165,7 +166,8 @@ class RunLease:
         poll = max(self.settings.cancel_poll_seconds, 0.01)
         beat_every = self.settings.heartbeat_timeout / 6
         last_beat = time.monotonic()
-        while not self._done.wait(poll):
+        failing = False
+        while not self._done.wait(poll if not failing else max(poll, 1.0)):
             try:
                 with self._session() as session:
                     if time.monotonic() - last_beat >= beat_every:
@@ -178,8 +180,13 @@ class RunLease:
                     )
                 if self._state is not LeaseState.held:
                     self._stop.set()
-            except Exception:  # a database hiccup must not kill the run; try again next poll
-                log.warning("%r: lease poll failed", self, exc_info=True)
+                if failing:
+                    log.info("%r: the database is back", self)
+                failing = False
+            except Exception as exc:  # a database outage must not kill the run: try again
+                if not failing:
+                    log.warning("%r: lease poll failed (%s); training goes on", self, exc)
+                failing = True
 
     def record_epoch(self, record: dict[str, Any]) -> None:
         """The Trainer's on_epoch_end: the epoch's rows, waiting out a database outage.

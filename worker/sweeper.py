@@ -38,6 +38,12 @@ class WorkerAgent(threading.Thread):
         self.settings, self.worker_name, self.queue = settings, name, queue
         self.stopping = False  # a warm shutdown began: say so, and take no run over
         self._done = threading.Event()
+        # Since when this agent has reached the database without a break. Heartbeats
+        # written by others during a break of ours may be missing for the same reason
+        # (the database was down for everyone): only after a whole heartbeat_timeout of
+        # good contact is a silent run taken for dead, so a long database outage does not
+        # end in every live run being re-queued.
+        self._in_contact_since: float | None = None
 
     def run(self) -> None:
         beat_every = self.settings.heartbeat_timeout / 6
@@ -52,12 +58,24 @@ class WorkerAgent(threading.Thread):
                 if now - last_beat >= beat_every:
                     registered = self._beat()
                     last_beat = now
+                if self._in_contact_since is None:
+                    log.info("worker agent: in contact with the database")
+                    self._in_contact_since = now
                 self.release_dead_local_runs()
-                if now - last_sweep >= self.settings.sweep_interval and not self.stopping:
+                in_contact_long_enough = (
+                    now - self._in_contact_since >= self.settings.heartbeat_timeout
+                )
+                if (
+                    now - last_sweep >= self.settings.sweep_interval
+                    and in_contact_long_enough
+                    and not self.stopping
+                ):
                     self.sweep()
                     last_sweep = now
-            except Exception:  # the database or broker is away: try again next tick
-                log.warning("worker agent: tick failed", exc_info=True)
+            except Exception as exc:  # the database or broker is away: try again next tick
+                if self._in_contact_since is not None:
+                    log.warning("worker agent: lost the database or broker: %s", exc)
+                self._in_contact_since = None
             self._done.wait(TICK)
 
     def stop(self) -> None:

@@ -1,0 +1,119 @@
+"""Throwaway servers for fault tests: a `redis-server` and a Postgres cluster of the test's
+own, on their own ports in temporary folders, that a test may stop and start at will. The
+shared servers of the machine are never touched."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, up: bool, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                if up:
+                    return
+        except OSError:
+            if not up:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout}s")
+
+
+class RedisServer:
+    """`redis-server` on its own port; `appendonly` keeps queued messages across restarts."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
+        if shutil.which("redis-server") is None:
+            raise FileNotFoundError("redis-server is not installed")
+        self.directory, self.appendonly = directory, appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, empty: bool = False) -> RedisServer:
+        """Start; `empty` first throws its data away (a Redis that lost everything)."""
+        if empty:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--dir", str(self.directory), "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_port(self.port, up=True)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+            self.process.wait(timeout=20)
+        self.process = None
+
+
+def _postgres_bin(program: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}")) or [shutil.which(program)]
+    if not found or not found[-1]:
+        raise FileNotFoundError(f"Postgres' {program} is not installed")
+    return found[-1]
+
+
+class PostgresCluster:
+    """A Postgres cluster made with `initdb` and run with `pg_ctl`, trust auth for `root`.
+
+    Postgres refuses to run as root: as root, the cluster belongs to the `postgres` user
+    and its commands run as that user."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="moe-test-pg-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.directory, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "root", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://root@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self._as, _postgres_bin(program), *args], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+
+    def start(self) -> PostgresCluster:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+                  str(self.directory / "log"), "-w", "start")  # fmt: skip
+        _wait_port(self.port, up=True)
+        return self
+
+    def stop(self) -> None:
+        """A fast shutdown: clients are disconnected at once, as when a database goes away."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        _wait_port(self.port, up=False)
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except Exception:
+            pass
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,64 @@
+"""The layers: moe_core (engine) → store (settings, db, models, runs, migrate, queue) →
+api and worker side by side, which never import each other. Checked on the source (every
+import statement, lazy ones too) and on what a process really loads."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+# package -> the project packages it must never import
+FORBIDDEN = {
+    "moe_core": {"api", "worker", "store", "benchmarks"},
+    "store": {"api", "worker", "benchmarks"},
+    "api": {"worker", "benchmarks"},
+    "worker": {"api", "benchmarks"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_layer_imports_sideways_or_up(package):
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(imported_packages(path) & FORBIDDEN[package])
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert {path: bad for path, bad in offenders.items() if bad} == {}
+
+
+@pytest.mark.parametrize(
+    ("entry", "absent"),
+    [
+        ("api.main", ("worker", "torch")),
+        ("worker.tasks", ("api",)),
+        ("store.queue", ("api", "worker", "torch")),
+        ("migrations_env", ("api", "worker", "torch")),
+    ],
+)
+def test_what_each_process_loads(entry, absent):
+    if entry == "migrations_env":  # what `alembic upgrade head` imports besides alembic
+        entry = "store.models, store.db, store.settings, store.migrate"
+    code = (
+        f"import sys, {entry}; "
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {set(absent)!r}); "
+        "print(loaded)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,95 @@
+"""Churn: a few dozen runs submitted while workers are SIGKILLed, told to stop (SIGTERM)
+and started at seeded random times. Every run must end, each with exactly one row per
+epoch, and none may be left running. Long: `-m 'not chaos'` skips it locally; CI runs it."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.conftest import make_client, micro_base, wait_for
+from tests.worker.test_faults import FINISHED, assert_one_row_per_epoch
+
+pytestmark = [pytest.mark.services, pytest.mark.chaos]
+
+RUNS = 30
+MAX_WORKERS = 3
+CHAOS_SECONDS = 50
+
+
+def test_runs_survive_workers_coming_and_going(deployment, start_worker):
+    rng = random.Random(20261125)
+    settings = deployment()
+    started = 0
+    kills = terms = 0
+    with make_client(settings) as api:
+
+        def busy_names() -> set[str]:
+            running = api.get("/experiments", params={"status": "running", "limit": 500})
+            return {r["worker_name"].partition("@")[0] for r in running.json()["items"]}
+
+        live: dict[str, object] = {}
+
+        def start_one() -> None:
+            nonlocal started
+            name = f"churn{started}"
+            started += 1
+            live[name] = start_worker(settings, name=name, wait=False)
+
+        for _ in range(MAX_WORKERS):
+            start_one()
+        pending = [rng.uniform(0, CHAOS_SECONDS * 0.6) for _ in range(RUNS)]
+        submitted: list[dict] = []
+        t0 = time.monotonic()
+        next_event = t0 + rng.uniform(4, 8)
+        while time.monotonic() - t0 < CHAOS_SECONDS:
+            now = time.monotonic() - t0
+            for due in [d for d in pending if d <= now]:
+                pending.remove(due)
+                body = {"name": f"churn-{len(submitted)}", "base_preset": "micro",
+                        "base": micro_base(num_epochs=rng.choice([2, 3]))}  # fmt: skip
+                response = api.post("/experiments", json=body)
+                assert response.status_code == 201, response.text
+                submitted.append(response.json())
+            if time.monotonic() >= next_event:
+                alive = {n: w for n, w in live.items() if w.process.poll() is None}
+                live.clear()
+                live.update(alive)
+                targets = sorted(busy_names() & set(alive)) or sorted(alive)
+                action = rng.choice(["kill", "term", "start"]) if alive else "start"
+                if action == "start" or not targets:
+                    if len(alive) < MAX_WORKERS:
+                        start_one()
+                else:
+                    victim = live.pop(rng.choice(targets))
+                    if action == "kill":
+                        victim.kill()
+                        kills += 1
+                    else:
+                        victim.terminate()
+                        terms += 1
+                    if len(live) < 1 or rng.random() < 0.7:
+                        start_one()
+                next_event = time.monotonic() + rng.uniform(2, 6)
+            time.sleep(0.1)
+
+        for _ in range(MAX_WORKERS - sum(w.process.poll() is None for w in live.values())):
+            start_one()  # the storm is over: enough workers to drain the queue
+
+        def all_ended():
+            items = api.get("/experiments", params={"limit": 500}).json()["items"]
+            return items if all(r["status"] in FINISHED for r in items) else None
+
+        runs = wait_for(all_ended, timeout=240, interval=1, what="every run to end")
+
+    assert len(runs) == RUNS and kills >= 2 and terms >= 2, (len(runs), kills, terms)
+    for run in runs:
+        if run["status"] == "succeeded":
+            assert run["current_epoch"] == run["num_epochs"]
+        else:  # only the restart cap may end a run otherwise
+            assert run["status"] == "failed" and "MOE_MAX_RESTARTS" in run["error"], run
+        assert_one_row_per_epoch(settings.database_url, run)
+    assert sum(r["restarts"] for r in runs) >= 1 and sum(r["handbacks"] for r in runs) >= 1
+    assert sum(r["status"] == "succeeded" for r in runs) >= RUNS - 2
