@@ -114,6 +114,20 @@ TARGETS = [
         500.0,
     ),  # fmt: skip
     Target(
+        "SIGKILL to resume, beyond MOE_HEARTBEAT_TIMEOUT (s)",
+        "recovery",
+        _named("SIGKILL to resume (heartbeat 60"),
+        lambda r: r["over_heartbeat_s"]["median"],
+        30.0,
+    ),  # fmt: skip
+    Target(
+        "SIGTERM to worker exit (s)",
+        "recovery",
+        _named("SIGTERM to exit"),
+        lambda r: r["seconds"]["median"],
+        30.0,
+    ),  # fmt: skip
+    Target(
         "epoch streaming / tiny epoch",
         "service",
         _named("epoch streaming"),

@@ -97,8 +97,9 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 @contextlib.contextmanager
-def deployment() -> Iterator[dict[str, Any]]:
-    """A migrated database, a Redis prefix, settings and a running API; all torn down."""
+def deployment(**overrides: Any) -> Iterator[dict[str, Any]]:
+    """A migrated database, a Redis prefix, settings (`overrides` on top) and a running
+    API; all torn down."""
     import redis
     from sqlalchemy import create_engine, make_url, text
 
@@ -124,6 +125,7 @@ def deployment() -> Iterator[dict[str, Any]]:
                 home=Path(tmp) / "home", database_url=url, broker_url=REDIS_URL,
                 broker_key_prefix=prefix, artifact_dir=Path(tmp) / "artifacts",
                 data_dir=corpus, cache_dir=Path(tmp) / "cache", cancel_poll_seconds=0.05,
+                **overrides,
             )  # fmt: skip
             port = _free_port()
             log = open(Path(tmp) / "api.log", "wb")
@@ -266,28 +268,34 @@ def _wrk_row(name: str, url: str, concurrency: int, seconds: int) -> dict[str, A
             "p50_ms": percentiles[50], "p99_ms": percentiles[99], "requests_per_s": rate}  # fmt: skip
 
 
+def start_worker(dep: dict[str, Any], name: str, *, wait: bool = True):
+    """A real `celery worker` process in its own session; returns it and its open log."""
+    log_path = dep["tmp"] / f"{name}.log"
+    log = open(log_path, "ab")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
+         "--concurrency", "1", "--prefetch-multiplier", "1", "--without-gossip",
+         "--without-mingle", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+        cwd=ROOT, env=_env(dep["settings"]), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while wait and " ready." not in log_path.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return worker, log
+
+
 def queue_latency(dep: dict[str, Any], runs: int) -> dict[str, Any]:
     """POST a micro experiment to an idle worker; time until the API reports it running."""
     import httpx
 
     for key in dep["redis"].scan_iter(match=f"{dep['prefix']}*"):  # drop earlier POSTs' tasks
         dep["redis"].delete(key)
-    log_path = dep["tmp"] / "worker.log"
-    log = open(log_path, "wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
-         "--concurrency", "1", "--prefetch-multiplier", "1", "--without-gossip",
-         "--without-mingle", "--loglevel", "INFO", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"],
-        cwd=ROOT, env=_env(dep["settings"]), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    worker, log = start_worker(dep, "bench")
     latencies = []
     try:
-        deadline = time.monotonic() + 90
-        while " ready." not in log_path.read_text(errors="replace"):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
         body = {"name": "bench-queue", "base_preset": "micro",
                 "base": {"max_train_tokens": 4096, "max_val_tokens": 1024, "num_epochs": 50}}  # fmt: skip
         with httpx.Client(base_url=dep["base_url"], timeout=30) as client:
@@ -309,7 +317,7 @@ def queue_latency(dep: dict[str, Any], runs: int) -> dict[str, Any]:
                 ):
                     time.sleep(0.05)  # idle again before the next POST
     finally:
-        _stop(worker, signal.SIGQUIT)
+        _stop(worker, signal.SIGKILL)
         log.close()
     return {
         "name": "queue latency (POST to running)",

@@ -23,6 +23,7 @@ SECTIONS = {
     "trainer_overhead": "benchmarks.trainer_overhead",
     "data": "benchmarks.data_pipeline",
     "service": "benchmarks.service",
+    "recovery": "benchmarks.recovery",
 }
 
 

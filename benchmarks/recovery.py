@@ -1,0 +1,114 @@
+"""Part 6: how long a run waits when its worker goes away, with the real components
+(Postgres, Redis, the API under uvicorn, Celery workers training micro runs).
+
+- SIGKILL of a whole worker (main and pool process, as when a node dies) until another
+  live worker has taken the run over, at the default MOE_HEARTBEAT_TIMEOUT (60 s) and at
+  10 s: the lease expires, a sweep (every MOE_SWEEP_INTERVAL, 15 s) re-queues the run, an
+  idle worker claims it. Expect about heartbeat_timeout + sweep_interval / 2.
+- SIGTERM to a worker's main process (scale-in) until the run is handed back, until the
+  worker has exited, and until another worker has resumed it.
+
+Each figure is the median of several kills, each on a fresh worker beside an idle one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from .context import Context
+from .harness import summarize
+from .service import _stop, _unavailable, deployment, start_worker
+
+FULL = dict(kill_default=3, kill_short=5, term=5)
+SMOKE = dict(kill_default=0, kill_short=1, term=1)
+
+
+def _wait(predicate, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _trials(dep: dict[str, Any], count: int, signum: int) -> dict[str, list[float]]:
+    """`count` times: two workers, a long run on one of them, `signum` to its owner."""
+    import httpx
+
+    figures: dict[str, list[float]] = {"resume": [], "handback": [], "exit": []}
+    workers = {}
+    body = {"name": "bench-recovery", "base_preset": "micro",
+            "base": {"max_train_tokens": 8192, "max_val_tokens": 1024, "num_epochs": 500}}  # fmt: skip
+    with httpx.Client(base_url=dep["base_url"], timeout=30) as api:
+        try:
+            for trial in range(count):
+                for side in ("left", "right"):
+                    if side not in workers:
+                        node = f"{side}{trial}"
+                        workers[side] = (*start_worker(dep, node), node)
+                run = api.post("/experiments", json=body).json()
+                path = f"/experiments/{run['id']}"
+                owner = _wait(lambda p=path: (r := api.get(p).json())["current_epoch"] >= 1
+                              and r["worker_name"], 120, "the first epoch")  # fmt: skip
+                side = next(s for s, w in workers.items() if w[2] == owner.partition("@")[0])
+                victim, log, _ = workers.pop(side)
+                t0 = time.monotonic()
+                if signum == signal.SIGKILL:
+                    os.killpg(victim.pid, signal.SIGKILL)
+                else:
+                    victim.send_signal(signal.SIGTERM)
+                    _wait(lambda p=path: api.get(p).json()["handbacks"] == 1, 60, "the handback")
+                    figures["handback"].append(time.monotonic() - t0)
+                    victim.wait(timeout=60)
+                    figures["exit"].append(time.monotonic() - t0)
+                _wait(lambda p=path: api.get(p).json()["attempts"] == 2, 300, "the resume")
+                figures["resume"].append(time.monotonic() - t0)
+                _stop(victim, signal.SIGKILL)
+                log.close()
+                api.post(f"{path}/cancel")
+                _wait(lambda p=path: api.get(p).json()["status"] == "cancelled", 60, "the cancel")
+        finally:
+            for process, log, _ in workers.values():
+                _stop(process, signal.SIGKILL)
+                log.close()
+    return {k: v for k, v in figures.items() if v}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    reason = _unavailable()
+    if reason:
+        return {"skipped": reason}
+    n = SMOKE if ctx.smoke else FULL
+    rows = []
+    cases = [
+        ("SIGKILL to resume", signal.SIGKILL, n["kill_default"], {}),
+        ("SIGKILL to resume", signal.SIGKILL, n["kill_short"],
+         {"heartbeat_timeout": 10.0, "sweep_interval": 5.0}),
+        ("SIGTERM", signal.SIGTERM, n["term"], {}),
+    ]  # fmt: skip
+    for name, signum, count, overrides in cases:
+        if not count:
+            continue
+        with deployment(**overrides) as dep:
+            settings = dep["settings"]
+            figures = _trials(dep, count, signum)
+        params = {
+            "heartbeat_timeout": settings.heartbeat_timeout,
+            "sweep_interval": settings.sweep_interval,
+        }
+        if signum == signal.SIGKILL:
+            label = f"{name} (heartbeat {settings.heartbeat_timeout:.0f} s)"
+            rows.append({"name": label, "params": params,
+                         "seconds": summarize(figures["resume"]),
+                         "over_heartbeat_s": summarize(
+                             [x - settings.heartbeat_timeout for x in figures["resume"]])})  # fmt: skip
+        else:
+            for what in ("handback", "exit", "resume"):
+                rows.append({"name": f"SIGTERM to {what}", "params": params,
+                             "seconds": summarize(figures[what])})  # fmt: skip
+    return {"rows": rows}
