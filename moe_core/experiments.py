@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import BaseConfig, ExperimentConfig, dense_config, get_experiment_configs
 from .criteria import best_val_loss, format_table, format_verdict, judge
 from .model import GPT, GPTConfig
-from .trainer import EpochCallback, Trainer, TrainingCancelled
+from .trainer import CheckpointMismatch, EpochCallback, Trainer
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -86,12 +87,15 @@ def run_single_experiment(
     on_epoch_end: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_tag: str | None = None,
     model_path: str | os.PathLike | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Train one configuration for `base_config.num_epochs`; returns config, metrics, params.
 
-    `checkpoint_path` resumes from that file when it exists and rewrites it every epoch;
+    `checkpoint_path` resumes from that file when it exists (mid-epoch too) and rewrites it
+    every epoch and at a stop; with `checkpoint_tag`, only a checkpoint carrying the same
+    tag is resumed from (another belongs to another run: training starts afresh).
     `model_path` receives the final (best, under early stopping) weights. Raises
     `TrainingCancelled` when `should_stop` ends the run.
     """
@@ -127,13 +131,23 @@ def run_single_experiment(
         on_epoch_end=on_epoch_end,
         should_stop=should_stop,
         checkpoint_path=checkpoint_path,
+        checkpoint_tag=checkpoint_tag,
         verbose=verbose,
     )
+    resumed = False
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        done = trainer.load_checkpoint(checkpoint_path)
-        if verbose:
-            print(f"[{config.name}] resumed from {checkpoint_path} after epoch {done}", flush=True)
-    elif verbose:
+        try:
+            done = trainer.load_checkpoint(checkpoint_path)
+            resumed = True
+            if verbose:
+                within = (
+                    f", {trainer.progress.steps} steps into the next" if trainer.progress else ""
+                )
+                print(f"[{config.name}] resumed from {checkpoint_path} after epoch {done}{within}",
+                      flush=True)  # fmt: skip
+        except CheckpointMismatch as exc:
+            warnings.warn(f"not resuming: {exc}; training from scratch", stacklevel=2)
+    if not resumed and verbose:
         kind = "dense" if dense else f"MoE ({base_config.num_experts} experts, top-{config.top_k})"
         print(
             f"[{config.name}] {kind}: {count_parameters(model):,} parameters, "
@@ -141,8 +155,6 @@ def run_single_experiment(
             flush=True,
         )
     trainer.train(base_config.num_epochs)
-    if trainer.cancelled:
-        raise TrainingCancelled(f"{config.name} was cancelled after {trainer.epoch} epochs")
     result = {
         "config": config.to_dict(),
         "metrics": trainer.get_metrics(),

@@ -2,17 +2,22 @@
 statistics and checkpoint/resume, for any model whose forward returns (logits, aux_loss).
 
 The service plugs in through two hooks that the Trainer knows nothing about: `on_epoch_end`
-receives each finished epoch's complete record, and `should_stop` is consulted every step.
+receives each finished epoch's complete record, and `should_stop` is consulted before every
+training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
+step boundary (with the epoch in progress, so that a resume continues it exactly: same
+batches, same dropout masks, same losses) and raises `TrainingCancelled`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,71 @@ GRAD_CLIP = 1.0  # max gradient norm, as the spec requires
 
 
 class TrainingCancelled(Exception):
-    """Raised by `train_epoch` when `should_stop()` turns true mid-epoch."""
+    """`should_stop()` turned true: training stopped at a step boundary (after writing a
+    checkpoint there, when the Trainer has a checkpoint path)."""
+
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step  # the 1-based epoch, the steps done in it
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint carries another tag: it belongs to another run."""
+
+
+@dataclass
+class EpochProgress:
+    """The epoch in progress: its running sums, counts and timings, and where its shuffle
+    came from. `train_epoch` accumulates into it; a checkpoint written mid-epoch carries
+    it, so a resumed run finishes the epoch exactly as an uninterrupted one would."""
+
+    totals: torch.Tensor  # loss, ce, aux summed over steps (no per-step device sync)
+    usage: list[torch.Tensor]  # per MoE layer: assignments per expert
+    dropped: list[torch.Tensor]  # per MoE layer: assignments over capacity
+    # The train loader's generator at the epoch's start: the epoch's shuffle is drawn from
+    # it when its iterator is made, so a resume remakes the same order and skips ahead.
+    loader_state: torch.Tensor | None
+    steps: int = 0
+    tokens: int = 0
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "wall": 0.0}
+    )
+    # Set once every step is done: a stop during evaluation resumes with evaluation.
+    train_stats: dict[str, float] | None = None
+
+    @classmethod
+    def start(cls, experts: list[int], device: torch.device, loader_state) -> EpochProgress:
+        return cls(
+            totals=torch.zeros(3, device=device),
+            usage=[torch.zeros(e, dtype=torch.long, device=device) for e in experts],
+            dropped=[torch.zeros((), dtype=torch.long, device=device) for _ in experts],
+            loader_state=loader_state,
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "totals": self.totals.cpu(),
+            "usage": [u.cpu() for u in self.usage],
+            "dropped": [d.cpu() for d in self.dropped],
+            "loader_state": self.loader_state,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "seconds": dict(self.seconds),
+            "train_stats": self.train_stats,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        return cls(
+            totals=state["totals"].to(device),
+            usage=[u.to(device) for u in state["usage"]],
+            dropped=[d.to(device) for d in state["dropped"]],
+            loader_state=state["loader_state"],
+            steps=state["steps"],
+            tokens=state["tokens"],
+            seconds=dict(state["seconds"]),
+            train_stats=state["train_stats"],
+        )
 
 
 class TrainingDiverged(FloatingPointError):
@@ -53,6 +122,7 @@ class Trainer:
         on_epoch_end: EpochCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
         checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_tag: str | None = None,
         log_interval: int = 50,
         verbose: bool = True,
         amp_dtype: torch.dtype | None = None,
@@ -72,6 +142,8 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.should_stop = should_stop
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        # Names the run a checkpoint belongs to: one with another tag is not resumed from.
+        self.checkpoint_tag = checkpoint_tag
         self.log_interval = log_interval
         self.verbose = verbose
         # bf16 autocast is for GPUs; on CPU it is slower than float32 for these sizes.
@@ -116,7 +188,8 @@ class Trainer:
         # Progress
         self.epoch = 0  # epochs completed
         self.gating_temperature: float | None = None
-        self.cancelled = False
+        self.progress: EpochProgress | None = None  # the epoch in progress, if any
+        self._trained: EpochProgress | None = None  # the last epoch train_epoch finished
 
     # ------------------------------------------------------------------ helpers
 
@@ -182,21 +255,71 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over the training data; returns the spec's keys."""
-        self.model.train()
-        E = [layer.num_experts for layer in self.moe_layers]
-        usage = [torch.zeros(e, dtype=torch.long, device=self.device) for e in E]
-        dropped = [torch.zeros((), dtype=torch.long, device=self.device) for _ in E]
-        total = torch.zeros(3, device=self.device)  # loss, ce, aux (summed; no per-step sync)
-        clocks = []  # per step: (start, forward done, backward done, optimizer done)
-        n_steps = n_tokens = 0
-        self._sync()
-        epoch_start = time.perf_counter()
+    def _stop_requested(self) -> bool:
+        return self.should_stop is not None and bool(self.should_stop())
 
-        for x, y in self.train_loader:
-            if self.should_stop is not None and self.should_stop():
-                raise TrainingCancelled(f"{self.model_name}: stopped at step {self.current_step}")
+    def _stop(self, where: str) -> None:
+        """Checkpoint at this step boundary (the epoch in progress with it) and raise."""
+        progress = self.progress
+        steps = progress.steps if progress is not None else 0
+        if self.checkpoint_path is not None:
+            self.save_checkpoint(self.checkpoint_path)
+        message = (
+            f"{self.model_name}: stopped {where} of epoch {self.epoch + 1}, after step "
+            f"{steps}/{len(self.train_loader)} (global step {self.current_step})"
+        )
+        if self.verbose:
+            saved = f"; checkpoint {self.checkpoint_path}" if self.checkpoint_path else ""
+            print(f"[{self.model_name}] {message}{saved}", flush=True)
+        raise TrainingCancelled(message, epoch=self.epoch + 1, step=steps)
+
+    def _batches(self, progress: EpochProgress):
+        """The epoch's batches from where `progress` stands: the same shuffle as at the
+        epoch's start, the batches already trained skipped."""
+        generator = getattr(self.train_loader, "generator", None)
+        if progress.steps == 0:
+            return iter(self.train_loader)
+        if generator is not None and progress.loader_state is not None:
+            generator.set_state(progress.loader_state)
+        # Making and skipping through the iterator must not move the global RNG, which the
+        # checkpoint restored to where the stop left it (dropout continues from there).
+        rng = torch.get_rng_state()
+        batches = iter(self.train_loader)
+        for _ in itertools.islice(batches, progress.steps):
+            pass
+        torch.set_rng_state(rng)
+        return batches
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training data (or the rest of one, after a mid-epoch resume);
+        returns the spec's keys."""
+        self.model.train()
+        if self.progress is None:
+            generator = getattr(self.train_loader, "generator", None)
+            self.progress = EpochProgress.start(
+                [layer.num_experts for layer in self.moe_layers],
+                self.device,
+                generator.get_state() if generator is not None else None,
+            )
+        progress = self.progress
+        clocks = []  # per step: (start, forward done, backward done, optimizer done)
+        self._sync()
+        segment_start = time.perf_counter()
+        segment_tokens = 0
+
+        def close_segment() -> None:
+            # Fold this segment's clocks into the progress (one device sync).
+            self._sync()
+            seconds = progress.seconds
+            seconds["wall"] += time.perf_counter() - segment_start
+            seconds["forward"] += sum(self._seconds(t0, t1) for t0, t1, _, _ in clocks)
+            seconds["backward"] += sum(self._seconds(t1, t2) for _, t1, t2, _ in clocks)
+            seconds["optimizer"] += sum(self._seconds(t2, t3) for _, _, t2, t3 in clocks)
+
+        for x, y in self._batches(progress):
+            if self._stop_requested():
+                close_segment()
+                self._stop("during training")
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
 
@@ -212,31 +335,29 @@ class Trainer:
             t3 = self._clock()
             clocks.append((t0, t1, t2, t3))
 
-            total += torch.stack([loss.detach(), ce.detach(), aux.detach()])
+            progress.totals += torch.stack([loss.detach(), ce.detach(), aux.detach()])
             for i, layer in enumerate(self.moe_layers):
-                usage[i] += layer.last_counts
-                dropped[i] += layer.last_dropped
-            n_steps += 1
-            n_tokens += y.numel()
+                progress.usage[i] += layer.last_counts
+                progress.dropped[i] += layer.last_dropped
+            progress.steps += 1
+            progress.tokens += y.numel()
+            segment_tokens += y.numel()
             self.current_step += 1
-            if self.verbose and self.log_interval and n_steps % self.log_interval == 0:
-                elapsed = time.perf_counter() - epoch_start
+            if self.verbose and self.log_interval and progress.steps % self.log_interval == 0:
+                elapsed = time.perf_counter() - segment_start
                 print(
-                    f"  [{self.model_name}] epoch {self.epoch + 1} step {n_steps}/{len(self.train_loader)}"
-                    f" loss {loss.item():.4f} | {n_tokens / elapsed:,.0f} tok/s",
+                    f"  [{self.model_name}] epoch {self.epoch + 1} step {progress.steps}/{len(self.train_loader)}"
+                    f" loss {loss.item():.4f} | {segment_tokens / elapsed:,.0f} tok/s",
                     flush=True,
                 )
 
-        self._sync()
-        elapsed = time.perf_counter() - epoch_start
-        t_fwd = sum(self._seconds(t0, t1) for t0, t1, _, _ in clocks)
-        t_bwd = sum(self._seconds(t1, t2) for _, t1, t2, _ in clocks)
-        t_opt = sum(self._seconds(t2, t3) for _, _, t2, t3 in clocks)
+        close_segment()
+        n_steps = progress.steps
         if n_steps == 0:
             raise ValueError(
                 "the training loader yielded no batches (dataset smaller than a batch?)"
             )
-        loss, ce, aux = (total / n_steps).tolist()
+        loss, ce, aux = (progress.totals / n_steps).tolist()
         # Checked once per epoch from the sums already kept: a per-step check would cost a
         # device sync every step.
         if not math.isfinite(loss):
@@ -244,24 +365,29 @@ class Trainer:
                 f"{self.model_name}: training loss is {loss} in epoch {self.epoch + 1}"
                 " (the run diverged: try a lower learning_rate)"
             )
-        self._epoch_usage = (usage, dropped)
+        seconds = progress.seconds
+        tokens_per_sec = progress.tokens / seconds["wall"]
         self.train_losses.append(loss)
         self.train_ce_losses.append(ce)
         self.train_aux_losses.append(aux)
-        self.tokens_per_sec.append(n_tokens / elapsed)
+        self.tokens_per_sec.append(tokens_per_sec)
         self.steps.append(n_steps)
-        self.timing_breakdown["forward"].append(t_fwd)
-        self.timing_breakdown["backward"].append(t_bwd)
-        self.timing_breakdown["optimizer"].append(t_opt)
-        return {
+        self.timing_breakdown["forward"].append(seconds["forward"])
+        self.timing_breakdown["backward"].append(seconds["backward"])
+        self.timing_breakdown["optimizer"].append(seconds["optimizer"])
+        # Done with the steps: detached from the trainer, so that a train_epoch() of its own
+        # leaves no epoch in progress; train() keeps it until the epoch is evaluated.
+        self.progress, self._trained = None, progress
+        progress.train_stats = {
             "loss": loss,
             "ce_loss": ce,
             "aux_loss": aux,
-            "tokens_per_sec": n_tokens / elapsed,
-            "forward_time": t_fwd,
-            "backward_time": t_bwd,
-            "optimizer_time": t_opt,
+            "tokens_per_sec": tokens_per_sec,
+            "forward_time": seconds["forward"],
+            "backward_time": seconds["backward"],
+            "optimizer_time": seconds["optimizer"],
         }
+        return dict(progress.train_stats)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -269,7 +395,14 @@ class Trainer:
         self.model.eval()
         total = torch.zeros(3, device=self.device)
         n_tokens = 0
+        # Making the loader's iterator draws from the global RNG (its base seed) when the
+        # loader has no generator of its own: a stop rewinds that, so that the evaluation
+        # the resumed run repeats draws the same.
+        rng = torch.get_rng_state()
         for x, y in self.val_loader:
+            if self._stop_requested():
+                torch.set_rng_state(rng)
+                self._stop("during evaluation")  # the partial evaluation is discarded
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with self._autocast():
@@ -295,7 +428,8 @@ class Trainer:
         `min_usage`/`max_usage`/`usage` are percentages of assignments; `dropped` is the
         fraction of assignments that overflowed capacity.
         """
-        usage, dropped = self._epoch_usage
+        assert self.progress is not None
+        usage, dropped = self.progress.usage, self.progress.dropped
         stats = []
         for i, (counts, n_dropped) in enumerate(zip(usage, dropped, strict=True)):
             counts = counts.double().cpu()
@@ -320,24 +454,24 @@ class Trainer:
     def train(self, num_epochs: int, eval_every: int = 1) -> dict[str, Any]:
         """Train until `num_epochs` epochs are done (counting resumed ones) or early stopping.
 
-        Returns `get_metrics()`. If `should_stop` fires, the partial epoch is discarded,
-        `cancelled` is set and training returns.
+        Returns `get_metrics()`. When `should_stop` fires, raises `TrainingCancelled` after
+        checkpointing (the finished epochs were delivered to `on_epoch_end`).
         """
         patience = self.early_stopping_patience
         while self.epoch < num_epochs and not self.stopped_early:
             epoch_index = self.epoch
             self._set_temperature(epoch_index)
-            try:
-                train_stats = self.train_epoch()
-            except TrainingCancelled:
-                self.cancelled = True
-                if self.verbose:
-                    print(
-                        f"[{self.model_name}] cancelled during epoch {epoch_index + 1}", flush=True
-                    )
-                break
+            if self.progress is None and self._stop_requested():
+                self._stop("at the start")
+            # A stop during the last evaluation left the epoch trained: go on from there.
+            trained = self.progress is not None and self.progress.train_stats is not None
+            if not trained:
+                self.train_epoch()
+                self.progress = self._trained  # a stop during evaluation keeps it
+            train_stats = dict(self.progress.train_stats)
             val_stats = None
             is_last = epoch_index + 1 == num_epochs
+            eval_start = time.perf_counter()
             if (epoch_index + 1) % eval_every == 0 or is_last:
                 val_stats = self.evaluate()
                 if val_stats["loss"] < self.best_val_loss:
@@ -352,8 +486,10 @@ class Trainer:
                     if patience > 0 and self.patience_counter >= patience:
                         self.stopped_early = True
             self.epoch = epoch_index + 1
+            duration = self.progress.seconds["wall"] + time.perf_counter() - eval_start
 
             layers = self._expert_stats() if self.moe_layers else []
+            self.progress = None  # the epoch is whole: the checkpoint below is at its end
             if self.moe_layers:
                 self.expert_stats_history.append(
                     {
@@ -363,6 +499,7 @@ class Trainer:
                     }
                 )
             record = self._epoch_record(train_stats, val_stats, layers)
+            record["duration"] = duration
             if self.verbose:
                 self._print_epoch(record, num_epochs)
             # The callback runs before the checkpoint: a crash between the two replays this
@@ -371,7 +508,7 @@ class Trainer:
                 self.on_epoch_end(record)
             if self.checkpoint_path is not None:
                 self.save_checkpoint(self.checkpoint_path)
-        if self.best_state is not None and not self.cancelled:
+        if self.best_state is not None:
             self.model.load_state_dict(self.best_state)  # early stopping keeps the best model
         return self.get_metrics()
 
@@ -451,9 +588,11 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         generator = getattr(self.train_loader, "generator", None)
         return {
+            "tag": self.checkpoint_tag,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "best_state": self.best_state,
+            "progress": self.progress.state() if self.progress is not None else None,
             "history": {name: getattr(self, name) for name in self._HISTORY},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -468,6 +607,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_state = state["best_state"]
+        progress = state.get("progress")
+        self.progress = EpochProgress.from_state(progress, self.device) if progress else None
         for name, value in state["history"].items():
             setattr(self, name, value)
         rng = state["rng"]
@@ -481,7 +622,8 @@ class Trainer:
             generator.set_state(rng["loader"])
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Everything needed to resume after this epoch, written atomically."""
+        """Everything needed to resume from here (an epoch's end, or a step boundary within
+        one), written atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -489,8 +631,14 @@ class Trainer:
         os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
-        """Restore from `path`; returns the number of completed epochs (the next is +1)."""
+        """Restore from `path`; returns the number of completed epochs (the next is +1, or
+        the one in progress). Raises CheckpointMismatch, restoring nothing, when this Trainer
+        has a `checkpoint_tag` and the checkpoint carries another."""
         # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if self.checkpoint_tag is not None and state.get("tag") != self.checkpoint_tag:
+            raise CheckpointMismatch(
+                f"{path} belongs to {state.get('tag')!r}, not {self.checkpoint_tag!r}"
+            )
         self.load_state_dict(state)
         return self.epoch

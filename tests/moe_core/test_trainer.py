@@ -152,20 +152,27 @@ def test_epoch_record_is_complete():
 
 
 def test_stop_check_cancels_within_a_step_and_keeps_finished_epochs():
-    calls = {"n": 0}
+    steps = {"n": 0}
 
-    def stop():
-        calls["n"] += 1
-        return calls["n"] > 6  # epoch 1 is 4 steps; stop during epoch 2
+    def count_steps(*_):
+        steps["n"] += 1
 
     seen = []
-    trainer = make_trainer(should_stop=stop, on_epoch_end=seen.append)
-    trainer.train(5)
-    assert trainer.cancelled
+    trainer = make_trainer(on_epoch_end=seen.append)
+    trainer.model.register_forward_hook(count_steps)  # forward passes, training and eval
+    trainer.should_stop = lambda: steps["n"] >= 7  # epoch 1: 4 steps + 1 eval batch
+    with pytest.raises(TrainingCancelled) as stopped:
+        trainer.train(5)
     assert [r["epoch"] for r in seen] == [1]
-    assert trainer.current_step == 6
-    with pytest.raises(TrainingCancelled):
-        trainer.train_epoch()
+    assert trainer.current_step == 6  # stopped before its 7th forward pass: step 2 of epoch 2
+    assert (stopped.value.epoch, stopped.value.step) == (2, 2)
+    assert trainer.train_losses and len(trainer.train_losses) == 1
+
+
+def test_an_epoch_record_carries_its_duration():
+    seen = []
+    make_trainer(on_epoch_end=seen.append).train(2)
+    assert all(r["duration"] > 0 for r in seen)
 
 
 def test_label_smoothing_changes_the_objective_not_the_reported_ce():
@@ -217,3 +224,95 @@ def test_a_diverged_epoch_raises_and_records_nothing():
     with pytest.raises(TrainingDiverged, match="training loss is nan in epoch 1"):
         trainer.train(2)
     assert trainer.train_losses == [] and trainer.epoch == 0
+
+
+# ---------------------------------------------------------------------------- exact resume
+
+
+def resumable_run(micro_data, base, checkpoint=None, stop=None, **kw):
+    config = ExperimentConfig(name="exact", expert_dim=64, batch_size=8, dropout=0.2,
+                              gating_temp_schedule={"start": 1.5, "end": 0.5, "epochs": 2})  # fmt: skip
+    return run_single_experiment(config, micro_data.train, micro_data.val, base, "cpu",
+                                 checkpoint_path=checkpoint, should_stop=stop, verbose=False,
+                                 **kw)  # fmt: skip
+
+
+class StopAt:
+    """should_stop that fires at the n-th check (training steps and evaluation batches)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls == self.n
+
+
+def exact_metrics(metrics):
+    keys = ("train_losses", "train_ce_losses", "train_aux_losses", "val_losses",
+            "val_ce_losses", "val_aux_losses", "steps", "current_step")  # fmt: skip
+    usage = [(layer["usage"], layer["dropped"]) for h in metrics["expert_stats_history"]
+             for layer in h["layers"]]  # fmt: skip
+    return {key: metrics[key] for key in keys}, usage
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(micro_data):
+    return resumable_run(micro_data, base_config("micro", num_epochs=3))
+
+
+@pytest.mark.parametrize(
+    "stops",
+    [
+        pytest.param([9], id="mid-epoch"),
+        pytest.param([1], id="first-step"),
+        pytest.param([None], id="during-evaluation"),
+        pytest.param([5, 11], id="twice"),
+    ],
+)
+def test_a_run_stopped_anywhere_resumes_exactly(micro_data, uninterrupted, tmp_path, stops):
+    """Stopped at a step boundary and resumed in a fresh trainer, model, optimizer and
+    loader (as another process would), the run's losses, routing statistics and weights
+    are exactly an uninterrupted run's."""
+    base = base_config("micro", num_epochs=3)
+    checkpoint = tmp_path / "checkpoint.pt"
+    steps_per_epoch = uninterrupted["metrics"]["steps"][0]
+    val_batches = -(-len(micro_data.val) // 8)
+    seen = []
+    for n in stops:
+        # The `None` case: the first evaluation batch of epoch 2 (one check at each epoch's
+        # start, one per step, one per evaluation batch).
+        n = n or (2 * (1 + steps_per_epoch) + val_batches + 1)
+        stop = StopAt(n)
+        with pytest.raises(TrainingCancelled) as stopped:
+            resumable_run(micro_data, base, checkpoint, stop, on_epoch_end=seen.append)
+        assert checkpoint.is_file()
+        torch.manual_seed(987)  # the resuming process starts with other RNG state
+    if stops == [None]:
+        assert stopped.value.step == steps_per_epoch  # all trained; evaluation discarded
+    resumed = resumable_run(micro_data, base, checkpoint, on_epoch_end=seen.append)
+    assert exact_metrics(resumed["metrics"]) == exact_metrics(uninterrupted["metrics"])
+    assert sorted({r["epoch"] for r in seen}) == [1, 2, 3]
+    final = torch.load(checkpoint, weights_only=False)["model"]
+    reference = resumable_run(micro_data, base, tmp_path / "reference.pt")
+    reference_state = torch.load(tmp_path / "reference.pt", weights_only=False)["model"]
+    assert reference["metrics"]["train_losses"] == uninterrupted["metrics"]["train_losses"]
+    for name, tensor in reference_state.items():
+        assert torch.equal(final[name], tensor), name
+
+
+def test_a_checkpoint_with_another_tag_is_not_resumed(micro_data, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    two = base_config("micro", num_epochs=2)
+    resumable_run(micro_data, two, checkpoint, checkpoint_tag="run-a")
+    seen = []
+    with pytest.warns(UserWarning, match="not resuming"):
+        other = resumable_run(micro_data, base_config("micro", num_epochs=3), checkpoint,
+                              checkpoint_tag="run-b", on_epoch_end=seen.append)  # fmt: skip
+    assert [r["epoch"] for r in seen] == [1, 2, 3]  # from scratch
+    assert torch.load(checkpoint, weights_only=False)["tag"] == "run-b"
+    seen.clear()
+    resumable_run(micro_data, base_config("micro", num_epochs=4), checkpoint,
+                  checkpoint_tag="run-b", on_epoch_end=seen.append)  # fmt: skip
+    assert [r["epoch"] for r in seen] == [4]  # its own checkpoint: resumed
+    assert len(other["metrics"]["train_losses"]) == 3
