@@ -32,7 +32,6 @@ def _init_pool_process(**_: object) -> None:
     # A pool child must not share the parent's database connections (e.g. the parent's
     # auto-migrate, or the agent's): drop them, the child opens its own.
     dispose_engines_after_fork()
-    shutdown.install_in_pool_process()
 
 
 @worker_ready.connect

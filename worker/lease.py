@@ -216,7 +216,7 @@ class RunLease:
             log.info("%r: no longer ours to finish (%s)", self, status)
         return done
 
-    def hand_back(self) -> bool:
+    def hand_back(self, where: str = "before training") -> bool:
         """Return the run to the queue (this worker is stopping), and publish it at once."""
 
         def write() -> bool:
@@ -231,11 +231,12 @@ class RunLease:
             self.queue.enqueue([self.experiment_id])
         except Exception:  # the broker is away: the sweep publishes it again later
             log.warning("%r: handed back, but not published", self, exc_info=True)
-        log.info("%r: handed back to the queue", self)
+        log.info("%r: %s; handed back to the queue", self, where)
         return True
 
-    def settle_stop(self) -> None:
-        """The training loop stopped at should_stop(): cancel, takeover or shutdown?"""
+    def settle_stop(self, where: str) -> None:
+        """The training loop stopped at should_stop() (`where` says where): cancel,
+        takeover or shutdown?"""
 
         def read() -> LeaseState:
             with self._session() as session:
@@ -249,4 +250,4 @@ class RunLease:
         elif state is LeaseState.cancel_requested:
             self.finish(Status.cancelled)
         else:
-            self.hand_back()
+            self.hand_back(where)

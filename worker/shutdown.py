@@ -18,7 +18,6 @@ import threading
 log = logging.getLogger(__name__)
 
 _requested = threading.Event()  # in a pool process: hand the run back and stop
-_task_running = threading.Event()  # in a pool process: a task is in progress
 
 
 def requested() -> bool:
@@ -26,29 +25,23 @@ def requested() -> bool:
 
 
 class task_in_progress:
-    """Marks the span of a task in a pool process: a SIGTERM then stops the run, not the
-    process."""
+    """The span of a task in a pool process: a SIGTERM then asks the run to stop and hand
+    itself back instead of ending the process. Installed per task, because billiard puts
+    its own handler (exit at once) in place after the pool process's initialiser; that one
+    stays in force while the process is idle, where there is nothing to hand back.
+
+    The request is for good: a pool process does not outlive its worker's shutdown, and
+    while that drains, Celery may still deliver a task, which must go straight back."""
 
     def __enter__(self) -> None:
-        _task_running.set()
+        self._previous = signal.signal(signal.SIGTERM, _on_sigterm_during_task)
 
     def __exit__(self, *exc_info: object) -> None:
-        _task_running.clear()
+        signal.signal(signal.SIGTERM, self._previous)
 
 
-def _on_sigterm_in_pool_process(signum: int, frame: object) -> None:
-    if _task_running.is_set():
-        _requested.set()  # the training loop sees it at the next step; repeats change nothing
-        return
-    # Idle: nothing to hand back; die as SIGTERM would (billiard terminates idle children).
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def install_in_pool_process() -> None:
-    """In each pool process at start (worker_process_init)."""
-    _requested.clear()
-    signal.signal(signal.SIGTERM, _on_sigterm_in_pool_process)
+def _on_sigterm_during_task(signum: int, frame: object) -> None:
+    _requested.set()  # the training loop sees it at the next step; repeats change nothing
 
 
 def forward_to_pool_processes() -> list[int]:

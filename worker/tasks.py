@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from celery.exceptions import Reject
 from celery.signals import worker_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -30,6 +31,10 @@ from worker.training import run_experiment
 )
 def train_experiment(self, experiment_id: int) -> None:
     with shutdown.task_in_progress():
+        if shutdown.requested():
+            # This worker is stopping (a task can still arrive while its shutdown drains):
+            # back to the broker, untouched, for another worker.
+            raise Reject("this worker is stopping", requeue=True)
         run_experiment(
             experiment_id,
             settings=get_settings(),

@@ -91,8 +91,8 @@ def run_experiment(
                 model_path=directory / "model.pt" if dense else None,
                 verbose=False,
             )
-        except TrainingCancelled:
-            lease.settle_stop()  # cancelled, taken over, or this worker is stopping
+        except TrainingCancelled as stop:
+            lease.settle_stop(str(stop))  # cancelled, taken over, or this worker is stopping
         except runs.LostOwnership:
             log.info("experiment %s: taken over by another worker", experiment_id)
         except (OperationalError, InterfaceError):
