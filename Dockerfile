@@ -12,8 +12,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # Named volumes mounted here take the ownership these folders have in the image.
 RUN useradd --create-home --uid 1000 moe \
-    && mkdir -p /var/lib/moe-lab/artifacts /var/lib/moe-lab/cache \
-    && chown -R moe /var/lib/moe-lab
+    && mkdir -p /var/lib/moe-lab/artifacts /var/lib/moe-lab/cache /var/lock/moe-gpus \
+    && chown -R moe /var/lib/moe-lab /var/lock/moe-gpus
 
 # ---------------------------------------------------------------- api: no torch
 FROM base AS api
@@ -21,9 +21,9 @@ COPY requirements/api.txt requirements/api.txt
 RUN pip install -r requirements/api.txt
 COPY alembic.ini ./
 COPY migrations migrations
+# The store of record and the queue; the API enqueues by task name, so no worker code.
+COPY store store
 COPY api api
-# The API enqueues by task name: it needs the Celery app, not the tasks (which import torch).
-COPY worker/__init__.py worker/celery_app.py worker/
 # Only the engine's torch-free modules: the config it validates and the success criteria.
 COPY moe_core/__init__.py moe_core/config.py moe_core/criteria.py moe_core/
 USER moe
@@ -37,11 +37,13 @@ FROM base AS worker
 COPY requirements/api.txt requirements/worker.txt requirements/
 # torch is pinned in worker.txt; on x86_64 Linux this is the CUDA build, for GPU nodes.
 RUN pip install -r requirements/worker.txt
+# Migrations too: a worker on the embedded SQLite store upgrades it at start.
 COPY alembic.ini ./
 COPY migrations migrations
-COPY api api
+COPY store store
 COPY worker worker
 COPY moe_core moe_core
 USER moe
-# One process per GPU: concurrency 1, and never prefetch a second hours-long run.
+# One process per GPU: concurrency 1, and never prefetch a second hours-long run. On SIGTERM
+# the run is handed back within seconds (worker/shutdown.py): well inside a 60 s grace.
 CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]

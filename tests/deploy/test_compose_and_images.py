@@ -4,8 +4,11 @@ module, file and setting they name exists, and the deployment has the shape it p
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,13 +65,15 @@ def test_every_command_runs_an_installed_program_on_existing_code():
     module, attribute = commands["api"][1].split(":")
     assert getattr(importlib.import_module(module), attribute).title  # a FastAPI app
 
-    worker = commands["worker"]
+    launcher, worker = commands["worker"][:4], commands["worker"][4:]
+    assert launcher == ["python", "-m", "worker.gpu_slot", "--"]
+    assert importlib.util.find_spec("worker.gpu_slot") is not None
     assert worker[:4] == ["celery", "-A", "worker.celery_app", "worker"]
     assert hasattr(importlib.import_module("worker.celery_app"), "app")
     assert worker[worker.index("-Q") + 1] == TRAINING_QUEUE
     assert worker[worker.index("--concurrency") + 1] == "1"
     assert worker[worker.index("--prefetch-multiplier") + 1] == "1"
-    assert f'"{worker[-1]}"]' in stage_body("worker")  # the image's default is the same
+    assert "CMD " + str(worker).replace("'", '"') in stage_body("worker")  # the image's own
 
 
 def test_every_setting_named_is_a_setting():
@@ -80,14 +85,20 @@ def test_every_setting_named_is_a_setting():
                 assert variable in fields, f"{name}: {variable}"
 
 
-def test_workers_scale_and_reserve_a_gpu_each():
+def test_workers_scale_and_each_claims_a_gpu_of_its_own():
     worker = SERVICES["worker"]
     # `--scale worker=N` needs replicas without a fixed name or host port
     assert "container_name" not in worker and "ports" not in worker
+    # every replica sees every GPU; worker.gpu_slot gives each its own, through locks on a
+    # volume they share (tests/worker/test_gpu_slot.py shows it)
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device["capabilities"] == ["gpu"] and device["count"] == 1
-    volumes = [volume.split(":")[1] for volume in worker["volumes"]]
-    assert Settings(home=Path("/var/lib/moe-lab")).artifact_dir.as_posix() in volumes
+    assert device["capabilities"] == ["gpu"] and device["count"] == "all"
+    volumes = dict(volume.split(":")[:2] for volume in worker["volumes"])
+    assert volumes["gpu-locks"] == worker["environment"]["MOE_GPU_LOCK_DIR"]
+    assert "gpu-locks" in COMPOSE["volumes"]
+    assert Settings(home=Path("/var/lib/moe-lab")).artifact_dir.as_posix() in volumes.values()
+    grace = int(worker["stop_grace_period"].removesuffix("s"))
+    assert grace >= 30  # the handback on SIGTERM takes seconds
 
 
 def test_dockerfile_copies_only_existing_paths():
@@ -116,3 +127,49 @@ def test_the_api_image_has_no_torch():
 @pytest.mark.parametrize("path", [".venv", "runs", ".git"])
 def test_dockerignore_keeps_local_state_out(path):
     assert path in (ROOT / ".dockerignore").read_text().split()
+
+
+def stage_files(stage: str, into: Path) -> Path:
+    """Copy what the stage's COPY lines copy (from the build context) into `into`."""
+    for line in re.findall(r"^COPY\s+(.+)$", stage_body(stage), re.MULTILINE):
+        *sources, destination = line.split()
+        for source in sources:
+            path = ROOT / source
+            # "COPY a b/" puts a inside b; "COPY a b" makes b
+            target = (
+                into / destination / path.name if destination.endswith("/") else into / destination
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"),
+                                dirs_exist_ok=True)  # fmt: skip
+            else:
+                shutil.copy(path, target)
+    return into
+
+
+@pytest.mark.parametrize(
+    ("stage", "entry", "absent"),
+    [
+        ("api", "api.main", {"worker", "torch"}),
+        ("worker", "worker.tasks", {"api"}),
+    ],
+)
+def test_each_image_holds_what_its_process_imports_and_not_the_other(
+    stage, entry, absent, tmp_path
+):
+    """Import the entry point from a folder holding only what the stage copies: a missing
+    file fails here as it would in the image, and the other side's code is not there."""
+    app = stage_files(stage, tmp_path / "app")
+    assert not any((app / name).exists() for name in absent if name != "torch")
+    code = (
+        f"import sys; sys.path[0] = {str(app)!r}; import {entry}; "
+        f"loaded = {{m.split('.')[0] for m in sys.modules}}; "
+        f"assert not loaded & {absent!r}, loaded & {absent!r}; "
+        f"assert {entry}.__file__.startswith({str(app)!r})"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+    env["MOE_HOME"] = str(tmp_path / "home")
+    result = subprocess.run([sys.executable, "-c", code], cwd=app, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
