@@ -131,6 +131,7 @@ class EpochRead(BaseModel):
     backward_time: float
     optimizer_time: float
     gating_temperature: float | None
+    duration: float | None = Field(description="wall-clock seconds, training and evaluation")
     expert_stats: list[ExpertStatsRead]
 
 

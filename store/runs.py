@@ -119,7 +119,7 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any
     rows = session.execute(
         select(m.epoch, m.train_loss, m.train_ce_loss, m.train_aux_loss, m.val_loss,
                m.val_ce_loss, m.val_aux_loss, m.tokens_per_sec, m.steps, m.forward_time,
-               m.backward_time, m.optimizer_time, m.gating_temperature)
+               m.backward_time, m.optimizer_time, m.gating_temperature, m.duration)
         .where(m.experiment_id == experiment_id)
         .order_by(m.epoch)
     ).all()  # fmt: skip
@@ -144,6 +144,7 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any
             "backward_time": r.backward_time,
             "optimizer_time": r.optimizer_time,
             "gating_temperature": r.gating_temperature,
+            "duration": r.duration,
             "expert_stats": stats.get(r.epoch, []),
         }  # fmt: skip
         for r in rows

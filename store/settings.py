@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # again after a worker sat idle this long beside it).
     heartbeat_timeout: float = Field(60.0, gt=0)
     # How often each live worker sweeps the store for runs to take over or re-publish.
-    sweep_interval: float = Field(15.0, gt=0)
+    sweep_interval: float = Field(5.0, gt=0)
     # A run whose workers died more than this many times (lease expired, process killed,
     # e.g. out of memory) fails with an error that says so, instead of looping for good.
     max_restarts: int = Field(5, ge=0)

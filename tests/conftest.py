@@ -127,30 +127,24 @@ def database_url(empty_postgres) -> str:
 # --------------------------------------------------------------------------- stores
 
 
+def _migrated_store(request, tmp_path, postgres: Callable[[], str]) -> str:
+    from store.migrate import upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else postgres()
+    upgrade_database(url)
+    return url
+
+
 @pytest.fixture(params=["postgres", "sqlite"])
 def database(request, tmp_path) -> str:
     """A migrated store: the session's Postgres database, or a SQLite file of the test's."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("database_url")
-    from store.migrate import upgrade_database
-
-    upgrade_database(url)
-    return url
+    return _migrated_store(request, tmp_path, lambda: request.getfixturevalue("database_url"))
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def own_database(request, tmp_path) -> str:
     """A migrated store of the test's own, for what looks at every run (sweeps, counts)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("empty_postgres")()
-    from store.migrate import upgrade_database
-
-    upgrade_database(url)
-    return url
+    return _migrated_store(request, tmp_path, lambda: request.getfixturevalue("empty_postgres")())
 
 
 @pytest.fixture()

@@ -78,7 +78,7 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert [epoch["epoch"] for epoch in epochs] == [1, 2, 3, 4]
     for epoch in epochs:
         assert epoch["train"]["loss"] > 0 and epoch["val"]["ce_loss"] > 0
-        assert epoch["steps"] > 0 and epoch["tokens_per_sec"] > 0
+        assert epoch["steps"] > 0 and epoch["tokens_per_sec"] > 0 and epoch["duration"] > 0
         assert epoch["gating_temperature"] == 1.0
         assert [stats["layer"] for stats in epoch["expert_stats"]] == [2, 4]
         usage = epoch["expert_stats"][0]["usage"]
