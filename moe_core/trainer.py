@@ -16,10 +16,10 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -56,9 +56,10 @@ class EpochProgress:
     totals: torch.Tensor  # loss, ce, aux summed over steps (no per-step device sync)
     usage: list[torch.Tensor]  # per MoE layer: assignments per expert
     dropped: list[torch.Tensor]  # per MoE layer: assignments over capacity
-    # The train loader's generator at the epoch's start: the epoch's shuffle is drawn from
-    # it when its iterator is made, so a resume remakes the same order and skips ahead.
-    loader_state: torch.Tensor | None
+    # The state, at the epoch's start, of the generator the train loader draws from (see
+    # Trainer._loader_generator): the epoch's base seed and shuffle are drawn from it when
+    # its iterator is made and first read, so a resume remakes the same order and skips ahead.
+    loader_state: torch.Tensor
     steps: int = 0
     tokens: int = 0
     seconds: dict[str, float] = field(
@@ -68,7 +69,9 @@ class EpochProgress:
     train_stats: dict[str, float] | None = None
 
     @classmethod
-    def start(cls, experts: list[int], device: torch.device, loader_state) -> EpochProgress:
+    def start(
+        cls, experts: list[int], device: torch.device, loader_state: torch.Tensor
+    ) -> EpochProgress:
         return cls(
             totals=torch.zeros(3, device=device),
             usage=[torch.zeros(e, dtype=torch.long, device=device) for e in experts],
@@ -258,7 +261,7 @@ class Trainer:
     def _stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
 
-    def _stop(self, where: str) -> None:
+    def _stop(self, where: str) -> NoReturn:
         """Checkpoint at this step boundary (the epoch in progress with it) and raise."""
         progress = self.progress
         steps = progress.steps if progress is not None else 0
@@ -273,21 +276,23 @@ class Trainer:
             print(f"[{self.model_name}] {message}{saved}", flush=True)
         raise TrainingCancelled(message, epoch=self.epoch + 1, step=steps)
 
-    def _batches(self, progress: EpochProgress):
-        """The epoch's batches from where `progress` stands: the same shuffle as at the
-        epoch's start, the batches already trained skipped."""
+    def _loader_generator(self) -> torch.Generator:
+        """The generator a new train-loader iterator draws from: a DataLoader draws its base
+        seed and (shuffling) its order from its own generator, else from torch's global one."""
         generator = getattr(self.train_loader, "generator", None)
-        if progress.steps == 0:
-            return iter(self.train_loader)
-        if generator is not None and progress.loader_state is not None:
-            generator.set_state(progress.loader_state)
-        # Making and skipping through the iterator must not move the global RNG, which the
-        # checkpoint restored to where the stop left it (dropout continues from there).
-        rng = torch.get_rng_state()
+        return generator if generator is not None else torch.default_generator
+
+    def _resumed_batches(self, progress: EpochProgress) -> Iterator:
+        """The epoch's batches from where a restored `progress` stands: the iterator remade
+        from the epoch's start state, so the same shuffle, and the batches already trained
+        skipped (a fetch each, cheap for TokenBlocks). This holds at step 0 too: the
+        loader's generator has moved on since the epoch began."""
+        stop_point = torch.get_rng_state()  # restored by load_state_dict: dropout goes on from it
+        self._loader_generator().set_state(progress.loader_state)
         batches = iter(self.train_loader)
         for _ in itertools.islice(batches, progress.steps):
             pass
-        torch.set_rng_state(rng)
+        torch.set_rng_state(stop_point)  # a no-op unless the loader drew from the global RNG
         return batches
 
     def train_epoch(self) -> dict[str, float]:
@@ -295,12 +300,14 @@ class Trainer:
         returns the spec's keys."""
         self.model.train()
         if self.progress is None:
-            generator = getattr(self.train_loader, "generator", None)
             self.progress = EpochProgress.start(
                 [layer.num_experts for layer in self.moe_layers],
                 self.device,
-                generator.get_state() if generator is not None else None,
+                self._loader_generator().get_state(),
             )
+            batches = iter(self.train_loader)
+        else:  # restored from a checkpoint written mid-epoch
+            batches = self._resumed_batches(self.progress)
         progress = self.progress
         clocks = []  # per step: (start, forward done, backward done, optimizer done)
         self._sync()
@@ -316,10 +323,17 @@ class Trainer:
             seconds["backward"] += sum(self._seconds(t1, t2) for _, t1, t2, _ in clocks)
             seconds["optimizer"] += sum(self._seconds(t2, t3) for _, _, t2, t3 in clocks)
 
-        for x, y in self._batches(progress):
+        while True:
+            # Consulted before the fetch, so that at a stop the iterator has fetched exactly the
+            # trained batches, as a resume's replay does: a fetch can draw from the global RNG
+            # (a DataLoader without a generator seeds its shuffle at the first one).
             if self._stop_requested():
                 close_segment()
                 self._stop("during training")
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
 
@@ -461,8 +475,6 @@ class Trainer:
         while self.epoch < num_epochs and not self.stopped_early:
             epoch_index = self.epoch
             self._set_temperature(epoch_index)
-            if self.progress is None and self._stop_requested():
-                self._stop("at the start")
             # A stop during the last evaluation left the epoch trained: go on from there.
             trained = self.progress is not None and self.progress.train_stats is not None
             if not trained:

@@ -29,9 +29,9 @@ def random_blocks(n: int, seq_len: int = 16, vocab: int = 512, seed: int = 0) ->
     return TensorDataset(data[:, :-1], data[:, 1:])
 
 
-def make_trainer(lr=1e-3, patience=0, schedule=None, moe=True, **kw) -> Trainer:
+def make_trainer(lr=1e-3, patience=0, schedule=None, moe=True, dropout=0.0, **kw) -> Trainer:
     base = base_config("micro", seq_len=16, learning_rate=lr)
-    config = ExperimentConfig(name="t", expert_dim=64, batch_size=8, dropout=0.0)
+    config = ExperimentConfig(name="t", expert_dim=64, batch_size=8, dropout=dropout)
     model = build_model(config, base, dense=not moe)
     train = DataLoader(random_blocks(32), batch_size=8, shuffle=True)
     val = DataLoader(random_blocks(8, seed=1), batch_size=8)
@@ -261,13 +261,28 @@ def uninterrupted(micro_data):
     return resumable_run(micro_data, base_config("micro", num_epochs=3))
 
 
+def check_number(where, steps_per_epoch: int, val_batches: int) -> int:
+    """The should_stop call (1-based) that lands `where` in a fresh run: one check before
+    each training step, one after an epoch's last step, one per evaluation batch."""
+    epoch = steps_per_epoch + 1 + val_batches
+    named = {
+        "first step": 1,
+        "after the last step": steps_per_epoch + 1,  # trained, not yet evaluated
+        "first step of epoch 2": epoch + 1,
+        "during evaluation": epoch + steps_per_epoch + 1 + 1,  # epoch 2's first val batch
+    }
+    return named.get(where, where)
+
+
 @pytest.mark.parametrize(
     "stops",
     [
         pytest.param([9], id="mid-epoch"),
-        pytest.param([1], id="first-step"),
-        pytest.param([None], id="during-evaluation"),
-        pytest.param([5, 11], id="twice"),
+        pytest.param(["first step"], id="first-step"),
+        pytest.param(["first step of epoch 2"], id="first-step-of-epoch-2"),
+        pytest.param(["after the last step"], id="after-the-last-step"),
+        pytest.param(["during evaluation"], id="during-evaluation"),
+        pytest.param([5, 11], id="twice"),  # the second counts from the first resume
     ],
 )
 def test_a_run_stopped_anywhere_resumes_exactly(micro_data, uninterrupted, tmp_path, stops):
@@ -279,17 +294,16 @@ def test_a_run_stopped_anywhere_resumes_exactly(micro_data, uninterrupted, tmp_p
     steps_per_epoch = uninterrupted["metrics"]["steps"][0]
     val_batches = -(-len(micro_data.val) // 8)
     seen = []
-    for n in stops:
-        # The `None` case: the first evaluation batch of epoch 2 (one check at each epoch's
-        # start, one per step, one per evaluation batch).
-        n = n or (2 * (1 + steps_per_epoch) + val_batches + 1)
-        stop = StopAt(n)
+    for where in stops:
+        stop = StopAt(check_number(where, steps_per_epoch, val_batches))
         with pytest.raises(TrainingCancelled) as stopped:
             resumable_run(micro_data, base, checkpoint, stop, on_epoch_end=seen.append)
         assert checkpoint.is_file()
         torch.manual_seed(987)  # the resuming process starts with other RNG state
-    if stops == [None]:
+    if stops == ["during evaluation"]:
         assert stopped.value.step == steps_per_epoch  # all trained; evaluation discarded
+    if stops == ["first step of epoch 2"]:
+        assert (stopped.value.epoch, stopped.value.step) == (2, 0)
     resumed = resumable_run(micro_data, base, checkpoint, on_epoch_end=seen.append)
     assert exact_metrics(resumed["metrics"]) == exact_metrics(uninterrupted["metrics"])
     assert sorted({r["epoch"] for r in seen}) == [1, 2, 3]
@@ -299,6 +313,41 @@ def test_a_run_stopped_anywhere_resumes_exactly(micro_data, uninterrupted, tmp_p
     assert reference["metrics"]["train_losses"] == uninterrupted["metrics"]["train_losses"]
     for name, tensor in reference_state.items():
         assert torch.equal(final[name], tensor), name
+
+
+def test_a_stop_propagates_out_of_run_single_experiment_after_the_finished_epochs(micro_data):
+    seen = []
+    steps_per_epoch, val_batches = len(micro_data.train) // 8, -(-len(micro_data.val) // 8)
+    stop = StopAt(check_number("first step of epoch 2", steps_per_epoch, val_batches) + 2)
+    with pytest.raises(TrainingCancelled) as stopped:  # no checkpoint path: nothing written
+        resumable_run(micro_data, base_config("micro", num_epochs=3), stop=stop,
+                      on_epoch_end=seen.append)  # fmt: skip
+    assert [r["epoch"] for r in seen] == [1]
+    assert (stopped.value.epoch, stopped.value.step) == (2, 2)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 6, 7], ids=lambda n: f"check-{n}")
+def test_a_loader_without_a_generator_of_its_own_resumes_exactly(tmp_path, n):
+    """Such a DataLoader draws its base seed and shuffle from torch's global RNG, which
+    dropout draws from too. 4 steps and 1 evaluation batch an epoch: check 5 follows the
+    last step, 6 is the evaluation and 7 the first step of epoch 2."""
+
+    def trainer(**kw):
+        torch.manual_seed(0)
+        return make_trainer(dropout=0.2, schedule={"start": 1.5, "end": 0.5, "epochs": 2}, **kw)
+
+    full = trainer()
+    full.train(3)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(TrainingCancelled):
+        trainer(should_stop=StopAt(n), checkpoint_path=checkpoint).train(3)
+    resumed = trainer(checkpoint_path=checkpoint)
+    torch.manual_seed(987)
+    resumed.load_checkpoint(checkpoint)
+    resumed.train(3)
+    assert exact_metrics(resumed.get_metrics()) == exact_metrics(full.get_metrics())
+    for name, tensor in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
 
 
 def test_a_checkpoint_with_another_tag_is_not_resumed(micro_data, tmp_path):
