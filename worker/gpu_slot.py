@@ -40,6 +40,9 @@ def count_gpus() -> int:
 
 def claim(lock_dir: Path, gpus: int) -> tuple[int, int]:
     """Lock the first free GPU; returns its index and the lock's (inheritable) descriptor."""
+    if gpus < 1:
+        raise NoFreeGPU(f"no GPU to claim (locks in {lock_dir}): nvidia-smi -L lists none; "
+                        "pass --gpus N, or unset MOE_GPU_LOCK_DIR to run without claiming")  # fmt: skip
     lock_dir.mkdir(parents=True, exist_ok=True)
     for index in range(gpus):
         fd = os.open(lock_dir / f"gpu{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -11,50 +11,89 @@ from tests.conftest import ROOT
 SHOW = ["sh", "-c", 'echo "visible=$CUDA_VISIBLE_DEVICES"; exec sleep 60']
 
 
-def launch(lock_dir, *, gpus: int = 2, command=SHOW) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+def launch(lock_dir, *, gpus: int | None = 2, command=SHOW, path=None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MOE_") and k != "CUDA_VISIBLE_DEVICES"}  # fmt: skip
     if lock_dir is not None:
         env["MOE_GPU_LOCK_DIR"] = str(lock_dir)
+    if path is not None:
+        env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
+    count = [] if gpus is None else ["--gpus", str(gpus)]
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.gpu_slot", "--gpus", str(gpus), "--", *command],
+        [sys.executable, "-m", "worker.gpu_slot", *count, "--", *command],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
-def visible(process: subprocess.Popen) -> str:
+def visible(process: subprocess.Popen) -> str | None:
+    """What the command saw in CUDA_VISIBLE_DEVICES; None if the launcher exited instead."""
     for line in process.stdout:
         if line.startswith("visible="):
             return line.strip().removeprefix("visible=")
-    raise AssertionError(process.stderr.read())
+    return None
+
+
+def stop(*processes: subprocess.Popen | None) -> None:
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+        if process is not None:
+            process.wait()
 
 
 def test_each_worker_gets_a_gpu_of_its_own_until_it_dies(tmp_path):
-    first, second = launch(tmp_path), launch(tmp_path)
-    third = None
+    # three at once on two GPUs: the locks, not the timing, decide
+    launchers = [launch(tmp_path) for _ in range(3)]
     try:
-        assert {visible(first), visible(second)} == {"0", "1"}
-        third = launch(tmp_path)
-        assert third.wait(timeout=30) == 2
-        assert "all 2 GPUs are taken" in third.stderr.read()
+        seen = {process.pid: visible(process) for process in launchers}
+        assert sorted(filter(None, seen.values())) == ["0", "1"]
+        (refused,) = [process for process in launchers if seen[process.pid] is None]
+        assert refused.wait(timeout=30) == 2
+        message = refused.stderr.read().strip()
+        assert len(message.splitlines()) == 1  # one line that says why and where
+        assert "all 2 GPUs are taken" in message and str(tmp_path) in message
 
-        held_by_first = None
-        for index in (0, 1):
-            if (tmp_path / f"gpu{index}.lock").read_text().strip() == str(first.pid):
-                held_by_first = index  # exec kept the pid: the worker holds the lock
-        assert held_by_first is not None
+        first = next(process for process in launchers if seen[process.pid] is not None)
+        # exec kept the launcher's pid: the worker itself holds the lock
+        lock = tmp_path / f"gpu{seen[first.pid]}.lock"
+        assert lock.read_text().strip() == str(first.pid)
         first.kill()  # SIGKILL: the kernel releases its lock
         first.wait()
         replacement = launch(tmp_path)
         try:
-            assert visible(replacement) == str(held_by_first)
+            assert visible(replacement) == seen[first.pid]
         finally:
-            replacement.kill()
-            replacement.wait()
+            stop(replacement)
     finally:
-        for process in (first, second, third):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+        stop(*launchers)
+
+
+def test_the_gpus_are_counted_with_nvidia_smi(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)"\n'
+        'echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbb)"\n'
+        'echo "GPU 2: NVIDIA H100 80GB HBM3 (UUID: GPU-cccc)"\n'
+    )
+    fake.chmod(0o755)
+    locks = tmp_path / "locks"
+    launchers = [launch(locks, gpus=None, path=bin_dir) for _ in range(3)]
+    try:
+        assert sorted(visible(process) for process in launchers) == ["0", "1", "2"]
+        fourth = launch(locks, gpus=None, path=bin_dir)
+        assert fourth.wait(timeout=30) == 2
+        assert "all 3 GPUs are taken" in fourth.stderr.read()
+    finally:
+        stop(*launchers)
+
+
+def test_no_gpu_at_all_is_a_clear_error(tmp_path):
+    process = launch(tmp_path, gpus=0)
+    assert process.wait(timeout=30) == 2
+    assert "no GPU to claim" in process.stderr.read()
 
 
 def test_without_a_lock_dir_the_command_runs_unchanged():
