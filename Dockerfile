@@ -34,6 +34,9 @@ CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---------------------------------------------------------------- worker: torch + engine
 FROM base AS worker
+# The NVIDIA runtime mounts only what these name (unset: utility alone, i.e. nvidia-smi but
+# no libcuda, so torch would see no GPU); NVIDIA's CUDA images set the same.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 COPY requirements/api.txt requirements/worker.txt requirements/
 # torch is pinned in worker.txt; on x86_64 Linux this is the CUDA build, for GPU nodes.
 RUN pip install -r requirements/worker.txt

@@ -101,12 +101,26 @@ def test_workers_scale_and_each_claims_a_gpu_of_its_own():
     assert grace >= 30  # the handback on SIGTERM takes seconds
 
 
+def copies(stage: str) -> list[tuple[str, str]]:
+    """(source, destination) of each path the stage's COPY lines take from the context."""
+    pairs = []
+    for line in re.findall(r"^COPY\s+(.+)$", stage_body(stage), re.MULTILINE):
+        *sources, destination = [word for word in line.split() if not word.startswith("--")]
+        pairs += [(source, destination) for source in sources]
+    return pairs
+
+
 def test_dockerfile_copies_only_existing_paths():
-    for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE, re.MULTILINE):
-        *sources, _destination = line.split()
-        for source in sources:
-            if not source.startswith("--"):
-                assert (ROOT / source).exists(), source
+    for stage in STAGES:
+        for source, _destination in copies(stage):
+            assert (ROOT / source).exists(), (stage, source)
+
+
+@pytest.mark.parametrize(("stage", "other"), [("api", "worker"), ("worker", "api")])
+def test_neither_image_copies_the_others_code(stage, other):
+    for source, destination in copies(stage):
+        for path in (source, destination):
+            assert path.rstrip("/") != other and not path.startswith(f"{other}/"), (stage, path)
 
 
 def test_the_api_image_has_no_torch():
@@ -131,45 +145,78 @@ def test_dockerignore_keeps_local_state_out(path):
 
 def stage_files(stage: str, into: Path) -> Path:
     """Copy what the stage's COPY lines copy (from the build context) into `into`."""
-    for line in re.findall(r"^COPY\s+(.+)$", stage_body(stage), re.MULTILINE):
-        *sources, destination = line.split()
-        for source in sources:
-            path = ROOT / source
-            # "COPY a b/" puts a inside b; "COPY a b" makes b
-            target = (
-                into / destination / path.name if destination.endswith("/") else into / destination
-            )
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"),
-                                dirs_exist_ok=True)  # fmt: skip
-            else:
-                shutil.copy(path, target)
+    for source, destination in copies(stage):
+        path = ROOT / source
+        # "COPY a b/" puts a inside b; "COPY a b" makes b
+        target = into / destination / path.name if destination.endswith("/") else into / destination
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"),
+                            dirs_exist_ok=True)  # fmt: skip
+        else:
+            shutil.copy(path, target)
     return into
 
 
+# Run from a folder that holds only what a stage copies: import every module of the
+# project's packages there (lazy imports too, e.g. worker.sweeper at worker_ready), check that
+# each came from that folder and that nothing of `absent` was loaded, then migrate a fresh
+# SQLite database with the stage's alembic.ini and migrations/ to the models' tables.
+CLOSURE = """
+import importlib, subprocess, sys
+from pathlib import Path
+app, packages, absent = Path(sys.argv[1]), sys.argv[2].split(","), set(sys.argv[3].split(","))
+sys.path[0] = str(app)
+for package in packages:
+    for path in sorted((app / package).rglob("*.py")):
+        if path.stem != "__main__":
+            module = ".".join(path.relative_to(app).with_suffix("").parts)
+            importlib.import_module(module.removesuffix(".__init__"))
+loaded = {name.split(".")[0] for name in sys.modules}
+assert not loaded & absent, f"loaded {loaded & absent}"
+for name, module in list(sys.modules.items()):
+    if name.split(".")[0] in packages:
+        assert Path(module.__file__).is_relative_to(app), (name, module.__file__)
+if "alembic" in sys.argv[4:]:
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=app, check=True)
+else:
+    from store.migrate import upgrade_database
+    upgrade_database(f"sqlite:///{app / 'fresh.db'}")
+import sqlite3
+from store.models import Base
+with sqlite3.connect(app / "fresh.db") as db:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+assert set(Base.metadata.tables) <= tables, f"not migrated: {set(Base.metadata.tables) - tables}"
+"""
+
+
 @pytest.mark.parametrize(
-    ("stage", "entry", "absent"),
+    ("stage", "packages", "absent", "migrate"),
     [
-        ("api", "api.main", {"worker", "torch"}),
-        ("worker", "worker.tasks", {"api"}),
+        # the API, and the migrate job that runs `alembic upgrade head` on the API image
+        ("api", ["api", "store", "moe_core"], {"worker", "torch"}, "alembic"),
+        # the worker, which upgrades an embedded SQLite store at start (store.migrate)
+        ("worker", ["worker", "store", "moe_core"], {"api"}, "store.migrate"),
     ],
 )
-def test_each_image_holds_what_its_process_imports_and_not_the_other(
-    stage, entry, absent, tmp_path
+def test_each_image_holds_what_its_processes_import_and_not_the_other(
+    stage, packages, absent, migrate, tmp_path
 ):
-    """Import the entry point from a folder holding only what the stage copies: a missing
-    file fails here as it would in the image, and the other side's code is not there."""
+    """A file a stage forgets to copy fails here as it would in the image."""
     app = stage_files(stage, tmp_path / "app")
     assert not any((app / name).exists() for name in absent if name != "torch")
-    code = (
-        f"import sys; sys.path[0] = {str(app)!r}; import {entry}; "
-        f"loaded = {{m.split('.')[0] for m in sys.modules}}; "
-        f"assert not loaded & {absent!r}, loaded & {absent!r}; "
-        f"assert {entry}.__file__.startswith({str(app)!r})"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_") and k != "PYTHONPATH"}
     env["MOE_HOME"] = str(tmp_path / "home")
-    result = subprocess.run([sys.executable, "-c", code], cwd=app, env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    env["MOE_DATABASE_URL"] = f"sqlite:///{app / 'fresh.db'}"  # for the alembic command
+    command = [sys.executable, "-c", CLOSURE, str(app), ",".join(packages),
+               ",".join(sorted(absent)), migrate]  # fmt: skip
+    result = subprocess.run(command, cwd=app, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_worker_image_lets_torch_reach_the_gpu():
+    """Without `compute` the NVIDIA runtime mounts no libcuda into the image, and without
+    `utility` no nvidia-smi, which worker.gpu_slot counts the GPUs with."""
+    (capabilities,) = re.findall(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", stage_body("worker"))
+    assert {"compute", "utility"} <= set(capabilities.split(","))
