@@ -1,17 +1,23 @@
 """deploy/kubernetes, checked without a cluster: every manifest against the Kubernetes
-schemas (kubernetes-validate, strict) and KEDA's objects against the fields of KEDA's
-CRDs that we use; the KEDA query counts what it should on a real migrated database; and
-every name a manifest uses (images' commands, settings, Secrets, the scale target) exists."""
+schemas (kubernetes-validate, strict) and KEDA's objects against the fields of KEDA's CRDs
+(tests/deploy/keda_schema.yaml); the KEDA query counts what it should on a real migrated
+database; and every name a manifest uses (commands, settings, Secrets, the scale target,
+files) exists."""
 
 from __future__ import annotations
 
 import importlib
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
+from referencing import Registry, Resource
 from sqlalchemy import create_engine, text, update
 
 from store.db import session_scope
@@ -22,7 +28,9 @@ from tests.factories import new_experiment
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-KUBERNETES_VERSION = "1.33.0"
+# The newest Kubernetes kubernetes-validate ships, and one a year older, as clusters lag.
+LATEST = kubernetes_validate.utils.latest_version()
+KUBERNETES_VERSIONS = ["1.33.0", LATEST]
 
 
 def documents(path: Path) -> list[dict]:
@@ -39,158 +47,99 @@ def find(kind: str, name: str | None = None) -> dict:
     return found
 
 
-# KEDA's CRDs (keda.sh/v1alpha1) are not in kubernetes-validate. This schema holds the
-# fields of ScaledObject and TriggerAuthentication that we use, as KEDA's CRDs define them,
-# and rejects any other, so a misspelt field fails here rather than on a cluster.
-_INT = {"type": "integer", "minimum": 0}
-_OBJECT_META = {"type": "object", "required": ["name"],
-                "properties": {"name": {"type": "string"}}}  # fmt: skip
-KEDA_SCHEMAS = {
-    "ScaledObject": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "keda.sh/v1alpha1"},
-            "kind": {"const": "ScaledObject"},
-            "metadata": _OBJECT_META,
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["scaleTargetRef", "triggers"],
-                "properties": {
-                    "scaleTargetRef": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name"],
-                        "properties": {
-                            k: {"type": "string"}
-                            for k in ("apiVersion", "kind", "name", "envSourceContainerName")
-                        },
-                    },  # fmt: skip
-                    "minReplicaCount": _INT,
-                    "maxReplicaCount": _INT,
-                    "idleReplicaCount": _INT,
-                    "pollingInterval": _INT,
-                    "cooldownPeriod": _INT,
-                    "advanced": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "restoreToOriginalReplicaCount": {"type": "boolean"},
-                            "horizontalPodAutoscalerConfig": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "behavior": {"type": "object"},
-                                },
-                            },
-                        },
-                    },  # fmt: skip
-                    "triggers": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["type", "metadata"],
-                            "properties": {
-                                "type": {"type": "string"},
-                                "name": {"type": "string"},
-                                "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
-                                "metadata": {
-                                    "type": "object",
-                                    "additionalProperties": {"type": "string"},
-                                },
-                                "authenticationRef": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["name"],
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "kind": {
-                                            "enum": [
-                                                "TriggerAuthentication",
-                                                "ClusterTriggerAuthentication",
-                                            ]
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },  # fmt: skip
-                },
-            },
-        },
-    },
-    "TriggerAuthentication": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "keda.sh/v1alpha1"},
-            "kind": {"const": "TriggerAuthentication"},
-            "metadata": _OBJECT_META,
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "secretTargetRef": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["parameter", "name", "key"],
-                            "properties": {
-                                k: {"type": "string"} for k in ("parameter", "name", "key")
-                            },
-                        },
-                    },
-                },
-            },  # fmt: skip
-        },
-    },
-}
-# The postgresql scaler's metadata keys and authentication parameters (keda.sh/docs).
+def containers() -> list[tuple[str, dict]]:
+    return [(r["metadata"]["name"], c) for r in RESOURCES if "template" in r.get("spec", {})
+            for c in r["spec"]["template"]["spec"]["containers"]]  # fmt: skip
+
+
+# KEDA's objects against KEDA's CRD fields (keda_schema.yaml says how that schema was made);
+# the HPA behavior inside a ScaledObject against Kubernetes' own strict schema.
+KEDA_SCHEMA = yaml.safe_load((Path(__file__).parent / "keda_schema.yaml").read_text())
+KEDA_REGISTRY = Registry().with_resources(
+    (resource.id(), resource)
+    for resource in (
+        Resource.from_contents(kubernetes_validate.utils.schema_contents(
+            f"kubernetes-json-schema/v{LATEST}-local-strict/{name}.json", LATEST))
+        for name in ("horizontalpodautoscalerbehavior-autoscaling-v2", "_definitions")
+    )
+)  # fmt: skip
+
+
+def validate_keda(resource: dict) -> None:
+    schema = {**KEDA_SCHEMA, "$ref": f"#/$defs/{resource['kind']}"}
+    jsonschema.Draft202012Validator(schema, registry=KEDA_REGISTRY).validate(resource)
+
+
+# The postgresql scaler's trigger metadata and authentication parameters (KEDA's
+# pkg/scalers/postgresql_scaler.go: triggerMetadata, authParams, resolvedEnv).
 POSTGRESQL_METADATA = {"query", "targetQueryValue", "activationTargetQueryValue",
                        "connectionFromEnv", "host", "port", "userName", "dbName", "sslmode",
                        "passwordFromEnv"}  # fmt: skip
 POSTGRESQL_AUTH = {"connection", "password", "host", "port", "userName", "dbName", "sslmode"}
+# The fields of kustomize's Kustomization that we use, and of its `images` entries.
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images",
+                        "secretGenerator", "configMapGenerator", "patches"}  # fmt: skip
+KUSTOMIZE_IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}
 
 
-def test_the_kustomization_lists_every_manifest_and_nothing_missing():
-    assert set(KUSTOMIZATION["resources"]) == set(MANIFESTS) - {"kustomization.yaml"}
+def test_the_kustomization_lists_every_file_and_nothing_missing():
+    assert KUSTOMIZATION["kind"] == "Kustomization"
+    assert set(KUSTOMIZATION) <= KUSTOMIZATION_FIELDS
+    files = {path.name for path in KUBERNETES.iterdir()} - {"kustomization.yaml"}
+    assert sorted(KUSTOMIZATION["resources"]) == sorted(files)
     names = [(r["kind"], r["metadata"]["name"]) for r in RESOURCES]
     assert len(names) == len(set(names))
+    for image in KUSTOMIZATION["images"]:
+        assert set(image) <= KUSTOMIZE_IMAGE_FIELDS
     images = {image["name"] for image in KUSTOMIZATION["images"]}
-    used = {c["image"] for r in RESOURCES if "template" in r.get("spec", {})
-            for c in r["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    used = {container["image"] for _owner, container in containers()}
     assert used == images == {"moe-lab-api", "moe-lab-worker"}
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize(
     "resource", [r for r in RESOURCES if not r["apiVersion"].startswith("keda.sh/")],
     ids=lambda r: f"{r['kind']}/{r['metadata']['name']}",
 )  # fmt: skip
-def test_every_manifest_matches_the_kubernetes_schema(resource):
-    kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+def test_every_manifest_matches_the_kubernetes_schema(resource, version):
+    kubernetes_validate.validate(resource, version, strict=True)
 
 
-@pytest.mark.parametrize("kind", sorted(KEDA_SCHEMAS))
+@pytest.mark.parametrize("kind", ["ScaledObject", "TriggerAuthentication"])
 def test_keda_objects_match_kedas_crds(kind):
-    jsonschema.validate(find(kind), KEDA_SCHEMAS[kind])
+    validate_keda(find(kind))
+
+
+def copy_of(resource: dict) -> dict:
+    return yaml.safe_load(yaml.safe_dump(resource))
 
 
 def test_a_misspelt_field_fails_validation():
-    """The checks above can fail: strict Kubernetes schemas and our KEDA schema both
-    reject what they do not know."""
-    worker = yaml.safe_load(yaml.safe_dump(find("Deployment", "moe-lab-worker")))
+    """The checks above can fail: the strict Kubernetes schemas, the KEDA schema and the
+    HPA behavior inside it all reject what they do not know."""
+    worker = copy_of(find("Deployment", "moe-lab-worker"))
     worker["spec"]["template"]["spec"]["terminationGracePeriod"] = 60
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(worker, KUBERNETES_VERSION, strict=True)
-    scaled = yaml.safe_load(yaml.safe_dump(find("ScaledObject")))
+        kubernetes_validate.validate(worker, LATEST, strict=True)
+
+    scaled = copy_of(find("ScaledObject"))
     scaled["spec"]["minReplicas"] = 0
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(scaled, KEDA_SCHEMAS["ScaledObject"])
+        validate_keda(scaled)
+    scaled = copy_of(find("ScaledObject"))
+    scaled["spec"]["triggers"][0]["metadata"]["targetQueryValue"] = 1  # KEDA wants a string
+    with pytest.raises(jsonschema.ValidationError):
+        validate_keda(scaled)
+    scaled = copy_of(find("ScaledObject"))
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    behavior["scaleDown"]["stabilizationWindow"] = 60
+    with pytest.raises(jsonschema.ValidationError):
+        validate_keda(scaled)
+
+    auth = copy_of(find("TriggerAuthentication"))
+    auth["spec"]["secretTargetRef"][0]["secret"] = auth["spec"]["secretTargetRef"][0].pop("name")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_keda(auth)
 
 
 def test_keda_scales_the_worker_deployment_from_zero_on_a_postgres_query():
@@ -200,6 +149,7 @@ def test_keda_scales_the_worker_deployment_from_zero_on_a_postgres_query():
     assert (target["kind"], target["name"]) == ("Deployment", worker["metadata"]["name"])
     assert "replicas" not in worker["spec"]  # KEDA's to set
     assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] >= 1
+    assert 0 < scaled["spec"]["pollingInterval"] <= 60 and scaled["spec"]["cooldownPeriod"] > 0
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "postgresql" and set(trigger["metadata"]) <= POSTGRESQL_METADATA
     assert float(trigger["metadata"]["targetQueryValue"]) == 1  # a worker per run
@@ -217,40 +167,40 @@ def test_the_keda_query_counts_queued_and_running_runs(empty_postgres):
 
     url = empty_postgres()
     upgrade_database(url)
-    statuses = ["queued", "queued", "running", "succeeded", "failed", "cancelled", "running"]
-    for status in statuses:
-        experiment_id = new_experiment(url)
-        with session_scope(url) as session:
-            session.execute(update(Experiment).where(Experiment.id == experiment_id)
-                            .values(status=status))  # fmt: skip
-            session.commit()
-    query = find("ScaledObject")["spec"]["triggers"][0]["metadata"]["query"]
+    query = text(find("ScaledObject")["spec"]["triggers"][0]["metadata"]["query"])
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            assert connection.execute(text(query)).scalar() == 4
+            assert connection.execute(query).scalar() == 0  # nothing to do: zero workers
+        statuses = ["queued", "queued", "running", "succeeded", "failed", "cancelled", "running"]
+        for status in statuses:
+            experiment_id = new_experiment(url)  # store.runs.create_experiment
+            with session_scope(url) as session:
+                session.execute(update(Experiment).where(Experiment.id == experiment_id)
+                                .values(status=status))  # fmt: skip
+                session.commit()
+        with engine.connect() as connection:
+            assert connection.execute(query).scalar() == 4
     finally:
         engine.dispose()
 
 
-def containers() -> list[tuple[str, dict]]:
-    return [(r["metadata"]["name"], c) for r in RESOURCES if "template" in r.get("spec", {})
-            for c in r["spec"]["template"]["spec"]["containers"]]  # fmt: skip
-
-
-def test_every_setting_named_is_a_setting_and_every_secret_exists():
+def test_every_setting_named_is_a_setting_and_every_reference_exists():
     fields = {f"MOE_{name.upper()}" for name in Settings.model_fields}
+    # any MOE_ name anywhere in the manifests, comments too: Secret and ConfigMap keys, env
+    text_of_all = "".join(path.read_text() for path in KUBERNETES.iterdir())
+    named = set(re.findall(r"\bMOE_[A-Z0-9_]+", text_of_all))
+    assert named and named <= fields, named - fields
     config = find("ConfigMap", "moe-lab-settings")["data"]
     app_secret = find("Secret", "moe-lab")["stringData"]
+    assert {"MOE_DATABASE_URL", "MOE_BROKER_URL", "MOE_API_TOKEN"} <= set(app_secret)
     assert set(config) <= fields and set(app_secret) <= fields
-    for owner, container in containers():
+    for _owner, container in containers():
         for source in container.get("envFrom", []):
             if "secretRef" in source:
                 find("Secret", source["secretRef"]["name"])
             if "configMapRef" in source:
                 find("ConfigMap", source["configMapRef"]["name"])
-        for variable in container.get("env", []):
-            assert variable["name"] in fields, (owner, variable["name"])
     claims = {v["persistentVolumeClaim"]["claimName"]
               for r in RESOURCES if "template" in r.get("spec", {})
               for v in r["spec"]["template"]["spec"].get("volumes", [])
@@ -259,23 +209,37 @@ def test_every_setting_named_is_a_setting_and_every_secret_exists():
         assert find("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-def test_every_command_names_code_that_exists_and_the_worker_is_the_images():
+def test_no_credentials_but_placeholders():
+    for secret in (r for r in RESOURCES if r["kind"] == "Secret"):
+        assert "data" not in secret  # stringData only: a reader sees what goes there
+        for key, value in secret["stringData"].items():
+            assert "CHANGE-ME" in value or not re.search(r"://[^/@]*:[^/@]*@", value), key
+            if key == "MOE_API_TOKEN":
+                assert value == "CHANGE-ME"
+
+
+def test_every_command_names_code_that_exists_and_the_worker_is_everywhere_the_same():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     for owner, container in containers():
         command = container["command"]
-        if command[0] == "celery":
+        program = command[0]
+        assert shutil.which(program) or (Path(sys.executable).parent / program).exists(), owner
+        if program == "celery":
             assert command[1:4] == ["-A", "worker.celery_app", "worker"]
             assert hasattr(importlib.import_module("worker.celery_app"), "app")
             assert command[command.index("--concurrency") + 1] == "1"
             assert command[command.index("--prefetch-multiplier") + 1] == "1"
-            # the image's own default command is the same
+            # the image's default command, and compose's after its GPU launcher
             assert "CMD " + str(command).replace("'", '"') in dockerfile, owner
-        elif command[0] == "uvicorn":
+            assert compose["worker"]["command"][4:] == command
+        elif program == "uvicorn":
             module, attribute = command[1].split(":")
             assert getattr(importlib.import_module(module), attribute).title
+            assert compose["api"]["command"] == command
         else:
-            assert command == ["alembic", "upgrade", "head"], owner
-            assert (ROOT / "alembic.ini").is_file()
+            assert command == ["alembic", "upgrade", "head"] == compose["migrate"]["command"]
+            assert (ROOT / "alembic.ini").is_file() and (ROOT / "migrations/env.py").is_file()
 
 
 def test_workers_get_a_gpu_each_a_grace_for_the_handback_and_shared_artifacts():
@@ -283,8 +247,11 @@ def test_workers_get_a_gpu_each_a_grace_for_the_handback_and_shared_artifacts():
     (container,) = spec["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["terminationGracePeriodSeconds"] >= 30
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert Settings(home=Path("/var/lib/moe-lab")).artifact_dir.as_posix() in mounts
-    api = find("Deployment", "moe-lab-api")["spec"]["template"]["spec"]["containers"][0]
-    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    api = find("Deployment", "moe-lab-api")
+    assert api["spec"]["replicas"] == 2
+    (probed,) = api["spec"]["template"]["spec"]["containers"]
+    assert probed["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probed["livenessProbe"]["httpGet"]["path"] == "/healthz"
