@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def find(kind: str, name: str | None = None) -> dict:
     (found,) = [r for r in RESOURCES if r["kind"] == kind
                 and (name is None or r["metadata"]["name"] == name)]  # fmt: skip
     return found
+
+
+def kinds_and_names(resources: list[dict]) -> list[tuple[str, str]]:
+    return sorted((r["kind"], r["metadata"]["name"]) for r in resources)
 
 
 def containers() -> list[tuple[str, dict]]:
@@ -87,13 +92,35 @@ def test_the_kustomization_lists_every_file_and_nothing_missing():
     assert set(KUSTOMIZATION) <= KUSTOMIZATION_FIELDS
     files = {path.name for path in KUBERNETES.iterdir()} - {"kustomization.yaml"}
     assert sorted(KUSTOMIZATION["resources"]) == sorted(files)
-    names = [(r["kind"], r["metadata"]["name"]) for r in RESOURCES]
+    names = kinds_and_names(RESOURCES)
     assert len(names) == len(set(names))
     for image in KUSTOMIZATION["images"]:
         assert set(image) <= KUSTOMIZE_IMAGE_FIELDS
     images = {image["name"] for image in KUSTOMIZATION["images"]}
     used = {container["image"] for _owner, container in containers()}
     assert used == images == {"moe-lab-api", "moe-lab-worker"}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (its kustomize)")
+def test_kustomize_renders_what_we_check():
+    """`kubectl apply -k` applies what kustomize renders: the same objects, each in the
+    namespace, with the images' tags, and still valid (labels added)."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(KUBERNETES)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout  # fmt: skip
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert kinds_and_names(objects) == kinds_and_names(RESOURCES)
+    namespace = KUSTOMIZATION["namespace"]
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == namespace, obj["metadata"]["name"]
+        if not obj["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(obj, LATEST, strict=True)
+        else:
+            validate_keda(obj)
+    tags = {image["name"]: image["newTag"] for image in KUSTOMIZATION["images"]}
+    images = {c["image"] for o in objects if "template" in o.get("spec", {})
+              for c in o["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    assert images == {f"{name}:{tag}" for name, tag in tags.items()}
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
