@@ -6,6 +6,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import Connection
 
 from store.db import get_engine
 from store.models import Base
@@ -40,15 +41,32 @@ def run_migrations_online() -> None:
     url = database_url()
     # The service's own engine, with its SQLite set-up (WAL, foreign keys, lock timeout).
     with get_engine(url).connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            compare_type=True,
-            # SQLite cannot ALTER most things; batch mode copies the table instead.
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode copies a table, drops the old one and renames the copy: with foreign
+            # keys enforced, dropping `experiments` would cascade-delete every run's epochs
+            # and stats, and dropping `studies` every study's runs. (Only outside a
+            # transaction does the pragma take effect.)
+            _foreign_keys(connection, on=False)
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                compare_type=True,
+                # SQLite cannot ALTER most things; batch mode copies the table instead.
+                render_as_batch=sqlite,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if sqlite:  # the connection goes back to the service's pool
+                _foreign_keys(connection, on=True)
+
+
+def _foreign_keys(connection: Connection, *, on: bool) -> None:
+    connection.commit()
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    connection.commit()
 
 
 if context.is_offline_mode():

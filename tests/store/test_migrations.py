@@ -23,6 +23,13 @@ TABLES = {
 }  # fmt: skip
 
 
+EPOCH_ROW = (
+    "INSERT INTO epoch_metrics (experiment_id, epoch, train_loss, train_ce_loss, train_aux_loss, "
+    "tokens_per_sec, steps, forward_time, backward_time, optimizer_time, recorded_at) "
+    "VALUES ({id}, 1, 5.0, 5.0, 0.0, 1.0, 1, 0.1, 0.1, 0.1, CURRENT_TIMESTAMP)"
+)
+
+
 def assert_schema_matches_models(url: str) -> None:
     engine = create_engine(url)
     try:
@@ -83,13 +90,17 @@ def test_runs_stored_before_leases_get_a_run_key_of_their_own(empty_database):
                     ),
                     {"name": name},
                 )
+            connection.execute(text(EPOCH_ROW.format(id="(SELECT min(id) FROM experiments)")))
         upgrade_database(empty_database)
         with engine.connect() as connection:
             rows = connection.execute(
                 text("SELECT run_key, restarts, handbacks FROM experiments")
             ).all()
+            # SQLite's batch mode copies `experiments`: its epochs must not cascade away.
+            epochs = connection.execute(text("SELECT count(*) FROM epoch_metrics")).scalar_one()
     finally:
         engine.dispose()
+    assert epochs == 1
     assert len({key for key, _, _ in rows}) == 2 and all(len(key) == 32 for key, _, _ in rows)
     assert {(restarts, handbacks) for _, restarts, handbacks in rows} == {(0, 0)}
     assert_schema_matches_models(empty_database)
