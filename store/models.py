@@ -89,6 +89,8 @@ class Study(Base):
     base_preset: Mapped[str | None] = mapped_column(String(50))
     base: Mapped[dict[str, Any]] = mapped_column(JSONType)
     experiment_presets: Mapped[list[str]] = mapped_column(JSONType)
+    # Each preset and the dense baseline run once per seed: base.seed, base.seed + 1, ...
+    seeds: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     members: Mapped[list[Experiment]] = relationship(
@@ -124,8 +126,19 @@ class Experiment(Base):
     current_epoch: Mapped[int] = mapped_column(Integer, default=0)
     num_epochs: Mapped[int] = mapped_column(Integer)
     stopped_early: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The engine's best_val_loss (CE + aux for MoE runs, CE for dense ones); runs compare on
+    # best_val_ce_loss, the validation cross-entropy at the same (best) epoch.
     best_val_loss: Mapped[float | None] = mapped_column(Float)
+    best_val_ce_loss: Mapped[float | None] = mapped_column(Float)
     params: Mapped[int | None] = mapped_column(BigInteger)
+    # Parameters one token passes through (params for a dense run).
+    active_params: Mapped[int | None] = mapped_column(BigInteger)
+    # The kept weights on the test split (evaluation["test_epoch"] says whose).
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    test_ce_loss: Mapped[float | None] = mapped_column(Float)
+    # The result's `evaluation` (how validation and test were computed), plus test_epoch and
+    # test_aux_loss: with the two columns above, the result's `test` whole.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # The engine's get_metrics() output, stored when the run succeeds.
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     device: Mapped[str | None] = mapped_column(String(50))
@@ -172,6 +185,8 @@ class EpochMetrics(Base):
     train_loss: Mapped[float] = mapped_column(Float)
     train_ce_loss: Mapped[float] = mapped_column(Float)
     train_aux_loss: Mapped[float] = mapped_column(Float)
+    # The epoch's weights in eval mode on a fixed training subset (null: not evaluated).
+    train_eval_ce_loss: Mapped[float | None] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
     val_ce_loss: Mapped[float | None] = mapped_column(Float)
     val_aux_loss: Mapped[float | None] = mapped_column(Float)
@@ -188,21 +203,34 @@ class EpochMetrics(Base):
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
 
 
+class StatsKind(enum.StrEnum):
+    train = "train"  # over the epoch's training steps, as routed while training
+    eval = "eval"  # the epoch's weights over the whole validation set, in eval mode
+
+
 class ExpertStats(Base):
-    """Routing statistics of one MoE layer at the end of one epoch."""
+    """Routing statistics of one MoE layer in one epoch, of one kind (StatsKind)."""
 
     __tablename__ = "expert_stats"
-    __table_args__ = (UniqueConstraint("experiment_id", "epoch", "layer"),)
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "epoch", "layer", "kind"),
+        CheckConstraint("kind IN ('train', 'eval')", name="kind"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
     layer: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(10), default=StatsKind.train, server_default="train")
     entropy: Mapped[float] = mapped_column(Float)
     min_usage: Mapped[float] = mapped_column(Float)
     max_usage: Mapped[float] = mapped_column(Float)
     usage: Mapped[list[float]] = mapped_column(JSONType)
+    # Training rows: the fraction of the epoch's assignments over capacity, dropped. Eval
+    # rows: the fraction that the training capacity would drop (evaluation drops none).
     dropped: Mapped[float | None] = mapped_column(Float)
+    # Training rows only: the largest share of one step's assignments any expert took.
+    max_step_load: Mapped[float | None] = mapped_column(Float)
 
 
 class Worker(Base):

@@ -23,6 +23,7 @@ from store.models import (
     EpochMetrics,
     Experiment,
     ExpertStats,
+    StatsKind,
     Status,
     Study,
     Worker,
@@ -64,7 +65,13 @@ def create_experiment(
 
 
 def create_study(
-    *, session: Session, name: str, base: BaseConfig, base_preset: str | None, presets: list[str]
+    *,
+    session: Session,
+    name: str,
+    base: BaseConfig,
+    base_preset: str | None,
+    presets: list[str],
+    seeds: int = 1,
 ) -> Study:
     """Add a study row (flushed, not committed); its members are added by the caller."""
     study = Study(
@@ -72,6 +79,7 @@ def create_study(
         base_preset=base_preset,
         base=base.model_dump(mode="json"),
         experiment_presets=presets,
+        seeds=seeds,
     )
     session.add(study)
     session.flush()
@@ -105,21 +113,25 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any
     go, and loading objects and validating them again cost ~8x the queries themselves.
     """
     m, s = EpochMetrics.__table__.c, ExpertStats.__table__.c
-    stats: dict[int, list[dict[str, Any]]] = {}
+    stats: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    # One fetch, not a round of fetchone per row.
     stats_rows = session.execute(
-        select(s.epoch, s.layer, s.entropy, s.min_usage, s.max_usage, s.usage, s.dropped)
+        select(s.epoch, s.kind, s.layer, s.entropy, s.min_usage, s.max_usage, s.usage,
+               s.dropped, s.max_step_load)
         .where(s.experiment_id == experiment_id)
-        .order_by(s.epoch, s.layer)
-    ).all()  # one fetch, not a round of fetchone per row
-    for epoch, layer, entropy, min_usage, max_usage, usage, dropped in stats_rows:
-        stats.setdefault(epoch, []).append(
-            {"layer": layer, "entropy": _finite(entropy), "min_usage": min_usage,
-             "max_usage": max_usage, "usage": usage, "dropped": _finite(dropped)}
-        )  # fmt: skip
+        .order_by(s.epoch, s.kind, s.layer)
+    ).all()  # fmt: skip
+    for epoch, kind, layer, entropy, min_usage, max_usage, usage, dropped, step_load in stats_rows:
+        row = {"layer": layer, "entropy": _finite(entropy), "min_usage": min_usage,
+               "max_usage": max_usage, "usage": usage, "dropped": _finite(dropped)}  # fmt: skip
+        if kind == StatsKind.train:
+            row["max_step_load"] = _finite(step_load)
+        stats.setdefault((epoch, kind), []).append(row)
     rows = session.execute(
-        select(m.epoch, m.train_loss, m.train_ce_loss, m.train_aux_loss, m.val_loss,
-               m.val_ce_loss, m.val_aux_loss, m.tokens_per_sec, m.steps, m.forward_time,
-               m.backward_time, m.optimizer_time, m.gating_temperature, m.duration)
+        select(m.epoch, m.train_loss, m.train_ce_loss, m.train_aux_loss, m.train_eval_ce_loss,
+               m.val_loss, m.val_ce_loss, m.val_aux_loss, m.tokens_per_sec, m.steps,
+               m.forward_time, m.backward_time, m.optimizer_time, m.gating_temperature,
+               m.duration)
         .where(m.experiment_id == experiment_id)
         .order_by(m.epoch)
     ).all()  # fmt: skip
@@ -131,6 +143,9 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any
                 "ce_loss": _finite(r.train_ce_loss),
                 "aux_loss": _finite(r.train_aux_loss),
             },
+            "train_eval": None
+            if r.train_eval_ce_loss is None
+            else {"ce_loss": _finite(r.train_eval_ce_loss)},
             "val": None
             if r.val_loss is None
             else {
@@ -145,7 +160,8 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any
             "optimizer_time": r.optimizer_time,
             "gating_temperature": r.gating_temperature,
             "duration": r.duration,
-            "expert_stats": stats.get(r.epoch, []),
+            "expert_stats": stats.get((r.epoch, StatsKind.train), []),
+            "eval_expert_stats": stats.get((r.epoch, StatsKind.eval), []),
         }  # fmt: skip
         for r in rows
     ]
@@ -451,18 +467,20 @@ def hand_back(*, session: Session, experiment_id: int, owner: str) -> bool:
 def record_epoch(
     *, session: Session, experiment_id: int, owner: str, record: dict[str, Any]
 ) -> None:
-    """Write one epoch's metrics and expert stats in one transaction (committed).
+    """Write one epoch's metrics and both kinds of expert stats in one transaction (committed).
 
-    Upserts on (experiment, epoch) and (experiment, epoch, layer): a run resumed from an
-    older checkpoint replays epochs, and their rows are overwritten, never duplicated.
+    Upserts on (experiment, epoch) and (experiment, epoch, layer, kind): a run resumed from
+    an older checkpoint replays epochs, and their rows are overwritten, never duplicated.
     Raises LostOwnership, writing nothing, when another worker owns the run now.
     """
     epoch = record["epoch"]
     train, val = record["train"], record.get("val")
+    train_eval = record.get("train_eval")
     owned = session.execute(
         _update_owned(experiment_id, owner).values(
             current_epoch=epoch,
             best_val_loss=_finite(record.get("best_val_loss")),
+            best_val_ce_loss=_finite(record.get("best_val_ce_loss")),
             stopped_early=bool(record.get("stopped_early", False)),
             heartbeat_at=utcnow(),
         )
@@ -476,6 +494,7 @@ def record_epoch(
         "train_loss": train["loss"],
         "train_ce_loss": train["ce_loss"],
         "train_aux_loss": train["aux_loss"],
+        "train_eval_ce_loss": train_eval["ce_loss"] if train_eval else None,
         "val_loss": val["loss"] if val else None,
         "val_ce_loss": val["ce_loss"] if val else None,
         "val_aux_loss": val["aux_loss"] if val else None,
@@ -494,16 +513,19 @@ def record_epoch(
             "experiment_id": experiment_id,
             "epoch": epoch,
             "layer": stats["layer"],
+            "kind": kind,
             "entropy": stats["entropy"],
             "min_usage": stats["min_usage"],
             "max_usage": stats["max_usage"],
             "usage": list(stats["usage"]),
             "dropped": stats.get("dropped"),
+            "max_step_load": stats.get("max_step_load") if kind == StatsKind.train else None,
         }
-        for stats in record.get("expert_stats") or []
+        for kind, key in ((StatsKind.train, "expert_stats"), (StatsKind.eval, "eval_expert_stats"))
+        for stats in record.get(key) or []
     ]
     if stats_rows:
-        _upsert(session, ExpertStats, stats_rows, ["experiment_id", "epoch", "layer"])
+        _upsert(session, ExpertStats, stats_rows, ["experiment_id", "epoch", "layer", "kind"])
     session.commit()
 
 
@@ -520,18 +542,64 @@ def finish_experiment(
     assert status in FINISHED
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if result is not None:
-        metrics = _json_safe(result.get("metrics") or {})
-        values["metrics"] = metrics
-        values["params"] = result.get("params")
-        if isinstance(metrics, dict):
-            # Prefer the engine's final word; the per-epoch values stand otherwise.
-            if metrics.get("best_val_loss") is not None:
-                values["best_val_loss"] = metrics["best_val_loss"]
-            if "stopped_early" in metrics:
-                values["stopped_early"] = bool(metrics["stopped_early"])
+        values.update(result_columns(result))
     done = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount
     session.commit()
     return done == 1
+
+
+# A run's result (what moe_core's run_single_experiment returns) lives in columns of its
+# row; these two functions are the only place that knows how, in both directions.
+
+
+def result_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """The experiment columns that store `result` (docs/verdicts-contract.md)."""
+    metrics = _json_safe(result.get("metrics") or {})
+    test = result.get("test")
+    evaluation = result.get("evaluation")
+    if test is not None:  # the columns hold its losses; the JSON the rest
+        evaluation = {**(evaluation or {}), "test_epoch": test.get("epoch"),
+                      "test_aux_loss": test.get("aux_loss")}  # fmt: skip
+    values: dict[str, Any] = {
+        "metrics": metrics,
+        "params": result.get("params"),
+        "active_params": result.get("active_params"),
+        "test_loss": _finite(test.get("loss")) if test else None,
+        "test_ce_loss": _finite(test.get("ce_loss")) if test else None,
+        "evaluation": _json_safe(evaluation),
+    }
+    if isinstance(metrics, dict):
+        # Prefer the engine's final word; the per-epoch values stand otherwise.
+        for key in ("best_val_loss", "best_val_ce_loss"):
+            if metrics.get(key) is not None:
+                values[key] = metrics[key]
+        if "stopped_early" in metrics:
+            values["stopped_early"] = bool(metrics["stopped_early"])
+    return values
+
+
+def stored_result(run: Experiment) -> dict[str, Any]:
+    """The result run_single_experiment returned for `run`, rebuilt from its row: what the
+    API serves and what moe_core.criteria judges. Runs stored before a field existed have
+    it as None."""
+    evaluation = dict(run.evaluation) if run.evaluation is not None else None
+    test = None
+    if evaluation is not None and "test_epoch" in evaluation:
+        test = {
+            "loss": run.test_loss,
+            "ce_loss": run.test_ce_loss,
+            "aux_loss": evaluation.pop("test_aux_loss", None),
+            "epoch": evaluation.pop("test_epoch"),
+        }
+    return {
+        "config": run.config,
+        "metrics": run.metrics or {},
+        "params": run.params or 0,
+        "active_params": run.active_params,
+        "test": test,
+        "evaluation": evaluation,
+        "seed": run.base.get("seed"),
+    }
 
 
 def stale_cutoff(heartbeat_timeout: float) -> datetime:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from moe_core.config import base_config, get_experiment_configs
 from store import runs
 from store.db import session_scope
-from store.models import EpochMetrics, ExpertStats, utcnow
+from store.models import EpochMetrics, ExpertStats, Status, utcnow
 
 
 def new_experiment(database: str, name: str = "t") -> int:
@@ -23,11 +23,12 @@ def new_experiment(database: str, name: str = "t") -> int:
 
 
 def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> dict:
-    """An epoch record as the Trainer's on_epoch_end delivers it."""
+    """An epoch record as the Trainer's on_epoch_end delivers it (docs/verdicts-contract.md)."""
     losses = {"loss": loss, "ce_loss": loss - 0.01, "aux_loss": 0.01}
     return {
         "epoch": epoch,
         "train": losses,
+        "train_eval": {"ce_loss": loss - 0.05},
         "val": losses,
         "tokens_per_sec": 1000.0,
         "steps": 8,
@@ -40,14 +41,31 @@ def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> dict:
             {
                 "layer": layer,
                 "entropy": 2.0,
+                "max_entropy": 2.0794,
                 "min_usage": 10.0,
                 "max_usage": 15.0,
                 "usage": [12.5] * 8,
                 "dropped": 0.1,
+                "max_step_load": 30.0,
+            }
+            for layer in layers
+        ],  # fmt: skip
+        # The trained model over the validation set: collapsed, unlike the training sums.
+        "eval_expert_stats": [
+            {
+                "layer": layer,
+                "entropy": 1.5,
+                "max_entropy": 2.0794,
+                "min_usage": 0.0,
+                "max_usage": 40.0,
+                "usage": [40.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
+                "dropped": 0.2,
             }
             for layer in layers
         ],  # fmt: skip
         "best_val_loss": loss,
+        "best_val_ce_loss": loss - 0.01,
+        "best_epoch": epoch,
         "patience_counter": 0,
         "stopped_early": False,
     }
@@ -95,3 +113,53 @@ def counts(database: str, experiment_id: int) -> tuple[int, int]:
 def run_row(database: str, experiment_id: int):
     with session_scope(database) as session:
         return runs.get_experiment(session=session, experiment_id=experiment_id)
+
+
+def result(
+    val_ce: float,
+    *,
+    train_eval_ce: float | None = None,
+    eval_usage: tuple[float, ...] = (12.5,) * 8,
+    params: int = 1000,
+    dense: bool = False,
+) -> dict:
+    """What run_single_experiment returns (docs/verdicts-contract.md), for two epochs whose
+    second is the best: enough for moe_core.criteria to judge."""
+    train_eval_ce = val_ce - 0.2 if train_eval_ce is None else train_eval_ce
+    layers = [] if dense else [
+        {"layer": layer, "entropy": 2.0, "max_entropy": 2.0794, "usage": list(eval_usage),
+         "min_usage": min(eval_usage), "max_usage": max(eval_usage), "dropped": 0.05}
+        for layer in (2, 4)
+    ]  # fmt: skip
+    metrics = {
+        "train_losses": [val_ce + 0.5, val_ce], "train_ce_losses": [val_ce + 0.5, val_ce],
+        "val_losses": [val_ce + 0.3, val_ce], "val_ce_losses": [val_ce + 0.3, val_ce],
+        "val_epochs": [1, 2], "train_eval_ce_losses": [train_eval_ce + 0.3, train_eval_ce],
+        "tokens_per_sec": [1000.0, 1000.0],
+        "timing_breakdown": {"forward": [0.1, 0.1], "backward": [0.2, 0.2],
+                             "optimizer": [0.05, 0.05]},
+        "expert_stats_history": [] if dense else [
+            {"epoch": 2, "layers": [{**layer, "max_step_load": 30.0} for layer in layers]}
+        ],
+        "eval_expert_stats_history": [] if dense else [{"epoch": 2, "layers": layers}],
+        "best_val_loss": val_ce, "best_val_ce_loss": val_ce, "best_epoch": 2,
+        "stopped_early": False,
+    }  # fmt: skip
+    return {
+        "config": {"name": "dense" if dense else "moe"},
+        "metrics": metrics,
+        "params": params,
+        "active_params": params if dense else params // 2,
+        "test": {"loss": val_ce + 0.1, "ce_loss": val_ce + 0.1, "aux_loss": 0.0, "epoch": 2},
+        "evaluation": {"capacity_factor": None, "train_subset_blocks": 16},
+        "seed": 1337,
+    }
+
+
+def succeed(database: str, experiment_id: int, run_result: dict) -> None:
+    """Claim a queued run and finish it with `run_result`, as a worker would."""
+    owner = f"fake-worker-{experiment_id}"
+    assert claim(database, experiment_id, owner).outcome is runs.ClaimOutcome.claimed
+    with session_scope(database) as session:
+        assert runs.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
+                                      status=Status.succeeded, result=run_result)  # fmt: skip

@@ -104,3 +104,62 @@ def test_runs_stored_before_leases_get_a_run_key_of_their_own(empty_database):
     assert len({key for key, _, _ in rows}) == 2 and all(len(key) == 32 for key, _, _ in rows)
     assert {(restarts, handbacks) for _, restarts, handbacks in rows} == {(0, 0)}
     assert_schema_matches_models(empty_database)
+
+
+def test_0003_keeps_old_stats_as_training_ones_and_its_downgrade_drops_evaluation_rows(
+    empty_database,
+):
+    """Up: stats rows stored before there were two kinds are training statistics, studies
+    have one seed. Down: the old key holds one row per layer, so the evaluation rows go."""
+    from sqlalchemy import text
+
+    command.upgrade(alembic_config(empty_database), "0002")
+    engine = create_engine(empty_database)
+    stats = (
+        "INSERT INTO expert_stats (experiment_id, epoch, layer, {extra}entropy, min_usage, "
+        "max_usage, usage) VALUES (1, 1, 2, {value}2.0, 10.0, 15.0, '[50.0, 50.0]')"
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO studies (name, base, experiment_presets, created_at) "
+                    "VALUES ('old', '{}', '[]', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO experiments (id, name, dense, config, base, status, "
+                    "cancel_requested, current_epoch, num_epochs, stopped_early, attempts, "
+                    "restarts, handbacks, run_key, created_at) VALUES (1, 'old', false, '{}', "
+                    "'{}', 'succeeded', false, 1, 1, false, 1, 0, 0, 'k', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(text(stats.format(extra="", value="")))
+            connection.execute(text(EPOCH_ROW.format(id=1)))
+        upgrade_database(empty_database)
+        assert_schema_matches_models(empty_database)
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT kind FROM expert_stats")).scalars().all() == [
+                "train"
+            ]
+            assert connection.execute(text("SELECT seeds FROM studies")).scalar_one() == 1
+            connection.execute(text(stats.format(extra="kind, ", value="'eval', ")))
+        with pytest.raises(Exception, match="(?i)check|constraint"):  # 'train' | 'eval' only
+            with engine.begin() as connection:
+                connection.execute(text(stats.format(extra="kind, ", value="'other', ")))
+
+        command.downgrade(alembic_config(empty_database), "0002")
+        engine.dispose()
+        columns = {c["name"] for c in inspect(engine).get_columns("expert_stats")}
+        assert "kind" not in columns and "max_step_load" not in columns
+        assert "seeds" not in {c["name"] for c in inspect(engine).get_columns("studies")}
+        assert "evaluation" not in {c["name"] for c in inspect(engine).get_columns("experiments")}
+        with engine.connect() as connection:  # SQLite copies tables: no cascade on the way
+            for table, rows in (("expert_stats", 1), ("epoch_metrics", 1), ("experiments", 1)):
+                count = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                assert (table, count) == (table, rows)
+        upgrade_database(empty_database)
+        assert_schema_matches_models(empty_database)
+    finally:
+        engine.dispose()
