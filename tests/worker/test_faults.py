@@ -67,9 +67,12 @@ def assert_one_row_per_epoch(database_url: str, run: dict) -> None:
     assert epoch_rows(database_url, run["id"]) == epochs
     with session_scope(database_url) as session:
         layers = session.execute(
-            select(ExpertStats.epoch, ExpertStats.layer).where(
+            select(ExpertStats.epoch, ExpertStats.kind, ExpertStats.layer).where(
                 ExpertStats.experiment_id == run["id"])).all()  # fmt: skip
-    assert sorted(layers) == [(epoch, layer) for epoch in epochs for layer in (2, 4)]
+    # each epoch evaluated: training and evaluation statistics, one row per layer each
+    assert sorted(layers) == [
+        (epoch, kind, layer) for epoch in epochs for kind in ("eval", "train") for layer in (2, 4)
+    ]
 
 
 def losses(api, experiment_id: int) -> list[tuple[float, ...]]:
