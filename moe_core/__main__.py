@@ -1,6 +1,7 @@
 """Command line: `python -m moe_core study ...` runs the spec's main(); `train` runs one experiment.
 
     python -m moe_core study --base tiny --out runs/study
+    python -m moe_core study --base small --seeds 3 --experiments baseline top2 --out runs/small
     python -m moe_core train --preset top2 --base tiny --set dropout=0.2 --out runs/top2
     python -m moe_core train --dense --base tiny --out runs/dense
     python -m moe_core train --preset baseline --base tiny --judge-against runs/dense/result.json
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .atomic import write_json_atomic
 from .config import BASE_PRESETS, EXPERIMENT_PRESETS, ExperimentConfig, base_config, dense_config
 
 
@@ -89,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(study)
     study.add_argument("--experiments", nargs="+", choices=sorted(EXPERIMENT_PRESETS),
                        help="experiments to run (default: all four)")  # fmt: skip
+    study.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="run the dense baseline and every experiment with N seeds (base seed,"
+                            " +1, ...) and judge on differences paired by seed, with standard"
+                            " errors (default: 1, the spec's study)")  # fmt: skip
 
     train = sub.add_parser("train", help="train one experiment (resumes from OUT/checkpoint.pt)")
     _add_common(train)
@@ -117,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "study":
+        if args.seeds < 1:
+            print(f"error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
+            return 2
         from .experiments import main as run_study
 
-        run_study(
-            base, args.out, experiments=args.experiments, device=args.device, verbose=not args.quiet
-        )
+        summary = run_study(base, args.out, experiments=args.experiments, device=args.device,
+                            verbose=not args.quiet, seeds=args.seeds)  # fmt: skip
+        if args.quiet:
+            print(summary["table"])
         return 0
 
     try:
@@ -143,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     data = build_datasets(base)
     result = run_single_experiment(
         config, data.train, data.val, base, args.device, dense=args.dense,
-        checkpoint_path=out / "checkpoint.pt", model_path=out / "model.pt", verbose=not args.quiet,
+        checkpoint_path=out / "checkpoint.pt", model_path=out / "model.pt", test_dataset=data.test,
+        verbose=not args.quiet,
     )  # fmt: skip
     result["dense"] = args.dense
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out / "result.json", result)
     print(f"wrote {out / 'result.json'} and {out / 'model.pt'}")
     if args.judge_against:
         dense = json.loads(Path(args.judge_against).read_text())

@@ -21,18 +21,38 @@ def _finite(values: list[float | None] | None) -> list[float]:
     return [v for v in values or [] if v is not None and math.isfinite(v)]
 
 
+def _best_index(metrics: Mapping[str, Any]) -> int | None:
+    """Index, in the val lists, of the best epoch (the one whose weights are selected)."""
+    epochs = metrics.get("val_epochs") or []
+    best = metrics.get("best_epoch")
+    if best is not None and best in epochs:
+        return epochs.index(best)
+    losses = metrics.get("val_losses") or metrics.get("val_ce_losses") or []
+    finite = [(v, i) for i, v in enumerate(losses) if v is not None and math.isfinite(v)]
+    return min(finite)[1] if finite else None
+
+
 def best_val_loss(metrics: Mapping[str, Any]) -> float | None:
-    """The best validation cross-entropy of a run (the model early stopping keeps)."""
+    """The validation cross-entropy of the run's best epoch (the epoch of its lowest
+    validation loss: the weights early stopping keeps). Results from before the best epoch
+    was recorded: the lowest validation cross-entropy."""
+    if metrics.get("best_val_ce_loss") is not None:
+        return metrics["best_val_ce_loss"]
     losses = _finite(metrics.get("val_ce_losses"))
     return min(losses) if losses else None
 
 
 def generalisation_gap(metrics: Mapping[str, Any]) -> float | None:
-    """val - train cross-entropy at the last epoch (the Trainer always evaluates the last)."""
-    val, train = metrics.get("val_ce_losses") or [], metrics.get("train_ce_losses") or []
-    if not val or not train or len(_finite([val[-1], train[-1]])) < 2:
+    """Validation CE minus training CE at the best epoch, both in eval mode (no dropout, no
+    smoothing, no capacity drops; the training CE on a fixed training subset as large as
+    the validation set). None when the run has no eval-mode training CE: a training-mode
+    average would flatter every regulariser, dropout above all."""
+    i = _best_index(metrics)
+    val, train = metrics.get("val_ce_losses") or [], metrics.get("train_eval_ce_losses") or []
+    if i is None or i >= len(val) or i >= len(train):
         return None
-    return val[-1] - train[-1]
+    pair = _finite([val[i], train[i]])
+    return pair[0] - pair[1] if len(pair) == 2 else None
 
 
 def throughput(metrics: Mapping[str, Any]) -> float | None:
@@ -55,6 +75,85 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _gap_note(gap: float | None, dense_gap: float | None, dense_given: bool) -> str | None:
+    if not dense_given:
+        return (
+            "not judged: no dense result was given, only its loss (the gap needs the dense run's)"
+        )
+    if gap is None or dense_gap is None:
+        who = "this run" if gap is None else "the dense run"
+        return f"not judged: {who} has no eval-mode training loss at its best epoch"
+    if dense_gap <= 0:
+        return "not judged: the dense run shows no gap (validation CE <= training CE)"
+    return None
+
+
+def _primary(val_loss, dense_loss, gap, dense_gap, dense_given: bool) -> dict[str, Any]:
+    """The spec's rule: lower validation loss, or a gap reduced by >= 25%."""
+    note = _gap_note(gap, dense_gap, dense_given)
+    reduction = (dense_gap - gap) / dense_gap if note is None else None
+    beats = val_loss is not None and dense_loss is not None and val_loss < dense_loss
+    gap_ok = reduction is not None and reduction >= GAP_REDUCTION_TARGET
+    return {
+        "passed": bool(beats or gap_ok),
+        "val_loss": val_loss,
+        "dense_val_loss": dense_loss,
+        "val_loss_delta": None if val_loss is None or dense_loss is None else val_loss - dense_loss,
+        "beats_dense_loss": beats,
+        "val_gap": gap,
+        "dense_val_gap": dense_gap,
+        "gap_judged": note is None,
+        "gap_note": note,
+        "gap_reduction": reduction,
+        "gap_reduced_enough": gap_ok,
+    }
+
+
+def _tertiary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Every expert of every MoE layer gets >= 5% of the final model's assignments, over
+    the whole validation set in eval mode: what the trained router does, not the sum of an
+    epoch of training steps, in which a router swinging from step to step looks balanced."""
+    final = (metrics.get("eval_expert_stats_history") or [None])[-1]
+    train_last = (metrics.get("expert_stats_history") or [None])[-1]
+    train_layers = {s["layer"]: s for s in (train_last or {}).get("layers", [])}
+    layers = []
+    for s in (final or {}).get("layers", []):
+        used = all(u > 0 for u in s["usage"])
+        max_entropy = s.get("max_entropy") or math.log(len(s["usage"]))
+        trained = train_layers.get(s["layer"], {})
+        layers.append(
+            {
+                "layer": s["layer"],
+                "all_experts_used": used,
+                "min_usage": s["min_usage"],
+                "max_usage": s["max_usage"],
+                "entropy": s["entropy"],
+                "max_entropy": max_entropy,
+                "normalized_entropy": s["entropy"] / max_entropy if max_entropy else None,
+                # Share of the validation assignments over the training capacity: tokens
+                # that training's capacity would let skip this layer.
+                "dropped": s.get("dropped"),
+                "train_dropped": trained.get("dropped"),
+                "train_max_step_load": trained.get("max_step_load"),
+                "passed": used and s["min_usage"] >= MIN_USAGE_TARGET,
+            }
+        )
+    tertiary = {
+        "passed": bool(layers) and all(layer["passed"] for layer in layers),
+        "min_usage_target": MIN_USAGE_TARGET,
+        "epoch": final["epoch"] if final else None,
+        "min_usage": min((layer["min_usage"] for layer in layers), default=None),
+        "max_dropped": max((layer["dropped"] or 0.0 for layer in layers), default=None),
+        "layers": layers,
+    }
+    if not layers:
+        tertiary["reason"] = (
+            "no expert statistics of an evaluation: the run has no MoE layers, no evaluated "
+            "epoch, or was recorded before evaluations measured routing"
+        )
+    return tertiary
+
+
 def judge(
     result: Mapping[str, Any],
     dense_result: Mapping[str, Any] | None = None,
@@ -69,24 +168,8 @@ def judge(
         raise ValueError("the dense baseline has no validation loss to judge against")
 
     # PRIMARY - model quality: lower validation loss, or a gap reduced by >= 25%.
-    val_loss = best_val_loss(m)
-    gap, dense_gap = generalisation_gap(m), generalisation_gap(dm)
-    gap_reduction = (
-        (dense_gap - gap) / dense_gap if gap is not None and dense_gap and dense_gap > 0 else None
-    )
-    beats = val_loss is not None and val_loss < dense_baseline_loss
-    gap_ok = gap_reduction is not None and gap_reduction >= GAP_REDUCTION_TARGET
-    primary = {
-        "passed": bool(beats or gap_ok),
-        "val_loss": val_loss,
-        "dense_val_loss": dense_baseline_loss,
-        "val_loss_delta": None if val_loss is None else val_loss - dense_baseline_loss,
-        "beats_dense_loss": beats,
-        "val_gap": gap,
-        "dense_val_gap": dense_gap,
-        "gap_reduction": gap_reduction,
-        "gap_reduced_enough": gap_ok,
-    }
+    primary = _primary(best_val_loss(m), dense_baseline_loss, generalisation_gap(m),
+                       generalisation_gap(dm), dense_result is not None)  # fmt: skip
 
     # SECONDARY - performance, side by side with the dense run (reported, not judged).
     tps, dense_tps = throughput(m), throughput(dm)
@@ -95,103 +178,221 @@ def judge(
         "dense_tokens_per_sec": dense_tps,
         "throughput_ratio": _ratio(tps, dense_tps),
         "params": result.get("params"),
+        "active_params": result.get("active_params"),
         "dense_params": dense_result.get("params") if dense_result is not None else None,
         "timing": _timing(m),
         "dense_timing": _timing(dm) if dm else None,
     }
 
-    # TERTIARY - expert utilisation at the last epoch: every expert used, min usage >= 5%.
-    history = m.get("expert_stats_history") or []
-    layers = []
-    for s in history[-1]["layers"] if history else []:
-        used = all(u > 0 for u in s["usage"])
-        max_entropy = s.get("max_entropy") or math.log(len(s["usage"]))
-        layers.append(
-            {
-                "layer": s["layer"],
-                "all_experts_used": used,
-                "min_usage": s["min_usage"],
-                "max_usage": s["max_usage"],
-                "entropy": s["entropy"],
-                "max_entropy": max_entropy,
-                "normalized_entropy": s["entropy"] / max_entropy if max_entropy else None,
-                "passed": used and s["min_usage"] >= MIN_USAGE_TARGET,
-            }
-        )
-    tertiary = {
-        "passed": bool(layers) and all(layer["passed"] for layer in layers),
-        "min_usage_target": MIN_USAGE_TARGET,
-        "min_usage": min((layer["min_usage"] for layer in layers), default=None),
-        "layers": layers,
-    }
-    if not layers:
-        tertiary["reason"] = "no expert statistics: the run has no MoE layers or no finished epoch"
-
+    # TERTIARY - expert utilisation of the trained model: every expert >= 5%.
+    tertiary = _tertiary(m)
     return {
+        "seeds": 1,
         "primary": primary,
         "secondary": secondary,
         "tertiary": tertiary,
         "passed": primary["passed"] and tertiary["passed"],
+        "significant": None,
+        "significance_note": ONE_SEED_NOTE,
     }
 
 
-def _mark(ok: bool) -> str:
-    return "✓" if ok else "✗"
+ONE_SEED_NOTE = "one seed: significance unknown (run the study with seeds >= 2)"
+
+
+def mean_se(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean and standard error of the mean (sample SD / sqrt(n)); SE needs n >= 2."""
+    xs = _finite(values)
+    n = len(xs)
+    return {
+        "mean": statistics.fmean(xs) if xs else None,
+        "se": statistics.stdev(xs) / math.sqrt(n) if n >= 2 else None,
+        "n": n,
+    }
+
+
+def _beyond_two_se(stat: Mapping[str, Any]) -> bool | None:
+    if stat["mean"] is None or stat["se"] is None:
+        return None
+    return abs(stat["mean"]) > 2 * stat["se"]
+
+
+def judge_seeds(
+    results: list[Mapping[str, Any]], dense_results: list[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Verdict of one configuration over several seeds, each run paired with the dense run
+    of the same seed (by position).
+
+    `passed` applies the spec's rule to the means over seeds; `significant` says whether the
+    difference that decides it is beyond two standard errors of its paired mean (lower
+    loss; else a smaller gap; for a fail, a higher loss), None with one seed. Tertiary
+    must hold for every seed.
+    """
+    if not results or len(results) != len(dense_results):
+        raise ValueError(
+            f"{len(results)} runs and {len(dense_results)} dense runs: pair them by seed"
+        )
+    per_seed = [judge(r, d) for r, d in zip(results, dense_results, strict=True)]
+    if len(per_seed) == 1:
+        return {**per_seed[0], "per_seed": per_seed}
+    prim = [v["primary"] for v in per_seed]
+
+    def avg(key: str, section: list[Mapping[str, Any]]) -> float | None:
+        return mean_se([p[key] for p in section])["mean"]
+
+    primary = _primary(avg("val_loss", prim), avg("dense_val_loss", prim),
+                       avg("val_gap", prim), avg("dense_val_gap", prim), True)  # fmt: skip
+    loss_delta = mean_se([p["val_loss_delta"] for p in prim])
+    gap_delta = mean_se([
+        None if p["val_gap"] is None or p["dense_val_gap"] is None else p["val_gap"] - p["dense_val_gap"]
+        for p in prim
+    ])  # fmt: skip
+    primary.update(
+        val_loss_delta=loss_delta,
+        loss_significant=_beyond_two_se(loss_delta),
+        gap_delta=gap_delta,
+        gap_significant=_beyond_two_se(gap_delta),
+    )
+    if primary["beats_dense_loss"] or not primary["passed"]:
+        significant = primary["loss_significant"]
+    else:
+        significant = primary["gap_significant"]
+    primary["significant"] = significant
+
+    sec = [v["secondary"] for v in per_seed]
+    secondary = {
+        **{k: avg(k, sec) for k in ("tokens_per_sec", "dense_tokens_per_sec", "throughput_ratio")},
+        "params": sec[0]["params"],
+        "active_params": sec[0]["active_params"],
+        "dense_params": sec[0]["dense_params"],
+        "timing": sec[0]["timing"],
+        "dense_timing": sec[0]["dense_timing"],
+    }
+    ters = [v["tertiary"] for v in per_seed]
+    tertiary = {
+        "passed": all(t["passed"] for t in ters),
+        "min_usage_target": MIN_USAGE_TARGET,
+        "min_usage": min((t["min_usage"] for t in ters if t["min_usage"] is not None), default=None),
+        "max_dropped": max((t["max_dropped"] for t in ters if t["max_dropped"] is not None), default=None),
+        "seeds_passed": sum(t["passed"] for t in ters),
+        # the worst seed's layers: the one with the least-used expert
+        "layers": min(ters, key=lambda t: math.inf if t["min_usage"] is None else t["min_usage"])["layers"],
+    }  # fmt: skip
+    return {
+        "seeds": len(per_seed),
+        "primary": primary,
+        "secondary": secondary,
+        "tertiary": tertiary,
+        "passed": primary["passed"] and tertiary["passed"],
+        "significant": significant,
+        "significance_note": None,
+        "per_seed": per_seed,
+    }
+
+
+def _mark(ok: bool | None) -> str:
+    return "?" if ok is None else "✓" if ok else "✗"
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _pm(stat: Any, fmt: str = "+.4f") -> str:
+    """'-0.0123 ± 0.0041' from a mean_se dict; a plain number from a single value."""
+    if isinstance(stat, Mapping):
+        if stat["mean"] is None:
+            return "n/a"
+        se = "" if stat["se"] is None else f" ± {stat['se']:.4f}"
+        return f"{stat['mean']:{fmt}}{se}"
+    return _num(stat, fmt)
+
+
+def _significance(verdict: Mapping[str, Any]) -> str:
+    if verdict.get("significant") is None:
+        return verdict.get("significance_note") or ONE_SEED_NOTE
+    seeds = verdict.get("seeds", 1)
+    if verdict["significant"]:
+        return f"significant: beyond 2 standard errors over {seeds} seeds"
+    return f"NOT significant: within 2 standard errors over {seeds} seeds (seed noise)"
+
+
 def format_verdict(name: str, verdict: Mapping[str, Any]) -> str:
     p, s, t = verdict["primary"], verdict["secondary"], verdict["tertiary"]
-    lines = [f"{_mark(verdict['passed'])} {name}"]
-    reduction = p["gap_reduction"]
-    # No reduction to speak of when the dense run shows no gap (val <= train).
-    reduction = "n/a: dense has no gap" if reduction is None else f"{100 * reduction:.1f}%"
+    seeds = verdict.get("seeds", 1)
+    lines = [
+        f"{_mark(verdict['passed'])} {name}" + (f" ({seeds} seeds, means)" if seeds > 1 else "")
+    ]
+    if p.get("gap_judged", True) and p["gap_reduction"] is not None:
+        reduction = f"reduction {100 * p['gap_reduction']:.1f}%"
+    else:
+        reduction = p.get("gap_note") or "not judged"
     lines.append(
-        f"  {_mark(p['passed'])} PRIMARY   val loss {_num(p['val_loss'])} vs dense {_num(p['dense_val_loss'])}"
-        f" ({_mark(p['beats_dense_loss'])} lower); gap {_num(p['val_gap'])} vs dense {_num(p['dense_val_gap'])}"
-        f" (reduction {reduction},"
-        f" {_mark(p['gap_reduced_enough'])} >= {100 * GAP_REDUCTION_TARGET:.0f}%)"
+        f"  {_mark(p['passed'])} PRIMARY   val CE {_num(p['val_loss'])} vs dense {_num(p['dense_val_loss'])}:"
+        f" Δ {_pm(p['val_loss_delta'])} ({_mark(p['beats_dense_loss'])} lower);"
+        f" gap {_num(p['val_gap'])} vs dense {_num(p['dense_val_gap'])}"
+        f" ({reduction}, {_mark(p['gap_reduced_enough'])} >= {100 * GAP_REDUCTION_TARGET:.0f}%)"
     )
+    lines.append(f"            {_significance(verdict)}")
     timing = s["timing"]
+    active = s.get("active_params")
+    params = "" if active is None else f"; params {s['params']:,} ({active:,} active per token)"
     lines.append(
         f"  · SECONDARY {_num(s['tokens_per_sec'], ',.0f')} tok/s vs dense {_num(s['dense_tokens_per_sec'], ',.0f')}"
         f" (x{_num(s['throughput_ratio'], '.2f')}); time fwd/bwd/opt"
         f" {timing['forward_fraction']:.0%}/{timing['backward_fraction']:.0%}/{timing['optimizer_fraction']:.0%}"
+        + params
     )
     detail = ", ".join(
         f"L{layer['layer']} min {layer['min_usage']:.1f}% H {layer['entropy']:.2f}/{layer['max_entropy']:.2f}"
+        f" over capacity {100 * (layer.get('dropped') or 0):.1f}%"
         for layer in t["layers"]
     )
     lines.append(
-        f"  {_mark(t['passed'])} TERTIARY  every expert >= {t['min_usage_target']:.0f}%: {detail or t.get('reason', '')}"
+        f"  {_mark(t['passed'])} TERTIARY  every expert >= {t['min_usage_target']:.0f}% of the final model's"
+        f" validation assignments: {detail or t.get('reason', '')}"
     )
     return "\n".join(lines)
 
 
-def format_table(dense: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],
+def _as_list(x: Any) -> list[Mapping[str, Any]]:
+    return list(x) if isinstance(x, list) else [x]
+
+
+def format_table(dense: Any, results: Mapping[str, Any],
                  verdicts: Mapping[str, Mapping[str, Any]]) -> str:  # fmt: skip
-    """A comparison table: one row for the dense baseline, one per experiment."""
-    header = f"{'run':<16}{'params':>11}{'val ce':>9}{'ppl':>9}{'gap':>8}{'tok/s':>10}{'x dense':>9}{'min use':>9}  verdict"
+    """A comparison table: one row for the dense baseline, one per experiment. `dense` and
+    each of `results` are a result or a list of them (one per seed): figures are means."""
+    header = (
+        f"{'run':<16}{'params':>11}{'active':>11}{'val ce':>9}{'Δ ± SE vs dense':>20}{'gap':>8}"
+        f"{'test ce':>9}{'tok/s':>10}{'x dense':>8}{'min use':>8}  verdict"
+    )
     rows = [header, "-" * len(header)]
 
-    def row(name: str, r: Mapping[str, Any], v: Mapping[str, Any] | None) -> str:
-        m = r["metrics"]
-        loss, gap, tps = best_val_loss(m), generalisation_gap(m), throughput(m)
+    def row(name: str, runs: list[Mapping[str, Any]], v: Mapping[str, Any] | None) -> str:
+        loss = mean_se([best_val_loss(r["metrics"]) for r in runs])["mean"]
+        gap = mean_se([generalisation_gap(r["metrics"]) for r in runs])["mean"]
+        tps = mean_se([throughput(r["metrics"]) for r in runs])["mean"]
+        test = mean_se([(r.get("test") or {}).get("ce_loss") for r in runs])["mean"]
+        active = runs[0].get("active_params")
         ratio = v["secondary"]["throughput_ratio"] if v else 1.0
         min_use = v["tertiary"]["min_usage"] if v else None
-        marks = "baseline"
+        delta, marks = "", "baseline"
         if v:
-            marks = f"{_mark(v['passed'])} (P{_mark(v['primary']['passed'])} T{_mark(v['tertiary']['passed'])})"
-        ppl = math.exp(min(loss, 50)) if loss is not None else None
+            delta = _pm(v["primary"]["val_loss_delta"])
+            sig = {None: "sig ?", True: "sig ✓", False: "sig ✗"}[v.get("significant")]
+            marks = (f"{_mark(v['passed'])} (P{_mark(v['primary']['passed'])}"
+                     f" T{_mark(v['tertiary']['passed'])}) {sig}")  # fmt: skip
         return (
-            f"{name:<16}{r['params']:>11,}{_num(loss, '.4f'):>9}{_num(ppl, '.1f'):>9}{_num(gap, '.3f'):>8}"
-            f"{_num(tps, ',.0f'):>10}{_num(ratio, '.2f'):>9}{_num(min_use, '.1f'):>9}  {marks}"
+            f"{name:<16}{runs[0]['params']:>11,}{_num(active, ',d'):>11}{_num(loss, '.4f'):>9}{delta:>20}"
+            f"{_num(gap, '.3f'):>8}{_num(test, '.4f'):>9}{_num(tps, ',.0f'):>10}{_num(ratio, '.2f'):>8}"
+            f"{_num(min_use, '.1f'):>8}  {marks}"
         )
 
-    rows.append(row("dense", dense, None))
+    rows.append(row("dense", _as_list(dense), None))
     for name, r in results.items():
-        rows.append(row(name, r, verdicts.get(name)))
+        rows.append(row(name, _as_list(r), verdicts.get(name)))
+    seeds = max(len(_as_list(r)) for r in [dense, *results.values()])
+    rows.append(f"(means over {seeds} seeds; sig: Δ beyond 2 SE)" if seeds > 1 else
+                "(one seed: significance unknown, sig ?)")  # fmt: skip
     return "\n".join(rows)

@@ -21,6 +21,7 @@ from datasets import DatasetDict, load_dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import Dataset
 
+from .atomic import write_atomic
 from .config import BaseConfig
 
 SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
@@ -76,10 +77,7 @@ def get_tokenizer(splits: DatasetDict, base: BaseConfig) -> tuple[Tokenizer, str
     if path.is_file():
         return Tokenizer.from_file(str(path)), key
     tok = train_tokenizer(splits, base.vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tok.save(str(tmp))
-    os.replace(tmp, path)  # atomic: a concurrent run never reads half a file
+    write_atomic(path, lambda tmp: tok.save(str(tmp)))  # a concurrent run reads it whole
     return tok, key
 
 

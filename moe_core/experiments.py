@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
+import platform
 import random
+import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -14,17 +15,29 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from .atomic import write_atomic, write_json_atomic
 from .config import BaseConfig, ExperimentConfig, dense_config, get_experiment_configs
-from .criteria import best_val_loss, format_table, format_verdict, judge
-from .model import GPT, GPTConfig
+from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
+from .model import GPT, GPTConfig, MoELayer
 from .trainer import CheckpointMismatch, EpochCallback, Trainer
 
 
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_active_parameters(model: nn.Module) -> int:
+    """Parameters one token passes through: all of them but, in each MoE layer, the
+    experts it is not routed to (num_experts - top_k of them). Dense: count_parameters."""
+    inactive = 0
+    for layer in model.modules():
+        if isinstance(layer, MoELayer):
+            per_expert = sum(p[0].numel() for p in layer.experts.parameters())
+            inactive += (layer.num_experts - layer.top_k) * per_expert
+    return count_parameters(model) - inactive
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
@@ -89,9 +102,15 @@ def run_single_experiment(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_tag: str | None = None,
     model_path: str | os.PathLike | None = None,
+    test_dataset: Dataset | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Train one configuration for `base_config.num_epochs`; returns config, metrics, params.
+    """Train one configuration for `base_config.num_epochs`; returns config, metrics, params
+    (the spec's keys) and `active_params`, `test` (the kept weights on `test_dataset`,
+    when given), `evaluation` (how evaluation was done) and `seed`.
+
+    Every evaluation also measures the eval-mode CE of the first len(val_dataset) training
+    blocks (for a generalisation gap that compares like with like).
 
     `checkpoint_path` resumes from that file when it exists (mid-epoch too) and rewrites it
     every epoch and at a stop; with `checkpoint_tag`, only a checkpoint carrying the same
@@ -111,6 +130,8 @@ def run_single_experiment(
         generator=generator,
     )
     val_loader = DataLoader(val_dataset, batch_size=config.batch_size, shuffle=False)
+    train_subset = Subset(train_dataset, range(min(len(val_dataset), len(train_dataset))))
+    train_eval_loader = DataLoader(train_subset, batch_size=config.batch_size, shuffle=False)
     if len(train_loader) == 0:
         raise ValueError(
             f"{len(train_dataset)} training blocks are fewer than one batch of {config.batch_size}"
@@ -132,6 +153,7 @@ def run_single_experiment(
         should_stop=should_stop,
         checkpoint_path=checkpoint_path,
         checkpoint_tag=checkpoint_tag,
+        train_eval_loader=train_eval_loader,
         verbose=verbose,
     )
     resumed = False
@@ -155,10 +177,25 @@ def run_single_experiment(
             flush=True,
         )
     trainer.train(base_config.num_epochs)
+    test = None
+    if test_dataset is not None:
+        # The weights train() left: the best epoch's under early stopping, else the last.
+        kept = trainer.best_epoch if trainer.best_state is not None else trainer.epoch
+        test_loader = DataLoader(test_dataset, batch_size=config.batch_size, shuffle=False)
+        test = {**trainer.evaluate_loader(test_loader, "test")[0], "epoch": kept}
+        if verbose:
+            print(f"[{config.name}] test (epoch {kept}'s weights): loss {test['loss']:.4f}"
+                  f" (ce {test['ce_loss']:.4f})", flush=True)  # fmt: skip
     result = {
         "config": config.to_dict(),
         "metrics": trainer.get_metrics(),
         "params": count_parameters(model),
+        "active_params": count_active_parameters(model),
+        "test": test,
+        # Evaluation drops no token (MoELayer's eval capacity); the gap's training CE is
+        # measured on this many training blocks, in eval mode.
+        "evaluation": {"capacity_factor": None, "train_subset_blocks": len(train_subset)},
+        "seed": base_config.seed,
     }
     if model_path is not None:
         save_model(trainer.model, model_path)
@@ -166,11 +203,8 @@ def run_single_experiment(
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    state = model.state_dict()
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def evaluate_success_criteria(
@@ -183,7 +217,8 @@ def evaluate_success_criteria(
     """Judge each experiment (name -> result) against the dense baseline; print and return.
 
     With `dense_results` (the dense run's result) the gap and throughput comparisons are
-    made too; with only `dense_baseline_loss`, the primary criterion uses the loss alone.
+    made too; with only `dense_baseline_loss` (the spec's two arguments), the primary
+    criterion uses the loss alone and each verdict says the gap was not judged.
     """
     verdicts = {}
     for name, result in results.items():
@@ -193,29 +228,51 @@ def evaluate_success_criteria(
     return verdicts
 
 
+def _commit() -> str | None:
+    """The source's git commit (with '-dirty' for uncommitted changes), when it is a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty.strip() else "")
+
+
 def main(
     base_config: BaseConfig | None = None,
     out_dir: str | os.PathLike = ".",
     experiments: list[str] | None = None,
     device: str | torch.device | None = None,
     verbose: bool = True,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """The spec's pipeline: dense baseline (early stopping), every experiment, evaluation,
-    and `experiment_results.json` plus `dense_model.pt` in `out_dir`."""
+    and `experiment_results.json` plus `dense_model.pt` in `out_dir`.
+
+    With `seeds` > 1 the dense baseline and every experiment run once per seed (base.seed,
+    base.seed + 1, ...) and each experiment is judged on its differences from the dense run
+    of the same seed: means, standard errors and whether they are significant.
+    """
     from .data import build_datasets  # here, so importing experiments needs no `datasets`
 
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     base = base_config or BaseConfig()
     device = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    data = build_datasets(base)
+    data = build_datasets(base)  # the seed changes initialisation and order, not the data
     if verbose:
         print(
-            f"data: {len(data.train)} train / {len(data.val)} val blocks of {base.seq_len} tokens,"
-            f" tokenizer {data.tokenizer_key} ({data.seconds:.1f}s); device {device},"
-            f" torch {torch.__version__}, {torch.get_num_threads()} threads",
+            f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test blocks"
+            f" of {base.seq_len} tokens, tokenizer {data.tokenizer_key} ({data.seconds:.1f}s);"
+            f" device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads,"
+            f" {seeds} seed(s)",
             flush=True,
         )
 
@@ -225,36 +282,64 @@ def main(
     if unknown:
         raise ValueError(f"unknown experiments {unknown}; choose from {sorted(configs)}")
 
-    dense = run_single_experiment(dense_config(base), data.train, data.val, base, device,
-                                  dense=True, model_path=out / "dense_model.pt", verbose=verbose)  # fmt: skip
+    seed_list = [base.seed + i for i in range(seeds)]
+    dense_runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for i, seed in enumerate(seed_list):
+        seeded = base.model_copy(update={"seed": seed})
+        # The first seed's dense weights are the spec's dense_model.pt.
+        model_path = out / ("dense_model.pt" if i == 0 else f"dense_model.seed{seed}.pt")
+        dense_runs.append(run_single_experiment(
+            dense_config(seeded), data.train, data.val, seeded, device, dense=True,
+            model_path=model_path, test_dataset=data.test, verbose=verbose))  # fmt: skip
+        for name in names:
+            runs[name].append(run_single_experiment(
+                configs[name], data.train, data.val, seeded, device,
+                test_dataset=data.test, verbose=verbose))  # fmt: skip
 
-    results = {}
-    for name in names:
-        results[name] = run_single_experiment(
-            configs[name], data.train, data.val, base, device, verbose=verbose
-        )
-
+    dense = dense_runs[0]
+    results = {name: r[0] for name, r in runs.items()}
     if verbose:
         print("\n=== success criteria ===", flush=True)
-    verdicts = evaluate_success_criteria(
-        results, best_val_loss(dense["metrics"]), dense, verbose=verbose
-    )
-    table = format_table(dense, results, verdicts)
+    if seeds == 1:
+        verdicts = evaluate_success_criteria(
+            results, best_val_loss(dense["metrics"]), dense, verbose=verbose
+        )
+    else:
+        verdicts = {name: judge_seeds(runs[name], dense_runs) for name in names}
+        if verbose:
+            for name, verdict in verdicts.items():
+                print(format_verdict(name, verdict), flush=True)
+    table = format_table(dense_runs, runs, verdicts)
     if verbose:
         print("\n" + table, flush=True)
 
     summary = {
         "base": base.to_dict(),
+        "seeds": seed_list,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "commit": _commit(),
+        "data": {
+            "tokenizer": data.tokenizer_key,
+            "vocab_size": data.tokenizer.get_vocab_size(),
+            "train_tokens": data.train.num_tokens,
+            "val_tokens": data.val.num_tokens,
+            "test_tokens": data.test.num_tokens,
+        },
         "seconds": time.perf_counter() - started,
+        # The spec's keys hold the first seed's runs; `runs` holds every seed's, in order.
         "dense": dense,
         "experiments": results,
+        "runs": {"dense": dense_runs, **runs},
         "verdicts": verdicts,
+        "table": table,
     }
-    tmp = out / ".experiment_results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "experiment_results.json")
+    write_json_atomic(out / "experiment_results.json", summary)
     if verbose:
         print(f"\nwrote {out / 'experiment_results.json'} and {out / 'dense_model.pt'}"
               f" in {summary['seconds']:.0f}s", flush=True)  # fmt: skip

@@ -90,9 +90,17 @@ class MoELayer(nn.Module):
     """Top-k routed experts with capacity, replacing a Block's MLP.
 
     `forward` returns (output, balance_loss) with the *unweighted* load-balancing loss;
-    the model applies `aux_weight`. Each forward leaves `last_counts` (assignments per
-    expert, before capacity) and `last_dropped` (assignments over capacity) as detached
-    tensors, so statistics cost no device sync.
+    the model applies `aux_weight`. Each forward leaves detached tensors, so statistics
+    cost no device sync: `last_counts` (assignments per expert, before capacity),
+    `last_dropped` (assignments this forward dropped), `last_over_capacity` (assignments
+    over the *training* capacity, dropped or not) and `last_prob_sum` (router
+    probabilities summed over tokens, [E]), from which `balance_loss` recomputes the
+    loss over many batches at once.
+
+    Training drops assignments over capacity (the spec's capacity_factor). Evaluation
+    drops nothing by default (`eval_capacity_factor` None): a token's output then depends
+    on nothing but its own sequence, so validation loss is the same whatever the eval
+    batch size, and it measures the model rather than how its batches were cut.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class MoELayer(nn.Module):
         top_k: int = 1,
         capacity_factor: float = 1.25,
         dropout: float = 0.0,
+        eval_capacity_factor: float | None = None,
     ):
         super().__init__()
         if not 1 <= top_k <= num_experts:
@@ -110,15 +119,33 @@ class MoELayer(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
         self.router = Router(n_embd, num_experts)
         self.experts = Experts(num_experts, n_embd, expert_dim)
         self.dropout = nn.Dropout(dropout)
         self.last_counts: torch.Tensor | None = None
         self.last_dropped: torch.Tensor | None = None
+        self.last_over_capacity: torch.Tensor | None = None
+        self.last_prob_sum: torch.Tensor | None = None
 
-    def capacity(self, num_tokens: int) -> int:
+    def capacity(self, num_tokens: int, capacity_factor: float | None = None) -> int:
         # Switch Transformer: expert capacity = capacity_factor * tokens / experts.
-        return math.ceil(self.capacity_factor * num_tokens / self.num_experts)
+        factor = self.capacity_factor if capacity_factor is None else capacity_factor
+        return math.ceil(factor * num_tokens / self.num_experts)
+
+    def _forward_capacity(self, num_tokens: int) -> int:
+        if self.training or self.eval_capacity_factor is not None:
+            return self.capacity(num_tokens, None if self.training else self.eval_capacity_factor)
+        return num_tokens  # no expert can take more: a token picks each expert at most once
+
+    def balance_loss(self, counts: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
+        """Load-balancing loss, Switch Transformer eq. (4)-(6): E * sum_e f_e * P_e, where
+        f_e is the fraction of assignments routed to expert e and P_e the mean router
+        probability for e, from counts and probability sums over any number of tokens.
+        It is 1.0 at perfect balance and E when all go to one expert."""
+        f = counts.to(prob_sum.dtype) / counts.sum()  # [E]
+        P = prob_sum / (counts.sum() / self.top_k)  # [E], over tokens
+        return self.num_experts * torch.sum(f * P)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.size()
@@ -146,7 +173,7 @@ class MoELayer(nn.Module):
         counts = torch.bincount(flat_expert, minlength=E)  # [E]
         starts = torch.cumsum(counts, 0) - counts  # [E]
         position = torch.arange(k * N, device=x.device) - starts[sorted_expert]  # slot in expert
-        cap = self.capacity(N)
+        cap = self._forward_capacity(N)
         keep = position < cap  # over-capacity assignments are dropped
         kept = order[keep]  # [M] assignment ids, still grouped by expert
         kept_counts = counts.clamp(max=cap)
@@ -161,15 +188,17 @@ class MoELayer(nn.Module):
         # here and so passes through the block's residual connection unchanged.
         out = torch.zeros_like(x_flat, dtype=weighted.dtype).index_add_(0, token_ids, weighted)
 
-        # Load-balancing loss, Switch Transformer eq. (4)-(6): E * sum_e f_e * P_e, where
-        # f_e is the fraction of assignments routed to expert e and P_e the mean router
-        # probability for e. It is 1.0 at perfect balance and E when all go to one expert.
-        f = counts.to(probs.dtype) / (k * N)  # [E]
-        P = probs.mean(dim=0)  # [E]
-        balance_loss = E * torch.sum(f * P)
+        prob_sum = probs.sum(dim=0)  # [E]
+        balance_loss = self.balance_loss(counts, prob_sum)
 
         self.last_counts = counts.detach()
         self.last_dropped = (counts - kept_counts).sum().detach()
+        self.last_prob_sum = prob_sum.detach()
+        if self.training:
+            self.last_over_capacity = self.last_dropped
+        else:
+            train_cap = self.capacity(N)
+            self.last_over_capacity = (counts - counts.clamp(max=train_cap)).sum().detach()
         return self.dropout(out.to(x.dtype)).view(B, T, C), balance_loss
 
 
@@ -225,6 +254,7 @@ class Block(nn.Module):
                 config.top_k,
                 config.capacity_factor,
                 config.dropout,
+                config.eval_capacity_factor,
             )
         else:
             self.ffn = MLP(config.n_embd, config.ffn_dim, config.dropout)
@@ -251,6 +281,7 @@ class GPTConfig:
     expert_dim: int = 1024
     top_k: int = 1
     capacity_factor: float = 1.25
+    eval_capacity_factor: float | None = None  # None: evaluation drops nothing
     aux_weight: float = 0.01  # Switch Transformer, sec. 2.2: alpha = 1e-2
 
 
@@ -300,10 +331,12 @@ class GPT(nn.Module):
             if balance_loss is not None:
                 balance_losses.append(balance_loss)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        if balance_losses:
-            # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
-            # balance) however many layers are MoE.
-            aux = self.config.aux_weight * torch.stack(balance_losses).mean()
-        else:
-            aux = torch.zeros((), device=idx.device)
-        return logits, aux
+        return logits, self.aux_loss(balance_losses, idx.device)
+
+    def aux_loss(self, balance_losses: list[torch.Tensor], device=None) -> torch.Tensor:
+        """The weighted aux loss from the MoE layers' balance losses (zero when dense)."""
+        if not balance_losses:
+            return torch.zeros((), device=device)
+        # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
+        # balance) however many layers are MoE.
+        return self.config.aux_weight * torch.stack(balance_losses).mean()

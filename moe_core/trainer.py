@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .atomic import write_atomic
 from .config import GatingTempSchedule
 from .model import MoELayer
 
@@ -56,6 +57,8 @@ class EpochProgress:
     totals: torch.Tensor  # loss, ce, aux summed over steps (no per-step device sync)
     usage: list[torch.Tensor]  # per MoE layer: assignments per expert
     dropped: list[torch.Tensor]  # per MoE layer: assignments over capacity
+    # per MoE layer: the largest share of one step's assignments that any expert took
+    max_load: list[torch.Tensor]
     # The state, at the epoch's start, of the generator the train loader draws from (see
     # Trainer._loader_generator): the epoch's base seed and shuffle are drawn from it when
     # its iterator is made and first read, so a resume remakes the same order and skips ahead.
@@ -76,6 +79,7 @@ class EpochProgress:
             totals=torch.zeros(3, device=device),
             usage=[torch.zeros(e, dtype=torch.long, device=device) for e in experts],
             dropped=[torch.zeros((), dtype=torch.long, device=device) for _ in experts],
+            max_load=[torch.zeros((), device=device) for _ in experts],
             loader_state=loader_state,
         )
 
@@ -84,6 +88,7 @@ class EpochProgress:
             "totals": self.totals.cpu(),
             "usage": [u.cpu() for u in self.usage],
             "dropped": [d.cpu() for d in self.dropped],
+            "max_load": [m.cpu() for m in self.max_load],
             "loader_state": self.loader_state,
             "steps": self.steps,
             "tokens": self.tokens,
@@ -97,6 +102,11 @@ class EpochProgress:
             totals=state["totals"].to(device),
             usage=[u.to(device) for u in state["usage"]],
             dropped=[d.to(device) for d in state["dropped"]],
+            # a checkpoint from before max_load existed starts it from zero
+            max_load=[
+                m.to(device)
+                for m in state.get("max_load") or [torch.zeros(()) for _ in state["dropped"]]
+            ],  # fmt: skip
             loader_state=state["loader_state"],
             steps=state["steps"],
             tokens=state["tokens"],
@@ -126,6 +136,7 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_tag: str | None = None,
+        train_eval_loader: DataLoader | None = None,
         log_interval: int = 50,
         verbose: bool = True,
         amp_dtype: torch.dtype | None = None,
@@ -147,6 +158,10 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         # Names the run a checkpoint belongs to: one with another tag is not resumed from.
         self.checkpoint_tag = checkpoint_tag
+        # A fixed slice of the training set, evaluated like the validation set at every
+        # evaluation: the generalisation gap compares the two in the same mode (no dropout,
+        # no smoothing, no capacity drops), not against the epoch's training-mode average.
+        self.train_eval_loader = train_eval_loader
         self.log_interval = log_interval
         self.verbose = verbose
         # bf16 autocast is for GPUs; on CPU it is slower than float32 for these sizes.
@@ -172,6 +187,11 @@ class Trainer:
         self.val_ce_losses: list[float] = []
         self.train_aux_losses: list[float] = []
         self.val_aux_losses: list[float] = []
+        # Per evaluated epoch (aligned with the val lists): its number, the eval-mode
+        # training CE, and the routing of that epoch's weights over the validation set.
+        self.val_epochs: list[int] = []
+        self.train_eval_ce_losses: list[float] = []
+        self.eval_expert_stats_history: list[dict[str, Any]] = []
         # Performance
         self.tokens_per_sec: list[float] = []
         self.steps: list[int] = []
@@ -183,6 +203,8 @@ class Trainer:
         }
         # Early stopping
         self.best_val_loss = float("inf")
+        self.best_val_ce_loss: float | None = None  # the CE at the best epoch
+        self.best_epoch: int | None = None
         self.patience_counter = 0
         self.stopped_early = False
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -351,8 +373,12 @@ class Trainer:
 
             progress.totals += torch.stack([loss.detach(), ce.detach(), aux.detach()])
             for i, layer in enumerate(self.moe_layers):
-                progress.usage[i] += layer.last_counts
+                counts = layer.last_counts
+                progress.usage[i] += counts
                 progress.dropped[i] += layer.last_dropped
+                # Epoch sums hide a router that swings from step to step: keep the worst step.
+                share = counts.max() / counts.sum()
+                progress.max_load[i] = torch.maximum(progress.max_load[i], share)
             progress.steps += 1
             progress.tokens += y.numel()
             segment_tokens += y.numel()
@@ -404,64 +430,122 @@ class Trainer:
         return dict(progress.train_stats)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean validation losses over all tokens (CE without label smoothing)."""
+    def evaluate_loader(self, loader: DataLoader, what: str = "validation"):
+        """Mean losses over every token of `loader` in eval mode, and the routing of the
+        same pass: (losses {"loss", "ce_loss", "aux_loss"}, per-MoE-layer statistics).
+
+        CE has no label smoothing. The MoE layers drop nothing here (their eval capacity),
+        and the aux loss is the balance loss of the whole pass (f and P over all tokens),
+        so neither depends on how the tokens were batched.
+        """
         self.model.eval()
-        total = torch.zeros(3, device=self.device)
+        ce_sum = torch.zeros((), device=self.device)
+        aux_sum = torch.zeros((), device=self.device)  # for models without MoELayers
         n_tokens = 0
+        counts = [torch.zeros(m.num_experts, dtype=torch.long, device=self.device)
+                  for m in self.moe_layers]  # fmt: skip
+        over = [torch.zeros((), dtype=torch.long, device=self.device) for _ in self.moe_layers]
+        prob_sums = [torch.zeros(m.num_experts, device=self.device) for m in self.moe_layers]
         # Making the loader's iterator draws from the global RNG (its base seed) when the
         # loader has no generator of its own: a stop rewinds that, so that the evaluation
         # the resumed run repeats draws the same.
         rng = torch.get_rng_state()
-        for x, y in self.val_loader:
+        for x, y in loader:
             if self._stop_requested():
                 torch.set_rng_state(rng)
-                self._stop("during evaluation")  # the partial evaluation is discarded
+                self._stop(f"during {what}")  # the partial evaluation is discarded
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with self._autocast():
-                loss, ce, aux = self._losses(x, y, 0.0)
+                _, ce, aux = self._losses(x, y, 0.0)
             # Token-weighted, so a short last batch counts for what it holds.
-            total += y.numel() * torch.stack([loss, ce, aux]).float()
+            ce_sum += y.numel() * ce.float()
+            aux_sum += y.numel() * aux.float()
             n_tokens += y.numel()
+            for i, layer in enumerate(self.moe_layers):
+                counts[i] += layer.last_counts
+                over[i] += layer.last_over_capacity
+                prob_sums[i] += layer.last_prob_sum
         if n_tokens == 0:
-            raise ValueError("the validation loader yielded no batches")
-        loss, ce, aux = (total / n_tokens).tolist()
+            raise ValueError(f"the {what} loader yielded no batches")
+        ce = (ce_sum / n_tokens).item()
+        if self.moe_layers and hasattr(self.model, "aux_loss"):
+            balance = [m.balance_loss(c, p) for m, c, p in zip(self.moe_layers, counts, prob_sums, strict=True)]  # fmt: skip
+            aux = self.model.aux_loss(balance).item()
+        else:
+            aux = (aux_sum / n_tokens).item()
+        loss = ce + aux
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"{self.model_name}: validation loss is {loss}")
-        self.val_losses.append(loss)
-        self.val_ce_losses.append(ce)
-        self.val_aux_losses.append(aux)
-        return {"loss": loss, "ce_loss": ce, "aux_loss": aux}
+            raise TrainingDiverged(f"{self.model_name}: {what} loss is {loss}")
+        return {"loss": loss, "ce_loss": ce, "aux_loss": aux}, self._usage_stats(counts, over)
 
-    def _expert_stats(self) -> list[dict[str, Any]]:
-        """Per MoE layer, over this epoch's training assignments (before capacity drops).
+    def _weights_epoch(self) -> int:
+        """The epoch whose weights the model holds: the one in progress once its steps are
+        done (evaluation inside train()), else the last completed one."""
+        trained = self.progress is not None and self.progress.train_stats is not None
+        return self.epoch + 1 if trained else self.epoch
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean validation losses over all tokens (CE without label smoothing).
+
+        Also, for the same weights: the eval-mode CE of the fixed training subset
+        (`train_eval_loader`, for the generalisation gap) and the validation pass's
+        expert statistics, appended to `train_eval_ce_losses` and
+        `eval_expert_stats_history` beside `val_epochs`."""
+        val, layers = self.evaluate_loader(self.val_loader, "evaluation")
+        train_ce = None
+        if self.train_eval_loader is not None:
+            train_ce = self.evaluate_loader(self.train_eval_loader, "evaluation")[0]["ce_loss"]
+        # Appended only once every pass is done: a stop above leaves no partial entry.
+        epoch = self._weights_epoch()
+        self.val_losses.append(val["loss"])
+        self.val_ce_losses.append(val["ce_loss"])
+        self.val_aux_losses.append(val["aux_loss"])
+        self.val_epochs.append(epoch)
+        self.train_eval_ce_losses.append(train_ce)
+        if self.moe_layers:
+            self.eval_expert_stats_history.append({"epoch": epoch, "layers": layers})
+        return val
+
+    def _usage_stats(
+        self,
+        usage: list[torch.Tensor],
+        dropped: list[torch.Tensor],
+        max_load: list[torch.Tensor] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per MoE layer, from assignment counts per expert (before capacity drops).
 
         `entropy` is the Shannon entropy of the usage distribution in nats, not normalised:
         ln(num_experts) (2.079 for 8 experts) is perfect balance, 0 is collapse onto one.
         `min_usage`/`max_usage`/`usage` are percentages of assignments; `dropped` is the
-        fraction of assignments that overflowed capacity.
+        fraction of assignments over capacity; `max_step_load` (training only) the largest
+        share, in percent, that one expert took of any single step's assignments.
         """
-        assert self.progress is not None
-        usage, dropped = self.progress.usage, self.progress.dropped
         stats = []
         for i, (counts, n_dropped) in enumerate(zip(usage, dropped, strict=True)):
             counts = counts.double().cpu()
             n = counts.sum().item()
             p = counts / max(n, 1)
             entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
-            stats.append(
-                {
-                    "layer": self.moe_layer_ids[i],
-                    "entropy": entropy,
-                    "max_entropy": math.log(len(counts)),
-                    "min_usage": 100 * p.min().item(),
-                    "max_usage": 100 * p.max().item(),
-                    "usage": (100 * p).tolist(),
-                    "dropped": n_dropped.item() / max(n, 1),
-                }
-            )
+            layer = {
+                "layer": self.moe_layer_ids[i],
+                "entropy": entropy,
+                "max_entropy": math.log(len(counts)),
+                "min_usage": 100 * p.min().item(),
+                "max_usage": 100 * p.max().item(),
+                "usage": (100 * p).tolist(),
+                "dropped": n_dropped.item() / max(n, 1),
+            }
+            if max_load is not None:
+                layer["max_step_load"] = 100 * max_load[i].item()
+            stats.append(layer)
         return stats
+
+    def _expert_stats(self) -> list[dict[str, Any]]:
+        """Per MoE layer, over this epoch's training assignments, as routed in training."""
+        assert self.progress is not None
+        p = self.progress
+        return self._usage_stats(p.usage, p.dropped, p.max_load)
 
     # ------------------------------------------------------------------ the loop
 
@@ -488,6 +572,8 @@ class Trainer:
                 val_stats = self.evaluate()
                 if val_stats["loss"] < self.best_val_loss:
                     self.best_val_loss = val_stats["loss"]
+                    self.best_val_ce_loss = val_stats["ce_loss"]
+                    self.best_epoch = epoch_index + 1
                     self.patience_counter = 0
                     if patience > 0:
                         self.best_state = {
@@ -537,7 +623,15 @@ class Trainer:
             "optimizer_time": train_stats["optimizer_time"],
             "gating_temperature": self.gating_temperature,
             "expert_stats": layers,
+            "train_eval": {"ce_loss": self.train_eval_ce_losses[-1]}
+            if val_stats is not None and self.train_eval_ce_losses[-1] is not None
+            else None,
+            "eval_expert_stats": self.eval_expert_stats_history[-1]["layers"]
+            if val_stats is not None and self.moe_layers
+            else [],
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "best_val_ce_loss": self.best_val_ce_loss,
+            "best_epoch": self.best_epoch,
             "patience_counter": self.patience_counter,
             "stopped_early": self.stopped_early,
         }
@@ -551,6 +645,9 @@ class Trainer:
         if r["val"] is not None:
             v = r["val"]
             line += f" | val {v['loss']:.4f} (ce {v['ce_loss']:.4f}, ppl {math.exp(min(v['ce_loss'], 50)):.1f})"
+            if r["train_eval"] is not None:
+                gap = v["ce_loss"] - r["train_eval"]["ce_loss"]
+                line += f" gap {gap:+.4f}"
         total = r["forward_time"] + r["backward_time"] + r["optimizer_time"]
         line += (
             f" | {r['tokens_per_sec']:,.0f} tok/s | fwd {r['forward_time']:.1f}s"
@@ -561,8 +658,16 @@ class Trainer:
         print(line, flush=True)
         for s in r["expert_stats"]:
             print(
-                f"    layer {s['layer']}: entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
-                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}% | dropped {100 * s['dropped']:.1f}%",
+                f"    layer {s['layer']} train: entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
+                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
+                f" (one step: {s['max_step_load']:.1f}%) | dropped {100 * s['dropped']:.1f}%",
+                flush=True,
+            )
+        for s in r["eval_expert_stats"]:
+            print(
+                f"    layer {s['layer']} val:   entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
+                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
+                f" | over training capacity {100 * s['dropped']:.1f}%",
                 flush=True,
             )
         if r["stopped_early"]:
@@ -584,7 +689,12 @@ class Trainer:
             "current_step": self.current_step,
             "timing_breakdown": {k: list(v) for k, v in self.timing_breakdown.items()},
             "expert_stats_history": list(self.expert_stats_history),
+            "val_epochs": list(self.val_epochs),
+            "train_eval_ce_losses": list(self.train_eval_ce_losses),
+            "eval_expert_stats_history": list(self.eval_expert_stats_history),
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "best_val_ce_loss": self.best_val_ce_loss,
+            "best_epoch": self.best_epoch,
             "patience_counter": self.patience_counter,
             "stopped_early": self.stopped_early,
         }
@@ -595,6 +705,8 @@ class Trainer:
         "train_losses", "val_losses", "train_ce_losses", "val_ce_losses", "train_aux_losses",
         "val_aux_losses", "tokens_per_sec", "steps", "current_step", "timing_breakdown",
         "best_val_loss", "patience_counter", "stopped_early", "expert_stats_history", "epoch",
+        "val_epochs", "train_eval_ce_losses", "eval_expert_stats_history", "best_val_ce_loss",
+        "best_epoch",
     )  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
@@ -636,11 +748,8 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Everything needed to resume from here (an epoch's end, or a step boundary within
         one), written atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+        state = self.state_dict()
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
         """Restore from `path`; returns the number of completed epochs (the next is +1, or

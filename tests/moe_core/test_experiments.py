@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -35,26 +36,47 @@ def test_run_single_experiment_returns_config_metrics_params(micro_data, micro_b
     config = ExperimentConfig(name="top2", expert_dim=64, top_k=2, capacity_factor=2.5)
     result = run_single_experiment(config, micro_data.train, micro_data.val, micro_base, "cpu",
                                    model_path=tmp_path / "m.pt", verbose=False)  # fmt: skip
-    assert set(result) == {"config", "metrics", "params"}
+    assert set(result) >= {"config", "metrics", "params"}  # the spec's keys, and ours:
+    assert set(result) - {"config", "metrics", "params"} == {
+        "active_params",
+        "test",
+        "evaluation",
+        "seed",
+    }
     assert result["config"] == config.to_dict()
     assert len(result["metrics"]["train_losses"]) == micro_base.num_epochs
     assert result["params"] > 0
+    # a token passes through 2 of the 8 experts of each of the 2 MoE layers
+    per_expert = 2 * micro_base.hidden_dim * 64
+    assert result["active_params"] == result["params"] - 2 * 6 * per_expert
+    assert result["test"] is None  # no test set given
+    assert result["evaluation"] == {
+        "capacity_factor": None,
+        "train_subset_blocks": len(micro_data.val),
+    }
     assert set(torch.load(tmp_path / "m.pt")) >= {"tok_emb.weight", "blocks.2.ffn.experts.w1"}
 
 
-def _result(val, train, usage=(12.5,) * 8, tps=100.0):
+def _layer(usage, dropped=0.0):
     p = [u / 100 for u in usage]
-    import math
-
     entropy = -sum(x * math.log(x) for x in p if x > 0)
+    return {"layer": 2, "usage": list(usage), "min_usage": min(usage), "max_usage": max(usage),
+            "entropy": entropy, "max_entropy": math.log(8), "dropped": dropped}  # fmt: skip
+
+
+def _result(val, train, usage=(12.5,) * 8, tps=100.0, train_usage=None):
+    """A stored result: `train` is the eval-mode training CE at each evaluation; `usage` the
+    final evaluation's routing, `train_usage` (default: the same) the last epoch's sums."""
+    epochs = list(range(1, len(val) + 1))
     return {
         "params": 10,
         "metrics": {
-            "val_ce_losses": val, "train_ce_losses": train, "tokens_per_sec": [tps],
+            "val_ce_losses": val, "val_epochs": epochs, "train_eval_ce_losses": train,
+            "train_ce_losses": [t + 0.5 if t is not None else None for t in train],  # dropout on
+            "tokens_per_sec": [tps],
             "timing_breakdown": {"forward": [1.0], "backward": [2.0], "optimizer": [1.0]},
-            "expert_stats_history": [{"epoch": 1, "layers": [
-                {"layer": 2, "usage": list(usage), "min_usage": min(usage), "max_usage": max(usage),
-                 "entropy": entropy, "max_entropy": math.log(8)}]}],
+            "expert_stats_history": [{"epoch": epochs[-1], "layers": [_layer(train_usage or usage)]}],
+            "eval_expert_stats_history": [{"epoch": epochs[-1], "layers": [_layer(usage)]}],
         },
     }  # fmt: skip
 
@@ -86,7 +108,15 @@ def test_criteria_skip_missing_and_non_finite_values():
     stored = _result(val=[None, 4.2, float("nan")], train=[4.0, 3.9, 3.8])  # NaN stored as null
     verdict = judge(stored, dense)
     assert verdict["primary"]["val_loss"] == 4.2
+    # the gap is taken at the best epoch (the 4.2), not at the last, non-finite one
+    assert verdict["primary"]["val_gap"] == pytest.approx(0.3)
+    no_train = _result(val=[4.2], train=[None])
+    verdict = judge(no_train, dense)
     assert verdict["primary"]["val_gap"] is None and not verdict["primary"]["gap_reduced_enough"]
+    assert (
+        not verdict["primary"]["gap_judged"]
+        and "no eval-mode training loss" in verdict["primary"]["gap_note"]
+    )
 
 
 def test_evaluate_success_criteria_returns_and_prints(capsys):
@@ -97,10 +127,11 @@ def test_evaluate_success_criteria_returns_and_prints(capsys):
     assert verdicts["a"]["passed"] and not verdicts["b"]["passed"]
     out = capsys.readouterr().out
     assert "✓ a" in out and "✗ b" in out and "PRIMARY" in out and "TERTIARY" in out
-    # the spec's two-argument form judges by loss alone
-    assert evaluate_success_criteria({"a": _result([4.0], [3.9])}, 5.0, verbose=False)["a"][
-        "primary"
-    ]["passed"]
+    # the spec's two-argument form judges by loss alone, and says the gap was not judged
+    two_args = evaluate_success_criteria({"a": _result([4.0], [3.9])}, 5.0)["a"]["primary"]
+    assert two_args["passed"] and not two_args["gap_judged"]
+    assert "no dense result was given" in two_args["gap_note"]
+    assert "no dense result was given" in capsys.readouterr().out
 
 
 def test_main_writes_results_and_dense_model(micro_base, tmp_path):
@@ -111,8 +142,18 @@ def test_main_writes_results_and_dense_model(micro_base, tmp_path):
     assert saved["dense"]["config"]["early_stopping_patience"] == 3
     assert saved["dense"]["metrics"]["expert_stats_history"] == []
     assert all(r["params"] > saved["dense"]["params"] for r in saved["experiments"].values())
-    assert set(saved["verdicts"]["top2"]) == {"primary", "secondary", "tertiary", "passed"}
+    assert set(saved["verdicts"]["top2"]) >= {"primary", "secondary", "tertiary", "passed"}
+    assert saved["verdicts"]["top2"]["significant"] is None  # one seed: unknown, not guessed
     assert summary["verdicts"] == saved["verdicts"]
+    # what a reader needs to trace the numbers
+    assert saved["seeds"] == [base.seed] and saved["device"] == "cpu"
+    assert saved["data"]["tokenizer"].startswith("bpe-") and saved["data"]["test_tokens"] > 0
+    assert saved["commit"] is None or len(saved["commit"].split("-")[0]) == 40
+    for run in [saved["dense"], *saved["experiments"].values()]:
+        assert math.isfinite(run["test"]["ce_loss"]) and run["test"]["epoch"] >= 1
+        assert run["metrics"]["best_val_ce_loss"] is not None
+    assert saved["dense"]["active_params"] == saved["dense"]["params"]
+    assert saved["experiments"]["top2"]["active_params"] < saved["experiments"]["top2"]["params"]
     state = torch.load(tmp_path / "dense_model.pt")
     assert not any("experts" in k for k in state)
 

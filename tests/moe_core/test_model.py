@@ -73,7 +73,7 @@ def test_aux_loss_is_weight_at_perfect_balance_and_grows_when_collapsed():
 
 
 def test_capacity_drops_exactly_the_tokens_over_capacity():
-    layer = routed_layer(2, 1, capacity_factor=1.0)  # capacity = ceil(1.0 * 8 / 2) = 4
+    layer = routed_layer(2, 1, capacity_factor=1.0).train()  # capacity = ceil(1.0 * 8 / 2) = 4
     # tokens 0..5 prefer expert 0, tokens 6..7 expert 1
     x = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 2).view(1, 8, 2)
     assert layer.capacity(8) == 4
@@ -88,6 +88,35 @@ def test_capacity_drops_exactly_the_tokens_over_capacity():
     for t, e in [(0, 0), (1, 0), (2, 0), (3, 0), (6, 1), (7, 1)]:
         expected = probs[t, e] * expert_ffn(layer, e, x.view(8, 2)[t])
         torch.testing.assert_close(out[t], expected)
+
+
+def test_evaluation_drops_nothing_but_counts_what_training_capacity_would_drop():
+    x = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 2).view(1, 8, 2)  # 6 and 2, capacity 4
+    layer = routed_layer(2, 1, capacity_factor=1.0)  # eval mode
+    out, _ = layer(x)
+    assert layer.last_dropped.item() == 0 and layer.last_over_capacity.item() == 2
+    assert torch.all(out.view(8, 2)[4:6] != 0)  # tokens 4 and 5 reach their expert
+    layer.train()
+    trained, _ = layer(x)
+    assert layer.last_dropped.item() == layer.last_over_capacity.item() == 2
+    # a separate evaluation capacity, when set, is applied in eval mode
+    layer.eval_capacity_factor = 1.0
+    layer.eval()
+    capped, _ = layer(x)
+    assert layer.last_dropped.item() == 2
+    torch.testing.assert_close(capped, trained)
+
+
+def test_balance_loss_over_many_batches_is_the_loss_of_all_their_tokens():
+    layer = MoELayer(n_embd=8, num_experts=4, expert_dim=8, top_k=2).eval()
+    x = torch.randn(4, 8, 8)
+    _, whole = layer(x)
+    counts, prob_sum = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    for part in x.split(1):
+        _, per_batch = layer(part)
+        counts += layer.last_counts
+        prob_sum += layer.last_prob_sum
+    torch.testing.assert_close(layer.balance_loss(counts, prob_sum), whole)
 
 
 def test_top2_combines_two_experts_with_renormalised_gates():
@@ -107,7 +136,7 @@ def test_top2_combines_two_experts_with_renormalised_gates():
 
 
 def test_top2_drops_second_choices_before_first_choices():
-    layer = routed_layer(2, 2, capacity_factor=1.0)  # capacity 2 per expert, 4 tokens
+    layer = routed_layer(2, 2, capacity_factor=1.0).train()  # capacity 2 per expert, 4 tokens
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]).view(1, 4, 2)
     out, _ = layer(x)
     assert layer.last_dropped.item() == 4  # every second choice, no first choice

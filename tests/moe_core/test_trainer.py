@@ -21,6 +21,12 @@ METRIC_KEYS = {
     "val_aux_losses", "tokens_per_sec", "steps", "current_step", "timing_breakdown",
     "expert_stats_history", "best_val_loss", "patience_counter", "stopped_early",
 }  # fmt: skip
+# Ours, beside the spec's: per evaluation, its epoch, the eval-mode training CE and the
+# routing over the validation set; the best epoch and its CE.
+EVAL_METRIC_KEYS = {
+    "val_epochs", "train_eval_ce_losses", "eval_expert_stats_history", "best_epoch",
+    "best_val_ce_loss",
+}  # fmt: skip
 
 
 def random_blocks(n: int, seq_len: int = 16, vocab: int = 512, seed: int = 0) -> TensorDataset:
@@ -55,7 +61,7 @@ def test_train_epoch_evaluate_and_get_metrics_return_exactly_the_spec_keys():
     assert set(trainer.evaluate()) == EVAL_KEYS
     trainer.train(2)
     metrics = trainer.get_metrics()
-    assert set(metrics) == METRIC_KEYS
+    assert set(metrics) == METRIC_KEYS | EVAL_METRIC_KEYS
     assert metrics["steps"] == [4, 4, 4] and metrics["current_step"] == 12
     assert len(metrics["timing_breakdown"]["forward"]) == 3
 
@@ -250,8 +256,10 @@ class StopAt:
 
 def exact_metrics(metrics):
     keys = ("train_losses", "train_ce_losses", "train_aux_losses", "val_losses",
-            "val_ce_losses", "val_aux_losses", "steps", "current_step")  # fmt: skip
-    usage = [(layer["usage"], layer["dropped"]) for h in metrics["expert_stats_history"]
+            "val_ce_losses", "val_aux_losses", "steps", "current_step", "val_epochs",
+            "train_eval_ce_losses", "best_epoch", "best_val_ce_loss")  # fmt: skip
+    usage = [(layer["usage"], layer["dropped"], layer.get("max_step_load"))
+             for h in metrics["expert_stats_history"] + metrics["eval_expert_stats_history"]
              for layer in h["layers"]]  # fmt: skip
     return {key: metrics[key] for key in keys}, usage
 
@@ -263,8 +271,9 @@ def uninterrupted(micro_data):
 
 def check_number(where, steps_per_epoch: int, val_batches: int) -> int:
     """The should_stop call (1-based) that lands `where` in a fresh run: one check before
-    each training step, one after an epoch's last step, one per evaluation batch."""
-    epoch = steps_per_epoch + 1 + val_batches
+    each training step, one after an epoch's last step, one per evaluation batch (the
+    validation set, then the training subset of the same size)."""
+    epoch = steps_per_epoch + 1 + 2 * val_batches
     named = {
         "first step": 1,
         "after the last step": steps_per_epoch + 1,  # trained, not yet evaluated
@@ -365,3 +374,95 @@ def test_a_checkpoint_with_another_tag_is_not_resumed(micro_data, tmp_path):
                   checkpoint_tag="run-b", on_epoch_end=seen.append)  # fmt: skip
     assert [r["epoch"] for r in seen] == [4]  # its own checkpoint: resumed
     assert len(other["metrics"]["train_losses"]) == 3
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def _eval_with_batch_size(model, val_set, batch_size):
+    trainer = Trainer(model, DataLoader(random_blocks(16), batch_size=8),
+                      DataLoader(val_set, batch_size=batch_size), torch.optim.SGD(model.parameters()),
+                      "cpu", verbose=False)  # fmt: skip
+    return trainer.evaluate_loader(trainer.val_loader)
+
+
+def test_validation_loss_and_routing_do_not_depend_on_the_eval_batch_size():
+    trainer = make_trainer()
+    trainer.train(2)  # a router that has learnt something, not the uniform one at init
+    val_set = random_blocks(64, seed=3)
+    (small, small_stats), (large, large_stats) = (
+        _eval_with_batch_size(trainer.model, val_set, bs) for bs in (8, 32)
+    )
+    assert small["ce_loss"] == large["ce_loss"]  # every token's output is its own
+    for key in ("loss", "aux_loss"):  # the balance loss of all tokens, summed in another order
+        assert small[key] == pytest.approx(large[key], rel=1e-7), key
+    for a, b in zip(small_stats, large_stats, strict=True):
+        assert a["usage"] == pytest.approx(b["usage"])
+    # what made it depend on them: evaluating at the training capacity drops tokens per batch
+    for layer in trainer.moe_layers:
+        layer.eval_capacity_factor = 1.0
+    (small_capped, _), (large_capped, _) = (
+        _eval_with_batch_size(trainer.model, val_set, bs) for bs in (8, 32)
+    )
+    assert small_capped["ce_loss"] != large_capped["ce_loss"]
+    # over-capacity is still reported without capping: what the training capacity would drop
+    assert all(0 < s["dropped"] < 1 for s in small_stats)
+
+
+def test_every_evaluation_records_eval_mode_training_ce_and_validation_routing():
+    trainer = make_trainer(
+        dropout=0.5, train_eval_loader=DataLoader(random_blocks(8), batch_size=8)
+    )
+    seen = []
+    trainer.on_epoch_end = seen.append
+    trainer.train(3, eval_every=2)  # evaluates epochs 2 and 3
+    m = trainer.get_metrics()
+    assert m["val_epochs"] == [2, 3] and len(m["train_eval_ce_losses"]) == 2
+    assert [h["epoch"] for h in m["eval_expert_stats_history"]] == [2, 3]
+    assert m["best_epoch"] in (2, 3)
+    assert m["best_val_ce_loss"] == m["val_ce_losses"][m["val_epochs"].index(m["best_epoch"])]
+    # eval mode: no dropout, so it is below the epoch's training-mode average at p = 0.5
+    assert m["train_eval_ce_losses"][-1] < m["train_ce_losses"][-1]
+    assert seen[0]["train_eval"] is None and seen[0]["eval_expert_stats"] == []
+    assert seen[2]["train_eval"] == {"ce_loss": m["train_eval_ce_losses"][-1]}
+    assert seen[2]["eval_expert_stats"] == m["eval_expert_stats_history"][-1]["layers"]
+    layer = seen[2]["eval_expert_stats"][0]
+    assert set(layer) == {
+        "layer",
+        "entropy",
+        "max_entropy",
+        "min_usage",
+        "max_usage",
+        "usage",
+        "dropped",
+    }
+    assert sum(layer["usage"]) == pytest.approx(100)
+    # training statistics gain the busiest expert's share of a single step
+    train_layer = seen[2]["expert_stats"][0]
+    assert train_layer["max_usage"] <= train_layer["max_step_load"] <= 100
+
+
+def test_a_dense_trainer_records_no_routing_and_a_standalone_evaluate_is_the_last_epochs():
+    trainer = make_trainer(moe=False)
+    trainer.train(1)
+    trainer.evaluate()
+    m = trainer.get_metrics()
+    assert m["val_epochs"] == [1, 1] and m["eval_expert_stats_history"] == []
+    assert m["train_eval_ce_losses"] == [None, None]  # no train_eval_loader given
+
+
+def test_test_split_is_evaluated_on_the_kept_weights(micro_data):
+    base = base_config("micro", num_epochs=2)
+    config = ExperimentConfig(name="t", expert_dim=64, batch_size=8)
+    result = run_single_experiment(config, micro_data.train, micro_data.val, base, "cpu",
+                                   test_dataset=micro_data.test, verbose=False)  # fmt: skip
+    assert result["test"]["epoch"] == 2  # no early stopping: the last epoch's weights
+    assert (
+        result["test"]["ce_loss"] > 0
+        and result["test"]["ce_loss"] != result["metrics"]["val_ce_losses"][-1]
+    )
+    dense = run_single_experiment(config.model_copy(update={"early_stopping_patience": 1}),
+                                  micro_data.train, micro_data.val, base, "cpu", dense=True,
+                                  test_dataset=micro_data.test, verbose=False)  # fmt: skip
+    assert dense["test"]["epoch"] == dense["metrics"]["best_epoch"]
+    assert dense["test"]["aux_loss"] == 0.0
