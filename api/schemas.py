@@ -85,8 +85,20 @@ class ExperimentRead(BaseModel):
     current_epoch: int
     num_epochs: int
     stopped_early: bool
-    best_val_loss: float | None
-    params: int | None
+    best_val_loss: float | None = Field(
+        description="the engine's best validation loss: CE + aux for MoE runs, CE for dense"
+    )
+    best_val_ce_loss: float | None = Field(
+        description="validation cross-entropy at the best epoch: what runs compare on"
+    )
+    params: int | None = Field(description="total parameters")
+    active_params: int | None = Field(
+        description="parameters one token passes through (params for a dense run)"
+    )
+    test_loss: float | None = Field(description="the kept weights' loss on the test split")
+    test_ce_loss: float | None = Field(
+        description="the kept weights' cross-entropy on the test split"
+    )
     device: str | None
     worker_name: str | None = Field(description="the worker node that runs (or ran) it")
     attempts: int = Field(description="times a worker started or resumed it")
@@ -110,20 +122,40 @@ class Losses(BaseModel):
     aux_loss: float
 
 
-class ExpertStatsRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class EvalLosses(BaseModel):
+    ce_loss: float
+
+
+class EvalExpertStatsRead(BaseModel):
+    """One MoE layer's routing over the whole validation set, in eval mode."""
 
     layer: int
-    entropy: float
-    min_usage: float
-    max_usage: float
-    usage: list[float]
-    dropped: float | None
+    entropy: float = Field(description="nats, unnormalised")
+    min_usage: float = Field(description="percent of the assignments")
+    max_usage: float = Field(description="percent of the assignments")
+    usage: list[float] = Field(description="percent of the assignments, per expert")
+    dropped: float | None = Field(
+        description="share of the assignments over the training capacity (per batch of the "
+        "run's batch size): what training would drop at this routing; evaluation drops none"
+    )
+
+
+class ExpertStatsRead(EvalExpertStatsRead):
+    """One MoE layer's routing over the epoch's training steps, as routed during training."""
+
+    dropped: float | None = Field(description="share of the epoch's assignments dropped")
+    max_step_load: float | None = Field(
+        description="percent: the largest share of one step's assignments that any expert took"
+    )
 
 
 class EpochRead(BaseModel):
     epoch: int
-    train: Losses
+    train: Losses = Field(description="averaged over the epoch's steps, in training mode")
+    train_eval: EvalLosses | None = Field(
+        description="the epoch's weights in eval mode on a fixed training subset as large as "
+        "the validation set (null: not evaluated); the gap is val.ce_loss - this"
+    )
     val: Losses | None
     tokens_per_sec: float
     steps: int
@@ -132,7 +164,13 @@ class EpochRead(BaseModel):
     optimizer_time: float
     gating_temperature: float | None
     duration: float | None = Field(description="wall-clock seconds, training and evaluation")
-    expert_stats: list[ExpertStatsRead]
+    expert_stats: list[ExpertStatsRead] = Field(
+        description="over the epoch's training steps, as routed during training"
+    )
+    eval_expert_stats: list[EvalExpertStatsRead] = Field(
+        description="the epoch's weights over the whole validation set in eval mode; dropped "
+        "= share of assignments over the training capacity"
+    )
 
 
 class MetricsRead(BaseModel):
@@ -141,12 +179,27 @@ class MetricsRead(BaseModel):
     epochs: list[EpochRead]
 
 
+class EpochLosses(BaseModel):
+    loss: float | None
+    ce_loss: float | None
+    aux_loss: float | None
+    epoch: int | None = Field(description="whose weights: the epoch kept")
+
+
 class ResultRead(BaseModel):
-    """What the engine's run_single_experiment returned: metrics is Trainer.get_metrics()."""
+    """What the engine's run_single_experiment returned: metrics is Trainer.get_metrics().
+    Fields the run predates are null."""
 
     config: dict[str, Any]
     metrics: dict[str, Any]
     params: int
+    active_params: int | None = Field(description="parameters one token passes through")
+    test: EpochLosses | None = Field(description="the kept weights on the test split")
+    evaluation: dict[str, Any] | None = Field(
+        description="how validation and test were computed: capacity_factor (null: nothing "
+        "dropped), train_subset_blocks (the train_eval subset)"
+    )
+    seed: int | None = Field(description="base.seed")
 
 
 class VerdictRead(BaseModel):
@@ -157,6 +210,11 @@ class VerdictRead(BaseModel):
     secondary: dict[str, Any]
     tertiary: dict[str, Any]
     passed: bool
+    seeds: int = Field(1, description="one run against one dense run")
+    significant: bool | None = Field(
+        None, description="always null: one seed says nothing of noise (see a study's seeds)"
+    )
+    significance_note: str | None = None
 
 
 class StudyMember(BaseModel):

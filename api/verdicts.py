@@ -6,6 +6,7 @@ from typing import Any
 
 from moe_core.criteria import judge
 from store.models import Experiment, Status
+from store.runs import stored_result
 
 
 class NoVerdict(Exception):
@@ -24,9 +25,7 @@ def verdict(experiment: Experiment, baseline: Experiment | None) -> dict[str, An
     for run, role in ((experiment, "experiment"), (baseline, "baseline")):
         if run.status != Status.succeeded:
             raise NoVerdict(f"{role} {run.id} is {run.status}; a verdict needs both runs succeeded")
-    return {"baseline_id": baseline.id, **judge(_result(experiment), _result(baseline))}
-
-
-def _result(run: Experiment) -> dict[str, Any]:
-    # The shape run_single_experiment returns, rebuilt from the stored run.
-    return {"config": run.config, "metrics": run.metrics or {}, "params": run.params or 0}
+    return {
+        "baseline_id": baseline.id,
+        **judge(stored_result(experiment), stored_result(baseline)),
+    }

@@ -169,7 +169,7 @@ def read_result(*, experiment_id: int, session: SessionDep) -> dict:
             status.HTTP_409_CONFLICT,
             f"experiment {experiment_id} is {experiment.status}; a result needs it succeeded",
         )
-    return {"config": experiment.config, "metrics": experiment.metrics, "params": experiment.params}
+    return runs.stored_result(experiment)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
 from store.db import session_scope
 from store.models import Experiment
 from tests.conftest import micro_base, queued_messages
+from tests.factories import result, succeed
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 
@@ -197,6 +198,22 @@ def test_studies_validate_and_queue_a_dense_run_plus_members(
     assert study["status"] == "queued"
     listed = client.get("/studies").json()
     assert study["id"] in [item["id"] for item in listed["items"]]
+
+
+def test_a_succeeded_run_shows_its_test_loss_active_params_and_evaluation(client, service_settings):
+    run = submit(client, preset="top2").json()
+    assert (run["active_params"], run["test_loss"], run["best_val_ce_loss"]) == (None,) * 3
+    whole = result(4.5, params=2000)
+    succeed(service_settings.database_url, run["id"], whole)
+
+    read = client.get(f"/experiments/{run['id']}").json()
+    assert (read["params"], read["active_params"]) == (2000, 1000)
+    assert read["best_val_ce_loss"] == 4.5
+    assert (read["test_loss"], read["test_ce_loss"]) == (pytest.approx(4.6), pytest.approx(4.6))
+    served = client.get(f"/experiments/{run['id']}/result").json()
+    assert served["active_params"] == 1000 and served["params"] == 2000
+    assert served["test"] == whole["test"] and served["evaluation"] == whole["evaluation"]
+    assert served["seed"] == run["base"]["seed"] and served["metrics"] == whole["metrics"]
 
 
 def test_presets_list_the_four_experiments_and_the_bases(client):

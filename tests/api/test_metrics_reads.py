@@ -70,3 +70,39 @@ def test_metrics_of_a_running_run_are_cached_for_max_age_and_a_finished_runs_for
             session.commit()
         time.sleep(0.6)
         assert api.get(path).json() == final
+
+
+def test_metrics_serve_training_and_evaluation_statistics_apart_and_say_which_is_which(
+    database, experiment_id, tmp_path
+):
+    from api.schemas import MetricsRead
+
+    settings = Settings(home=tmp_path / "home", database_url=database, metrics_max_age=0)
+    path = f"/experiments/{experiment_id}/metrics"
+    claim(database, experiment_id, "a")
+    write(database, experiment_id, "a", record(1, 5.0))
+    with make_client(settings) as api:
+        first = api.get(path)
+        body = first.json()
+        # serialised by hand, still exactly the documented model
+        assert MetricsRead.model_validate(body).model_dump(mode="json") == body
+        (epoch,) = body["epochs"]
+        assert epoch["train_eval"] == {"ce_loss": 4.95}
+        assert [s["max_step_load"] for s in epoch["expert_stats"]] == [30.0, 30.0]
+        assert [s["min_usage"] for s in epoch["eval_expert_stats"]] == [0.0, 0.0]
+        assert all("max_step_load" not in s for s in epoch["eval_expert_stats"])
+
+        # A replay that changes only the evaluation's statistics is a new answer.
+        replay = record(1, 5.0)
+        replay["eval_expert_stats"][1]["dropped"] = 0.5
+        write(database, experiment_id, "a", replay)
+        second = api.get(path, headers={"If-None-Match": first.headers["etag"]})
+        assert second.status_code == 200 and second.headers["etag"] != first.headers["etag"]
+        assert second.json()["epochs"][0]["eval_expert_stats"][1]["dropped"] == 0.5
+
+        schema = api.get("/openapi.json").json()["components"]["schemas"]["EpochRead"]
+        described = {name: field.get("description", "") for name, field in
+                     schema["properties"].items()}  # fmt: skip
+        assert "training steps, as routed during training" in described["expert_stats"]
+        assert "whole validation set in eval mode" in described["eval_expert_stats"]
+        assert "training capacity" in described["eval_expert_stats"]
