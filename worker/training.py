@@ -89,6 +89,8 @@ def run_experiment(
                 # The dense baseline's weights are kept, as the spec's main() keeps
                 # dense_model.pt.
                 model_path=directory / "model.pt" if dense else None,
+                # The kept weights on the test split: the result's `test`.
+                test_dataset=data.test,
                 verbose=False,
             )
         except TrainingCancelled as stop:

@@ -78,17 +78,31 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert [epoch["epoch"] for epoch in epochs] == [1, 2, 3, 4]
     for epoch in epochs:
         assert epoch["train"]["loss"] > 0 and epoch["val"]["ce_loss"] > 0
+        assert epoch["train_eval"]["ce_loss"] > 0  # eval mode, on a training subset
         assert epoch["steps"] > 0 and epoch["tokens_per_sec"] > 0 and epoch["duration"] > 0
         assert epoch["gating_temperature"] == 1.0
-        assert [stats["layer"] for stats in epoch["expert_stats"]] == [2, 4]
-        usage = epoch["expert_stats"][0]["usage"]
-        assert len(usage) == 8 and sum(usage) == pytest.approx(100, abs=0.5)
+        # two kinds of routing statistics: over the training steps, and the epoch's weights
+        # over the validation set
+        for kind in ("expert_stats", "eval_expert_stats"):
+            assert [stats["layer"] for stats in epoch[kind]] == [2, 4], kind
+            usage = epoch[kind][0]["usage"]
+            assert len(usage) == 8 and sum(usage) == pytest.approx(100, abs=0.5)
+        for stats in epoch["expert_stats"]:  # a step's peak is at least the epoch's
+            assert stats["max_step_load"] >= stats["max_usage"] - 1e-6
 
     final = api.get(f"/experiments/{run['id']}").json()
     assert final["current_epoch"] == final["num_epochs"] == 4
     assert final["device"] == "cpu" and final["attempts"] == 1
     assert final["params"] > 0 and final["best_val_loss"] > 0
+    assert 0 < final["active_params"] < final["params"]  # top-1 of 8 experts
+    assert final["best_val_ce_loss"] > 0 and final["test_ce_loss"] > 0
+    assert final["test_loss"] >= final["test_ce_loss"]  # plus the aux loss
     assert final["started_at"] <= final["finished_at"]
+    result = api.get(f"/experiments/{run['id']}/result").json()
+    assert result["test"]["ce_loss"] == pytest.approx(final["test_ce_loss"])
+    assert 1 <= result["test"]["epoch"] <= 4 and result["evaluation"] is not None
+    assert result["active_params"] == final["active_params"]
+    assert result["metrics"]["best_val_ce_loss"] == pytest.approx(final["best_val_ce_loss"])
     checkpoint = settings.artifact_dir / "runs" / final["run_key"] / "checkpoint.pt"
     assert checkpoint.is_file()
 
