@@ -59,6 +59,14 @@ class StudyCreate(BaseModel):
         default_factory=lambda: ["baseline", "top2", "strong_reg", "throughput_opt"],
         min_length=1,
     )
+    seeds: int = Field(
+        1,
+        ge=1,
+        le=10,
+        strict=True,
+        description="run the dense baseline and each preset once per seed (base.seed, "
+        "base.seed + 1, ...); each preset's verdict then reports mean ± SE over the seeds",
+    )
 
     @field_validator("experiments")
     @classmethod
@@ -218,16 +226,17 @@ class VerdictRead(BaseModel):
 
 
 class StudyMember(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     id: int
     name: str
     preset: str | None
     dense: bool
+    seed: int = Field(description="base.seed of this run")
+    baseline_id: int | None = Field(description="the dense run of the same seed")
     status: Status
     current_epoch: int
     num_epochs: int
     best_val_loss: float | None
+    best_val_ce_loss: float | None
     error: str | None
 
 
@@ -237,11 +246,55 @@ class VerdictRow(BaseModel):
 
     experiment_id: int
     name: str
+    preset: str | None
+    seed: int
+    baseline_id: int | None = Field(description="the dense run of the same seed")
     status: Status
     passed: bool | None
     primary_passed: bool | None
     tertiary_passed: bool | None
     verdict: VerdictRead | None
+    detail: str | None
+
+
+class Delta(BaseModel):
+    """A difference against dense, paired by seed: mean and standard error over the seeds."""
+
+    mean: float | None
+    se: float | None = Field(description="standard error of the mean; null with one seed")
+    n: int | None
+
+
+class SeedVerdict(BaseModel):
+    seed: int
+    experiment_id: int
+    baseline_id: int
+    passed: bool
+    primary_passed: bool
+    tertiary_passed: bool
+    val_loss_delta: float | None = Field(description="best val CE minus dense's, this seed")
+
+
+class PresetVerdict(BaseModel):
+    """A preset over all the study's seeds (moe_core.criteria.judge_seeds), each seed's run
+    paired with the dense run of its seed; null fields (with a `detail`) until every one of
+    them has succeeded."""
+
+    preset: str
+    seeds: list[int]
+    experiment_ids: list[int]
+    passed: bool | None = Field(description="the spec's rule applied to the means")
+    primary_passed: bool | None
+    tertiary_passed: bool | None
+    significant: bool | None = Field(
+        description="the difference is beyond two standard errors; null with one seed "
+        "(unknown, not guessed)"
+    )
+    significance_note: str | None
+    val_loss_delta: Delta | None = Field(description="best val CE minus dense's, over seeds")
+    gap_delta: Delta | None = Field(description="val-train gap minus dense's, over seeds")
+    per_seed: list[SeedVerdict]
+    verdict: dict[str, Any] | None = Field(description="judge_seeds' verdict, whole")
     detail: str | None
 
 
@@ -251,10 +304,13 @@ class StudyRead(BaseModel):
     base_preset: str | None
     base: dict[str, Any]
     experiments: list[str]
+    seeds: int
     status: Status
-    dense_id: int
+    dense_id: int = Field(description="the dense run of the first seed (base.seed)")
+    dense_ids: list[int] = Field(description="the dense run of each seed, in seed order")
     members: list[StudyMember]
-    verdicts: list[VerdictRow]
+    verdicts: list[VerdictRow] = Field(description="one per MoE run, against its seed's dense")
+    preset_verdicts: list[PresetVerdict] = Field(description="one per preset, over the seeds")
     created_at: datetime
 
 
@@ -262,7 +318,9 @@ class StudySummary(BaseModel):
     id: int
     name: str
     status: Status
+    seeds: int
     dense_id: int
+    dense_ids: list[int]
     member_ids: list[int]
     created_at: datetime
 

@@ -1,10 +1,11 @@
-"""A study's aggregate status and verdict table, derived from its member runs."""
+"""A study's aggregate status and verdict tables, derived from its member runs: one row per
+MoE run (against the dense run of its seed), and one per preset over all the seeds."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from api.verdicts import NoVerdict, verdict
+from api.verdicts import NoVerdict, seeds_verdict, verdict
 from store.models import FINISHED, Experiment, Status, Study
 
 
@@ -20,53 +21,136 @@ def study_status(members: list[Experiment]) -> Status:
 
 
 def study_summary(study: Study) -> dict[str, Any]:
-    dense = _dense(study)
+    dense_ids = [member.id for member in _by_seed(study.members) if member.dense]
     return {
         "id": study.id,
         "name": study.name,
         "status": study_status(study.members),
-        "dense_id": dense.id,
+        "seeds": study.seeds,
+        "dense_id": dense_ids[0],
+        "dense_ids": dense_ids,
         "member_ids": [member.id for member in study.members],
         "created_at": study.created_at,
     }
 
 
 def study_read(study: Study) -> dict[str, Any]:
-    dense = _dense(study)
-    rows = []
-    for member in study.members:
-        if member.dense:
-            continue
-        try:
-            judged: dict[str, Any] | None = verdict(member, dense)
-            detail = None
-        except NoVerdict as exc:
-            judged, detail = None, str(exc)
-        rows.append(
-            {
-                "experiment_id": member.id,
-                "name": member.name,
-                "status": member.status,
-                "passed": judged["passed"] if judged else None,
-                "primary_passed": judged["primary"]["passed"] if judged else None,
-                "tertiary_passed": judged["tertiary"]["passed"] if judged else None,
-                "verdict": judged,
-                "detail": detail,
-            }
-        )
+    by_id = {member.id: member for member in study.members}
+    moe = [member for member in _by_seed(study.members) if not member.dense]
     return {
-        "id": study.id,
-        "name": study.name,
+        **study_summary(study),
         "base_preset": study.base_preset,
         "base": study.base,
         "experiments": study.experiment_presets,
-        "status": study_status(study.members),
-        "dense_id": dense.id,
-        "members": study.members,
-        "verdicts": rows,
-        "created_at": study.created_at,
+        "members": [_member(member) for member in study.members],
+        "verdicts": [_member_verdict(member, by_id.get(member.baseline_id)) for member in moe],
+        "preset_verdicts": [
+            _preset_verdict(preset, [m for m in moe if m.preset == preset], by_id)
+            for preset in study.experiment_presets
+        ],
     }
 
 
-def _dense(study: Study) -> Experiment:
-    return next(member for member in study.members if member.dense)
+def _member(member: Experiment) -> dict[str, Any]:
+    return {
+        "id": member.id,
+        "name": member.name,
+        "preset": member.preset,
+        "dense": member.dense,
+        "seed": _seed(member),
+        "baseline_id": member.baseline_id,
+        "status": member.status,
+        "current_epoch": member.current_epoch,
+        "num_epochs": member.num_epochs,
+        "best_val_loss": member.best_val_loss,
+        "best_val_ce_loss": member.best_val_ce_loss,
+        "error": member.error,
+    }
+
+
+def _member_verdict(member: Experiment, baseline: Experiment | None) -> dict[str, Any]:
+    try:
+        judged: dict[str, Any] | None = verdict(member, baseline)
+        detail = None
+    except NoVerdict as exc:
+        judged, detail = None, str(exc)
+    return {
+        "experiment_id": member.id,
+        "name": member.name,
+        "preset": member.preset,
+        "seed": _seed(member),
+        "baseline_id": member.baseline_id,
+        "status": member.status,
+        "passed": judged["passed"] if judged else None,
+        "primary_passed": judged["primary"]["passed"] if judged else None,
+        "tertiary_passed": judged["tertiary"]["passed"] if judged else None,
+        "verdict": judged,
+        "detail": detail,
+    }
+
+
+def _preset_verdict(
+    preset: str, members: list[Experiment], by_id: dict[int, Experiment]
+) -> dict[str, Any]:
+    """judge_seeds over the preset's runs, each paired with the dense run of its seed."""
+    pairs = [(member, by_id.get(member.baseline_id)) for member in members]
+    row: dict[str, Any] = {
+        "preset": preset,
+        "seeds": [_seed(member) for member in members],
+        "experiment_ids": [member.id for member in members],
+        "passed": None,
+        "primary_passed": None,
+        "tertiary_passed": None,
+        "significant": None,
+        "significance_note": None,
+        "val_loss_delta": None,
+        "gap_delta": None,
+        "per_seed": [],
+        "verdict": None,
+        "detail": None,
+    }
+    try:
+        judged = seeds_verdict(pairs)
+    except NoVerdict as exc:
+        return {**row, "detail": f"judged once every seed's pair has succeeded: {exc}"}
+    primary = judged["primary"]
+    return {
+        **row,
+        "passed": judged["passed"],
+        "primary_passed": primary["passed"],
+        "tertiary_passed": judged["tertiary"]["passed"],
+        "significant": judged["significant"],
+        "significance_note": judged.get("significance_note"),
+        "val_loss_delta": _delta(primary.get("val_loss_delta")),
+        "gap_delta": _delta(primary.get("gap_delta")),
+        "per_seed": [
+            {
+                "seed": _seed(member),
+                "experiment_id": member.id,
+                "baseline_id": member.baseline_id,
+                "passed": single["passed"],
+                "primary_passed": single["primary"]["passed"],
+                "tertiary_passed": single["tertiary"]["passed"],
+                "val_loss_delta": single["primary"].get("val_loss_delta"),
+            }
+            for member, single in zip(members, judged["per_seed"], strict=True)
+        ],
+        "verdict": judged,
+    }
+
+
+def _delta(value: dict[str, Any] | float | None) -> dict[str, Any] | None:
+    """judge_seeds' {mean, se, n}; with one seed it returns the single verdict, whose
+    difference is a plain number: the same shape here, with no standard error."""
+    if value is None or isinstance(value, dict):
+        return value
+    return {"mean": value, "se": None, "n": 1}
+
+
+def _seed(member: Experiment) -> int:
+    return member.base["seed"]
+
+
+def _by_seed(members: list[Experiment]) -> list[Experiment]:
+    """Members in seed order (ids order them within a seed)."""
+    return sorted(members, key=lambda member: (_seed(member), member.id))

@@ -1,10 +1,10 @@
-"""Success criteria of an experiment against its dense baseline (moe_core.criteria)."""
+"""Success criteria of experiments against their dense baselines (moe_core.criteria)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from moe_core.criteria import judge
+from moe_core.criteria import judge, judge_seeds
 from store.models import Experiment, Status
 from store.runs import stored_result
 
@@ -15,6 +15,24 @@ class NoVerdict(Exception):
 
 def verdict(experiment: Experiment, baseline: Experiment | None) -> dict[str, Any]:
     """The criteria's verdict, with the baseline's id; raises NoVerdict."""
+    baseline = _judgeable(experiment, baseline)
+    return {
+        "baseline_id": baseline.id,
+        **judge(stored_result(experiment), stored_result(baseline)),
+    }
+
+
+def seeds_verdict(pairs: list[tuple[Experiment, Experiment | None]]) -> dict[str, Any]:
+    """One preset over several seeds: each run paired with its seed's dense baseline
+    (judge_seeds pairs results by position); raises NoVerdict while any pair can't be judged."""
+    judged = [(run, _judgeable(run, baseline)) for run, baseline in pairs]
+    return judge_seeds(
+        [stored_result(run) for run, _ in judged],
+        [stored_result(baseline) for _, baseline in judged],
+    )
+
+
+def _judgeable(experiment: Experiment, baseline: Experiment | None) -> Experiment:
     if experiment.dense:
         raise NoVerdict(f"experiment {experiment.id} is a dense baseline; it has no verdict")
     if baseline is None:
@@ -25,7 +43,4 @@ def verdict(experiment: Experiment, baseline: Experiment | None) -> dict[str, An
     for run, role in ((experiment, "experiment"), (baseline, "baseline")):
         if run.status != Status.succeeded:
             raise NoVerdict(f"{role} {run.id} is {run.status}; a verdict needs both runs succeeded")
-    return {
-        "baseline_id": baseline.id,
-        **judge(stored_result(experiment), stored_result(baseline)),
-    }
+    return baseline

@@ -33,17 +33,29 @@ def create_study(
         base=base,
         base_preset=body.base_preset,
         presets=list(body.experiments),
+        seeds=body.seeds,
     )
-    common = {"session": session, "base": base, "base_preset": body.base_preset, "study": study}
-    dense_run = runs.create_experiment(name="dense", config=dense, dense=True, **common)
-    members = [
-        runs.create_experiment(
-            name=preset, config=config, preset=preset, baseline_id=dense_run.id, **common
+    experiments = []
+    for seed in range(base.seed, base.seed + body.seeds):
+        common = {
+            "session": session,
+            "base": base.model_copy(update={"seed": seed}),
+            "base_preset": body.base_preset,
+            "study": study,
+        }
+        dense_run = runs.create_experiment(
+            name=_member_name("dense", seed, body.seeds), config=dense, dense=True, **common
         )
-        for preset, config in configs.items()
-    ]
-    # The dense run first: with one worker, the baseline is known before the others end.
-    submit(session=session, queue=queue, experiments=[dense_run, *members])
+        experiments.append(dense_run)
+        for preset, config in configs.items():
+            name = _member_name(preset, seed, body.seeds)
+            experiments.append(
+                runs.create_experiment(
+                    name=name, config=config, preset=preset, baseline_id=dense_run.id, **common
+                )
+            )
+    # Each seed's dense run first: with one worker, a baseline is known before its runs end.
+    submit(session=session, queue=queue, experiments=experiments)
     response.headers["Location"] = f"/studies/{study.id}"
     return study_read(_get_or_404(session, study.id))
 
@@ -62,6 +74,11 @@ def list_studies(
 @router.get("/{study_id}", response_model=StudyRead)
 def read_study(*, study_id: int, session: SessionDep) -> dict:
     return study_read(_get_or_404(session, study_id))
+
+
+def _member_name(name: str, seed: int, seeds: int) -> str:
+    """One seed keeps the names of old; with several, a name says its seed."""
+    return name if seeds == 1 else f"{name} (seed {seed})"
 
 
 def _get_or_404(session: SessionDep, study_id: int) -> Study:

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
 from store.db import session_scope
-from store.models import Experiment
+from store.models import Experiment, Study
 from tests.conftest import micro_base, queued_messages
 from tests.factories import result, succeed
 
@@ -188,7 +188,7 @@ def test_studies_validate_and_queue_a_dense_run_plus_members(
     assert response.headers["location"] == f"/studies/{study['id']}"
     assert study["experiments"] == list(EXPERIMENT_PRESETS)  # default: all four
     members = {member["name"]: member for member in study["members"]}
-    assert set(members) == {"dense", *EXPERIMENT_PRESETS}
+    assert set(members) == {"dense", *EXPERIMENT_PRESETS}  # one seed: the names of old
     assert members["dense"]["dense"] and members["dense"]["id"] == study["dense_id"]
     assert queued_messages(redis_client, broker_prefix) == queued + 5
     for row in study["verdicts"]:
@@ -196,8 +196,41 @@ def test_studies_validate_and_queue_a_dense_run_plus_members(
         member = client.get(f"/experiments/{row['experiment_id']}").json()
         assert member["baseline_id"] == study["dense_id"] and member["study_id"] == study["id"]
     assert study["status"] == "queued"
+    # one seed by default: the base's, and a verdict per preset that waits for its runs
+    seed = BASE_PRESETS["micro"].get("seed", BaseConfig().seed)
+    assert study["seeds"] == 1 and study["dense_ids"] == [study["dense_id"]]
+    assert {member["seed"] for member in study["members"]} == {seed}
+    assert [row["preset"] for row in study["preset_verdicts"]] == list(EXPERIMENT_PRESETS)
+    for row in study["preset_verdicts"]:
+        assert row["seeds"] == [seed] and row["passed"] is None and row["significant"] is None
+        assert "queued" in row["detail"] and row["per_seed"] == []
     listed = client.get("/studies").json()
-    assert study["id"] in [item["id"] for item in listed["items"]]
+    summary = next(item for item in listed["items"] if item["id"] == study["id"])
+    assert summary["seeds"] == 1 and summary["dense_ids"] == [study["dense_id"]]
+
+
+def study_rows(settings) -> int:
+    with session_scope(settings.database_url) as session:
+        return session.scalar(select(func.count()).select_from(Study))
+
+
+@pytest.mark.parametrize("seeds", [0, 11, -1, 1.5, 2.0, "2", True, None])
+def test_a_study_with_a_bad_seeds_value_is_422_naming_it_and_stores_nothing(
+    client, service_settings, redis_client, broker_prefix, seeds
+):
+    counted = (
+        experiment_rows(service_settings),
+        study_rows(service_settings),
+        queued_messages(redis_client, broker_prefix),
+    )
+    response = client.post("/studies", json={"name": "s", "base_preset": "micro", "seeds": seeds})
+    assert response.status_code == 422, response.text
+    assert ["body", "seeds"] in [error["loc"] for error in response.json()["detail"]]
+    assert counted == (
+        experiment_rows(service_settings),
+        study_rows(service_settings),
+        queued_messages(redis_client, broker_prefix),
+    )
 
 
 def test_a_succeeded_run_shows_its_test_loss_active_params_and_evaluation(client, service_settings):

@@ -3,6 +3,7 @@ Postgres and Redis, the engine on the micro base and a generated corpus."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -107,7 +108,9 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert checkpoint.is_file()
 
 
-def test_a_study_runs_dense_then_members_and_produces_verdicts(api, settings):
+def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api, settings):
+    """Issue 8's "done when": a 2-seed micro study reports Δ ± SE and `significant`, each
+    run judged against the dense run of its own seed; the per-run table stays as it was."""
     response = api.post(
         "/studies",
         json={
@@ -115,6 +118,7 @@ def test_a_study_runs_dense_then_members_and_produces_verdicts(api, settings):
             "base_preset": "micro",
             "base": micro_base(),
             "experiments": ["baseline", "top2"],
+            "seeds": 2,
         },
     )
     assert response.status_code == 201, response.text
@@ -124,29 +128,63 @@ def test_a_study_runs_dense_then_members_and_produces_verdicts(api, settings):
         body = api.get(f"/studies/{study['id']}").json()
         return body if body["status"] in FINISHED else None
 
-    body = wait_for(study_done, timeout=180, interval=0.3, what="the study")
+    body = wait_for(study_done, timeout=360, interval=0.3, what="the study")
+    print(json.dumps(body["preset_verdicts"], indent=1)[:6000])  # shown when it fails
     assert body["status"] == "succeeded", body["members"]
-    assert [row["name"] for row in body["verdicts"]] == ["baseline", "top2"]
+    seeds = [study["base"]["seed"], study["base"]["seed"] + 1]
+    assert [(row["preset"], row["seed"]) for row in body["verdicts"]] == [
+        (preset, seed) for seed in seeds for preset in ("baseline", "top2")
+    ]
+    dense_of = dict(zip(seeds, body["dense_ids"], strict=True))
     for row in body["verdicts"]:
         verdict = row["verdict"]
-        assert verdict["baseline_id"] == study["dense_id"]
+        assert row["name"] == f"{row['preset']} (seed {row['seed']})"
+        assert verdict["baseline_id"] == row["baseline_id"] == dense_of[row["seed"]]
         assert isinstance(verdict["primary"]["passed"], bool)
         assert verdict["primary"]["dense_val_loss"] > 0
         assert isinstance(verdict["tertiary"]["passed"], bool)
         assert verdict["passed"] == (verdict["primary"]["passed"] and verdict["tertiary"]["passed"])
-        assert row["passed"] == verdict["passed"]
+        assert row["passed"] == verdict["passed"] and verdict["significant"] is None
         # the same verdict from the experiment's own route
         single = api.get(f"/experiments/{row['experiment_id']}/verdict")
         assert single.status_code == 200 and single.json() == verdict
+    assert [row["preset"] for row in body["preset_verdicts"]] == ["baseline", "top2"]
+    for row in body["preset_verdicts"]:
+        assert row["detail"] is None and row["seeds"] == seeds
+        delta = row["val_loss_delta"]
+        assert delta["n"] == 2 and delta["se"] > 0 and isinstance(delta["mean"], float)
+        assert isinstance(row["significant"], bool)
+        assert row["significant"] == row["verdict"]["significant"]
+        assert isinstance(row["passed"], bool) and isinstance(row["tertiary_passed"], bool)
+        per_seed = {entry["seed"]: entry for entry in row["per_seed"]}
+        assert list(per_seed) == seeds
+        for seed, entry in per_seed.items():
+            assert entry["baseline_id"] == dense_of[seed]
+            member = next(
+                r for r in body["verdicts"] if r["experiment_id"] == entry["experiment_id"]
+            )
+            assert member["seed"] == seed and member["passed"] == entry["passed"]
+            assert entry["val_loss_delta"] == pytest.approx(
+                member["verdict"]["primary"]["val_loss_delta"]
+            )
+        assert delta["mean"] == pytest.approx(
+            sum(entry["val_loss_delta"] for entry in row["per_seed"]) / 2
+        )
+    # the two seeds really are two runs: different initialisations, different losses
+    dense_runs = [api.get(f"/experiments/{i}").json() for i in body["dense_ids"]]
+    assert [run["base"]["seed"] for run in dense_runs] == seeds
+    assert dense_runs[0]["best_val_ce_loss"] != dense_runs[1]["best_val_ce_loss"]
     # the engine's own result of each run is kept whole
     result = api.get(f"/experiments/{study['dense_id']}/result").json()
     assert result["params"] > 0 and result["config"]["name"] == "dense"
+    assert result["active_params"] == result["params"]  # dense: every parameter is active
+    assert result["seed"] == seeds[0] and result["test"]["ce_loss"] > 0
     assert len(result["metrics"]["train_losses"]) == 2  # get_metrics(), one entry per epoch
-    dense = api.get(f"/experiments/{study['dense_id']}").json()
-    assert result["metrics"]["best_val_loss"] == pytest.approx(dense["best_val_loss"])
-    # the dense baseline's weights are kept as an artifact
-    model = settings.artifact_dir / "runs" / dense["run_key"] / "model.pt"
-    assert model.is_file() and model.stat().st_size > 0
+    assert result["metrics"]["best_val_loss"] == pytest.approx(dense_runs[0]["best_val_loss"])
+    # the dense baselines' weights are kept as artifacts
+    for dense in dense_runs:
+        model = settings.artifact_dir / "runs" / dense["run_key"] / "model.pt"
+        assert model.is_file() and model.stat().st_size > 0
 
 
 def test_cancel_mid_run_keeps_finished_epochs(api):
