@@ -11,7 +11,7 @@ from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
 ExperimentPreset = Literal["baseline", "top2", "strong_reg", "throughput_opt"]
-BasePreset = Literal["tiny", "micro", "spec"]
+BasePreset = Literal["tiny", "small", "micro", "spec"]
 
 
 class ExperimentCreate(BaseModel):

@@ -93,7 +93,7 @@ def print_verdict_table(base_url: str, study: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-preset", default="micro", choices=["micro", "tiny", "spec"])
+    parser.add_argument("--base-preset", default="micro", choices=["micro", "tiny", "small", "spec"])
     parser.add_argument("--experiments", nargs="+", default=["baseline", "top2"])
     parser.add_argument("--epochs", type=int, help="override the base preset's num_epochs")
     parser.add_argument("--port", type=int, default=8765)
