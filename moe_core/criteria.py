@@ -233,8 +233,6 @@ def judge_seeds(
             f"{len(results)} runs and {len(dense_results)} dense runs: pair them by seed"
         )
     per_seed = [judge(r, d) for r, d in zip(results, dense_results, strict=True)]
-    if len(per_seed) == 1:
-        return {**per_seed[0], "per_seed": per_seed}
     prim = [v["primary"] for v in per_seed]
 
     def avg(key: str, section: list[Mapping[str, Any]]) -> float | None:
@@ -257,7 +255,7 @@ def judge_seeds(
         significant = primary["loss_significant"]
     else:
         significant = primary["gap_significant"]
-    primary["significant"] = significant
+    primary["significant"] = significant  # None with one seed: no standard error
 
     sec = [v["secondary"] for v in per_seed]
     secondary = {
@@ -285,7 +283,11 @@ def judge_seeds(
         "tertiary": tertiary,
         "passed": primary["passed"] and tertiary["passed"],
         "significant": significant,
-        "significance_note": None,
+        "significance_note": None
+        if significant is not None
+        else ONE_SEED_NOTE
+        if len(per_seed) == 1
+        else "significance unknown: too few seeds with a finite difference",
         "per_seed": per_seed,
     }
 

@@ -265,6 +265,7 @@ def main(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    commit = _commit()  # at the start: the code that runs, whatever changes meanwhile
 
     data = build_datasets(base)  # the seed changes initialisation and order, not the data
     if verbose:
@@ -323,7 +324,7 @@ def main(
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "commit": _commit(),
+        "commit": commit,
         "data": {
             "tokenizer": data.tokenizer_key,
             "vocab_size": data.tokenizer.get_vocab_size(),
