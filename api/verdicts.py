@@ -16,20 +16,24 @@ class NoVerdict(Exception):
 def verdict(experiment: Experiment, baseline: Experiment | None) -> dict[str, Any]:
     """The criteria's verdict, with the baseline's id; raises NoVerdict."""
     baseline = _judgeable(experiment, baseline)
-    return {
-        "baseline_id": baseline.id,
-        **judge(stored_result(experiment), stored_result(baseline)),
-    }
+    try:
+        judged = judge(stored_result(experiment), stored_result(baseline))
+    except ValueError as exc:  # e.g. a baseline without a finite validation loss
+        raise NoVerdict(f"experiment {experiment.id}: {exc}") from exc
+    return {"baseline_id": baseline.id, **judged}
 
 
 def seeds_verdict(pairs: list[tuple[Experiment, Experiment | None]]) -> dict[str, Any]:
     """One preset over several seeds: each run paired with its seed's dense baseline
     (judge_seeds pairs results by position); raises NoVerdict while any pair can't be judged."""
     judged = [(run, _judgeable(run, baseline)) for run, baseline in pairs]
-    return judge_seeds(
-        [stored_result(run) for run, _ in judged],
-        [stored_result(baseline) for _, baseline in judged],
-    )
+    try:
+        return judge_seeds(
+            [stored_result(run) for run, _ in judged],
+            [stored_result(baseline) for _, baseline in judged],
+        )
+    except ValueError as exc:
+        raise NoVerdict(str(exc)) from exc
 
 
 def _judgeable(experiment: Experiment, baseline: Experiment | None) -> Experiment:

@@ -265,3 +265,16 @@ def test_schema_literals_match_the_engine_presets():
 
     assert set(get_args(ExperimentPreset)) == set(EXPERIMENT_PRESETS)
     assert set(get_args(BasePreset)) == set(BASE_PRESETS)
+
+
+def test_a_baseline_without_a_validation_loss_is_a_409_not_a_500(client, service_settings):
+    dense = submit(client, dense=True).json()
+    judged = submit(client, baseline_id=dense["id"]).json()
+    empty = result(4.0, dense=True)
+    empty["metrics"].update(val_losses=[None, None], val_ce_losses=[None, None])  # stored NaN
+    empty["metrics"].pop("best_val_ce_loss", None)
+    succeed(service_settings.database_url, dense["id"], empty)
+    succeed(service_settings.database_url, judged["id"], result(3.9))
+    response = client.get(f"/experiments/{judged['id']}/verdict")
+    assert response.status_code == 409
+    assert "no validation loss" in response.json()["detail"]
