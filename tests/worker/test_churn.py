@@ -44,6 +44,7 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
         submitted: list[dict] = []
         t0 = time.monotonic()
         next_event = t0 + rng.uniform(4, 8)
+        action = None
         while time.monotonic() - t0 < CHAOS_SECONDS:
             now = time.monotonic() - t0
             for due in [d for d in pending if d <= now]:
@@ -57,9 +58,14 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
                 alive = {n: w for n, w in live.items() if w.process.poll() is None}
                 live.clear()
                 live.update(alive)
-                targets = sorted(busy_names() & set(alive)) or sorted(alive)
-                action = rng.choice(["kill", "term", "start"]) if alive else "start"
-                if action == "start" or not targets:
+                action = action or (rng.choice(["kill", "term", "start"]) if alive else "start")
+                targets = sorted(busy_names() & set(alive))
+                if action != "start" and not targets:
+                    # Only a worker with a run is worth killing: wait for one (on a loaded
+                    # machine workers take a while to start and claim).
+                    time.sleep(0.1)
+                    continue
+                if action == "start":
                     if len(alive) < MAX_WORKERS:
                         start_one()
                 else:
@@ -73,6 +79,7 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
                     if len(live) < 1 or rng.random() < 0.7:
                         start_one()
                 next_event = time.monotonic() + rng.uniform(2, 6)
+                action = None
             time.sleep(0.1)
 
         for _ in range(MAX_WORKERS - sum(w.process.poll() is None for w in live.values())):
