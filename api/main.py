@@ -13,10 +13,12 @@ from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import require_token
+from api.errors import error_responses
 from api.routes import experiments, health, operations, presets, studies
 from api.specs import SpecError
 from store.migrate import auto_migrate
@@ -50,20 +52,28 @@ async def _database_unreachable(request: Request, exc: Exception) -> Response:
     )
 
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="MoE lab",
         summary="Train and compare Mixture-of-Experts transformer experiments",
         version="0.1.0",
         lifespan=lifespan,
+        # Operation ids are the handlers' names (create_experiment), not FastAPI's
+        # create_experiment_experiments_post: generated clients get readable methods.
+        generate_unique_id_function=_operation_id,
     )
     app.add_exception_handler(SpecError, _spec_error)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)
     app.include_router(health.router)
     guarded = [Depends(require_token)]
-    for module in (experiments, studies, presets, operations):
-        app.include_router(module.router, dependencies=guarded)
+    app.include_router(presets.router, dependencies=guarded, responses=error_responses(401))
+    for module in (experiments, studies, operations):  # these read the database
+        app.include_router(module.router, dependencies=guarded, responses=error_responses(401, 503))
     return app
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic.fields import FieldInfo
 
+from moe_core.config import BaseConfig, ExperimentConfig
 from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
@@ -14,19 +16,60 @@ ExperimentPreset = Literal["baseline", "top2", "strong_reg", "throughput_opt"]
 BasePreset = Literal["tiny", "small", "micro", "spec"]
 
 
+def _overrides_of(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """`model`'s fields, each optional with its constraints and description kept, unknown
+    ones rejected: generated, so a request body cannot drift from the engine's config."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        description = info.description or ""
+        if default is not None or info.default_factory is not None:
+            description = f"{description} (spec default: {default!r})".lstrip()
+        override = FieldInfo.merge_field_infos(info, default=None, description=description)
+        override.default_factory = None
+        fields[field_name] = (info.annotation | None, override)
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+
+
+ConfigOverrides = _overrides_of(
+    ExperimentConfig,
+    "ConfigOverrides",
+    "ExperimentConfig fields over the preset's (or the spec defaults); any field left out "
+    "keeps its preset value. expert_dim follows the base's ffn_dim unless given.",
+)
+BaseOverrides = _overrides_of(
+    BaseConfig,
+    "BaseOverrides",
+    "BaseConfig fields over the base preset's; any field left out keeps the preset's value.",
+)
+
+
 class ExperimentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "top2-dropout",
+                    "preset": "top2",
+                    "base_preset": "tiny",
+                    "config": {"dropout": 0.2},
+                    "base": {"num_epochs": 2, "seed": 7},
+                }
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
     preset: ExperimentPreset | None = Field(
         None, description="start from one of the spec's four experiments"
     )
-    config: dict[str, Any] = Field(
-        default_factory=dict,
+    config: ConfigOverrides = Field(  # type: ignore[valid-type]
+        default_factory=ConfigOverrides,
         description="ExperimentConfig fields overriding the preset (or the spec defaults)",
     )
-    base: dict[str, Any] = Field(
-        default_factory=dict, description="BaseConfig fields overriding the base preset"
+    base: BaseOverrides = Field(  # type: ignore[valid-type]
+        default_factory=BaseOverrides, description="BaseConfig fields overriding the base preset"
     )
     base_preset: BasePreset | None = Field(None, description="default: the spec's base")
     dense: bool = Field(False, description="a dense baseline run (no MoE layers)")
@@ -50,10 +93,25 @@ class ExperimentCreate(BaseModel):
 
 
 class StudyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "first",
+                    "base_preset": "tiny",
+                    "base": {"num_epochs": 2},
+                    "experiments": ["baseline", "top2"],
+                    "seeds": 1,
+                }
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
-    base: dict[str, Any] = Field(default_factory=dict)
+    base: BaseOverrides = Field(  # type: ignore[valid-type]
+        default_factory=BaseOverrides, description="BaseConfig fields overriding the base preset"
+    )
     base_preset: BasePreset | None = None
     experiments: list[ExperimentPreset] = Field(
         default_factory=lambda: ["baseline", "top2", "strong_reg", "throughput_opt"],
@@ -74,6 +132,14 @@ class StudyCreate(BaseModel):
         if len(set(presets)) != len(presets):
             raise ValueError("experiments must not repeat a preset")
         return presets
+
+
+class ErrorDetail(BaseModel):
+    """Every error's body: a message, or (422) FastAPI's list of located errors."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description="what went wrong; for a 422, one entry per bad field with its `loc`"
+    )
 
 
 class ExperimentRead(BaseModel):

@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import QueueDep, SessionDep, SettingsDep
+from api.errors import error_responses
 from api.schemas import (
     ExperimentCreate,
     ExperimentList,
@@ -34,13 +35,24 @@ from store.models import FINISHED, Experiment, Status
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentRead)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentRead,
+    responses=error_responses(404, 422, e404="the baseline_id names no experiment"),
+)
 def create_experiment(
     *, body: ExperimentCreate, session: SessionDep, queue: QueueDep, response: Response
 ) -> Experiment:
-    base = resolve_base(base_preset=body.base_preset, overrides=body.base)
+    base = resolve_base(
+        base_preset=body.base_preset, overrides=body.base.model_dump(exclude_unset=True)
+    )
     config = resolve_config(
-        name=body.name, base=base, preset=body.preset, dense=body.dense, overrides=body.config
+        name=body.name,
+        base=base,
+        preset=body.preset,
+        dense=body.dense,
+        overrides=body.config.model_dump(exclude_unset=True),
     )
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id)
@@ -59,7 +71,7 @@ def create_experiment(
     return experiment
 
 
-@router.get("", response_model=ExperimentList)
+@router.get("", response_model=ExperimentList, responses=error_responses(422))
 def list_experiments(
     *,
     session: SessionDep,
@@ -71,13 +83,22 @@ def list_experiments(
     return {"items": items, "total": total}
 
 
-@router.get("/{experiment_id}", response_model=ExperimentRead)
+@router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
 def read_experiment(*, experiment_id: int, session: SessionDep) -> Experiment:
     return _get_or_404(session, experiment_id)
 
 
-@router.get("/{experiment_id}/metrics", response_model=MetricsRead)
-async def read_metrics(*, experiment_id: int, request: Request, settings: SettingsDep) -> Response:
+@router.get(
+    "/{experiment_id}/metrics",
+    response_model=MetricsRead,
+    responses={
+        304: {"description": "unchanged since the ETag given in If-None-Match"},
+        **error_responses(404, 422),
+    },
+)
+async def read_experiment_metrics(
+    *, experiment_id: int, request: Request, settings: SettingsDep
+) -> Response:
     # async, with the database only on a cache miss: dashboards poll this, and a hit should
     # cost no thread hop, no connection and no query.
     key = (settings.database_url, experiment_id)  # one process may serve several stores (tests)
@@ -160,7 +181,7 @@ _METRICS = _MetricsCache()
 @router.get(
     "/{experiment_id}/result",
     response_model=ResultRead,
-    responses={409: {"description": "the run has not succeeded"}},
+    responses=error_responses(404, 409, 422, e409="the run has not succeeded"),
 )
 def read_result(*, experiment_id: int, session: SessionDep) -> dict:
     experiment = _get_or_404(session, experiment_id)
@@ -175,7 +196,7 @@ def read_result(*, experiment_id: int, session: SessionDep) -> dict:
 @router.get(
     "/{experiment_id}/verdict",
     response_model=VerdictRead,
-    responses={409: {"description": "a run is unfinished, or there is no baseline"}},
+    responses=error_responses(404, 409, 422, e409="a run is unfinished, or there is no baseline"),
 )
 def read_verdict(*, experiment_id: int, session: SessionDep) -> dict:
     experiment = _get_or_404(session, experiment_id)
@@ -193,7 +214,7 @@ def read_verdict(*, experiment_id: int, session: SessionDep) -> dict:
 @router.post(
     "/{experiment_id}/cancel",
     response_model=ExperimentRead,
-    responses={409: {"description": "the run already succeeded or failed"}},
+    responses=error_responses(404, 409, 422, e409="the run already succeeded or failed"),
 )
 def cancel_experiment(
     *, experiment_id: int, session: SessionDep, settings: SettingsDep

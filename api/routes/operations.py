@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
-def read_metrics(*, settings: SettingsDep) -> Response:
+def read_prometheus_metrics(*, settings: SettingsDep) -> Response:
     """Runs by status, the queue's depth and age, live and busy workers, epochs and their
     duration, takeovers, handbacks and restarts, in Prometheus' text format."""
     return Response(exposition(settings), media_type=CONTENT_TYPE_LATEST)

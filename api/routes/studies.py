@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from api.deps import QueueDep, SessionDep
+from api.errors import error_responses
 from api.schemas import StudyCreate, StudyList, StudyRead
 from api.specs import resolve_base, resolve_config
 from api.study_report import study_read, study_summary
@@ -17,11 +18,18 @@ from store.models import Study
 router = APIRouter(prefix="/studies", tags=["studies"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyRead)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyRead,
+    responses=error_responses(422),
+)
 def create_study(
     *, body: StudyCreate, session: SessionDep, queue: QueueDep, response: Response
 ) -> dict:
-    base = resolve_base(base_preset=body.base_preset, overrides=body.base)
+    base = resolve_base(
+        base_preset=body.base_preset, overrides=body.base.model_dump(exclude_unset=True)
+    )
     configs = {
         preset: resolve_config(name=preset, base=base, preset=preset, overrides={})
         for preset in body.experiments
@@ -60,7 +68,7 @@ def create_study(
     return study_read(_get_or_404(session, study.id))
 
 
-@router.get("", response_model=StudyList)
+@router.get("", response_model=StudyList, responses=error_responses(422))
 def list_studies(
     *,
     session: SessionDep,
@@ -71,7 +79,7 @@ def list_studies(
     return {"items": [study_summary(study) for study in items], "total": total}
 
 
-@router.get("/{study_id}", response_model=StudyRead)
+@router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404, 422))
 def read_study(*, study_id: int, session: SessionDep) -> dict:
     return study_read(_get_or_404(session, study_id))
 
