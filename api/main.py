@@ -18,6 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import require_token
+from api.docs import add_docs
 from api.errors import error_responses
 from api.routes import experiments, health, operations, presets, studies
 from api.specs import SpecError
@@ -65,7 +66,10 @@ def create_app() -> FastAPI:
         # Operation ids are the handlers' names (create_experiment), not FastAPI's
         # create_experiment_experiments_post: generated clients get readable methods.
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # served by add_docs, from installed files rather than a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     app.add_exception_handler(SpecError, _spec_error)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)
