@@ -4,6 +4,7 @@ epoch, and none may be left running. Long: `-m 'not chaos'` skips it locally; CI
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.services, pytest.mark.chaos]
 
 RUNS = 30
 MAX_WORKERS = 3
-CHAOS_SECONDS = 50
+CHAOS_SECONDS = 60
 
 
 def test_runs_survive_workers_coming_and_going(deployment, start_worker):
@@ -43,8 +44,13 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
         pending = [rng.uniform(0, CHAOS_SECONDS * 0.6) for _ in range(RUNS)]
         submitted: list[dict] = []
         t0 = time.monotonic()
-        next_event = t0 + rng.uniform(4, 8)
-        action = None
+        next_event = t0 + rng.uniform(3, 5)
+        # Each kind of event in turn, so that every kind happens whatever the timing; a kill
+        # or a stop waits up to 2 s for a worker that holds a run (killing an idle one tests
+        # little), then takes any live one.
+        actions = itertools.cycle(("kill", "term", "start"))
+        action, waiting_since = None, 0.0
+        busy_kills = busy_terms = 0
         while time.monotonic() - t0 < CHAOS_SECONDS:
             now = time.monotonic() - t0
             for due in [d for d in pending if d <= now]:
@@ -58,27 +64,26 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
                 alive = {n: w for n, w in live.items() if w.process.poll() is None}
                 live.clear()
                 live.update(alive)
-                action = action or (rng.choice(["kill", "term", "start"]) if alive else "start")
-                targets = sorted(busy_names() & set(alive))
-                if action != "start" and not targets:
-                    # Only a worker with a run is worth killing: wait for one (on a loaded
-                    # machine workers take a while to start and claim).
+                if action is None:
+                    action, waiting_since = next(actions), time.monotonic()
+                busy = sorted(busy_names() & set(alive))
+                if action != "start" and not busy and time.monotonic() - waiting_since < 2:
                     time.sleep(0.1)
                     continue
-                if action == "start":
+                if action == "start" or not alive:
                     if len(alive) < MAX_WORKERS:
                         start_one()
                 else:
-                    victim = live.pop(rng.choice(targets))
+                    victim = live.pop(rng.choice(busy or sorted(alive)))
                     if action == "kill":
                         victim.kill()
-                        kills += 1
+                        kills, busy_kills = kills + 1, busy_kills + bool(busy)
                     else:
                         victim.terminate()
-                        terms += 1
+                        terms, busy_terms = terms + 1, busy_terms + bool(busy)
                     if len(live) < 1 or rng.random() < 0.7:
                         start_one()
-                next_event = time.monotonic() + rng.uniform(2, 6)
+                next_event = time.monotonic() + rng.uniform(1.5, 4)
                 action = None
             time.sleep(0.1)
 
@@ -98,5 +103,8 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
         else:  # only the restart cap may end a run otherwise
             assert run["status"] == "failed" and "MOE_MAX_RESTARTS" in run["error"], run
         assert_one_row_per_epoch(settings.database_url, run)
-    assert sum(r["restarts"] for r in runs) >= 1 and sum(r["handbacks"] for r in runs) >= 1
+    # What the storm did to runs: a busy worker killed means a takeover, one stopped a handback.
+    assert busy_kills + busy_terms >= 1, (busy_kills, busy_terms)
+    assert sum(r["restarts"] for r in runs) >= (1 if busy_kills else 0)
+    assert sum(r["handbacks"] for r in runs) >= (1 if busy_terms >= 2 else 0)
     assert sum(r["status"] == "succeeded" for r in runs) >= RUNS - 2
