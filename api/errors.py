@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from fastapi import Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from api.schemas import ErrorDetail
 
@@ -22,3 +28,34 @@ def error_responses(*codes: int, **meanings: str) -> dict[int | str, dict[str, A
         code: {"model": ErrorDetail, "description": meanings.get(f"e{code}", _MEANING[code])}
         for code in codes
     }
+
+
+# How much of a bad input a 422 echoes back: enough to see it, never the whole of a huge one.
+ECHO_CHARS = 200
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 body, with each error's `input` made safe to send: strings cut to
+    ECHO_CHARS and made UTF-8 (a lone surrogate would fail to encode: a 500), non-finite
+    numbers as text, large structures left out."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{**error, "input": _echo(error.get("input"))} for error in exc.errors()]
+    errors = [{key: _echo(value) for key, value in error.items()} for error in errors]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def _echo(value: Any) -> Any:
+    if isinstance(value, str):
+        safe = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return safe if len(safe) <= ECHO_CHARS else safe[:ECHO_CHARS] + "..."
+    if isinstance(value, bytes):
+        return _echo(value.decode("utf-8", "backslashreplace"))
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict | list | tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        if len(value) > 20:
+            return f"({type(value).__name__} of {len(value)} items, not echoed)"
+        echoed = {_echo(key): _echo(item) for key, item in items}
+        return echoed if isinstance(value, dict) else list(echoed.values())
+    return value

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response, status
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -19,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import require_token
 from api.docs import add_docs
-from api.errors import error_responses
+from api.errors import error_responses, validation_error
 from api.routes import experiments, health, operations, presets, studies
 from api.specs import SpecError
 from store.migrate import auto_migrate
@@ -36,7 +35,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _spec_error(request: Request, exc: Exception) -> Response:
     # A config the engine rejects is a 422 like any other body error, located in the body.
     assert isinstance(exc, SpecError)
-    return await request_validation_exception_handler(request, RequestValidationError(exc.errors))
+    return await validation_error(request, RequestValidationError(exc.errors))
 
 
 # Seconds a client should wait before retrying while the database is unreachable.
@@ -70,6 +69,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     add_docs(app)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SpecError, _spec_error)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)

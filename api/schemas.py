@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic.fields import FieldInfo
 
+from api.specs import LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import BaseConfig, ExperimentConfig
 from store.models import Status
 
@@ -18,17 +19,34 @@ BasePreset = Literal["tiny", "small", "micro", "spec"]
 
 def _overrides_of(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
     """`model`'s fields, each optional with its constraints and description kept, unknown
-    ones rejected: generated, so a request body cannot drift from the engine's config."""
+    ones rejected: generated, so a request body cannot drift from the engine's config.
+    Sizes get the API's upper bounds (specs.LIMITS), strings and lists a maximum length;
+    the worker's own paths (specs.WORKER_ONLY) are not a client's to give."""
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
+        if field_name in WORKER_ONLY:
+            continue
+        bounds: dict[str, Any] = {}
+        if field_name in LIMITS:
+            bounds["le"] = LIMITS[field_name]
+        if info.annotation in (str, str | None) and not _has_max_length(info):
+            bounds["max_length"] = 200
+        if field_name == "moe_layers":
+            bounds["max_length"] = LIMITS["num_layers"]
         default = info.get_default(call_default_factory=True)
         description = info.description or ""
         if default is not None or info.default_factory is not None:
             description = f"{description} (spec default: {default!r})".lstrip()
-        override = FieldInfo.merge_field_infos(info, default=None, description=description)
-        override.default_factory = None
-        fields[field_name] = (info.annotation | None, override)
+        # the engine's constraints ride on the type; the API's bounds on the field
+        annotation = info.annotation | None
+        if info.metadata:
+            annotation = Annotated[annotation, *info.metadata]
+        fields[field_name] = (annotation, Field(None, description=description, **bounds))
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+
+
+def _has_max_length(info: FieldInfo) -> bool:
+    return any(getattr(item, "max_length", None) is not None for item in info.metadata)
 
 
 ConfigOverrides = _overrides_of(
@@ -40,7 +58,8 @@ ConfigOverrides = _overrides_of(
 BaseOverrides = _overrides_of(
     BaseConfig,
     "BaseOverrides",
-    "BaseConfig fields over the base preset's; any field left out keeps the preset's value.",
+    "BaseConfig fields over the base preset's; any field left out keeps the preset's value. "
+    "data_dir and cache_dir are the worker's (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's.",
 )
 
 
@@ -74,7 +93,10 @@ class ExperimentCreate(BaseModel):
     base_preset: BasePreset | None = Field(None, description="default: the spec's base")
     dense: bool = Field(False, description="a dense baseline run (no MoE layers)")
     baseline_id: int | None = Field(
-        None, description="the dense experiment this one's verdict is judged against"
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="the dense experiment this one's verdict is judged against",
     )
 
     @field_validator("dense")

@@ -1,7 +1,11 @@
-"""From a request's presets and partial overrides to full, validated engine configs."""
+"""From a request's presets and partial overrides to full, validated engine configs, and
+the checks that keep a config the engine would reject (or a GPU could not hold) off the
+queue."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,6 +17,26 @@ from moe_core.config import (
     dense_config,
     get_experiment_configs,
 )
+
+# The largest value a request may give each size: generous for research on one GPU, but a
+# valid-looking body cannot ask a worker for a model or a run it could never finish.
+# The README's "HTTP API" section states them.
+LIMITS: dict[str, int] = {
+    "hidden_dim": 4096,
+    "seq_len": 4096,
+    "num_layers": 48,
+    "num_heads": 64,
+    "ffn_dim": 16384,
+    "expert_dim": 16384,
+    "num_experts": 64,
+    "vocab_size": 65536,
+    "num_epochs": 1000,
+    "batch_size": 1024,
+}
+# Paths on a worker are the worker's to choose (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's.
+WORKER_ONLY = ("data_dir", "cache_dir")
+# The largest id a path or body may name: the database's ids are 32-bit.
+MAX_ID = 2**31 - 1
 
 
 class SpecError(ValueError):
@@ -59,3 +83,93 @@ def _located(exc: ValidationError, field: str) -> list[dict[str, Any]]:
         {**error, "loc": ("body", field, *error["loc"])}
         for error in exc.errors(include_url=False, include_context=False)
     ]
+
+
+def check_run(
+    *,
+    config: ExperimentConfig,
+    base: BaseConfig,
+    dense: bool,
+    config_loc: tuple[str, ...] = ("body", "config"),
+) -> None:
+    """What the engine would reject only on a worker, after the data is prepared: checked
+    on the resolved config as a whole. `config_loc` locates config errors in the body."""
+    errors = []
+    if not dense and config.top_k > base.num_experts:
+        errors.append(
+            _error(
+                (*config_loc, "top_k"),
+                f"top_k ({config.top_k}) exceeds base.num_experts ({base.num_experts})",
+                config.top_k,
+            )
+        )
+    batch_tokens = config.batch_size * (base.seq_len + 1)
+    if base.max_train_tokens is not None and base.max_train_tokens < batch_tokens:
+        errors.append(
+            _error(
+                ("body", "base", "max_train_tokens"),
+                f"{base.max_train_tokens} training tokens are fewer than one batch: "
+                f"batch_size ({config.batch_size}) x (seq_len + 1) = {batch_tokens}",
+                base.max_train_tokens,
+            )
+        )
+    if base.max_val_tokens is not None and base.max_val_tokens < base.seq_len + 1:
+        errors.append(
+            _error(
+                ("body", "base", "max_val_tokens"),
+                f"{base.max_val_tokens} validation tokens are fewer than one block of "
+                f"seq_len + 1 = {base.seq_len + 1}",
+                base.max_val_tokens,
+            )
+        )
+    if errors:
+        raise SpecError(errors)
+
+
+def check_base_batch_size(*, base_overrides: dict[str, Any], applies: bool) -> None:
+    """`base.batch_size` is the dense baseline's batch size (moe_core.config.dense_config);
+    a MoE run's is `config.batch_size`. Where it would not apply, it is refused rather than
+    silently ignored."""
+    if "batch_size" in base_overrides and not applies:
+        raise SpecError(
+            [
+                _error(
+                    ("body", "base", "batch_size"),
+                    "base.batch_size sets only a dense run's batch size; a MoE run's is "
+                    "config.batch_size (presets: 16, throughput_opt 32)",
+                    base_overrides["batch_size"],
+                )
+            ]
+        )
+
+
+def check_values(body: Any, loc: tuple[str | int, ...] = ("body",)) -> None:
+    """Numbers finite, strings storable: no NUL bytes (Postgres text refuses them) and no
+    lone surrogates (not UTF-8). JSON's 1e400 arrives as inf."""
+    errors = [_error(where, why, None) for where, why in _bad_values(body, loc)]
+    if errors:
+        raise SpecError(errors)
+
+
+def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple, str]]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield loc, "must be a finite number"
+    elif isinstance(value, str):
+        if "\x00" in value:
+            yield loc, "must not contain NUL bytes"
+        elif not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                yield loc, "must be valid UTF-8 (no lone surrogates)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _bad_values(key, (*loc, key)) if isinstance(key, str) else ()
+            yield from _bad_values(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _bad_values(item, (*loc, index))
+
+
+def _error(loc: tuple, msg: str, value: Any) -> dict[str, Any]:
+    return {"type": "value_error", "loc": loc, "msg": msg, "input": value}

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
+from api.params import ExperimentId, Offset, only_query
 from api.schemas import (
     ExperimentCreate,
     ExperimentList,
@@ -25,7 +26,13 @@ from api.schemas import (
     ResultRead,
     VerdictRead,
 )
-from api.specs import resolve_base, resolve_config
+from api.specs import (
+    check_base_batch_size,
+    check_run,
+    check_values,
+    resolve_base,
+    resolve_config,
+)
 from api.submit import submit
 from api.verdicts import NoVerdict, verdict
 from store import runs
@@ -44,9 +51,10 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 def create_experiment(
     *, body: ExperimentCreate, session: SessionDep, queue: QueueDep, response: Response
 ) -> Experiment:
-    base = resolve_base(
-        base_preset=body.base_preset, overrides=body.base.model_dump(exclude_unset=True)
-    )
+    check_values(body.model_dump(exclude_unset=True))
+    base_overrides = body.base.model_dump(exclude_unset=True)
+    check_base_batch_size(base_overrides=base_overrides, applies=body.dense)
+    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
     config = resolve_config(
         name=body.name,
         base=base,
@@ -54,6 +62,7 @@ def create_experiment(
         dense=body.dense,
         overrides=body.config.model_dump(exclude_unset=True),
     )
+    check_run(config=config, base=base, dense=body.dense)
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id)
     experiment = runs.create_experiment(
@@ -71,20 +80,25 @@ def create_experiment(
     return experiment
 
 
-@router.get("", response_model=ExperimentList, responses=error_responses(422))
+@router.get(
+    "",
+    response_model=ExperimentList,
+    responses=error_responses(422),
+    dependencies=[only_query("status", "limit", "offset")],
+)
 def list_experiments(
     *,
     session: SessionDep,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict:
     items, total = runs.list_experiments(session=session, status=status, limit=limit, offset=offset)
     return {"items": items, "total": total}
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
-def read_experiment(*, experiment_id: int, session: SessionDep) -> Experiment:
+def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Experiment:
     return _get_or_404(session, experiment_id)
 
 
@@ -97,7 +111,7 @@ def read_experiment(*, experiment_id: int, session: SessionDep) -> Experiment:
     },
 )
 async def read_experiment_metrics(
-    *, experiment_id: int, request: Request, settings: SettingsDep
+    *, experiment_id: ExperimentId, request: Request, settings: SettingsDep
 ) -> Response:
     # async, with the database only on a cache miss: dashboards poll this, and a hit should
     # cost no thread hop, no connection and no query.
@@ -183,7 +197,7 @@ _METRICS = _MetricsCache()
     response_model=ResultRead,
     responses=error_responses(404, 409, 422, e409="the run has not succeeded"),
 )
-def read_result(*, experiment_id: int, session: SessionDep) -> dict:
+def read_result(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
     experiment = _get_or_404(session, experiment_id)
     if experiment.status != Status.succeeded:
         raise HTTPException(
@@ -198,7 +212,7 @@ def read_result(*, experiment_id: int, session: SessionDep) -> dict:
     response_model=VerdictRead,
     responses=error_responses(404, 409, 422, e409="a run is unfinished, or there is no baseline"),
 )
-def read_verdict(*, experiment_id: int, session: SessionDep) -> dict:
+def read_verdict(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
     experiment = _get_or_404(session, experiment_id)
     baseline = (
         runs.get_experiment(session=session, experiment_id=experiment.baseline_id)
@@ -217,7 +231,7 @@ def read_verdict(*, experiment_id: int, session: SessionDep) -> dict:
     responses=error_responses(404, 409, 422, e409="the run already succeeded or failed"),
 )
 def cancel_experiment(
-    *, experiment_id: int, session: SessionDep, settings: SettingsDep
+    *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
 ) -> Experiment:
     experiment = _get_or_404(session, experiment_id)
     if experiment.status in (Status.succeeded, Status.failed):

@@ -8,8 +8,15 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from api.deps import QueueDep, SessionDep
 from api.errors import error_responses
+from api.params import Offset, StudyId, only_query
 from api.schemas import StudyCreate, StudyList, StudyRead
-from api.specs import resolve_base, resolve_config
+from api.specs import (
+    check_base_batch_size,
+    check_run,
+    check_values,
+    resolve_base,
+    resolve_config,
+)
 from api.study_report import study_read, study_summary
 from api.submit import submit
 from store import runs
@@ -27,14 +34,19 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 def create_study(
     *, body: StudyCreate, session: SessionDep, queue: QueueDep, response: Response
 ) -> dict:
-    base = resolve_base(
-        base_preset=body.base_preset, overrides=body.base.model_dump(exclude_unset=True)
-    )
+    check_values(body.model_dump(exclude_unset=True))
+    base_overrides = body.base.model_dump(exclude_unset=True)
+    # a study's MoE runs keep their presets' batch sizes: base.batch_size would not apply
+    check_base_batch_size(base_overrides=base_overrides, applies=False)
+    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
     configs = {
         preset: resolve_config(name=preset, base=base, preset=preset, overrides={})
         for preset in body.experiments
     }
+    for config in configs.values():
+        check_run(config=config, base=base, dense=False, config_loc=("body", "experiments"))
     dense = resolve_config(name="dense", base=base, dense=True, overrides={})
+    check_run(config=dense, base=base, dense=True)
     study = runs.create_study(
         session=session,
         name=body.name,
@@ -68,19 +80,24 @@ def create_study(
     return study_read(_get_or_404(session, study.id))
 
 
-@router.get("", response_model=StudyList, responses=error_responses(422))
+@router.get(
+    "",
+    response_model=StudyList,
+    responses=error_responses(422),
+    dependencies=[only_query("limit", "offset")],
+)
 def list_studies(
     *,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict:
     items, total = runs.list_studies(session=session, limit=limit, offset=offset)
     return {"items": [study_summary(study) for study in items], "total": total}
 
 
 @router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404, 422))
-def read_study(*, study_id: int, session: SessionDep) -> dict:
+def read_study(*, study_id: StudyId, session: SessionDep) -> dict:
     return study_read(_get_or_404(session, study_id))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from api.specs import LIMITS, WORKER_ONLY
 from moe_core.config import BaseConfig, ExperimentConfig
 from tests.conftest import micro_base
 
@@ -27,13 +28,18 @@ def test_config_and_base_are_typed_with_every_engine_field(openapi):
             typed = _schema(openapi, schemas[body]["properties"][name])
             assert typed.get("additionalProperties") is False, (body, name)
             engine = ExperimentConfig if name == "config" else BaseConfig
-            assert set(typed["properties"]) == set(engine.model_fields), (body, name)
+            # all but the worker's own paths, which a client may not choose
+            assert set(typed["properties"]) == set(engine.model_fields) - set(WORKER_ONLY)
     config = schemas["ConfigOverrides"]["properties"]
     # constraints and descriptions travel with the fields
     assert {"minimum": 1, "type": "integer"} in config["top_k"]["anyOf"]
+    assert {"exclusiveMinimum": 0, "maximum": LIMITS["expert_dim"], "type": "integer"} in config[
+        "expert_dim"
+    ]["anyOf"]
     assert "experts each token is routed to" in config["top_k"]["description"]
     base = schemas["BaseOverrides"]["properties"]
-    assert {"minimum": 300, "type": "integer"} in base["vocab_size"]["anyOf"]
+    limit = LIMITS["vocab_size"]
+    assert {"minimum": 300, "maximum": limit, "type": "integer"} in base["vocab_size"]["anyOf"]
     assert "256" in base["seq_len"]["description"]  # the spec default is said
 
 
