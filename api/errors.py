@@ -10,12 +10,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.body_limit import MAX_BODY_BYTES
 from api.schemas import ErrorDetail
 
 _MEANING = {
     401: "missing or wrong bearer token (only when MOE_API_TOKEN is set)",
     404: "no such experiment, study or baseline",
     409: "the run is not in a state that allows this",
+    413: f"the request body is over {MAX_BODY_BYTES // 1024} KiB",
     422: "a bad request: one entry per bad field, located by `loc`",
     503: "the database is unreachable; retry after the Retry-After header's seconds",
 }

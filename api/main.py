@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from api.body_limit import BodySizeLimit
 from api.deps import require_token
 from api.docs import add_docs
 from api.errors import error_responses, validation_error
@@ -69,6 +70,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     add_docs(app)
+    app.add_middleware(BodySizeLimit)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SpecError, _spec_error)
     for error in (OperationalError, InterfaceError, PoolTimeout):

@@ -46,7 +46,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ExperimentRead,
-    responses=error_responses(404, 422, e404="the baseline_id names no experiment"),
+    responses=error_responses(404, 413, 422, e404="the baseline_id names no experiment"),
 )
 def create_experiment(
     *, body: ExperimentCreate, session: SessionDep, queue: QueueDep, response: Response

@@ -9,6 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from api.body_limit import MAX_BODY_BYTES
 from api.specs import LIMITS, MAX_ID
 from store.db import session_scope
 from store.models import Experiment, Study
@@ -140,7 +141,31 @@ def test_the_largest_id_is_a_404(client):
 
 
 def test_a_422_does_not_echo_a_huge_input(client, nothing_stored_or_queued):
-    response = client.post("/experiments", json={"name": "x" * 100_000, "base_preset": "micro"})
+    response = client.post("/experiments", json={"name": "x" * 50_000, "base_preset": "micro"})
     assert response.status_code == 422
     assert len(response.content) < 2_000
     assert ["body", "name"] in [error["loc"] for error in response.json()["detail"]]
+
+
+def test_a_body_over_the_limit_is_413_and_not_read(client, nothing_stored_or_queued):
+    huge = {"name": "x", "base_preset": "micro", "base": {"dataset_config": "w" * 10_000_000}}
+    response = post(client, "/experiments", huge)  # with a Content-Length
+    assert response.status_code == 413
+    assert "bytes" in response.json()["detail"]
+    # without a Content-Length (chunked): counted as it arrives
+    chunks = (b" " * 8192 for _ in range(20))
+    chunked = client.post(
+        "/studies",
+        content=iter([b'{"name": "s", "base_preset": "micro"', *chunks, b"}"]),
+        headers={"Content-Type": "application/json"},
+    )
+    assert chunked.status_code == 413, chunked.text
+
+
+def test_a_body_under_the_limit_is_read(client):
+    padded = json.dumps({"name": "x", "base_preset": "micro", "base": micro_base()})
+    padded = padded[:-1] + " " * (MAX_BODY_BYTES - len(padded) - 1) + "}"
+    response = client.post(
+        "/experiments", content=padded, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 201, response.text
