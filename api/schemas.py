@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-from api.specs import LIMITS, MAX_ID, WORKER_ONLY
+from api.specs import DEFAULT_BASE_PRESET, LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import BaseConfig, ExperimentConfig
 from store.models import Status
 
@@ -90,7 +90,10 @@ class ExperimentCreate(BaseModel):
     base: BaseOverrides = Field(  # type: ignore[valid-type]
         default_factory=BaseOverrides, description="BaseConfig fields overriding the base preset"
     )
-    base_preset: BasePreset | None = Field(None, description="default: the spec's base")
+    base_preset: BasePreset = Field(
+        DEFAULT_BASE_PRESET,
+        description="the base the `base` fields go over; the default is the engine CLI's",
+    )
     dense: bool = Field(False, description="a dense baseline run (no MoE layers)")
     baseline_id: int | None = Field(
         None,
@@ -134,7 +137,10 @@ class StudyCreate(BaseModel):
     base: BaseOverrides = Field(  # type: ignore[valid-type]
         default_factory=BaseOverrides, description="BaseConfig fields overriding the base preset"
     )
-    base_preset: BasePreset | None = None
+    base_preset: BasePreset = Field(
+        DEFAULT_BASE_PRESET,
+        description="the base the `base` fields go over; the default is the engine CLI's",
+    )
     experiments: list[ExperimentPreset] = Field(
         default_factory=lambda: ["baseline", "top2", "strong_reg", "throughput_opt"],
         min_length=1,
@@ -154,6 +160,22 @@ class StudyCreate(BaseModel):
         if len(set(presets)) != len(presets):
             raise ValueError("experiments must not repeat a preset")
         return presets
+
+
+class ExperimentPlan(BaseModel):
+    """`POST /experiments?dry_run=true`: what the run would be; nothing is stored or queued."""
+
+    config: dict[str, Any] = Field(description="the resolved ExperimentConfig")
+    base: dict[str, Any] = Field(description="the resolved BaseConfig")
+    dense: bool
+    params: int = Field(description="total parameters (embeddings tied, counted once)")
+    active_params: int = Field(description="parameters one token passes through")
+    steps_per_epoch: int | None = Field(
+        description="optimizer steps in an epoch at base.max_train_tokens (null without a cap: "
+        "the corpus decides; fewer if the corpus holds fewer tokens)"
+    )
+    tokens_per_epoch: int | None = Field(description="target tokens trained on in an epoch")
+    num_epochs: int
 
 
 class ErrorDetail(BaseModel):

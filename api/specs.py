@@ -33,6 +33,9 @@ LIMITS: dict[str, int] = {
     "num_epochs": 1000,
     "batch_size": 1024,
 }
+# The base a request without `base_preset` gets: the same as `python -m moe_core`'s, a
+# 4-epoch run that a CPU worker finishes in minutes (the spec's 20-epoch run is asked for).
+DEFAULT_BASE_PRESET = "tiny"
 # Paths on a worker are the worker's to choose (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's.
 WORKER_ONLY = ("data_dir", "cache_dir")
 # The largest id a path or body may name: the database's ids are 32-bit.
@@ -47,10 +50,10 @@ class SpecError(ValueError):
         self.errors = errors
 
 
-def resolve_base(*, base_preset: str | None, overrides: dict[str, Any]) -> BaseConfig:
-    """The named base preset (default: the spec's), with the request's fields on top."""
+def resolve_base(*, base_preset: str, overrides: dict[str, Any]) -> BaseConfig:
+    """The named base preset, with the request's fields on top."""
     try:
-        return base_config(base_preset or "spec", **overrides)
+        return base_config(base_preset, **overrides)
     except ValidationError as exc:
         raise SpecError(_located(exc, "base")) from exc
 

@@ -14,13 +14,16 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.params import ExperimentId, Offset, only_query
+from api.plan import plan
 from api.schemas import (
     ExperimentCreate,
     ExperimentList,
+    ExperimentPlan,
     ExperimentRead,
     MetricsRead,
     ResultRead,
@@ -46,11 +49,22 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ExperimentRead,
-    responses=error_responses(404, 413, 422, e404="the baseline_id names no experiment"),
+    responses={
+        200: {"model": ExperimentPlan, "description": "dry_run=true: what the run would be"},
+        **error_responses(404, 413, 422, e404="the baseline_id names no experiment"),
+    },
 )
 def create_experiment(
-    *, body: ExperimentCreate, session: SessionDep, queue: QueueDep, response: Response
-) -> Experiment:
+    *,
+    body: ExperimentCreate,
+    session: SessionDep,
+    queue: QueueDep,
+    response: Response,
+    dry_run: Annotated[
+        bool,
+        Query(description="check and size the run, store and queue nothing: 200 with a plan"),
+    ] = False,
+) -> Experiment | Response:
     check_values(body.model_dump(exclude_unset=True))
     base_overrides = body.base.model_dump(exclude_unset=True)
     check_base_batch_size(base_overrides=base_overrides, applies=body.dense)
@@ -65,6 +79,9 @@ def create_experiment(
     check_run(config=config, base=base, dense=body.dense)
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id)
+    if dry_run:
+        answer = ExperimentPlan.model_validate(plan(config, base, dense=body.dense))
+        return JSONResponse(answer.model_dump(mode="json"))
     experiment = runs.create_experiment(
         session=session,
         name=body.name,

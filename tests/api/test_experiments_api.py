@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig
+from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig, base_config
 from store.db import session_scope
 from store.models import Experiment, Study
 from tests.conftest import micro_base, queued_messages
@@ -49,10 +49,16 @@ def test_submit_returns_201_with_location_and_queues_one_task(
     assert fetched["current_epoch"] == 0 and fetched["best_val_loss"] is None
 
 
-def test_defaults_are_the_spec_and_dense_uses_dense_config(client):
-    spec = client.post("/experiments", json={"name": "spec-defaults"}).json()
+def test_defaults_are_the_cli_base_and_dense_uses_dense_config(client):
+    # the API's default base preset is the engine CLI's (python -m moe_core --base tiny)
+    default = client.post("/experiments", json={"name": "defaults"}).json()
+    assert default["base_preset"] == "tiny"
+    assert default["base"] == base_config("tiny").model_dump(mode="json")
+    assert default["config"]["expert_dim"] == BASE_PRESETS["tiny"]["ffn_dim"]
+    assert default["config"]["top_k"] == 1
+    spec = client.post("/experiments", json={"name": "spec", "base_preset": "spec"}).json()
     assert spec["base"] == BaseConfig().model_dump(mode="json")
-    assert spec["config"]["expert_dim"] == 1024 and spec["config"]["top_k"] == 1
+    assert spec["config"]["expert_dim"] == 1024
 
     dense = submit(client, dense=True, base={"dense_patience": 5, "ffn_dim": 48}).json()
     assert dense["dense"] is True

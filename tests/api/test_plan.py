@@ -1,0 +1,62 @@
+"""POST /experiments?dry_run=true: the resolved run, sized torch-free, nothing stored."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from api.plan import parameters
+from moe_core.config import base_config, dense_config, get_experiment_configs
+from store.db import session_scope
+from store.models import Experiment
+from tests.conftest import micro_base, queued_messages
+
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
+
+@pytest.mark.parametrize("preset", ["micro", "tiny", "spec"])
+@pytest.mark.parametrize("experiment", ["dense", "baseline", "top2", "throughput_opt"])
+def test_parameters_are_the_engines_count(preset, experiment):
+    torch = pytest.importorskip("torch")
+    from moe_core.experiments import build_model, count_active_parameters, count_parameters
+
+    base = base_config(preset, num_experts=4, moe_layers=[1, 3])
+    dense = experiment == "dense"
+    config = dense_config(base) if dense else get_experiment_configs(base)[experiment]
+    if experiment == "top2":
+        config = config.model_copy(update={"expert_dim": base.ffn_dim // 2})
+    with torch.device("meta"):  # shapes only: the spec's model allocates nothing
+        model = build_model(config, base, dense=dense)
+    assert parameters(config, base, dense=dense) == (
+        count_parameters(model),
+        count_active_parameters(model),
+    )
+
+
+def test_dry_run_answers_the_plan_and_stores_nothing(
+    client, service_settings, redis_client, broker_prefix
+):
+    def stored() -> tuple[int, int]:
+        with session_scope(service_settings.database_url) as session:
+            rows = session.scalar(select(func.count()).select_from(Experiment))
+        return rows, queued_messages(redis_client, broker_prefix)
+
+    before = stored()
+    body = {"name": "plan", "preset": "top2", "base_preset": "micro", "base": micro_base()}
+    response = client.post("/experiments?dry_run=true", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert stored() == before
+    assert answer["config"]["top_k"] == 2 and answer["base"]["max_train_tokens"] == 4096
+    # 4096 tokens: 124 blocks of 33, 7 batches of 16, each 16 x 32 targets
+    assert answer["steps_per_epoch"] == 7 and answer["tokens_per_epoch"] == 7 * 16 * 32
+    assert answer["num_epochs"] == 2 and answer["dense"] is False
+    assert 0 < answer["active_params"] < answer["params"]
+
+    # a bad run is the same 422 with or without dry_run
+    bad = client.post("/experiments?dry_run=true", json={**body, "config": {"top_k": 9}})
+    assert bad.status_code == 422 and stored() == before
+    # without a token cap the corpus decides: steps unknown
+    spec = client.post("/experiments?dry_run=true", json={"name": "spec", "base_preset": "spec"})
+    assert spec.status_code == 200 and spec.json()["steps_per_epoch"] is None
+    assert stored() == before
