@@ -14,6 +14,7 @@ from api.body_limit import MAX_BODY_BYTES
 from api.schemas import ErrorDetail
 
 _MEANING = {
+    400: "the body could not be read as JSON text (not UTF-8, say)",
     401: "missing or wrong bearer token (only when MOE_API_TOKEN is set)",
     404: "no such experiment, study or baseline",
     409: "the run is not in a state that allows this",

@@ -51,7 +51,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
     response_model=ExperimentRead,
     responses={
         200: {"model": ExperimentPlan, "description": "dry_run=true: what the run would be"},
-        **error_responses(404, 413, 422, e404="the baseline_id names no experiment"),
+        **error_responses(400, 404, 413, 422, e404="the baseline_id names no experiment"),
     },
 )
 def create_experiment(

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/studies", tags=["studies"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyRead,
-    responses=error_responses(413, 422),
+    responses=error_responses(400, 413, 422),
 )
 def create_study(
     *, body: StudyCreate, session: SessionDep, queue: QueueDep, response: Response
