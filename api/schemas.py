@@ -178,6 +178,13 @@ class ExperimentPlan(BaseModel):
     num_epochs: int
 
 
+class StudyPlan(BaseModel):
+    """`POST /studies?dry_run=true`: the runs a study would queue, once per seed."""
+
+    runs: list[ExperimentPlan] = Field(description="the dense run first, then each preset")
+    seeds: list[int] = Field(description="base.seed of each repetition of `runs`")
+
+
 class ErrorDetail(BaseModel):
     """Every error's body: a message, or (422) FastAPI's list of located errors."""
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.responses import JSONResponse
 
 from api.deps import QueueDep, SessionDep
 from api.errors import error_responses
 from api.params import Offset, StudyId, only_query
-from api.schemas import StudyCreate, StudyList, StudyRead
+from api.plan import plan
+from api.schemas import StudyCreate, StudyList, StudyPlan, StudyRead
 from api.specs import (
     check_base_batch_size,
     check_run,
@@ -29,11 +31,22 @@ router = APIRouter(prefix="/studies", tags=["studies"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyRead,
-    responses=error_responses(400, 413, 422),
+    responses={
+        200: {"model": StudyPlan, "description": "dry_run=true: the runs it would queue"},
+        **error_responses(400, 413, 422),
+    },
 )
 def create_study(
-    *, body: StudyCreate, session: SessionDep, queue: QueueDep, response: Response
-) -> dict:
+    *,
+    body: StudyCreate,
+    session: SessionDep,
+    queue: QueueDep,
+    response: Response,
+    dry_run: Annotated[
+        bool,
+        Query(description="check and size the runs, store and queue nothing: 200 with a plan"),
+    ] = False,
+) -> dict | Response:
     check_values(body.model_dump(exclude_unset=True))
     base_overrides = body.base.model_dump(exclude_unset=True)
     # a study's MoE runs keep their presets' batch sizes: base.batch_size would not apply
@@ -47,6 +60,14 @@ def create_study(
         check_run(config=config, base=base, dense=False, config_loc=("body", "experiments"))
     dense = resolve_config(name="dense", base=base, dense=True, overrides={})
     check_run(config=dense, base=base, dense=True)
+    if dry_run:
+        # each seed's runs differ only in their seed: one plan per preset (and dense)
+        members = [(dense, True), *((config, False) for config in configs.values())]
+        answer = StudyPlan(
+            runs=[plan(config, base, dense=is_dense) for config, is_dense in members],
+            seeds=list(range(base.seed, base.seed + body.seeds)),
+        )
+        return JSONResponse(answer.model_dump(mode="json"))
     study = runs.create_study(
         session=session,
         name=body.name,

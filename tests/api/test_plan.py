@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from api.plan import parameters
 from moe_core.config import base_config, dense_config, get_experiment_configs
 from store.db import session_scope
-from store.models import Experiment
+from store.models import Experiment, Study
 from tests.conftest import micro_base, queued_messages
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
@@ -60,3 +60,31 @@ def test_dry_run_answers_the_plan_and_stores_nothing(
     spec = client.post("/experiments?dry_run=true", json={"name": "spec", "base_preset": "spec"})
     assert spec.status_code == 200 and spec.json()["steps_per_epoch"] is None
     assert stored() == before
+
+
+def test_the_default_base_preset_is_the_engine_clis():
+    import argparse
+
+    from api.specs import DEFAULT_BASE_PRESET
+    from moe_core.__main__ import _add_common
+
+    parser = argparse.ArgumentParser()
+    _add_common(parser)
+    assert parser.parse_args(["--out", "x"]).base == DEFAULT_BASE_PRESET
+
+
+def test_a_study_dry_run_plans_each_run_and_stores_nothing(client, service_settings):
+    def studies() -> int:
+        with session_scope(service_settings.database_url) as session:
+            return session.scalar(select(func.count()).select_from(Study))
+
+    before = studies()
+    body = {"name": "s", "base_preset": "micro", "base": micro_base(), "seeds": 2}
+    response = client.post("/studies?dry_run=true", json={**body, "experiments": ["top2"]})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [run["dense"] for run in answer["runs"]] == [True, False]
+    assert answer["runs"][1]["config"]["top_k"] == 2
+    assert answer["runs"][0]["params"] == answer["runs"][0]["active_params"]
+    assert answer["seeds"] == [1337, 1338]
+    assert studies() == before
