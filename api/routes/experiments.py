@@ -53,6 +53,8 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
         200: {"model": ExperimentPlan, "description": "dry_run=true: what the run would be"},
         **error_responses(400, 404, 413, 422, e404="the baseline_id names no experiment"),
     },
+    # a misspelt ?dryrun=true must not store and queue the run it meant only to check
+    dependencies=[only_query("dry_run")],
 )
 def create_experiment(
     *,

@@ -35,6 +35,8 @@ router = APIRouter(prefix="/studies", tags=["studies"])
         200: {"model": StudyPlan, "description": "dry_run=true: the runs it would queue"},
         **error_responses(400, 413, 422),
     },
+    # a misspelt ?dryrun=true must not store and queue the run it meant only to check
+    dependencies=[only_query("dry_run")],
 )
 def create_study(
     *,

@@ -134,6 +134,14 @@ def test_bad_urls_are_422_naming_the_parameter(client, path, loc):
     assert loc in [error["loc"] for error in response.json()["detail"]], response.text
 
 
+def test_a_misspelt_dry_run_stores_nothing(client, nothing_stored_or_queued):
+    body = {"name": "x", "base_preset": "micro", "base": micro_base()}
+    for path in ("/experiments?dryrun=true", "/studies?dry-run=true"):
+        response = client.post(path, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][0] == "query"
+
+
 def test_the_largest_id_is_a_404(client):
     assert client.get(f"/experiments/{MAX_ID}").status_code == 404
     assert client.post(f"/experiments/{MAX_ID}/cancel").status_code == 404
