@@ -121,8 +121,8 @@ def _preset_verdict(
         "tertiary_passed": judged["tertiary"]["passed"],
         "significant": judged["significant"],
         "significance_note": judged.get("significance_note"),
-        "val_loss_delta": _delta(primary.get("val_loss_delta")),
-        "gap_delta": _delta(primary.get("gap_delta")),
+        "val_loss_delta": primary["val_loss_delta"],
+        "gap_delta": primary["gap_delta"],
         "per_seed": [
             {
                 "seed": _seed(member),
@@ -137,14 +137,6 @@ def _preset_verdict(
         ],
         "verdict": judged,
     }
-
-
-def _delta(value: dict[str, Any] | float | None) -> dict[str, Any] | None:
-    """judge_seeds' {mean, se, n}; with one seed it returns the single verdict, whose
-    difference is a plain number: the same shape here, with no standard error."""
-    if value is None or isinstance(value, dict):
-        return value
-    return {"mean": value, "se": None, "n": 1}
 
 
 def _seed(member: Experiment) -> int:

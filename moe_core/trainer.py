@@ -106,7 +106,7 @@ class EpochProgress:
             max_load=[
                 m.to(device)
                 for m in state.get("max_load") or [torch.zeros(()) for _ in state["dropped"]]
-            ],  # fmt: skip
+            ],
             loader_state=state["loader_state"],
             steps=state["steps"],
             tokens=state["tokens"],
