@@ -1,0 +1,345 @@
+"""How the CLI shows what the API returns: numbers, tables, the rows of compare and metrics.
+
+The row builders (`metrics_rows`, `compare_rows`) return plain dicts, so `--csv` and `--json`
+print the same numbers the tables show.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+CHECK, CROSS, DOT = "✓", "✗", "·"
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console on the current stdout (or stderr): made per command, so a test runner's
+    captured streams are the ones written to. Off a terminal, lines are not cut at 80."""
+    out = Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = 160
+    return out
+
+
+def table(*columns: str, title: str | None = None, right: Iterable[str] = ()) -> Table:
+    """A plain table; the columns named in `right` (numbers) are right-aligned."""
+    right = set(right)
+    out = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    for column in columns:
+        out.add_column(column, justify="right" if column in right else "left", no_wrap=True)
+    return out
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def num(value: Any, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return format(value, spec)
+
+
+def signed(value: float | None, spec: str = ".3f") -> str:
+    return "" if value is None else format(value, "+" + spec)
+
+
+def pct(value: float | None, spec: str = ".1f") -> str:
+    return "" if value is None else f"{value:{spec}}%"
+
+
+def mark(passed: bool | None) -> str:
+    return "?" if passed is None else CHECK if passed else CROSS
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def when(stamp: str | None) -> str:
+    """An ISO timestamp of the API in this machine's local time, to the minute."""
+    if not stamp:
+        return ""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)
+
+
+def kind(experiment: Mapping[str, Any]) -> str:
+    """A run's preset, or `dense` for a dense run, or `custom` for a config of its own."""
+    if experiment.get("dense"):
+        return "dense"
+    return experiment.get("preset") or "custom"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _last_layer(stats: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return max(stats, key=lambda layer: layer["layer"]) if stats else None
+
+
+def metrics_rows(epochs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per epoch: losses, throughput, and the last MoE layer's routing (its
+    evaluation statistics when the epoch was evaluated, else its training statistics);
+    drop % is the share of that layer's training assignments dropped at capacity."""
+    rows = []
+    for epoch in epochs:
+        val = epoch.get("val") or {}
+        evaluated = _last_layer(epoch.get("eval_expert_stats") or [])
+        trained = _last_layer(epoch.get("expert_stats") or [])
+        usage = evaluated or trained
+        dropped = (trained or {}).get("dropped")
+        rows.append(
+            {
+                "epoch": epoch["epoch"],
+                "train_loss": epoch["train"]["loss"],
+                "train_ce": epoch["train"]["ce_loss"],
+                "val_ce": val.get("ce_loss"),
+                "val_loss": val.get("loss"),
+                "tokens_per_sec": epoch.get("tokens_per_sec"),
+                "min_usage_pct": usage["min_usage"] if usage else None,
+                "drop_pct": None if dropped is None else 100 * dropped,
+            }
+        )
+    return rows
+
+
+METRICS_COLUMNS = {
+    "epoch": ("epoch", "d"),
+    "train_loss": ("train loss", ".4f"),
+    "train_ce": ("train CE", ".4f"),
+    "val_ce": ("val CE", ".4f"),
+    "val_loss": ("val loss", ".4f"),
+    "tokens_per_sec": ("tokens/s", ",.0f"),
+    "min_usage_pct": ("min usage %", ".1f"),
+    "drop_pct": ("drop %", ".1f"),
+}
+
+
+def metrics_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
+    headers = [header for header, _ in METRICS_COLUMNS.values()]
+    out = table(*headers, title=title, right=headers)
+    for row in rows:
+        out.add_row(*(num(row[key], spec) for key, (_, spec) in METRICS_COLUMNS.items()))
+    return out
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def final_eval_stats(epochs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The routing of the last evaluated epoch over the validation set (empty: dense, or
+    never evaluated)."""
+    for epoch in reversed(epochs):
+        if epoch.get("eval_expert_stats"):
+            return epoch["eval_expert_stats"]
+    return []
+
+
+def compare_rows(
+    runs: Sequence[Mapping[str, Any]],
+    epochs_of: Mapping[int, Sequence[Mapping[str, Any]]],
+    baselines: Mapping[int, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """One row per run. `baselines` holds every run named by a baseline_id; Δ vs dense is
+    best val CE minus the baseline's, else minus the one dense run among `runs`."""
+    dense_given = [run for run in runs if run.get("dense")]
+    rows = []
+    for run in runs:
+        epochs = epochs_of.get(run["id"], [])
+        ce = run.get("best_val_ce_loss")
+        speeds = [e["tokens_per_sec"] for e in epochs if e.get("tokens_per_sec") is not None]
+        evaluated = final_eval_stats(epochs)
+        trained = epochs[-1].get("expert_stats") if epochs else None
+        drops = [layer["dropped"] for layer in trained or [] if layer.get("dropped") is not None]
+        reference = None
+        if run.get("baseline_id") is not None:
+            reference = baselines.get(run["baseline_id"])
+        elif not run.get("dense") and len(dense_given) == 1:
+            reference = dense_given[0]
+        ref_ce = reference.get("best_val_ce_loss") if reference else None
+        rows.append(
+            {
+                "id": run["id"],
+                "name": run["name"],
+                "kind": kind(run),
+                "status": run["status"],
+                "val_ce": ce,
+                "perplexity": math.exp(ce) if ce is not None and ce < 700 else None,
+                "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
+                "min_usage_pct": min(layer["min_usage"] for layer in evaluated)
+                if evaluated
+                else None,
+                "drop_pct": 100 * max(drops) if drops else None,
+                "delta_vs_dense": None if ce is None or ref_ce is None else ce - ref_ce,
+                "dense_id": reference["id"] if reference else None,
+            }
+        )
+    return rows
+
+
+def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    out = table(
+        "id", "name", "kind", "status", "val CE", "perplexity", "tokens/s", "min usage",
+        "drop rate", "Δ vs dense",
+        right=("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "Δ vs dense"),
+    )  # fmt: skip
+    for row in rows:
+        delta = signed(row["delta_vs_dense"], ".4f")
+        if delta:
+            delta += f" (vs {row['dense_id']})"
+        out.add_row(
+            str(row["id"]),
+            row["name"],
+            row["kind"],
+            row["status"],
+            num(row["val_ce"], ".4f"),
+            num(row["perplexity"], ".1f"),
+            num(row["tokens_per_sec"], ",.0f"),
+            pct(row["min_usage_pct"]),
+            pct(row["drop_pct"]),
+            delta,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def verdict_table(verdict: Mapping[str, Any]) -> Table:
+    """A verdict's three criteria, each with its mark and the numbers it rests on."""
+    p, s, t = verdict["primary"], verdict["secondary"], verdict["tertiary"]
+    out = table("", "criterion", "", "numbers")
+    if p.get("gap_judged", True) and p.get("gap_reduction") is not None:
+        gap = f"reduced {100 * p['gap_reduction']:.1f}% (needs ≥ 25%)"
+    else:
+        gap = p.get("gap_note") or "not judged"
+    out.add_row(
+        mark(p["passed"]),
+        "primary",
+        "quality",
+        f"val CE {num(p['val_loss'], '.4f')} vs dense {num(p['dense_val_loss'], '.4f')} "
+        f"(Δ {signed(p['val_loss_delta'], '.4f')}, {mark(p.get('beats_dense_loss'))} lower); "
+        f"gap {num(p.get('val_gap'), '.3f')} vs dense {num(p.get('dense_val_gap'), '.3f')}: "
+        f"{gap}",
+    )
+    params = ""
+    if s.get("params") is not None:
+        params = f"; {s['params']:,} params"
+        if s.get("active_params") is not None:
+            params += f", {s['active_params']:,} active per token"
+    out.add_row(
+        DOT,
+        "secondary",
+        "speed",
+        f"{num(s.get('tokens_per_sec'), ',.0f')} tok/s vs dense "
+        f"{num(s.get('dense_tokens_per_sec'), ',.0f')} (x{num(s.get('throughput_ratio'), '.2f')})"
+        + params,
+    )
+    layers = ", ".join(
+        f"L{layer['layer']} {layer['min_usage']:.1f}%" for layer in t.get("layers") or []
+    )
+    target = t.get("min_usage_target", 5)
+    out.add_row(
+        mark(t["passed"]),
+        "tertiary",
+        "experts",
+        f"min usage {pct(t.get('min_usage'))} (every expert ≥ {target:.0f}%): {layers}"
+        if layers
+        else t.get("reason", ""),
+    )
+    out.add_row(mark(verdict["passed"]), "passed", "", "primary and tertiary")
+    return out
+
+
+def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The key fields of an experiment as (label, text) pairs, empty ones left out."""
+    pairs = [
+        ("name", run["name"]),
+        ("kind", kind(run) + (f" on {run['base_preset']}" if run.get("base_preset") else "")),
+        ("status", run["status"] + (" (cancel requested)" if run.get("cancel_requested") else "")),
+        ("error", run.get("error") or ""),
+        ("epoch", f"{run['current_epoch']}/{run['num_epochs']}"
+         + (" (stopped early)" if run.get("stopped_early") else "")),
+        ("baseline", str(run["baseline_id"]) if run.get("baseline_id") else ""),
+        ("study", str(run["study_id"]) if run.get("study_id") else ""),
+        ("tags", ", ".join(run.get("tags") or [])),
+        ("best val CE", num(run.get("best_val_ce_loss"), ".4f")),
+        ("best val loss", num(run.get("best_val_loss"), ".4f")),
+        ("test CE", num(run.get("test_ce_loss"), ".4f")),
+        ("params", f"{run['params']:,}" if run.get("params") else ""),
+        ("active params", f"{run['active_params']:,}" if run.get("active_params") else ""),
+        ("device", " on ".join(x for x in (run.get("device"), run.get("worker_name")) if x)),
+        ("attempts", f"{run.get('attempts', 0)} (restarts {run.get('restarts', 0)}, "
+         f"handbacks {run.get('handbacks', 0)})" if run.get("attempts") else ""),
+        ("created", when(run.get("created_at"))),
+        ("started", when(run.get("started_at"))),
+        ("finished", when(run.get("finished_at"))),
+    ]  # fmt: skip
+    return [(label, text) for label, text in pairs if text]
+
+
+def progress_line(progress: Mapping[str, Any] | None, num_epochs: int | None) -> str:
+    """`epoch 2/4 training: step 30/76, 5,100 tok/s, ETA 1m 12s`: where a run is."""
+    if not progress:
+        return ""
+    phase = str(progress.get("phase") or "").replace("_", " ")
+    epoch = progress.get("epoch")
+    where = f"epoch {epoch}/{num_epochs or '?'} " if epoch else ""
+    parts = []
+    if progress.get("steps_per_epoch"):
+        parts.append(f"step {progress.get('step', 0)}/{progress['steps_per_epoch']}")
+    elif progress.get("step") is not None and phase == "training":
+        parts.append(f"step {progress['step']}")
+    if progress.get("tokens_per_sec"):
+        parts.append(f"{progress['tokens_per_sec']:,.0f} tok/s")
+    if progress.get("eta_seconds") is not None:
+        parts.append(f"ETA {duration(progress['eta_seconds'])}")
+    return f"{where}{phase}" + (f": {', '.join(parts)}" if parts else "")
+
+
+def epoch_line(epoch: Mapping[str, Any], num_epochs: int | None) -> str:
+    val = epoch.get("val") or {}
+    line = (
+        f"epoch {epoch['epoch']}/{num_epochs or '?'}  train loss {num(epoch['train']['loss'], '.4f')}"
+        f"  val CE {num(val.get('ce_loss'), '.4f') or '-'}"
+        f"  val loss {num(val.get('loss'), '.4f') or '-'}"
+        f"  {num(epoch.get('tokens_per_sec'), ',.0f')} tok/s"
+    )
+    if epoch.get("duration") is not None:
+        line += f"  {duration(epoch['duration'])}"
+    return line
+
+
+def stderr_line(text: str) -> None:
+    print(text, file=sys.stderr)
