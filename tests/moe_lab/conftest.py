@@ -1,0 +1,43 @@
+"""The client and the CLI against the real app, in-process (starlette's TestClient is an
+httpx.Client, so no socket), on a Postgres database and Redis queue of the module's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from moe_lab.cli import app
+from moe_lab.client import Client
+from tests.conftest import make_client
+
+
+@pytest.fixture(scope="module")
+def settings(deployment):
+    # No worker: submitted runs stay queued; the tests finish them through store/runs.
+    return deployment()
+
+
+@pytest.fixture(scope="module")
+def http(settings) -> Iterator[Any]:
+    with make_client(settings) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def api(http) -> Client:
+    return Client(http=http)
+
+
+@pytest.fixture()
+def cli(api) -> Callable[..., Result]:
+    """`cli("ls", "--json")`: the moe-lab command, as the shell would run it, on `api`."""
+    runner = CliRunner()
+
+    def invoke(*args: Any, input: str | None = None, client: Client | None = None) -> Result:
+        return runner.invoke(app, [str(a) for a in args], obj=client or api, input=input)
+
+    return invoke

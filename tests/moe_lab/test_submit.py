@@ -1,0 +1,189 @@
+"""`moe-lab submit` and `moe-lab study submit`: flags, files, --set, dry runs, errors as one
+line, retries that never make a second run. Against the real app and Postgres, no worker."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from moe_lab.client import Client
+
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
+MICRO = ["--base-preset", "micro", "--set", "base.max_train_tokens=4096"]
+
+
+def created(result) -> dict:
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout)
+
+
+def total(api: Client, **filters) -> int:
+    return api.list_experiments(**filters)["total"]
+
+
+def test_flags_and_set_values_become_the_request_body(cli, api):
+    run = created(
+        cli("submit", "flags", "--preset", "top2", *MICRO,
+            "--set", "config.dropout=0.25", "--set", "config.top_k=1",
+            "--set", "config.aux_weight=1e-3", "--set", "base.num_epochs=3",
+            "--set", "base.dataset_config=wikitext-2-raw-v1", "--set", "base.moe_layers=[1]",
+            "--set", 'config.gating_temp_schedule={"start": 2.0, "end": 0.5, "epochs": 2}',
+            "--tag", "sweep", "--tag", "t-1", "--json")
+    )  # fmt: skip
+    stored = api.experiment(run["id"])
+    assert stored["status"] == "queued" and stored["preset"] == "top2"
+    assert stored["base_preset"] == "micro" and stored["tags"] == ["sweep", "t-1"]
+    config = stored["config"]
+    # JSON where it parses: an int stays an int, a float a float, [] a list, {} an object;
+    # anything else is the text itself
+    assert config["top_k"] == 1 and isinstance(config["top_k"], int)
+    assert config["dropout"] == 0.25 and config["aux_weight"] == 0.001
+    assert stored["base"]["moe_layers"] == [1]
+    assert stored["base"]["dataset_config"] == "wikitext-2-raw-v1"
+    assert config["gating_temp_schedule"] == {"start": 2.0, "end": 0.5, "epochs": 2}
+    assert stored["num_epochs"] == 3 and stored["base"]["max_train_tokens"] == 4096
+
+
+def test_a_yaml_file_is_the_body_and_flags_override_it(cli, api, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "name: from-file\npreset: baseline\nbase_preset: micro\n"
+        "config: {dropout: 0.1, top_k: 1}\nbase: {num_epochs: 2}\ntags: [filed]\n"
+    )
+    run = created(cli("submit", "--file", path, "--json"))
+    assert (run["name"], run["preset"], run["num_epochs"]) == ("from-file", "baseline", 2)
+    assert run["config"]["dropout"] == 0.1 and run["tags"] == ["filed"]
+
+    run = created(
+        cli("submit", "renamed", "--file", path, "--preset", "top2",
+            "--set", "config.dropout=0.3", "--tag", "flagged", "--json")
+    )  # fmt: skip
+    assert (run["name"], run["preset"], run["num_epochs"]) == ("renamed", "top2", 2)
+    assert run["config"]["dropout"] == 0.3 and run["config"]["top_k"] == 1  # the file's
+    assert run["tags"] == ["flagged"]
+
+
+def test_a_json_file_and_a_dense_run(cli, tmp_path):
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps({"name": "dense", "base_preset": "micro"}))
+    run = created(cli("submit", "--file", path, "--dense", "--json"))
+    assert run["dense"] is True and run["preset"] is None
+
+
+def test_the_human_output_says_what_was_queued_and_how_to_follow_it(cli):
+    result = cli("submit", "plain", *MICRO)
+    assert result.exit_code == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("submitted experiment ") and "'plain'" in first
+    assert "custom on micro" in first and "(queued)" in first
+    run_id = first.split()[2]
+    assert f"moe-lab watch {run_id}" in result.stdout
+
+
+def test_dry_run_prints_the_plan_and_stores_nothing(cli, api):
+    before = total(api)
+    result = cli("submit", "plan", "--preset", "top2", "--base-preset", "micro", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "dry run: nothing stored or queued" in result.stdout
+    plan = created(cli("submit", "plan", "--preset", "top2", *MICRO, "--dry-run", "--json"))
+    assert plan["config"]["top_k"] == 2 and plan["active_params"] < plan["params"]
+    assert f"{plan['params']:,} ({plan['active_params']:,} active per token)" in result.stdout
+    assert "MoE, top-2 of 8 experts" in result.stdout
+    assert total(api) == before
+
+
+def test_a_422_is_one_line_on_stderr_naming_the_field(cli, api):
+    before = total(api)
+    result = cli("submit", "bad", "--set", "config.top_k=9", *MICRO)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == ("error: 422 config.top_k: top_k (9) exceeds base.num_experts (8)\n")
+    # a field the engine does not know, and a value out of range: each located, one line
+    result = cli("submit", "bad", "--set", "config.top_kk=2", "--set", "config.dropout=2")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "config.top_kk: Extra inputs are not permitted" in result.stderr
+    assert "config.dropout: Input should be less than 1 (got 2)" in result.stderr
+    assert total(api) == before
+
+
+def test_a_missing_baseline_is_the_apis_404_as_one_line(cli):
+    result = cli("submit", "orphan", "--baseline", "99999", *MICRO)
+    assert result.exit_code == 1
+    assert result.stderr == "error: 404 baseline 99999 not found\n"
+
+
+def test_a_bad_command_line_is_refused_before_any_request(cli, api):
+    before = total(api)
+    for args, message in [
+        (["x", "--set", "top_k=2"], "--set takes config.FIELD=VALUE or base.FIELD=VALUE"),
+        (["x", "--set", "config.top_k"], "not 'config.top_k'"),
+        (["x", "--set", "name.x=1"], "not 'name.x=1'"),
+        ([], "give the run a NAME"),
+    ]:
+        result = cli("submit", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and result.stderr.count("\n") == 1
+    assert total(api) == before
+
+
+def test_an_unreadable_file_is_one_line(cli, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    result = cli("submit", "--file", path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: cannot read {path}: ")
+    assert result.stderr.count("\n") == 1
+    path.write_text("- a list\n")
+    result = cli("submit", "--file", path)
+    assert "must hold an object (the request body), not list" in result.stderr
+
+
+def test_an_unreachable_api_is_one_line(cli):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nowhere = Client(f"http://127.0.0.1:{port}")
+    for args in (["submit", "x"], ["ls"], ["show", "1"], ["watch", "1"]):
+        result = cli(*args, client=nowhere)
+        assert result.exit_code == 1, args
+        assert result.stderr.startswith(f"error: cannot reach the API at http://127.0.0.1:{port}: ")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_the_same_idempotency_key_never_makes_a_second_run(cli, api):
+    before = total(api)
+    args = ["submit", "once", *MICRO, "--idempotency-key", "cli-test-key-1", "--json"]
+    first, again = created(cli(*args)), created(cli(*args))
+    assert first["id"] == again["id"]
+    assert total(api) == before + 1
+    # the same key with another body is the API's 409
+    result = cli("submit", "other", *MICRO, "--idempotency-key", "cli-test-key-1")
+    assert result.exit_code == 1 and result.stderr.startswith("error: 409 ")
+    # without a key each submit is a new run: a fresh key every time
+    a = created(cli("submit", "twice", *MICRO, "--json"))
+    b = created(cli("submit", "twice", *MICRO, "--json"))
+    assert a["id"] != b["id"]
+
+
+def test_study_submit_with_presets_seeds_and_base_sets(cli, api):
+    result = cli(
+        "study", "submit", "cli-study", "--base-preset", "micro", "-e", "baseline,top2",
+        "--seeds", "2", "--set", "base.num_epochs=1", "--json",
+    )  # fmt: skip
+    study = created(result)
+    assert study["experiments"] == ["baseline", "top2"] and study["seeds"] == 2
+    assert len(study["members"]) == 6 and study["base"]["num_epochs"] == 1
+    dense_member = api.experiment(study["dense_id"])
+    assert dense_member["dense"] and dense_member["num_epochs"] == 1
+
+    result = cli("study", "submit", "repeated", "-e", "baseline", "-e", "top2", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("dry run: nothing stored") == 3  # dense, baseline, top2
+
+    result = cli("study", "submit", "bad", "--set", "config.top_k=2")
+    assert result.exit_code == 2 and "--set takes base.FIELD=VALUE" in result.stderr
+    result = cli("study", "submit", "bad", "--seeds", "11")
+    assert result.exit_code == 1 and result.stderr.startswith("error: 422 seeds: ")
