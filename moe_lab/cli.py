@@ -603,18 +603,19 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
     )
     members = render.table(
         "id", "name", "seed", "status", "epoch", "best val CE", "error",
-        right=("id", "seed", "epoch", "best val CE"),
+        right=("id", "seed", "epoch", "best val CE"), wrap=("error",),
     )  # fmt: skip
     for m in study["members"]:
         members.add_row(
             str(m["id"]), m["name"], str(m["seed"]), m["status"],
             f"{m['current_epoch']}/{m['num_epochs']}", render.num(m.get("best_val_ce_loss"), ".4f"),
-            (m.get("error") or "")[:60],
+            m.get("error") or "",
         )  # fmt: skip
     out.print(members)
     verdicts = render.table(
         "preset", "passed", "primary", "tertiary", "Δ val CE", "Δ gap", "significant", "waiting for",
         title="verdicts against dense, paired by seed", right=("Δ val CE", "Δ gap"),
+        wrap=("waiting for",),
     )  # fmt: skip
     for row in study["preset_verdicts"]:
         verdicts.add_row(

@@ -29,12 +29,22 @@ def console(*, stderr: bool = False) -> Console:
     return out
 
 
-def table(*columns: str, title: str | None = None, right: Iterable[str] = ()) -> Table:
-    """A plain table; the columns named in `right` (numbers) are right-aligned."""
-    right = set(right)
-    out = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+def table(
+    *columns: str, title: str | None = None, right: Iterable[str] = (), wrap: Iterable[str] = ()
+) -> Table:
+    """A plain table; the columns named in `right` (numbers) are right-aligned, those in
+    `wrap` (free text) wrap rather than squeeze the others."""
+    right, wrap = set(right), set(wrap)
+    out = Table(
+        box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False
+    )
     for column in columns:
-        out.add_column(column, justify="right" if column in right else "left", no_wrap=True)
+        out.add_column(
+            column,
+            justify="right" if column in right else "left",
+            no_wrap=column not in wrap,
+            min_width=None if column in wrap else len(column),
+        )
     return out
 
 
@@ -239,7 +249,7 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
 def verdict_table(verdict: Mapping[str, Any]) -> Table:
     """A verdict's three criteria, each with its mark and the numbers it rests on."""
     p, s, t = verdict["primary"], verdict["secondary"], verdict["tertiary"]
-    out = table("", "criterion", "", "numbers")
+    out = table("", "criterion", "", "numbers", wrap=("numbers",))
     if p.get("gap_judged", True) and p.get("gap_reduction") is not None:
         gap = f"reduced {100 * p['gap_reduction']:.1f}% (needs ≥ 25%)"
     else:

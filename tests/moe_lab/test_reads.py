@@ -1,0 +1,315 @@
+"""The read commands (ls, show, metrics, compare, verdict, watch, logs, download) and the
+writes that end runs (cancel, delete), on runs whose rows the tests write through
+store/runs as a worker would: the real app and Postgres, no worker."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import threading
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from store import artifacts, runs
+from store.db import session_scope
+from store.models import Status
+from tests.factories import claim, record, result, write
+
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+
+MICRO = {"base_preset": "micro", "base": {"max_train_tokens": 4096, "num_epochs": 2}}
+
+
+def epoch_record(epoch: int, loss: float, *, dense: bool = False, tokens: float = 1000.0,
+                 eval_min: tuple[float, float] = (1.0, 3.5),
+                 dropped: tuple[float, float] = (0.3, 0.1)) -> dict:  # fmt: skip
+    """An epoch as the Trainer reports it; layers 2 and 4 differ, so a column that reads
+    the wrong layer (or the wrong reduction over layers) shows it."""
+    rec = record(epoch, loss, layers=() if dense else (2, 4))
+    rec["tokens_per_sec"] = tokens
+    for i, layer in enumerate(rec["eval_expert_stats"]):
+        layer["min_usage"] = eval_min[i]
+    for i, layer in enumerate(rec["expert_stats"]):
+        layer["dropped"] = dropped[i]
+    return rec
+
+
+def finish(settings, experiment_id: int, epochs: list[dict], run_result: dict | None,
+           status: Status = Status.succeeded, error: str | None = None) -> None:  # fmt: skip
+    """Run `experiment_id` as a worker would: claim it, write its epochs, end it."""
+    owner = f"test-worker-{experiment_id}"
+    assert claim(settings.database_url, experiment_id, owner).outcome is runs.ClaimOutcome.claimed
+    for rec in epochs:
+        write(settings.database_url, experiment_id, owner, rec)
+    with session_scope(settings.database_url) as session:
+        assert runs.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
+                                      status=status, error=error, result=run_result)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def seeded(http, settings):
+    """A dense run, a MoE run judged against it, a MoE run without a baseline whose router
+    collapsed, a failed run and a queued one."""
+
+    def create(**body) -> int:
+        response = http.post("/experiments", json={**MICRO, **body})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    dense = create(name="r-dense", dense=True, tags=["reads", "dense"])
+    moe = create(name="r-moe", preset="baseline", baseline_id=dense, tags=["reads"])
+    loner = create(name="r-loner", preset="top2", tags=["other"])
+    failed = create(name="r-failed", preset="top2")
+    queued = create(name="r-queued", preset="top2", tags=["reads"])
+    finish(settings, dense, [epoch_record(1, 5.6, dense=True), epoch_record(2, 5.25, dense=True)],
+           result(5.24, dense=True))  # fmt: skip
+    finish(settings, moe, [epoch_record(1, 6.0, tokens=1000), epoch_record(2, 5.01, tokens=3000)],
+           result(5.0))  # fmt: skip
+    finish(settings, loner, [epoch_record(1, 5.51)], result(5.5, eval_usage=(2.0,) + (14.0,) * 7))
+    finish(settings, failed, [], None, Status.failed, error="RuntimeError: out of memory")
+    return SimpleNamespace(dense=dense, moe=moe, loner=loner, failed=failed, queued=queued)
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, result.output + result.stderr
+    return result.stdout
+
+
+def test_ls_filters_orders_and_prints_a_table(cli, seeded):
+    page = json.loads(ok(cli("ls", "--tag", "reads", "--json")))
+    assert [run["id"] for run in page["items"]] == [seeded.queued, seeded.moe, seeded.dense]
+    assert page["total"] == 3
+    dense_only = json.loads(ok(cli("ls", "--dense", "--json")))["items"]
+    assert [run["id"] for run in dense_only] == [seeded.dense]
+    moe_only = json.loads(ok(cli("ls", "--moe", "--status", "succeeded", "--json")))["items"]
+    assert {run["id"] for run in moe_only} == {seeded.moe, seeded.loner}
+    by_ce = json.loads(ok(cli("ls", "--order", "val_ce", "--status", "succeeded", "--json")))
+    assert [run["id"] for run in by_ce["items"]] == [seeded.moe, seeded.dense, seeded.loner]
+    named = json.loads(ok(cli("ls", "--name", "LONER", "--json")))["items"]
+    assert [run["id"] for run in named] == [seeded.loner]
+
+    table = ok(cli("ls", "--tag", "reads"))
+    header, *rows = [line for line in table.splitlines() if line.strip() and "──" not in line]
+    assert header.split() == ["id", "name", "preset", "status", "epoch", "best", "val", "CE",
+                              "tags", "created"]  # fmt: skip
+    assert rows[1].split()[:6] == [str(seeded.moe), "r-moe", "baseline", "succeeded", "2/2",
+                                   "5.0000"]  # fmt: skip
+    assert rows[2].split()[:6] == [str(seeded.dense), "r-dense", "dense", "succeeded", "2/2",
+                                   "5.2400"]  # fmt: skip
+    assert "reads,dense" in rows[2]
+    assert rows[0].split()[:5] == [str(seeded.queued), "r-queued", "top2", "queued", "0/2"]
+
+    limited = ok(cli("ls", "--limit", "2"))
+    assert "2 of " in limited.splitlines()[-1]
+
+    bad = cli("ls", "--status", "sleeping")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: 422 status: ")
+
+
+def test_show_prints_the_key_fields(cli, seeded):
+    text = ok(cli("show", seeded.moe))
+    assert f"experiment {seeded.moe}" in text
+    lines = {line.split("  ")[0].strip(): line.strip() for line in text.splitlines()}
+    assert lines["best val CE"].endswith("5.0000")
+    assert lines["baseline"].endswith(str(seeded.dense))
+    assert lines["kind"].endswith("baseline on micro")
+    assert lines["epoch"].endswith("2/2")
+    assert "progress" not in lines
+    failed = ok(cli("show", seeded.failed))
+    assert "RuntimeError: out of memory" in failed
+    assert json.loads(ok(cli("show", seeded.moe, "--json")))["best_val_ce_loss"] == 5.0
+    missing = cli("show", 999999)
+    assert (missing.exit_code, missing.stderr) == (1, "error: 404 experiment 999999 not found\n")
+
+
+def test_show_says_where_a_running_run_is(cli, http, settings):
+    run_id = http.post("/experiments", json={**MICRO, "name": "r-running"}).json()["id"]
+    owner = "test-worker-running"
+    assert claim(settings.database_url, run_id, owner).outcome is runs.ClaimOutcome.claimed
+    progress = {"phase": "training", "epoch": 2, "step": 30, "steps_per_epoch": 76,
+                "tokens_per_sec": 5100.0, "eta_seconds": 72.0,
+                "updated_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    with session_scope(settings.database_url) as session:
+        assert runs.heartbeat(session=session, experiment_id=run_id, owner=owner, progress=progress)
+    text = ok(cli("show", run_id))
+    assert "epoch 2/2 training: step 30/76, 5,100 tok/s, ETA 1m 12s" in text
+    with session_scope(settings.database_url) as session:
+        runs.finish_experiment(session=session, experiment_id=run_id, owner=owner,
+                               status=Status.cancelled)  # fmt: skip
+
+
+def test_metrics_csv_and_table_use_the_last_layer(cli, seeded):
+    rows = list(csv.DictReader(io.StringIO(ok(cli("metrics", seeded.moe, "--csv")))))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    second = rows[1]
+    assert float(second["train_loss"]) == pytest.approx(5.01)
+    assert float(second["val_ce"]) == pytest.approx(5.0)
+    assert float(second["val_loss"]) == pytest.approx(5.01)
+    assert float(second["tokens_per_sec"]) == 3000
+    assert float(second["min_usage_pct"]) == 3.5  # layer 4's evaluation, not layer 2's 1.0
+    assert float(second["drop_pct"]) == pytest.approx(10.0)  # layer 4's training drops
+    dense_rows = list(csv.DictReader(io.StringIO(ok(cli("metrics", seeded.dense, "--csv")))))
+    assert dense_rows[0]["min_usage_pct"] == "" and dense_rows[0]["drop_pct"] == ""
+
+    table = ok(cli("metrics", seeded.moe))
+    assert "min usage %" in table
+    epoch_two = next(line for line in table.splitlines() if line.split()[:1] == ["2"])
+    assert epoch_two.split() == ["2", "5.0100", "5.0000", "5.0000", "5.0100", "3,000", "3.5",
+                                 "10.0"]  # fmt: skip
+    assert json.loads(ok(cli("metrics", seeded.moe, "--json")))["epochs"][1]["epoch"] == 2
+
+
+def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
+    rows = json.loads(ok(cli("compare", seeded.dense, seeded.moe, seeded.loner, "--json")))
+    dense, moe, loner = rows
+    assert dense["delta_vs_dense"] is None and dense["min_usage_pct"] is None
+    assert moe["val_ce"] == 5.0 and moe["perplexity"] == pytest.approx(math.exp(5.0))
+    assert moe["tokens_per_sec"] == 2000  # the mean of the epochs
+    assert moe["min_usage_pct"] == 1.0  # the final evaluation, the least-used layer
+    assert moe["drop_pct"] == pytest.approx(30.0)  # the final epoch, the worst layer
+    assert moe["delta_vs_dense"] == pytest.approx(5.0 - 5.24)  # against its baseline
+    # no baseline of its own: against the dense run among those given
+    assert loner["delta_vs_dense"] == pytest.approx(5.5 - 5.24)
+    assert loner["dense_id"] == seeded.dense
+
+    alone = json.loads(ok(cli("compare", seeded.loner, "--json")))[0]
+    assert alone["delta_vs_dense"] is None  # no baseline, no dense run given
+    fetched = json.loads(ok(cli("compare", seeded.moe, "--json")))[0]
+    assert fetched["delta_vs_dense"] == pytest.approx(-0.24)  # its baseline, fetched
+
+    table = ok(cli("compare", seeded.dense, seeded.moe, seeded.loner))
+    header = table.splitlines()[0]
+    for column in ("name", "val CE", "perplexity", "tokens/s", "min usage", "drop rate",
+                   "Δ vs dense"):  # fmt: skip
+        assert column in header
+    moe_line = next(line for line in table.splitlines() if "r-moe" in line)
+    assert moe_line.split() == [str(seeded.moe), "r-moe", "baseline", "succeeded", "5.0000",
+                                "148.4", "2,000", "1.0%", "30.0%", "-0.2400", "(vs",
+                                f"{seeded.dense})"]  # fmt: skip
+
+
+def test_verdict_shows_each_criterion(cli, seeded):
+    text = ok(cli("verdict", seeded.moe))
+    assert text.splitlines()[0] == (
+        f"experiment {seeded.moe} against dense run {seeded.dense}: passed"
+    )
+    primary = next(line for line in text.splitlines() if "primary" in line)
+    assert primary.split()[0] == "✓" and "val CE 5.0000 vs dense 5.2400" in primary
+    assert "Δ -0.2400" in primary
+    tertiary = next(line for line in text.splitlines() if "tertiary" in line)
+    assert tertiary.split()[0] == "✓" and "min usage 12.5%" in tertiary
+    assert "secondary" in text and "significance unknown" in text
+    assert json.loads(ok(cli("verdict", seeded.moe, "--json")))["passed"] is True
+
+    none = cli("verdict", seeded.loner)
+    assert none.exit_code == 1 and none.stderr.startswith("error: 409 ")
+    assert none.stderr.count("\n") == 1
+
+
+def test_watch_of_a_finished_run_prints_its_epochs_once_the_outcome_and_verdict(cli, seeded):
+    result = cli("watch", seeded.moe)
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = result.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert epochs == [
+        "epoch 1/2  train loss 6.0000  val CE 5.9900  val loss 6.0000  1,000 tok/s  0s",
+        "epoch 2/2  train loss 5.0100  val CE 5.0000  val loss 5.0100  3,000 tok/s  0s",
+    ]
+    assert f"experiment {seeded.moe} succeeded: best val CE 5.0000" in result.stdout
+    assert f"verdict against dense run {seeded.dense}: passed" in result.stdout
+    assert any(line.split()[:2] == ["✓", "primary"] for line in lines)
+
+    failed = cli("watch", seeded.failed)
+    assert failed.exit_code == 1
+    assert f"experiment {seeded.failed} failed: RuntimeError: out of memory" in failed.stdout
+
+
+def test_logs_follow_a_run_until_it_ends(cli, http, settings):
+    run = http.post("/experiments", json={**MICRO, "name": "r-logs"}).json()
+    log = artifacts.run_dir(settings, run["run_key"]) / artifacts.LOG
+    log.parent.mkdir(parents=True)
+    log.write_text("attempt 1\n")
+    owner = "test-worker-logs"
+    assert claim(settings.database_url, run["id"], owner).outcome is runs.ClaimOutcome.claimed
+
+    def worker() -> None:
+        for line in ("epoch 1\n", "epoch 2\n"):
+            time.sleep(0.3)
+            with log.open("a") as out:
+                out.write(line)
+        with session_scope(settings.database_url) as session:
+            runs.finish_experiment(session=session, experiment_id=run["id"], owner=owner,
+                                   status=Status.succeeded)  # fmt: skip
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        followed = cli("logs", run["id"], "-f", "--interval", "0.05")
+    finally:
+        thread.join()
+    assert followed.exit_code == 0, followed.stderr
+    assert followed.stdout == "attempt 1\nepoch 1\nepoch 2\n"
+    assert ok(cli("logs", run["id"])) == "attempt 1\nepoch 1\nepoch 2\n"
+
+
+def test_download_lists_and_streams_artifacts(cli, seeded, settings, http, tmp_path):
+    run = http.get(f"/experiments/{seeded.moe}").json()
+    directory = artifacts.run_dir(settings, run["run_key"])
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = bytes(range(256)) * 4096  # 1 MiB, binary
+    (directory / artifacts.MODEL).write_bytes(payload)
+    listing = ok(cli("download", seeded.moe))
+    assert "model.pt" in listing and "1.0 MB" in listing
+    assert json.loads(ok(cli("download", seeded.moe, "--json")))["items"][0]["size"] == len(payload)
+
+    out = ok(cli("download", seeded.moe, "model.pt", "-o", tmp_path / "got"))
+    assert out.strip() == f"wrote {tmp_path / 'got' / 'model.pt'} (1.0 MB)"
+    assert (tmp_path / "got" / "model.pt").read_bytes() == payload
+    assert not list((tmp_path / "got").glob("*.part"))
+
+    missing = cli("download", seeded.moe, "checkpoint.pt", "-o", tmp_path)
+    assert missing.exit_code == 1
+    assert missing.stderr == f"error: 404 experiment {seeded.moe} has no checkpoint.pt (yet)\n"
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_cancel_and_delete(cli, http, settings):
+    queued = http.post("/experiments", json={**MICRO, "name": "r-cancel"}).json()["id"]
+    refused = cli("delete", queued, "--yes")
+    assert refused.exit_code == 1 and refused.stderr.startswith("error: 409 ")
+    assert ok(cli("cancel", queued)).strip() == f"experiment {queued} cancelled"
+
+    kept = cli("delete", queued, input="n\n")
+    assert kept.exit_code == 1  # declined: nothing deleted
+    assert http.get(f"/experiments/{queued}").status_code == 200
+    assert ok(cli("delete", queued, input="y\n")).endswith(f"deleted experiment {queued}\n")
+    assert http.get(f"/experiments/{queued}").status_code == 404
+    gone = cli("delete", queued, "--yes")
+    assert gone.stderr == f"error: 404 experiment {queued} not found\n"
+
+
+def test_study_show_prints_members_and_what_the_verdicts_wait_for(cli, http):
+    study = http.post(
+        "/studies",
+        json={"name": "r-study", "base_preset": "micro", "experiments": ["baseline", "top2"],
+              "base": {"max_train_tokens": 4096}},
+    ).json()  # fmt: skip
+    text = ok(cli("study", "show", study["id"]))
+    assert text.splitlines()[0].startswith(f"study {study['id']} 'r-study': queued")
+    for member in study["members"]:
+        assert any(line.split()[:2] == [str(member["id"]), member["name"]]
+                   for line in text.splitlines())  # fmt: skip
+    verdicts = text[text.index("verdicts against dense") :]
+    assert [line.split()[0] for line in verdicts.splitlines()[3:] if line[:1] != " "] == [
+        "baseline", "top2"
+    ]  # fmt: skip
+    baseline_id = next(m["id"] for m in study["members"] if m["name"] == "baseline")
+    assert f"experiment {baseline_id} is queued" in " ".join(verdicts.split())
+    assert json.loads(ok(cli("study", "show", study["id"], "--json")))["id"] == study["id"]
+    listed = ok(cli("study", "ls"))
+    assert any(line.split()[:2] == [str(study["id"]), "r-study"] for line in listed.splitlines())
