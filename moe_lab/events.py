@@ -139,7 +139,7 @@ def stream_events(
             raise ApiError(
                 None,
                 f"lost the event stream of {client.base_url}{path} for over "
-                f"{give_up_after:.0f} s: {reason or type(failure).__name__}",
+                f"{give_up_after:g} s: {reason or type(failure).__name__}",
             )
         time.sleep(retry_ms[-1] / 1000 if retry_ms else delay)
         delay = min(delay * 2, 5.0)
