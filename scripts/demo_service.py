@@ -4,51 +4,42 @@
     .venv/bin/python scripts/demo_service.py --base-preset tiny --experiments baseline top2
 
 It starts `uvicorn api.main:app` and one `celery -A worker.celery_app worker`, submits a
-study (a dense baseline plus MoE experiments), follows its runs epoch by epoch, prints the
-verdict table and stops both processes. With MOE_DATABASE_URL / MOE_BROKER_URL set, the
-same happens against Postgres and Redis (run `alembic upgrade head` first there).
+study (a dense baseline plus MoE experiments) through the Python client (moe_lab.client,
+what the `moe-lab` CLI uses), follows each run on its event stream as `moe-lab submit
+--wait` does, prints the verdict table and stops both processes. With MOE_DATABASE_URL /
+MOE_BROKER_URL set, the same happens against Postgres and Redis (run `alembic upgrade head`
+first there).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: moe_core.criteria is importable
-FINISHED = {"succeeded", "failed", "cancelled"}
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: moe_lab, moe_core importable
+
+from moe_lab import render  # noqa: E402
+from moe_lab.client import ApiError, Client  # noqa: E402
+from moe_lab.follow import Follower  # noqa: E402
 
 
-def call(url: str, method: str = "GET", body: dict | None = None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token := os.environ.get("MOE_API_TOKEN"):
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def wait_ready(base_url: str, timeout: float = 60) -> None:
+def wait_ready(api: Client, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if call(f"{base_url}/readyz")["status"] == "ok":
+            if api.ready()["status"] == "ok":
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except ApiError:  # not listening yet, or a 503 while it starts
             pass
         time.sleep(0.5)
-    raise SystemExit(f"the API at {base_url} did not become ready")
+    raise SystemExit(f"the API at {api.base_url} did not become ready")
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
@@ -67,14 +58,16 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def print_verdict_table(base_url: str, study: dict) -> None:
+def print_verdict_table(api: Client, study: dict) -> None:
     """The CLI study's comparison table, built from what the API stores and judges."""
     from moe_core.criteria import format_table, format_verdict  # torch-free
 
     def result(experiment_id: int) -> dict | None:
         try:
-            return call(f"{base_url}/experiments/{experiment_id}/result")
-        except urllib.error.HTTPError:  # 409: the run did not succeed
+            return api.result(experiment_id)
+        except ApiError as error:  # 409: the run did not succeed
+            if error.status != 409:
+                raise
             return None
 
     dense = result(study["dense_id"])
@@ -93,7 +86,9 @@ def print_verdict_table(base_url: str, study: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-preset", default="micro", choices=["micro", "tiny", "small", "spec"])
+    parser.add_argument(
+        "--base-preset", default="micro", choices=["micro", "tiny", "small", "spec"]
+    )
     parser.add_argument("--experiments", nargs="+", default=["baseline", "top2"])
     parser.add_argument("--epochs", type=int, help="override the base preset's num_epochs")
     parser.add_argument("--port", type=int, default=8765)
@@ -107,7 +102,7 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="moe-demo-"))
     base_url = f"http://127.0.0.1:{args.port}"
     python = sys.executable
-    api = start(
+    server = start(
         [python, "-m", "uvicorn", "api.main:app", "--port", str(args.port)], logs / "api.log"
     )
     worker = start(
@@ -115,41 +110,35 @@ def main() -> int:
          "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"],
         logs / "worker.log",
     )  # fmt: skip
+    api = Client(base_url)
     try:
-        wait_ready(base_url)
+        wait_ready(api)
         base = {"num_epochs": args.epochs} if args.epochs else {}
-        study = call(
-            f"{base_url}/studies",
-            "POST",
+        study = api.create_study(
             {
                 "name": "demo",
                 "base_preset": args.base_preset,
                 "base": base,
                 "experiments": args.experiments,
-            },
+            }
         )
         print(f"study {study['id']}: dense run {study['dense_id']} + {', '.join(args.experiments)}")
-        shown: dict[int, int] = {}
-        while study["status"] not in FINISHED:
-            time.sleep(1)
-            study = call(f"{base_url}/studies/{study['id']}")
-            for member in study["members"]:
-                if member["current_epoch"] > shown.get(member["id"], 0):
-                    metrics = call(f"{base_url}/experiments/{member['id']}/metrics")
-                    for epoch in metrics["epochs"][shown.get(member["id"], 0) :]:
-                        val = epoch["val"]["ce_loss"] if epoch["val"] else float("nan")
-                        print(
-                            f"  {member['name']:>14} epoch {epoch['epoch']}/{member['num_epochs']}: "
-                            f"train {epoch['train']['ce_loss']:.3f}  val {val:.3f}  "
-                            f"{epoch['tokens_per_sec']:,.0f} tok/s"
-                        )
-                    shown[member["id"]] = member["current_epoch"]
+        # One worker trains the members in turn, dense first: follow each to its end.
+        console = render.console()
+        follower = Follower(api, console)
+        for member in sorted(study["members"], key=lambda m: m["id"]):
+            console.rule(f"{member['name']} (experiment {member['id']})")
+            follower.follow(api.experiment(member["id"]), show_verdict=False)
+        study = api.study(study["id"])
         print(f"\nstudy {study['id']} {study['status']}\n")
-        print_verdict_table(base_url, study)
+        print_verdict_table(api, study)
         return 0 if study["status"] == "succeeded" else 1
+    except ApiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     finally:
         stop(worker)
-        stop(api)
+        stop(server)
         print(f"logs: {logs}")
 
 
