@@ -243,7 +243,7 @@ def print_plan(out: Any, plan: Mapping[str, Any]) -> None:
         ("steps per epoch", render.num(plan.get("steps_per_epoch"), "d") or "the corpus decides"),
         ("tokens per epoch", render.num(plan.get("tokens_per_epoch"), ",d") or "the corpus decides"),
         ("batch", f"{config.get('batch_size')} x {plan['base'].get('seq_len')} tokens"),
-        ("lr", str(config.get("learning_rate", ""))),
+        ("learning rate", str(plan["base"].get("learning_rate", ""))),
     ]  # fmt: skip
     for label, text in rows:
         grid.add_row(label, text)

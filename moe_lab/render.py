@@ -219,26 +219,20 @@ def compare_rows(
 
 
 def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    out = table(
-        "id", "name", "kind", "status", "val CE", "perplexity", "tokens/s", "min usage",
-        "drop rate", "Δ vs dense",
-        right=("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "Δ vs dense"),
-    )  # fmt: skip
+    numbers = ("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "Δ vs dense",
+               "dense")  # fmt: skip
+    out = table("id", "name", *numbers[1:], right=numbers, wrap=("name",))
     for row in rows:
-        delta = signed(row["delta_vs_dense"], ".4f")
-        if delta:
-            delta += f" (vs {row['dense_id']})"
         out.add_row(
             str(row["id"]),
             row["name"],
-            row["kind"],
-            row["status"],
             num(row["val_ce"], ".4f"),
             num(row["perplexity"], ".1f"),
             num(row["tokens_per_sec"], ",.0f"),
             pct(row["min_usage_pct"]),
             pct(row["drop_pct"]),
-            delta,
+            signed(row["delta_vs_dense"], ".4f"),
+            str(row["dense_id"]) if row["delta_vs_dense"] is not None else "",
         )
     return out
 

@@ -188,9 +188,10 @@ def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
                    "Δ vs dense"):  # fmt: skip
         assert column in header
     moe_line = next(line for line in table.splitlines() if "r-moe" in line)
-    assert moe_line.split() == [str(seeded.moe), "r-moe", "baseline", "succeeded", "5.0000",
-                                "148.4", "2,000", "1.0%", "30.0%", "-0.2400", "(vs",
-                                f"{seeded.dense})"]  # fmt: skip
+    assert moe_line.split() == [str(seeded.moe), "r-moe", "5.0000", "148.4", "2,000", "1.0%",
+                                "30.0%", "-0.2400", str(seeded.dense)]  # fmt: skip
+    dense_line = next(line for line in table.splitlines() if "r-dense" in line)
+    assert dense_line.split() == [str(seeded.dense), "r-dense", "5.2400", "188.7", "1,000"]
 
 
 def test_verdict_shows_each_criterion(cli, seeded):
