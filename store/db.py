@@ -44,7 +44,18 @@ def _create_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    from store.settings import get_settings
+
+    settings = get_settings()
+    # One connection per API request thread, and a few for the event loop's own reads (the
+    # metrics cache, event streams); workers use one or two of theirs.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.api_threads,
+        max_overflow=5,
+        pool_timeout=settings.db_pool_timeout,
+    )
 
 
 @lru_cache

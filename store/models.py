@@ -91,6 +91,9 @@ class Study(Base):
     experiment_presets: Mapped[list[str]] = mapped_column(JSONType)
     # Each preset and the dense baseline run once per seed: base.seed, base.seed + 1, ...
     seeds: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The client's Idempotency-Key and the hash of the body it came with (see Experiment).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     members: Mapped[list[Experiment]] = relationship(
@@ -120,10 +123,19 @@ class Experiment(Base):
     )
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
     base: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default="[]")
+    # The client's Idempotency-Key: unique, so that concurrent retries of one POST store one
+    # run (the database decides, not a check-then-insert); request_hash is the body's hash,
+    # so that the same key with another body is refused rather than answered with this run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
     status: Mapped[str] = mapped_column(String(20), default=Status.queued, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     current_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # The running attempt's live position (store.runs.Progress), written with its heartbeat
+    # every few seconds; null before a worker starts it and once it is finished.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     num_epochs: Mapped[int] = mapped_column(Integer)
     stopped_early: Mapped[bool] = mapped_column(Boolean, default=False)
     # The engine's best_val_loss (CE + aux for MoE runs, CE for dense ones); runs compare on

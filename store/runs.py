@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Update, func, or_, select, update
+from sqlalchemy import Select, Update, delete, func, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -44,10 +44,17 @@ def create_experiment(
     dense: bool = False,
     baseline_id: int | None = None,
     study: Study | None = None,
+    tags: Sequence[str] = (),
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Experiment:
-    """Add a queued experiment (flushed, not committed)."""
+    """Add a queued experiment (flushed, not committed). With an `idempotency_key` taken
+    already, the flush raises IntegrityError: see `find_submission`."""
     experiment = Experiment(
         name=name,
+        tags=list(tags),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
         preset=preset,
         base_preset=base_preset,
         dense=dense,
@@ -72,10 +79,14 @@ def create_study(
     base_preset: str | None,
     presets: list[str],
     seeds: int = 1,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Study:
     """Add a study row (flushed, not committed); its members are added by the caller."""
     study = Study(
         name=name,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
         base_preset=base_preset,
         base=base.model_dump(mode="json"),
         experiment_presets=presets,
@@ -90,20 +101,108 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment | None
     return session.get(Experiment, experiment_id, populate_existing=True)
 
 
+class Order(enum.StrEnum):
+    newest = "newest"  # by id, newest first
+    val_ce = "val_ce"  # by best validation CE, lowest first; runs without one last
+
+
+@dataclass(frozen=True)
+class ExperimentFilter:
+    """What GET /experiments narrows the list to; None is "any"."""
+
+    status: Status | None = None
+    name: str | None = None  # a case-insensitive substring of the name
+    tag: str | None = None
+    study_id: int | None = None
+    preset: str | None = None
+    dense: bool | None = None
+
+
 def list_experiments(
-    *, session: Session, status: Status | None, limit: int, offset: int
+    *,
+    session: Session,
+    where: ExperimentFilter = ExperimentFilter(),
+    order: Order = Order.newest,
+    limit: int,
+    offset: int,
 ) -> tuple[Sequence[Experiment], int]:
     query: Select[tuple[Experiment]] = select(Experiment)
-    if status is not None:
-        query = query.where(Experiment.status == status)
+    if where.status is not None:
+        query = query.where(Experiment.status == where.status)
+    if where.name is not None:
+        pattern = where.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Experiment.name.ilike(f"%{pattern}%", escape="\\"))
+    if where.tag is not None:
+        query = query.where(_has_tag(session, where.tag))
+    if where.study_id is not None:
+        query = query.where(Experiment.study_id == where.study_id)
+    if where.preset is not None:
+        query = query.where(Experiment.preset == where.preset)
+    if where.dense is not None:
+        query = query.where(Experiment.dense.is_(where.dense))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Experiment.id.desc()).limit(limit).offset(offset)).all()
+    if order is Order.val_ce:
+        ordering = (Experiment.best_val_ce_loss.is_(None), Experiment.best_val_ce_loss,
+                    Experiment.id.desc())  # fmt: skip
+    else:
+        ordering = (Experiment.id.desc(),)
+    items = session.scalars(query.order_by(*ordering).limit(limit).offset(offset)).all()
     return items, total
+
+
+def _has_tag(session: Session, tag: str):
+    """`tag` is among the run's tags: JSONB containment on Postgres (indexable), the JSON1
+    table function on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return type_coerce(Experiment.tags, postgresql.JSONB).contains([tag])
+    each = func.json_each(Experiment.tags).table_valued("value")
+    return select(each.c.value).where(each.c.value == tag).exists()
+
+
+def find_submission(
+    *, session: Session, model: type[Experiment] | type[Study], idempotency_key: str
+) -> Experiment | Study | None:
+    """The run or study an earlier POST with this Idempotency-Key stored."""
+    session.rollback()  # after a failed insert, and to see the winner's commit
+    return session.scalars(
+        select(model).where(model.idempotency_key == idempotency_key)
+    ).one_or_none()
+
+
+def delete_experiment(*, session: Session, experiment_id: int) -> bool:
+    """Delete a finished run with its epochs and statistics (committed; the caller removes
+    its files). False when it is not finished: a worker might still be writing to it."""
+    deleted = session.execute(
+        delete(Experiment).where(Experiment.id == experiment_id, Experiment.status.in_(FINISHED))
+    ).rowcount
+    session.commit()
+    return deleted == 1
+
+
+def delete_study(*, session: Session, study_id: int) -> bool:
+    """Delete a study whose members are all finished, with them (committed). False while a
+    member is queued or running."""
+    unfinished = (
+        select(Experiment.id)
+        .where(Experiment.study_id == study_id, Experiment.status.not_in(FINISHED))
+        .exists()
+    )
+    deleted = session.execute(delete(Study).where(Study.id == study_id, ~unfinished)).rowcount
+    session.commit()
+    return deleted == 1
 
 
 def experiment_status(*, session: Session, experiment_id: int) -> str | None:
     """The run's status alone (None for an unknown id): one column, no object loaded."""
     return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
+
+
+def live_state(*, session: Session, experiment_id: int):
+    """The run's status, error, current epoch and progress (None for an unknown id)."""
+    return session.execute(
+        select(Experiment.status, Experiment.error, Experiment.current_epoch,
+               Experiment.progress).where(Experiment.id == experiment_id)
+    ).one_or_none()  # fmt: skip
 
 
 def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any]]:
@@ -204,13 +303,18 @@ def request_cancel(*, session: Session, experiment_id: int, stale_before: dateti
     session.commit()
 
 
-def fail_unqueued(*, session: Session, experiment_ids: list[int], error: str) -> None:
-    """Mark runs whose task could not be sent to the broker as failed (committed)."""
+def withdraw(*, session: Session, experiment_ids: list[int], study_id: int | None) -> None:
+    """Delete runs (and their study) whose tasks the broker refused (committed): the POST
+    that stored them fails, so they must not exist. Runs already claimed stay: their
+    message did get through."""
     session.execute(
-        update(Experiment)
-        .where(Experiment.id.in_(experiment_ids), Experiment.status == Status.queued)
-        .values(status=Status.failed, error=error, finished_at=utcnow())
+        delete(Experiment).where(
+            Experiment.id.in_(experiment_ids), Experiment.status == Status.queued
+        )
     )
+    if study_id is not None:
+        members = select(Experiment.id).where(Experiment.study_id == study_id).exists()
+        session.execute(delete(Study).where(Study.id == study_id, ~members))
     session.commit()
 
 
@@ -301,6 +405,7 @@ def claim_run(
                 device=device,
                 heartbeat_at=now,
                 started_at=func.coalesce(Experiment.started_at, now),
+                progress=None,  # the new attempt reports its own
                 attempts=Experiment.attempts + 1,
                 restarts=restarts,
             )
@@ -358,7 +463,7 @@ def requeue_abandoned(
             )  # fmt: skip
         elif session.execute(
             fence.values(status=Status.queued, worker=None, worker_name=None, heartbeat_at=None,
-                         restarts=restarts, queued_at=now)
+                         progress=None, restarts=restarts, queued_at=now)
         ).rowcount:  # fmt: skip
             requeued.append(row.id)
     session.commit()
@@ -419,11 +524,15 @@ def _gave_up(
     )
 
 
-def heartbeat(*, session: Session, experiment_id: int, owner: str) -> bool:
-    """Record that `owner` is alive (committed); False when the run is no longer its own."""
-    alive = session.execute(
-        _update_owned(experiment_id, owner).values(heartbeat_at=utcnow())
-    ).rowcount
+def heartbeat(
+    *, session: Session, experiment_id: int, owner: str, progress: dict[str, Any] | None = None
+) -> bool:
+    """Record that `owner` is alive, and where the run is (committed); False when the run
+    is no longer its own."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = _json_safe(progress)
+    alive = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount
     session.commit()
     return alive == 1
 
@@ -456,6 +565,7 @@ def hand_back(*, session: Session, experiment_id: int, owner: str) -> bool:
             worker=None,
             worker_name=None,
             heartbeat_at=None,
+            progress=None,
             handbacks=Experiment.handbacks + 1,
             queued_at=utcnow(),
         )
@@ -540,7 +650,12 @@ def finish_experiment(
 ) -> bool:
     """End a run that `owner` holds (committed); False when it no longer holds it."""
     assert status in FINISHED
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": utcnow(),
+        "error": error,
+        "progress": None,
+    }
     if result is not None:
         values.update(result_columns(result))
     done = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount

@@ -80,9 +80,22 @@ class Settings(BaseSettings):
     # GET /experiments/{id}/metrics of a running run may be served from the API's cache up
     # to this many seconds old (dashboards poll it); a finished run's never changes.
     metrics_max_age: float = Field(1.0, ge=0)
+    # An event stream (GET /experiments/{id}/events) looks at its run this often; one read
+    # per interval per run and API process, however many streams follow it.
+    event_poll_seconds: float = Field(1.0, gt=0)
+    # A running run's worker writes its progress (step, tokens/s, ETA) this often.
+    progress_interval: float = Field(2.0, gt=0)
     # A worker whose database goes away at an epoch's end waits this long for it, retrying,
     # with training paused (the epoch's checkpoint follows its rows), instead of failing.
     db_outage_seconds: float = Field(300.0, ge=0)
+    # The API's request threads and its database connections, sized to each other: a
+    # request that holds a thread can always get a connection, so under any load a request
+    # waits for a thread (in the event loop, costing nothing) rather than timing out on the
+    # pool. More requests in flight than threads simply queue.
+    api_threads: int = Field(20, ge=1, le=200)
+    # How long a request waits for a database connection before it is answered 503 with
+    # Retry-After (only when something else holds them, e.g. a slow database).
+    db_pool_timeout: float = Field(10.0, gt=0)
     # Embedded SQLite has no separate migrate step: the API and worker upgrade it at start.
     auto_migrate: bool = Field(
         None, description="`alembic upgrade head` at start; default: on for SQLite"
