@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
@@ -17,7 +17,11 @@ from store.settings import Settings, get_settings
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_db(settings: SettingsDep) -> Iterator[Session]:
+async def get_db(settings: SettingsDep) -> AsyncIterator[Session]:
+    # async, though the handlers that use the session are not: its close (which returns the
+    # connection to the pool) then runs on the event loop as soon as the request is done,
+    # instead of queueing for a thread behind new requests while holding the connection.
+    # Making a Session does no I/O; it connects on first use, in the handler's thread.
     with session_scope(settings.database_url) as session:
         yield session
 

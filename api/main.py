@@ -6,9 +6,11 @@ torch-free): its image ships without it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,8 +30,12 @@ from store.settings import get_settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
     # Embedded SQLite is migrated here; a server database by `alembic upgrade head`.
-    auto_migrate(app.dependency_overrides.get(get_settings, get_settings)())
+    auto_migrate(settings)
+    # As many request threads as the pool has connections (store.db): a request that holds
+    # a thread always gets a connection; the rest wait on the event loop, costing nothing.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
     yield
 
 
@@ -39,6 +45,8 @@ async def _spec_error(request: Request, exc: Exception) -> Response:
     return await validation_error(request, RequestValidationError(exc.errors))
 
 
+log = logging.getLogger(__name__)
+
 # Seconds a client should wait before retrying while the database is unreachable.
 DATABASE_RETRY_AFTER = 5
 
@@ -46,6 +54,8 @@ DATABASE_RETRY_AFTER = 5
 async def _database_unreachable(request: Request, exc: Exception) -> Response:
     # A restart or failover of the database is a moment to wait out, not a server error;
     # whatever the request was writing is rolled back with its session.
+    log.warning("%s %s: 503, database unreachable: %s", request.method, request.url.path,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
     return JSONResponse(
         {"detail": "the database is unreachable; retry shortly"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.specs import MAX_ID
@@ -13,6 +13,20 @@ from api.specs import MAX_ID
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 StudyId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+
+# A client's name for one submission (a uuid, say): a retried POST with the same key and
+# body returns what the first stored, so a timeout never turns into two runs.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",  # visible ASCII: what an HTTP header carries safely
+        description="retrying with the same key and body returns the original (200), "
+        "never a second run; the same key with another body is a 409",
+    ),
+]
 
 
 def only_query(*names: str) -> Any:

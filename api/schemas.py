@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from api.specs import DEFAULT_BASE_PRESET, LIMITS, MAX_ID, WORKER_ONLY
@@ -15,6 +23,10 @@ from store.models import Status
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
 ExperimentPreset = Literal["baseline", "top2", "strong_reg", "throughput_opt"]
 BasePreset = Literal["tiny", "small", "micro", "spec"]
+
+# A label a researcher filters runs by (`?tag=`): short, and safe in a URL and a shell.
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
+MAX_TAGS = 20
 
 
 def _overrides_of(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
@@ -74,6 +86,7 @@ class ExperimentCreate(BaseModel):
                     "base_preset": "tiny",
                     "config": {"dropout": 0.2},
                     "base": {"num_epochs": 2, "seed": 7},
+                    "tags": ["dropout-sweep"],
                 }
             ]
         },
@@ -101,6 +114,18 @@ class ExperimentCreate(BaseModel):
         le=MAX_ID,
         description="the dense experiment this one's verdict is judged against",
     )
+    tags: list[Tag] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description="labels to find the run by (GET /experiments?tag=...)",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_unique(cls, tags: list[str]) -> list[str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError("tags must not repeat")
+        return tags
 
     @field_validator("dense")
     @classmethod
@@ -193,11 +218,26 @@ class ErrorDetail(BaseModel):
     )
 
 
+class Progress(BaseModel):
+    """Where a running run is, as its worker last wrote it (every few seconds)."""
+
+    phase: Literal["preparing_data", "training", "evaluating"]
+    epoch: int = Field(description="the epoch in progress, from 1")
+    step: int = Field(description="training steps done in this epoch")
+    steps_per_epoch: int | None = Field(description="training steps in an epoch")
+    tokens_per_sec: float | None = Field(description="training tokens per second, this attempt")
+    eta_seconds: float | None = Field(
+        description="seconds until the last epoch ends, at this attempt's pace"
+    )
+    updated_at: datetime
+
+
 class ExperimentRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     name: str
+    tags: list[str]
     preset: str | None
     base_preset: str | None
     dense: bool
@@ -209,6 +249,9 @@ class ExperimentRead(BaseModel):
     base: dict[str, Any]
     current_epoch: int
     num_epochs: int
+    progress: Progress | None = Field(
+        description="while running: step, steps per epoch, tokens/s and ETA (the heartbeat's)"
+    )
     stopped_early: bool
     best_val_loss: float | None = Field(
         description="the engine's best validation loss: CE + aux for MoE runs, CE for dense"
@@ -234,6 +277,23 @@ class ExperimentRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @field_validator("progress")
+    @classmethod
+    def _only_while_running(cls, progress: Progress | None, info: ValidationInfo):
+        # A run taken back to the queue, or finished by someone else (a cancel of a dead
+        # worker's run), may keep its last attempt's row: not where it is now.
+        return progress if info.data.get("status") == Status.running else None
+
+
+class Artifact(BaseModel):
+    name: str = Field(description="download it from the list's URL + /{name}")
+    size: int = Field(description="bytes")
+    modified_at: datetime
+
+
+class ArtifactList(BaseModel):
+    items: list[Artifact]
 
 
 class ExperimentList(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 
 from api.verdicts import NoVerdict, seeds_verdict, verdict
 from store.models import FINISHED, Experiment, Status, Study
+from store.runs import stored_result
 
 
 def study_status(members: list[Experiment]) -> Status:
@@ -48,6 +49,35 @@ def study_read(study: Study) -> dict[str, Any]:
             _preset_verdict(preset, [m for m in moe if m.preset == preset], by_id)
             for preset in study.experiment_presets
         ],
+    }
+
+
+def study_results(study: Study) -> dict[str, Any]:
+    """The study as the spec's main() writes experiment_results.json (same keys: `base`,
+    `seeds`, `dense`, `experiments`, `runs`, `verdicts`), from the store of record: each
+    finished run's stored result, null for one that has not succeeded."""
+    members = _by_seed(study.members)
+
+    def result(member: Experiment) -> dict[str, Any] | None:
+        return stored_result(member) if member.status == Status.succeeded else None
+
+    dense = [result(member) for member in members if member.dense]
+    runs = {preset: [result(m) for m in members if m.preset == preset]
+            for preset in study.experiment_presets}  # fmt: skip
+    read = study_read(study)
+    return {
+        "study_id": study.id,
+        "name": study.name,
+        "status": read["status"],
+        "base": study.base,
+        "seeds": sorted({_seed(member) for member in members}),
+        # The spec's keys hold the first seed's runs; `runs` holds every seed's, in order.
+        "dense": dense[0] if dense else None,
+        "experiments": {
+            preset: results[0] if results else None for preset, results in runs.items()
+        },  # fmt: skip
+        "runs": {"dense": dense, **runs},
+        "verdicts": {row["preset"]: row["verdict"] for row in read["preset_verdicts"]},
     }
 
 

@@ -1,29 +1,110 @@
-"""Commit new runs, then queue their tasks: a task must never find its row missing."""
+"""Store new runs, then queue their tasks: a task must never find its row missing, and a
+POST that fails leaves nothing behind. Submissions are idempotent under a client's
+Idempotency-Key, enforced by a unique column, so that concurrent retries store one run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
 from fastapi import HTTPException, status
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from store import runs
-from store.models import Experiment
+from store.models import Experiment, Study
 from store.queue import TrainingQueue
 
+# Seconds a client should wait before retrying a submission the broker refused.
+BROKER_RETRY_AFTER = 5
 
-def submit(*, session: Session, queue: TrainingQueue, experiments: list[Experiment]) -> None:
+Stored = TypeVar("Stored", Experiment, Study)
+
+
+def request_hash(body: BaseModel) -> str:
+    """The body as validated (defaults filled, key order fixed): the same request spelt
+    differently hashes the same."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def original_of(
+    *, session: Session, model: type[Stored], idempotency_key: str, digest: str
+) -> Stored | None:
+    """What an earlier POST with this key stored, or None; 409 when it came with another
+    body (a key names one request, not a slot to overwrite)."""
+    original = runs.find_submission(session=session, model=model, idempotency_key=idempotency_key)
+    # End the read: the connection goes back to the pool now, not when the response is out
+    # (the row stays loaded: sessions do not expire on commit).
+    session.commit()
+    if original is not None and original.request_hash != digest:
+        what = "experiment" if model is Experiment else "study"
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"Idempotency-Key {idempotency_key!r} was used for {what} {original.id} with "
+            "another body; use a new key for a new request",
+        )
+    return original
+
+
+def store_once(
+    *,
+    session: Session,
+    model: type[Stored],
+    idempotency_key: str | None,
+    digest: str,
+    add: Callable[[], Stored],
+) -> tuple[Stored, bool]:
+    """`add()` the rows (flushed, not committed) unless this key stored them already:
+    (the row, True) for a new one, (the original, False) for a replay."""
+    if idempotency_key is not None:
+        original = original_of(
+            session=session, model=model, idempotency_key=idempotency_key, digest=digest
+        )
+        if original is not None:
+            return original, False
+    try:
+        return add(), True
+    except IntegrityError:
+        # A concurrent request with the same key inserted first: the unique key decided.
+        if idempotency_key is None:
+            raise
+        original = original_of(
+            session=session, model=model, idempotency_key=idempotency_key, digest=digest
+        )
+        if original is None:  # it rolled back (its broker failed): nothing to replay
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"a request with Idempotency-Key {idempotency_key!r} is in progress; retry",
+                headers={"Retry-After": "1"},
+            ) from None
+        return original, False
+
+
+def submit(
+    *,
+    session: Session,
+    queue: TrainingQueue,
+    experiments: list[Experiment],
+    study: Study | None = None,
+) -> None:
     """Commit the session, then enqueue one task per experiment.
 
-    A broker that refuses the tasks leaves the runs failed, with the reason, and answers 503:
-    nothing would ever pick them up.
+    The connection goes back to the pool at the commit: nothing holds one while the broker
+    is waited on. A broker that refuses the tasks gets the rows deleted again (a run no
+    task will ever pick up must not linger as if queued) and a 503 with Retry-After.
     """
     session.commit()
     ids = [experiment.id for experiment in experiments]
     try:
         queue.enqueue(ids)
     except Exception as exc:  # kombu raises transport-specific errors
-        runs.fail_unqueued(session=session, experiment_ids=ids, error=f"not queued: {exc}")
+        runs.withdraw(session=session, experiment_ids=ids, study_id=study.id if study else None)
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"the task broker is unreachable: {exc}"
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the task broker is unreachable, nothing was stored: {exc}",
+            headers={"Retry-After": str(BROKER_RETRY_AFTER)},
         ) from exc
-    for experiment in experiments:
-        session.refresh(experiment)

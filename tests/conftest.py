@@ -365,3 +365,68 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+# --------------------------------------------------------------------------- the API
+
+
+class ApiProcess:
+    """A real `uvicorn api.main:app` on a free port of 127.0.0.1."""
+
+    def __init__(self, settings, log_path: Path, workers: int = 1) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        command = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(workers), "--no-access-log"]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=settings_env(settings), stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 30) -> ApiProcess:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"the API did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture()
+def start_api(tmp_path) -> Iterator[Callable[..., ApiProcess]]:
+    """Start API servers (stopped at teardown; their logs shown on failure)."""
+    servers: list[ApiProcess] = []
+
+    def start(settings, *, workers: int = 1) -> ApiProcess:
+        server = ApiProcess(settings, tmp_path / f"api{len(servers)}.log", workers)
+        servers.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in servers:
+        server.stop()
+        sys.stderr.write(f"--- {server.log_path.name} (tail)\n"
+                         f"{server.log_path.read_text(errors='replace')[-3000:]}\n")  # fmt: skip

@@ -2,45 +2,43 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
-import threading
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from sse_starlette import EventSourceResponse
 
+from api import live
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.params import ExperimentId, Offset, only_query
+from api.params import ExperimentId, IdempotencyKey, Offset, only_query
 from api.plan import plan
 from api.schemas import (
+    ArtifactList,
     ExperimentCreate,
     ExperimentList,
     ExperimentPlan,
+    ExperimentPreset,
     ExperimentRead,
     MetricsRead,
     ResultRead,
+    Tag,
     VerdictRead,
 )
 from api.specs import (
+    MAX_ID,
     check_base_batch_size,
     check_run,
     check_values,
     resolve_base,
     resolve_config,
 )
-from api.submit import submit
+from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
-from store import runs
-from store.db import session_scope
-from store.models import FINISHED, Experiment, Status
+from store import artifacts, runs
+from store.models import Experiment, Status
+from store.runs import ExperimentFilter, Order
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -50,8 +48,23 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
     status_code=status.HTTP_201_CREATED,
     response_model=ExperimentRead,
     responses={
-        200: {"model": ExperimentPlan, "description": "dry_run=true: what the run would be"},
-        **error_responses(400, 404, 413, 422, e404="the baseline_id names no experiment"),
+        200: {
+            "model": ExperimentRead | ExperimentPlan,
+            "description": "the run an earlier request with this Idempotency-Key stored; "
+            "or, with dry_run=true, what the run would be (ExperimentPlan)",
+        },
+        **error_responses(
+            400,
+            404,
+            409,
+            413,
+            422,
+            503,
+            e404="the baseline_id names no experiment",
+            e409="the Idempotency-Key was used with another body",
+            e503="the database or the task broker is unreachable, or busy; nothing was "
+            "stored: retry after Retry-After seconds",
+        ),
     },
     # a misspelt ?dryrun=true must not store and queue the run it meant only to check
     dependencies=[only_query("dry_run")],
@@ -66,6 +79,7 @@ def create_experiment(
         bool,
         Query(description="check and size the run, store and queue nothing: 200 with a plan"),
     ] = False,
+    idempotency_key: IdempotencyKey = None,
 ) -> Experiment | Response:
     check_values(body.model_dump(exclude_unset=True))
     base_overrides = body.base.model_dump(exclude_unset=True)
@@ -84,17 +98,30 @@ def create_experiment(
     if dry_run:
         answer = ExperimentPlan.model_validate(plan(config, base, dense=body.dense))
         return JSONResponse(answer.model_dump(mode="json"))
-    experiment = runs.create_experiment(
+    digest = request_hash(body)
+    experiment, new = store_once(
         session=session,
-        name=body.name,
-        config=config,
-        base=base,
-        preset=body.preset,
-        base_preset=body.base_preset,
-        dense=body.dense,
-        baseline_id=body.baseline_id,
+        model=Experiment,
+        idempotency_key=idempotency_key,
+        digest=digest,
+        add=lambda: runs.create_experiment(
+            session=session,
+            name=body.name,
+            config=config,
+            base=base,
+            preset=body.preset,
+            base_preset=body.base_preset,
+            dense=body.dense,
+            baseline_id=body.baseline_id,
+            tags=body.tags,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        ),
     )
-    submit(session=session, queue=queue, experiments=[experiment])
+    if new:
+        submit(session=session, queue=queue, experiments=[experiment])
+    else:
+        response.status_code = status.HTTP_200_OK  # a replay: the original, stored once
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return experiment
 
@@ -103,16 +130,40 @@ def create_experiment(
     "",
     response_model=ExperimentList,
     responses=error_responses(422),
-    dependencies=[only_query("status", "limit", "offset")],
+    dependencies=[
+        only_query(
+            "status", "name", "tag", "study_id", "preset", "dense", "order", "limit", "offset"
+        )  # fmt: skip
+    ],
 )
 def list_experiments(
     *,
     session: SessionDep,
     status: Status | None = None,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[^\x00]+$",
+            description="part of the name, any case",
+        ),  # fmt: skip
+    ] = None,
+    tag: Tag | None = None,
+    study_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    preset: ExperimentPreset | None = None,
+    dense: Annotated[bool | None, Query(description="dense baselines only, or MoE only")] = None,
+    order: Annotated[
+        Order, Query(description="newest first, or by best validation CE, lowest first")
+    ] = Order.newest,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> dict:
-    items, total = runs.list_experiments(session=session, status=status, limit=limit, offset=offset)
+    where = ExperimentFilter(status=status, name=name, tag=tag, study_id=study_id,
+                             preset=preset, dense=dense)  # fmt: skip
+    items, total = runs.list_experiments(
+        session=session, where=where, order=order, limit=limit, offset=offset
+    )
     return {"items": items, "total": total}
 
 
@@ -134,81 +185,10 @@ async def read_experiment_metrics(
 ) -> Response:
     # async, with the database only on a cache miss: dashboards poll this, and a hit should
     # cost no thread hop, no connection and no query.
-    key = (settings.database_url, experiment_id)  # one process may serve several stores (tests)
-    cached = _METRICS.get(key, settings.metrics_max_age)
-    if cached is None:
-        # One read per expiry: the clients that miss together wait for it, rather than
-        # all querying at once the moment an entry ages out.
-        async with _METRICS.refreshing(key):
-            cached = _METRICS.get(key, settings.metrics_max_age)
-            if cached is None:
-                cached = await run_in_threadpool(
-                    _metrics_response, experiment_id, settings.database_url
-                )
-                _METRICS.put(key, cached)
+    cached = await live.metrics_of(experiment_id, settings)
     if request.headers.get("if-none-match") == cached.etag:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": cached.etag})
     return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
-
-
-@dataclass(frozen=True)
-class _Metrics:
-    body: bytes
-    etag: str
-    final: bool  # a finished run's metrics never change
-    at: float = field(default_factory=time.monotonic)
-
-
-def _metrics_response(experiment_id: int, database_url: str) -> _Metrics:
-    with session_scope(database_url) as session:
-        status_ = runs.experiment_status(session=session, experiment_id=experiment_id)
-        if status_ is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
-        epochs = runs.epoch_records(session=session, experiment_id=experiment_id)
-    # Serialised here, not through response_model: the rows already have MetricsRead's
-    # shape (a test holds them to it), and validating hundreds of nested rows would
-    # dominate the read.
-    body = json.dumps(
-        {"experiment_id": experiment_id, "status": status_, "epochs": epochs},
-        separators=(",", ":"),
-    ).encode()
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    return _Metrics(body, etag, final=status_ in FINISHED)
-
-
-class _MetricsCache:
-    """Metrics responses per experiment: a finished run's until evicted, a running run's
-    for `max_age` seconds (the freshness the settings promise)."""
-
-    def __init__(self, size: int = 512) -> None:
-        self._entries: OrderedDict[tuple[str, int], _Metrics] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()  # the miss path runs in the thread pool
-        self._refreshes: dict[tuple[str, int], asyncio.Lock] = {}
-
-    def refreshing(self, key: tuple[str, int]) -> asyncio.Lock:
-        """The lock that one refresh of `key` holds (handlers run on one event loop)."""
-        if len(self._refreshes) > 4 * self._size:
-            self._refreshes = {k: v for k, v in self._refreshes.items() if v.locked()}
-        return self._refreshes.setdefault(key, asyncio.Lock())
-
-    def get(self, key: tuple[str, int], max_age: float) -> _Metrics | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or not (entry.final or time.monotonic() - entry.at < max_age):
-                return None
-            self._entries.move_to_end(key)
-            return entry
-
-    def put(self, key: tuple[str, int], entry: _Metrics) -> None:
-        with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-
-_METRICS = _MetricsCache()
 
 
 @router.get(
@@ -263,6 +243,150 @@ def cancel_experiment(
         stale_before=runs.stale_cutoff(settings.heartbeat_timeout),
     )
     return _get_or_404(session, experiment_id)
+
+
+@router.delete(
+    "/{experiment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(
+        404, 409, 422, e409="the run is queued or running (cancel it first), or a study's"
+    ),
+)
+def delete_experiment(
+    *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """Remove a finished run: its rows and its files."""
+    experiment = _get_or_404(session, experiment_id)
+    if experiment.study_id is not None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} belongs to study {experiment.study_id}; delete the study",
+        )
+    run_key = experiment.run_key
+    if not runs.delete_experiment(session=session, experiment_id=experiment_id):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} is {experiment.status}; cancel it before deleting it",
+        )
+    artifacts.remove_run(settings, run_key)
+    live.forget(experiment_id, settings)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# One server-sent event: `data` is the JSON of the object its `event` names.
+_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["epoch", "progress", "status"]},
+        "id": {"type": "string", "description": "the last epoch delivered"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["event", "id", "data"],
+}
+
+
+@router.get(
+    "/{experiment_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "server-sent events: `epoch` (an EpochRead), `progress` (a "
+            "Progress), `status` ({status, error, current_epoch}); the stream ends after a "
+            "terminal status. Each id is the last epoch sent: reconnect with Last-Event-ID "
+            "to resume after it.",
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
+        },
+        **error_responses(404, 422),
+    },
+)
+async def follow_experiment(
+    *,
+    experiment_id: ExperimentId,
+    settings: SettingsDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=20, description="resume after this event"),
+    ] = None,
+) -> EventSourceResponse:
+    await live.snapshot_of(experiment_id, settings)  # a 404 before the stream starts
+    stream = live.events(experiment_id, settings, after_epoch=live.last_epoch_sent(last_event_id))
+    # A comment every 15 s keeps proxies from closing a quiet stream (an epoch can be long).
+    return EventSourceResponse(stream, ping=15)
+
+
+@router.get(
+    "/{experiment_id}/logs",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the run's log from byte `offset` on; the X-Log-Offset header is "
+            "the offset to ask for next (follow a run by polling with it)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(404, 422),
+    },
+)
+def read_logs(
+    *,
+    experiment_id: ExperimentId,
+    session: SessionDep,
+    settings: SettingsDep,
+    offset: Offset = 0,
+) -> Response:
+    """What the worker logged for the run, each attempt: its start, each epoch, warnings and
+    the traceback of a failure."""
+    experiment = _get_or_404(session, experiment_id)
+    path = artifacts.run_dir(settings, experiment.run_key) / artifacts.LOG
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read(MAX_LOG_READ)
+    except FileNotFoundError:
+        text = b""
+    return Response(
+        text,
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Log-Offset": str(offset + len(text))},
+    )
+
+
+# The most of a log one request returns: a client follows on with X-Log-Offset.
+MAX_LOG_READ = 1 << 20
+
+
+@router.get(
+    "/{experiment_id}/artifacts", response_model=ArtifactList, responses=error_responses(404, 422)
+)
+def list_artifacts(
+    *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
+) -> dict:
+    """The run's files: model.pt (final weights), checkpoint.pt, result.json, run.log."""
+    experiment = _get_or_404(session, experiment_id)
+    return {"items": artifacts.listing(artifacts.run_dir(settings, experiment.run_key))}
+
+
+@router.get(
+    "/{experiment_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "the file", "content": {"application/octet-stream": {}}},
+        **error_responses(404, 422),
+    },
+)
+def download_artifact(
+    *,
+    experiment_id: ExperimentId,
+    name: Annotated[artifacts.RunFile, Path(description="one of the listed names")],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> FileResponse:
+    experiment = _get_or_404(session, experiment_id)
+    path = artifacts.run_dir(settings, experiment.run_key) / name
+    if not path.is_file():
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} has no {name} (yet)"
+        )
+    return FileResponse(path, filename=f"experiment-{experiment_id}-{name}")
 
 
 def _check_baseline(session: SessionDep, baseline_id: int) -> None:

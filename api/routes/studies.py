@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi.responses import FileResponse, JSONResponse
 
-from api.deps import QueueDep, SessionDep
+from api import live
+from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.params import Offset, StudyId, only_query
+from api.params import IdempotencyKey, Offset, StudyId, only_query
 from api.plan import plan
-from api.schemas import StudyCreate, StudyList, StudyPlan, StudyRead
+from api.schemas import ArtifactList, StudyCreate, StudyList, StudyPlan, StudyRead
 from api.specs import (
     check_base_batch_size,
     check_run,
@@ -19,9 +21,9 @@ from api.specs import (
     resolve_base,
     resolve_config,
 )
-from api.study_report import study_read, study_summary
-from api.submit import submit
-from store import runs
+from api.study_report import study_read, study_results, study_summary
+from api.submit import request_hash, store_once, submit
+from store import artifacts, runs
 from store.models import Study
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -32,8 +34,21 @@ router = APIRouter(prefix="/studies", tags=["studies"])
     status_code=status.HTTP_201_CREATED,
     response_model=StudyRead,
     responses={
-        200: {"model": StudyPlan, "description": "dry_run=true: the runs it would queue"},
-        **error_responses(400, 413, 422),
+        200: {
+            "model": StudyRead | StudyPlan,
+            "description": "the study an earlier request with this Idempotency-Key stored; "
+            "or, with dry_run=true, the runs it would queue (StudyPlan)",
+        },
+        **error_responses(
+            400,
+            409,
+            413,
+            422,
+            503,
+            e409="the Idempotency-Key was used with another body",
+            e503="the database or the task broker is unreachable, or busy; nothing was "
+            "stored: retry after Retry-After seconds",
+        ),
     },
     # a misspelt ?dryrun=true must not store and queue the run it meant only to check
     dependencies=[only_query("dry_run")],
@@ -48,6 +63,7 @@ def create_study(
         bool,
         Query(description="check and size the runs, store and queue nothing: 200 with a plan"),
     ] = False,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict | Response:
     check_values(body.model_dump(exclude_unset=True))
     base_overrides = body.base.model_dump(exclude_unset=True)
@@ -70,35 +86,52 @@ def create_study(
             seeds=list(range(base.seed, base.seed + body.seeds)),
         )
         return JSONResponse(answer.model_dump(mode="json"))
-    study = runs.create_study(
-        session=session,
-        name=body.name,
-        base=base,
-        base_preset=body.base_preset,
-        presets=list(body.experiments),
-        seeds=body.seeds,
-    )
+    digest = request_hash(body)
     experiments = []
-    for seed in range(base.seed, base.seed + body.seeds):
-        common = {
-            "session": session,
-            "base": base.model_copy(update={"seed": seed}),
-            "base_preset": body.base_preset,
-            "study": study,
-        }
-        dense_run = runs.create_experiment(
-            name=_member_name("dense", seed, body.seeds), config=dense, dense=True, **common
+
+    def add() -> Study:
+        study = runs.create_study(
+            session=session,
+            name=body.name,
+            base=base,
+            base_preset=body.base_preset,
+            presets=list(body.experiments),
+            seeds=body.seeds,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
         )
-        experiments.append(dense_run)
-        for preset, config in configs.items():
-            name = _member_name(preset, seed, body.seeds)
-            experiments.append(
-                runs.create_experiment(
-                    name=name, config=config, preset=preset, baseline_id=dense_run.id, **common
-                )
+        for seed in range(base.seed, base.seed + body.seeds):
+            common = {
+                "session": session,
+                "base": base.model_copy(update={"seed": seed}),
+                "base_preset": body.base_preset,
+                "study": study,
+            }
+            dense_run = runs.create_experiment(
+                name=_member_name("dense", seed, body.seeds), config=dense, dense=True, **common
             )
-    # Each seed's dense run first: with one worker, a baseline is known before its runs end.
-    submit(session=session, queue=queue, experiments=experiments)
+            experiments.append(dense_run)
+            for preset, config in configs.items():
+                name = _member_name(preset, seed, body.seeds)
+                experiments.append(
+                    runs.create_experiment(
+                        name=name,
+                        config=config,
+                        preset=preset,
+                        baseline_id=dense_run.id,
+                        **common,
+                    )  # fmt: skip
+                )
+        return study
+
+    study, new = store_once(
+        session=session, model=Study, idempotency_key=idempotency_key, digest=digest, add=add
+    )
+    if new:
+        # Each seed's dense run first: with one worker, a baseline is known before its runs.
+        submit(session=session, queue=queue, experiments=experiments, study=study)
+    else:
+        response.status_code = status.HTTP_200_OK  # a replay: the original, stored once
     response.headers["Location"] = f"/studies/{study.id}"
     return study_read(_get_or_404(session, study.id))
 
@@ -122,6 +155,92 @@ def list_studies(
 @router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404, 422))
 def read_study(*, study_id: StudyId, session: SessionDep) -> dict:
     return study_read(_get_or_404(session, study_id))
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409, 422, e409="a member is queued or running"),
+)
+def delete_study(*, study_id: StudyId, session: SessionDep, settings: SettingsDep) -> Response:
+    """Remove a finished study: its runs, their rows and their files."""
+    study = _get_or_404(session, study_id)
+    members = [(member.id, member.run_key) for member in study.members]
+    if not runs.delete_study(session=session, study_id=study_id):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"study {study_id} has runs queued or running; cancel them before deleting it",
+        )
+    for experiment_id, run_key in members:
+        artifacts.remove_run(settings, run_key)
+        live.forget(experiment_id, settings)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+StudyFile = Literal["dense_model.pt", "experiment_results.json"]
+
+
+@router.get(
+    "/{study_id}/artifacts", response_model=ArtifactList, responses=error_responses(404, 422)
+)
+def list_study_artifacts(*, study_id: StudyId, session: SessionDep, settings: SettingsDep) -> dict:
+    """As the spec's main() leaves them: dense_model.pt (the first seed's dense weights)
+    and experiment_results.json (every run's result and the verdicts, from the store)."""
+    study = _get_or_404(session, study_id)
+    items = []
+    dense = _dense_model(study, settings)
+    if dense is not None:
+        items += [{**item, "name": "dense_model.pt"} for item in artifacts.listing(
+            dense.parent, (dense.name,))]  # fmt: skip
+    items.append({"name": "experiment_results.json", "size": len(_results_json(study)),
+                  "modified_at": max(m.finished_at or m.created_at for m in study.members)})  # fmt: skip
+    return {"items": items}
+
+
+@router.get(
+    "/{study_id}/artifacts/{name}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the file",
+            "content": {"application/octet-stream": {}, "application/json": {}},
+        },
+        **error_responses(404, 422),
+    },
+)
+def download_study_artifact(
+    *,
+    study_id: StudyId,
+    name: Annotated[StudyFile, Path(description="one of the listed names")],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    study = _get_or_404(session, study_id)
+    filename = f"study-{study_id}-{name}"
+    if name == "experiment_results.json":
+        return Response(
+            _results_json(study),
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+    dense = _dense_model(study, settings)
+    if dense is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"study {study_id}'s dense run has no weights (yet)"
+        )
+    return FileResponse(dense, filename=filename)
+
+
+def _dense_model(study: Study, settings: SettingsDep):
+    dense = next((member for member in study.members if member.dense), None)
+    if dense is None:
+        return None
+    path = artifacts.run_dir(settings, dense.run_key) / artifacts.MODEL
+    return path if path.is_file() else None
+
+
+def _results_json(study: Study) -> bytes:
+    return json.dumps(study_results(study), indent=2, default=str).encode()
 
 
 def _member_name(name: str, seed: int, seeds: int) -> str:

@@ -58,13 +58,20 @@ def test_readyz_checks_database_and_broker(client, service_settings):
     assert response.json()["checks"]["database"].startswith("error")
 
 
-def test_unreachable_broker_fails_the_run_and_answers_503(service_settings):
+def test_unreachable_broker_answers_503_and_stores_nothing(service_settings):
     settings = service_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with make_client(settings) as client:
+        before = client.get("/experiments").json()["total"]
+        studies_before = client.get("/studies").json()["total"]
         response = client.post("/experiments", json={"name": "lost", "base_preset": "micro"})
         assert response.status_code == 503
-        runs = client.get("/experiments", params={"status": "failed"}).json()["items"]
-    assert any(run["name"] == "lost" and run["error"].startswith("not queued") for run in runs)
+        assert response.headers["Retry-After"] == "5"
+        assert "nothing was stored" in response.json()["detail"]
+        study = client.post("/studies", json={"name": "lost", "experiments": ["top2"]})
+        assert study.status_code == 503
+        # No run that no task will ever pick up, no study without its runs.
+        assert client.get("/experiments").json()["total"] == before
+        assert client.get("/studies").json()["total"] == studies_before
 
 
 def test_the_api_never_imports_torch():

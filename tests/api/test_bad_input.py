@@ -117,7 +117,11 @@ def test_a_bad_study_is_422_naming_the_field(client, nothing_stored_or_queued, b
 @pytest.mark.parametrize(
     ("path", "loc"),
     [
-        ("/experiments?name=x", ["query", "name"]),
+        ("/experiments?nmae=x", ["query", "nmae"]),
+        ("/experiments?order=best", ["query", "order"]),
+        ("/experiments?tag=a%20b", ["query", "tag"]),
+        ("/experiments?name=a%00b", ["query", "name"]),
+        ("/experiments?study_id=0", ["query", "study_id"]),
         ("/experiments?stauts=failed", ["query", "stauts"]),
         ("/studies?status=failed", ["query", "status"]),
         (f"/experiments?offset={2**63}", ["query", "offset"]),

@@ -300,3 +300,34 @@ def test_a_queued_run_is_republished_only_beside_a_worker_idle_for_the_grace(own
     assert due(much_later) == [waiting]
     assert due(much_later) == []  # marked: one publish per grace period
     assert run_row(own_database, waiting).queued_at == much_later
+
+
+def test_list_filters_on_both_backends(own_database):
+    from moe_core.config import base_config, get_experiment_configs
+    from store.runs import ExperimentFilter, Order
+
+    base = base_config("micro")
+    config = get_experiment_configs(base)["top2"]
+    with session_scope(own_database) as session:
+        made = [
+            runs.create_experiment(
+                session=session, name=name, config=config, base=base, preset="top2", tags=tags
+            )  # fmt: skip
+            for name, tags in (("a_1", ["x", "y"]), ("a%2", ["y"]), ("b", []))
+        ]
+        session.commit()
+        ids = [e.id for e in made]
+
+        def listed(**where) -> list[int]:
+            items, total = runs.list_experiments(
+                session=session, where=ExperimentFilter(**where), order=Order.newest,
+                limit=10, offset=0,
+            )  # fmt: skip
+            assert total == len(items)
+            return [e.id for e in items]
+
+        assert listed(tag="y") == [ids[1], ids[0]]
+        assert listed(tag="x") == [ids[0]]
+        assert listed(name="a_") == [ids[0]]  # `_` and `%` are literal
+        assert listed(name="A%") == [ids[1]]
+        assert listed(preset="top2", dense=False) == ids[::-1]

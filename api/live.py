@@ -1,0 +1,173 @@
+"""Following a run: its metrics (cached, since dashboards poll them) and its event stream.
+
+Many clients may follow one run. Each read the database once per interval per run, however
+many clients ask (api.read_cache); each stream then only compares the shared snapshot with
+what it last sent, so a hundred streams on one run cost the database what one does.
+
+The event stream (`GET /experiments/{id}/events`, server-sent events):
+- `epoch`: each finished epoch, the same object as an item of /metrics' `epochs`;
+- `progress`: where the running run is (step, steps per epoch, tokens/s, ETA);
+- `status`: the status (with the error and current epoch) whenever it changes; the stream
+  ends after a terminal one.
+Every event's id is the last epoch the stream has delivered. A client that reconnects with
+`Last-Event-ID: N` gets the epochs after N, then the current status and progress: epochs are
+never missed, and status and progress are states, sent again rather than replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.read_cache import ReadCache
+from store import runs
+from store.db import session_scope
+from store.models import FINISHED
+from store.settings import Settings
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """GET /experiments/{id}/metrics' body, serialised once."""
+
+    body: bytes
+    etag: str
+    final: bool  # a finished run's metrics never change
+    at: float = field(default_factory=time.monotonic)
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return json.loads(self.body)["epochs"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A run's status and progress, as one stream tick needs them."""
+
+    status: str
+    error: str | None
+    current_epoch: int
+    progress: dict[str, Any] | None
+    final: bool
+    at: float = field(default_factory=time.monotonic)
+
+    def status_event(self) -> dict[str, Any]:
+        return {"status": self.status, "error": self.error, "current_epoch": self.current_epoch}
+
+
+_METRICS: ReadCache[Metrics] = ReadCache()
+_SNAPSHOTS: ReadCache[Snapshot] = ReadCache()
+
+
+def _not_found(experiment_id: int) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
+
+
+async def metrics_of(experiment_id: int, settings: Settings) -> Metrics:
+    """The run's metrics, at most settings.metrics_max_age old (a finished run's for good)."""
+    key = (settings.database_url, experiment_id)  # one process may serve several stores
+
+    async def load() -> Metrics:
+        return await run_in_threadpool(_read_metrics, experiment_id, settings.database_url)
+
+    return await _METRICS.read(key, settings.metrics_max_age, load)
+
+
+def _read_metrics(experiment_id: int, database_url: str) -> Metrics:
+    with session_scope(database_url) as session:
+        status_ = runs.experiment_status(session=session, experiment_id=experiment_id)
+        if status_ is None:
+            raise _not_found(experiment_id)
+        epochs = runs.epoch_records(session=session, experiment_id=experiment_id)
+    # Serialised here, not through response_model: the rows already have MetricsRead's
+    # shape (a test holds them to it), and validating hundreds of nested rows would
+    # dominate the read.
+    body = json.dumps(
+        {"experiment_id": experiment_id, "status": status_, "epochs": epochs},
+        separators=(",", ":"),
+    ).encode()
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    return Metrics(body, etag, final=status_ in FINISHED)
+
+
+async def snapshot_of(experiment_id: int, settings: Settings) -> Snapshot:
+    key = (settings.database_url, experiment_id)
+
+    async def load() -> Snapshot:
+        return await run_in_threadpool(_read_snapshot, experiment_id, settings.database_url)
+
+    return await _SNAPSHOTS.read(key, settings.event_poll_seconds, load)
+
+
+def _read_snapshot(experiment_id: int, database_url: str) -> Snapshot:
+    with session_scope(database_url) as session:
+        row = runs.live_state(session=session, experiment_id=experiment_id)
+    if row is None:
+        raise _not_found(experiment_id)
+    return Snapshot(
+        status=row.status,
+        error=row.error,
+        current_epoch=row.current_epoch,
+        progress=row.progress if row.status == "running" else None,
+        final=row.status in FINISHED,
+    )
+
+
+def forget(experiment_id: int, settings: Settings) -> None:
+    """Drop what is cached of a run (it was deleted)."""
+    key = (settings.database_url, experiment_id)
+    _METRICS.forget(key)
+    _SNAPSHOTS.forget(key)
+
+
+def last_epoch_sent(last_event_id: str | None) -> int:
+    """The epoch a reconnecting client had reached (0: none, or an id not ours)."""
+    try:
+        return max(0, int(last_event_id or 0))
+    except ValueError:
+        return 0
+
+
+async def events(
+    experiment_id: int, settings: Settings, *, after_epoch: int = 0
+) -> AsyncIterator[dict[str, Any]]:
+    """The run's events (sse-starlette's dicts) from epoch `after_epoch` on, until it ends."""
+    sent_epoch = after_epoch
+    sent_status: dict[str, Any] | None = None
+    sent_progress: dict[str, Any] | None = None
+    while True:
+        try:
+            snapshot = await snapshot_of(experiment_id, settings)
+        except HTTPException:  # deleted while followed
+            yield _event("status", {"status": "deleted", "error": None,
+                                    "current_epoch": sent_epoch}, sent_epoch)  # fmt: skip
+            return
+        if snapshot.current_epoch > sent_epoch:
+            metrics = await metrics_of(experiment_id, settings)
+            for record in metrics.epochs():
+                if record["epoch"] > sent_epoch:
+                    sent_epoch = record["epoch"]
+                    yield _event("epoch", record, sent_epoch)
+        # A terminal status goes out only after every epoch it counts: the metrics cache
+        # may be a moment behind the snapshot.
+        caught_up = sent_epoch >= snapshot.current_epoch
+        if snapshot.status_event() != sent_status and (caught_up or not snapshot.final):
+            sent_status = snapshot.status_event()
+            yield _event("status", sent_status, sent_epoch)
+            if snapshot.final:
+                return
+        if snapshot.progress is not None and snapshot.progress != sent_progress:
+            sent_progress = snapshot.progress
+            yield _event("progress", sent_progress, sent_epoch)
+        await asyncio.sleep(settings.event_poll_seconds)
+
+
+def _event(name: str, data: dict[str, Any], epoch: int) -> dict[str, Any]:
+    return {"event": name, "id": str(epoch), "data": json.dumps(data, separators=(",", ":"))}

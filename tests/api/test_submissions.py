@@ -1,0 +1,122 @@
+"""Submissions under load and retries: every POST either stores and queues its run (201),
+replays the original (200, same Idempotency-Key and body), or fails cleanly (503 with
+Retry-After, 409) with nothing stored or queued. Against a real uvicorn, Postgres and
+Redis: no worker, so every queued task stays countable in the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from store.db import session_scope
+from store.models import Experiment, Study
+from tests.conftest import micro_base, queued_messages
+
+pytestmark = pytest.mark.services
+
+
+def _body(name: str, **extra) -> dict:
+    return {"name": name, "base_preset": "micro", "base": micro_base(), **extra}
+
+
+def _stored(database: str) -> dict[int, Experiment]:
+    with session_scope(database) as session:
+        return {e.id: e for e in session.scalars(select(Experiment))}
+
+
+async def _post_all(url: str, bodies: list[tuple[dict, dict]], in_flight: int) -> list:
+    """POST each (body, headers) with at most `in_flight` requests open at once; a response,
+    or the exception a client saw."""
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    gate = asyncio.Semaphore(in_flight)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def post(body: dict, headers: dict):
+            async with gate:
+                try:
+                    return await client.post("/experiments", json=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    return exc
+
+        return await asyncio.gather(*(post(body, headers) for body, headers in bodies))
+
+
+def test_200_submissions_at_100_in_flight_are_each_accounted_for(
+    deployment, start_api, redis_client
+):
+    settings = deployment()
+    api = start_api(settings)
+    bodies = [(_body(f"load-{i}"), {}) for i in range(200)]
+    responses = asyncio.run(_post_all(api.url, bodies, in_flight=100))
+
+    errors = [r for r in responses if isinstance(r, Exception)]
+    assert not errors, errors[:3]
+    statuses = sorted({r.status_code for r in responses})
+    assert set(statuses) <= {201, 503}, [
+        r.text for r in responses if r.status_code not in (201, 503)
+    ][:3]
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(r.headers.get("Retry-After") for r in refused)
+    accepted = {r.json()["id"]: r.json()["name"] for r in responses if r.status_code == 201}
+    stored = _stored(settings.database_url)
+    # Every run a client was told about exists, and no other: no ghost runs.
+    assert {i: e.name for i, e in stored.items()} == accepted
+    assert queued_messages(redis_client, settings.broker_key_prefix) == len(accepted)
+    # On this machine none has to be refused: the pool and the threads are sized together.
+    assert len(accepted) == 200
+
+
+def test_a_retried_post_returns_the_original(deployment, start_api, redis_client):
+    settings = deployment()
+    api = start_api(settings)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        first = client.post("/experiments", json=_body("once", tags=["a"]), headers=key)
+        assert first.status_code == 201, first.text
+        # The same request spelt differently (key order, a default given) is the same.
+        again = client.post(
+            "/experiments",
+            json={"tags": ["a"], "dense": False, **_body("once")},
+            headers=key,
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["Location"] == f"/experiments/{first.json()['id']}"
+        other = client.post("/experiments", json=_body("twice"), headers=key)
+        assert other.status_code == 409
+        assert "another body" in other.json()["detail"]
+        bad = client.post("/experiments", json=_body("x"), headers={"Idempotency-Key": "a b"})
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+        study_key = {"Idempotency-Key": uuid.uuid4().hex}
+        study = {"name": "s", "base_preset": "micro", "experiments": ["top2"]}
+        made = client.post("/studies", json=study, headers=study_key)
+        replay = client.post("/studies", json=study, headers=study_key)
+        assert (made.status_code, replay.status_code) == (201, 200)
+        assert replay.json()["id"] == made.json()["id"]
+        assert replay.json()["members"] == made.json()["members"]
+        changed = client.post("/studies", json={**study, "seeds": 2}, headers=study_key)
+        assert changed.status_code == 409
+    with session_scope(settings.database_url) as session:
+        assert len(session.scalars(select(Study)).all()) == 1
+    assert len(_stored(settings.database_url)) == 1 + 2  # the run, the study's two
+    assert queued_messages(redis_client, settings.broker_key_prefix) == 3
+
+
+def test_100_concurrent_duplicates_store_one_run(deployment, start_api, redis_client):
+    settings = deployment()
+    api = start_api(settings)
+    headers = {"Idempotency-Key": f"dup-{uuid.uuid4().hex}"}
+    responses = asyncio.run(_post_all(api.url, [(_body("dup"), headers)] * 100, in_flight=100))
+    assert not [r for r in responses if isinstance(r, Exception)]
+    codes = [r.status_code for r in responses]
+    assert codes.count(201) == 1, sorted(set(codes))
+    assert set(codes) == {200, 201}, [r.text for r in responses if r.status_code >= 300][:3]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert len(_stored(settings.database_url)) == 1
+    assert queued_messages(redis_client, settings.broker_key_prefix) == 1
