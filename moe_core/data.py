@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 
 from .atomic import write_atomic
 from .config import BaseConfig
+from .trainer import TrainingCancelled
 
 SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 EOT = "<|endoftext|>"
@@ -31,6 +33,11 @@ EOT = "<|endoftext|>"
 def cache_root(base: BaseConfig) -> Path:
     root = Path(base.cache_dir or os.environ.get("MOE_CACHE_DIR") or "~/.cache/moe_lab")
     return root.expanduser()
+
+
+def _check(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled("stopped during data preparation", epoch=0, step=0)
 
 
 def load_text_splits(base: BaseConfig) -> DatasetDict:
@@ -54,8 +61,11 @@ def _content_hash(splits: DatasetDict) -> str:
     return h.hexdigest()[:16]
 
 
-def train_tokenizer(splits: DatasetDict, vocab_size: int) -> Tokenizer:
-    """A byte-level BPE (GPT-2 style) trained on the training split."""
+def train_tokenizer(
+    splits: DatasetDict, vocab_size: int, should_stop: Callable[[], bool] | None = None
+) -> Tokenizer:
+    """A byte-level BPE (GPT-2 style) trained on the training split; when `should_stop`
+    turns true the text stops flowing and TrainingCancelled follows."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -65,18 +75,25 @@ def train_tokenizer(splits: DatasetDict, vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    batches = (b["text"] for b in splits["train"].iter(batch_size=1000))
+    batches = (
+        b["text"]
+        for b in splits["train"].iter(batch_size=1000)
+        if should_stop is None or not should_stop()
+    )
     tok.train_from_iterator(batches, trainer=trainer, length=len(splits["train"]))
+    _check(should_stop)  # a tokenizer trained on part of the text is no use
     return tok
 
 
-def get_tokenizer(splits: DatasetDict, base: BaseConfig) -> tuple[Tokenizer, str]:
+def get_tokenizer(
+    splits: DatasetDict, base: BaseConfig, should_stop: Callable[[], bool] | None = None
+) -> tuple[Tokenizer, str]:
     """The cached tokenizer for this training text and vocab size, training it on a miss."""
     key = f"bpe-{_content_hash(splits)}-v{base.vocab_size}"
     path = cache_root(base) / "tokenizers" / f"{key}.json"
     if path.is_file():
         return Tokenizer.from_file(str(path)), key
-    tok = train_tokenizer(splits, base.vocab_size)
+    tok = train_tokenizer(splits, base.vocab_size, should_stop)
     write_atomic(path, lambda tmp: tok.save(str(tmp)))  # a concurrent run reads it whole
     return tok, key
 
@@ -113,8 +130,11 @@ class WikiTextData:
     seconds: float
 
 
-def _token_ids(split, tokenizer: Tokenizer, tokenizer_key: str) -> np.ndarray:
+def _token_ids(
+    split, tokenizer: Tokenizer, tokenizer_key: str, should_stop: Callable[[], bool] | None = None
+) -> np.ndarray:
     def encode(batch: dict) -> dict:
+        _check(should_stop)  # every 1000 lines: a cancel need not wait for the whole split
         return {"ids": [e.ids for e in tokenizer.encode_batch(batch["text"])]}
 
     # An explicit fingerprint: `datasets` cannot hash a Rust tokenizer deterministically,
@@ -131,11 +151,16 @@ def _token_ids(split, tokenizer: Tokenizer, tokenizer_key: str) -> np.ndarray:
     return mapped.data.column("ids").combine_chunks().flatten().to_numpy()
 
 
-def build_datasets(base: BaseConfig) -> WikiTextData:
-    """Load, tokenise (cached) and cut WikiText-2 into blocks of `base.seq_len` + 1 tokens."""
+def build_datasets(base: BaseConfig, should_stop: Callable[[], bool] | None = None) -> WikiTextData:
+    """Load, tokenise (cached) and cut WikiText-2 into blocks of `base.seq_len` + 1 tokens.
+
+    `should_stop` is consulted between the stages and while tokenising; when it turns true
+    the preparation ends with TrainingCancelled (a cancel must not wait for the data)."""
     start = time.perf_counter()
+    _check(should_stop)
     splits = load_text_splits(base)
-    tokenizer, key = get_tokenizer(splits, base)
+    _check(should_stop)
+    tokenizer, key = get_tokenizer(splits, base, should_stop)
     caps = {
         "train": base.max_train_tokens,
         "validation": base.max_val_tokens,
@@ -143,7 +168,7 @@ def build_datasets(base: BaseConfig) -> WikiTextData:
     }
     blocks = {}
     for split, cap in caps.items():
-        ids = _token_ids(splits[split], tokenizer, key)[:cap]
+        ids = _token_ids(splits[split], tokenizer, key, should_stop)[:cap]
         blocks[split] = TokenBlocks(torch.from_numpy(ids.astype(np.int64)), base.seq_len)
     return WikiTextData(
         train=blocks["train"],

@@ -21,7 +21,7 @@ from .atomic import write_atomic, write_json_atomic
 from .config import BaseConfig, ExperimentConfig, dense_config, get_experiment_configs
 from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
 from .model import GPT, GPTConfig, MoELayer
-from .trainer import CheckpointMismatch, EpochCallback, Trainer
+from .trainer import CheckpointMismatch, EpochCallback, ProgressCallback, Trainer
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -98,6 +98,7 @@ def run_single_experiment(
     *,
     dense: bool = False,
     on_epoch_end: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_tag: str | None = None,
@@ -150,6 +151,7 @@ def run_single_experiment(
         else config.gating_temp_schedule,
         label_smoothing=config.label_smoothing,
         on_epoch_end=on_epoch_end,
+        on_progress=on_progress,
         should_stop=should_stop,
         checkpoint_path=checkpoint_path,
         checkpoint_tag=checkpoint_tag,

@@ -1,9 +1,10 @@
 """The Trainer: epochs, evaluation, early stopping, gating-temperature annealing, expert
 statistics and checkpoint/resume, for any model whose forward returns (logits, aux_loss).
 
-The service plugs in through two hooks that the Trainer knows nothing about: `on_epoch_end`
-receives each finished epoch's complete record, and `should_stop` is consulted before every
-training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
+The service plugs in through hooks that the Trainer knows nothing about: `on_epoch_end`
+receives each finished epoch's complete record, `on_progress` where training is after every
+step and as each evaluation starts (a small dict, no device sync: for a progress bar), and
+`should_stop` is consulted before every training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
 step boundary (with the epoch in progress, so that a resume continues it exactly: same
 batches, same dropout masks, same losses) and raises `TrainingCancelled`.
 """
@@ -32,6 +33,9 @@ from .config import GatingTempSchedule
 from .model import MoELayer
 
 EpochCallback = Callable[[dict[str, Any]], None]
+# Gets {"phase": "training" | "evaluating", "epoch" (from 1), "step", "steps_per_epoch",
+# "tokens" (trained on in this epoch)}.
+ProgressCallback = Callable[[dict[str, Any]], None]
 GRAD_CLIP = 1.0  # max gradient norm, as the spec requires
 
 
@@ -133,6 +137,7 @@ class Trainer:
         *,
         label_smoothing: float = 0.0,
         on_epoch_end: EpochCallback | None = None,
+        on_progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_tag: str | None = None,
@@ -154,6 +159,7 @@ class Trainer:
         self.gating_temp_schedule = gating_temp_schedule
         self.label_smoothing = label_smoothing
         self.on_epoch_end = on_epoch_end
+        self.on_progress = on_progress
         self.should_stop = should_stop
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         # Names the run a checkpoint belongs to: one with another tag is not resumed from.
@@ -280,6 +286,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
 
+    def _report(self, phase: str, progress: EpochProgress) -> None:
+        if self.on_progress is not None:
+            self.on_progress({"phase": phase, "epoch": self.epoch + 1, "step": progress.steps,
+                              "steps_per_epoch": len(self.train_loader),
+                              "tokens": progress.tokens})  # fmt: skip
+
     def _stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
 
@@ -383,6 +395,7 @@ class Trainer:
             progress.tokens += y.numel()
             segment_tokens += y.numel()
             self.current_step += 1
+            self._report("training", progress)
             if self.verbose and self.log_interval and progress.steps % self.log_interval == 0:
                 elapsed = time.perf_counter() - segment_start
                 print(
@@ -492,6 +505,8 @@ class Trainer:
         (`train_eval_loader`, for the generalisation gap) and the validation pass's
         expert statistics, appended to `train_eval_ce_losses` and
         `eval_expert_stats_history` beside `val_epochs`."""
+        if self.progress is not None:
+            self._report("evaluating", self.progress)
         val, layers = self.evaluate_loader(self.val_loader, "evaluation")
         train_ce = None
         if self.train_eval_loader is not None:

@@ -24,13 +24,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from store import runs
 from store.db import session_scope
-from store.models import Status
+from store.models import Status, utcnow
 from store.queue import TrainingQueue
 from store.runs import Claim, LeaseState
 from store.settings import Settings
@@ -92,6 +93,63 @@ def outlasting_outages(settings: Settings, what: str, write: Callable[[], Any]) 
             delay = min(2 * delay, MAX_RETRY_DELAY)
 
 
+class Progress(NamedTuple):
+    """One report of where the run is, with this attempt's pace (see Pace)."""
+
+    phase: str
+    epoch: int
+    step: int
+    steps_per_epoch: int | None
+    tokens_per_sec: float | None
+    eta_seconds: float | None
+    at: datetime
+
+    def as_row(self) -> dict[str, Any]:
+        row = self._asdict()
+        row["updated_at"] = row.pop("at").isoformat()
+        return row
+
+
+class Pace:
+    """The Trainer's per-step reports turned into tokens/s and an ETA: the pace is this
+    attempt's, from its first training step (evaluation time included, so the ETA counts
+    it), and the ETA is for the last epoch. Written by the training thread, read by the
+    lease's monitor: one attribute swap, no lock needed."""
+
+    def __init__(self) -> None:
+        self.num_epochs: int | None = None
+        self._first: tuple[float, int, int] | None = None  # (time, steps done, tokens done)
+        self._tokens_before = 0  # tokens of this attempt's finished epochs
+        self._epoch_tokens = (0, 0)  # (epoch, tokens in it) as last reported
+        self._latest: Progress | None = None
+
+    def update(self, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        per_epoch = info["steps_per_epoch"]
+        epoch, step = info["epoch"], info["step"]
+        if self._epoch_tokens[0] not in (0, epoch):  # a new epoch began
+            self._tokens_before += self._epoch_tokens[1]
+        self._epoch_tokens = (epoch, info["tokens"])
+        tokens_per_sec = eta = None
+        if per_epoch:
+            done = (epoch - 1) * per_epoch + step
+            tokens = self._tokens_before + info["tokens"]
+            if self._first is None:
+                self._first = (now, done, tokens)
+            started, done_then, tokens_then = self._first
+            elapsed = now - started
+            if elapsed > 0 and done > done_then:
+                tokens_per_sec = (tokens - tokens_then) / elapsed
+                if self.num_epochs is not None:
+                    rate = (done - done_then) / elapsed
+                    eta = max(0, self.num_epochs * per_epoch - done) / rate
+        self._latest = Progress(info["phase"], epoch, step, per_epoch, tokens_per_sec, eta,
+                                utcnow())  # fmt: skip
+
+    def current(self) -> Progress | None:
+        return self._latest
+
+
 class RunLease:
     """This process's hold on one run. Use `claim()`, then `with lease:` around training
     (a monitor thread heartbeats and watches for a cancel or a takeover)."""
@@ -113,6 +171,7 @@ class RunLease:
         self.owner = new_owner_id()
         self.attempt = 0
         self._state = LeaseState.held  # as the monitor last saw it
+        self._pace = Pace()
         self._stop = threading.Event()
         self._done = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -155,6 +214,16 @@ class RunLease:
         if self._monitor is not None:
             self._monitor.join(timeout=10)
 
+    def report_progress(self, info: dict[str, Any]) -> None:
+        """The Trainer's on_progress, every step: kept in memory (no I/O); the monitor
+        writes the latest with a heartbeat every `progress_interval` seconds."""
+        self._pace.update(info)
+
+    def preparing_data(self, *, epoch: int, num_epochs: int) -> None:
+        self._pace.num_epochs = num_epochs
+        self._pace.update({"phase": "preparing_data", "epoch": epoch, "step": 0,
+                           "steps_per_epoch": None, "tokens": 0})  # fmt: skip
+
     def should_stop(self) -> bool:
         """Checked by the training loop every step: a flag read, no I/O."""
         return self._stop.is_set() or shutdown.requested()
@@ -165,16 +234,29 @@ class RunLease:
         cannot starve the heartbeat, and should_stop() stays a flag read."""
         poll = max(self.settings.cancel_poll_seconds, 0.01)
         beat_every = self.settings.heartbeat_timeout / 6
-        last_beat = time.monotonic()
+        last_beat = last_report = time.monotonic()
+        reported = None
         failing = False
         while not self._done.wait(poll if not failing else max(poll, 1.0)):
             try:
                 with self._session() as session:
-                    if time.monotonic() - last_beat >= beat_every:
-                        runs.heartbeat(
-                            session=session, experiment_id=self.experiment_id, owner=self.owner
+                    now = time.monotonic()
+                    progress = self._pace.current()
+                    due = (
+                        progress is not None
+                        and progress is not reported
+                        and (
+                            reported is None or now - last_report >= self.settings.progress_interval
                         )
-                        last_beat = time.monotonic()
+                    )
+                    if now - last_beat >= beat_every or due:
+                        runs.heartbeat(
+                            session=session, experiment_id=self.experiment_id, owner=self.owner,
+                            progress=progress.as_row() if due else None,
+                        )  # fmt: skip
+                        last_beat = now
+                        if due:
+                            reported, last_report = progress, now
                     self._state = runs.lease_state(
                         session=session, experiment_id=self.experiment_id, owner=self.owner
                     )
@@ -191,6 +273,10 @@ class RunLease:
     def record_epoch(self, record: dict[str, Any]) -> None:
         """The Trainer's on_epoch_end: the epoch's rows, waiting out a database outage.
         Raises LostOwnership (writing nothing) when the run is no longer ours."""
+        val = record.get("val") or {}
+        log.info("epoch %s: train loss %.4f, val CE %s, %.0f tokens/s, %.1f s", record["epoch"],
+                 record["train"]["loss"], f"{val['ce_loss']:.4f}" if val else "-",
+                 record["tokens_per_sec"], record.get("duration") or 0.0)  # fmt: skip
 
         def write() -> None:
             with self._session() as session:
@@ -248,6 +334,7 @@ class RunLease:
         if state is LeaseState.lost:
             log.info("%r: taken over by another worker; stopping", self)
         elif state is LeaseState.cancel_requested:
+            log.info("experiment %s: cancelled, %s", self.experiment_id, where)
             self.finish(Status.cancelled)
         else:
             self.hand_back(where)

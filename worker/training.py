@@ -3,19 +3,22 @@ record every epoch, and finish it or hand it back (worker.lease tells the whole 
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-from functools import lru_cache
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from moe_core.atomic import write_json_atomic
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
 from moe_core.experiments import resolve_device, run_single_experiment
 from moe_core.trainer import TrainingCancelled
-from store import runs, workers
+from store import artifacts, runs, workers
 from store.db import session_scope
 from store.models import Status
 from store.queue import TrainingQueue
@@ -25,12 +28,6 @@ from worker import shutdown
 from worker.lease import RunLease
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(settings: Settings, run_key: str) -> Path:
-    """A run's artifacts (checkpoint, weights), keyed by its run key: unique to the run,
-    unlike its id, which a reset database hands out again."""
-    return settings.artifact_dir / "runs" / run_key
 
 
 def run_experiment(
@@ -56,56 +53,106 @@ def run_experiment(
         config = ExperimentConfig.model_validate(experiment.config)
         base = BaseConfig.model_validate(experiment.base)
         dense, run_key = experiment.dense, experiment.run_key
+        epochs_done = experiment.current_epoch
         if worker_name is not None:
             workers.set_device(session=session, name=worker_name, device=str(device))
-    log.info("experiment %s: attempt %s (%s) on %s", experiment_id, claim.attempt,
-             claim.outcome, lease)  # fmt: skip
-    if shutdown.requested():  # told to stop before training began
-        lease.hand_back()
-        return
-
-    directory = run_dir(settings, run_key)
+    directory = artifacts.run_dir(settings, run_key)
     directory.mkdir(parents=True, exist_ok=True)
-    checkpoint = directory / "checkpoint.pt"
-    if claim.attempt == 1 and checkpoint.exists():
-        # A first attempt has no past to resume; whatever lies there is not this run's.
-        log.warning("experiment %s: removing a checkpoint its first attempt did not write",
-                    experiment_id)  # fmt: skip
-        checkpoint.unlink()
-    with lease:
-        try:
-            data = _datasets(_with_data_settings(base, settings).model_dump_json())
-            result = run_single_experiment(
-                config,
-                data.train,
-                data.val,
-                base,
-                device,
-                dense=dense,
-                on_epoch_end=lease.record_epoch,
-                should_stop=lease.should_stop,
-                checkpoint_path=checkpoint,
-                checkpoint_tag=run_key,
-                # The dense baseline's weights are kept, as the spec's main() keeps
-                # dense_model.pt.
-                model_path=directory / "model.pt" if dense else None,
-                # The kept weights on the test split: the result's `test`.
-                test_dataset=data.test,
-                verbose=False,
-            )
-        except TrainingCancelled as stop:
-            lease.settle_stop(str(stop))  # cancelled, taken over, or this worker is stopping
-        except runs.LostOwnership:
-            log.info("experiment %s: taken over by another worker", experiment_id)
-        except (OperationalError, InterfaceError):
-            # The database stayed away past db_outage_seconds: not the run's fault. The
-            # task's autoretry (worker.tasks) resumes it from its checkpoint once it is back.
-            raise
-        except Exception as exc:
-            log.exception("experiment %s failed", experiment_id)
-            lease.finish(Status.failed, error=f"{type(exc).__name__}: {exc}")
-        else:
-            lease.finish(Status.succeeded, result=result)
+    with run_log(directory / artifacts.LOG):
+        log.info("experiment %s: attempt %s (%s) on %s, %s", experiment_id, claim.attempt,
+                 claim.outcome, worker_name or lease.owner, device)  # fmt: skip
+        if shutdown.requested():  # told to stop before training began
+            lease.hand_back()
+            return
+        checkpoint = directory / artifacts.CHECKPOINT
+        if claim.attempt == 1 and checkpoint.exists():
+            # A first attempt has no past to resume; whatever lies there is not this run's.
+            log.warning("experiment %s: removing a checkpoint its first attempt did not "
+                        "write", experiment_id)  # fmt: skip
+            checkpoint.unlink()
+        lease.preparing_data(epoch=epochs_done + 1, num_epochs=base.num_epochs)
+        with lease:
+            _train(lease, config, base, dense=dense, device=device, directory=directory,
+                   run_key=run_key, settings=settings)  # fmt: skip
+
+
+def _train(
+    lease: RunLease,
+    config: ExperimentConfig,
+    base: BaseConfig,
+    *,
+    dense: bool,
+    device: torch.device,
+    directory: Path,
+    run_key: str,
+    settings: Settings,
+) -> None:
+    """The attempt under its lease, ending the run (or handing it back) however it goes."""
+    experiment_id = lease.experiment_id
+    try:
+        data = _datasets(_with_data_settings(base, settings), lease.should_stop)
+        log.info("data: %s training / %s validation blocks of %s tokens", len(data.train),
+                 len(data.val), base.seq_len)  # fmt: skip
+        result = run_single_experiment(
+            config,
+            data.train,
+            data.val,
+            base,
+            device,
+            dense=dense,
+            on_epoch_end=lease.record_epoch,
+            on_progress=lease.report_progress,
+            should_stop=lease.should_stop,
+            checkpoint_path=directory / artifacts.CHECKPOINT,
+            checkpoint_tag=run_key,
+            # Every run keeps its final weights (a study's dense run's are the spec's
+            # dense_model.pt): the checkpoint alone would need the engine to read.
+            model_path=directory / artifacts.MODEL,
+            # The kept weights on the test split: the result's `test`.
+            test_dataset=data.test,
+            verbose=False,
+        )
+    except TrainingCancelled as stop:
+        lease.settle_stop(str(stop))  # cancelled, taken over, or this worker is stopping
+    except runs.LostOwnership:
+        log.info("experiment %s: taken over by another worker", experiment_id)
+    except (OperationalError, InterfaceError):
+        # The database stayed away past db_outage_seconds: not the run's fault. The
+        # task's autoretry (worker.tasks) resumes it from its checkpoint once it is back.
+        raise
+    except Exception as exc:
+        log.exception("experiment %s failed", experiment_id)
+        lease.finish(Status.failed, error=f"{type(exc).__name__}: {exc}")
+    else:
+        write_json_atomic(directory / artifacts.RESULT, result)
+        lease.finish(Status.succeeded, result=result)
+        log.info("experiment %s succeeded: best val CE %s", experiment_id,
+                 result["metrics"].get("best_val_ce_loss"))  # fmt: skip
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Everything this thread logs during the block (warnings included) is appended to the
+    run's log, which GET /experiments/{id}/logs serves: every attempt, on any worker."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    thread = threading.get_ident()
+    # The training thread and its lease monitor; not another task's, in a threaded pool.
+    handler.addFilter(lambda record: record.thread == thread or
+                      record.threadName.startswith("lease-"))  # fmt: skip
+    root = logging.getLogger()
+    ours = logging.getLogger("worker")
+    level = ours.level
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)  # the run's own story, whatever the console shows
+    logging.captureWarnings(True)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        ours.setLevel(level)
 
 
 def _with_data_settings(base: BaseConfig, settings: Settings) -> BaseConfig:
@@ -118,7 +165,15 @@ def _with_data_settings(base: BaseConfig, settings: Settings) -> BaseConfig:
     )
 
 
-@lru_cache(maxsize=1)
-def _datasets(base_json: str) -> Any:
-    # A study's members share one base: a pool process tokenises it once, not per member.
-    return build_datasets(BaseConfig.model_validate(json.loads(base_json)))
+_last_data: tuple[str, Any] | None = None
+
+
+def _datasets(base: BaseConfig, should_stop: Callable[[], bool]) -> Any:
+    """The run's data; a study's members share one base, so a pool process keeps the last
+    one and tokenises it once, not per member. A cancel stops the preparation."""
+    global _last_data
+    key = base.model_dump_json(exclude={"seed"})
+    if _last_data is None or _last_data[0] != key:
+        _last_data = None
+        _last_data = (key, build_datasets(base, should_stop=should_stop))
+    return _last_data[1]

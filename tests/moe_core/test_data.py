@@ -84,3 +84,33 @@ def test_real_wikitext2(cache_dir):
     assert len(data.val) > 0 and len(data.test) > 0
     again = build_datasets(base)
     assert again.seconds < 5  # cached reload: no tokenizer training, map cache hit
+
+
+def test_a_stop_request_ends_data_preparation_while_tokenising(tmp_path):
+    from moe_core.trainer import TrainingCancelled
+
+    corpus = write_corpus(tmp_path / "c", seed=5, lines=(3000, 80, 80))
+    base = base_config("micro", data_dir=str(corpus), cache_dir=str(tmp_path / "cache"))
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > 4  # past loading: while the tokenizer reads the text
+
+    with pytest.raises(TrainingCancelled, match="data preparation"):
+        build_datasets(base, should_stop=should_stop)
+    # A tokenizer trained on part of the text is not kept.
+    assert not list((tmp_path / "cache").glob("tokenizers/*.json"))
+
+    asked.clear()
+    tokenizer_done = []
+
+    def stop_once_tokenising() -> bool:  # the tokenizer is whole: stop in the split's map
+        tokenizer_done.append(bool(list((tmp_path / "cache").glob("tokenizers/*.json"))))
+        return tokenizer_done[-1]
+
+    with pytest.raises(TrainingCancelled, match="data preparation"):
+        build_datasets(base, should_stop=stop_once_tokenising)
+    # Nothing half-made is kept: a later preparation tokenises the whole split.
+    data = build_datasets(base)
+    assert len(data.train) == base.max_train_tokens // (base.seq_len + 1)

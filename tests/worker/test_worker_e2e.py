@@ -19,7 +19,8 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 @pytest.fixture(scope="module")
 def settings(deployment):
     # A store and queue of their own: the API tests leave queued runs (spec-sized ones).
-    return deployment()
+    # Progress written often enough to be seen in a run of seconds.
+    return deployment(progress_interval=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,14 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert run["status"] == "queued"
 
     seen: list[tuple[str, int]] = []  # (status, epochs in /metrics) at each poll
+    progress: list[dict] = []  # GET /experiments/{id}'s progress while running
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         metrics = api.get(f"/experiments/{run['id']}/metrics").json()
         seen.append((metrics["status"], len(metrics["epochs"])))
+        shown = api.get(f"/experiments/{run['id']}").json()["progress"]
+        if shown is not None and shown not in progress:
+            progress.append(shown)
         if metrics["status"] in FINISHED:
             break
         time.sleep(0.03)
@@ -106,6 +111,23 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert result["metrics"]["best_val_ce_loss"] == pytest.approx(final["best_val_ce_loss"])
     checkpoint = settings.artifact_dir / "runs" / final["run_key"] / "checkpoint.pt"
     assert checkpoint.is_file()
+
+    # Progress was live: steps within an epoch, a pace and an ETA, through the heartbeat.
+    training = [p for p in progress if p["phase"] == "training"]
+    assert training, progress
+    assert all(0 <= p["step"] <= p["steps_per_epoch"] for p in training)
+    assert any(p["tokens_per_sec"] and p["eta_seconds"] is not None for p in training)
+    assert final["progress"] is None  # finished: no position
+    # Every run keeps its final weights, its result and its log.
+    listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
+    assert {a["name"] for a in listed} == {"model.pt", "checkpoint.pt", "result.json", "run.log"}
+    kept = api.get(f"/experiments/{run['id']}/artifacts/result.json").json()
+    assert kept["metrics"]["best_val_ce_loss"] == pytest.approx(final["best_val_ce_loss"])
+    log = api.get(f"/experiments/{run['id']}/logs").text
+    assert "attempt 1" in log and "succeeded" in log
+    assert [line for line in log.splitlines() if ": epoch " in line][-1].split(": epoch ")[1][
+        :2
+    ] == "4:"
 
 
 def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api, settings):
@@ -218,4 +240,6 @@ def test_an_exception_in_training_marks_the_run_failed_with_its_text(api):
     final = finished(api, run["id"])
     assert final["status"] == "failed"
     assert "ValueError" in final["error"] and "fewer than one batch" in final["error"]
+    log = api.get(f"/experiments/{run['id']}/logs").text
+    assert "Traceback" in log and "fewer than one batch" in log  # the failure, whole
     assert api.post(f"/experiments/{run['id']}/cancel").status_code == 409

@@ -1,0 +1,53 @@
+"""A cancel lands while the run's data is being prepared (tokenising a corpus can take a
+while on a real one), and the run shows that phase meanwhile. The attempt runs in-process
+(worker.training.run_experiment: the lease, its monitor thread and the engine, for real)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from store import artifacts, runs
+from store.db import session_scope
+from store.queue import TrainingQueue
+from tests.conftest import wait_for
+from tests.corpus import write_corpus
+from tests.factories import new_experiment, run_row
+from worker.training import run_experiment
+
+pytestmark = pytest.mark.services
+
+
+def test_cancel_during_data_preparation(deployment, tmp_path):
+    # A corpus no cache has seen, large enough to take seconds to tokenise.
+    corpus = write_corpus(tmp_path / "corpus", seed=11, lines=(150_000, 100, 100))
+    settings = deployment(data_dir=corpus, cache_dir=tmp_path / "cache", progress_interval=0.1)
+    experiment_id = new_experiment(settings.database_url, "prepare")
+    attempt = threading.Thread(
+        target=run_experiment,
+        args=(experiment_id,),
+        kwargs={"settings": settings, "queue": TrainingQueue.for_settings(settings)},
+    )
+    attempt.start()
+    try:
+        progress = wait_for(
+            lambda: run_row(settings.database_url, experiment_id).progress,
+            timeout=30,
+            what="the run's first progress",
+        )
+        assert progress["phase"] == "preparing_data" and progress["step"] == 0
+        with session_scope(settings.database_url) as session:
+            runs.request_cancel(session=session, experiment_id=experiment_id,
+                                stale_before=runs.stale_cutoff(60))  # fmt: skip
+        asked = time.monotonic()
+        attempt.join(timeout=30)
+        took = time.monotonic() - asked
+    finally:
+        attempt.join(timeout=60)
+    run = run_row(settings.database_url, experiment_id)
+    assert run.status == "cancelled" and run.current_epoch == 0
+    assert took < 3, f"the cancel took {took:.1f} s to land"
+    log = (artifacts.run_dir(settings, run.run_key) / artifacts.LOG).read_text()
+    assert "during data preparation" in log
