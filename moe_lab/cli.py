@@ -601,37 +601,38 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
         f"{study.get('base_preset') or 'custom'}, {study['seeds']} seed(s), "
         f"dense runs {', '.join(map(str, study['dense_ids']))}"
     )
+    errors = any(m.get("error") for m in study["members"])
     members = render.table(
-        "id", "name", "seed", "status", "epoch", "best val CE", "error",
+        "id", "name", "seed", "status", "epoch", "best val CE", *(["error"] if errors else []),
         right=("id", "seed", "epoch", "best val CE"), wrap=("error",),
     )  # fmt: skip
     for m in study["members"]:
         members.add_row(
             str(m["id"]), m["name"], str(m["seed"]), m["status"],
             f"{m['current_epoch']}/{m['num_epochs']}", render.num(m.get("best_val_ce_loss"), ".4f"),
-            m.get("error") or "",
+            *([m.get("error") or ""] if errors else []),
         )  # fmt: skip
     out.print(members)
+    waiting = any(row.get("detail") for row in study["preset_verdicts"])
+    columns = ["preset", "passed", "primary", "tertiary", "Δ val CE", "Δ gap", "significant"]
     verdicts = render.table(
-        "preset", "passed", "primary", "tertiary", "Δ val CE", "Δ gap", "significant", "waiting for",
+        *columns, *(["waiting for"] if waiting else []),
         title="verdicts against dense, paired by seed", right=("Δ val CE", "Δ gap"),
         wrap=("waiting for",),
     )  # fmt: skip
+    one_seed = "unknown (1 seed)" if study["seeds"] == 1 else ""
     for row in study["preset_verdicts"]:
-        verdicts.add_row(
+        judged = row["detail"] is None
+        cells = [
             row["preset"],
-            render.mark(row["passed"]) if row["detail"] is None else "",
-            render.mark(row["primary_passed"]) if row["detail"] is None else "",
-            render.mark(row["tertiary_passed"]) if row["detail"] is None else "",
+            render.mark(row["passed"]) if judged else "",
+            render.mark(row["primary_passed"]) if judged else "",
+            render.mark(row["tertiary_passed"]) if judged else "",
             delta_text(row.get("val_loss_delta")),
             delta_text(row.get("gap_delta")),
-            {True: "yes", False: "no", None: "unknown (1 seed)" if study["seeds"] == 1 else ""}[
-                row.get("significant")
-            ]
-            if row["detail"] is None
-            else "",
-            row.get("detail") or "",
-        )
+            {True: "yes", False: "no", None: one_seed}[row.get("significant")] if judged else "",
+        ]
+        verdicts.add_row(*cells, *([row.get("detail") or ""] if waiting else []))
     out.print(verdicts)
 
 
