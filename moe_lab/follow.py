@@ -81,12 +81,14 @@ class Follower:
                             if data.get("eta_seconds") is not None
                             else "",
                         )
+                        progress.refresh()  # events come a second or so apart: show each
                     elif (data.get("phase"), epoch) != last_phase:
                         self.console.print("  " + render.progress_line(data, num_epochs))
                     last_phase = (data.get("phase"), epoch)
                 elif event.event == "epoch" and data.get("epoch") not in shown:
                     if task is not None and task_epoch == data["epoch"]:
                         progress.remove_task(task)
+                        progress.refresh()  # else the line below redraws the stale bar
                         task = None
                     self.console.print(render.epoch_line(data, num_epochs))
                     shown.add(data["epoch"])
