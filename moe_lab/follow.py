@@ -7,7 +7,8 @@ elsewhere (a pipe, a log file, CI) it is a line whenever the run enters a new ph
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -50,7 +51,7 @@ class Follower:
                 self.console.print(render.epoch_line(epoch, num_epochs))
                 shown.add(epoch["epoch"])
 
-        with progress:
+        with progress, _interrupt_hint(self.console, experiment_id):
             for event in self.client.events(experiment_id):
                 data = event.data if isinstance(event.data, dict) else {}
                 if event.event == "status":
@@ -121,3 +122,16 @@ class Follower:
         elif run.get("error"):
             line += f": {run['error']}"
         self.console.print(line)
+
+
+@contextlib.contextmanager
+def _interrupt_hint(console: Console, experiment_id: int) -> Iterator[None]:
+    """Ctrl-C stops following, not the run: say so, and how to pick it up again."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(
+            f"stopped following; experiment {experiment_id} goes on "
+            f"(moe-lab watch {experiment_id}, or moe-lab cancel {experiment_id})"
+        )
+        raise

@@ -59,12 +59,13 @@ def test_the_sse_reader_follows_the_format():
 
 class FlakyServer:
     """A raw HTTP server on a real socket: each connection gets what `script(last_event_id)`
-    returns (the event-stream body), sent chunked; `drop` cuts the connection in the middle
-    of the body, as a restarting proxy or API does."""
+    returns (status, body, drop), sent chunked; `drop` cuts the connection in the middle of
+    the body, as a restarting proxy or API does, and None hangs up without an answer."""
 
     def __init__(self, script: Callable[[str | None], tuple[int, str, bool]]) -> None:
         self.script = script
         self.seen: list[str | None] = []  # Last-Event-ID of each request
+        self.requests: list[tuple[str, dict[str, str]]] = []  # request line, headers
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
@@ -87,9 +88,14 @@ class FlakyServer:
                     for line in request.decode().split("\r\n")[1:]
                     if ": " in line
                 )
-                last = {k.lower(): v for k, v in headers.items()}.get("last-event-id")
+                headers = {k.lower(): v for k, v in headers.items()}
+                self.requests.append((request.decode().split("\r\n")[0], headers))
+                last = headers.get("last-event-id")
                 self.seen.append(last)
-                status, body, drop = self.script(last)
+                answer = self.script(last)
+                if answer is None:  # hang up without an answer
+                    continue
+                status, body, drop = answer
                 kind = "text/event-stream" if status == 200 else "application/json"
                 conn.sendall(
                     f"HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\n"
@@ -158,3 +164,24 @@ def test_a_missing_run_is_an_error_at_once_and_a_dead_server_after_a_while(flaky
     assert str(caught.value).startswith(
         f"lost the event stream of http://127.0.0.1:{port}/experiments/1/events for over 0.3 s: "
     )
+
+
+def test_a_submit_is_sent_again_with_the_same_idempotency_key(flaky):
+    answers = iter([
+        None,  # the connection dies before an answer: did the API store it? maybe
+        (503, json.dumps({"detail": "the database is unreachable; retry shortly"}), False),
+        (201, json.dumps({"id": 5, "status": "queued"}), False),
+    ])  # fmt: skip
+    server = flaky(lambda last: next(answers))
+    run = Client(server.url, retries=2).create_experiment({"name": "x"})
+    assert run == {"id": 5, "status": "queued"}
+    assert [line for line, _ in server.requests] == ["POST /experiments HTTP/1.1"] * 3
+    keys = {headers["idempotency-key"] for _, headers in server.requests}
+    assert len(keys) == 1 and len(keys.pop()) == 36  # one uuid4, sent each time
+
+    # a GET is sent again too, `retries` times, and then the failure is one line
+    server = flaky(lambda last: None)
+    with pytest.raises(ApiError) as caught:
+        Client(server.url, retries=1).experiment(1)
+    assert caught.value.status is None and "cannot reach the API" in str(caught.value)
+    assert len(server.requests) == 2

@@ -314,3 +314,41 @@ def test_study_show_prints_members_and_what_the_verdicts_wait_for(cli, http):
     assert json.loads(ok(cli("study", "show", study["id"], "--json")))["id"] == study["id"]
     listed = ok(cli("study", "ls"))
     assert any(line.split()[:2] == [str(study["id"]), "r-study"] for line in listed.splitlines())
+
+
+def test_study_artifacts_and_delete(cli, http, tmp_path):
+    study = http.post(
+        "/studies",
+        json={"name": "r-gone", "base_preset": "micro", "experiments": ["baseline"],
+              "base": {"max_train_tokens": 4096}},
+    ).json()  # fmt: skip
+    listing = ok(cli("study", "download", study["id"]))
+    assert "experiment_results.json" in listing and "dense_model.pt" not in listing
+    out = ok(cli("study", "download", study["id"], "experiment_results.json", "-o", tmp_path))
+    assert out.startswith(f"wrote {tmp_path / 'experiment_results.json'} (")
+    json.loads((tmp_path / "experiment_results.json").read_text())
+    missing = cli("study", "download", study["id"], "dense_model.pt", "-o", tmp_path)
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: 404 ")
+
+    refused = cli("study", "delete", study["id"], "--yes")  # its runs are queued
+    assert refused.exit_code == 1 and refused.stderr.startswith("error: 409 ")
+    for member in study["members"]:
+        ok(cli("cancel", member["id"]))
+    assert ok(cli("study", "delete", study["id"], "--yes")) == f"deleted study {study['id']}\n"
+    assert http.get(f"/studies/{study['id']}").status_code == 404
+    assert http.get(f"/experiments/{study['dense_id']}").status_code == 404
+
+
+def test_a_token_is_sent_as_a_bearer(settings, cli):
+    from pydantic import SecretStr
+
+    from moe_lab.client import Client
+    from tests.conftest import make_client
+
+    guarded = settings.model_copy(update={"api_token": SecretStr("s3cret")})
+    with make_client(guarded) as http:
+        refused = cli("ls", client=Client(http=http, token=""))
+        assert (refused.exit_code, refused.stderr) == (
+            1, "error: 401 missing or wrong bearer token\n"
+        )  # fmt: skip
+        assert ok(cli("ls", "--json", client=Client(http=http, token="s3cret")))
