@@ -375,7 +375,11 @@ def compare(
     for run in runs:
         baseline_id = run.get("baseline_id")
         if baseline_id is not None and baseline_id not in by_id:
-            by_id[baseline_id] = client.experiment(baseline_id)
+            try:
+                by_id[baseline_id] = client.experiment(baseline_id)
+            except ApiError as error:  # a baseline deleted since: no Δ for this run
+                if error.status != 404:
+                    raise
     epochs = {run["id"]: client.metrics(run["id"])["epochs"] for run in runs}
     rows = render.compare_rows(runs, epochs, by_id)
     if as_json:
