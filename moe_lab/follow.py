@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from moe_lab import render
-from moe_lab.client import ApiError, Client
+from moe_lab.client import FINISHED, ApiError, Client
 
 
 class Follower:
@@ -56,7 +56,7 @@ class Follower:
                 data = event.data if isinstance(event.data, dict) else {}
                 if event.event == "status":
                     status = data.get("status")
-                    if status != last_status and status not in ("succeeded", "failed"):
+                    if status != last_status and status not in FINISHED:  # said below
                         self.console.print(f"experiment {experiment_id} {status}")
                     last_status = status
                 elif event.event == "progress":
