@@ -19,6 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.body_limit import BodySizeLimit
+from api.dashboard import add_dashboard
 from api.deps import require_token
 from api.docs import add_docs
 from api.errors import error_responses, validation_error
@@ -86,6 +87,7 @@ def create_app() -> FastAPI:
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)
     app.include_router(health.router)
+    add_dashboard(app)
     guarded = [Depends(require_token)]
     app.include_router(presets.router, dependencies=guarded, responses=error_responses(401))
     for module in (experiments, studies, operations):  # these read the database

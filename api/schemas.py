@@ -253,6 +253,10 @@ class ExperimentRead(BaseModel):
         description="while running: step, steps per epoch, tokens/s and ETA (the heartbeat's)"
     )
     stopped_early: bool
+    tokens_per_sec: float | None = Field(
+        description="training tokens/s: this attempt's so far while running, else the mean "
+        "over the epochs"
+    )
     best_val_loss: float | None = Field(
         description="the engine's best validation loss: CE + aux for MoE runs, CE for dense"
     )

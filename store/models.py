@@ -185,6 +185,15 @@ class Experiment(Base):
     )
 
 
+    @property
+    def tokens_per_sec(self) -> float | None:
+        """Training speed: this attempt's so far while running, else the epochs' mean."""
+        if self.status == Status.running and self.progress:
+            return self.progress.get("tokens_per_sec")
+        speeds = (self.metrics or {}).get("tokens_per_sec") or []
+        return sum(speeds) / len(speeds) if speeds else None
+
+
 class EpochMetrics(Base):
     """One row per finished epoch; a replayed epoch (after a resume) overwrites its row."""
 

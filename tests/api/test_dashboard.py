@@ -1,0 +1,215 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright, against a real
+uvicorn, Postgres, Redis and (for the live study) a real worker. Screenshots are kept in
+test-artifacts/dashboard/ (MOE_TEST_ARTIFACTS overrides)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from moe_core.config import base_config, dense_config, get_experiment_configs
+from store import runs
+from store.db import session_scope
+from tests.conftest import IN_CI, ROOT, micro_base, service_missing
+from tests.factories import claim, record, result
+
+pytestmark = [pytest.mark.services, pytest.mark.browser]
+
+ARTIFACTS = Path(os.environ.get("MOE_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = os.environ.get("MOE_CHROMIUM") or shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        service_missing("playwright", exc)
+    if chromium is None:
+        message = "chromium is not installed (apt-get install -y chromium)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # A 401 is how the page learns it needs the token (the token test): not an error.
+    page.on("console", lambda m: errors.append(m.text)
+            if m.type == "error" and "401" not in m.text else None)  # fmt: skip
+    yield page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{request.node.name}-last.png", full_page=True)
+    context.close()
+    assert not errors, errors
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def inked(page, selector: str) -> list[int]:
+    """For each canvas under `selector`: how many of its pixels are not background."""
+    return page.eval_on_selector_all(
+        f"{selector} canvas",
+        """canvases => canvases.map(c => {
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                if (d[i + 3] > 0 && (d[i] < 235 || d[i + 1] < 235 || d[i + 2] < 235)) n++;
+            }
+            return n;
+        })""",
+    )
+
+
+def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api, start_worker,
+                                                          page):  # fmt: skip
+    settings = deployment(progress_interval=0.3)
+    api = start_api(settings)
+    start_worker(settings)
+    epochs = 3
+    study = httpx.post(
+        f"{api.url}/studies",
+        json={"name": "ui", "base_preset": "micro", "base": micro_base(num_epochs=epochs),
+              "experiments": ["top2"]},  # fmt: skip
+    ).json()
+    page.goto(f"{api.url}/ui/#/study/{study['id']}")
+    page.wait_for_selector("#study-verdicts")
+    page.evaluate("window.__loaded_once = true")  # gone if the page reloads
+
+    # The first finished epoch arrives on the event stream and is drawn, without a reload.
+    page.wait_for_selector('#study-curves [data-chart="Validation CE"][data-drawn]', timeout=60_000)
+    shot(page, "study-live")
+    # Then every run ends, the verdict table fills in, still the same page.
+    page.wait_for_selector('h1 + .summary [data-status="succeeded"]', timeout=90_000)
+    page.wait_for_function(
+        "document.querySelector('#study-verdicts tr[data-preset]').dataset.passed !== 'null'"
+    )
+    assert page.evaluate("window.__loaded_once") is True
+
+    chart = page.locator('#study-curves [data-chart="Validation CE"]')
+    assert chart.get_attribute("data-series") == "2"  # the dense run and top2
+    assert chart.get_attribute("data-points") == str(epochs)
+    assert all(n > 500 for n in inked(page, '#study-curves [data-chart="Validation CE"]'))
+
+    truth = httpx.get(f"{api.url}/studies/{study['id']}").json()
+    for verdict in truth["preset_verdicts"]:
+        row = page.locator(f'#study-verdicts tr[data-preset="{verdict["preset"]}"]')
+        assert row.get_attribute("data-passed") == str(verdict["passed"]).lower()
+        delta = verdict["val_loss_delta"]["mean"]
+        assert f"{delta:.4f}" in row.inner_text()
+    members = page.locator("#study-members tbody tr")
+    assert members.count() == len(truth["members"])
+    shot(page, "study")
+
+    # The MoE run's page: curves and one heatmap per layer and kind, epochs x experts.
+    moe = next(m for m in truth["members"] if not m["dense"])
+    page.goto(f"{api.url}/ui/#/run/{moe['id']}")
+    page.wait_for_selector("#experts [data-heatmap][data-drawn]")
+    heatmaps = page.locator("#experts [data-heatmap]")
+    assert heatmaps.count() == 4  # layers 2 and 4 (micro), training and evaluation
+    for i in range(4):
+        assert heatmaps.nth(i).get_attribute("data-cells") == str(epochs * 8)
+    assert all(n > 100 for n in inked(page, "#experts [data-heatmap]"))
+    assert page.locator("#verdict").get_attribute("data-passed") in ("true", "false")
+    assert "epoch 3:" in page.locator("#log").inner_text()
+    assert page.locator("#artifacts tr").count() == 4
+    shot(page, "run")
+
+
+def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1, 2, 3, 4)):
+    """A finished MoE run of `epochs` epochs and 4 MoE layers, written as a worker would."""
+    base = base_config("micro", num_epochs=epochs)
+    with session_scope(database) as session:
+        dense = runs.create_experiment(session=session, name="dense", base=base,
+                                       config=dense_config(base), dense=True)  # fmt: skip
+        run = runs.create_experiment(session=session, name="top2, long", base=base,
+                                     config=get_experiment_configs(base)["top2"], preset="top2",
+                                     baseline_id=dense.id, tags=["long"])  # fmt: skip
+        session.commit()
+        dense_id, run_id = dense.id, run.id
+    rng = random.Random(0)
+    for experiment_id in (dense_id, run_id):
+        claim(database, experiment_id, "w")
+    with session_scope(database) as session:
+        for epoch in range(1, epochs + 1):
+            rec = record(epoch, 1 + 4 * 0.99**epoch, layers=layers)
+            for kind in ("expert_stats", "eval_expert_stats"):
+                for layer in rec[kind]:
+                    weights = [rng.random() + (2 if i == epoch % 8 else 0) for i in range(8)]
+                    layer["usage"] = [100 * w / sum(weights) for w in weights]
+            runs.record_epoch(session=session, experiment_id=run_id, owner="w", record=rec)
+        for experiment_id, ce in ((dense_id, 3.0), (run_id, 2.9)):
+            runs.finish_experiment(session=session, experiment_id=experiment_id, owner="w",
+                                   status="succeeded", result=result(ce, dense=experiment_id == dense_id))  # fmt: skip
+    return run_id
+
+
+def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, start_api, page):
+    settings = deployment()
+    run_id = seed_long_run(settings.database_url)
+    api = start_api(settings)
+    page.goto(f"{api.url}/ui/#/")  # the browser and the static files are warm
+    page.wait_for_selector("#runs tbody tr")
+
+    started = time.perf_counter()
+    page.goto(f"{api.url}/ui/#/run/{run_id}")
+    page.reload()  # a cold page: HTML, scripts and the run's JSON are all fetched
+    page.wait_for_function(
+        "document.querySelectorAll('#experts [data-heatmap][data-drawn]').length === 8 &&"
+        " document.querySelectorAll('#curves [data-chart][data-drawn]').length >= 4"
+    )
+    took = time.perf_counter() - started
+    print(f"run page with 200 epochs x 4 layers drawn in {took:.3f} s")
+    assert took < 1.0, f"{took:.2f} s"
+    assert page.locator('#experts [data-heatmap]').first.get_attribute("data-cells") == str(200 * 8)
+    shot(page, "run-200-epochs")
+
+    # The runs page: the run with its tags, best CE and speed; and the compare view.
+    page.goto(f"{api.url}/ui/#/")
+    row = page.locator(f'#runs tr[data-run="{run_id}"]')
+    row.wait_for()
+    assert "long" in row.inner_text() and "2.9000" in row.inner_text()
+    page.locator(f'#runs tr[data-run="{run_id}"] input[type=checkbox]').check()
+    page.locator(f'#runs tr[data-run="{run_id - 1}"] input[type=checkbox]').check()
+    page.get_by_role("button", name="Compare selected").click()
+    page.wait_for_selector("#compare tbody tr")
+    compared = page.locator(f'#compare tr[data-run="{run_id}"]').inner_text()
+    assert "-0.1000" in compared  # Δ vs its dense baseline
+    shot(page, "compare")
+
+
+def test_the_token_is_asked_once_and_nothing_is_served_without_it(deployment, start_api, page):
+    settings = deployment(api_token="s3cret")
+    api = start_api(settings)
+    assert httpx.get(f"{api.url}/experiments").status_code == 401
+    assert httpx.get(f"{api.url}/ui/").status_code == 200  # the page itself holds no data
+    page.goto(f"{api.url}/ui/#/")
+    page.wait_for_selector("#token-dialog[open]")
+    page.fill("#token-input", "wrong")
+    page.click("#token-dialog button")
+    page.wait_for_selector("#token-error:has-text('refused')")
+    page.fill("#token-input", "s3cret")
+    page.click("#token-dialog button")
+    page.wait_for_selector("#runs-total")
+    assert page.evaluate("sessionStorage.getItem('moe-lab-token')") == "s3cret"
+    page.reload()  # kept for the tab's session: not asked again
+    page.wait_for_selector("#runs-total")
+    assert not page.locator("#token-dialog[open]").count()
