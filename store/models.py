@@ -83,6 +83,8 @@ class Study(Base):
     """The spec's main(): a dense baseline plus experiments judged against it."""
 
     __tablename__ = "studies"
+    # SQLite: ids are never reused after a delete (Postgres sequences never reuse one).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -107,6 +109,7 @@ class Experiment(Base):
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
         ),
+        {"sqlite_autoincrement": True},  # ids are never reused after a delete
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -183,7 +186,6 @@ class Experiment(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
-
 
     @property
     def tokens_per_sec(self) -> float | None:

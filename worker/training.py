@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import disable_progress_bars
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moe_core.atomic import write_json_atomic
@@ -28,6 +29,10 @@ from worker import shutdown
 from worker.lease import RunLease
 
 log = logging.getLogger(__name__)
+
+# A worker has no terminal: `datasets`' progress bars would only fill each run's log (Celery
+# logs a task's stderr) with hundreds of lines; the run's progress is reported on its row.
+disable_progress_bars()
 
 
 def run_experiment(

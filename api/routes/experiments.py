@@ -386,7 +386,11 @@ def download_artifact(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} has no {name} (yet)"
         )
-    return FileResponse(path, filename=f"experiment-{experiment_id}-{name}")
+    # Named, not guessed: mimetypes takes .pt for an SNES page table.
+    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    if name.endswith(".log"):
+        media = "text/plain; charset=utf-8"
+    return FileResponse(path, media_type=media, filename=f"experiment-{experiment_id}-{name}")
 
 
 def _check_baseline(session: SessionDep, baseline_id: int) -> None:

@@ -228,7 +228,7 @@ def download_study_artifact(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"study {study_id}'s dense run has no weights (yet)"
         )
-    return FileResponse(dense, filename=filename)
+    return FileResponse(dense, media_type="application/octet-stream", filename=filename)
 
 
 def _dense_model(study: Study, settings: SettingsDep):

@@ -7,6 +7,8 @@
 - experiments.tags: a JSON list of short labels, filterable.
 - experiments.progress: the running attempt's live position (phase, epoch, step, tokens/s,
   ETA), written with the heartbeat; null once the run is finished.
+- On SQLite, experiments and studies become AUTOINCREMENT tables: runs can be deleted now,
+  and an id must never name a second run (Postgres sequences never reuse one anyway).
 
 Revision ID: 0004
 Revises: 0003
@@ -29,13 +31,16 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgres
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("experiments") as batch:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    # SQLite: rebuilt as AUTOINCREMENT tables (a rebuild is what batch mode does there anyway).
+    never_reuse = {"recreate": "always", "table_kwargs": {"sqlite_autoincrement": True}}
+    with op.batch_alter_table("experiments", **(never_reuse if sqlite else {})) as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("tags", JSON, nullable=False, server_default="[]"))
         batch.add_column(sa.Column("progress", JSON, nullable=True))
         batch.create_unique_constraint(op.f("uq_experiments_idempotency_key"), ["idempotency_key"])
-    with op.batch_alter_table("studies") as batch:
+    with op.batch_alter_table("studies", **(never_reuse if sqlite else {})) as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))
         batch.create_unique_constraint(op.f("uq_studies_idempotency_key"), ["idempotency_key"])

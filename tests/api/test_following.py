@@ -147,6 +147,7 @@ def test_artifacts_list_and_download_and_delete_removes_everything(api, settings
     assert [(a["name"], a["size"]) for a in listed] == [("model.pt", 7), ("result.json", 13)]
     download = api.get(f"/experiments/{run['id']}/artifacts/model.pt")
     assert download.content == b"weights"
+    assert download.headers["content-type"] == "application/octet-stream"
     assert "experiment-" in download.headers["content-disposition"]
     assert api.get(f"/experiments/{run['id']}/artifacts/checkpoint.pt").status_code == 404
     assert api.get(f"/experiments/{run['id']}/artifacts/..%2Fetc").status_code in (404, 422)

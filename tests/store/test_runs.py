@@ -331,3 +331,12 @@ def test_list_filters_on_both_backends(own_database):
         assert listed(name="a_") == [ids[0]]  # `_` and `%` are literal
         assert listed(name="A%") == [ids[1]]
         assert listed(preset="top2", dense=False) == ids[::-1]
+
+
+def test_a_deleted_runs_id_is_never_given_to_another(own_database):
+    first = new_experiment(own_database, "first")
+    second = new_experiment(own_database, "second")
+    with session_scope(own_database) as session:
+        runs.request_cancel(session=session, experiment_id=second, stale_before=utcnow())
+        assert runs.delete_experiment(session=session, experiment_id=second)
+    assert new_experiment(own_database, "third") not in (first, second)

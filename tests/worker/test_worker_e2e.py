@@ -125,6 +125,7 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert kept["metrics"]["best_val_ce_loss"] == pytest.approx(final["best_val_ce_loss"])
     log = api.get(f"/experiments/{run['id']}/logs").text
     assert "attempt 1" in log and "succeeded" in log
+    assert "tokenising" not in log  # no progress bars: the run's progress is on its row
     assert [line for line in log.splitlines() if ": epoch " in line][-1].split(": epoch ")[1][
         :2
     ] == "4:"
