@@ -72,12 +72,18 @@ def _not_found(experiment_id: int) -> HTTPException:
 
 async def metrics_of(experiment_id: int, settings: Settings) -> Metrics:
     """The run's metrics, at most settings.metrics_max_age old (a finished run's for good)."""
+    return await _read_through(_METRICS, _read_metrics, experiment_id, settings,
+                               settings.metrics_max_age)  # fmt: skip
+
+
+async def _read_through(cache, read, experiment_id: int, settings: Settings, max_age: float):
+    """`cache`'s entry for the run, or `read(experiment_id, database_url)` in a thread."""
     key = (settings.database_url, experiment_id)  # one process may serve several stores
 
-    async def load() -> Metrics:
-        return await run_in_threadpool(_read_metrics, experiment_id, settings.database_url)
+    async def load():
+        return await run_in_threadpool(read, experiment_id, settings.database_url)
 
-    return await _METRICS.read(key, settings.metrics_max_age, load)
+    return await cache.read(key, max_age, load)
 
 
 def _read_metrics(experiment_id: int, database_url: str) -> Metrics:
@@ -98,12 +104,9 @@ def _read_metrics(experiment_id: int, database_url: str) -> Metrics:
 
 
 async def snapshot_of(experiment_id: int, settings: Settings) -> Snapshot:
-    key = (settings.database_url, experiment_id)
-
-    async def load() -> Snapshot:
-        return await run_in_threadpool(_read_snapshot, experiment_id, settings.database_url)
-
-    return await _SNAPSHOTS.read(key, settings.event_poll_seconds, load)
+    """The run's status and progress, at most settings.event_poll_seconds old."""
+    return await _read_through(_SNAPSHOTS, _read_snapshot, experiment_id, settings,
+                               settings.event_poll_seconds)  # fmt: skip
 
 
 def _read_snapshot(experiment_id: int, database_url: str) -> Snapshot:
