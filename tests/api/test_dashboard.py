@@ -87,8 +87,12 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
     epochs = 3
     study = httpx.post(
         f"{api.url}/studies",
-        json={"name": "ui", "base_preset": "micro", "base": micro_base(num_epochs=epochs),
-              "experiments": ["top2"]},  # fmt: skip
+        json={
+            "name": "ui",
+            "base_preset": "micro",
+            "base": micro_base(num_epochs=epochs),
+            "experiments": ["top2"],
+        },  # fmt: skip
     ).json()
     page.goto(f"{api.url}/ui/#/study/{study['id']}")
     page.wait_for_selector("#study-verdicts")
@@ -179,7 +183,7 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     took = time.perf_counter() - started
     print(f"run page with 200 epochs x 4 layers drawn in {took:.3f} s")
     assert took < 1.0, f"{took:.2f} s"
-    assert page.locator('#experts [data-heatmap]').first.get_attribute("data-cells") == str(200 * 8)
+    assert page.locator("#experts [data-heatmap]").first.get_attribute("data-cells") == str(200 * 8)
     shot(page, "run-200-epochs")
 
     # The runs page: the run with its tags, best CE and speed; and the compare view.
