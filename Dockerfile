@@ -30,7 +30,8 @@ USER moe
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# Two processes; api.serve is uvicorn's CLI with its socket fixed for --workers (see it).
+CMD ["python", "-m", "api.serve", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
 
 # ---------------------------------------------------------------- worker: torch + engine
 FROM base AS worker

@@ -62,8 +62,10 @@ def test_every_command_runs_an_installed_program_on_existing_code():
     assert commands["migrate"] == ["alembic", "upgrade", "head"]
     assert (ROOT / "alembic.ini").is_file() and (ROOT / "migrations" / "env.py").is_file()
 
-    module, attribute = commands["api"][1].split(":")
+    assert commands["api"][:3] == ["python", "-m", "api.serve"]  # uvicorn, socket fixed
+    module, attribute = commands["api"][3].split(":")
     assert getattr(importlib.import_module(module), attribute).title  # a FastAPI app
+    assert "CMD " + str(commands["api"]).replace("'", '"') in stage_body("api")  # the image's
 
     launcher, worker = commands["worker"][:4], commands["worker"][4:]
     assert launcher == ["python", "-m", "worker.gpu_slot", "--"]

@@ -260,8 +260,8 @@ def test_every_command_names_code_that_exists_and_the_worker_is_everywhere_the_s
             # the image's default command, and compose's after its GPU launcher
             assert "CMD " + str(command).replace("'", '"') in dockerfile, owner
             assert compose["worker"]["command"][4:] == command
-        elif program == "uvicorn":
-            module, attribute = command[1].split(":")
+        elif command[:3] == ["python", "-m", "api.serve"]:  # uvicorn, its socket fixed
+            module, attribute = command[3].split(":")
             assert getattr(importlib.import_module(module), attribute).title
             assert compose["api"]["command"] == command
         else:
