@@ -168,31 +168,18 @@ def deployment(*, workers: int = 1, **overrides: Any) -> Iterator[dict[str, Any]
 # and asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP: every
 # worker then answers with Nagle's algorithm on, and a response written in two sends
 # (headers, body) waits for the client's delayed ACK, ~40 ms on Linux (Kludex/uvicorn#3149,
-# open). This launcher gives the socket its proto; the benchmark runs it only beside the
-# README's deployment, to show what that costs.
-_UVICORN_NODELAY = """
-import socket, sys
-import uvicorn.config
-from uvicorn.main import main
-bind = uvicorn.config.Config.bind_socket
-def bind_socket(self):
-    sock = bind(self)
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-    return sock
-uvicorn.config.Config.bind_socket = bind_socket
-sys.argv[0] = "uvicorn"
-sys.exit(main())
-"""
+# open). The README's deployment runs `python -m api.serve`, which rebinds the socket as
+# TCP; plain `uvicorn --workers N` is measured beside it, to show what the fix is worth.
 
 
 @contextlib.contextmanager
 def api_server(settings, log_path: Path, *, workers: int = 1,
-               nodelay_fix: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:  # fmt: skip
-    """`uvicorn api.main:app` (`--workers N` for N > 1; `nodelay_fix`: through
-    _UVICORN_NODELAY) in a session of its own; the process and its base URL."""
+               plain_uvicorn: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:  # fmt: skip
+    """`python -m api.serve api.main:app` as the README deploys it (`--workers N` for N > 1;
+    `plain_uvicorn`: `uvicorn` itself, without the socket fix) in a session of its own; the
+    process and its base URL."""
     port = _free_port()
-    launcher = ["-c", _UVICORN_NODELAY] if nodelay_fix else ["-m", "uvicorn"]
+    launcher = ["-m", "uvicorn"] if plain_uvicorn else ["-m", "api.serve"]
     with open(log_path, "wb") as log:
         api = subprocess.Popen(
             [sys.executable, *launcher, "api.main:app", "--host", "127.0.0.1",
@@ -714,26 +701,26 @@ def run(ctx: Context) -> dict[str, Any]:
     n = SMOKE if ctx.smoke else FULL
     rows = []
     targets = []
-    fix = " [TCP_NODELAY]"  # the same deployment, its listening socket fixed (_UVICORN_NODELAY)
+    fix = " [plain uvicorn]"  # the same deployment without api.serve's socket fix: Nagle on
     with deployment(workers=API_WORKERS) as dep:
         experiment_id, writes = seed_metrics(dep, n["epochs"], n["layers"])
         path = f"/experiments/{experiment_id}/metrics"
-        with api_server(dep["settings"], dep["tmp"] / "api-nodelay.log", workers=API_WORKERS,
-                        nodelay_fix=True) as (fixed_api, fixed_url):  # fmt: skip
+        with api_server(dep["settings"], dep["tmp"] / "api-plain.log", workers=API_WORKERS,
+                        plain_uvicorn=True) as (plain_api, plain_url):  # fmt: skip
             readme = dict(base_url=dep["base_url"], server=dep["api"].pid)
-            fixed = dict(base_url=fixed_url, server=fixed_api.pid)
+            plain = dict(base_url=plain_url, server=plain_api.pid)
             get = dict(epochs=n["epochs"], layers=n["layers"], load="httpx", rounds=n["rounds"],
                        api_workers=API_WORKERS)  # fmt: skip
-            got = _interleaved({"readme": {**readme, "path": path}, "fixed": {**fixed, "path": path}},
+            got = _interleaved({"readme": {**readme, "path": path}, "plain": {**plain, "path": path}},
                                n["reads_1"], 1, n["rounds"])  # fmt: skip
             rows.append(_latency_row("GET metrics c=1", got["readme"], concurrency=1, **get))
-            rows.append(_latency_row("GET metrics c=1" + fix, got["fixed"], concurrency=1,
-                                     nodelay_fix=True, **get))  # fmt: skip
+            rows.append(_latency_row("GET metrics c=1" + fix, got["plain"], concurrency=1,
+                                     plain_uvicorn=True, **get))  # fmt: skip
             # The floor: a route that does nothing, under the same load generator and
             # server, in rounds interleaved with the metrics route's. No route beats it.
             got = _interleaved({
                 "metrics": {**readme, "path": path}, "floor": {**readme, "path": "/healthz"},
-                "metrics+": {**fixed, "path": path}, "floor+": {**fixed, "path": "/healthz"},
+                "metrics+": {**plain, "path": path}, "floor+": {**plain, "path": "/healthz"},
             }, n["reads_32"], 32, n["rounds"])  # fmt: skip
             metrics = _latency_row("GET metrics c=32", got["metrics"], concurrency=32, **get)
             floor = _latency_row("GET /healthz c=32 (floor)", got["floor"], concurrency=32, **get)
@@ -743,9 +730,9 @@ def run(ctx: Context) -> dict[str, Any]:
             ratio["target"] = targets[-1]
             rows += [metrics, floor, ratio]
             metrics = _latency_row("GET metrics c=32" + fix, got["metrics+"], concurrency=32,
-                                   nodelay_fix=True, **get)  # fmt: skip
+                                   plain_uvicorn=True, **get)  # fmt: skip
             floor = _latency_row("GET /healthz c=32 (floor)" + fix, got["floor+"],
-                                 concurrency=32, nodelay_fix=True, **get)  # fmt: skip
+                                 concurrency=32, plain_uvicorn=True, **get)  # fmt: skip
             rows += [
                 metrics,
                 floor,
@@ -753,7 +740,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     metrics,
                     floor,
                     "GET metrics p99 / floor p99 (c=32)" + fix,
-                    nodelay_fix=True,
+                    plain_uvicorn=True,
                     **get,
                 ),
             ]
@@ -764,7 +751,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 return {"Idempotency-Key": str(uuid.uuid4())}
 
             post = dict(method="POST", path="/experiments", body=body, headers=key)
-            got = _interleaved({"readme": {**readme, **post}, "fixed": {**fixed, **post}},
+            got = _interleaved({"readme": {**readme, **post}, "plain": {**plain, **post}},
                                n["posts"], 32, 2)  # fmt: skip
             params = dict(load="httpx", rounds=2, api_workers=API_WORKERS, idempotency_key=True)
             posted = _latency_row("POST /experiments c=32", got["readme"], concurrency=32,
@@ -773,9 +760,9 @@ def run(ctx: Context) -> dict[str, Any]:
                 posted,
                 _latency_row(
                     "POST /experiments c=32" + fix,
-                    got["fixed"],
+                    got["plain"],
                     concurrency=32,
-                    nodelay_fix=True,
+                    plain_uvicorn=True,
                     **params,
                 ),
             ]
