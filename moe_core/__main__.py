@@ -22,7 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from .atomic import write_json_atomic
-from .config import BASE_PRESETS, EXPERIMENT_PRESETS, ExperimentConfig, base_config, dense_config
+from .config import (
+    BASE_PRESETS,
+    EXPERIMENT_PRESETS,
+    ExperimentConfig,
+    base_config,
+    dense_config,
+    get_experiment_configs,
+)
 
 
 def _parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_common(study)
     study.add_argument("--experiments", nargs="+", choices=sorted(EXPERIMENT_PRESETS),
-                       help="experiments to run (default: all four)")  # fmt: skip
+                       help="experiments to run (default: the spec's four)")  # fmt: skip
     study.add_argument("--seeds", type=int, default=1, metavar="N",
                        help="run the dense baseline and every experiment with N seeds (base seed,"
                             " +1, ...) and judge on differences paired by seed, with standard"
@@ -135,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        start = dense_config(base).to_dict() if args.dense else {
-            "name": args.preset, "expert_dim": base.ffn_dim, **EXPERIMENT_PRESETS[args.preset]}  # fmt: skip
+        start = (
+            dense_config(base) if args.dense else get_experiment_configs(base)[args.preset]
+        ).to_dict()
         overrides = _parse_assignments(args.set, "--set")
         if args.name:
             overrides["name"] = args.name

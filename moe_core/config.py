@@ -41,6 +41,26 @@ class ExperimentConfig(BaseModel):
         0.01, ge=0, description="load-balancing loss weight"
     )  # Switch Transformer, sec. 2.2
     capacity_factor: float = Field(1.25, gt=0)  # Switch Transformer uses 1.0-1.25 in training
+    # Routing options (docs/routing-options.md): each off by default, so the spec's presets
+    # and results are unchanged.
+    num_experts: int | None = Field(
+        None, ge=1, description="routed experts per MoE layer; None: the base's num_experts"
+    )  # fine-grained experts (DeepSeekMoE, sec. 3.1): more, narrower ones at equal active size
+    dropless: bool = Field(
+        False, description="no expert capacity in training: nothing is dropped"
+    )  # MegaBlocks (Gale et al. 2022): variable-size expert groups; capacity_factor unused
+    router_z_loss: float = Field(
+        0.0, ge=0, description="router z-loss weight (mean squared log-sum-exp of the logits)"
+    )  # ST-MoE (Zoph et al. 2022), sec. 3.1: 1e-3
+    router_jitter: float = Field(
+        0.0, ge=0, lt=1, description="training-only router input noise U(1-eps, 1+eps)"
+    )  # Switch Transformer, sec. 2.4: eps = 1e-2
+    num_shared_experts: int = Field(
+        0, ge=0, description="experts of expert_dim that every token passes through"
+    )  # DeepSeekMoE (Dai et al. 2024), sec. 3.2
+    aux_free_bias_rate: float = Field(
+        0.0, ge=0, description="auxiliary-loss-free balancing bias update rate; 0 disables"
+    )  # DeepSeek-V3, sec. 2.1.2: gamma = 1e-3
     # Regularisation
     dropout: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -49,6 +69,17 @@ class ExperimentConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     early_stopping_patience: int = Field(0, ge=0, description="0 disables early stopping")
     gating_temp_schedule: GatingTempSchedule | None = None
+
+    @model_validator(mode="after")
+    def _check_routing(self) -> ExperimentConfig:
+        if self.num_experts is not None and self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) exceeds num_experts ({self.num_experts})")
+        return self
+
+    def experts(self, base: BaseConfig) -> int:
+        """The routed experts per MoE layer this experiment runs with: its own count, else
+        the base's."""
+        return base.num_experts if self.num_experts is None else self.num_experts
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -151,7 +182,10 @@ def base_config(preset: str = "spec", /, **overrides: Any) -> BaseConfig:
     return BaseConfig(**{**BASE_PRESETS[preset], **overrides})
 
 
-# The spec's four experiments, as overrides of the ExperimentConfig defaults.
+FINE_GRAINED_SPLIT = 4  # fine_grained: 4x the experts, each 1/4 as wide, top-4
+
+# The spec's four experiments, then the routing options (docs/routing-options.md), each
+# the baseline plus one option, as overrides of the ExperimentConfig defaults.
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {},  # top-1, standard regularisation
     "top2": dict(
@@ -159,14 +193,41 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     ),  # "double expert capacity" for twice the assignments
     "strong_reg": dict(dropout=0.2, weight_decay=1e-3, label_smoothing=0.1),
     "throughput_opt": dict(batch_size=32),
+    "zloss": dict(router_z_loss=1e-3),  # ST-MoE, sec. 3.1
+    # DeepSeek-V3 trains with the bias and a tiny sequence-wise balance loss (1e-4)
+    "aux_free": dict(aux_free_bias_rate=1e-3, aux_weight=1e-4),
+    "shared_expert": dict(num_shared_experts=1),  # DeepSeekMoE
+    "dropless": dict(dropless=True),  # MegaBlocks
+    # Fine-grained experts (DeepSeekMoE, sec. 3.1): FINE_GRAINED_SPLIT times the base's
+    # experts, each that much narrower, top-FINE_GRAINED_SPLIT: the same active expert
+    # parameters (32 experts of 256, top-4, at the spec's sizes). The count and the width
+    # follow the base: see _base_relative. Capacity counts tokens, not assignments, so it
+    # grows with top_k, as top2's does: the same headroom per assignment as the baseline's.
+    "fine_grained": dict(top_k=FINE_GRAINED_SPLIT, capacity_factor=1.25 * FINE_GRAINED_SPLIT),
 }
+# The spec's main() runs these, unless told otherwise.
+SPEC_EXPERIMENTS: tuple[str, ...] = ("baseline", "top2", "strong_reg", "throughput_opt")
+
+
+def _base_relative(base: BaseConfig) -> dict[str, dict[str, Any]]:
+    """Preset fields that follow the base's sizes."""
+    return {
+        "fine_grained": dict(
+            num_experts=FINE_GRAINED_SPLIT * base.num_experts,
+            expert_dim=max(1, base.ffn_dim // FINE_GRAINED_SPLIT),
+        )
+    }
 
 
 def get_experiment_configs(base: BaseConfig | None = None) -> dict[str, ExperimentConfig]:
-    """The spec's predefined experiments; each expert is as wide as the base's dense FFN."""
+    """Every predefined experiment; each expert is as wide as the base's dense FFN, except
+    fine_grained's (FINE_GRAINED_SPLIT times as many, that much narrower)."""
     base = base or BaseConfig()
+    sized = _base_relative(base)
     return {
-        name: ExperimentConfig(name=name, expert_dim=base.ffn_dim, **overrides)
+        name: ExperimentConfig(
+            **{"name": name, "expert_dim": base.ffn_dim, **overrides, **sized.get(name, {})}
+        )
         for name, overrides in EXPERIMENT_PRESETS.items()
     }
 

@@ -18,7 +18,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .atomic import write_atomic, write_json_atomic
-from .config import BaseConfig, ExperimentConfig, dense_config, get_experiment_configs
+from .config import (
+    SPEC_EXPERIMENTS,
+    BaseConfig,
+    ExperimentConfig,
+    dense_config,
+    get_experiment_configs,
+)
 from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
 from .model import GPT, GPTConfig, MoELayer
 from .trainer import CheckpointMismatch, EpochCallback, ProgressCallback, Trainer
@@ -65,11 +71,16 @@ def build_model(config: ExperimentConfig, base: BaseConfig, dense: bool = False)
             ffn_dim=base.ffn_dim,
             dropout=config.dropout,
             moe_layers=() if dense else tuple(base.moe_layers),
-            num_experts=base.num_experts,
+            num_experts=config.experts(base),
             expert_dim=config.expert_dim,
             top_k=config.top_k,
             capacity_factor=config.capacity_factor,
             aux_weight=config.aux_weight,
+            router_z_loss=config.router_z_loss,
+            dropless=config.dropless,
+            router_jitter=config.router_jitter,
+            num_shared_experts=config.num_shared_experts,
+            aux_free_bias_rate=config.aux_free_bias_rate,
         )
     )
 
@@ -172,7 +183,9 @@ def run_single_experiment(
         except CheckpointMismatch as exc:
             warnings.warn(f"not resuming: {exc}; training from scratch", stacklevel=2)
     if not resumed and verbose:
-        kind = "dense" if dense else f"MoE ({base_config.num_experts} experts, top-{config.top_k})"
+        kind = (
+            "dense" if dense else f"MoE ({config.experts(base_config)} experts, top-{config.top_k})"
+        )
         print(
             f"[{config.name}] {kind}: {count_parameters(model):,} parameters, "
             f"{len(train_loader)} steps/epoch, {base_config.num_epochs} epochs on {device}",
@@ -251,7 +264,8 @@ def main(
     verbose: bool = True,
     seeds: int = 1,
 ) -> dict[str, Any]:
-    """The spec's pipeline: dense baseline (early stopping), every experiment, evaluation,
+    """The spec's pipeline: dense baseline (early stopping), the spec's four experiments (or
+    `experiments`, any of EXPERIMENT_PRESETS), evaluation,
     and `experiment_results.json` plus `dense_model.pt` in `out_dir`.
 
     With `seeds` > 1 the dense baseline and every experiment run once per seed (base.seed,
@@ -280,7 +294,7 @@ def main(
         )
 
     configs = get_experiment_configs(base)
-    names = experiments or list(configs)
+    names = experiments or list(SPEC_EXPERIMENTS)
     unknown = sorted(set(names) - set(configs))
     if unknown:
         raise ValueError(f"unknown experiments {unknown}; choose from {sorted(configs)}")

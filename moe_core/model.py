@@ -8,6 +8,11 @@ References:
 - Switch Transformer (Fedus, Zoph, Shazeer 2021, arXiv:2101.03961) for top-1 routing,
   expert capacity and the load-balancing loss.
 - GShard (Lepikhin et al. 2020, arXiv:2006.16668) for top-2 routing.
+- Routing options, each off by default (docs/routing-options.md): dropless routing
+  (MegaBlocks, Gale et al. 2022, arXiv:2211.15841), router z-loss (ST-MoE, Zoph et al. 2022,
+  arXiv:2202.08906), router jitter (Switch Transformer, sec. 2.4), shared experts
+  (DeepSeekMoE, Dai et al. 2024, arXiv:2401.06066) and auxiliary-loss-free balancing
+  (DeepSeek-V3, arXiv:2412.19437, sec. 2.1.2).
 """
 
 from __future__ import annotations
@@ -22,21 +27,28 @@ import torch.nn.functional as F
 
 
 class Router(nn.Module):
-    """Linear gate computed in float32, with a temperature settable between epochs."""
+    """Linear gate computed in float32, with a temperature settable between epochs and,
+    in training only, multiplicative jitter on its input."""
 
-    def __init__(self, n_embd: int, num_experts: int):
+    def __init__(self, n_embd: int, num_experts: int, jitter: float = 0.0):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_experts, n_embd))
         nn.init.normal_(self.weight, std=0.02)
         # A plain attribute rather than a buffer: it is a training schedule, set by the
         # Trainer each epoch, and the checkpoint records the epoch it derives from.
         self.temperature = 1.0
+        # Switch Transformer, sec. 2.4: the router's input times U(1 - eps, 1 + eps) noise
+        # while training (eps = 1e-2 there); the experts see the input unchanged.
+        self.jitter = jitter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 even under bf16 autocast: softmax over small logit differences is
         # where low precision hurts routing most (Switch Transformer, sec. 2.4).
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.weight.float())  # [N, E]
+            x = x.float()
+            if self.training and self.jitter > 0:
+                x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            logits = F.linear(x, self.weight.float())  # [N, E]
         return logits / self.temperature
 
 
@@ -93,14 +105,23 @@ class MoELayer(nn.Module):
     the model applies `aux_weight`. Each forward leaves detached tensors, so statistics
     cost no device sync: `last_counts` (assignments per expert, before capacity),
     `last_dropped` (assignments this forward dropped), `last_over_capacity` (assignments
-    over the *training* capacity, dropped or not) and `last_prob_sum` (router
-    probabilities summed over tokens, [E]), from which `balance_loss` recomputes the
-    loss over many batches at once.
+    over the *training* capacity, dropped or not), `last_prob_sum` (router probabilities
+    summed over tokens, [E]), from which `balance_loss` recomputes the loss over many
+    batches at once, and `last_pad_ratio` (the share of capacity slots left unused).
+    `last_z_loss` is the router z-loss of the last forward, still in the graph: the Block
+    hands it to the model, which weights it (see GPT.aux_loss).
 
-    Training drops assignments over capacity (the spec's capacity_factor). Evaluation
-    drops nothing by default (`eval_capacity_factor` None): a token's output then depends
-    on nothing but its own sequence, so validation loss is the same whatever the eval
-    batch size, and it measures the model rather than how its batches were cut.
+    Training drops assignments over capacity (the spec's capacity_factor) unless
+    `dropless`. Evaluation drops nothing by default (`eval_capacity_factor` None): a token's
+    output then depends on nothing but its own sequence, so validation loss is the same
+    whatever the eval batch size, and it measures the model rather than how its batches
+    were cut.
+
+    Options (docs/routing-options.md), all off by default: `dropless`, `router_jitter`,
+    `num_shared_experts` (one MLP of `num_shared_experts * expert_dim` hidden units that
+    every token passes through: the sum of that many expert-sized FFNs) and
+    `aux_free_bias_rate` (a per-expert bias, a buffer, added to the scores that choose
+    experts but not to the gates; `update_expert_bias` moves it after each optimizer step).
     """
 
     def __init__(
@@ -112,6 +133,11 @@ class MoELayer(nn.Module):
         capacity_factor: float = 1.25,
         dropout: float = 0.0,
         eval_capacity_factor: float | None = None,
+        *,
+        dropless: bool = False,
+        router_jitter: float = 0.0,
+        num_shared_experts: int = 0,
+        aux_free_bias_rate: float = 0.0,
     ):
         super().__init__()
         if not 1 <= top_k <= num_experts:
@@ -120,23 +146,40 @@ class MoELayer(nn.Module):
         self.top_k = top_k
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
-        self.router = Router(n_embd, num_experts)
+        self.dropless = dropless
+        self.router = Router(n_embd, num_experts, router_jitter)
         self.experts = Experts(num_experts, n_embd, expert_dim)
+        self.shared = (
+            MLP(n_embd, num_shared_experts * expert_dim, 0.0) if num_shared_experts else None
+        )
+        self.aux_free_bias_rate = aux_free_bias_rate
+        if aux_free_bias_rate > 0:
+            # State, not a parameter: in the state dict (so in every checkpoint), moved by
+            # update_expert_bias rather than by gradients.
+            self.register_buffer("expert_bias", torch.zeros(num_experts))
+        else:
+            self.expert_bias = None
         self.dropout = nn.Dropout(dropout)
         self.last_counts: torch.Tensor | None = None
         self.last_dropped: torch.Tensor | None = None
         self.last_over_capacity: torch.Tensor | None = None
         self.last_prob_sum: torch.Tensor | None = None
+        self.last_pad_ratio: torch.Tensor | None = None
+        self.last_z_loss: torch.Tensor | None = None
 
     def capacity(self, num_tokens: int, capacity_factor: float | None = None) -> int:
         # Switch Transformer: expert capacity = capacity_factor * tokens / experts.
         factor = self.capacity_factor if capacity_factor is None else capacity_factor
         return math.ceil(factor * num_tokens / self.num_experts)
 
-    def _forward_capacity(self, num_tokens: int) -> int:
-        if self.training or self.eval_capacity_factor is not None:
-            return self.capacity(num_tokens, None if self.training else self.eval_capacity_factor)
-        return num_tokens  # no expert can take more: a token picks each expert at most once
+    def _forward_capacity(self, num_tokens: int) -> int | None:
+        """This forward's expert capacity; None: no capacity, nothing can be dropped."""
+        if self.training:
+            # MegaBlocks: dropless, the experts' groups are as large as their loads
+            return None if self.dropless else self.capacity(num_tokens)
+        if self.eval_capacity_factor is not None:
+            return self.capacity(num_tokens, self.eval_capacity_factor)
+        return None
 
     def balance_loss(self, counts: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
         """Load-balancing loss, Switch Transformer eq. (4)-(6): E * sum_e f_e * P_e, where
@@ -147,14 +190,30 @@ class MoELayer(nn.Module):
         P = prob_sum / (counts.sum() / self.top_k)  # [E], over tokens
         return self.num_experts * torch.sum(f * P)
 
+    @torch.no_grad()
+    def update_expert_bias(self) -> None:
+        """DeepSeek-V3, sec. 2.1.2: after each step, raise the bias of every expert that
+        took fewer than the mean of the last training batch's assignments by the rate and
+        lower every busier one's by it. Device-side: no sync."""
+        if self.expert_bias is None or self.last_counts is None:
+            return
+        load = self.last_counts.to(self.expert_bias.dtype)  # [E]
+        self.expert_bias += self.aux_free_bias_rate * torch.sign(load.mean() - load)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.size()
         E, k = self.num_experts, self.top_k
         x_flat = x.reshape(-1, C)  # [N, C]
         N = x_flat.size(0)
 
-        probs = F.softmax(self.router(x_flat), dim=-1)  # [N, E] float32
-        gates, chosen = probs.topk(k, dim=-1)  # [N, k]
+        logits = self.router(x_flat)  # [N, E] float32
+        probs = F.softmax(logits, dim=-1)  # [N, E]
+        if self.expert_bias is None:
+            gates, chosen = probs.topk(k, dim=-1)  # [N, k]
+        else:
+            # The bias chooses the experts; the gates stay the router's probabilities.
+            chosen = (probs + self.expert_bias).topk(k, dim=-1).indices  # [N, k]
+            gates = probs.gather(1, chosen)  # [N, k]
         # Top-1 keeps the raw probability as the gate (Switch): renormalising it would make
         # it 1.0 and cut the router off from the task loss's gradient. For k > 1 the gates
         # are renormalised to sum to 1 (GShard, Mixtral), so the output's scale does not
@@ -171,12 +230,14 @@ class MoELayer(nn.Module):
         # Sort assignments by expert; a stable sort keeps the priority order within each.
         sorted_expert, order = torch.sort(flat_expert, stable=True)  # [k*N]
         counts = torch.bincount(flat_expert, minlength=E)  # [E]
-        starts = torch.cumsum(counts, 0) - counts  # [E]
-        position = torch.arange(k * N, device=x.device) - starts[sorted_expert]  # slot in expert
         cap = self._forward_capacity(N)
-        keep = position < cap  # over-capacity assignments are dropped
-        kept = order[keep]  # [M] assignment ids, still grouped by expert
-        kept_counts = counts.clamp(max=cap)
+        if cap is None or cap >= N:  # nothing can overflow: every assignment is kept
+            kept, kept_counts = order, counts
+        else:
+            starts = torch.cumsum(counts, 0) - counts  # [E]
+            position = torch.arange(k * N, device=x.device) - starts[sorted_expert]  # slot
+            kept = order[position < cap]  # [M] assignment ids, still grouped by expert
+            kept_counts = counts.clamp(max=cap)
         offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # [E] row ends
 
         token_ids = kept if k == 1 else kept % N  # [M]
@@ -185,19 +246,32 @@ class MoELayer(nn.Module):
         expert_out = self.experts(x_flat.index_select(0, token_ids), offsets)  # [M, C]
         weighted = expert_out * flat_gate[kept].unsqueeze(1).to(expert_out.dtype)
         # Combine: sum each token's (one or k) expert outputs. A dropped token gets zeros
-        # here and so passes through the block's residual connection unchanged.
+        # here and so passes through the block's residual connection unchanged (plus the
+        # shared experts' output, when there are any).
         out = torch.zeros_like(x_flat, dtype=weighted.dtype).index_add_(0, token_ids, weighted)
+        if self.shared is not None:
+            out = out + self.shared(x_flat).to(out.dtype)  # [N, C], every token
 
         prob_sum = probs.sum(dim=0)  # [E]
         balance_loss = self.balance_loss(counts, prob_sum)
+        # ST-MoE eq. (5): the mean over tokens of the squared log-sum-exp of the router
+        # logits. Always computed (it is a statistic too); in the graph only when weighted.
+        z_logits = logits if self.training else logits.detach()
+        self.last_z_loss = torch.logsumexp(z_logits, dim=-1).square().mean()
 
         self.last_counts = counts.detach()
         self.last_dropped = (counts - kept_counts).sum().detach()
         self.last_prob_sum = prob_sum.detach()
+        # Capacity slots (E x cap) left unused; dropless groups have no slots to leave.
+        self.last_pad_ratio = (
+            torch.zeros((), device=x.device)
+            if cap is None
+            else 1.0 - kept_counts.sum().detach() / (E * cap)
+        )
         if self.training:
             self.last_over_capacity = self.last_dropped
         else:
-            train_cap = self.capacity(N)
+            train_cap = N if self.dropless else self.capacity(N)
             self.last_over_capacity = (counts - counts.clamp(max=train_cap)).sum().detach()
         return self.dropout(out.to(x.dtype)).view(B, T, C), balance_loss
 
@@ -255,15 +329,22 @@ class Block(nn.Module):
                 config.capacity_factor,
                 config.dropout,
                 config.eval_capacity_factor,
+                dropless=config.dropless,
+                router_jitter=config.router_jitter,
+                num_shared_experts=config.num_shared_experts,
+                aux_free_bias_rate=config.aux_free_bias_rate,
             )
         else:
             self.ffn = MLP(config.n_embd, config.ffn_dim, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """-> (x, (balance loss, router z-loss) of an MoE FFN, None for a dense one)."""
         x = x + self.attn(self.ln_1(x))
         if isinstance(self.ffn, MoELayer):
             h, balance_loss = self.ffn(self.ln_2(x))
-            return x + h, balance_loss
+            return x + h, (balance_loss, self.ffn.last_z_loss)
         return x + self.ffn(self.ln_2(x)), None
 
 
@@ -283,6 +364,12 @@ class GPTConfig:
     capacity_factor: float = 1.25
     eval_capacity_factor: float | None = None  # None: evaluation drops nothing
     aux_weight: float = 0.01  # Switch Transformer, sec. 2.2: alpha = 1e-2
+    # Routing options, all off (docs/routing-options.md)
+    router_z_loss: float = 0.0  # ST-MoE, sec. 3.1: 1e-3
+    dropless: bool = False  # MegaBlocks: no capacity in training
+    router_jitter: float = 0.0  # Switch Transformer, sec. 2.4: 1e-2
+    num_shared_experts: int = 0  # DeepSeekMoE, sec. 3.2
+    aux_free_bias_rate: float = 0.0  # DeepSeek-V3, sec. 2.1.2: gamma = 1e-3
 
 
 class GPT(nn.Module):
@@ -325,18 +412,28 @@ class GPT(nn.Module):
             )
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        balance_losses = []
+        balance_losses, z_losses = [], []
         for block in self.blocks:
-            x, balance_loss = block(x)
-            if balance_loss is not None:
-                balance_losses.append(balance_loss)
+            x, router_losses = block(x)
+            if router_losses is not None:
+                balance_losses.append(router_losses[0])
+                z_losses.append(router_losses[1])
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        return logits, self.aux_loss(balance_losses, idx.device)
+        return logits, self.aux_loss(balance_losses, idx.device, z_losses)
 
-    def aux_loss(self, balance_losses: list[torch.Tensor], device=None) -> torch.Tensor:
-        """The weighted aux loss from the MoE layers' balance losses (zero when dense)."""
+    def aux_loss(
+        self,
+        balance_losses: list[torch.Tensor],
+        device=None,
+        z_losses: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The weighted aux loss from the MoE layers' balance losses and, with a
+        `router_z_loss` coefficient, their router z-losses (zero when dense)."""
         if not balance_losses:
             return torch.zeros((), device=device)
         # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
         # balance) however many layers are MoE.
-        return self.config.aux_weight * torch.stack(balance_losses).mean()
+        aux = self.config.aux_weight * torch.stack(balance_losses).mean()
+        if self.config.router_z_loss > 0 and z_losses:
+            aux = aux + self.config.router_z_loss * torch.stack(z_losses).mean()
+        return aux

@@ -63,6 +63,10 @@ class EpochProgress:
     dropped: list[torch.Tensor]  # per MoE layer: assignments over capacity
     # per MoE layer: the largest share of one step's assignments that any expert took
     max_load: list[torch.Tensor]
+    # per MoE layer, summed over steps: [imbalance (max/mean load - 1), pad ratio, z-loss]
+    routing: list[torch.Tensor]
+    # per MoE layer: the worst step's imbalance
+    max_imbalance: list[torch.Tensor]
     # The state, at the epoch's start, of the generator the train loader draws from (see
     # Trainer._loader_generator): the epoch's base seed and shuffle are drawn from it when
     # its iterator is made and first read, so a resume remakes the same order and skips ahead.
@@ -84,6 +88,8 @@ class EpochProgress:
             usage=[torch.zeros(e, dtype=torch.long, device=device) for e in experts],
             dropped=[torch.zeros((), dtype=torch.long, device=device) for _ in experts],
             max_load=[torch.zeros((), device=device) for _ in experts],
+            routing=[torch.zeros(3, device=device) for _ in experts],
+            max_imbalance=[torch.zeros((), device=device) for _ in experts],
             loader_state=loader_state,
         )
 
@@ -93,6 +99,8 @@ class EpochProgress:
             "usage": [u.cpu() for u in self.usage],
             "dropped": [d.cpu() for d in self.dropped],
             "max_load": [m.cpu() for m in self.max_load],
+            "routing": [r.cpu() for r in self.routing],
+            "max_imbalance": [m.cpu() for m in self.max_imbalance],
             "loader_state": self.loader_state,
             "steps": self.steps,
             "tokens": self.tokens,
@@ -110,6 +118,15 @@ class EpochProgress:
             max_load=[
                 m.to(device)
                 for m in state.get("max_load") or [torch.zeros(()) for _ in state["dropped"]]
+            ],
+            # and one from before the imbalance metrics, those
+            routing=[
+                r.to(device)
+                for r in state.get("routing") or [torch.zeros(3) for _ in state["dropped"]]
+            ],
+            max_imbalance=[
+                m.to(device)
+                for m in state.get("max_imbalance") or [torch.zeros(()) for _ in state["dropped"]]
             ],
             loader_state=state["loader_state"],
             steps=state["steps"],
@@ -380,6 +397,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
             t2 = self._clock()
             self.optimizer.step()
+            for layer in self.moe_layers:
+                layer.update_expert_bias()  # aux-loss-free balancing; a no-op without it
             t3 = self._clock()
             clocks.append((t0, t1, t2, t3))
 
@@ -391,6 +410,12 @@ class Trainer:
                 # Epoch sums hide a router that swings from step to step: keep the worst step.
                 share = counts.max() / counts.sum()
                 progress.max_load[i] = torch.maximum(progress.max_load[i], share)
+                # torchtitan's imbalance: the busiest expert's load over the mean, minus 1
+                imbalance = share * counts.numel() - 1
+                progress.max_imbalance[i] = torch.maximum(progress.max_imbalance[i], imbalance)
+                progress.routing[i] += torch.stack(
+                    [imbalance, layer.last_pad_ratio, layer.last_z_loss.detach()]
+                )
             progress.steps += 1
             progress.tokens += y.numel()
             segment_tokens += y.numel()
@@ -459,6 +484,7 @@ class Trainer:
                   for m in self.moe_layers]  # fmt: skip
         over = [torch.zeros((), dtype=torch.long, device=self.device) for _ in self.moe_layers]
         prob_sums = [torch.zeros(m.num_experts, device=self.device) for m in self.moe_layers]
+        z_sums = [torch.zeros((), device=self.device) for _ in self.moe_layers]  # token-weighted
         # Making the loader's iterator draws from the global RNG (its base seed) when the
         # loader has no generator of its own: a stop rewinds that, so that the evaluation
         # the resumed run repeats draws the same.
@@ -479,12 +505,14 @@ class Trainer:
                 counts[i] += layer.last_counts
                 over[i] += layer.last_over_capacity
                 prob_sums[i] += layer.last_prob_sum
+                z_sums[i] += y.numel() * layer.last_z_loss
         if n_tokens == 0:
             raise ValueError(f"the {what} loader yielded no batches")
         ce = (ce_sum / n_tokens).item()
         if self.moe_layers and hasattr(self.model, "aux_loss"):
             balance = [m.balance_loss(c, p) for m, c, p in zip(self.moe_layers, counts, prob_sums, strict=True)]  # fmt: skip
-            aux = self.model.aux_loss(balance).item()
+            z_losses = [z / n_tokens for z in z_sums]  # the z-loss of the whole pass
+            aux = self.model.aux_loss(balance, z_losses=z_losses).item()
         else:
             aux = (aux_sum / n_tokens).item()
         loss = ce + aux
@@ -527,6 +555,9 @@ class Trainer:
         usage: list[torch.Tensor],
         dropped: list[torch.Tensor],
         max_load: list[torch.Tensor] | None = None,
+        routing: list[torch.Tensor] | None = None,
+        max_imbalance: list[torch.Tensor] | None = None,
+        steps: int = 1,
     ) -> list[dict[str, Any]]:
         """Per MoE layer, from assignment counts per expert (before capacity drops).
 
@@ -535,6 +566,13 @@ class Trainer:
         `min_usage`/`max_usage`/`usage` are percentages of assignments; `dropped` is the
         fraction of assignments over capacity; `max_step_load` (training only) the largest
         share, in percent, that one expert took of any single step's assignments.
+
+        `imbalance` is max load / mean load - 1 (torchtitan's; 0 is perfect balance,
+        num_experts - 1 collapse): in training the mean over the epoch's steps, with the
+        worst step's as `max_imbalance`; in evaluation that of the whole pass's counts, so
+        that it does not depend on the eval batch size. Training also gets `pad_ratio` (the
+        share of capacity slots left unused, mean over steps; 0 when dropless) and `z_loss`
+        (the router z-loss, unweighted, mean over steps).
         """
         stats = []
         for i, (counts, n_dropped) in enumerate(zip(usage, dropped, strict=True)):
@@ -553,6 +591,12 @@ class Trainer:
             }
             if max_load is not None:
                 layer["max_step_load"] = 100 * max_load[i].item()
+            if routing is not None and max_imbalance is not None:
+                imbalance, pad_ratio, z_loss = (routing[i].double().cpu() / max(steps, 1)).tolist()
+                layer.update(imbalance=imbalance, max_imbalance=max_imbalance[i].item(),
+                             pad_ratio=pad_ratio, z_loss=z_loss)  # fmt: skip
+            else:
+                layer["imbalance"] = len(counts) * p.max().item() - 1 if n else 0.0
             stats.append(layer)
         return stats
 
@@ -560,7 +604,9 @@ class Trainer:
         """Per MoE layer, over this epoch's training assignments, as routed in training."""
         assert self.progress is not None
         p = self.progress
-        return self._usage_stats(p.usage, p.dropped, p.max_load)
+        return self._usage_stats(
+            p.usage, p.dropped, p.max_load, p.routing, p.max_imbalance, p.steps
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -675,7 +721,9 @@ class Trainer:
             print(
                 f"    layer {s['layer']} train: entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
                 f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
-                f" (one step: {s['max_step_load']:.1f}%) | dropped {100 * s['dropped']:.1f}%",
+                f" (one step: {s['max_step_load']:.1f}%) | dropped {100 * s['dropped']:.1f}%"
+                f" | imbalance {s['imbalance']:.2f} (worst {s['max_imbalance']:.2f})"
+                f" pad {100 * s['pad_ratio']:.1f}% z {s['z_loss']:.2f}",
                 flush=True,
             )
         for s in r["eval_expert_stats"]:

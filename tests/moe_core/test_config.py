@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from moe_core.config import (
     BASE_PRESETS,
+    SPEC_EXPERIMENTS,
     BaseConfig,
     ExperimentConfig,
     GatingTempSchedule,
@@ -29,6 +30,13 @@ def test_experiment_config_has_exactly_the_spec_fields_and_defaults():
         "batch_size": 16,
         "early_stopping_patience": 0,
         "gating_temp_schedule": None,
+        # the routing options (docs/routing-options.md), each off
+        "num_experts": None,
+        "dropless": False,
+        "router_z_loss": 0.0,
+        "router_jitter": 0.0,
+        "num_shared_experts": 0,
+        "aux_free_bias_rate": 0.0,
     }
 
 
@@ -54,7 +62,9 @@ def test_base_config_holds_the_spec_main_hyperparameters():
 
 def test_spec_experiment_configs():
     configs = get_experiment_configs()
-    assert list(configs) == ["baseline", "top2", "strong_reg", "throughput_opt"]
+    assert list(configs)[:4] == list(SPEC_EXPERIMENTS) == ["baseline", "top2", "strong_reg",
+                                                           "throughput_opt"]  # fmt: skip
+    configs = {name: configs[name] for name in SPEC_EXPERIMENTS}
     assert all(c.expert_dim == 1024 and c.name == n for n, c in configs.items())
     assert (
         configs["baseline"].to_dict()

@@ -435,8 +435,10 @@ def test_every_evaluation_records_eval_mode_training_ce_and_validation_routing()
         "max_usage",
         "usage",
         "dropped",
+        "imbalance",
     }
     assert sum(layer["usage"]) == pytest.approx(100)
+    assert layer["imbalance"] == pytest.approx(len(layer["usage"]) * layer["max_usage"] / 100 - 1)
     # training statistics gain the busiest expert's share of a single step
     train_layer = seen[2]["expert_stats"][0]
     assert train_layer["max_usage"] <= train_layer["max_step_load"] <= 100
