@@ -3,7 +3,7 @@ default, and resumes exactly from a checkpoint."""
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from moe_core.config import (
     EXPERIMENT_PRESETS,
@@ -14,6 +14,7 @@ from moe_core.config import (
 from moe_core.experiments import build_model, build_optimizer, count_active_parameters
 from moe_core.model import GPT, GPTConfig, MoELayer
 from moe_core.trainer import Trainer, TrainingCancelled
+from tests.moe_core.test_trainer import StopAt, random_blocks
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -253,12 +254,6 @@ def test_the_bias_chooses_experts_but_does_not_gate_them():
 # ---------------------------------------------------------------------------- the Trainer
 
 
-def random_blocks(n: int, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, 512, (n, 17), generator=g)
-    return TensorDataset(data[:, :-1], data[:, 1:])
-
-
 def option_trainer(options: dict, **kw) -> Trainer:
     torch.manual_seed(0)
     base = base_config("micro", seq_len=16, learning_rate=1e-3)
@@ -305,15 +300,6 @@ def test_the_trainer_moves_the_bias_and_the_checkpoint_holds_it(tmp_path):
     assert torch.allclose(bias.abs(), torch.full_like(bias, 1e-2), atol=1e-2 * 4)
     saved = torch.load(tmp_path / "c.pt", weights_only=False)["model"]
     assert torch.equal(saved["blocks.2.ffn.expert_bias"], bias)
-
-
-class StopAt:
-    def __init__(self, n: int) -> None:
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls == self.n
 
 
 def exact(trainer: Trainer):
