@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from store.db import session_scope
+from store.db import new_session
 from store.queue import TrainingQueue
 from store.settings import Settings, get_settings
 
@@ -18,15 +20,35 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def get_db(settings: SettingsDep) -> AsyncIterator[Session]:
-    # async, though the handlers that use the session are not: its close (which returns the
-    # connection to the pool) then runs on the event loop as soon as the request is done,
-    # instead of queueing for a thread behind new requests while holding the connection.
-    # Making a Session does no I/O; it connects on first use, in the handler's thread.
-    with session_scope(settings.database_url) as session:
+    # Making a Session does no I/O: it connects on first use, in the handler's thread.
+    session = new_session(settings.database_url)
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            # Closing rolls the open transaction back: database I/O, so off the event loop
+            # (a stalled database must not freeze it), on threads of its own, so that it
+            # never queues behind new requests while holding its connection.
+            await anyio.to_thread.run_sync(session.close, limiter=_closing())
+        else:
+            session.close()  # nothing checked out: no I/O
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+_closers: dict[int, anyio.CapacityLimiter] = {}
+
+
+def _closing() -> anyio.CapacityLimiter:
+    """The closing threads' limiter, one per event loop (tests run several apps)."""
+    loop = id(asyncio.get_running_loop())
+    if loop not in _closers:
+        _closers[loop] = anyio.CapacityLimiter(8)
+    return _closers[loop]
+
+
+# scope="function": the session closes when the handler returns, before the response is
+# sent; otherwise a slow client (a checkpoint download, say) would hold a connection, and
+# enough of them would lock every other request out of the pool.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 def get_queue(settings: SettingsDep) -> TrainingQueue:

@@ -64,6 +64,11 @@ def _session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
+def new_session(url: str) -> Session:
+    """A session on `url`'s engine; the caller closes it."""
+    return _session_factory(url)()
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session that is closed on exit; the caller commits."""
