@@ -37,6 +37,10 @@ def original_of(
     """What an earlier POST with this key stored, or None; 409 when it came with another
     body (a key names one request, not a slot to overwrite)."""
     original = runs.find_submission(session=session, model=model, idempotency_key=idempotency_key)
+    members = (
+        [original] if isinstance(original, Experiment) else original.members if original else []
+    )
+    unpublished = any(not member.published for member in members)
     # End the read: the connection goes back to the pool now, not when the response is out
     # (the row stays loaded: sessions do not expire on commit).
     session.commit()
@@ -47,7 +51,19 @@ def original_of(
             f"Idempotency-Key {idempotency_key!r} was used for {what} {original.id} with "
             "another body; use a new key for a new request",
         )
+    if unpublished:
+        # The first request is still handing its run to the broker, or its broker failed
+        # and the run is being taken back: its answer is not known yet.
+        raise _in_progress(idempotency_key)
     return original
+
+
+def _in_progress(idempotency_key: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        f"a request with Idempotency-Key {idempotency_key!r} is in progress; retry",
+        headers={"Retry-After": "1"},
+    )
 
 
 def store_once(
@@ -76,11 +92,7 @@ def store_once(
             session=session, model=model, idempotency_key=idempotency_key, digest=digest
         )
         if original is None:  # it rolled back (its broker failed): nothing to replay
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"a request with Idempotency-Key {idempotency_key!r} is in progress; retry",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _in_progress(idempotency_key) from None
         return original, False
 
 
@@ -102,9 +114,15 @@ def submit(
     try:
         queue.enqueue(ids)
     except Exception as exc:  # kombu raises transport-specific errors
-        runs.withdraw(session=session, experiment_ids=ids, study_id=study.id if study else None)
+        try:
+            runs.withdraw(session=session, experiment_ids=ids,
+                          study_id=study.id if study else None)  # fmt: skip
+            outcome = "nothing was stored"
+        except Exception:  # the database too: the sweep publishes them once all is back
+            outcome = "the run is stored and will be queued once the broker is back"
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the task broker is unreachable, nothing was stored: {exc}",
+            f"the task broker is unreachable, {outcome}: {exc}",
             headers={"Retry-After": str(BROKER_RETRY_AFTER)},
         ) from exc
+    runs.mark_published(session=session, experiment_ids=ids)

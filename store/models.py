@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -132,6 +133,9 @@ class Experiment(Base):
     # so that the same key with another body is refused rather than answered with this run.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Whether its task reached the broker (set right after the publish): a replay of a POST
+    # still waiting on the broker is told to retry, not handed a run that may be taken back.
+    published: Mapped[bool] = mapped_column(Boolean, default=False, server_default=true())
 
     status: Mapped[str] = mapped_column(String(20), default=Status.queued, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -303,6 +303,14 @@ def request_cancel(*, session: Session, experiment_id: int, stale_before: dateti
     session.commit()
 
 
+def mark_published(*, session: Session, experiment_ids: list[int]) -> None:
+    """Record that these runs' tasks reached the broker (committed)."""
+    session.execute(
+        update(Experiment).where(Experiment.id.in_(experiment_ids)).values(published=True)
+    )
+    session.commit()
+
+
 def withdraw(*, session: Session, experiment_ids: list[int], study_id: int | None) -> None:
     """Delete runs (and their study) whose tasks the broker refused (committed): the POST
     that stored them fails, so they must not exist. Runs already claimed stay: their

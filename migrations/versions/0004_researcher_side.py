@@ -4,6 +4,9 @@
   unique (so concurrent duplicates of one POST store one run: the database decides), with
   request_hash, the hash of the body it came with (the same key with another body is a
   conflict, not a replay).
+- experiments.published: whether the run's task reached the broker; a replay of a POST
+  whose broker call is still in flight (or failed, and its rows are being taken back) is
+  told to retry rather than handed a run that may vanish. Existing runs were published.
 - experiments.tags: a JSON list of short labels, filterable.
 - experiments.progress: the running attempt's live position (phase, epoch, step, tokens/s,
   ETA), written with the heartbeat; null once the run is finished.
@@ -37,6 +40,9 @@ def upgrade() -> None:
     with op.batch_alter_table("experiments", **(never_reuse if sqlite else {})) as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))
+        batch.add_column(
+            sa.Column("published", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
         batch.add_column(sa.Column("tags", JSON, nullable=False, server_default="[]"))
         batch.add_column(sa.Column("progress", JSON, nullable=True))
         batch.create_unique_constraint(op.f("uq_experiments_idempotency_key"), ["idempotency_key"])
@@ -55,5 +61,6 @@ def downgrade() -> None:
         batch.drop_constraint(op.f("uq_experiments_idempotency_key"), type_="unique")
         batch.drop_column("progress")
         batch.drop_column("tags")
+        batch.drop_column("published")
         batch.drop_column("request_hash")
         batch.drop_column("idempotency_key")

@@ -6,6 +6,8 @@ Redis: no worker, so every queued task stays countable in the broker."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 
 import httpx
@@ -116,7 +118,48 @@ def test_100_concurrent_duplicates_store_one_run(deployment, start_api, redis_cl
     assert not [r for r in responses if isinstance(r, Exception)]
     codes = [r.status_code for r in responses]
     assert codes.count(201) == 1, sorted(set(codes))
-    assert set(codes) == {200, 201}, [r.text for r in responses if r.status_code >= 300][:3]
-    assert len({r.json()["id"] for r in responses}) == 1
+    # The others get the original (200), or, while the first is still handing its run to
+    # the broker, a 409 asking them to retry in a second.
+    assert set(codes) <= {200, 201, 409}, [r.text for r in responses if r.status_code >= 300][:3]
+    retry = [r for r in responses if r.status_code == 409]
+    assert all(r.headers["Retry-After"] == "1" for r in retry)
+    original = next(r.json()["id"] for r in responses if r.status_code == 201)
+    assert {r.json()["id"] for r in responses if r.status_code == 200} <= {original}
+    again = httpx.post(f"{api.url}/experiments", json=_body("dup"), headers=headers, timeout=30)
+    assert again.status_code == 200 and again.json()["id"] == original
     assert len(_stored(settings.database_url)) == 1
     assert queued_messages(redis_client, settings.broker_key_prefix) == 1
+
+
+class SlowRefusingBroker:
+    """A broker that takes a second to refuse: the first request's run is committed and
+    waiting on it while a retry comes in."""
+
+    def enqueue(self, experiment_ids):
+        time.sleep(1.0)
+        raise ConnectionError("broker down")
+
+
+def test_a_retry_while_the_first_request_waits_on_the_broker_is_told_to_retry(deployment):
+    from api.deps import get_queue
+    from tests.conftest import make_client
+
+    settings = deployment()
+    with make_client(settings) as api:
+        api.app.dependency_overrides[get_queue] = lambda: SlowRefusingBroker()
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first: dict = {}
+        thread = threading.Thread(
+            target=lambda: first.setdefault(
+                "r", api.post("/experiments", json=_body("r"), headers=key)
+            )
+        )
+        thread.start()
+        time.sleep(0.5)  # the first is committed and waiting on the broker
+        retry = api.post("/experiments", json=_body("r"), headers=key)
+        thread.join()
+        # Not a 200 naming a run that the first request then takes back.
+        assert retry.status_code == 409 and retry.headers["Retry-After"] == "1", retry.text
+        assert first["r"].status_code == 503
+        assert "nothing was stored" in first["r"].json()["detail"]
+        assert api.get("/experiments").json()["total"] == 0
