@@ -71,7 +71,7 @@ def _not_found(experiment_id: int) -> HTTPException:
 
 
 async def metrics_of(experiment_id: int, settings: Settings) -> Metrics:
-    """The run's metrics, at most settings.metrics_max_age old (a finished run's for good)."""
+    """The run's metrics, at most settings.metrics_max_age old (a finished run's a minute)."""
     return await _read_through(_METRICS, _read_metrics, experiment_id, settings,
                                settings.metrics_max_age)  # fmt: skip
 

@@ -1,6 +1,7 @@
 """A small in-process cache of database reads that many clients poll at once (metrics,
-event streams): an entry is fresh for `max_age` seconds, or for good once `final`, and a
-miss is refreshed by one reader while the others wait for it."""
+event streams): an entry is fresh for `max_age` seconds, or for FINAL_MAX_AGE once `final`
+(a finished run's never changes, but it can be deleted through another API process, whose
+cache this one cannot see), and a miss is refreshed by one reader while the others wait."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ class Entry(Protocol):
 
 E = TypeVar("E", bound=Entry)
 
+# How long a finished run's entry is served without a read: a deleted run's metrics
+# disappear from every API process within this long.
+FINAL_MAX_AGE = 60.0
+
 
 class ReadCache(Generic[E]):
     def __init__(self, size: int = 512) -> None:
@@ -30,7 +35,9 @@ class ReadCache(Generic[E]):
     def get(self, key: Hashable, max_age: float) -> E | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or not (entry.final or time.monotonic() - entry.at < max_age):
+            if entry is None:
+                return None
+            if time.monotonic() - entry.at >= (FINAL_MAX_AGE if entry.final else max_age):
                 return None
             self._entries.move_to_end(key)
             return entry

@@ -1,5 +1,5 @@
 """GET /experiments/{id}/metrics: follows replays, answers 304 to its ETag, and caches a
-running run's answer for MOE_METRICS_MAX_AGE and a finished run's for good."""
+running run's answer for MOE_METRICS_MAX_AGE and a finished run's for a minute."""
 
 from __future__ import annotations
 
@@ -106,3 +106,17 @@ def test_metrics_serve_training_and_evaluation_statistics_apart_and_say_which_is
         assert "training steps, as routed during training" in described["expert_stats"]
         assert "whole validation set in eval mode" in described["eval_expert_stats"]
         assert "training capacity" in described["eval_expert_stats"]
+
+
+def test_a_finished_runs_entry_ages_out_so_a_delete_elsewhere_shows(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    from api import read_cache
+
+    cache = read_cache.ReadCache()
+    entry = SimpleNamespace(final=True, at=time.monotonic())
+    cache.put("run", entry)
+    assert cache.get("run", max_age=0) is entry  # finished: served past the running max age
+    monkeypatch.setattr(read_cache, "FINAL_MAX_AGE", 0.0)
+    assert cache.get("run", max_age=0) is None  # but not for good
