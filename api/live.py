@@ -26,6 +26,8 @@ from typing import Any
 
 from fastapi import HTTPException, status
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.read_cache import ReadCache
 from store import runs
@@ -61,6 +63,9 @@ class Snapshot:
     def status_event(self) -> dict[str, Any]:
         return {"status": self.status, "error": self.error, "current_epoch": self.current_epoch}
 
+
+# What a stream waits out rather than ends on: the database away or its pool exhausted.
+DATABASE_AWAY = (OperationalError, InterfaceError, PoolTimeout)
 
 _METRICS: ReadCache[Metrics] = ReadCache()
 _SNAPSHOTS: ReadCache[Snapshot] = ReadCache()
@@ -148,16 +153,20 @@ async def events(
     while True:
         try:
             snapshot = await snapshot_of(experiment_id, settings)
+            records = []
+            if snapshot.current_epoch > sent_epoch:
+                records = (await metrics_of(experiment_id, settings)).epochs()
         except HTTPException:  # deleted while followed
             yield _event("status", {"status": "deleted", "error": None,
                                     "current_epoch": sent_epoch}, sent_epoch)  # fmt: skip
             return
-        if snapshot.current_epoch > sent_epoch:
-            metrics = await metrics_of(experiment_id, settings)
-            for record in metrics.epochs():
-                if record["epoch"] > sent_epoch:
-                    sent_epoch = record["epoch"]
-                    yield _event("epoch", record, sent_epoch)
+        except DATABASE_AWAY:  # a restart or failover: the stream waits it out
+            await asyncio.sleep(max(settings.event_poll_seconds, 1.0))
+            continue
+        for record in records:
+            if record["epoch"] > sent_epoch:
+                sent_epoch = record["epoch"]
+                yield _event("epoch", record, sent_epoch)
         # A terminal status goes out only after every epoch it counts: the metrics cache
         # may be a moment behind the snapshot.
         caught_up = sent_epoch >= snapshot.current_epoch

@@ -539,7 +539,7 @@ def heartbeat(
     is no longer its own."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
-        values["progress"] = _json_safe(progress)
+        values["progress"] = json_safe(progress)
     alive = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount
     session.commit()
     return alive == 1
@@ -677,7 +677,7 @@ def finish_experiment(
 
 def result_columns(result: dict[str, Any]) -> dict[str, Any]:
     """The experiment columns that store `result` (docs/verdicts-contract.md)."""
-    metrics = _json_safe(result.get("metrics") or {})
+    metrics = json_safe(result.get("metrics") or {})
     test = result.get("test")
     evaluation = result.get("evaluation")
     if test is not None:  # the columns hold its losses; the JSON the rest
@@ -689,7 +689,7 @@ def result_columns(result: dict[str, Any]) -> dict[str, Any]:
         "active_params": result.get("active_params"),
         "test_loss": _finite(test.get("loss")) if test else None,
         "test_ce_loss": _finite(test.get("ce_loss")) if test else None,
-        "evaluation": _json_safe(evaluation),
+        "evaluation": json_safe(evaluation),
     }
     if isinstance(metrics, dict):
         # Prefer the engine's final word; the per-epoch values stand otherwise.
@@ -751,14 +751,14 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON as Postgres accepts it: NaN and infinities (e.g. an unset best loss) become null."""
     if isinstance(value, float):
         return _finite(value)
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -63,7 +63,7 @@ def run_experiment(
             workers.set_device(session=session, name=worker_name, device=str(device))
     directory = artifacts.run_dir(settings, run_key)
     directory.mkdir(parents=True, exist_ok=True)
-    with run_log(directory / artifacts.LOG):
+    with run_log(directory / artifacts.LOG, experiment_id):
         log.info("experiment %s: attempt %s (%s) on %s, %s", experiment_id, claim.attempt,
                  claim.outcome, worker_name or lease.owner, device)  # fmt: skip
         if shutdown.requested():  # told to stop before training began
@@ -129,35 +129,39 @@ def _train(
         log.exception("experiment %s failed", experiment_id)
         lease.finish(Status.failed, error=f"{type(exc).__name__}: {exc}")
     else:
-        write_json_atomic(directory / artifacts.RESULT, result)
+        try:  # a copy beside the weights; the store holds the result either way
+            write_json_atomic(directory / artifacts.RESULT, runs.json_safe(result))
+        except OSError:
+            log.warning("experiment %s: result.json not written", experiment_id, exc_info=True)
         lease.finish(Status.succeeded, result=result)
         log.info("experiment %s succeeded: best val CE %s", experiment_id,
                  result["metrics"].get("best_val_ce_loss"))  # fmt: skip
 
 
+# The run's own story goes to its log whatever the console's level (Celery's --loglevel),
+# and so do Python's warnings (logged as py.warnings).
+logging.getLogger("worker").setLevel(logging.INFO)
+logging.captureWarnings(True)
+
+
 @contextlib.contextmanager
-def run_log(path: Path) -> Iterator[None]:
-    """Everything this thread logs during the block (warnings included) is appended to the
-    run's log, which GET /experiments/{id}/logs serves: every attempt, on any worker."""
+def run_log(path: Path, experiment_id: int) -> Iterator[None]:
+    """What this thread and the run's lease monitor log during the block (warnings
+    included) is appended to the run's log, which GET /experiments/{id}/logs serves: every
+    attempt, on any worker."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    thread = threading.get_ident()
-    # The training thread and its lease monitor; not another task's, in a threaded pool.
-    handler.addFilter(lambda record: record.thread == thread or
-                      record.threadName.startswith("lease-"))  # fmt: skip
+    handler.setLevel(logging.INFO)
+    thread, monitor = threading.get_ident(), f"lease-{experiment_id}"
+    # Not another run's lines, in a threaded pool: this thread's and this run's monitor's.
+    handler.addFilter(lambda record: record.thread == thread or record.threadName == monitor)
     root = logging.getLogger()
-    ours = logging.getLogger("worker")
-    level = ours.level
-    if ours.getEffectiveLevel() > logging.INFO:
-        ours.setLevel(logging.INFO)  # the run's own story, whatever the console shows
-    logging.captureWarnings(True)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
         handler.close()
-        ours.setLevel(level)
 
 
 def _with_data_settings(base: BaseConfig, settings: Settings) -> BaseConfig:
