@@ -23,6 +23,7 @@ from api.dashboard import add_dashboard
 from api.deps import require_token
 from api.docs import add_docs
 from api.errors import error_responses, validation_error
+from api.params import known_query_only
 from api.routes import experiments, health, operations, presets, studies
 from api.specs import SpecError
 from store.migrate import auto_migrate
@@ -86,6 +87,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(SpecError, _spec_error)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)
+    # Every route: a query parameter it does not take is a 422 (api.params).
+    app.router.dependencies.append(Depends(known_query_only))
     app.include_router(health.router)
     add_dashboard(app)
     guarded = [Depends(require_token)]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Header, Path, Query, Request
+from fastapi import Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from api.specs import MAX_ID
 
@@ -29,23 +30,38 @@ IdempotencyKey = Annotated[
 ]
 
 
-def only_query(*names: str) -> Any:
-    """A dependency that makes any query parameter but `names` a 422: a misspelt filter
-    (`?stauts=failed`) must not silently return everything."""
+def known_query_only(request: Request) -> None:
+    """Any query parameter that the matched route does not take is a 422: a misspelt filter
+    (`?stauts=failed`) must not silently return everything, nor `?dryrun=true` store and
+    queue the run it meant only to check. Applied to every route (api.main)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = getattr(route, "known_query_names", None)
+    if known is None:  # once per route, kept on it
+        known = route.known_query_names = _query_names(route)
+    unknown = [key for key in request.query_params if key not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) if known else "no query parameters"
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", key),
+                    "msg": f"unknown query parameter; this route takes {takes}",
+                    "input": request.query_params[key],
+                }
+                for key in unknown
+            ]
+        )
 
-    def check(request: Request) -> None:
-        unknown = [key for key in request.query_params if key not in names]
-        if unknown:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "extra_forbidden",
-                        "loc": ("query", key),
-                        "msg": f"unknown query parameter; this route takes {', '.join(names)}",
-                        "input": request.query_params[key],
-                    }
-                    for key in unknown
-                ]
-            )
 
-    return Depends(check)
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters of the route's handler and its dependencies."""
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(field.alias for field in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    return frozenset(names)

@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse
 from api import live
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.params import ExperimentId, IdempotencyKey, Offset, only_query
+from api.params import ExperimentId, IdempotencyKey, Offset
 from api.plan import plan
 from api.schemas import (
     ArtifactList,
@@ -66,8 +66,6 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
             "stored: retry after Retry-After seconds",
         ),
     },
-    # a misspelt ?dryrun=true must not store and queue the run it meant only to check
-    dependencies=[only_query("dry_run")],
 )
 def create_experiment(
     *,
@@ -130,11 +128,6 @@ def create_experiment(
     "",
     response_model=ExperimentList,
     responses=error_responses(422),
-    dependencies=[
-        only_query(
-            "status", "name", "tag", "study_id", "preset", "dense", "order", "limit", "offset"
-        )  # fmt: skip
-    ],
 )
 def list_experiments(
     *,

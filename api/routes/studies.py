@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from api import live
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.params import IdempotencyKey, Offset, StudyId, only_query
+from api.params import IdempotencyKey, Offset, StudyId
 from api.plan import plan
 from api.schemas import ArtifactList, StudyCreate, StudyList, StudyPlan, StudyRead
 from api.specs import (
@@ -50,8 +50,6 @@ router = APIRouter(prefix="/studies", tags=["studies"])
             "stored: retry after Retry-After seconds",
         ),
     },
-    # a misspelt ?dryrun=true must not store and queue the run it meant only to check
-    dependencies=[only_query("dry_run")],
 )
 def create_study(
     *,
@@ -140,7 +138,6 @@ def create_study(
     "",
     response_model=StudyList,
     responses=error_responses(422),
-    dependencies=[only_query("limit", "offset")],
 )
 def list_studies(
     *,

@@ -181,3 +181,14 @@ def test_a_body_under_the_limit_is_read(client):
         "/experiments", content=padded, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/experiments/1?bogus=1", "/experiments/1/logs?ofset=10", "/experiments/1/metrics?x=1",
+     "/studies/1?seed=2", "/presets?all=1", "/workers?limit=3"],
+)  # fmt: skip
+def test_every_route_refuses_a_query_parameter_it_does_not_take(client, path):
+    response = client.get(path)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == "query"
