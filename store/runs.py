@@ -151,8 +151,8 @@ def list_experiments(
 
 
 def _has_tag(session: Session, tag: str):
-    """`tag` is among the run's tags: JSONB containment on Postgres (indexable), the JSON1
-    table function on SQLite."""
+    """`tag` is among the run's tags: JSONB containment on Postgres, the JSON1 table
+    function on SQLite. (No index: a GIN index on tags would serve it once lists grow.)"""
     if session.get_bind().dialect.name == "postgresql":
         return type_coerce(Experiment.tags, postgresql.JSONB).contains([tag])
     each = func.json_each(Experiment.tags).table_valued("value")

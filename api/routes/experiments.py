@@ -334,6 +334,9 @@ def read_logs(
         with path.open("rb") as log:
             log.seek(offset)
             text = log.read(MAX_LOG_READ)
+        if len(text) == MAX_LOG_READ and b"\n" in text:
+            # End on a whole line: a cut inside a UTF-8 character would show as garbage.
+            text = text[: text.rindex(b"\n") + 1]
     except FileNotFoundError:
         text = b""
     return Response(
