@@ -3,6 +3,11 @@
 The models and optimizers are built by the engine's own `build_model`/`build_optimizer`
 from the `baseline` experiment and the dense baseline's config, so the dense model's FFN
 is as wide as one expert: the same active parameters per token.
+
+At the spec's dims (and in the smoke run) the routing options' presets
+(docs/routing-options.md) train beside them in the same rounds, each a row of its own
+against the same dense model: `zloss`, `aux_free`, `shared_expert`, `dropless`,
+`fine_grained`, and `jitter` (the baseline with `router_jitter` 1e-2, which has no preset).
 """
 
 from __future__ import annotations
@@ -22,6 +27,17 @@ from .harness import gpu_peak_flops, ratio_samples, summarize, times_summary
 # name -> (preset, overrides): the spec's main() dimensions and the `tiny` preset.
 FULL = {"spec": ("spec", {}), "tiny": ("tiny", {})}
 SMOKE = {"micro": ("micro", {})}
+# The routing options timed beside baseline and dense at these sizes: name -> (the
+# experiment preset, ExperimentConfig overrides on top of it).
+OPTIONS = {
+    "zloss": ("zloss", {}),
+    "aux_free": ("aux_free", {}),
+    "shared_expert": ("shared_expert", {}),
+    "dropless": ("dropless", {}),
+    "fine_grained": ("fine_grained", {}),
+    "jitter": ("baseline", {"router_jitter": 1e-2}),  # Switch Transformer, sec. 2.4
+}
+OPTIONS_AT = ("spec", "micro")
 
 
 def train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
@@ -64,12 +80,18 @@ def run(ctx: Context) -> dict[str, Any]:
     rows = []
     for label, (preset, overrides) in (SMOKE if ctx.smoke else FULL).items():
         base = base_config(preset, **overrides)
-        moe_cfg = get_experiment_configs(base)["baseline"]
+        presets = get_experiment_configs(base)
+        moe_cfg = presets["baseline"]
+        options = {
+            name: presets[p].model_copy(update=extra)
+            for name, (p, extra) in (OPTIONS.items() if label in OPTIONS_AT else ())
+        }
         variants, models = {}, {}
         g = torch.Generator().manual_seed(0)
         data = torch.randint(0, base.vocab_size, (base.batch_size, base.seq_len + 1), generator=g)
         x, y = data[:, :-1].to(ctx.device), data[:, 1:].to(ctx.device)
-        for name, cfg, dense in (("moe", moe_cfg, False), ("dense", dense_config(base), True)):
+        builds = [("moe", moe_cfg, False), ("dense", dense_config(base), True)]
+        for name, cfg, dense in builds + [(n, c, False) for n, c in options.items()]:
             torch.manual_seed(base.seed)
             model = build_model(cfg, base, dense).to(ctx.device).train()
             optimizer = build_optimizer(model, cfg, base, fused=ctx.device.type == "cuda")
@@ -110,4 +132,17 @@ def run(ctx: Context) -> dict[str, Any]:
                 for name in ("moe", "dense")
             }
         rows.append(row)
+        for name, cfg in options.items():
+            rows.append({
+                "name": f"{label}: {name} vs dense",
+                "params": {**row["params"], "option": name,
+                           **{k: v for k, v in cfg.to_dict().items()
+                              if v != moe_cfg.to_dict()[k] and k != "name"},
+                           "moe_parameters": count_parameters(models[name])},
+                "ratio": summarize(ratio_samples(samples, "dense", name)),
+                "ratio_of": f"{name} tokens/s / dense tokens/s",
+                "vs_baseline": summarize(ratio_samples(samples, "moe", name)),
+                "tokens_per_s": {n: tokens / times[n]["median"] for n in (name, "moe", "dense")},
+                "times_s": {n: times[n] for n in (name, "moe", "dense")},
+            })  # fmt: skip
     return {"rows": rows}

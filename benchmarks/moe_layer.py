@@ -4,6 +4,12 @@ Router, dispatch, experts, combine and the balance loss are all inside the timed
 is the backward through every one of them. The dense FFN is the engine's `MLP` with the
 expert's width, so top-1 does the same expert FLOPs (less what capacity drops) and top-2
 twice. The two textbook dispatches of `moe_references` run on the same weights beside it.
+
+After those rows, the routing options that change the layer's work (docs/routing-options.md),
+each timed against the top-1, capacity 1.25 layer side by side with it: dropless routing
+(the same weights, no capacity) and fine-grained experts (FINE_GRAINED_SPLIT times the
+experts, that much narrower, top-FINE_GRAINED_SPLIT: the same expert FLOPs per token).
+Their `params` name that capacity layer (the ratio's denominator), `option` their own.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 import torch
 
+from moe_core.config import FINE_GRAINED_SPLIT
 from moe_core.model import MLP, MoELayer
 
 from .context import Context
@@ -33,6 +40,21 @@ def ffn_flops(tokens: int, d: int, hidden: int, top_k: int = 1) -> float:
     return 3 * 2 * tokens * top_k * 2 * d * hidden
 
 
+def training_call(ctx: Context, module, forward, x: torch.Tensor, grad: torch.Tensor):
+    """A forward + backward of `forward(x)` (module's parameters' gradients cleared first)."""
+
+    def call():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        with ctx.autocast():
+            out = forward(x)
+        # The same loss on both sides; the balance loss's backward is part of a training step.
+        out, balance = out if isinstance(out, tuple) else (out, 0.0)
+        ((out.float() * grad).sum() + balance).backward()
+
+    return call
+
+
 def run(ctx: Context) -> dict[str, Any]:
     sizes = SMOKE if ctx.smoke else FULL
     d, hidden, E = sizes["d"], sizes["hidden"], sizes["experts"]
@@ -46,17 +68,7 @@ def run(ctx: Context) -> dict[str, Any]:
         grad = torch.randn(1, tokens, d, generator=gen).to(ctx.device)
 
         def step(module, forward, x=x, grad=grad):
-            def call():
-                module.zero_grad(set_to_none=True)
-                x.grad = None
-                with ctx.autocast():
-                    out = forward(x)
-                # The same loss on both sides; the balance loss's backward is part of
-                # a training step.
-                out, balance = out if isinstance(out, tuple) else (out, 0.0)
-                ((out.float() * grad).sum() + balance).backward()
-
-            return call
+            return training_call(ctx, module, forward, x, grad)
 
         variants = {"moe": step(moe, moe), "dense": step(dense, dense)}
         skipped = {}
@@ -90,4 +102,60 @@ def run(ctx: Context) -> dict[str, Any]:
             if peak:
                 row["mfu"] = flops / row["times_s"]["moe"]["median"] / peak
         rows.append(row)
+    rows += option_rows(ctx, sizes, gen)
     return {"rows": rows}
+
+
+def option_rows(ctx: Context, sizes: dict[str, Any], gen: torch.Generator) -> list[dict]:
+    """Dropless and fine-grained layers against the top-1 capacity-1.25 layer."""
+    d, hidden, E = sizes["d"], sizes["hidden"], sizes["experts"]
+    split, cf = FINE_GRAINED_SPLIT, 1.25
+    rows = []
+    for tokens in sizes["tokens"]:
+        torch.manual_seed(0)
+        layers = {
+            "capacity": MoELayer(d, E, hidden, top_k=1, capacity_factor=cf),
+            "dropless": MoELayer(d, E, hidden, top_k=1, dropless=True),
+            # capacity grows with top_k, as the fine_grained preset's does
+            "fine_grained": MoELayer(
+                d, split * E, hidden // split, top_k=split, capacity_factor=cf * split
+            ),
+            "dense": MLP(d, hidden, dropout=0.0),
+        }
+        layers["dropless"].load_state_dict(layers["capacity"].state_dict())
+        x = torch.randn(1, tokens, d, generator=gen).to(ctx.device).requires_grad_()
+        grad = torch.randn(1, tokens, d, generator=gen).to(ctx.device)
+
+        variants = {}
+        for name, layer in layers.items():
+            layer.to(ctx.device)
+            variants[name] = training_call(ctx, layer, layer, x, grad)
+        samples = ctx.run(variants)
+        times = times_summary(samples)
+        for option, own in (
+            ("dropless", dict(dropless=True)),
+            (
+                "fine_grained",
+                dict(
+                    experts=split * E,
+                    hidden=hidden // split,
+                    top_k=split,
+                    capacity_factor=cf * split,
+                ),
+            ),  # fmt: skip
+        ):
+            layer = layers[option]
+            rows.append({
+                "name": f"tokens={tokens} {option} vs top1 cf={cf}",
+                "params": dict(tokens=tokens, d=d, hidden=hidden, experts=E, top_k=1,
+                               capacity_factor=cf),
+                "option": {"name": option, **own},
+                "ratio": summarize(ratio_samples(samples, option, "capacity")),
+                "ratio_of": f"{option} / capacity layer (time)",
+                "vs_dense": summarize(ratio_samples(samples, option, "dense")),
+                "references": {},
+                "skipped": {name: "an option row: the engine against itself" for name in REFERENCES},
+                "times_s": {k: times[k] for k in (option, "capacity", "dense")},
+                "dropped_fraction": float(layer.last_dropped) / (layer.top_k * tokens),
+            })  # fmt: skip
+    return rows
