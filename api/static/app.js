@@ -94,7 +94,8 @@ async function follow(experimentId, onEvent, signal) {
       if (lastId !== null) headers["Last-Event-ID"] = lastId;
       const response = await fetch(`${API}/experiments/${experimentId}/events`, { headers, signal });
       if (response.status === 401) { await askToken(); continue; }
-      if (!response.ok) return;
+      if (response.status === 404 || response.status === 422) return;  // no such run
+      if (!response.ok) throw new ApiError(response.status, "");  // 503 and the like: retry
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       let event = {};
@@ -530,7 +531,12 @@ async function runView(id) {
     run.error ? el("pre", { class: "error" }, run.error) : null,
     FINISHED.has(run.status) ? null : el("button", { class: "danger", id: "cancel", onclick: async (e) => {
       e.target.disabled = true;
-      run = await api(`/experiments/${id}/cancel`, { method: "POST" });
+      try {
+        run = await api(`/experiments/${id}/cancel`, { method: "POST" });
+      } catch (error) {  // 409: it ended meanwhile
+        run = await api(`/experiments/${id}`);
+        alert(`Not cancelled: ${error.message}`);
+      }
       renderHeader();
     } }, run.cancel_requested ? "Cancelling…" : "Cancel run"));
 
@@ -655,18 +661,49 @@ async function studyView(id) {
   fill(view, header, verdicts, overlay, members);
   render();
 
-  // Each unfinished run on its event stream; the study (verdicts) again when one ends.
-  for (const member of study.members.filter((m) => !FINISHED.has(m.status))) {
-    follow(member.id, async (event, data) => {
-      if (event === "epoch") {
-        const epochs = epochsOf.get(member.id);
-        if (!epochs.some((e) => e.epoch === data.epoch)) epochs.push(data);
-        study.members.find((m) => m.id === member.id).current_epoch = data.epoch;
-        render();
-      } else if (event === "status") {
-        study = await api(`/studies/${id}`, { signal });
-        render();
+  // The running runs on their event streams, at most MAX_STREAMS at once: a browser opens
+  // about six connections per host, and every other request of the page needs one too.
+  // The study itself (statuses, verdicts) is polled; a run that starts gets a stream when
+  // one is free, and one past the cap has its metrics read on each poll instead.
+  const MAX_STREAMS = 3;
+  const followed = new Set();
+  const applyEpoch = (memberId, data) => {
+    const epochs = epochsOf.get(memberId);
+    if (!epochs.some((e) => e.epoch === data.epoch)) epochs.push(data);
+  };
+  const refresh = async () => {
+    study = await api(`/studies/${id}`, { signal });
+    for (const member of study.members.filter((m) => m.status === "running" && !followed.has(m.id))) {
+      if (followed.size >= MAX_STREAMS) {
+        const metrics = await api(`/experiments/${member.id}/metrics`, { signal });
+        metrics.epochs.forEach((e) => applyEpoch(member.id, e));
+        continue;
       }
+      followed.add(member.id);
+      follow(member.id, (event, data) => {
+        if (event === "epoch") {
+          applyEpoch(member.id, data);
+          const row = study.members.find((m) => m.id === member.id);
+          if (row) row.current_epoch = Math.max(row.current_epoch, data.epoch);
+          render();
+        } else if (event === "status" && FINISHED.has(data.status)) {
+          refresh().catch(() => {});
+        }
+      }, signal).finally(() => followed.delete(member.id));
+    }
+    // Runs that ended between two looks: their last epochs.
+    for (const member of study.members.filter((m) => FINISHED.has(m.status))) {
+      if (epochsOf.get(member.id).length < member.current_epoch) {
+        const metrics = await api(`/experiments/${member.id}/metrics`, { signal });
+        metrics.epochs.forEach((e) => applyEpoch(member.id, e));
+      }
+    }
+    render();
+  };
+  if (study.members.some((m) => !FINISHED.has(m.status))) {
+    await refresh();
+    every(3000, () => {
+      if (study.members.some((m) => !FINISHED.has(m.status))) refresh().catch(() => {});
     }, signal);
   }
 }
