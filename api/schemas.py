@@ -17,11 +17,14 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from api.specs import DEFAULT_BASE_PRESET, LIMITS, MAX_ID, WORKER_ONLY
-from moe_core.config import BaseConfig, ExperimentConfig
+from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
 from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
-ExperimentPreset = Literal["baseline", "top2", "strong_reg", "throughput_opt"]
+ExperimentPreset = Literal[
+    "baseline", "top2", "strong_reg", "throughput_opt",  # the spec's four
+    "zloss", "aux_free", "shared_expert", "dropless", "fine_grained",  # docs/routing-options.md
+]  # fmt: skip
 BasePreset = Literal["tiny", "small", "micro", "spec"]
 
 # A label a researcher filters runs by (`?tag=`): short, and safe in a URL and a shell.
@@ -167,7 +170,7 @@ class StudyCreate(BaseModel):
         description="the base the `base` fields go over; the default is the engine CLI's",
     )
     experiments: list[ExperimentPreset] = Field(
-        default_factory=lambda: ["baseline", "top2", "strong_reg", "throughput_opt"],
+        default_factory=lambda: list(SPEC_EXPERIMENTS),  # the spec's four
         min_length=1,
     )
     seeds: int = Field(

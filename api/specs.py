@@ -21,7 +21,7 @@ from moe_core.config import (
 # The largest value a request may give each size: generous for research on one GPU, but a
 # valid-looking body cannot ask a worker for a model or a run it could never finish.
 # The README's "HTTP API" section states them.
-LIMITS: dict[str, int] = {
+LIMITS: dict[str, int | float] = {
     "hidden_dim": 4096,
     "seq_len": 4096,
     "num_layers": 48,
@@ -32,6 +32,9 @@ LIMITS: dict[str, int] = {
     "vocab_size": 65536,
     "num_epochs": 1000,
     "batch_size": 1024,
+    "num_shared_experts": 8,
+    "router_z_loss": 1.0,  # ST-MoE uses 1e-3
+    "aux_free_bias_rate": 0.1,  # DeepSeek-V3 uses 1e-3
 }
 # The base a request without `base_preset` gets: the same as `python -m moe_core`'s, a
 # 4-epoch run that a CPU worker finishes in minutes (the spec's 20-epoch run is asked for).
@@ -98,12 +101,24 @@ def check_run(
     """What the engine would reject only on a worker, after the data is prepared: checked
     on the resolved config as a whole. `config_loc` locates config errors in the body."""
     errors = []
-    if not dense and config.top_k > base.num_experts:
+    experts = config.experts(base)
+    if not dense and config.top_k > experts:
+        where = "config.num_experts" if config.num_experts is not None else "base.num_experts"
         errors.append(
             _error(
                 (*config_loc, "top_k"),
-                f"top_k ({config.top_k}) exceeds base.num_experts ({base.num_experts})",
+                f"top_k ({config.top_k}) exceeds {where} ({experts})",
                 config.top_k,
+            )
+        )
+    shared_width = config.num_shared_experts * config.expert_dim
+    if not dense and shared_width > LIMITS["expert_dim"]:
+        errors.append(
+            _error(
+                (*config_loc, "num_shared_experts"),
+                f"the shared experts' width, num_shared_experts x expert_dim = {shared_width},"
+                f" is over {LIMITS['expert_dim']}",
+                config.num_shared_experts,
             )
         )
     batch_tokens = config.batch_size * (base.seq_len + 1)

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from moe_core.config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig, base_config
+from moe_core.config import (
+    BASE_PRESETS,
+    EXPERIMENT_PRESETS,
+    SPEC_EXPERIMENTS,
+    BaseConfig,
+    base_config,
+)
 from store.db import session_scope
 from store.models import Experiment, Study
 from tests.conftest import micro_base, queued_messages
@@ -192,9 +198,9 @@ def test_studies_validate_and_queue_a_dense_run_plus_members(
     assert response.status_code == 201, response.text
     study = response.json()
     assert response.headers["location"] == f"/studies/{study['id']}"
-    assert study["experiments"] == list(EXPERIMENT_PRESETS)  # default: all four
+    assert study["experiments"] == list(SPEC_EXPERIMENTS)  # default: the spec's four
     members = {member["name"]: member for member in study["members"]}
-    assert set(members) == {"dense", *EXPERIMENT_PRESETS}  # one seed: the names of old
+    assert set(members) == {"dense", *SPEC_EXPERIMENTS}  # one seed: the names of old
     assert members["dense"]["dense"] and members["dense"]["id"] == study["dense_id"]
     assert queued_messages(redis_client, broker_prefix) == queued + 5
     for row in study["verdicts"]:
@@ -206,7 +212,7 @@ def test_studies_validate_and_queue_a_dense_run_plus_members(
     seed = BASE_PRESETS["micro"].get("seed", BaseConfig().seed)
     assert study["seeds"] == 1 and study["dense_ids"] == [study["dense_id"]]
     assert {member["seed"] for member in study["members"]} == {seed}
-    assert [row["preset"] for row in study["preset_verdicts"]] == list(EXPERIMENT_PRESETS)
+    assert [row["preset"] for row in study["preset_verdicts"]] == list(SPEC_EXPERIMENTS)
     for row in study["preset_verdicts"]:
         assert row["seeds"] == [seed] and row["passed"] is None and row["significant"] is None
         assert "queued" in row["detail"] and row["per_seed"] == []

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 
 
 @pytest.mark.parametrize("preset", ["micro", "tiny", "spec"])
-@pytest.mark.parametrize("experiment", ["dense", "baseline", "top2", "throughput_opt"])
+@pytest.mark.parametrize(
+    "experiment", ["dense", "baseline", "top2", "throughput_opt", "shared_expert", "fine_grained"]
+)
 def test_parameters_are_the_engines_count(preset, experiment):
     torch = pytest.importorskip("torch")
     from moe_core.experiments import build_model, count_active_parameters, count_parameters
