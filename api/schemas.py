@@ -330,6 +330,9 @@ class EvalExpertStatsRead(BaseModel):
         description="share of the assignments over the training capacity (per batch of the "
         "run's batch size): what training would drop at this routing; evaluation drops none"
     )
+    imbalance: float | None = Field(
+        None, description="max load / mean load - 1 (0: perfectly even); null before it was kept"
+    )
 
 
 class ExpertStatsRead(EvalExpertStatsRead):
@@ -338,6 +341,16 @@ class ExpertStatsRead(EvalExpertStatsRead):
     dropped: float | None = Field(description="share of the epoch's assignments dropped")
     max_step_load: float | None = Field(
         description="percent: the largest share of one step's assignments that any expert took"
+    )
+    imbalance: float | None = Field(
+        None, description="max load / mean load - 1, averaged over the epoch's steps"
+    )
+    max_imbalance: float | None = Field(None, description="the worst step's imbalance")
+    pad_ratio: float | None = Field(
+        None, description="share of the capacity slots left unused (0 when dropless)"
+    )
+    z_loss: float | None = Field(
+        None, description="the router z-loss (ST-MoE), unweighted, averaged over the steps"
     )
 
 

@@ -258,6 +258,13 @@ class ExpertStats(Base):
     dropped: Mapped[float | None] = mapped_column(Float)
     # Training rows only: the largest share of one step's assignments any expert took.
     max_step_load: Mapped[float | None] = mapped_column(Float)
+    # max load / mean load - 1: the mean over the steps (training), or of the whole pass
+    # (eval); max_imbalance is the worst step's, pad_ratio the share of capacity slots left
+    # unused, z_loss the router z-loss, unweighted (training rows).
+    imbalance: Mapped[float | None] = mapped_column(Float)
+    max_imbalance: Mapped[float | None] = mapped_column(Float)
+    pad_ratio: Mapped[float | None] = mapped_column(Float)
+    z_loss: Mapped[float | None] = mapped_column(Float)
 
 
 class Worker(Base):

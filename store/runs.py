@@ -216,16 +216,19 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[dict[str, Any
     # One fetch, not a round of fetchone per row.
     stats_rows = session.execute(
         select(s.epoch, s.kind, s.layer, s.entropy, s.min_usage, s.max_usage, s.usage,
-               s.dropped, s.max_step_load)
+               s.dropped, s.max_step_load, s.imbalance, s.max_imbalance, s.pad_ratio, s.z_loss)
         .where(s.experiment_id == experiment_id)
         .order_by(s.epoch, s.kind, s.layer)
     ).all()  # fmt: skip
-    for epoch, kind, layer, entropy, min_usage, max_usage, usage, dropped, step_load in stats_rows:
-        row = {"layer": layer, "entropy": _finite(entropy), "min_usage": min_usage,
-               "max_usage": max_usage, "usage": usage, "dropped": _finite(dropped)}  # fmt: skip
-        if kind == StatsKind.train:
-            row["max_step_load"] = _finite(step_load)
-        stats.setdefault((epoch, kind), []).append(row)
+    for r in stats_rows:
+        row = {"layer": r.layer, "entropy": _finite(r.entropy), "min_usage": r.min_usage,
+               "max_usage": r.max_usage, "usage": r.usage, "dropped": _finite(r.dropped),
+               "imbalance": _finite(r.imbalance)}  # fmt: skip
+        if r.kind == StatsKind.train:
+            row.update(max_step_load=_finite(r.max_step_load),
+                       max_imbalance=_finite(r.max_imbalance), pad_ratio=_finite(r.pad_ratio),
+                       z_loss=_finite(r.z_loss))  # fmt: skip
+        stats.setdefault((r.epoch, r.kind), []).append(row)
     rows = session.execute(
         select(m.epoch, m.train_loss, m.train_ce_loss, m.train_aux_loss, m.train_eval_ce_loss,
                m.val_loss, m.val_ce_loss, m.val_aux_loss, m.tokens_per_sec, m.steps,
@@ -638,6 +641,11 @@ def record_epoch(
             "usage": list(stats["usage"]),
             "dropped": stats.get("dropped"),
             "max_step_load": stats.get("max_step_load") if kind == StatsKind.train else None,
+            "imbalance": stats.get("imbalance"),
+            **{
+                key: stats.get(key) if kind == StatsKind.train else None
+                for key in ("max_imbalance", "pad_ratio", "z_loss")
+            },
         }
         for kind, key in ((StatsKind.train, "expert_stats"), (StatsKind.eval, "eval_expert_stats"))
         for stats in record.get(key) or []

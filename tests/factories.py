@@ -47,6 +47,10 @@ def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> dict:
                 "usage": [12.5] * 8,
                 "dropped": 0.1,
                 "max_step_load": 30.0,
+                "imbalance": 0.2,
+                "max_imbalance": 1.4,
+                "pad_ratio": 0.15,
+                "z_loss": 3.1,
             }
             for layer in layers
         ],  # fmt: skip
@@ -60,6 +64,7 @@ def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> dict:
                 "max_usage": 40.0,
                 "usage": [40.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
                 "dropped": 0.2,
+                "imbalance": 2.2,
             }
             for layer in layers
         ],  # fmt: skip

@@ -453,6 +453,10 @@ function curves(run, epochs) {
   return el("div", { class: "charts", id: "curves" }, charts);
 }
 
+// A statistic of a layer's row, null where the row or the statistic (older runs) is not.
+const value = (row, key) => (row && row[key] !== undefined && row[key] !== null ? row[key] : null);
+const pct = (row, key) => (value(row, key) === null ? null : 100 * row[key]);
+
 function expertSection(epochs) {
   const layers = [...new Set(epochs.flatMap((e) => e.expert_stats.map((l) => l.layer)))].sort((a, b) => a - b);
   if (!layers.length) return el("div", { id: "experts" });
@@ -470,11 +474,20 @@ function expertSection(epochs) {
         heatmap(`layer ${layer}, training`, x, train.map((l) => l && l.usage), { vmax }),
         hasEval ? heatmap(`layer ${layer}, evaluation`, x, evaluated.map((l) => l && l.usage), { vmax })
           : el("div", { class: "heatmap muted" }, "no evaluation statistics"),
-        lineChart(`layer ${layer}: entropy and drops`, x, [
-          { label: "entropy (train)", values: train.map((l) => l && l.entropy) },
-          { label: "entropy (eval)", values: evaluated.map((l) => l && l.entropy), dash: [6, 4] },
-          { label: "dropped % (train)", values: train.map((l) => l && l.dropped !== null ? 100 * l.dropped : null), scale: "y2" },
-        ], { yLabel: "nats", y2: "% dropped", height: 180 })));
+        el("div", {},
+          lineChart(`layer ${layer}: entropy and drops`, x, [
+            { label: "entropy (train)", values: train.map((l) => l && l.entropy) },
+            { label: "entropy (eval)", values: evaluated.map((l) => l && l.entropy), dash: [6, 4] },
+            { label: "dropped % (train)", values: train.map((l) => pct(l, "dropped")), scale: "y2" },
+            { label: "unused capacity %", values: train.map((l) => pct(l, "pad_ratio")), scale: "y2", dash: [2, 3] },
+          ], { yLabel: "nats", y2: "%", height: 180 }),
+          lineChart(`layer ${layer}: load imbalance`, x, [
+            { label: "max/mean − 1 (train)", values: train.map((l) => value(l, "imbalance")) },
+            { label: "worst step", values: train.map((l) => value(l, "max_imbalance")), dash: [2, 3] },
+            { label: "max/mean − 1 (eval)", values: evaluated.map((l) => value(l, "imbalance")), dash: [6, 4] },
+            ...(train.some((l) => value(l, "z_loss") !== null)
+              ? [{ label: "router z-loss", values: train.map((l) => value(l, "z_loss")), scale: "y2" }] : []),
+          ], { y2: train.some((l) => value(l, "z_loss") !== null) ? "z-loss" : null, height: 180 }))));
   });
   return el("div", { id: "experts" }, el("h2", {}, "Experts"),
     el("p", { class: "muted" }, "Share of each expert's assignments per epoch: over the epoch's training steps, and the epoch's weights over the validation set."),

@@ -91,6 +91,8 @@ def test_metrics_serve_training_and_evaluation_statistics_apart_and_say_which_is
         assert [s["max_step_load"] for s in epoch["expert_stats"]] == [30.0, 30.0]
         assert [s["min_usage"] for s in epoch["eval_expert_stats"]] == [0.0, 0.0]
         assert all("max_step_load" not in s for s in epoch["eval_expert_stats"])
+        assert [s["z_loss"] for s in epoch["expert_stats"]] == [3.1, 3.1]
+        assert [s["imbalance"] for s in epoch["eval_expert_stats"]] == [2.2, 2.2]
 
         # A replay that changes only the evaluation's statistics is a new answer.
         replay = record(1, 5.0)

@@ -63,10 +63,12 @@ def test_an_epoch_keeps_training_and_evaluation_statistics_apart(database, exper
     assert epoch["expert_stats"][0] == {
         "layer": 2, "entropy": 2.0, "min_usage": 10.0, "max_usage": 15.0,
         "usage": [12.5] * 8, "dropped": 0.1, "max_step_load": 30.0,
+        "imbalance": 0.2, "max_imbalance": 1.4, "pad_ratio": 0.15, "z_loss": 3.1,
     }  # fmt: skip
     assert epoch["eval_expert_stats"][0] == {
         "layer": 2, "entropy": 1.5, "min_usage": 0.0, "max_usage": 40.0,
         "usage": [40.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0], "dropped": 0.2,
+        "imbalance": 2.2,
     }  # fmt: skip
 
 
@@ -78,7 +80,8 @@ def test_an_epoch_without_evaluation_or_new_keys_is_still_written(database, expe
     for key in ("train_eval", "eval_expert_stats", "best_val_ce_loss", "best_epoch"):
         del bare[key]
     for stats in bare["expert_stats"]:
-        del stats["max_step_load"]
+        for key in ("max_step_load", "imbalance", "max_imbalance", "pad_ratio", "z_loss"):
+            del stats[key]
     unevaluated = {**record(2, 4.0), "val": None, "train_eval": None, "eval_expert_stats": []}
     write(database, experiment_id, "a", bare)
     write(database, experiment_id, "a", unevaluated)
@@ -86,6 +89,7 @@ def test_an_epoch_without_evaluation_or_new_keys_is_still_written(database, expe
         first, second = runs.epoch_records(session=session, experiment_id=experiment_id)
     assert first["train_eval"] is None and first["eval_expert_stats"] == []
     assert first["expert_stats"][0]["max_step_load"] is None
+    assert first["expert_stats"][0]["z_loss"] is None  # a record from before issue 11
     assert second["val"] is None and second["train_eval"] is None
     assert second["eval_expert_stats"] == [] and len(second["expert_stats"]) == 2
     assert counts(database, experiment_id) == (2, 4)

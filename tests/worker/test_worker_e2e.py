@@ -95,6 +95,10 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
             assert len(usage) == 8 and sum(usage) == pytest.approx(100, abs=0.5)
         for stats in epoch["expert_stats"]:  # a step's peak is at least the epoch's
             assert stats["max_step_load"] >= stats["max_usage"] - 1e-6
+            # the imbalance metrics, stored as the engine keeps them
+            assert 0 <= stats["imbalance"] <= stats["max_imbalance"]
+            assert 0 <= stats["pad_ratio"] < 1 and stats["z_loss"] > 0
+        assert all(stats["imbalance"] >= 0 for stats in epoch["eval_expert_stats"])
 
     final = api.get(f"/experiments/{run['id']}").json()
     assert final["current_epoch"] == final["num_epochs"] == 4
