@@ -61,8 +61,8 @@ REDIS_URL = os.environ.get(
 )
 FULL = dict(epochs=100, layers=2, reads_1=300, reads_32=32 * 60, rounds=4, posts=1200,
             queue_runs=7, streams=100, sse_window=20.0, sse_warmup=5.0)  # fmt: skip
-SMOKE = dict(epochs=10, layers=2, reads_1=20, reads_32=64, rounds=2, posts=40, queue_runs=1,
-             streams=10, sse_window=3.0, sse_warmup=1.0)  # fmt: skip
+SMOKE = dict(epochs=10, layers=2, reads_1=10, reads_32=32, rounds=1, posts=16, queue_runs=1,
+             streams=6, sse_window=2.5, sse_warmup=0.5)  # fmt: skip
 # The README's deployment (and docker-compose.yml's): one uvicorn process per core.
 API_WORKERS = 2
 # The targets of issue 9 ("service speed kept"), checked here, on the rows that carry them.

@@ -15,9 +15,9 @@ from tests.worker.test_faults import FINISHED, assert_one_row_per_epoch
 
 pytestmark = [pytest.mark.services, pytest.mark.chaos]
 
-RUNS = 30
+RUNS = 16
 MAX_WORKERS = 3
-CHAOS_SECONDS = 60
+CHAOS_SECONDS = 34
 
 
 def test_runs_survive_workers_coming_and_going(deployment, start_worker):
