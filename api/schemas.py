@@ -23,7 +23,8 @@ from store.models import Status
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
 ExperimentPreset = Literal[
     "baseline", "top2", "strong_reg", "throughput_opt",  # the spec's four
-    "zloss", "aux_free", "shared_expert", "dropless", "fine_grained",  # docs/routing-options.md
+    "zloss", "aux_free", "shared_expert", "dropless", "jitter",
+    "fine_grained",  # docs/routing-options.md
 ]  # fmt: skip
 BasePreset = Literal["tiny", "small", "micro", "spec"]
 

@@ -7,7 +7,7 @@ is as wide as one expert: the same active parameters per token.
 At the spec's dims (and in the smoke run) the routing options' presets
 (docs/routing-options.md) train beside them in the same rounds, each a row of its own
 against the same dense model: `zloss`, `aux_free`, `shared_expert`, `dropless`,
-`fine_grained`, and `jitter` (the baseline with `router_jitter` 1e-2, which has no preset).
+`fine_grained` and `jitter`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ OPTIONS = {
     "shared_expert": ("shared_expert", {}),
     "dropless": ("dropless", {}),
     "fine_grained": ("fine_grained", {}),
-    "jitter": ("baseline", {"router_jitter": 1e-2}),  # Switch Transformer, sec. 2.4
+    "jitter": ("jitter", {}),  # Switch Transformer, sec. 2.4
 }
 OPTIONS_AT = ("spec", "micro")
 

@@ -198,6 +198,7 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "aux_free": dict(aux_free_bias_rate=1e-3, aux_weight=1e-4),
     "shared_expert": dict(num_shared_experts=1),  # DeepSeekMoE
     "dropless": dict(dropless=True),  # MegaBlocks
+    "jitter": dict(router_jitter=1e-2),  # Switch Transformer, sec. 2.4
     # Fine-grained experts (DeepSeekMoE, sec. 3.1): FINE_GRAINED_SPLIT times the base's
     # experts, each that much narrower, top-FINE_GRAINED_SPLIT: the same active expert
     # parameters (32 experts of 256, top-4, at the spec's sizes). The count and the width

@@ -342,6 +342,7 @@ def test_presets_are_the_baseline_plus_one_option():
         "aux_free": {"aux_free_bias_rate", "aux_weight"},
         "shared_expert": {"num_shared_experts"},
         "dropless": {"dropless"},
+        "jitter": {"router_jitter"},
         "fine_grained": {"num_experts", "expert_dim", "top_k", "capacity_factor"},
     }
     assert set(expected) <= set(EXPERIMENT_PRESETS)
