@@ -1,0 +1,163 @@
+"""Markdown tables from a study's experiment_results.json (what docs/results/ reports quote).
+
+    .venv/bin/python scripts/study_tables.py docs/results/options-3seed/experiment_results.json
+
+Prints two tables: one row per configuration (means over seeds; each Δ paired by seed, ±
+its standard error, `*` where it is beyond two standard errors), then one row per run. The
+routing columns are the last training epoch's (mean over its steps and MoE layers; the
+worst step of any layer for "worst step") and the final model's evaluation statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from moe_core.criteria import best_val_loss, generalisation_gap, mean_se, throughput
+
+Run = dict[str, Any]
+
+
+def _layers(run: Run, key: str) -> list[dict[str, Any]]:
+    history = run["metrics"].get(key) or []
+    return history[-1]["layers"] if history else []
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def routing(run: Run) -> dict[str, float | None]:
+    """The last epoch's routing statistics, over the run's MoE layers."""
+    train, final = _layers(run, "expert_stats_history"), _layers(run, "eval_expert_stats_history")
+
+    def col(layers: list[dict[str, Any]], k: str) -> list[float]:
+        return [layer[k] for layer in layers if layer.get(k) is not None]
+
+    return {
+        "imbalance": _mean(col(train, "imbalance")),
+        "max_imbalance": max(col(train, "max_imbalance"), default=None),
+        "dropped": _mean(col(train, "dropped")),
+        "z_loss": _mean(col(train, "z_loss")),
+        "final_min_use": min(col(final, "min_usage"), default=None),
+        "final_over_capacity": max(col(final, "dropped"), default=None),
+    }
+
+
+def _given(stats: list[dict[str, float | None]], k: str) -> list[float]:
+    return [s[k] for s in stats if s[k] is not None]
+
+
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _pct(x: float | None, fmt: str = ".2f", scale: float = 1.0) -> str:
+    return "-" if x is None else f"{scale * x:{fmt}}%"
+
+
+def _pm(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "-"
+    if stat["se"] is None:
+        return f"{stat['mean']:+.4f}"
+    star = "*" if abs(stat["mean"]) > 2 * stat["se"] else ""
+    return f"{stat['mean']:+.4f} ± {stat['se']:.4f}{star}"
+
+
+def _paired(runs: list[Run], against: list[Run]) -> dict[str, Any]:
+    return mean_se(
+        [best_val_loss(r["metrics"]) - best_val_loss(a["metrics"])
+         for r, a in zip(runs, against, strict=True)]
+    )  # fmt: skip
+
+
+def summary(study: dict[str, Any]) -> str:
+    runs: dict[str, list[Run]] = study["runs"]
+    dense, reference = runs["dense"], runs.get("baseline")
+    dense_tps = _mean([throughput(r["metrics"]) for r in dense])
+    rows = [
+        "| run | params (active) | val CE | Δ vs dense | Δ vs baseline | gap | test CE "
+        "| tok/s (× dense) | imbalance (worst step) | dropped | z-loss | final min use "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, group in runs.items():
+        r0, stats = group[0], [routing(r) for r in group]
+        tps = _mean([throughput(r["metrics"]) for r in group])
+        verdict = study["verdicts"].get(name)
+        # the verdict's own ratio where there is one (a mean of per-seed ratios)
+        ratio = verdict["secondary"]["throughput_ratio"] if verdict else tps / dense_tps
+        mark = (
+            ""
+            if verdict is None
+            else ("✓" if verdict["passed"] else "✗")
+            + (" sig" if verdict.get("significant") else "")
+        )
+
+        avg = {k: _mean(_given(stats, k)) for k in ("imbalance", "dropped", "z_loss")}
+        worst = max(_given(stats, "max_imbalance"), default=None)
+        final_min = min(_given(stats, "final_min_use"), default=None)
+        rows.append(
+            f"| {name} | {r0['params']:,} ({r0['active_params']:,}) "
+            f"| {_mean([best_val_loss(r['metrics']) for r in group]):.4f} "
+            f"| {'' if name == 'dense' else _pm(_paired(group, dense))} "
+            f"| {'' if reference is None or name in ('dense', 'baseline') else _pm(_paired(group, reference))} "  # noqa: E501
+            f"| {_mean([generalisation_gap(r['metrics']) for r in group]):+.3f} "
+            f"| {_mean([r['test']['ce_loss'] for r in group]):.4f} "
+            f"| {tps:,.0f} ({ratio:.2f}) "
+            f"| {_f(avg['imbalance'], '.2f')} ({_f(worst, '.2f')}) "
+            f"| {_pct(avg['dropped'], scale=100)} "
+            f"| {_f(avg['z_loss'], '.2f')} "
+            f"| {_pct(final_min, '.1f')} | {mark} |"
+        )
+    n = len(dense)
+    rows.append(
+        f"\nMeans over {n} seed(s); Δ paired by seed, ± standard error, * beyond 2 SE. "
+        "Routing columns: last training epoch (imbalance = max/mean load − 1, mean over "
+        "steps and layers; worst step of any layer; dropped = share of assignments over "
+        "capacity; z-loss = mean squared router log-sum-exp); final min use: the least "
+        "used expert of any layer over the validation set, final model."
+    )
+    return "\n".join(rows)
+
+
+def per_seed(study: dict[str, Any]) -> str:
+    runs: dict[str, list[Run]] = study["runs"]
+    rows = [
+        "| seed | run | best epoch | val CE | Δ vs dense | gap | test CE | tok/s "
+        "| imbalance (worst) | dropped | final min use |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, dense in enumerate(runs["dense"]):
+        for name, group in runs.items():
+            r, m = group[i], group[i]["metrics"]
+            s = routing(r)
+            delta = (
+                ""
+                if name == "dense"
+                else f"{best_val_loss(m) - best_val_loss(dense['metrics']):+.4f}"
+            )  # noqa: E501
+            rows.append(
+                f"| {r['seed']} | {name} | {m['best_epoch']} | {best_val_loss(m):.4f} | {delta} "
+                f"| {generalisation_gap(m):+.4f} | {r['test']['ce_loss']:.4f} "
+                f"| {throughput(m):,.0f} "
+                f"| {_f(s['imbalance'], '.2f')} ({_f(s['max_imbalance'], '.2f')}) "
+                f"| {_pct(s['dropped'], scale=100)} "
+                f"| {_pct(s['final_min_use'], '.1f')} |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        sys.exit(__doc__)
+    study = json.loads(Path(argv[0]).read_text())
+    print(summary(study), "", per_seed(study), sep="\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
