@@ -121,7 +121,8 @@ def _last_layer(stats: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 def metrics_rows(epochs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per epoch: losses, throughput, and the last MoE layer's routing (its
     evaluation statistics when the epoch was evaluated, else its training statistics);
-    drop % is the share of that layer's training assignments dropped at capacity."""
+    drop % is the share of that layer's training assignments dropped at capacity, imbalance
+    its training load's max/mean - 1 (mean over the epoch's steps)."""
     rows = []
     for epoch in epochs:
         val = epoch.get("val") or {}
@@ -139,6 +140,7 @@ def metrics_rows(epochs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "tokens_per_sec": epoch.get("tokens_per_sec"),
                 "min_usage_pct": usage["min_usage"] if usage else None,
                 "drop_pct": None if dropped is None else 100 * dropped,
+                "imbalance": (trained or {}).get("imbalance"),
             }
         )
     return rows
@@ -153,6 +155,7 @@ METRICS_COLUMNS = {
     "tokens_per_sec": ("tokens/s", ",.0f"),
     "min_usage_pct": ("min usage %", ".1f"),
     "drop_pct": ("drop %", ".1f"),
+    "imbalance": ("imbalance", ".2f"),
 }
 
 
@@ -176,6 +179,11 @@ def final_eval_stats(epochs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, A
     return []
 
 
+def _given(layers: Sequence[Mapping[str, Any]] | None, key: str) -> list[float]:
+    """`key` of each layer that has it (runs from before a statistic existed lack it)."""
+    return [layer[key] for layer in layers or [] if layer.get(key) is not None]
+
+
 def compare_rows(
     runs: Sequence[Mapping[str, Any]],
     epochs_of: Mapping[int, Sequence[Mapping[str, Any]]],
@@ -191,7 +199,7 @@ def compare_rows(
         speeds = [e["tokens_per_sec"] for e in epochs if e.get("tokens_per_sec") is not None]
         evaluated = final_eval_stats(epochs)
         trained = epochs[-1].get("expert_stats") if epochs else None
-        drops = [layer["dropped"] for layer in trained or [] if layer.get("dropped") is not None]
+        drops, loads = _given(trained, "dropped"), _given(trained, "imbalance")
         reference = None
         if run.get("baseline_id") is not None:
             reference = baselines.get(run["baseline_id"])
@@ -211,6 +219,7 @@ def compare_rows(
                 if evaluated
                 else None,
                 "drop_pct": 100 * max(drops) if drops else None,
+                "imbalance": max(loads) if loads else None,
                 "delta_vs_dense": None if ce is None or ref_ce is None else ce - ref_ce,
                 "dense_id": reference["id"] if reference else None,
             }
@@ -219,8 +228,8 @@ def compare_rows(
 
 
 def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    numbers = ("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "Δ vs dense",
-               "dense")  # fmt: skip
+    numbers = ("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "imbalance",
+               "Δ vs dense", "dense")  # fmt: skip
     out = table("id", "name", *numbers[1:], right=numbers, wrap=("name",))
     for row in rows:
         out.add_row(
@@ -231,6 +240,7 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             num(row["tokens_per_sec"], ",.0f"),
             pct(row["min_usage_pct"]),
             pct(row["drop_pct"]),
+            num(row["imbalance"], ".2f"),
             signed(row["delta_vs_dense"], ".4f"),
             str(row["dense_id"]) if row["delta_vs_dense"] is not None else "",
         )

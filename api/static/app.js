@@ -742,12 +742,14 @@ async function compareView(ids) {
     const epochs = epochsOf.get(run.id);
     const last = epochs[epochs.length - 1];
     const evaluated = [...epochs].reverse().find((e) => e.eval_expert_stats && e.eval_expert_stats.length);
-    const drops = last ? last.expert_stats.map((l) => l.dropped).filter((d) => d !== null) : [];
+    const given = (key) => (last ? last.expert_stats.map((l) => l[key]).filter((v) => v !== null && v !== undefined) : []);
+    const drops = given("dropped"), loads = given("imbalance");
     const reference = run.baseline_id !== null ? byId.get(run.baseline_id) : (!run.dense && dense.length === 1 ? dense[0] : null);
     const ce = run.best_val_ce_loss;
     return { run, ce, perplexity: ce === null ? null : Math.exp(ce), tokens: mean(epochs.map((e) => e.tokens_per_sec)),
       minUsage: evaluated ? Math.min(...evaluated.eval_expert_stats.map((l) => l.min_usage)) : null,
       drop: drops.length ? 100 * Math.max(...drops) : null,
+      imbalance: loads.length ? Math.max(...loads) : null,
       delta: ce !== null && reference && reference.best_val_ce_loss !== null ? ce - reference.best_val_ce_loss : null,
       reference };
   });
@@ -756,12 +758,13 @@ async function compareView(ids) {
     return { label: `${r.name} #${r.id}`, values: x.map((n) => by.get(n) ?? null), dash: r.dense ? [8, 5] : undefined }; });
   fill(view, el("h1", {}, "Compare runs"), form,
     el("table", { id: "compare" },
-      el("thead", {}, el("tr", {}, ...["id", "name", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "Δ vs dense", "dense"].map((h, i) => el("th", { class: i && i !== 1 ? "num" : null }, h)))),
+      el("thead", {}, el("tr", {}, ...["id", "name", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "imbalance", "Δ vs dense", "dense"].map((h, i) => el("th", { class: i && i !== 1 ? "num" : null }, h)))),
       el("tbody", {}, rows.map((r) => el("tr", { "data-run": r.run.id },
         el("td", { class: "num" }, r.run.id), el("td", {}, el("a", { href: `#/run/${r.run.id}` }, r.run.name)),
         el("td", { class: "num" }, fmt(r.ce)), el("td", { class: "num" }, fmt(r.perplexity, 1)),
         el("td", { class: "num" }, fmtInt(r.tokens)), el("td", { class: "num" }, r.minUsage === null ? "–" : `${r.minUsage.toFixed(1)}%`),
         el("td", { class: "num" }, r.drop === null ? "–" : `${r.drop.toFixed(2)}%`),
+        el("td", { class: "num" }, fmt(r.imbalance, 2)),
         el("td", { class: "num" }, r.delta === null ? "–" : (r.delta > 0 ? "+" : "") + fmt(r.delta)),
         el("td", { class: "num" }, r.reference ? r.reference.id : "–"))))),
     x.length ? el("div", { class: "charts" },

@@ -199,6 +199,9 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     page.wait_for_selector("#compare tbody tr")
     compared = page.locator(f'#compare tr[data-run="{run_id}"]').inner_text()
     assert "-0.1000" in compared  # Δ vs its dense baseline
+    headers = page.locator("#compare thead th").all_inner_texts()
+    cells = page.locator(f'#compare tr[data-run="{run_id}"] td').all_inner_texts()
+    assert cells[headers.index("imbalance")] == "0.20"  # the last epoch's worst layer
     shot(page, "compare")
 
 

@@ -27,7 +27,8 @@ MICRO = {"base_preset": "micro", "base": {"max_train_tokens": 4096, "num_epochs"
 
 def epoch_record(epoch: int, loss: float, *, dense: bool = False, tokens: float = 1000.0,
                  eval_min: tuple[float, float] = (1.0, 3.5),
-                 dropped: tuple[float, float] = (0.3, 0.1)) -> dict:  # fmt: skip
+                 dropped: tuple[float, float] = (0.3, 0.1),
+                 imbalance: tuple[float, float] = (0.9, 0.4)) -> dict:  # fmt: skip
     """An epoch as the Trainer reports it; layers 2 and 4 differ, so a column that reads
     the wrong layer (or the wrong reduction over layers) shows it."""
     rec = record(epoch, loss, layers=() if dense else (2, 4))
@@ -36,6 +37,7 @@ def epoch_record(epoch: int, loss: float, *, dense: bool = False, tokens: float 
         layer["min_usage"] = eval_min[i]
     for i, layer in enumerate(rec["expert_stats"]):
         layer["dropped"] = dropped[i]
+        layer["imbalance"] = imbalance[i]
     return rec
 
 
@@ -153,14 +155,16 @@ def test_metrics_csv_and_table_use_the_last_layer(cli, seeded):
     assert float(second["tokens_per_sec"]) == 3000
     assert float(second["min_usage_pct"]) == 3.5  # layer 4's evaluation, not layer 2's 1.0
     assert float(second["drop_pct"]) == pytest.approx(10.0)  # layer 4's training drops
+    assert float(second["imbalance"]) == 0.4  # layer 4's training load
     dense_rows = list(csv.DictReader(io.StringIO(ok(cli("metrics", seeded.dense, "--csv")))))
     assert dense_rows[0]["min_usage_pct"] == "" and dense_rows[0]["drop_pct"] == ""
+    assert dense_rows[0]["imbalance"] == ""
 
     table = ok(cli("metrics", seeded.moe))
     assert "min usage %" in table
     epoch_two = next(line for line in table.splitlines() if line.split()[:1] == ["2"])
     assert epoch_two.split() == ["2", "5.0100", "5.0000", "5.0000", "5.0100", "3,000", "3.5",
-                                 "10.0"]  # fmt: skip
+                                 "10.0", "0.40"]  # fmt: skip
     assert json.loads(ok(cli("metrics", seeded.moe, "--json")))["epochs"][1]["epoch"] == 2
 
 
@@ -172,6 +176,7 @@ def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
     assert moe["tokens_per_sec"] == 2000  # the mean of the epochs
     assert moe["min_usage_pct"] == 1.0  # the final evaluation, the least-used layer
     assert moe["drop_pct"] == pytest.approx(30.0)  # the final epoch, the worst layer
+    assert moe["imbalance"] == 0.9  # the final epoch's training, the worst layer
     assert moe["delta_vs_dense"] == pytest.approx(5.0 - 5.24)  # against its baseline
     # no baseline of its own: against the dense run among those given
     assert loner["delta_vs_dense"] == pytest.approx(5.5 - 5.24)
@@ -185,11 +190,11 @@ def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
     table = ok(cli("compare", seeded.dense, seeded.moe, seeded.loner))
     header = table.splitlines()[0]
     for column in ("name", "val CE", "perplexity", "tokens/s", "min usage", "drop rate",
-                   "Δ vs dense"):  # fmt: skip
+                   "imbalance", "Δ vs dense"):  # fmt: skip
         assert column in header
     moe_line = next(line for line in table.splitlines() if "r-moe" in line)
     assert moe_line.split() == [str(seeded.moe), "r-moe", "5.0000", "148.4", "2,000", "1.0%",
-                                "30.0%", "-0.2400", str(seeded.dense)]  # fmt: skip
+                                "30.0%", "0.90", "-0.2400", str(seeded.dense)]  # fmt: skip
     dense_line = next(line for line in table.splitlines() if "r-dense" in line)
     assert dense_line.split() == [str(seeded.dense), "r-dense", "5.2400", "188.7", "1,000"]
 
