@@ -17,7 +17,6 @@ never missed, and status and progress are states, sent again rather than replaye
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from api.conditional import etag_of
 from api.read_cache import ReadCache
 from store import runs
 from store.db import session_scope
@@ -104,8 +104,7 @@ def _read_metrics(experiment_id: int, database_url: str) -> Metrics:
         {"experiment_id": experiment_id, "status": status_, "epochs": epochs},
         separators=(",", ":"),
     ).encode()
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    return Metrics(body, etag, final=status_ in FINISHED)
+    return Metrics(body, etag_of(body), final=status_ in FINISHED)
 
 
 async def snapshot_of(experiment_id: int, settings: Settings) -> Snapshot:

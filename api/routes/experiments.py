@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
-from api import live
+from api import conditional, live
+from api.conditional import NOT_MODIFIED
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
@@ -127,10 +128,11 @@ def create_experiment(
 @router.get(
     "",
     response_model=ExperimentList,
-    responses=error_responses(422),
+    responses={**NOT_MODIFIED, **error_responses(422)},
 )
 def list_experiments(
     *,
+    request: Request,
     session: SessionDep,
     status: Status | None = None,
     name: Annotated[
@@ -151,13 +153,14 @@ def list_experiments(
     ] = Order.newest,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
-) -> dict:
+) -> Response:
     where = ExperimentFilter(status=status, name=name, tag=tag, study_id=study_id,
                              preset=preset, dense=dense)  # fmt: skip
     items, total = runs.list_experiments(
         session=session, where=where, order=order, limit=limit, offset=offset
     )
-    return {"items": items, "total": total}
+    # the dashboard polls this: a 304 when nothing in the page changed
+    return conditional.answer_model(request, ExperimentList, {"items": items, "total": total})
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
@@ -168,10 +171,7 @@ def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Expe
 @router.get(
     "/{experiment_id}/metrics",
     response_model=MetricsRead,
-    responses={
-        304: {"description": "unchanged since the ETag given in If-None-Match"},
-        **error_responses(404, 422),
-    },
+    responses={**NOT_MODIFIED, **error_responses(404, 422)},
 )
 async def read_experiment_metrics(
     *, experiment_id: ExperimentId, request: Request, settings: SettingsDep
@@ -179,9 +179,7 @@ async def read_experiment_metrics(
     # async, with the database only on a cache miss: dashboards poll this, and a hit should
     # cost no thread hop, no connection and no query.
     cached = await live.metrics_of(experiment_id, settings)
-    if request.headers.get("if-none-match") == cached.etag:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": cached.etag})
-    return Response(cached.body, media_type="application/json", headers={"ETag": cached.etag})
+    return conditional.answer(request, cached.body, cached.etag)
 
 
 @router.get(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 
-from api import live
+from api import conditional, live
+from api.conditional import NOT_MODIFIED
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.params import IdempotencyKey, Offset, StudyId
@@ -149,9 +150,14 @@ def list_studies(
     return {"items": [study_summary(study) for study in items], "total": total}
 
 
-@router.get("/{study_id}", response_model=StudyRead, responses=error_responses(404, 422))
-def read_study(*, study_id: StudyId, session: SessionDep) -> dict:
-    return study_read(_get_or_404(session, study_id))
+@router.get(
+    "/{study_id}",
+    response_model=StudyRead,
+    responses={**NOT_MODIFIED, **error_responses(404, 422)},
+)
+def read_study(*, study_id: StudyId, request: Request, session: SessionDep) -> Response:
+    # the dashboard's study page polls this: a 304 while no member moved
+    return conditional.answer_model(request, StudyRead, study_read(_get_or_404(session, study_id)))
 
 
 @router.delete(

@@ -54,6 +54,20 @@ async function api(path, options) {
   return response.status === 204 ? null : response.json();
 }
 
+// Polling with ETag: a getter that sends the ETag it last saw for the same path and answers
+// null on a 304, so a polled view redraws only when something changed. One per view.
+function conditional() {
+  let last = { path: null, etag: null };
+  return async (path, { signal } = {}) => {
+    const headers = last.path === path && last.etag ? { "If-None-Match": last.etag } : {};
+    const response = await request(path, { headers, signal });
+    if (response.status === 304) return null;
+    if (!response.ok) throw new ApiError(response.status, response.statusText);
+    last = { path, etag: response.headers.get("ETag") };
+    return response.json();
+  };
+}
+
 let tokenPrompt = null;
 function askToken() {
   // One prompt for every request that met a 401 at once.
@@ -379,10 +393,12 @@ async function runsView() {
       el("td", { class: "muted" }, new Date(run.created_at).toLocaleString()));
   };
 
+  const poll = conditional();
   async function load() {
     const query = new URLSearchParams(params);
     query.set("limit", "200");
-    const list = await api(`/experiments?${query}`, { signal });
+    const list = await poll(`/experiments?${query}`, { signal });
+    if (list === null) return;  // unchanged since the last look
     // A study's runs are shown together, under the study, where its newest run falls.
     const rows = [];
     const shown = new Set();
@@ -684,12 +700,21 @@ async function studyView(id) {
     const epochs = epochsOf.get(memberId);
     if (!epochs.some((e) => e.epoch === data.epoch)) epochs.push(data);
   };
+  // Polled with ETags: the study, and the metrics of each run past the stream cap.
+  const pollStudy = conditional();
+  const pollMetrics = new Map();
   const refresh = async () => {
-    study = await api(`/studies/${id}`, { signal });
+    const fresh = await pollStudy(`/studies/${id}`, { signal });
+    let changed = fresh !== null;
+    if (fresh !== null) study = fresh;
     for (const member of study.members.filter((m) => m.status === "running" && !followed.has(m.id))) {
       if (followed.size >= MAX_STREAMS) {
-        const metrics = await api(`/experiments/${member.id}/metrics`, { signal });
-        metrics.epochs.forEach((e) => applyEpoch(member.id, e));
+        if (!pollMetrics.has(member.id)) pollMetrics.set(member.id, conditional());
+        const metrics = await pollMetrics.get(member.id)(`/experiments/${member.id}/metrics`, { signal });
+        if (metrics !== null) {
+          metrics.epochs.forEach((e) => applyEpoch(member.id, e));
+          changed = true;
+        }
         continue;
       }
       followed.add(member.id);
@@ -709,9 +734,10 @@ async function studyView(id) {
       if (epochsOf.get(member.id).length < member.current_epoch) {
         const metrics = await api(`/experiments/${member.id}/metrics`, { signal });
         metrics.epochs.forEach((e) => applyEpoch(member.id, e));
+        changed = true;
       }
     }
-    render();
+    if (changed) render();
   };
   if (study.members.some((m) => !FINISHED.has(m.status))) {
     await refresh();

@@ -189,10 +189,19 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     shot(page, "run-200-epochs")
 
     # The runs page: the run with its tags, best CE and speed; and the compare view.
+    polls = []
+    page.on("response", lambda r: polls.append((r.status, r.request.headers.get("if-none-match")))
+            if "/experiments?" in r.url else None)  # fmt: skip
     page.goto(f"{api.url}/ui/#/")
     row = page.locator(f'#runs tr[data-run="{run_id}"]')
     row.wait_for()
     assert "long" in row.inner_text() and "2.9000" in row.inner_text()
+    # it polls every 2 s with the list's ETag: nothing changed, so 304s and no redraw
+    row.evaluate("tr => { tr.dataset.seen = 'yes'; }")
+    page.wait_for_timeout(4500)
+    assert polls[0] == (200, None) and len(polls) >= 2, polls
+    assert all(status == 304 and tag for status, tag in polls[1:]), polls
+    assert page.locator('#runs tr[data-seen="yes"]').count() == 1  # the same element
     page.locator(f'#runs tr[data-run="{run_id}"] input[type=checkbox]').check()
     page.locator(f'#runs tr[data-run="{run_id - 1}"] input[type=checkbox]').check()
     page.get_by_role("button", name="Compare selected").click()
