@@ -20,7 +20,8 @@ def etag_of(body: bytes) -> str:
 def answer(request: Request, body: bytes, etag: str | None = None) -> Response:
     """200 with the JSON `body` and its ETag, or 304 when the client has it already."""
     etag = etag or etag_of(body)
-    if etag in _tags(request.headers.get("if-none-match")):
+    tags = _tags(request.headers.get("if-none-match"))
+    if etag in tags or "*" in tags:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     return Response(body, media_type="application/json", headers={"ETag": etag})
 

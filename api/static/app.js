@@ -40,17 +40,20 @@ async function request(path, { method = "GET", body, headers = {}, signal } = {}
   }
 }
 
+// The API's error, with its detail (a 422's fields), as the CLI prints it.
+async function failure(response) {
+  let detail = response.statusText;
+  try {
+    const body = await response.json();
+    detail = typeof body.detail === "string" ? body.detail
+      : body.detail.map((e) => `${e.loc.join(".")}: ${e.msg}`).join("; ");
+  } catch (_) { /* not JSON */ }
+  return new ApiError(response.status, detail);
+}
+
 async function api(path, options) {
   const response = await request(path, options);
-  if (!response.ok) {
-    let detail = response.statusText;
-    try {
-      const body = await response.json();
-      detail = typeof body.detail === "string" ? body.detail
-        : body.detail.map((e) => `${e.loc.join(".")}: ${e.msg}`).join("; ");
-    } catch (_) { /* not JSON */ }
-    throw new ApiError(response.status, detail);
-  }
+  if (!response.ok) throw await failure(response);
   return response.status === 204 ? null : response.json();
 }
 
@@ -62,7 +65,7 @@ function conditional() {
     const headers = last.path === path && last.etag ? { "If-None-Match": last.etag } : {};
     const response = await request(path, { headers, signal });
     if (response.status === 304) return null;
-    if (!response.ok) throw new ApiError(response.status, response.statusText);
+    if (!response.ok) throw await failure(response);
     last = { path, etag: response.headers.get("ETag") };
     return response.json();
   };
