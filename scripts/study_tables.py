@@ -43,7 +43,6 @@ def routing(run: Run) -> dict[str, float | None]:
         "dropped": _mean(col(train, "dropped")),
         "z_loss": _mean(col(train, "z_loss")),
         "final_min_use": min(col(final, "min_usage"), default=None),
-        "final_over_capacity": max(col(final, "dropped"), default=None),
     }
 
 
@@ -68,29 +67,42 @@ def _pm(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:+.4f} ± {stat['se']:.4f}{star}"
 
 
-def _paired(runs: list[Run], against: list[Run]) -> dict[str, Any]:
-    return mean_se(
-        [best_val_loss(r["metrics"]) - best_val_loss(a["metrics"])
-         for r, a in zip(runs, against, strict=True)]
-    )  # fmt: skip
+def _ce(run: Run | None) -> float | None:
+    return best_val_loss(run["metrics"]) if run else None
+
+
+def _paired(runs: list[Run | None], against: list[Run | None]) -> dict[str, Any]:
+    """Paired by seed (position); a seed whose run did not finish on either side is left out."""
+    pairs = [(_ce(r), _ce(a)) for r, a in zip(runs, against, strict=True)]
+    return mean_se([x - y for x, y in pairs if x is not None and y is not None])
+
+
+def _of(group: list[Run], value: Any) -> float | None:
+    return _mean([v for v in map(value, group) if v is not None])
 
 
 def summary(study: dict[str, Any]) -> str:
     runs: dict[str, list[Run]] = study["runs"]
     dense, reference = runs["dense"], runs.get("baseline")
-    dense_tps = _mean([throughput(r["metrics"]) for r in dense])
+    dense_tps = _of([r for r in dense if r], lambda r: throughput(r["metrics"]))
     rows = [
         "| run | params (active) | val CE | Δ vs dense | Δ vs baseline | gap | test CE "
         "| tok/s (× dense) | imbalance (worst step) | dropped | z-loss | final min use "
         "| verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, group in runs.items():
+    for name, runs_of_name in runs.items():
+        group = [r for r in runs_of_name if r]  # a run that did not succeed is null
+        if not group:
+            rows.append(f"| {name} | no finished run |" + " |" * 11)
+            continue
         r0, stats = group[0], [routing(r) for r in group]
-        tps = _mean([throughput(r["metrics"]) for r in group])
+        tps = _of(group, lambda r: throughput(r["metrics"]))
         verdict = study["verdicts"].get(name)
         # the verdict's own ratio where there is one (a mean of per-seed ratios)
-        ratio = verdict["secondary"]["throughput_ratio"] if verdict else tps / dense_tps
+        ratio = (verdict or {}).get("secondary", {}).get("throughput_ratio")
+        if ratio is None and tps and dense_tps:
+            ratio = tps / dense_tps
         mark = (
             ""
             if verdict is None
@@ -103,12 +115,12 @@ def summary(study: dict[str, Any]) -> str:
         final_min = min(_given(stats, "final_min_use"), default=None)
         rows.append(
             f"| {name} | {r0['params']:,} ({r0['active_params']:,}) "
-            f"| {_mean([best_val_loss(r['metrics']) for r in group]):.4f} "
-            f"| {'' if name == 'dense' else _pm(_paired(group, dense))} "
-            f"| {'' if reference is None or name in ('dense', 'baseline') else _pm(_paired(group, reference))} "  # noqa: E501
-            f"| {_mean([generalisation_gap(r['metrics']) for r in group]):+.3f} "
-            f"| {_mean([r['test']['ce_loss'] for r in group]):.4f} "
-            f"| {tps:,.0f} ({ratio:.2f}) "
+            f"| {_f(_of(group, _ce), '.4f')} "
+            f"| {'' if name == 'dense' else _pm(_paired(runs_of_name, dense))} "
+            f"| {'' if reference is None or name in ('dense', 'baseline') else _pm(_paired(runs_of_name, reference))} "  # noqa: E501
+            f"| {_f(_of(group, lambda r: generalisation_gap(r['metrics'])), '+.3f')} "
+            f"| {_f(_of(group, lambda r: r['test']['ce_loss']), '.4f')} "
+            f"| {_f(tps, ',.0f')} ({_f(ratio, '.2f')}) "
             f"| {_f(avg['imbalance'], '.2f')} ({_f(worst, '.2f')}) "
             f"| {_pct(avg['dropped'], scale=100)} "
             f"| {_f(avg['z_loss'], '.2f')} "
@@ -132,19 +144,21 @@ def per_seed(study: dict[str, Any]) -> str:
         "| imbalance (worst) | dropped | final min use |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    seeds = study.get("seeds") or []
     for i, dense in enumerate(runs["dense"]):
         for name, group in runs.items():
-            r, m = group[i], group[i]["metrics"]
-            s = routing(r)
-            delta = (
-                ""
-                if name == "dense"
-                else f"{best_val_loss(m) - best_val_loss(dense['metrics']):+.4f}"
-            )  # noqa: E501
+            r = group[i]
+            if r is None:
+                seed = seeds[i] if i < len(seeds) else "-"
+                rows.append(f"| {seed} | {name} | did not finish |" + " |" * 8)
+                continue
+            m, s = r["metrics"], routing(r)
+            delta = _ce(r) - _ce(dense) if name != "dense" and _ce(dense) is not None else None
             rows.append(
-                f"| {r['seed']} | {name} | {m['best_epoch']} | {best_val_loss(m):.4f} | {delta} "
-                f"| {generalisation_gap(m):+.4f} | {r['test']['ce_loss']:.4f} "
-                f"| {throughput(m):,.0f} "
+                f"| {r['seed']} | {name} | {m['best_epoch']} | {_f(_ce(r), '.4f')} "
+                f"| {_f(delta, '+.4f') if delta is not None else ''} "
+                f"| {_f(generalisation_gap(m), '+.4f')} | {_f(r['test']['ce_loss'], '.4f')} "
+                f"| {_f(throughput(m), ',.0f')} "
                 f"| {_f(s['imbalance'], '.2f')} ({_f(s['max_imbalance'], '.2f')}) "
                 f"| {_pct(s['dropped'], scale=100)} "
                 f"| {_pct(s['final_min_use'], '.1f')} |"

@@ -42,3 +42,16 @@ def test_one_row_per_run_and_seed():
     rows = [line for line in study_tables.per_seed(study).splitlines()[2:] if line]
     assert len(rows) == 9  # 3 seeds x (dense, baseline, top2)
     assert _row("\n".join(rows[:1]), "1337")[1] == "dense"
+
+
+def test_a_run_that_did_not_finish_is_said_and_left_out_of_its_pairs():
+    study = json.loads(STUDY.read_text())
+    study["runs"]["top2"][1] = None  # the study writes null for a run that did not succeed
+    row = _row(study_tables.summary(study), "top2")
+    first, third = (study["runs"]["top2"][i]["metrics"]["best_val_ce_loss"] for i in (0, 2))
+    dense = [study["runs"]["dense"][i]["metrics"]["best_val_ce_loss"] for i in (0, 2)]
+    assert row[3].startswith(f"{((first - dense[0]) + (third - dense[1])) / 2:+.4f} ± ")
+    assert row[2] == f"{(first + third) / 2:.4f}"
+    assert "| 1338 | top2 | did not finish |" in study_tables.per_seed(study)
+    study["runs"]["top2"] = [None, None, None]
+    assert "| top2 | no finished run |" in study_tables.summary(study)
