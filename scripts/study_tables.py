@@ -11,8 +11,8 @@ worst step of any layer for "worst step") and the final model's evaluation stati
 from __future__ import annotations
 
 import json
-import statistics
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +26,25 @@ def _layers(run: Run, key: str) -> list[dict[str, Any]]:
     return history[-1]["layers"] if history else []
 
 
-def _mean(xs: list[float]) -> float | None:
-    return statistics.fmean(xs) if xs else None
+def _mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values there are (criteria's: None and non-finite left out)."""
+    return mean_se(list(values))["mean"]
+
+
+def _given(rows: Iterable[Mapping[str, Any]], key: str) -> list[float]:
+    return [row[key] for row in rows if row.get(key) is not None]
 
 
 def routing(run: Run) -> dict[str, float | None]:
     """The last epoch's routing statistics, over the run's MoE layers."""
     train, final = _layers(run, "expert_stats_history"), _layers(run, "eval_expert_stats_history")
-
-    def col(layers: list[dict[str, Any]], k: str) -> list[float]:
-        return [layer[k] for layer in layers if layer.get(k) is not None]
-
     return {
-        "imbalance": _mean(col(train, "imbalance")),
-        "max_imbalance": max(col(train, "max_imbalance"), default=None),
-        "dropped": _mean(col(train, "dropped")),
-        "z_loss": _mean(col(train, "z_loss")),
-        "final_min_use": min(col(final, "min_usage"), default=None),
+        "imbalance": _mean(_given(train, "imbalance")),
+        "max_imbalance": max(_given(train, "max_imbalance"), default=None),
+        "dropped": _mean(_given(train, "dropped")),
+        "z_loss": _mean(_given(train, "z_loss")),
+        "final_min_use": min(_given(final, "min_usage"), default=None),
     }
-
-
-def _given(stats: list[dict[str, float | None]], k: str) -> list[float]:
-    return [s[k] for s in stats if s[k] is not None]
 
 
 def _f(x: float | None, fmt: str) -> str:
@@ -77,14 +74,10 @@ def _paired(runs: list[Run | None], against: list[Run | None]) -> dict[str, Any]
     return mean_se([x - y for x, y in pairs if x is not None and y is not None])
 
 
-def _of(group: list[Run], value: Any) -> float | None:
-    return _mean([v for v in map(value, group) if v is not None])
-
-
 def summary(study: dict[str, Any]) -> str:
     runs: dict[str, list[Run]] = study["runs"]
     dense, reference = runs["dense"], runs.get("baseline")
-    dense_tps = _of([r for r in dense if r], lambda r: throughput(r["metrics"]))
+    dense_tps = _mean(throughput(r["metrics"]) for r in dense if r)
     rows = [
         "| run | params (active) | val CE | Δ vs dense | Δ vs baseline | gap | test CE "
         "| tok/s (× dense) | imbalance (worst step) | dropped | z-loss | final min use "
@@ -97,7 +90,7 @@ def summary(study: dict[str, Any]) -> str:
             rows.append(f"| {name} | no finished run |" + " |" * 11)
             continue
         r0, stats = group[0], [routing(r) for r in group]
-        tps = _of(group, lambda r: throughput(r["metrics"]))
+        tps = _mean(throughput(r["metrics"]) for r in group)
         verdict = study["verdicts"].get(name)
         # the verdict's own ratio where there is one (a mean of per-seed ratios)
         ratio = (verdict or {}).get("secondary", {}).get("throughput_ratio")
@@ -115,11 +108,11 @@ def summary(study: dict[str, Any]) -> str:
         final_min = min(_given(stats, "final_min_use"), default=None)
         rows.append(
             f"| {name} | {r0['params']:,} ({r0['active_params']:,}) "
-            f"| {_f(_of(group, _ce), '.4f')} "
+            f"| {_f(_mean(map(_ce, group)), '.4f')} "
             f"| {'' if name == 'dense' else _pm(_paired(runs_of_name, dense))} "
             f"| {'' if reference is None or name in ('dense', 'baseline') else _pm(_paired(runs_of_name, reference))} "  # noqa: E501
-            f"| {_f(_of(group, lambda r: generalisation_gap(r['metrics'])), '+.3f')} "
-            f"| {_f(_of(group, lambda r: r['test']['ce_loss']), '.4f')} "
+            f"| {_f(_mean(generalisation_gap(r['metrics']) for r in group), '+.3f')} "
+            f"| {_f(_mean(r['test']['ce_loss'] for r in group), '.4f')} "
             f"| {_f(tps, ',.0f')} ({_f(ratio, '.2f')}) "
             f"| {_f(avg['imbalance'], '.2f')} ({_f(worst, '.2f')}) "
             f"| {_pct(avg['dropped'], scale=100)} "

@@ -10,7 +10,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
 from api import conditional, live
-from api.conditional import NOT_MODIFIED
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
@@ -128,7 +127,7 @@ def create_experiment(
 @router.get(
     "",
     response_model=ExperimentList,
-    responses={**NOT_MODIFIED, **error_responses(422)},
+    responses={**conditional.NOT_MODIFIED, **error_responses(422)},
 )
 def list_experiments(
     *,
@@ -171,7 +170,7 @@ def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Expe
 @router.get(
     "/{experiment_id}/metrics",
     response_model=MetricsRead,
-    responses={**NOT_MODIFIED, **error_responses(404, 422)},
+    responses={**conditional.NOT_MODIFIED, **error_responses(404, 422)},
 )
 async def read_experiment_metrics(
     *, experiment_id: ExperimentId, request: Request, settings: SettingsDep

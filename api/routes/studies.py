@@ -9,7 +9,6 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import FileResponse, JSONResponse
 
 from api import conditional, live
-from api.conditional import NOT_MODIFIED
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.params import IdempotencyKey, Offset, StudyId
@@ -153,7 +152,7 @@ def list_studies(
 @router.get(
     "/{study_id}",
     response_model=StudyRead,
-    responses={**NOT_MODIFIED, **error_responses(404, 422)},
+    responses={**conditional.NOT_MODIFIED, **error_responses(404, 422)},
 )
 def read_study(*, study_id: StudyId, request: Request, session: SessionDep) -> Response:
     # the dashboard's study page polls this: a 304 while no member moved
