@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from moe_core.config import base_config, dense_config, get_experiment_configs
-from moe_core.experiments import build_model, build_optimizer, count_parameters
+from moe_core.runner import build_model, build_optimizer, count_parameters
+from moe_core.sizing import train_flops_per_token
 from moe_core.trainer import GRAD_CLIP
 
 from .context import Context
@@ -38,27 +39,6 @@ OPTIONS = {
     "jitter": ("jitter", {}),  # Switch Transformer, sec. 2.4
 }
 OPTIONS_AT = ("spec", "micro")
-
-
-def train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """6 x active non-embedding parameters + attention (PaLM, appendix B), per token.
-
-    Active: the router and `top_k` experts of each MoE layer, not all of them. The tied
-    embedding counts through the LM head's matmul.
-    """
-    from moe_core.model import MoELayer
-
-    cfg = model.config
-    active = 0
-    for name, p in model.named_parameters():
-        if "pos_emb" in name:
-            continue
-        active += p.numel()
-    for layer in model.moe_layers if hasattr(model, "moe_layers") else []:
-        assert isinstance(layer, MoELayer)
-        expert = layer.experts.w1[0].numel() + layer.experts.w2[0].numel()
-        active -= (layer.num_experts - layer.top_k) * expert
-    return 6 * active + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
 
 def make_step(model, optimizer, x, y, ctx: Context, forward=None):
@@ -86,7 +66,7 @@ def run(ctx: Context) -> dict[str, Any]:
             name: presets[p].model_copy(update=extra)
             for name, (p, extra) in (OPTIONS.items() if label in OPTIONS_AT else ())
         }
-        variants, models = {}, {}
+        variants, models, built = {}, {}, {}
         g = torch.Generator().manual_seed(0)
         data = torch.randint(0, base.vocab_size, (base.batch_size, base.seq_len + 1), generator=g)
         x, y = data[:, :-1].to(ctx.device), data[:, 1:].to(ctx.device)
@@ -97,7 +77,7 @@ def run(ctx: Context) -> dict[str, Any]:
             optimizer = build_optimizer(model, cfg, base, fused=ctx.device.type == "cuda")
             forward = torch.compile(model) if ctx.compile else model
             variants[name] = make_step(model, optimizer, x, y, ctx, forward)
-            models[name] = model
+            models[name], built[name] = model, (cfg, dense)
         # Whole steps at the spec dims take seconds: fewer rounds, one warm-up.
         samples = ctx.run(variants, repeats=max(ctx.repeats - 2, 1), warmup=1)
         tokens = base.batch_size * base.seq_len
@@ -126,7 +106,7 @@ def run(ctx: Context) -> dict[str, Any]:
         peak = gpu_peak_flops(ctx.device) if ctx.device.type == "cuda" else None
         if peak:
             row["mfu"] = {
-                name: train_flops_per_token(models[name], base.seq_len)
+                name: train_flops_per_token(built[name][0], base, dense=built[name][1])
                 * row["tokens_per_s"][name]
                 / peak
                 for name in ("moe", "dense")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from moe_core.config import FINE_GRAINED_SPLIT
+from moe_core.config import FINE_GRAINED_SPLIT, MoEConfig
 from moe_core.model import MLP, MoELayer
 
 from .context import Context
@@ -40,6 +40,13 @@ def ffn_flops(tokens: int, d: int, hidden: int, top_k: int = 1) -> float:
     return 3 * 2 * tokens * top_k * 2 * d * hidden
 
 
+def dropped_fraction(layer: MoELayer, x: torch.Tensor) -> float:
+    """The share of `x`'s assignments a training forward of `layer` drops."""
+    with torch.no_grad():
+        _, stats = layer.train()(x)
+    return stats.dropped.item() / (layer.top_k * x[0].size(0))
+
+
 def training_call(ctx: Context, module, forward, x: torch.Tensor, grad: torch.Tensor):
     """A forward + backward of `forward(x)` (module's parameters' gradients cleared first)."""
 
@@ -50,6 +57,7 @@ def training_call(ctx: Context, module, forward, x: torch.Tensor, grad: torch.Te
             out = forward(x)
         # The same loss on both sides; the balance loss's backward is part of a training step.
         out, balance = out if isinstance(out, tuple) else (out, 0.0)
+        balance = getattr(balance, "balance_loss", balance)  # the engine's RoutingStats
         ((out.float() * grad).sum() + balance).backward()
 
     return call
@@ -62,7 +70,9 @@ def run(ctx: Context) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     for tokens, (top_k, cf) in itertools.product(sizes["tokens"], ROUTINGS):
         torch.manual_seed(0)
-        moe = MoELayer(d, E, hidden, top_k=top_k, capacity_factor=cf).to(ctx.device)
+        moe = MoELayer(
+            d, MoEConfig(num_experts=E, expert_dim=hidden, top_k=top_k, capacity_factor=cf)
+        ).to(ctx.device)
         dense = MLP(d, hidden, dropout=0.0).to(ctx.device)
         x = torch.randn(1, tokens, d, generator=gen).to(ctx.device).requires_grad_()
         grad = torch.randn(1, tokens, d, generator=gen).to(ctx.device)
@@ -92,7 +102,7 @@ def run(ctx: Context) -> dict[str, Any]:
             },
             "skipped": skipped,
             "times_s": times_summary(samples),
-            "dropped_fraction": float(moe.last_dropped) / (top_k * tokens),
+            "dropped_fraction": dropped_fraction(moe, x),
         }
         if ctx.device.type == "cuda":
             from .harness import gpu_peak_flops
@@ -114,12 +124,22 @@ def option_rows(ctx: Context, sizes: dict[str, Any], gen: torch.Generator) -> li
     for tokens in sizes["tokens"]:
         torch.manual_seed(0)
         layers = {
-            "capacity": MoELayer(d, E, hidden, top_k=1, capacity_factor=cf),
-            "dropless": MoELayer(d, E, hidden, top_k=1, dropless=True),
+            "capacity": MoELayer(
+                d, MoEConfig(num_experts=E, expert_dim=hidden, top_k=1, capacity_factor=cf)
+            ),
+            "dropless": MoELayer(
+                d, MoEConfig(num_experts=E, expert_dim=hidden, top_k=1, dropless=True)
+            ),
             # capacity grows with top_k, as the fine_grained preset's does
             "fine_grained": MoELayer(
-                d, split * E, hidden // split, top_k=split, capacity_factor=cf * split
-            ),
+                d,
+                MoEConfig(
+                    num_experts=split * E,
+                    expert_dim=hidden // split,
+                    top_k=split,
+                    capacity_factor=cf * split,
+                ),
+            ),  # fmt: skip
             "dense": MLP(d, hidden, dropout=0.0),
         }
         layers["dropless"].load_state_dict(layers["capacity"].state_dict())
@@ -156,6 +176,6 @@ def option_rows(ctx: Context, sizes: dict[str, Any], gen: torch.Generator) -> li
                 "references": {},
                 "skipped": {name: "an option row: the engine against itself" for name in REFERENCES},
                 "times_s": {k: times[k] for k in (option, "capacity", "dense")},
-                "dropped_fraction": float(layer.last_dropped) / (layer.top_k * tokens),
+                "dropped_fraction": dropped_fraction(layer, x),
             })  # fmt: skip
     return rows

@@ -666,7 +666,7 @@ def tiny_epoch_seconds(ctx: Context) -> float:
     import torch
 
     from moe_core.config import base_config, get_experiment_configs
-    from moe_core.experiments import build_model, build_optimizer
+    from moe_core.runner import build_model, build_optimizer
     from moe_core.trainer import Trainer
 
     base = base_config("micro" if ctx.smoke else "tiny")

@@ -2,6 +2,7 @@
 
     python -m moe_core study --base tiny --out runs/study
     python -m moe_core study --base small --seeds 3 --experiments baseline top2 --out runs/small
+    python -m moe_core study --base spec --device cuda --parallel 5 --base-set compile=graphs --out runs/gpu
     python -m moe_core train --preset top2 --base tiny --set dropout=0.2 --out runs/top2
     python -m moe_core train --dense --base tiny --out runs/dense
     python -m moe_core train --preset baseline --base tiny --judge-against runs/dense/result.json
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="run the dense baseline and every experiment with N seeds (base seed,"
                             " +1, ...) and judge on differences paired by seed, with standard"
                             " errors (default: 1, the spec's study)")  # fmt: skip
+    study.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="train N runs at once, each in a process of its own (on one GPU:"
+                            " each with 1/N of its memory); the results are the same as one"
+                            " at a time (default: 1)")  # fmt: skip
 
     train = sub.add_parser("train", help="train one experiment (resumes from OUT/checkpoint.pt)")
     _add_common(train)
@@ -133,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             print(f"error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
             return 2
-        from .experiments import main as run_study
+        if args.parallel < 1:
+            print(f"error: --parallel must be at least 1, got {args.parallel}", file=sys.stderr)
+            return 2
+        from .study import main as run_study
 
         summary = run_study(base, args.out, experiments=args.experiments, device=args.device,
-                            verbose=not args.quiet, seeds=args.seeds)  # fmt: skip
+                            verbose=not args.quiet, seeds=args.seeds,
+                            parallel=args.parallel)  # fmt: skip
         if args.quiet:
             print(summary["table"])
         return 0
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .criteria import format_verdict, judge
     from .data import build_datasets
-    from .experiments import run_single_experiment
+    from .runner import run_single_experiment
 
     out = Path(args.out)
     data = build_datasets(base)

@@ -6,9 +6,12 @@ image ships without torch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+Precision = Literal["auto", "bf16", "fp32"]
+CompileMode = Literal["off", "default", "graphs"]
 
 
 class GatingTempSchedule(BaseModel):
@@ -72,14 +75,21 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_routing(self) -> ExperimentConfig:
-        if self.num_experts is not None and self.top_k > self.num_experts:
-            raise ValueError(f"top_k ({self.top_k}) exceeds num_experts ({self.num_experts})")
+        if self.num_experts is not None:  # without a base, only its own count can be checked
+            _check_top_k(self.top_k, self.num_experts)
         return self
 
     def experts(self, base: BaseConfig) -> int:
         """The routed experts per MoE layer this experiment runs with: its own count, else
         the base's."""
         return base.num_experts if self.num_experts is None else self.num_experts
+
+    def moe(self, base: BaseConfig) -> MoEConfig:
+        """What this experiment's MoE layers are built from (the base decides the count
+        unless the experiment does). Raises ValueError when top_k exceeds that count."""
+        return MoEConfig(
+            num_experts=self.experts(base), **self.model_dump(include=set(ROUTING_FIELDS))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -103,6 +113,19 @@ class BaseConfig(BaseModel):
     moe_layers: list[int] = Field(default_factory=lambda: [2, 4])
     dense_patience: int = Field(
         3, ge=0, description="early-stopping patience of the dense baseline"
+    )
+    # How a run uses its device (docs: "On a GPU"). Neither changes a CPU run's numbers at
+    # their defaults: auto is float32 there, and compile is off.
+    precision: Precision = Field(
+        "auto",
+        description="auto: bf16 autocast on a CUDA device that supports it, else float32; "
+        "bf16; fp32. The router, the softmax and the losses stay float32 in bf16 too",
+    )
+    compile: CompileMode = Field(
+        "off",
+        description="torch.compile the training and evaluation steps: off; default "
+        "(inductor's fused kernels); graphs (the same, replayed as CUDA graphs: "
+        "mode='reduce-overhead'; on the CPU the same as default)",
     )
 
     # Data: the hub's wikitext-2-v1 unless `data_dir` holds train.txt/valid.txt/test.txt
@@ -131,6 +154,88 @@ class BaseConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+# The ExperimentConfig fields an MoE layer is built from, besides its expert count.
+ROUTING_FIELDS = (
+    "expert_dim", "top_k", "capacity_factor", "aux_weight", "router_z_loss", "dropless",
+    "router_jitter", "num_shared_experts", "aux_free_bias_rate",
+)  # fmt: skip
+
+
+def _check_top_k(top_k: int, num_experts: int, where: str = "num_experts") -> None:
+    """The one statement of the rule (a token picks top_k distinct experts)."""
+    if top_k > num_experts:
+        raise ValueError(f"top_k ({top_k}) exceeds {where} ({num_experts})")
+
+
+class _MoEConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _check_routing(self) -> _MoEConfigBase:
+        _check_top_k(self.top_k, self.num_experts)
+        return self
+
+
+# What GPTConfig hands whole to each MoELayer: ExperimentConfig's routing fields (their
+# defaults, bounds and sources declared once, there), the resolved expert count, and the
+# evaluation capacity (None: evaluation drops nothing).
+MoEConfig = create_model(
+    "MoEConfig",
+    __base__=_MoEConfigBase,
+    __doc__="An MoE layer's configuration: ExperimentConfig's routing fields, the expert "
+    "count resolved against the base, and the evaluation capacity factor.",
+    num_experts=(int, Field(BaseConfig.model_fields["num_experts"].default, ge=1)),
+    eval_capacity_factor=(float | None, Field(None, gt=0)),
+    **{
+        name: (ExperimentConfig.model_fields[name].annotation, ExperimentConfig.model_fields[name])
+        for name in ROUTING_FIELDS
+    },
+)
+
+
+def check(config: ExperimentConfig, base: BaseConfig, *, dense: bool = False) -> list[Problem]:
+    """Everything about a config and its base together that neither can check alone, and
+    that the engine would otherwise find only on a worker once the data is prepared. The
+    engine raises on the first problem (`check_or_raise`); the API answers 422 with all."""
+    problems = []
+    if not dense:
+        where = "config.num_experts" if config.num_experts is not None else "base.num_experts"
+        try:
+            _check_top_k(config.top_k, config.experts(base), where)
+        except ValueError as exc:
+            problems.append(Problem("config.top_k", str(exc), config.top_k))
+    batch_tokens = config.batch_size * (base.seq_len + 1)
+    if base.max_train_tokens is not None and base.max_train_tokens < batch_tokens:
+        problems.append(Problem(
+            "base.max_train_tokens",
+            f"{base.max_train_tokens} training tokens are fewer than one batch: "
+            f"batch_size ({config.batch_size}) x (seq_len + 1) = {batch_tokens}",
+            base.max_train_tokens,
+        ))  # fmt: skip
+    if base.max_val_tokens is not None and base.max_val_tokens < base.seq_len + 1:
+        problems.append(Problem(
+            "base.max_val_tokens",
+            f"{base.max_val_tokens} validation tokens are fewer than one block of "
+            f"seq_len + 1 = {base.seq_len + 1}",
+            base.max_val_tokens,
+        ))  # fmt: skip
+    return problems
+
+
+def check_or_raise(config: ExperimentConfig, base: BaseConfig, *, dense: bool = False) -> None:
+    problems = check(config, base, dense=dense)
+    if problems:
+        raise ValueError("; ".join(f"{p.field}: {p.message}" for p in problems))
+
+
+class Problem(NamedTuple):
+    """One reason `check` refuses a config: the field, as `config.x` or `base.x`, and why."""
+
+    field: str
+    message: str
+    value: Any = None
 
 
 # Named bases. "spec" is the spec's main(); "tiny" is sized so the whole study of main()
@@ -242,3 +347,44 @@ def dense_config(base: BaseConfig | None = None) -> ExperimentConfig:
         batch_size=base.batch_size,
         early_stopping_patience=base.dense_patience,
     )
+
+
+class StudyRun(NamedTuple):
+    """One run of a study: a seed's dense baseline (`preset` None) or one of its
+    experiments, with the base it runs on (the study's, at that seed)."""
+
+    name: str  # the member's name: the preset's (or "dense"), and its seed when several
+    preset: str | None
+    config: ExperimentConfig
+    base: BaseConfig
+    seed: int
+
+    @property
+    def dense(self) -> bool:
+        return self.preset is None
+
+
+def study_runs(
+    base: BaseConfig, experiments: list[str] | None = None, seeds: int = 1
+) -> list[StudyRun]:
+    """The spec's main() as runs: for each seed (base.seed, +1, ...), the dense baseline
+    first, then each experiment (default: the spec's four). The one expansion that the
+    engine's study and POST /studies both use. Raises ValueError on an unknown preset, a
+    seed count under 1, or a config the base cannot run (`check`)."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    names = list(experiments or SPEC_EXPERIMENTS)
+    configs = get_experiment_configs(base)
+    unknown = sorted(set(names) - set(configs))
+    if unknown:
+        raise ValueError(f"unknown experiments {unknown}; choose from {sorted(configs)}")
+    out = []
+    for seed in range(base.seed, base.seed + seeds):
+        seeded = base.model_copy(update={"seed": seed})
+        members = [("dense", None, dense_config(seeded))]
+        members += [(name, name, configs[name]) for name in names]
+        for name, preset, config in members:
+            check_or_raise(config, seeded, dense=preset is None)
+            label = name if seeds == 1 else f"{name} (seed {seed})"
+            out.append(StudyRun(label, preset, config, seeded, seed))
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from .atomic import write_atomic
 from .config import BaseConfig
-from .trainer import TrainingCancelled
+from .errors import TrainingCancelled
 
 SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 EOT = "<|endoftext|>"
@@ -108,6 +108,18 @@ class TokenBlocks(Dataset):
         self.seq_len = seq_len
         self.blocks = tokens[: n * (seq_len + 1)].view(n, seq_len + 1)
 
+    def to(self, device: torch.device | str) -> TokenBlocks:
+        """The same blocks on `device` (one tensor, copied once)."""
+        moved = TokenBlocks.__new__(TokenBlocks)
+        moved.seq_len, moved.blocks = self.seq_len, self.blocks.to(device)
+        return moved
+
+    def head(self, n: int) -> TokenBlocks:
+        """The first `n` blocks (a view)."""
+        first = TokenBlocks.__new__(TokenBlocks)
+        first.seq_len, first.blocks = self.seq_len, self.blocks[:n]
+        return first
+
     def __len__(self) -> int:
         return self.blocks.size(0)
 
@@ -118,6 +130,56 @@ class TokenBlocks(Dataset):
     @property
     def num_tokens(self) -> int:
         return self.blocks.size(0) * self.seq_len
+
+
+class Batches:
+    """(input, target) batches of a TokenBlocks, gathered by index from its one tensor, on
+    whatever device that tensor is: on a GPU, a step's batch is one gather there, with no
+    host-to-device copy and no per-sample collation.
+
+    The order is DataLoader's for the same arguments and generator (a test holds it), and
+    so is what it draws from the random generators: when an iterator is made, one int64
+    (DataLoader's "base seed") from `generator`, else from torch's global generator; when
+    shuffling, a permutation from `generator` at the first batch and another at the end. So a run that switched
+    from DataLoader to Batches trains on the same batches with the same dropout masks, and
+    the Trainer's resume (which replays an epoch's draws) works as before.
+    """
+
+    def __init__(
+        self,
+        blocks: TokenBlocks,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.blocks, self.batch_size = blocks, batch_size
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+
+    def __len__(self) -> int:
+        n = len(self.blocks)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the base seed
+        return self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = self.blocks.blocks  # [n, seq_len + 1]
+        n = data.size(0)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(data.device)
+        for i in range(len(self)):
+            if self.shuffle:
+                batch = data.index_select(0, order[i * self.batch_size : (i + 1) * self.batch_size])
+            else:
+                batch = data[i * self.batch_size : (i + 1) * self.batch_size]
+            yield batch[:, :-1], batch[:, 1:]  # [B, T] each
+        if self.shuffle:
+            # RandomSampler draws a second permutation when it runs out (of which it yields
+            # num_samples % n items: none), and DataLoader always runs it out.
+            torch.randperm(n, generator=self.generator)
 
 
 @dataclass

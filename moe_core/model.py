@@ -17,13 +17,15 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import MoEConfig
 
 
 class Router(nn.Module):
@@ -34,12 +36,17 @@ class Router(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_experts, n_embd))
         nn.init.normal_(self.weight, std=0.02)
-        # A plain attribute rather than a buffer: it is a training schedule, set by the
-        # Trainer each epoch, and the checkpoint records the epoch it derives from.
-        self.temperature = 1.0
+        # A buffer, so that a compiled step reads it rather than baking it in (a Python
+        # float would recompile the step at every new temperature); not persistent: it is
+        # a training schedule that the Trainer sets each epoch, and the checkpoint records
+        # the epoch it derives from.
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
         # Switch Transformer, sec. 2.4: the router's input times U(1 - eps, 1 + eps) noise
         # while training (eps = 1e-2 there); the experts see the input unchanged.
         self.jitter = jitter
+
+    def set_temperature(self, temperature: float) -> None:
+        self.temperature.fill_(temperature)  # in place: a CUDA graph keeps its address
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 even under bf16 autocast: softmax over small logit differences is
@@ -63,59 +70,77 @@ class Experts(nn.Module):
         nn.init.normal_(self.w2, std=0.02)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        # x: [M, C], rows sorted by expert; offsets: [E] int32 cumulative row ends.
+        # x: [R, C], rows sorted by expert; offsets: [E] int32 cumulative row ends. Rows
+        # past offsets[-1] (dropped assignments) belong to no expert: their output is
+        # undefined and the caller masks it.
         # grouped_mm runs every expert's matmul on its contiguous slice in one call,
-        # forward and backward, with no padding to capacity and no per-expert loop.
+        # forward and backward, with no padding to capacity and no per-expert loop; its
+        # shapes are [R, C] whatever the routing, so a compiled step stays one graph.
         w1, w2 = self.w1, self.w2
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
         if _grouped_mm_supported(x, *w1.shape[1:]):
-            h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [M, H]
-            return F.grouped_mm(h, w2, offs=offsets)  # [M, C]
-        # Where grouped_mm cannot run, a loop over the same contiguous per-expert slices.
+            h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [R, H]
+            return F.grouped_mm(h, w2, offs=offsets)  # [R, C]
+        # Where grouped_mm cannot run (float32 on CUDA, unaligned widths), a loop over the
+        # same per-expert slices: it reads the offsets on the host, so it syncs and cannot
+        # be compiled into one graph.
         ends = offsets.tolist()
         starts = [0] + ends[:-1]
-        return torch.cat(
-            [
-                F.gelu(x[a:b] @ w1[e]) @ w2[e]
-                for e, (a, b) in enumerate(zip(starts, ends, strict=True))
-            ]
-        )
+        groups = enumerate(zip(starts, ends, strict=True))
+        out = [F.gelu(x[a:b] @ w1[e]) @ w2[e] for e, (a, b) in groups]
+        out.append(x.new_zeros(x.size(0) - ends[-1], w2.size(-1)))  # the rows of no expert
+        return torch.cat(out)
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def _cuda_capability(index: int | None) -> tuple[int, int]:
+    # A constant to torch.compile: read once when a step is traced, not at every call.
     return torch.cuda.get_device_capability(index)
 
 
 def _grouped_mm_supported(x: torch.Tensor, C: int, H: int) -> bool:
     """grouped_mm needs 16-byte-aligned rows, and on CUDA bf16 inputs on SM >= 80
-    (torch's documented requirement); the CPU kernel takes float32 too."""
+    (torch's documented requirement). The CPU kernel takes float32 too, but torch.compile's
+    shape function for it does not: compiled, float32 takes the loop (with graph breaks)."""
     aligned = (C * x.element_size()) % 16 == 0 and (H * x.element_size()) % 16 == 0
     if x.device.type == "cuda":
         return aligned and x.dtype == torch.bfloat16 and _cuda_capability(x.device.index)[0] >= 8
-    return aligned
+    return aligned and (x.dtype == torch.bfloat16 or not torch.compiler.is_compiling())
+
+
+class RoutingStats(NamedTuple):
+    """What one MoELayer forward computed about its routing, returned with its output. All
+    stay on the device (reading one costs a sync; the Trainer sums them and reads the sums
+    once per epoch)."""
+
+    balance_loss: torch.Tensor  # () unweighted load-balancing loss, in the graph
+    z_loss: torch.Tensor  # () router z-loss, unweighted; in the graph in training only
+    counts: torch.Tensor  # [E] long: assignments per expert, before capacity
+    dropped: torch.Tensor  # () long: assignments this forward dropped
+    over_capacity: torch.Tensor  # () long: assignments over the *training* capacity
+    prob_sum: torch.Tensor  # [E] router probabilities summed over tokens
+    pad_ratio: torch.Tensor  # () share of capacity slots left unused (0: no capacity)
 
 
 class MoELayer(nn.Module):
-    """Top-k routed experts with capacity, replacing a Block's MLP.
+    """Top-k routed experts with capacity, replacing a Block's MLP, built from an
+    `MoEConfig` (moe_core.config: the fields, their defaults and sources).
 
-    `forward` returns (output, balance_loss) with the *unweighted* load-balancing loss;
-    the model applies `aux_weight`. Each forward leaves detached tensors, so statistics
-    cost no device sync: `last_counts` (assignments per expert, before capacity),
-    `last_dropped` (assignments this forward dropped), `last_over_capacity` (assignments
-    over the *training* capacity, dropped or not), `last_prob_sum` (router probabilities
-    summed over tokens, [E]), from which `balance_loss` recomputes the loss over many
-    batches at once, and `last_pad_ratio` (the share of capacity slots left unused).
-    `last_z_loss` is the router z-loss of the last forward, still in the graph: the Block
-    hands it to the model, which weights it (see GPT.aux_loss).
+    `forward` returns (output, RoutingStats), the stats carrying the *unweighted*
+    load-balancing loss and router z-loss; the model weights them (GPT.aux_loss).
 
     Training drops assignments over capacity (the spec's capacity_factor) unless
     `dropless`. Evaluation drops nothing by default (`eval_capacity_factor` None): a token's
     output then depends on nothing but its own sequence, so validation loss is the same
     whatever the eval batch size, and it measures the model rather than how its batches
     were cut.
+
+    Every shape in a forward follows from the input's: k x tokens assignment rows, kept
+    ones first, grouped by expert, then the dropped ones, which no expert computes. No
+    value is read on the host, so a training step runs without a device sync and compiles
+    to one graph, dropless included.
 
     Options (docs/routing-options.md), all off by default: `dropless`, `router_jitter`,
     `num_shared_experts` (one MLP of `num_shared_experts * expert_dim` hidden units that
@@ -124,61 +149,34 @@ class MoELayer(nn.Module):
     experts but not to the gates; `update_expert_bias` moves it after each optimizer step).
     """
 
-    def __init__(
-        self,
-        n_embd: int,
-        num_experts: int,
-        expert_dim: int,
-        top_k: int = 1,
-        capacity_factor: float = 1.25,
-        dropout: float = 0.0,
-        eval_capacity_factor: float | None = None,
-        *,
-        dropless: bool = False,
-        router_jitter: float = 0.0,
-        num_shared_experts: int = 0,
-        aux_free_bias_rate: float = 0.0,
-    ):
+    def __init__(self, n_embd: int, moe: MoEConfig, dropout: float = 0.0):
         super().__init__()
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k ({top_k}) must be between 1 and num_experts ({num_experts})")
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.capacity_factor = capacity_factor
-        self.eval_capacity_factor = eval_capacity_factor
-        self.dropless = dropless
-        self.router = Router(n_embd, num_experts, router_jitter)
-        self.experts = Experts(num_experts, n_embd, expert_dim)
-        self.shared = (
-            MLP(n_embd, num_shared_experts * expert_dim, 0.0) if num_shared_experts else None
-        )
-        self.aux_free_bias_rate = aux_free_bias_rate
-        if aux_free_bias_rate > 0:
+        self.config = moe
+        self.num_experts, self.top_k = moe.num_experts, moe.top_k
+        self.router = Router(n_embd, moe.num_experts, moe.router_jitter)
+        self.experts = Experts(moe.num_experts, n_embd, moe.expert_dim)
+        width = moe.num_shared_experts * moe.expert_dim
+        self.shared = MLP(n_embd, width, 0.0) if width else None
+        if moe.aux_free_bias_rate > 0:
             # State, not a parameter: in the state dict (so in every checkpoint), moved by
             # update_expert_bias rather than by gradients.
-            self.register_buffer("expert_bias", torch.zeros(num_experts))
+            self.register_buffer("expert_bias", torch.zeros(moe.num_experts))
         else:
             self.expert_bias = None
         self.dropout = nn.Dropout(dropout)
-        self.last_counts: torch.Tensor | None = None
-        self.last_dropped: torch.Tensor | None = None
-        self.last_over_capacity: torch.Tensor | None = None
-        self.last_prob_sum: torch.Tensor | None = None
-        self.last_pad_ratio: torch.Tensor | None = None
-        self.last_z_loss: torch.Tensor | None = None
 
     def capacity(self, num_tokens: int, capacity_factor: float | None = None) -> int:
         # Switch Transformer: expert capacity = capacity_factor * tokens / experts.
-        factor = self.capacity_factor if capacity_factor is None else capacity_factor
+        factor = self.config.capacity_factor if capacity_factor is None else capacity_factor
         return math.ceil(factor * num_tokens / self.num_experts)
 
     def _forward_capacity(self, num_tokens: int) -> int | None:
         """This forward's expert capacity; None: no capacity, nothing can be dropped."""
         if self.training:
             # MegaBlocks: dropless, the experts' groups are as large as their loads
-            return None if self.dropless else self.capacity(num_tokens)
-        if self.eval_capacity_factor is not None:
-            return self.capacity(num_tokens, self.eval_capacity_factor)
+            return None if self.config.dropless else self.capacity(num_tokens)
+        if self.config.eval_capacity_factor is not None:
+            return self.capacity(num_tokens, self.config.eval_capacity_factor)
         return None
 
     def balance_loss(self, counts: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
@@ -191,16 +189,16 @@ class MoELayer(nn.Module):
         return self.num_experts * torch.sum(f * P)
 
     @torch.no_grad()
-    def update_expert_bias(self) -> None:
+    def update_expert_bias(self, counts: torch.Tensor) -> None:
         """DeepSeek-V3, sec. 2.1.2: after each step, raise the bias of every expert that
-        took fewer than the mean of the last training batch's assignments by the rate and
-        lower every busier one's by it. Device-side: no sync."""
-        if self.expert_bias is None or self.last_counts is None:
+        took fewer than the mean of the step's assignments (`counts`, this layer's
+        RoutingStats.counts) by the rate and lower every busier one's by it. No sync."""
+        if self.expert_bias is None:
             return
-        load = self.last_counts.to(self.expert_bias.dtype)  # [E]
-        self.expert_bias += self.aux_free_bias_rate * torch.sign(load.mean() - load)
+        load = counts.to(self.expert_bias.dtype)  # [E]
+        self.expert_bias += self.config.aux_free_bias_rate * torch.sign(load.mean() - load)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingStats]:
         B, T, C = x.size()
         E, k = self.num_experts, self.top_k
         x_flat = x.reshape(-1, C)  # [N, C]
@@ -227,53 +225,64 @@ class MoELayer(nn.Module):
         flat_expert = chosen.t().reshape(-1)  # [k*N]
         flat_gate = gates.t().reshape(-1)  # [k*N]
 
-        # Sort assignments by expert; a stable sort keeps the priority order within each.
-        sorted_expert, order = torch.sort(flat_expert, stable=True)  # [k*N]
-        counts = torch.bincount(flat_expert, minlength=E)  # [E]
         cap = self._forward_capacity(N)
         if cap is None or cap >= N:  # nothing can overflow: every assignment is kept
-            kept, kept_counts = order, counts
+            counts = torch.zeros(E, dtype=torch.long, device=x.device)
+            counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))  # [E]
+            kept_counts, sort_key, kept = counts, flat_expert, None
         else:
-            starts = torch.cumsum(counts, 0) - counts  # [E]
-            position = torch.arange(k * N, device=x.device) - starts[sorted_expert]  # slot
-            kept = order[position < cap]  # [M] assignment ids, still grouped by expert
-            kept_counts = counts.clamp(max=cap)
+            # An assignment's slot at its expert: how many assignments before it, in
+            # priority order, chose the same expert. It is kept if the slot is < capacity.
+            one_hot = F.one_hot(flat_expert, E)  # [k*N, E]
+            slots = one_hot.cumsum(0)  # [k*N, E]
+            counts = slots[-1]  # [E]
+            slot = slots.gather(1, flat_expert.unsqueeze(1)).squeeze(1) - 1  # [k*N]
+            kept_counts = counts.clamp(max=cap)  # [E]
+            # Dropped assignments sort after every kept one (key E), out of every group.
+            sort_key = flat_expert.masked_fill(slot >= cap, E)  # [k*N]
+            kept = torch.arange(k * N, device=x.device) < kept_counts.sum()  # [k*N] sorted
+        # A stable sort keeps the priority order within each expert's group.
+        order = torch.sort(sort_key, stable=True).indices  # [k*N] assignment ids
         offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # [E] row ends
 
-        token_ids = kept if k == 1 else kept % N  # [M]
+        token_ids = order if k == 1 else order % N  # [k*N]
         # index_select rather than x_flat[token_ids]: its backward is an index_add, not
         # the slower accumulating index_put of advanced indexing.
-        expert_out = self.experts(x_flat.index_select(0, token_ids), offsets)  # [M, C]
-        weighted = expert_out * flat_gate[kept].unsqueeze(1).to(expert_out.dtype)
-        # Combine: sum each token's (one or k) expert outputs. A dropped token gets zeros
-        # here and so passes through the block's residual connection unchanged (plus the
-        # shared experts' output, when there are any).
+        rows = x_flat.index_select(0, token_ids)  # [k*N, C]
+        if kept is not None:
+            # The dropped rows' gradient comes back through no expert: make it zero here
+            rows = torch.where(kept.unsqueeze(1), rows, 0.0)
+        expert_out = self.experts(rows, offsets)  # [k*N, C]
+        if kept is not None:
+            # A dropped assignment contributes nothing: its token passes through the
+            # block's residual connection unchanged (plus the shared experts' output). Its
+            # row is masked before the gate multiplies it, so that its gate's gradient is
+            # zero too (the row itself holds whatever no expert wrote there).
+            expert_out = torch.where(kept.unsqueeze(1), expert_out, 0.0)
+        weighted = expert_out * flat_gate.index_select(0, order).unsqueeze(1).to(expert_out.dtype)
+        # Combine: sum each token's (one or k) expert outputs.
         out = torch.zeros_like(x_flat, dtype=weighted.dtype).index_add_(0, token_ids, weighted)
         if self.shared is not None:
             out = out + self.shared(x_flat).to(out.dtype)  # [N, C], every token
 
         prob_sum = probs.sum(dim=0)  # [E]
-        balance_loss = self.balance_loss(counts, prob_sum)
         # ST-MoE eq. (5): the mean over tokens of the squared log-sum-exp of the router
-        # logits. Always computed (it is a statistic too); in the graph only when weighted.
+        # logits. Always computed (it is a statistic too); in the graph only in training.
         z_logits = logits if self.training else logits.detach()
-        self.last_z_loss = torch.logsumexp(z_logits, dim=-1).square().mean()
-
-        self.last_counts = counts.detach()
-        self.last_dropped = (counts - kept_counts).sum().detach()
-        self.last_prob_sum = prob_sum.detach()
-        # Capacity slots (E x cap) left unused; dropless groups have no slots to leave.
-        self.last_pad_ratio = (
-            torch.zeros((), device=x.device)
+        train_cap = N if self.config.dropless else self.capacity(N)
+        stats = RoutingStats(
+            balance_loss=self.balance_loss(counts, prob_sum),
+            z_loss=torch.logsumexp(z_logits, dim=-1).square().mean(),
+            counts=counts.detach(),
+            dropped=(counts - kept_counts).sum().detach(),
+            over_capacity=(counts - counts.clamp(max=train_cap)).sum().detach(),
+            prob_sum=prob_sum.detach(),
+            # Capacity slots (E x cap) left unused; dropless groups have no slots to leave.
+            pad_ratio=torch.zeros((), device=x.device)
             if cap is None
-            else 1.0 - kept_counts.sum().detach() / (E * cap)
+            else 1.0 - kept_counts.sum().detach() / (E * cap),
         )
-        if self.training:
-            self.last_over_capacity = self.last_dropped
-        else:
-            train_cap = N if self.dropless else self.capacity(N)
-            self.last_over_capacity = (counts - counts.clamp(max=train_cap)).sum().detach()
-        return self.dropout(out.to(x.dtype)).view(B, T, C), balance_loss
+        return self.dropout(out.to(x.dtype)).view(B, T, C), stats
 
 
 class MLP(nn.Module):
@@ -321,55 +330,31 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         if moe:
-            self.ffn: nn.Module = MoELayer(
-                config.n_embd,
-                config.num_experts,
-                config.expert_dim,
-                config.top_k,
-                config.capacity_factor,
-                config.dropout,
-                config.eval_capacity_factor,
-                dropless=config.dropless,
-                router_jitter=config.router_jitter,
-                num_shared_experts=config.num_shared_experts,
-                aux_free_bias_rate=config.aux_free_bias_rate,
-            )
+            assert config.moe is not None, "MoE layers need GPTConfig.moe"
+            self.ffn: nn.Module = MoELayer(config.n_embd, config.moe, config.dropout)
         else:
             self.ffn = MLP(config.n_embd, config.ffn_dim, config.dropout)
 
-    def forward(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """-> (x, (balance loss, router z-loss) of an MoE FFN, None for a dense one)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingStats | None]:
+        """-> (x, the MoE FFN's routing statistics; None for a dense FFN)."""
         x = x + self.attn(self.ln_1(x))
         if isinstance(self.ffn, MoELayer):
-            h, balance_loss = self.ffn(self.ln_2(x))
-            return x + h, (balance_loss, self.ffn.last_z_loss)
+            h, routing = self.ffn(self.ln_2(x))
+            return x + h, routing
         return x + self.ffn(self.ln_2(x)), None
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 10000
-    block_size: int = 256  # longest sequence
-    n_layer: int = 6
-    n_head: int = 8
-    n_embd: int = 256
-    ffn_dim: int = 1024  # dense FFN hidden size
-    dropout: float = 0.1
+    vocab_size: int
+    block_size: int  # longest sequence
+    n_layer: int
+    n_head: int
+    n_embd: int
+    ffn_dim: int  # dense FFN hidden size
+    dropout: float = 0.0
     moe_layers: tuple[int, ...] = field(default_factory=tuple)  # empty: a dense model
-    num_experts: int = 8
-    expert_dim: int = 1024
-    top_k: int = 1
-    capacity_factor: float = 1.25
-    eval_capacity_factor: float | None = None  # None: evaluation drops nothing
-    aux_weight: float = 0.01  # Switch Transformer, sec. 2.2: alpha = 1e-2
-    # Routing options, all off (docs/routing-options.md)
-    router_z_loss: float = 0.0  # ST-MoE, sec. 3.1: 1e-3
-    dropless: bool = False  # MegaBlocks: no capacity in training
-    router_jitter: float = 0.0  # Switch Transformer, sec. 2.4: 1e-2
-    num_shared_experts: int = 0  # DeepSeekMoE, sec. 3.2
-    aux_free_bias_rate: float = 0.0  # DeepSeek-V3, sec. 2.1.2: gamma = 1e-3
+    moe: MoEConfig | None = None  # every MoE layer's configuration, handed to it whole
 
 
 class GPT(nn.Module):
@@ -399,12 +384,10 @@ class GPT(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
-    def set_gating_temperature(self, temperature: float) -> None:
-        for layer in self.moe_layers:
-            layer.router.temperature = temperature
-
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """idx: (B, T) token ids -> (logits (B, T, vocab), weighted aux loss (scalar))."""
+    def forward(self, idx: torch.Tensor, *, output_routing: bool = False):
+        """idx: (B, T) token ids -> (logits (B, T, vocab), weighted aux loss (scalar)), and
+        with `output_routing` a third item: each MoE layer's RoutingStats, in order (as
+        Hugging Face models return router logits when asked)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(
@@ -412,28 +395,28 @@ class GPT(nn.Module):
             )
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        balance_losses, z_losses = [], []
+        routing: list[RoutingStats] = []
         for block in self.blocks:
-            x, router_losses = block(x)
-            if router_losses is not None:
-                balance_losses.append(router_losses[0])
-                z_losses.append(router_losses[1])
+            x, stats = block(x)
+            if stats is not None:
+                routing.append(stats)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        return logits, self.aux_loss(balance_losses, idx.device, z_losses)
+        aux = self.aux_loss(
+            [s.balance_loss for s in routing], [s.z_loss for s in routing], idx.device
+        )
+        return (logits, aux, routing) if output_routing else (logits, aux)
 
     def aux_loss(
-        self,
-        balance_losses: list[torch.Tensor],
-        device=None,
-        z_losses: list[torch.Tensor] | None = None,
+        self, balance_losses: list[torch.Tensor], z_losses: list[torch.Tensor], device=None
     ) -> torch.Tensor:
         """The weighted aux loss from the MoE layers' balance losses and, with a
         `router_z_loss` coefficient, their router z-losses (zero when dense)."""
         if not balance_losses:
             return torch.zeros((), device=device)
+        moe = self.config.moe
         # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
         # balance) however many layers are MoE.
-        aux = self.config.aux_weight * torch.stack(balance_losses).mean()
-        if self.config.router_z_loss > 0 and z_losses:
-            aux = aux + self.config.router_z_loss * torch.stack(z_losses).mean()
+        aux = moe.aux_weight * torch.stack(balance_losses).mean()
+        if moe.router_z_loss > 0:
+            aux = aux + moe.router_z_loss * torch.stack(z_losses).mean()
         return aux

@@ -1,12 +1,20 @@
-"""The Trainer: epochs, evaluation, early stopping, gating-temperature annealing, expert
-statistics and checkpoint/resume, for any model whose forward returns (logits, aux_loss).
+"""The Trainer: epochs, evaluation, early stopping, gating-temperature annealing and
+checkpoint/resume, for any model whose forward returns (logits, aux_loss).
 
 The service plugs in through hooks that the Trainer knows nothing about: `on_epoch_end`
-receives each finished epoch's complete record, `on_progress` where training is after every
-step and as each evaluation starts (a small dict, no device sync: for a progress bar), and
-`should_stop` is consulted before every training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
+receives each finished epoch's complete record (moe_core.records.EpochRecord),
+`on_progress` where training is after every step and as each evaluation starts (a
+ProgressReport: host values, no device sync), and `should_stop` is consulted before every
+training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
 step boundary (with the epoch in progress, so that a resume continues it exactly: same
-batches, same dropout masks, same losses) and raises `TrainingCancelled`.
+batches, same dropout masks, same losses) and raises `TrainingCancelled`. Printing is one
+more such callback (moe_core.reporting), routing statistics are summed by
+moe_core.routing_stats from what each MoE layer returns, and the histories are one
+object, `self.history` (moe_core.records.MetricsHistory).
+
+A training step reads nothing back from the device: losses and routing statistics are
+summed on it and read once per epoch. `compile` turns the forward and its losses into one
+compiled graph (its shapes are the same every step: see MoELayer.forward).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,30 +34,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from .atomic import write_atomic
-from .config import GatingTempSchedule
+from .config import CompileMode, GatingTempSchedule
+from .errors import CheckpointMismatch, TrainingCancelled, TrainingDiverged
 from .model import MoELayer
+from .records import HISTORY_FIELDS, EpochRecord, MetricsHistory, ProgressReport
+from .reporting import ConsoleReporter
+from .routing_stats import EvalRouting, TrainingRouting
 
-EpochCallback = Callable[[dict[str, Any]], None]
-# Gets {"phase": "training" | "evaluating", "epoch" (from 1), "step", "steps_per_epoch",
-# "tokens" (trained on in this epoch)}.
-ProgressCallback = Callable[[dict[str, Any]], None]
+__all__ = ["Trainer", "TrainingCancelled", "TrainingDiverged", "CheckpointMismatch", "GRAD_CLIP"]
+
+EpochCallback = Callable[[EpochRecord], None]
+ProgressCallback = Callable[[ProgressReport], None]
 GRAD_CLIP = 1.0  # max gradient norm, as the spec requires
-
-
-class TrainingCancelled(Exception):
-    """`should_stop()` turned true: training stopped at a step boundary (after writing a
-    checkpoint there, when the Trainer has a checkpoint path)."""
-
-    def __init__(self, message: str, *, epoch: int, step: int) -> None:
-        super().__init__(message)
-        self.epoch, self.step = epoch, step  # the 1-based epoch, the steps done in it
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint carries another tag: it belongs to another run."""
 
 
 @dataclass
@@ -59,14 +57,7 @@ class EpochProgress:
     it, so a resumed run finishes the epoch exactly as an uninterrupted one would."""
 
     totals: torch.Tensor  # loss, ce, aux summed over steps (no per-step device sync)
-    usage: list[torch.Tensor]  # per MoE layer: assignments per expert
-    dropped: list[torch.Tensor]  # per MoE layer: assignments over capacity
-    # per MoE layer: the largest share of one step's assignments that any expert took
-    max_load: list[torch.Tensor]
-    # per MoE layer, summed over steps: [imbalance (max/mean load - 1), pad ratio, z-loss]
-    routing: list[torch.Tensor]
-    # per MoE layer: the worst step's imbalance
-    max_imbalance: list[torch.Tensor]
+    routing: TrainingRouting
     # The state, at the epoch's start, of the generator the train loader draws from (see
     # Trainer._loader_generator): the epoch's base seed and shuffle are drawn from it when
     # its iterator is made and first read, so a resume remakes the same order and skips ahead.
@@ -79,73 +70,32 @@ class EpochProgress:
     # Set once every step is done: a stop during evaluation resumes with evaluation.
     train_stats: dict[str, float] | None = None
 
-    @classmethod
-    def start(
-        cls, experts: list[int], device: torch.device, loader_state: torch.Tensor
-    ) -> EpochProgress:
-        return cls(
-            totals=torch.zeros(3, device=device),
-            usage=[torch.zeros(e, dtype=torch.long, device=device) for e in experts],
-            dropped=[torch.zeros((), dtype=torch.long, device=device) for _ in experts],
-            max_load=[torch.zeros((), device=device) for _ in experts],
-            routing=[torch.zeros(3, device=device) for _ in experts],
-            max_imbalance=[torch.zeros((), device=device) for _ in experts],
-            loader_state=loader_state,
-        )
-
     def state(self) -> dict[str, Any]:
-        return {
-            "totals": self.totals.cpu(),
-            "usage": [u.cpu() for u in self.usage],
-            "dropped": [d.cpu() for d in self.dropped],
-            "max_load": [m.cpu() for m in self.max_load],
-            "routing": [r.cpu() for r in self.routing],
-            "max_imbalance": [m.cpu() for m in self.max_imbalance],
-            "loader_state": self.loader_state,
-            "steps": self.steps,
-            "tokens": self.tokens,
-            "seconds": dict(self.seconds),
-            "train_stats": self.train_stats,
-        }
+        return {"totals": self.totals.cpu(), **self.routing.state(),
+                "loader_state": self.loader_state, "steps": self.steps, "tokens": self.tokens,
+                "seconds": dict(self.seconds), "train_stats": self.train_stats}  # fmt: skip
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
-        return cls(
-            totals=state["totals"].to(device),
-            usage=[u.to(device) for u in state["usage"]],
-            dropped=[d.to(device) for d in state["dropped"]],
-            # a checkpoint from before max_load existed starts it from zero
-            max_load=[
-                m.to(device)
-                for m in state.get("max_load") or [torch.zeros(()) for _ in state["dropped"]]
-            ],
-            # and one from before the imbalance metrics, those
-            routing=[
-                r.to(device)
-                for r in state.get("routing") or [torch.zeros(3) for _ in state["dropped"]]
-            ],
-            max_imbalance=[
-                m.to(device)
-                for m in state.get("max_imbalance") or [torch.zeros(()) for _ in state["dropped"]]
-            ],
-            loader_state=state["loader_state"],
-            steps=state["steps"],
-            tokens=state["tokens"],
-            seconds=dict(state["seconds"]),
-            train_stats=state["train_stats"],
-        )
+        return cls(totals=state["totals"].to(device),
+                   routing=TrainingRouting.from_state(state, device),
+                   loader_state=state["loader_state"], steps=state["steps"],
+                   tokens=state["tokens"], seconds=dict(state["seconds"]),
+                   train_stats=state["train_stats"])  # fmt: skip
 
 
-class TrainingDiverged(FloatingPointError):
-    """An epoch's mean loss is NaN or infinite: the run cannot go on meaningfully."""
+def _history_attribute(name: str) -> property:
+    return property(lambda self: getattr(self.history, name),
+                    lambda self, value: setattr(self.history, name, value),
+                    doc=f"`self.history.{name}`")  # fmt: skip
 
 
 class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        train_loader: DataLoader,
-        val_loader: DataLoader,
+        train_loader: Iterable,
+        val_loader: Iterable,
         optimizer: torch.optim.Optimizer,
         device: torch.device | str,
         model_name: str = "model",
@@ -158,11 +108,11 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_tag: str | None = None,
-        train_eval_loader: DataLoader | None = None,
+        train_eval_loader: Iterable | None = None,
         log_interval: int = 50,
         verbose: bool = True,
         amp_dtype: torch.dtype | None = None,
-        compile: bool = False,
+        compile: CompileMode | bool = "off",
     ):
         self.model = model
         self.train_loader = train_loader
@@ -185,15 +135,14 @@ class Trainer:
         # evaluation: the generalisation gap compares the two in the same mode (no dropout,
         # no smoothing, no capacity drops), not against the epoch's training-mode average.
         self.train_eval_loader = train_eval_loader
-        self.log_interval = log_interval
-        self.verbose = verbose
-        # bf16 autocast is for GPUs; on CPU it is slower than float32 for these sizes.
+        self.reporter = (
+            ConsoleReporter(model_name, self._running_loss, log_interval) if verbose else None
+        )
+        # bf16 autocast is for GPUs (moe_core.runner.resolve_precision); the router and
+        # the losses stay float32 under it.
         self.amp_dtype = amp_dtype
-        # torch.compile fuses the elementwise work around the matmuls (GELU, LayerNorm,
-        # residuals, the router's softmax) into a few kernels; it pays on GPUs, where the
-        # launches of small kernels dominate. `model` itself stays uncompiled, so
-        # checkpoints and state dicts keep their plain parameter names.
-        self.forward_model = torch.compile(model) if compile else model
+        self.compile = {True: "default", False: "off"}.get(compile, compile)
+        self._step = self._compiled(self._forward) if self.compile != "off" else self._forward
 
         moe = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
         self.moe_layers = [m for _, m in moe]
@@ -202,57 +151,57 @@ class Trainer:
             next((int(part) for part in name.split(".") if part.isdigit()), i)
             for i, (name, _) in enumerate(moe)
         ]
-
-        # Loss tracking (one entry per epoch; val lists per evaluated epoch)
-        self.train_losses: list[float] = []
-        self.val_losses: list[float] = []
-        self.train_ce_losses: list[float] = []
-        self.val_ce_losses: list[float] = []
-        self.train_aux_losses: list[float] = []
-        self.val_aux_losses: list[float] = []
-        # Per evaluated epoch (aligned with the val lists): its number, the eval-mode
-        # training CE, and the routing of that epoch's weights over the validation set.
-        self.val_epochs: list[int] = []
-        self.train_eval_ce_losses: list[float] = []
-        self.eval_expert_stats_history: list[dict[str, Any]] = []
-        # Performance
-        self.tokens_per_sec: list[float] = []
-        self.steps: list[int] = []
-        self.current_step = 0
-        self.timing_breakdown: dict[str, list[float]] = {
-            "forward": [],
-            "backward": [],
-            "optimizer": [],
-        }
-        # Early stopping
-        self.best_val_loss = float("inf")
-        self.best_val_ce_loss: float | None = None  # the CE at the best epoch
-        self.best_epoch: int | None = None
-        self.patience_counter = 0
-        self.stopped_early = False
-        self.best_state: dict[str, torch.Tensor] | None = None
-        # Expert statistics: one entry per epoch, {"epoch", "gating_temperature", "layers": [...]}
-        self.expert_stats_history: list[dict[str, Any]] = []
-        # Progress
-        self.epoch = 0  # epochs completed
+        self.history = MetricsHistory()
+        self.best_state: dict[str, torch.Tensor] | None = None  # early stopping's weights
         self.gating_temperature: float | None = None
         self.progress: EpochProgress | None = None  # the epoch in progress, if any
         self._trained: EpochProgress | None = None  # the last epoch train_epoch finished
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ the step
+
+    def _compiled(self, fn: Callable) -> Callable:
+        """torch.compile of the forward and its losses: one graph (MoELayer's shapes do not
+        depend on the routing); `graphs` replays it as CUDA graphs, which removes the
+        launch cost of its few hundred small kernels at the spec's sizes."""
+        graphs = self.compile == "graphs" and self.device.type == "cuda"
+        return torch.compile(fn, mode="reduce-overhead" if graphs else None, dynamic=False)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor, smoothing: float):
+        """(objective, ce, aux, routing): ce is plain cross-entropy, in float32; the
+        objective adds the aux loss and smoothing; routing has each MoE layer's stats."""
+        with self._autocast():
+            if self.moe_layers:
+                logits, aux, routing = self.model(x, output_routing=True)
+            else:
+                (logits, aux), routing = self.model(x), []
+            logits = logits.view(-1, logits.size(-1)).float()
+            y = y.reshape(-1)
+            if smoothing > 0:
+                # One log-softmax gives both the plain CE that is reported (so runs with and
+                # without smoothing compare) and the smoothed CE that is optimised, which is
+                # (1 - eps) * nll + eps * mean over the vocabulary of -log p.
+                logp = F.log_softmax(logits, dim=-1)
+                ce = -logp.gather(1, y.unsqueeze(1)).mean()
+                objective = (1 - smoothing) * ce - smoothing * logp.mean()
+            else:
+                ce = F.cross_entropy(logits, y)
+                objective = ce
+        return objective + aux, ce, aux, routing
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _sync(self) -> None:
         # CUDA kernels run asynchronously: without this the epoch's wall clock would stop
-        # before its work is done. Once per epoch; phases are timed by events (_clock).
+        # before its work is done. Once per segment; phases are timed by events (_clock).
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def _clock(self) -> float | torch.cuda.Event:
-        """A point in time: the wall clock on the CPU, a recorded event on CUDA.
-
-        CUDA events are read once per epoch, after one synchronize, so phase timing
-        costs no sync per phase and the GPU's queue never drains between phases.
-        """
+        """A point in time: the wall clock on the CPU, a recorded event on CUDA, read once
+        per epoch after one synchronize, so the GPU's queue never drains between phases."""
         if self.device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -264,28 +213,6 @@ class Trainer:
         if isinstance(start, float):
             return end - start
         return start.elapsed_time(end) / 1e3
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def _losses(self, x: torch.Tensor, y: torch.Tensor, smoothing: float):
-        """(objective, ce, aux): ce is plain cross-entropy; the objective adds smoothing."""
-        logits, aux = self.forward_model(x)
-        logits = logits.view(-1, logits.size(-1)).float()
-        y = y.reshape(-1)
-        if smoothing > 0:
-            # One log-softmax gives both the plain CE that is reported (so runs with and
-            # without smoothing compare) and the smoothed CE that is optimised, which is
-            # (1 - eps) * nll + eps * mean over the vocabulary of -log p.
-            logp = F.log_softmax(logits, dim=-1)
-            ce = -logp.gather(1, y.unsqueeze(1)).mean()
-            objective = (1 - smoothing) * ce - smoothing * logp.mean()
-        else:
-            ce = F.cross_entropy(logits, y)
-            objective = ce
-        return objective + aux, ce, aux
 
     def temperature_for_epoch(self, epoch_index: int) -> float | None:
         """Gating temperature for the 0-based epoch (None without a schedule)."""
@@ -299,45 +226,54 @@ class Trainer:
             t = 1.0 if self.moe_layers else None
         self.gating_temperature = t
         for layer in self.moe_layers:
-            layer.router.temperature = t
+            layer.router.set_temperature(t)
 
-    # ------------------------------------------------------------------ epochs
+    # ------------------------------------------------------------------ reports and stops
 
     def _report(self, phase: str, progress: EpochProgress) -> None:
-        if self.on_progress is not None:
-            self.on_progress({"phase": phase, "epoch": self.epoch + 1, "step": progress.steps,
-                              "steps_per_epoch": len(self.train_loader),
-                              "tokens": progress.tokens})  # fmt: skip
+        report: ProgressReport = {"phase": phase, "epoch": self.epoch + 1,
+                                  "step": progress.steps,
+                                  "steps_per_epoch": len(self.train_loader),
+                                  "tokens": progress.tokens}  # fmt: skip
+        for hook in (self.reporter and self.reporter.on_progress, self.on_progress):
+            if hook is not None:
+                hook(report)
+
+    def _running_loss(self) -> float:
+        p = self.progress
+        return (p.totals[0] / max(p.steps, 1)).item() if p is not None else math.nan
 
     def _stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
 
     def _stop(self, where: str) -> NoReturn:
         """Checkpoint at this step boundary (the epoch in progress with it) and raise."""
-        progress = self.progress
-        steps = progress.steps if progress is not None else 0
+        steps = self.progress.steps if self.progress is not None else 0
         if self.checkpoint_path is not None:
             self.save_checkpoint(self.checkpoint_path)
         message = (
             f"{self.model_name}: stopped {where} of epoch {self.epoch + 1}, after step "
             f"{steps}/{len(self.train_loader)} (global step {self.current_step})"
         )
-        if self.verbose:
+        if self.reporter is not None:
             saved = f"; checkpoint {self.checkpoint_path}" if self.checkpoint_path else ""
-            print(f"[{self.model_name}] {message}{saved}", flush=True)
+            self.reporter.say(message + saved)
         raise TrainingCancelled(message, epoch=self.epoch + 1, step=steps)
 
+    # ------------------------------------------------------------------ epochs
+
     def _loader_generator(self) -> torch.Generator:
-        """The generator a new train-loader iterator draws from: a DataLoader draws its base
-        seed and (shuffling) its order from its own generator, else from torch's global one."""
+        """The generator a new train-loader iterator draws from: a DataLoader (and
+        data.Batches) draws its base seed and (shuffling) its order from its own
+        generator, else from torch's global one."""
         generator = getattr(self.train_loader, "generator", None)
         return generator if generator is not None else torch.default_generator
 
     def _resumed_batches(self, progress: EpochProgress) -> Iterator:
         """The epoch's batches from where a restored `progress` stands: the iterator remade
         from the epoch's start state, so the same shuffle, and the batches already trained
-        skipped (a fetch each, cheap for TokenBlocks). This holds at step 0 too: the
-        loader's generator has moved on since the epoch began."""
+        skipped (cheap: a gather each). This holds at step 0 too: the loader's generator has
+        moved on since the epoch began."""
         stop_point = torch.get_rng_state()  # restored by load_state_dict: dropout goes on from it
         self._loader_generator().set_state(progress.loader_state)
         batches = iter(self.train_loader)
@@ -351,10 +287,10 @@ class Trainer:
         returns the spec's keys."""
         self.model.train()
         if self.progress is None:
-            self.progress = EpochProgress.start(
-                [layer.num_experts for layer in self.moe_layers],
-                self.device,
-                self._loader_generator().get_state(),
+            self.progress = EpochProgress(
+                totals=torch.zeros(3, device=self.device),
+                routing=TrainingRouting([m.num_experts for m in self.moe_layers], self.device),
+                loader_state=self._loader_generator().get_state(),
             )
             batches = iter(self.train_loader)
         else:  # restored from a checkpoint written mid-epoch
@@ -363,7 +299,6 @@ class Trainer:
         clocks = []  # per step: (start, forward done, backward done, optimizer done)
         self._sync()
         segment_start = time.perf_counter()
-        segment_tokens = 0
 
         def close_segment() -> None:
             # Fold this segment's clocks into the progress (one device sync).
@@ -384,50 +319,29 @@ class Trainer:
             batch = next(batches, None)
             if batch is None:
                 break
-            x, y = batch
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            x, y = (t.to(self.device, non_blocking=True) for t in batch)
 
             t0 = self._clock()
-            with self._autocast():
-                loss, ce, aux = self._losses(x, y, self.label_smoothing)
+            if self.compile == "graphs":
+                torch.compiler.cudagraph_mark_step_begin()  # last step's outputs are consumed
+            loss, ce, aux, routing = self._step(x, y, self.label_smoothing)
             t1 = self._clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
             t2 = self._clock()
             self.optimizer.step()
-            for layer in self.moe_layers:
-                layer.update_expert_bias()  # aux-loss-free balancing; a no-op without it
+            for layer, stats in zip(self.moe_layers, routing, strict=True):
+                layer.update_expert_bias(stats.counts)  # aux-loss-free balancing, if on
             t3 = self._clock()
             clocks.append((t0, t1, t2, t3))
 
             progress.totals += torch.stack([loss.detach(), ce.detach(), aux.detach()])
-            for i, layer in enumerate(self.moe_layers):
-                counts = layer.last_counts
-                progress.usage[i] += counts
-                progress.dropped[i] += layer.last_dropped
-                # Epoch sums hide a router that swings from step to step: keep the worst step.
-                share = counts.max() / counts.sum()
-                progress.max_load[i] = torch.maximum(progress.max_load[i], share)
-                # torchtitan's imbalance: the busiest expert's load over the mean, minus 1
-                imbalance = share * counts.numel() - 1
-                progress.max_imbalance[i] = torch.maximum(progress.max_imbalance[i], imbalance)
-                progress.routing[i] += torch.stack(
-                    [imbalance, layer.last_pad_ratio, layer.last_z_loss.detach()]
-                )
+            progress.routing.add(routing)
             progress.steps += 1
             progress.tokens += y.numel()
-            segment_tokens += y.numel()
             self.current_step += 1
             self._report("training", progress)
-            if self.verbose and self.log_interval and progress.steps % self.log_interval == 0:
-                elapsed = time.perf_counter() - segment_start
-                print(
-                    f"  [{self.model_name}] epoch {self.epoch + 1} step {progress.steps}/{len(self.train_loader)}"
-                    f" loss {loss.item():.4f} | {segment_tokens / elapsed:,.0f} tok/s",
-                    flush=True,
-                )
 
         close_segment()
         n_steps = progress.steps
@@ -445,14 +359,14 @@ class Trainer:
             )
         seconds = progress.seconds
         tokens_per_sec = progress.tokens / seconds["wall"]
-        self.train_losses.append(loss)
-        self.train_ce_losses.append(ce)
-        self.train_aux_losses.append(aux)
-        self.tokens_per_sec.append(tokens_per_sec)
-        self.steps.append(n_steps)
-        self.timing_breakdown["forward"].append(seconds["forward"])
-        self.timing_breakdown["backward"].append(seconds["backward"])
-        self.timing_breakdown["optimizer"].append(seconds["optimizer"])
+        h = self.history
+        h.train_losses.append(loss)
+        h.train_ce_losses.append(ce)
+        h.train_aux_losses.append(aux)
+        h.tokens_per_sec.append(tokens_per_sec)
+        h.steps.append(n_steps)
+        for phase in ("forward", "backward", "optimizer"):
+            h.timing_breakdown[phase].append(seconds[phase])
         # Done with the steps: detached from the trainer, so that a train_epoch() of its own
         # leaves no epoch in progress; train() keeps it until the epoch is evaluated.
         self.progress, self._trained = None, progress
@@ -468,7 +382,7 @@ class Trainer:
         return dict(progress.train_stats)
 
     @torch.no_grad()
-    def evaluate_loader(self, loader: DataLoader, what: str = "validation"):
+    def evaluate_loader(self, loader: Iterable, what: str = "validation"):
         """Mean losses over every token of `loader` in eval mode, and the routing of the
         same pass: (losses {"loss", "ce_loss", "aux_loss"}, per-MoE-layer statistics).
 
@@ -480,11 +394,10 @@ class Trainer:
         ce_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)  # for models without MoELayers
         n_tokens = 0
-        counts = [torch.zeros(m.num_experts, dtype=torch.long, device=self.device)
-                  for m in self.moe_layers]  # fmt: skip
-        over = [torch.zeros((), dtype=torch.long, device=self.device) for _ in self.moe_layers]
-        prob_sums = [torch.zeros(m.num_experts, device=self.device) for m in self.moe_layers]
-        z_sums = [torch.zeros((), device=self.device) for _ in self.moe_layers]  # token-weighted
+        routing = EvalRouting([m.num_experts for m in self.moe_layers], self.device)
+        # A compiled step takes full batches only: a short last one runs eagerly rather
+        # than compiling a second graph for one batch per pass.
+        full = getattr(loader, "batch_size", None)
         # Making the loader's iterator draws from the global RNG (its base seed) when the
         # loader has no generator of its own: a stop rewinds that, so that the evaluation
         # the resumed run repeats draws the same.
@@ -493,32 +406,30 @@ class Trainer:
             if self._stop_requested():
                 torch.set_rng_state(rng)
                 self._stop(f"during {what}")  # the partial evaluation is discarded
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            with self._autocast():
-                _, ce, aux = self._losses(x, y, 0.0)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            step = self._step if x.size(0) == full else self._forward
+            if step is not self._forward and self.compile == "graphs":
+                torch.compiler.cudagraph_mark_step_begin()
+            _, ce, aux, stats = step(x, y, 0.0)
             # Token-weighted, so a short last batch counts for what it holds.
             ce_sum += y.numel() * ce.float()
             aux_sum += y.numel() * aux.float()
             n_tokens += y.numel()
-            for i, layer in enumerate(self.moe_layers):
-                counts[i] += layer.last_counts
-                over[i] += layer.last_over_capacity
-                prob_sums[i] += layer.last_prob_sum
-                z_sums[i] += y.numel() * layer.last_z_loss
+            routing.add(stats, y.numel())
         if n_tokens == 0:
             raise ValueError(f"the {what} loader yielded no batches")
         ce = (ce_sum / n_tokens).item()
         if self.moe_layers and hasattr(self.model, "aux_loss"):
-            balance = [m.balance_loss(c, p) for m, c, p in zip(self.moe_layers, counts, prob_sums, strict=True)]  # fmt: skip
-            z_losses = [z / n_tokens for z in z_sums]  # the z-loss of the whole pass
-            aux = self.model.aux_loss(balance, z_losses=z_losses).item()
+            balance = [m.balance_loss(c, p) for m, c, p in
+                       zip(self.moe_layers, routing.counts, routing.prob_sums, strict=True)]  # fmt: skip
+            aux = self.model.aux_loss(balance, routing.z_losses(n_tokens)).item()
         else:
             aux = (aux_sum / n_tokens).item()
         loss = ce + aux
         if not math.isfinite(loss):
             raise TrainingDiverged(f"{self.model_name}: {what} loss is {loss}")
-        return {"loss": loss, "ce_loss": ce, "aux_loss": aux}, self._usage_stats(counts, over)
+        losses = {"loss": loss, "ce_loss": ce, "aux_loss": aux}
+        return losses, routing.summary(self.moe_layer_ids)
 
     def _weights_epoch(self) -> int:
         """The epoch whose weights the model holds: the one in progress once its steps are
@@ -540,73 +451,15 @@ class Trainer:
         if self.train_eval_loader is not None:
             train_ce = self.evaluate_loader(self.train_eval_loader, "evaluation")[0]["ce_loss"]
         # Appended only once every pass is done: a stop above leaves no partial entry.
-        epoch = self._weights_epoch()
-        self.val_losses.append(val["loss"])
-        self.val_ce_losses.append(val["ce_loss"])
-        self.val_aux_losses.append(val["aux_loss"])
-        self.val_epochs.append(epoch)
-        self.train_eval_ce_losses.append(train_ce)
+        epoch, h = self._weights_epoch(), self.history
+        h.val_losses.append(val["loss"])
+        h.val_ce_losses.append(val["ce_loss"])
+        h.val_aux_losses.append(val["aux_loss"])
+        h.val_epochs.append(epoch)
+        h.train_eval_ce_losses.append(train_ce)
         if self.moe_layers:
-            self.eval_expert_stats_history.append({"epoch": epoch, "layers": layers})
+            h.eval_expert_stats_history.append({"epoch": epoch, "layers": layers})
         return val
-
-    def _usage_stats(
-        self,
-        usage: list[torch.Tensor],
-        dropped: list[torch.Tensor],
-        max_load: list[torch.Tensor] | None = None,
-        routing: list[torch.Tensor] | None = None,
-        max_imbalance: list[torch.Tensor] | None = None,
-        steps: int = 1,
-    ) -> list[dict[str, Any]]:
-        """Per MoE layer, from assignment counts per expert (before capacity drops).
-
-        `entropy` is the Shannon entropy of the usage distribution in nats, not normalised:
-        ln(num_experts) (2.079 for 8 experts) is perfect balance, 0 is collapse onto one.
-        `min_usage`/`max_usage`/`usage` are percentages of assignments; `dropped` is the
-        fraction of assignments over capacity; `max_step_load` (training only) the largest
-        share, in percent, that one expert took of any single step's assignments.
-
-        `imbalance` is max load / mean load - 1 (torchtitan's; 0 is perfect balance,
-        num_experts - 1 collapse): in training the mean over the epoch's steps, with the
-        worst step's as `max_imbalance`; in evaluation that of the whole pass's counts, so
-        that it does not depend on the eval batch size. Training also gets `pad_ratio` (the
-        share of capacity slots left unused, mean over steps; 0 when dropless) and `z_loss`
-        (the router z-loss, unweighted, mean over steps).
-        """
-        stats = []
-        for i, (counts, n_dropped) in enumerate(zip(usage, dropped, strict=True)):
-            counts = counts.double().cpu()
-            n = counts.sum().item()
-            p = counts / max(n, 1)
-            entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
-            layer = {
-                "layer": self.moe_layer_ids[i],
-                "entropy": entropy,
-                "max_entropy": math.log(len(counts)),
-                "min_usage": 100 * p.min().item(),
-                "max_usage": 100 * p.max().item(),
-                "usage": (100 * p).tolist(),
-                "dropped": n_dropped.item() / max(n, 1),
-            }
-            if max_load is not None:
-                layer["max_step_load"] = 100 * max_load[i].item()
-            if routing is not None and max_imbalance is not None:
-                imbalance, pad_ratio, z_loss = (routing[i].double().cpu() / max(steps, 1)).tolist()
-                layer.update(imbalance=imbalance, max_imbalance=max_imbalance[i].item(),
-                             pad_ratio=pad_ratio, z_loss=z_loss)  # fmt: skip
-            else:
-                layer["imbalance"] = len(counts) * p.max().item() - 1 if n else 0.0
-            stats.append(layer)
-        return stats
-
-    def _expert_stats(self) -> list[dict[str, Any]]:
-        """Per MoE layer, over this epoch's training assignments, as routed in training."""
-        assert self.progress is not None
-        p = self.progress
-        return self._usage_stats(
-            p.usage, p.dropped, p.max_load, p.routing, p.max_imbalance, p.steps
-        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -616,51 +469,34 @@ class Trainer:
         Returns `get_metrics()`. When `should_stop` fires, raises `TrainingCancelled` after
         checkpointing (the finished epochs were delivered to `on_epoch_end`).
         """
-        patience = self.early_stopping_patience
-        while self.epoch < num_epochs and not self.stopped_early:
-            epoch_index = self.epoch
+        h = self.history
+        while h.epoch < num_epochs and not h.stopped_early:
+            epoch_index = h.epoch
             self._set_temperature(epoch_index)
             # A stop during the last evaluation left the epoch trained: go on from there.
-            trained = self.progress is not None and self.progress.train_stats is not None
-            if not trained:
+            if self.progress is None or self.progress.train_stats is None:
                 self.train_epoch()
                 self.progress = self._trained  # a stop during evaluation keeps it
             train_stats = dict(self.progress.train_stats)
             val_stats = None
-            is_last = epoch_index + 1 == num_epochs
             eval_start = time.perf_counter()
-            if (epoch_index + 1) % eval_every == 0 or is_last:
+            if (epoch_index + 1) % eval_every == 0 or epoch_index + 1 == num_epochs:
                 val_stats = self.evaluate()
-                if val_stats["loss"] < self.best_val_loss:
-                    self.best_val_loss = val_stats["loss"]
-                    self.best_val_ce_loss = val_stats["ce_loss"]
-                    self.best_epoch = epoch_index + 1
-                    self.patience_counter = 0
-                    if patience > 0:
-                        self.best_state = {
-                            k: v.detach().clone() for k, v in self.model.state_dict().items()
-                        }
-                else:
-                    self.patience_counter += 1
-                    if patience > 0 and self.patience_counter >= patience:
-                        self.stopped_early = True
-            self.epoch = epoch_index + 1
+                self._early_stopping(val_stats, epoch_index + 1)
+            h.epoch = epoch_index + 1
             duration = self.progress.seconds["wall"] + time.perf_counter() - eval_start
-
-            layers = self._expert_stats() if self.moe_layers else []
+            layers = (
+                self.progress.routing.summary(self.moe_layer_ids, self.progress.steps)
+                if self.moe_layers
+                else []
+            )
             self.progress = None  # the epoch is whole: the checkpoint below is at its end
             if self.moe_layers:
-                self.expert_stats_history.append(
-                    {
-                        "epoch": self.epoch,
-                        "gating_temperature": self.gating_temperature,
-                        "layers": layers,
-                    }
-                )
-            record = self._epoch_record(train_stats, val_stats, layers)
-            record["duration"] = duration
-            if self.verbose:
-                self._print_epoch(record, num_epochs)
+                h.expert_stats_history.append({"epoch": h.epoch, "layers": layers,
+                                               "gating_temperature": self.gating_temperature})  # fmt: skip
+            record = self._epoch_record(train_stats, val_stats, layers, duration)
+            if self.reporter is not None:
+                self.reporter.on_epoch_end(record, num_epochs)
             # The callback runs before the checkpoint: a crash between the two replays this
             # epoch, so a consumer that upserts by epoch sees every epoch at least once.
             if self.on_epoch_end is not None:
@@ -671,106 +507,52 @@ class Trainer:
             self.model.load_state_dict(self.best_state)  # early stopping keeps the best model
         return self.get_metrics()
 
-    def _epoch_record(self, train_stats, val_stats, layers) -> dict[str, Any]:
+    def _early_stopping(self, val_stats: dict[str, float], epoch: int) -> None:
+        h, patience = self.history, self.early_stopping_patience
+        if val_stats["loss"] < h.best_val_loss:
+            h.best_val_loss, h.best_val_ce_loss = val_stats["loss"], val_stats["ce_loss"]
+            h.best_epoch, h.patience_counter = epoch, 0
+            if patience > 0:
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        else:
+            h.patience_counter += 1
+            if patience > 0 and h.patience_counter >= patience:
+                h.stopped_early = True
+
+    def _epoch_record(self, train_stats, val_stats, layers, duration) -> EpochRecord:
+        h, evaluated = self.history, val_stats is not None
         return {
-            "epoch": self.epoch,
+            "epoch": h.epoch,
             "model_name": self.model_name,
             "train": {k: train_stats[k] for k in ("loss", "ce_loss", "aux_loss")},
             "val": val_stats,
             "tokens_per_sec": train_stats["tokens_per_sec"],
-            "steps": self.steps[-1],
+            "steps": h.steps[-1],
             "forward_time": train_stats["forward_time"],
             "backward_time": train_stats["backward_time"],
             "optimizer_time": train_stats["optimizer_time"],
+            "duration": duration,
             "gating_temperature": self.gating_temperature,
             "expert_stats": layers,
-            "train_eval": {"ce_loss": self.train_eval_ce_losses[-1]}
-            if val_stats is not None and self.train_eval_ce_losses[-1] is not None
+            "train_eval": {"ce_loss": h.train_eval_ce_losses[-1]}
+            if evaluated and h.train_eval_ce_losses[-1] is not None
             else None,
-            "eval_expert_stats": self.eval_expert_stats_history[-1]["layers"]
-            if val_stats is not None and self.moe_layers
+            "eval_expert_stats": h.eval_expert_stats_history[-1]["layers"]
+            if evaluated and self.moe_layers
             else [],
-            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-            "best_val_ce_loss": self.best_val_ce_loss,
-            "best_epoch": self.best_epoch,
-            "patience_counter": self.patience_counter,
-            "stopped_early": self.stopped_early,
+            "best_val_loss": h.best_val_loss if math.isfinite(h.best_val_loss) else None,
+            "best_val_ce_loss": h.best_val_ce_loss,
+            "best_epoch": h.best_epoch,
+            "patience_counter": h.patience_counter,
+            "stopped_early": h.stopped_early,
         }
-
-    def _print_epoch(self, r: dict[str, Any], num_epochs: int) -> None:
-        t = r["train"]
-        line = (
-            f"[{self.model_name}] epoch {r['epoch']}/{num_epochs} "
-            f"train {t['loss']:.4f} (ce {t['ce_loss']:.4f} aux {t['aux_loss']:.4f})"
-        )
-        if r["val"] is not None:
-            v = r["val"]
-            line += f" | val {v['loss']:.4f} (ce {v['ce_loss']:.4f}, ppl {math.exp(min(v['ce_loss'], 50)):.1f})"
-            if r["train_eval"] is not None:
-                gap = v["ce_loss"] - r["train_eval"]["ce_loss"]
-                line += f" gap {gap:+.4f}"
-        total = r["forward_time"] + r["backward_time"] + r["optimizer_time"]
-        line += (
-            f" | {r['tokens_per_sec']:,.0f} tok/s | fwd {r['forward_time']:.1f}s"
-            f" bwd {r['backward_time']:.1f}s opt {r['optimizer_time']:.1f}s of {total:.1f}s"
-        )
-        if r["gating_temperature"] is not None:
-            line += f" | T {r['gating_temperature']:.3f}"
-        print(line, flush=True)
-        for s in r["expert_stats"]:
-            print(
-                f"    layer {s['layer']} train: entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
-                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
-                f" (one step: {s['max_step_load']:.1f}%) | dropped {100 * s['dropped']:.1f}%"
-                f" | imbalance {s['imbalance']:.2f} (worst {s['max_imbalance']:.2f})"
-                f" pad {100 * s['pad_ratio']:.1f}% z {s['z_loss']:.2f}",
-                flush=True,
-            )
-        for s in r["eval_expert_stats"]:
-            print(
-                f"    layer {s['layer']} val:   entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
-                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
-                f" | over training capacity {100 * s['dropped']:.1f}%",
-                flush=True,
-            )
-        if r["stopped_early"]:
-            print(
-                f"[{self.model_name}] early stopping: no improvement for {self.patience_counter} evaluations",
-                flush=True,
-            )
 
     def get_metrics(self) -> dict[str, Any]:
-        return {
-            "train_losses": list(self.train_losses),
-            "val_losses": list(self.val_losses),
-            "train_ce_losses": list(self.train_ce_losses),
-            "val_ce_losses": list(self.val_ce_losses),
-            "train_aux_losses": list(self.train_aux_losses),
-            "val_aux_losses": list(self.val_aux_losses),
-            "tokens_per_sec": list(self.tokens_per_sec),
-            "steps": list(self.steps),
-            "current_step": self.current_step,
-            "timing_breakdown": {k: list(v) for k, v in self.timing_breakdown.items()},
-            "expert_stats_history": list(self.expert_stats_history),
-            "val_epochs": list(self.val_epochs),
-            "train_eval_ce_losses": list(self.train_eval_ce_losses),
-            "eval_expert_stats_history": list(self.eval_expert_stats_history),
-            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-            "best_val_ce_loss": self.best_val_ce_loss,
-            "best_epoch": self.best_epoch,
-            "patience_counter": self.patience_counter,
-            "stopped_early": self.stopped_early,
-        }
+        return self.history.metrics()
 
     # ------------------------------------------------------------------ checkpoints
-
-    _HISTORY = (
-        "train_losses", "val_losses", "train_ce_losses", "val_ce_losses", "train_aux_losses",
-        "val_aux_losses", "tokens_per_sec", "steps", "current_step", "timing_breakdown",
-        "best_val_loss", "patience_counter", "stopped_early", "expert_stats_history", "epoch",
-        "val_epochs", "train_eval_ce_losses", "eval_expert_stats_history", "best_val_ce_loss",
-        "best_epoch",
-    )  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         generator = getattr(self.train_loader, "generator", None)
@@ -780,7 +562,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "best_state": self.best_state,
             "progress": self.progress.state() if self.progress is not None else None,
-            "history": {name: getattr(self, name) for name in self._HISTORY},
+            "history": self.history.state(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -796,8 +578,7 @@ class Trainer:
         self.best_state = state["best_state"]
         progress = state.get("progress")
         self.progress = EpochProgress.from_state(progress, self.device) if progress else None
-        for name, value in state["history"].items():
-            setattr(self, name, value)
+        self.history = MetricsHistory.from_state(state["history"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
@@ -826,3 +607,9 @@ class Trainer:
             )
         self.load_state_dict(state)
         return self.epoch
+
+
+# The spec's attributes (train_losses, val_losses, ..., stopped_early, expert_stats_history)
+# and ours beside them are the history's fields, read and written through.
+for _name in HISTORY_FIELDS:
+    setattr(Trainer, _name, _history_attribute(_name))

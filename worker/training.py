@@ -17,8 +17,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from moe_core.atomic import write_json_atomic
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
-from moe_core.experiments import resolve_device, run_single_experiment
-from moe_core.trainer import TrainingCancelled
+from moe_core.errors import TrainingCancelled
+from moe_core.runner import resolve_device, run_single_experiment
 from store import artifacts, runs, workers
 from store.db import session_scope
 from store.models import Status

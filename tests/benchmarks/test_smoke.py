@@ -8,6 +8,7 @@ import torch
 from benchmarks.moe_references import REFERENCES
 from benchmarks.report import TARGETS
 from benchmarks.suite import SECTIONS, run_suite
+from moe_core.config import MoEConfig
 from moe_core.model import MoELayer
 from tests.corpus import write_corpus
 
@@ -76,9 +77,11 @@ def test_every_target_is_reported(results):
 def test_references_compute_what_the_engine_computes(name, top_k, capacity_factor):
     """Same weights, same routing and capacity rules: the comparison is like for like."""
     torch.manual_seed(0)
-    layer = MoELayer(16, num_experts=4, expert_dim=32, top_k=top_k, capacity_factor=capacity_factor)
+    layer = MoELayer(
+        16, MoEConfig(num_experts=4, expert_dim=32, top_k=top_k, capacity_factor=capacity_factor)
+    )
     x = torch.randn(2, 24, 16)
-    out, balance = layer(x)
+    out, stats = layer(x)
     ref_out, ref_balance = REFERENCES[name](layer, x)
     torch.testing.assert_close(ref_out, out)
-    torch.testing.assert_close(ref_balance, balance)
+    torch.testing.assert_close(ref_balance, stats.balance_loss)

@@ -87,7 +87,7 @@ def test_real_wikitext2(cache_dir):
 
 
 def test_a_stop_request_ends_data_preparation_while_tokenising(tmp_path):
-    from moe_core.trainer import TrainingCancelled
+    from moe_core.errors import TrainingCancelled
 
     corpus = write_corpus(tmp_path / "c", seed=5, lines=(3000, 80, 80))
     base = base_config("micro", data_dir=str(corpus), cache_dir=str(tmp_path / "cache"))

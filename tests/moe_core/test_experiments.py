@@ -9,13 +9,9 @@ import torch
 import moe_core
 from moe_core.config import ExperimentConfig
 from moe_core.criteria import judge
-from moe_core.experiments import (
-    count_parameters,
-    evaluate_success_criteria,
-    main,
-    run_single_experiment,
-)
 from moe_core.model import GPT, GPTConfig
+from moe_core.runner import count_parameters, run_single_experiment
+from moe_core.study import evaluate_success_criteria, main
 
 
 def test_public_names():
@@ -42,7 +38,12 @@ def test_run_single_experiment_returns_config_metrics_params(micro_data, micro_b
         "test",
         "evaluation",
         "seed",
+        "device",
+        "precision",
+        "compile",
     }
+    # how it ran: precision auto is float32 on the CPU, compile off by default
+    assert (result["device"], result["precision"], result["compile"]) == ("cpu", "fp32", "off")
     assert result["config"] == config.to_dict()
     assert len(result["metrics"]["train_losses"]) == micro_base.num_epochs
     assert result["params"] > 0

@@ -4,12 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moe_core.config import MoEConfig
 from moe_core.model import GPT, MLP, GPTConfig, MoELayer
 
 
 def small_config(**kw) -> GPTConfig:
+    moe = MoEConfig(num_experts=4, expert_dim=32, **kw.pop("moe", {}))
     defaults = dict(vocab_size=97, block_size=16, n_layer=4, n_head=2, n_embd=16, ffn_dim=32,
-                    dropout=0.0, num_experts=4, expert_dim=32)  # fmt: skip
+                    dropout=0.0, moe=moe)  # fmt: skip
     return GPTConfig(**{**defaults, **kw})
 
 
@@ -19,8 +21,8 @@ def expert_ffn(layer: MoELayer, e: int, x: torch.Tensor) -> torch.Tensor:
 
 def routed_layer(num_experts: int, top_k: int, capacity_factor: float) -> MoELayer:
     """A layer whose router sends a token to expert i when its i-th coordinate is largest."""
-    layer = MoELayer(n_embd=num_experts, num_experts=num_experts, expert_dim=8, top_k=top_k,
-                     capacity_factor=capacity_factor)  # fmt: skip
+    layer = MoELayer(num_experts, MoEConfig(num_experts=num_experts, expert_dim=8, top_k=top_k,
+                     capacity_factor=capacity_factor))  # fmt: skip
     with torch.no_grad():
         layer.router.weight.copy_(torch.eye(num_experts) * 5.0)
     return layer.eval()
@@ -51,7 +53,7 @@ def test_moe_has_more_parameters_at_equal_active_width():
 
 
 def test_aux_loss_is_weight_at_perfect_balance_and_grows_when_collapsed():
-    model = GPT(small_config(moe_layers=(1, 3), aux_weight=0.01))
+    model = GPT(small_config(moe_layers=(1, 3), moe={"aux_weight": 0.01}))
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
         for layer in model.moe_layers:
@@ -62,14 +64,14 @@ def test_aux_loss_is_weight_at_perfect_balance_and_grows_when_collapsed():
     # Hand-built balance: 8 tokens, 4 experts, 2 tokens each, confident router.
     layer = routed_layer(4, 1, 1.0)
     x = torch.eye(4).repeat(2, 1).view(1, 8, 4)
-    _, balance = layer(x)
-    assert balance.item() == pytest.approx(1.0, abs=1e-6)
+    _, stats = layer(x)
+    assert stats.balance_loss.item() == pytest.approx(1.0, abs=1e-6)
 
     # Collapse: everything to expert 0 -> f = (1,0,0,0), P_0 ~ 1 -> loss ~ E.
     x = torch.tensor([1.0, 0, 0, 0]).repeat(8, 1).view(1, 8, 4) * 3
     _, collapsed = layer(x)
-    assert collapsed.item() > 3.9
-    assert layer.last_counts.tolist() == [8, 0, 0, 0]
+    assert collapsed.balance_loss.item() > 3.9
+    assert collapsed.counts.tolist() == [8, 0, 0, 0]
 
 
 def test_capacity_drops_exactly_the_tokens_over_capacity():
@@ -77,10 +79,10 @@ def test_capacity_drops_exactly_the_tokens_over_capacity():
     # tokens 0..5 prefer expert 0, tokens 6..7 expert 1
     x = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 2).view(1, 8, 2)
     assert layer.capacity(8) == 4
-    out, _ = layer(x)
+    out, stats = layer(x)
     out = out.view(8, 2)
-    assert layer.last_counts.tolist() == [6, 2]
-    assert layer.last_dropped.item() == 2
+    assert stats.counts.tolist() == [6, 2]
+    assert stats.dropped.item() == 2
     # First four tokens of expert 0 are processed; tokens 4 and 5 are dropped (zeros:
     # the block's residual carries them); expert 1's two tokens fit.
     assert torch.all(out[4:6] == 0)
@@ -93,36 +95,36 @@ def test_capacity_drops_exactly_the_tokens_over_capacity():
 def test_evaluation_drops_nothing_but_counts_what_training_capacity_would_drop():
     x = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 2).view(1, 8, 2)  # 6 and 2, capacity 4
     layer = routed_layer(2, 1, capacity_factor=1.0)  # eval mode
-    out, _ = layer(x)
-    assert layer.last_dropped.item() == 0 and layer.last_over_capacity.item() == 2
+    out, stats = layer(x)
+    assert stats.dropped.item() == 0 and stats.over_capacity.item() == 2
     assert torch.all(out.view(8, 2)[4:6] != 0)  # tokens 4 and 5 reach their expert
     layer.train()
-    trained, _ = layer(x)
-    assert layer.last_dropped.item() == layer.last_over_capacity.item() == 2
+    trained, stats = layer(x)
+    assert stats.dropped.item() == stats.over_capacity.item() == 2
     # a separate evaluation capacity, when set, is applied in eval mode
-    layer.eval_capacity_factor = 1.0
+    layer.config = layer.config.model_copy(update={"eval_capacity_factor": 1.0})
     layer.eval()
-    capped, _ = layer(x)
-    assert layer.last_dropped.item() == 2
+    capped, stats = layer(x)
+    assert stats.dropped.item() == 2
     torch.testing.assert_close(capped, trained)
 
 
 def test_balance_loss_over_many_batches_is_the_loss_of_all_their_tokens():
-    layer = MoELayer(n_embd=8, num_experts=4, expert_dim=8, top_k=2).eval()
+    layer = MoELayer(8, MoEConfig(num_experts=4, expert_dim=8, top_k=2)).eval()
     x = torch.randn(4, 8, 8)
     _, whole = layer(x)
     counts, prob_sum = torch.zeros(4, dtype=torch.long), torch.zeros(4)
     for part in x.split(1):
         _, per_batch = layer(part)
-        counts += layer.last_counts
-        prob_sum += layer.last_prob_sum
-    torch.testing.assert_close(layer.balance_loss(counts, prob_sum), whole)
+        counts += per_batch.counts
+        prob_sum += per_batch.prob_sum
+    torch.testing.assert_close(layer.balance_loss(counts, prob_sum), whole.balance_loss)
 
 
 def test_top2_combines_two_experts_with_renormalised_gates():
     layer = routed_layer(3, 2, capacity_factor=10.0)  # no drops
     x = torch.tensor([[2.0, 1.0, -1.0], [-1.0, 0.5, 1.0]]).view(1, 2, 3)
-    out, _ = layer(x)
+    out, stats = layer(x)
     probs = torch.softmax(layer.router(x.view(2, 3)), -1)
     for t, (a, b) in enumerate([(0, 1), (2, 1)]):
         ga, gb = (
@@ -132,14 +134,14 @@ def test_top2_combines_two_experts_with_renormalised_gates():
         xt = x.view(2, 3)[t]
         expected = ga * expert_ffn(layer, a, xt) + gb * expert_ffn(layer, b, xt)
         torch.testing.assert_close(out.view(2, 3)[t], expected)
-    assert layer.last_counts.sum().item() == 4  # two assignments per token
+    assert stats.counts.sum().item() == 4  # two assignments per token
 
 
 def test_top2_drops_second_choices_before_first_choices():
     layer = routed_layer(2, 2, capacity_factor=1.0).train()  # capacity 2 per expert, 4 tokens
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]).view(1, 4, 2)
-    out, _ = layer(x)
-    assert layer.last_dropped.item() == 4  # every second choice, no first choice
+    out, stats = layer(x)
+    assert stats.dropped.item() == 4  # every second choice, no first choice
     probs = torch.softmax(layer.router(x.view(4, 2)), -1)
     firsts = probs.max(-1)
     for t in range(4):
@@ -150,21 +152,21 @@ def test_top2_drops_second_choices_before_first_choices():
 
 def test_one_expert_top1_equals_a_dense_ffn_with_the_same_weights():
     mlp = MLP(16, 32, dropout=0.0)
-    layer = MoELayer(16, num_experts=1, expert_dim=32, top_k=1, capacity_factor=1.0)
+    layer = MoELayer(16, MoEConfig(num_experts=1, expert_dim=32, top_k=1, capacity_factor=1.0))
     with torch.no_grad():
         layer.experts.w1[0].copy_(mlp.fc.weight.t())
         layer.experts.w2[0].copy_(mlp.proj.weight.t())
     x = torch.randn(3, 5, 16)
-    out, balance = layer(x)
+    out, stats = layer(x)
     torch.testing.assert_close(out, mlp(x))
-    assert balance.item() == pytest.approx(1.0)
+    assert stats.balance_loss.item() == pytest.approx(1.0)
 
 
 def test_temperature_sharpens_routing():
     layer = routed_layer(4, 1, 10.0)
     x = torch.randn(1, 32, 4)
     p1 = torch.softmax(layer.router(x.view(32, 4)), -1)
-    layer.router.temperature = 0.5
+    layer.router.set_temperature(0.5)
     p2 = torch.softmax(layer.router(x.view(32, 4)), -1)
     entropy = lambda p: -(p * p.log()).sum(-1).mean()  # noqa: E731
     assert entropy(p2) < entropy(p1)
@@ -174,7 +176,7 @@ def test_temperature_sharpens_routing():
 
 
 def test_router_gets_gradient_from_the_task_loss_under_top1():
-    layer = MoELayer(8, num_experts=4, expert_dim=16, top_k=1, capacity_factor=2.0)
+    layer = MoELayer(8, MoEConfig(num_experts=4, expert_dim=16, top_k=1, capacity_factor=2.0))
     out, _ = layer(torch.randn(2, 8, 8))
     out.pow(2).mean().backward()
     assert layer.router.weight.grad.abs().sum() > 0
@@ -182,18 +184,18 @@ def test_router_gets_gradient_from_the_task_loss_under_top1():
 
 def test_top_k_larger_than_experts_is_rejected():
     with pytest.raises(ValueError, match="top_k"):
-        MoELayer(8, num_experts=2, expert_dim=8, top_k=3)
+        MoELayer(8, MoEConfig(num_experts=2, expert_dim=8, top_k=3))
 
 
 def test_capacity_is_the_switch_formula():
-    layer = MoELayer(8, num_experts=8, expert_dim=8, capacity_factor=1.25)
+    layer = MoELayer(8, MoEConfig(num_experts=8, expert_dim=8, capacity_factor=1.25))
     assert layer.capacity(4096) == math.ceil(1.25 * 4096 / 8)
 
 
 def test_slice_loop_fallback_matches_grouped_mm(monkeypatch):
     import moe_core.model as model_mod
 
-    layer = MoELayer(16, num_experts=4, expert_dim=32, top_k=2, capacity_factor=1.0)
+    layer = MoELayer(16, MoEConfig(num_experts=4, expert_dim=32, top_k=2, capacity_factor=1.0))
     x = torch.randn(2, 12, 16, requires_grad=True)
     out, _ = layer(x)
     (grad_x,) = torch.autograd.grad(out.pow(2).sum(), x)

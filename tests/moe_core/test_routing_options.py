@@ -8,12 +8,16 @@ from torch.utils.data import DataLoader
 from moe_core.config import (
     EXPERIMENT_PRESETS,
     ExperimentConfig,
+    MoEConfig,
     base_config,
     get_experiment_configs,
 )
-from moe_core.experiments import build_model, build_optimizer, count_active_parameters
+from moe_core.errors import TrainingCancelled
 from moe_core.model import GPT, GPTConfig, MoELayer
-from moe_core.trainer import Trainer, TrainingCancelled
+from moe_core.runner import build_model, build_optimizer
+from moe_core.sizing import parameters
+from moe_core.trainer import Trainer
+from tests.moe_core.test_sizing import active_on_the_modules
 from tests.moe_core.test_trainer import StopAt, random_blocks
 
 
@@ -40,7 +44,7 @@ OPTIONS = {
 def skewed_layer(**kw) -> MoELayer:
     """4 experts on 4-d input; the router sends a token to the expert of its largest
     coordinate, so inputs choose the routing."""
-    layer = MoELayer(4, num_experts=4, expert_dim=8, **kw)
+    layer = MoELayer(4, MoEConfig(num_experts=4, expert_dim=8, **kw))
     with torch.no_grad():
         layer.router.weight.copy_(torch.eye(4) * 5.0)
     return layer.train()
@@ -59,28 +63,32 @@ def test_dropless_drops_nothing_where_capacity_drops():
     x = skewed_input()  # expert 0 gets 10 of 16 tokens: capacity 1.0 holds 4
     capped, dropless = skewed_layer(capacity_factor=1.0), skewed_layer(dropless=True)
     dropless.load_state_dict(capped.state_dict())
-    capped(x)
-    assert capped.last_dropped.item() == 6 and capped.last_pad_ratio.item() > 0
-    out, _ = dropless(x)
-    assert dropless.last_dropped.item() == 0 and dropless.last_pad_ratio.item() == 0
-    assert dropless.last_counts.tolist() == [10, 2, 2, 2]
+    _, stats = capped(x)
+    assert stats.dropped.item() == 6 and stats.pad_ratio.item() > 0
+    out, stats = dropless(x)
+    assert stats.dropped.item() == 0 and stats.pad_ratio.item() == 0
+    assert stats.counts.tolist() == [10, 2, 2, 2]
     assert (out.view(16, 4).abs().sum(dim=1) > 0).all()  # every token got its expert's output
 
 
 def test_dropless_matches_a_capacity_run_where_nothing_overflows():
     torch.manual_seed(0)
-    capped = MoELayer(16, num_experts=4, expert_dim=32, top_k=2, capacity_factor=3.0).train()
-    dropless = MoELayer(16, num_experts=4, expert_dim=32, top_k=2, dropless=True).train()
+    capped = MoELayer(
+        16, MoEConfig(num_experts=4, expert_dim=32, top_k=2, capacity_factor=3.0)
+    ).train()
+    dropless = MoELayer(16, MoEConfig(num_experts=4, expert_dim=32, top_k=2, dropless=True)).train()
     dropless.load_state_dict(capped.state_dict())
     x = torch.randn(2, 24, 16)
     assert capped.capacity(48) < 48  # a real capacity, just large enough
-    outs = []
+    outs, dropped = [], []
     for layer in (capped, dropless):
         xi = x.clone().requires_grad_()
-        out, balance = layer(xi)
-        (out.square().sum() + balance).backward()
-        outs.append((out, balance, xi.grad, layer.router.weight.grad, layer.experts.w1.grad))
-    assert capped.last_dropped.item() == 0  # nothing overflowed
+        out, stats = layer(xi)
+        (out.square().sum() + stats.balance_loss).backward()
+        outs.append((out, stats.balance_loss, xi.grad, layer.router.weight.grad,
+                     layer.experts.w1.grad))  # fmt: skip
+        dropped.append(stats.dropped.item())
+    assert dropped == [0, 0]  # nothing overflowed
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
 
@@ -88,10 +96,10 @@ def test_dropless_matches_a_capacity_run_where_nothing_overflows():
 # ---------------------------------------------------------------------------- z-loss
 
 
-def tiny_gpt(**kw) -> GPT:
+def tiny_gpt(moe_layers=(1,), **moe) -> GPT:
     config = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, ffn_dim=32,
-                  dropout=0.0, moe_layers=(1,), num_experts=4, expert_dim=32)  # fmt: skip
-    return GPT(GPTConfig(**{**config, **kw}))
+                  dropout=0.0, moe_layers=moe_layers)  # fmt: skip
+    return GPT(GPTConfig(**config, moe=MoEConfig(num_experts=4, expert_dim=32, **moe)))
 
 
 def patterned_batches(steps: int, seed: int = 0):
@@ -106,16 +114,15 @@ def mean_router_z(z_coef: float, steps: int = 300) -> float:
     torch.manual_seed(0)
     model = tiny_gpt(router_z_loss=z_coef).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    layer = model.moe_layers[0]
     seen = []
     for i, (x, y) in enumerate(patterned_batches(steps)):
-        logits, aux = model(x)
+        logits, aux, routing = model(x, output_routing=True)
         loss = torch.nn.functional.cross_entropy(logits.view(-1, 64), y.reshape(-1)) + aux
         opt.zero_grad()
         loss.backward()
         opt.step()
         if i >= steps - 50:
-            seen.append(layer.last_z_loss.item())
+            seen.append(routing[0].z_loss.item())
     return sum(seen) / len(seen)
 
 
@@ -131,8 +138,8 @@ def test_z_loss_joins_the_aux_loss_with_its_weight():
     weighted.load_state_dict(plain.state_dict())
     idx = torch.randint(0, 64, (2, 16))
     _, aux = plain(idx)
-    _, aux_z = weighted(idx)
-    z = torch.stack([m.last_z_loss for m in weighted.moe_layers]).mean()
+    _, aux_z, routing = weighted(idx, output_routing=True)
+    z = torch.stack([s.z_loss for s in routing]).mean()
     assert z.item() > 0
     torch.testing.assert_close(aux_z, aux + 1e-3 * z)
 
@@ -164,9 +171,9 @@ def test_a_shared_expert_sees_every_token_dropped_ones_too():
     seen = []
     layer.shared.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[0]))
     x = skewed_input()
-    out, _ = layer(x)
+    out, stats = layer(x)
     assert seen == [16]
-    assert layer.last_dropped.item() == 6
+    assert stats.dropped.item() == 6
     # a dropped token (the last 6 of expert 0's, in token order) gets the shared expert alone
     with torch.no_grad():
         shared = layer.shared(x.view(16, 4))
@@ -179,7 +186,7 @@ def test_shared_experts_count_as_active_parameters():
     plain = build_model(ExperimentConfig(name="p", expert_dim=64), base)
     shared = build_model(ExperimentConfig(name="s", expert_dim=64, num_shared_experts=2), base)
     extra = len(base.moe_layers) * 2 * (2 * base.hidden_dim * 64)
-    assert count_active_parameters(shared) - count_active_parameters(plain) == extra
+    assert active_on_the_modules(shared) - active_on_the_modules(plain) == extra
 
 
 # ---------------------------------------------------------------------------- fine-grained
@@ -195,7 +202,8 @@ def test_fine_grained_experts_keep_the_active_parameter_count():
     assert (layer.num_experts, layer.top_k, layer.experts.w1.shape[-1]) == (32, 4, 256)
     # the same expert parameters per token and in all; only the router grows (32 x C, not 8 x C)
     router = len(base.moe_layers) * (32 - 8) * base.hidden_dim
-    assert count_active_parameters(fine_model) - count_active_parameters(coarse_model) == router
+    assert active_on_the_modules(fine_model) - active_on_the_modules(coarse_model) == router
+    assert parameters(fine, base, dense=False)[1] == active_on_the_modules(fine_model)
     experts = lambda m: sum(layer.experts.w1.numel() for layer in m.moe_layers)  # noqa: E731
     assert experts(fine_model) == experts(coarse_model)
 
@@ -212,7 +220,7 @@ def per_step_max_load(rate: float, steps: int = 300) -> list[float]:
     """A frozen router that favours expert 0 (its logit is higher on average input),
     balanced only by the bias."""
     torch.manual_seed(0)
-    layer = MoELayer(16, num_experts=4, expert_dim=8, aux_free_bias_rate=rate).train()
+    layer = MoELayer(16, MoEConfig(num_experts=4, expert_dim=8, aux_free_bias_rate=rate)).train()
     with torch.no_grad():
         layer.router.weight.normal_(std=0.1)
     g = torch.Generator().manual_seed(1)
@@ -221,10 +229,10 @@ def per_step_max_load(rate: float, steps: int = 300) -> list[float]:
     loads = []
     for _ in range(steps):
         with torch.no_grad():
-            layer(torch.randn(1, 256, 16, generator=g) + shift)
-        counts = layer.last_counts
+            _, stats = layer(torch.randn(1, 256, 16, generator=g) + shift)
+        counts = stats.counts
         loads.append((counts.max() / counts.sum()).item())
-        layer.update_expert_bias()  # as the Trainer does after each optimizer step
+        layer.update_expert_bias(counts)  # as the Trainer does after each optimizer step
     return loads
 
 
@@ -244,8 +252,8 @@ def test_the_bias_chooses_experts_but_does_not_gate_them():
     with torch.no_grad():
         layer.expert_bias.copy_(torch.tensor([-2.0, 0, 0, 3.0]))  # expert 3 wins every token
         probs = torch.softmax(layer.router(x.view(4, 4)), dim=-1)
-        out, _ = layer(x)
-    assert layer.last_counts.tolist() == [0, 0, 0, 4]
+        out, stats = layer(x)
+    assert stats.counts.tolist() == [0, 0, 0, 4]
     expected = probs[:, 3:4] * (torch.nn.functional.gelu(x.view(4, 4) @ layer.experts.w1[3])
                                 @ layer.experts.w2[3])  # fmt: skip
     torch.testing.assert_close(out.view(4, 4), expected)
@@ -356,5 +364,5 @@ def test_the_options_are_off_by_default():
     layer = build_model(ExperimentConfig(name="x", expert_dim=8), base_config("micro")).moe_layers[
         0
     ]
-    assert not layer.dropless and layer.router.jitter == 0 and layer.shared is None
+    assert not layer.config.dropless and layer.router.jitter == 0 and layer.shared is None
     assert layer.expert_bias is None and "expert_bias" not in dict(layer.named_buffers())

@@ -3,8 +3,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from moe_core.config import ExperimentConfig, base_config
-from moe_core.experiments import build_model, build_optimizer, run_single_experiment
-from moe_core.trainer import Trainer, TrainingCancelled, TrainingDiverged
+from moe_core.errors import TrainingCancelled, TrainingDiverged
+from moe_core.runner import build_model, build_optimizer, run_single_experiment
+from moe_core.trainer import Trainer
 
 TRAIN_EPOCH_KEYS = {
     "loss",
@@ -190,8 +191,8 @@ def test_label_smoothing_changes_the_objective_not_the_reported_ce():
     sa, sb = a.evaluate(), b.evaluate()
     assert sa["ce_loss"] == pytest.approx(sb["ce_loss"])
     x, y = next(iter(a.train_loader))
-    obj_a, ce_a, _ = a._losses(x, y, 0.0)
-    obj_b, ce_b, _ = b._losses(x, y, 0.1)
+    obj_a, ce_a, _, _ = a._forward(x, y, 0.0)
+    obj_b, ce_b, _, _ = b._forward(x, y, 0.1)
     assert ce_a.item() == pytest.approx(ce_b.item())
     expected = torch.nn.functional.cross_entropy(
         a.model(x)[0].view(-1, 512), y.reshape(-1), label_smoothing=0.1
@@ -410,7 +411,7 @@ def test_validation_loss_and_routing_do_not_depend_on_the_eval_batch_size():
         assert a["usage"] == pytest.approx(b["usage"])
     # what made it depend on them: evaluating at the training capacity drops tokens per batch
     for layer in trainer.moe_layers:
-        layer.eval_capacity_factor = 1.0
+        layer.config = layer.config.model_copy(update={"eval_capacity_factor": 1.0})
     (small_capped, _), (large_capped, _) = (
         _eval_with_batch_size(trainer.model, val_set, bs) for bs in (8, 32)
     )
@@ -419,7 +420,7 @@ def test_validation_loss_and_routing_do_not_depend_on_the_eval_batch_size():
     capped = (_logits_in_batches(trainer.model, val_set, bs) for bs in (8, 32))
     assert (next(capped) - next(capped)).abs().max() > 1e-2
     for layer in trainer.moe_layers:
-        layer.eval_capacity_factor = None
+        layer.config = layer.config.model_copy(update={"eval_capacity_factor": None})
     uncapped = (_logits_in_batches(trainer.model, val_set, bs) for bs in (8, 32))
     assert (next(uncapped) - next(uncapped)).abs().max() < 1e-4
     # over-capacity is still reported without capping: what the training capacity would drop

@@ -1,0 +1,228 @@
+"""One experiment: build the model and optimizer from its configs, put the data where the
+model is, train it with the Trainer, and evaluate the kept weights on the test split."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .atomic import write_atomic
+from .config import BaseConfig, ExperimentConfig, check_or_raise
+from .data import Batches, TokenBlocks
+from .errors import CheckpointMismatch
+from .model import GPT, GPTConfig
+from .sizing import parameters
+from .trainer import EpochCallback, ProgressCallback, Trainer
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The named device, or CUDA when available, else the CPU."""
+    if name is not None and str(name) != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "fp32"]:
+    """`auto`: bf16 autocast on a CUDA device with bf16 (Ampere and later), else float32
+    (on the CPU, bf16 autocast is slower than float32 at these sizes)."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(
+            including_emulation=False
+        )
+        return "bf16" if cuda_bf16 else "fp32"
+    return precision  # type: ignore[return-value]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: ExperimentConfig, base: BaseConfig, dense: bool = False) -> GPT:
+    """A GPT with MoE FFNs at `base.moe_layers` (none when `dense`), every MoE layer built
+    from `config.moe(base)`."""
+    return GPT(
+        GPTConfig(
+            vocab_size=base.vocab_size,
+            block_size=base.seq_len,
+            n_layer=base.num_layers,
+            n_head=base.num_heads,
+            n_embd=base.hidden_dim,
+            ffn_dim=base.ffn_dim,
+            dropout=config.dropout,
+            moe_layers=() if dense else tuple(base.moe_layers),
+            moe=None if dense else config.moe(base),
+        )
+    )
+
+
+def build_optimizer(
+    model: nn.Module, config: ExperimentConfig, base: BaseConfig, *, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW; `fused` runs the whole update as one kernel per dtype/device on a GPU
+    (torch's fused implementation), instead of a loop of small kernels per parameter."""
+    # Decay matrices only, as nanoGPT and most LM recipes do: decaying LayerNorm gains and
+    # biases pulls them toward zero for no regularisation benefit.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=base.learning_rate, fused=fused or None)
+
+
+def batches(
+    dataset: Dataset, batch_size: int, device: torch.device, *, train: bool = False,
+    generator: torch.Generator | None = None,
+):  # fmt: skip
+    """TokenBlocks go to `device` once, as one tensor, and are batched there by index
+    (data.Batches: DataLoader's order); any other dataset gets a DataLoader."""
+    if isinstance(dataset, TokenBlocks):
+        return Batches(dataset.to(device), batch_size, shuffle=train, drop_last=train,
+                       generator=generator)  # fmt: skip
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
+                      generator=generator)  # fmt: skip
+
+
+def run_single_experiment(
+    config: ExperimentConfig,
+    train_dataset: Dataset,
+    val_dataset: Dataset,
+    base_config: BaseConfig,
+    device: torch.device | str | None,
+    *,
+    dense: bool = False,
+    on_epoch_end: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_tag: str | None = None,
+    model_path: str | os.PathLike | None = None,
+    test_dataset: Dataset | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Train one configuration for `base_config.num_epochs`; returns config, metrics, params
+    (the spec's keys) and `active_params`, `test` (the kept weights on `test_dataset`,
+    when given), `evaluation` (how evaluation was done), `seed`, and how it ran:
+    `device`, `precision` (bf16 or fp32: base_config.precision resolved on the device) and
+    `compile`.
+
+    Every evaluation also measures the eval-mode CE of the first len(val_dataset) training
+    blocks (for a generalisation gap that compares like with like). The training split's
+    last partial batch is dropped every epoch (as the spec's DataLoader does); evaluation
+    counts every token.
+
+    `checkpoint_path` resumes from that file when it exists (mid-epoch too) and rewrites it
+    every epoch and at a stop; with `checkpoint_tag`, only a checkpoint carrying the same
+    tag is resumed from (another belongs to another run: training starts afresh).
+    `model_path` receives the final (best, under early stopping) weights. Raises
+    `TrainingCancelled` when `should_stop` ends the run.
+    """
+    check_or_raise(config, base_config, dense=dense)
+    device = resolve_device(device)
+    precision = resolve_precision(base_config.precision, device)
+    seed_everything(base_config.seed)  # every run starts from the same initialisation
+    # The loader's own generator makes the shuffle order part of the checkpoint.
+    generator = torch.Generator().manual_seed(base_config.seed)
+    bs = config.batch_size
+    train_loader = batches(train_dataset, bs, device, train=True, generator=generator)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_dataset)} training blocks are fewer than one batch of {bs}")
+    val_loader = batches(val_dataset, bs, device)
+    subset = min(len(val_dataset), len(train_dataset))
+    train_subset = (
+        train_dataset.head(subset)
+        if isinstance(train_dataset, TokenBlocks)
+        else Subset(train_dataset, range(subset))
+    )
+    model = build_model(config, base_config, dense).to(device)
+    trainer = Trainer(
+        model,
+        train_loader,
+        val_loader,
+        build_optimizer(model, config, base_config, fused=device.type == "cuda"),
+        device,
+        model_name=config.name,
+        early_stopping_patience=config.early_stopping_patience,
+        gating_temp_schedule=None if dense else config.gating_temp_schedule,
+        label_smoothing=config.label_smoothing,
+        on_epoch_end=on_epoch_end,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        checkpoint_path=checkpoint_path,
+        checkpoint_tag=checkpoint_tag,
+        train_eval_loader=batches(train_subset, bs, device),
+        verbose=verbose,
+        amp_dtype=torch.bfloat16 if precision == "bf16" else None,
+        compile=base_config.compile,
+    )
+    resumed = False
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        try:
+            done = trainer.load_checkpoint(checkpoint_path)
+            resumed = True
+            if verbose:
+                within = (
+                    f", {trainer.progress.steps} steps into the next" if trainer.progress else ""
+                )
+                print(f"[{config.name}] resumed from {checkpoint_path} after epoch {done}{within}",
+                      flush=True)  # fmt: skip
+        except CheckpointMismatch as exc:
+            warnings.warn(f"not resuming: {exc}; training from scratch", stacklevel=2)
+    if not resumed and verbose:
+        kind = "dense" if dense else (
+            f"MoE ({config.experts(base_config)} experts, top-{config.top_k})"
+        )  # fmt: skip
+        print(
+            f"[{config.name}] {kind}: {count_parameters(model):,} parameters, "
+            f"{len(train_loader)} steps/epoch, {base_config.num_epochs} epochs on {device}"
+            f" ({precision}, compile {base_config.compile})",
+            flush=True,
+        )
+    trainer.train(base_config.num_epochs)
+    test = None
+    if test_dataset is not None:
+        # The weights train() left: the best epoch's under early stopping, else the last.
+        kept = trainer.best_epoch if trainer.best_state is not None else trainer.epoch
+        test = {**trainer.evaluate_loader(batches(test_dataset, bs, device), "test")[0],
+                "epoch": kept}  # fmt: skip
+        if verbose:
+            print(f"[{config.name}] test (epoch {kept}'s weights): loss {test['loss']:.4f}"
+                  f" (ce {test['ce_loss']:.4f})", flush=True)  # fmt: skip
+    result = {
+        "config": config.to_dict(),
+        "metrics": trainer.get_metrics(),
+        "params": count_parameters(model),
+        "active_params": parameters(config, base_config, dense=dense)[1],
+        "test": test,
+        # Evaluation drops no token (MoELayer's eval capacity); the gap's training CE is
+        # measured on this many training blocks, in eval mode.
+        "evaluation": {"capacity_factor": None, "train_subset_blocks": subset},
+        "seed": base_config.seed,
+        "device": str(device),
+        "precision": precision,
+        "compile": base_config.compile,
+    }
+    if model_path is not None:
+        save_model(trainer.model, model_path)
+    return result
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    state = model.state_dict()
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
