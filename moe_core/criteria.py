@@ -437,7 +437,7 @@ def level(confidence: float = CONFIDENCE) -> str:
 
 
 def format_p(p: float | None) -> str:
-    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "n/a" if p is None else "<0.0001" if p < 0.0001 else f"{p:.4f}"
 
 
 def _interval(stat: Any) -> str:

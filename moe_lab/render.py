@@ -67,7 +67,7 @@ def interval(low: float | None, high: float | None, spec: str = ".4f") -> str:
 
 
 def p_value(p: float | None) -> str:
-    return "" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "" if p is None else "<0.0001" if p < 0.0001 else f"{p:.4f}"
 
 
 def pct(value: float | None, spec: str = ".1f") -> str:

@@ -667,7 +667,7 @@ async function studyView(id) {
     const interval = (d) => !d || d.ci_low === null || d.ci_low === undefined ? ""
       : `[${d.ci_low >= 0 ? "+" : ""}${fmt(d.ci_low)}, ${d.ci_high >= 0 ? "+" : ""}${fmt(d.ci_high)}]`;
     const pValue = (d) => !d || d.p_value === null || d.p_value === undefined ? ""
-      : d.p_value < 0.001 ? "<0.001" : fmt(d.p_value, 3);
+      : d.p_value < 0.0001 ? "<0.0001" : fmt(d.p_value, 4);
     const tests = study.preset_verdicts.flatMap((v) => [v.val_loss_delta, v.gap_delta]).filter((d) => d);
     // The API says at what level it tests (moe_core.criteria.CONFIDENCE).
     const confidence = (tests.find((d) => d.confidence) || {}).confidence;

@@ -168,7 +168,7 @@ def test_a_study_over_seeds_shows_each_difference_with_its_interval_and_p_value(
         assert row.locator('[data-ci="val"]').inner_text() == (
             f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}]"
         )
-        assert row.locator('[data-p="val"]').inner_text() == f"{delta['p_value']:.3f}"
+        assert row.locator('[data-p="val"]').inner_text() == f"{delta['p_value']:.4f}"
     note = page.locator("#study-verdicts-note").inner_text()
     assert "95% CI: Δ ± t·SE, Student's t with n − 1 degrees of freedom" in note
     assert "two-sided paired t-test" in note and "p < 0.05" in note

@@ -220,7 +220,7 @@ def test_seeds_give_a_paired_difference_with_its_interval_and_significance():
     assert len(verdict["per_seed"]) == 3 and verdict["seeds"] == 3
     text = format_verdict("x", verdict)
     assert "significant at 95% over 3 seeds: Δ val CE -0.0500, 95% CI [-0.0748, -0.0252]" in text
-    assert "paired t = -8.66 (2 df), p = 0.013" in text
+    assert "paired t = -8.66 (2 df), p = 0.0131" in text
 
     noisy = judge_seeds(*_seeded([-0.05, 0.04, -0.02]))  # mean -0.01, SE 0.027
     assert noisy["passed"] and noisy["significant"] is False  # the spec's rule on the means...

@@ -339,7 +339,7 @@ def test_study_show_prints_each_difference_with_its_interval_and_p_value(cli, ht
     (line,) = [line for line in verdicts if line.startswith("top2")]
     interval = f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}]"
     assert f"{delta['mean']:+.4f} ± {delta['se']:.4f}   {interval}" in line
-    assert f"{delta['p_value']:.3f}" in line and line.split()[-1] == "yes"
+    assert f"{delta['p_value']:.4f}" in line and line.split()[-1] == "yes"
     footnote = " ".join(verdicts[-2:])
     assert "95% CI: Δ ± t·SE, Student's t with n - 1 df" in footnote
     assert "two-sided paired t-test" in footnote and "p < 0.05" in footnote
