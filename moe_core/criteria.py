@@ -512,7 +512,7 @@ def format_table(dense: Any, results: Mapping[str, Any],
     each of `results` are a result or a list of them (one per seed): figures are means."""
     header = (
         f"{'run':<16}{'params':>11}{'active':>11}{'val ce':>9}{'Δ ± SE vs dense':>20}"
-        f"{level() + ' CI of Δ':>21}{'p':>8}{'gap':>8}"
+        f"{level() + ' CI of Δ':>21}{'p':>9}{'gap':>8}"
         f"{'test ce':>9}{'tok/s':>10}{'x dense':>8}{'min use':>8}  verdict"
     )
     rows = [header, "-" * len(header)]
@@ -537,7 +537,7 @@ def format_table(dense: Any, results: Mapping[str, Any],
                      f" T{_mark(v['tertiary']['passed'])}) {sig}")  # fmt: skip
         return (
             f"{name:<16}{runs[0]['params']:>11,}{_num(active, ',d'):>11}{_num(loss, '.4f'):>9}{delta:>20}"
-            f"{interval:>21}{p:>8}{_num(gap, '.3f'):>8}{_num(test, '.4f'):>9}{_num(tps, ',.0f'):>10}"
+            f"{interval:>21}{p:>9}{_num(gap, '.3f'):>8}{_num(test, '.4f'):>9}{_num(tps, ',.0f'):>10}"
             f"{_num(ratio, '.2f'):>8}{_num(min_use, '.1f'):>8}  {marks}"
         )
 
