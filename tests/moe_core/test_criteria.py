@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from moe_core.config import ExperimentConfig, base_config
 from moe_core.criteria import (
     CONFIDENCE,
+    format_p,
     format_table,
     format_verdict,
     judge,
@@ -283,7 +284,12 @@ def test_a_two_seed_micro_study_reports_differences_with_error_bars(micro_base, 
     assert [r["seed"] for r in saved["runs"]["baseline"]] == saved["seeds"]
     assert [r["seed"] for r in saved["runs"]["dense"]] == saved["seeds"]
     assert (tmp_path / f"dense_model.seed{base.seed + 1}.pt").is_file()
+    saved_delta = saved["verdicts"]["baseline"]["primary"]["val_loss_delta"]
+    assert saved_delta["df"] == 1 and saved_delta["confidence"] == 0.95
+    assert saved_delta["ci_low"] < saved_delta["mean"] < saved_delta["ci_high"]
+    assert 0 < saved_delta["p_value"] <= 1
     out = capsys.readouterr().out
     assert "±" in out and "(means over 2 seeds" in out and "sig " in out
+    assert "95% CI of Δ" in out and format_p(saved_delta["p_value"]) in out
     assert saved["table"] == format_table(saved["runs"]["dense"], {"baseline": saved["runs"]["baseline"]},
                                           saved["verdicts"])  # fmt: skip
