@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from api.specs import DEFAULT_BASE_PRESET, LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
-from moe_core.criteria import CONFIDENCE, level
+from moe_core.criteria import CONFIDENCE, confidence_label
 from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
@@ -471,11 +471,11 @@ class Delta(BaseModel):
     )
     t_critical: float | None = Field(
         description=f"Student's t with df degrees of freedom beyond which the test rejects at "
-        f"{level()} (12.706 for 1, 4.303 for 2)"
+        f"{confidence_label()} (12.706 for 1, 4.303 for 2)"
     )
     p_value: float | None = Field(description="two-sided p-value of the paired t-test")
     ci_low: float | None = Field(
-        description=f"the {level()} confidence interval's low end: mean - t_critical x se"
+        description=f"the {confidence_label()} confidence interval's low end: mean - t_critical x se"
     )
     ci_high: float | None = Field(description="its high end: mean + t_critical x se")
     confidence: float = Field(description=f"the confidence level: {CONFIDENCE}")
@@ -506,7 +506,7 @@ class PresetVerdict(BaseModel):
     primary_passed: bool | None
     tertiary_passed: bool | None
     significant: bool | None = Field(
-        description=f"the deciding difference (`significance_of`) is significant at {level()}: "
+        description=f"the deciding difference (`significance_of`) is significant at {confidence_label()}: "
         f"a two-sided paired t-test with n - 1 degrees of freedom gives p < {1 - CONFIDENCE:.2g}, "
         "its interval excludes 0; null with one seed (unknown, not guessed)"
     )

@@ -431,7 +431,7 @@ def _pm(stat: Any, fmt: str = "+.4f") -> str:
     return _num(stat, fmt)
 
 
-def level(confidence: float = CONFIDENCE) -> str:
+def confidence_label(confidence: float = CONFIDENCE) -> str:
     """'95%': how a confidence level is written."""
     return f"{100 * confidence:g}%"
 
@@ -453,7 +453,10 @@ def _significance(verdict: Mapping[str, Any]) -> str:
     seeds = verdict.get("seeds", 1)
     of = verdict["primary"].get("significance_of", "val_loss_delta")
     test = verdict["primary"][of]
-    at = level(test["confidence"])
+    if "p_value" not in test:  # a verdict stored before the t-test (a study's old JSON)
+        said = "significant" if verdict["significant"] else "NOT significant"
+        return f"{said} by the rule of its time, |Δ| beyond 2 standard errors (judge_seeds again for a 95% t-test)"
+    at = confidence_label(test["confidence"])
     t = "SE 0, every seed alike" if test["t"] is None else f"t = {test['t']:.2f}"
     numbers = (
         f"Δ {'val CE' if of == 'val_loss_delta' else 'gap'} {test['mean']:+.4f}, {at} CI"
@@ -512,7 +515,7 @@ def format_table(dense: Any, results: Mapping[str, Any],
     each of `results` are a result or a list of them (one per seed): figures are means."""
     header = (
         f"{'run':<16}{'params':>11}{'active':>11}{'val ce':>9}{'Δ ± SE vs dense':>20}"
-        f"{level() + ' CI of Δ':>21}{'p':>9}{'gap':>8}"
+        f"{confidence_label() + ' CI of Δ':>21}{'p':>9}{'gap':>8}"
         f"{'test ce':>9}{'tok/s':>10}{'x dense':>8}{'min use':>8}  verdict"
     )
     rows = [header, "-" * len(header)]
@@ -547,7 +550,7 @@ def format_table(dense: Any, results: Mapping[str, Any],
     seeds = max(len(_as_list(r)) for r in [dense, *results.values()])
     by_gap = any(v["primary"].get("significance_of") == "gap_delta" for v in verdicts.values())
     rows.append(
-        f"(means over {seeds} seeds; Δ paired by seed, ± its standard error; {level()} CI: Δ ± t·SE,"
+        f"(means over {seeds} seeds; Δ paired by seed, ± its standard error; {confidence_label()} CI: Δ ± t·SE,"
         f" Student's t with n - 1 df; p: two-sided paired t-test; sig ✓: p < {1 - CONFIDENCE:.2g},"
         " the interval excludes 0"
         + ("; (gap): a pass on the gap alone, so the gap's test)" if by_gap else ")")

@@ -25,12 +25,12 @@ from typing import Any
 from moe_core.criteria import (
     CONFIDENCE,
     best_val_loss,
+    confidence_label,
     format_p,
     format_table,
     format_verdict,
     generalisation_gap,
     judge_seeds,
-    level,
     mean_se,
     paired_t_test,
     throughput,
@@ -163,7 +163,7 @@ def summary(study: dict[str, Any]) -> str:
     n = len(dense)
     rows.append(
         f"\nMeans over {n} seed(s); Δ paired by seed, ± standard error, * significant at "
-        f"{level()} (a two-sided paired t-test: the table of t-tests has each interval and "
+        f"{confidence_label()} (a two-sided paired t-test: the table of t-tests has each interval and "
         "p-value); verdicts by today's criteria. "
         "Routing columns: last training epoch (imbalance = max/mean load − 1, mean over "
         "steps and layers; worst step of any layer; dropped = share of assignments over "
@@ -179,7 +179,7 @@ def t_tests(study: dict[str, Any]) -> str:
     runs: dict[str, list[Run | None]] = study["runs"]
     dense, reference = runs["dense"], runs.get("baseline")
     rows = [
-        f"| run | Δ | against | mean ± SE | {level()} CI | t (df) | p | at {level()} |",
+        f"| run | Δ | against | mean ± SE | {confidence_label()} CI | t (df) | p | at {confidence_label()} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     criticals: dict[int, float] = {}
@@ -207,7 +207,7 @@ def t_tests(study: dict[str, Any]) -> str:
     t_values = ", ".join(f"{t:.3f} for {df} df" for df, t in sorted(criticals.items()))
     rows.append(
         f"\nEach Δ paired by seed (a seed whose run did not finish on either side left out); "
-        f"{level()} CI: mean ± t·SE, Student's t with n − 1 degrees of freedom ({t_values}); "
+        f"{confidence_label()} CI: mean ± t·SE, Student's t with n − 1 degrees of freedom ({t_values}); "
         f"p: two-sided paired t-test of a zero mean; significant when p < "
         f"{1 - CONFIDENCE:.2g}, which is when the interval excludes 0."
     )
@@ -260,7 +260,7 @@ def main(argv: list[str]) -> None:
     study = json.loads(Path(argv[0]).read_text())
     sections = [
         ("Means over seeds", summary(study)),
-        (f"Paired t-tests at {level()}", t_tests(study)),
+        (f"Paired t-tests at {confidence_label()}", t_tests(study)),
         ("Verdicts (recomputed with today's moe_core.criteria)", verdict_block(study)),
         ("Per seed", per_seed(study)),
     ]

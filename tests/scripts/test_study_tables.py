@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from moe_core.criteria import judge_seeds, paired_t_test
+from moe_core.criteria import format_verdict, judge_seeds, paired_t_test
 from scripts import study_tables
 
 STUDY = Path(__file__).parents[2] / "docs/results/small-3seed/experiment_results.json"
@@ -47,6 +47,10 @@ def test_the_verdicts_are_recomputed_with_todays_criteria():
         fresh = judge_seeds(study["runs"][name], study["runs"]["dense"])
         assert judged[name]["significant"] is fresh["significant"] is False
         assert judged[name]["primary"]["val_loss_delta"] == fresh["primary"]["val_loss_delta"]
+    # the JSON's own verdicts, stored before the t-test, still print, and say by what rule
+    assert "significant by the rule of its time, |Δ| beyond 2 standard errors" in format_verdict(
+        "baseline", study["verdicts"]["baseline"]
+    )
     block = study_tables.verdict_block(study)
     assert block.count("NOT significant at 95% over 3 seeds") == 2
     assert "[-0.0910, +0.0010]" in block
