@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 
 from api.specs import DEFAULT_BASE_PRESET, LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
+from moe_core.criteria import CONFIDENCE, confidence_label
 from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
@@ -456,11 +457,31 @@ class VerdictRow(BaseModel):
 
 
 class Delta(BaseModel):
-    """A difference against dense, paired by seed: mean and standard error over the seeds."""
+    """A difference against dense, paired by seed: mean and standard error over the seeds,
+    and its two-sided paired t-test (moe_core.criteria.paired_t_test). The test and the
+    interval are at one confidence level, `confidence`; all null but mean and n with one
+    seed."""
 
     mean: float | None
     se: float | None = Field(description="standard error of the mean; null with one seed")
     n: int | None
+    df: int | None = Field(description="degrees of freedom of the t-test: n - 1")
+    t: float | None = Field(
+        description="mean / se; null with one seed, and where se is 0 (every seed alike)"
+    )
+    t_critical: float | None = Field(
+        description=f"Student's t with df degrees of freedom beyond which the test rejects at "
+        f"{confidence_label()} (12.706 for 1, 4.303 for 2)"
+    )
+    p_value: float | None = Field(description="two-sided p-value of the paired t-test")
+    ci_low: float | None = Field(
+        description=f"the {confidence_label()} confidence interval's low end: mean - t_critical x se"
+    )
+    ci_high: float | None = Field(description="its high end: mean + t_critical x se")
+    confidence: float = Field(description=f"the confidence level: {CONFIDENCE}")
+    significant: bool | None = Field(
+        description=f"p < {1 - CONFIDENCE:.2g}: the interval excludes 0; null with one seed"
+    )
 
 
 class SeedVerdict(BaseModel):
@@ -485,8 +506,13 @@ class PresetVerdict(BaseModel):
     primary_passed: bool | None
     tertiary_passed: bool | None
     significant: bool | None = Field(
-        description="the difference is beyond two standard errors; null with one seed "
-        "(unknown, not guessed)"
+        description=f"the deciding difference (`significance_of`) is significant at {confidence_label()}: "
+        f"a two-sided paired t-test with n - 1 degrees of freedom gives p < {1 - CONFIDENCE:.2g}, "
+        "its interval excludes 0; null with one seed (unknown, not guessed)"
+    )
+    significance_of: Literal["val_loss_delta", "gap_delta"] | None = Field(
+        description="the difference `significant` tests: val_loss_delta, or gap_delta where "
+        "primary passes on the gap alone"
     )
     significance_note: str | None
     val_loss_delta: Delta | None = Field(description="best val CE minus dense's, over seeds")

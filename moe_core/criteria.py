@@ -7,6 +7,7 @@ no label smoothing), so runs with different regularisers compare on model qualit
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Mapping
@@ -197,7 +198,18 @@ def judge(
     }
 
 
-ONE_SEED_NOTE = "one seed: significance unknown (run the study with seeds >= 2)"
+ONE_SEED_NOTE = (
+    "one seed: significance unknown (a paired t-test needs seeds >= 2: one difference has no "
+    "standard error)"
+)
+
+# ------------------------------------------------------------------ significance over seeds
+
+CONFIDENCE = 0.95
+"""The confidence level of `significant` and of every interval: a difference is significant
+when a two-sided paired t-test rejects "no difference" at this level (p < 1 - CONFIDENCE),
+which is when its interval (mean ± t·SE, Student's t with n - 1 degrees of freedom)
+excludes 0."""
 
 
 def mean_se(values: list[float | None]) -> dict[str, float | int | None]:
@@ -211,10 +223,117 @@ def mean_se(values: list[float | None]) -> dict[str, float | int | None]:
     }
 
 
-def _beyond_two_se(stat: Mapping[str, Any]) -> bool | None:
-    if stat["mean"] is None or stat["se"] is None:
-        return None
-    return abs(stat["mean"]) > 2 * stat["se"]
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function, by the modified Lentz method
+    (Numerical Recipes' betacf); converges fast for x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300  # stands in for a zero denominator
+
+    def nonzero(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0))
+    h = d
+    for m in range(1, 10_000):
+        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d, c = 1.0 / nonzero(1.0 + even * d), nonzero(1.0 + even / c)
+        h *= d * c
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d, c = 1.0 / nonzero(1.0 + odd * d), nonzero(1.0 + odd / c)
+        h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            return h
+    raise ArithmeticError(f"incomplete beta I_x({a}, {b}) at x = {x} did not converge")
+
+
+def regularized_beta(a: float, b: float, x: float, one_minus_x: float | None = None) -> float:
+    """The regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1.
+    `one_minus_x`, when the caller has it exactly, spares the rounding of 1 - x near 1."""
+    y = 1.0 - x if one_minus_x is None else one_minus_x
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    log_front = (
+        a * math.log(x) + b * math.log(y) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, y) / b
+
+
+def t_p_value(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t: P(|T| >= |t|) with `df` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if math.isinf(t):
+        return 0.0
+    # P(|T| >= |t|) = I_{df / (df + t²)}(df / 2, 1 / 2)
+    return regularized_beta(df / 2, 0.5, df / (df + t * t), t * t / (df + t * t))
+
+
+@functools.lru_cache(maxsize=256)
+def t_critical(df: int, confidence: float = CONFIDENCE) -> float:
+    """The t beyond which a two-sided test rejects at `confidence`: P(|T| > t) = 1 -
+    confidence with `df` degrees of freedom (12.706 for 1, 4.303 for 2, 2.262 for 9 at 95%).
+    The exact inverse of t_p_value, by bisection: the p-value falls as t grows."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    alpha = 1.0 - confidence
+    low, high = 0.0, 1.0
+    while t_p_value(high, df) > alpha:
+        low, high = high, 2.0 * high
+    while True:
+        mid = (low + high) / 2
+        if mid in (low, high):  # as close as floats get
+            return high
+        if t_p_value(mid, df) > alpha:
+            low = mid
+        else:
+            high = mid
+
+
+def paired_t_test(
+    differences: list[float | None], confidence: float = CONFIDENCE
+) -> dict[str, Any]:
+    """Differences paired by seed (each run minus the dense run of its seed), tested for a
+    mean of 0: a two-sided one-sample t-test with n - 1 degrees of freedom (None and
+    non-finite differences left out).
+
+    `mean`, `se`, `n` as mean_se; `df`; `t` = mean / SE (None where SE is 0: every seed
+    differs alike, p 0); `t_critical`; `p_value`; `ci_low`, `ci_high`, the interval mean ±
+    t_critical·SE; `confidence`; `significant`, True when the interval excludes 0 (p <
+    1 - confidence). With fewer than 2 differences there is no SE: all of these are None.
+    """
+    stat = mean_se(differences)
+    test: dict[str, Any] = {
+        **stat,
+        "df": None,
+        "t": None,
+        "t_critical": None,
+        "p_value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "confidence": confidence,
+        "significant": None,
+    }
+    mean, se = stat["mean"], stat["se"]
+    if mean is None or se is None:
+        return test
+    df = int(stat["n"]) - 1
+    critical = t_critical(df, confidence)
+    t = mean / se if se > 0 else None
+    test.update(
+        df=df,
+        t=t,
+        t_critical=critical,
+        p_value=t_p_value(t, df) if t is not None else float(mean == 0),
+        ci_low=mean - critical * se,
+        ci_high=mean + critical * se,
+        significant=abs(mean) > critical * se,
+    )
+    return test
 
 
 def judge_seeds(
@@ -223,10 +342,10 @@ def judge_seeds(
     """Verdict of one configuration over several seeds, each run paired with the dense run
     of the same seed (by position).
 
-    `passed` applies the spec's rule to the means over seeds; `significant` says whether the
-    difference that decides it is beyond two standard errors of its paired mean (lower
-    loss; else a smaller gap; for a fail, a higher loss), None with one seed. Tertiary
-    must hold for every seed.
+    `passed` applies the spec's rule to the means over seeds; `significant` is the paired
+    t-test (paired_t_test, at CONFIDENCE) of the difference that decides it: the loss (lower
+    loss; for a fail, a higher one), else the gap (`significance_of` names which). None with
+    one seed, where `significance_note` says why. Tertiary must hold for every seed.
     """
     if not results or len(results) != len(dense_results):
         raise ValueError(
@@ -240,22 +359,24 @@ def judge_seeds(
 
     primary = _primary(avg("val_loss", prim), avg("dense_val_loss", prim),
                        avg("val_gap", prim), avg("dense_val_gap", prim), True)  # fmt: skip
-    loss_delta = mean_se([p["val_loss_delta"] for p in prim])
-    gap_delta = mean_se([
+    loss_delta = paired_t_test([p["val_loss_delta"] for p in prim])
+    gap_delta = paired_t_test([
         None if p["val_gap"] is None or p["dense_val_gap"] is None else p["val_gap"] - p["dense_val_gap"]
         for p in prim
     ])  # fmt: skip
+    # A pass on the gap alone rests on the gap; any other verdict on the loss.
+    deciding = (
+        "val_loss_delta" if primary["beats_dense_loss"] or not primary["passed"] else "gap_delta"
+    )
+    significant = (loss_delta if deciding == "val_loss_delta" else gap_delta)["significant"]
     primary.update(
         val_loss_delta=loss_delta,
-        loss_significant=_beyond_two_se(loss_delta),
+        loss_significant=loss_delta["significant"],
         gap_delta=gap_delta,
-        gap_significant=_beyond_two_se(gap_delta),
+        gap_significant=gap_delta["significant"],
+        significance_of=deciding,
+        significant=significant,  # None with one seed: no standard error
     )
-    if primary["beats_dense_loss"] or not primary["passed"]:
-        significant = primary["loss_significant"]
-    else:
-        significant = primary["gap_significant"]
-    primary["significant"] = significant  # None with one seed: no standard error
 
     sec = [v["secondary"] for v in per_seed]
     secondary = {
@@ -310,13 +431,40 @@ def _pm(stat: Any, fmt: str = "+.4f") -> str:
     return _num(stat, fmt)
 
 
+def confidence_label(confidence: float = CONFIDENCE) -> str:
+    """'95%': how a confidence level is written."""
+    return f"{100 * confidence:g}%"
+
+
+def format_p(p: float | None) -> str:
+    return "n/a" if p is None else "<0.0001" if p < 0.0001 else f"{p:.4f}"
+
+
+def _interval(stat: Any) -> str:
+    """'[-0.0910, +0.0010]' from a paired_t_test dict; '' where there is none."""
+    if not isinstance(stat, Mapping) or stat.get("ci_low") is None:
+        return ""
+    return f"[{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}]"
+
+
 def _significance(verdict: Mapping[str, Any]) -> str:
     if verdict.get("significant") is None:
         return verdict.get("significance_note") or ONE_SEED_NOTE
     seeds = verdict.get("seeds", 1)
+    of = verdict["primary"].get("significance_of", "val_loss_delta")
+    test = verdict["primary"][of]
+    if "p_value" not in test:  # a verdict stored before the t-test (a study's old JSON)
+        said = "significant" if verdict["significant"] else "NOT significant"
+        return f"{said} by the rule of its time, |Δ| beyond 2 standard errors (judge_seeds again for a 95% t-test)"
+    at = confidence_label(test["confidence"])
+    t = "SE 0, every seed alike" if test["t"] is None else f"t = {test['t']:.2f}"
+    numbers = (
+        f"Δ {'val CE' if of == 'val_loss_delta' else 'gap'} {test['mean']:+.4f}, {at} CI"
+        f" {_interval(test)}, paired {t} ({test['df']} df), p = {format_p(test['p_value'])}"
+    )
     if verdict["significant"]:
-        return f"significant: beyond 2 standard errors over {seeds} seeds"
-    return f"NOT significant: within 2 standard errors over {seeds} seeds (seed noise)"
+        return f"significant at {at} over {seeds} seeds: {numbers}"
+    return f"NOT significant at {at} over {seeds} seeds (the interval includes 0: seed noise): {numbers}"
 
 
 def format_verdict(name: str, verdict: Mapping[str, Any]) -> str:
@@ -366,7 +514,8 @@ def format_table(dense: Any, results: Mapping[str, Any],
     """A comparison table: one row for the dense baseline, one per experiment. `dense` and
     each of `results` are a result or a list of them (one per seed): figures are means."""
     header = (
-        f"{'run':<16}{'params':>11}{'active':>11}{'val ce':>9}{'Δ ± SE vs dense':>20}{'gap':>8}"
+        f"{'run':<16}{'params':>11}{'active':>11}{'val ce':>9}{'Δ ± SE vs dense':>20}"
+        f"{confidence_label() + ' CI of Δ':>21}{'p':>9}{'gap':>8}"
         f"{'test ce':>9}{'tok/s':>10}{'x dense':>8}{'min use':>8}  verdict"
     )
     rows = [header, "-" * len(header)]
@@ -379,22 +528,33 @@ def format_table(dense: Any, results: Mapping[str, Any],
         active = runs[0].get("active_params")
         ratio = v["secondary"]["throughput_ratio"] if v else 1.0
         min_use = v["tertiary"]["min_usage"] if v else None
-        delta, marks = "", "baseline"
+        delta, interval, p, marks = "", "", "", "baseline"
         if v:
-            delta = _pm(v["primary"]["val_loss_delta"])
+            loss_test = v["primary"]["val_loss_delta"]  # a float in a one-seed verdict (judge)
+            delta, interval = _pm(loss_test), _interval(loss_test)
+            p = format_p(loss_test.get("p_value")) if interval else ""
             sig = {None: "sig ?", True: "sig ✓", False: "sig ✗"}[v.get("significant")]
+            if v["primary"].get("significance_of") == "gap_delta":
+                sig += " (gap)"  # a pass on the gap alone: the gap's test, not the loss's
             marks = (f"{_mark(v['passed'])} (P{_mark(v['primary']['passed'])}"
                      f" T{_mark(v['tertiary']['passed'])}) {sig}")  # fmt: skip
         return (
             f"{name:<16}{runs[0]['params']:>11,}{_num(active, ',d'):>11}{_num(loss, '.4f'):>9}{delta:>20}"
-            f"{_num(gap, '.3f'):>8}{_num(test, '.4f'):>9}{_num(tps, ',.0f'):>10}{_num(ratio, '.2f'):>8}"
-            f"{_num(min_use, '.1f'):>8}  {marks}"
+            f"{interval:>21}{p:>9}{_num(gap, '.3f'):>8}{_num(test, '.4f'):>9}{_num(tps, ',.0f'):>10}"
+            f"{_num(ratio, '.2f'):>8}{_num(min_use, '.1f'):>8}  {marks}"
         )
 
     rows.append(row("dense", _as_list(dense), None))
     for name, r in results.items():
         rows.append(row(name, _as_list(r), verdicts.get(name)))
     seeds = max(len(_as_list(r)) for r in [dense, *results.values()])
-    rows.append(f"(means over {seeds} seeds; sig: Δ beyond 2 SE)" if seeds > 1 else
-                "(one seed: significance unknown, sig ?)")  # fmt: skip
+    by_gap = any(v["primary"].get("significance_of") == "gap_delta" for v in verdicts.values())
+    rows.append(
+        f"(means over {seeds} seeds; Δ paired by seed, ± its standard error; {confidence_label()} CI: Δ ± t·SE,"
+        f" Student's t with n - 1 df; p: two-sided paired t-test; sig ✓: p < {1 - CONFIDENCE:.2g},"
+        " the interval excludes 0"
+        + ("; (gap): a pass on the gap alone, so the gap's test)" if by_gap else ")")
+        if seeds > 1
+        else "(one seed: no interval, significance unknown, sig ?)"
+    )
     return "\n".join(rows)

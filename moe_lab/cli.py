@@ -617,34 +617,55 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
             *([m.get("error") or ""] if errors else []),
         )  # fmt: skip
     out.print(members)
-    waiting = any(row.get("detail") for row in study["preset_verdicts"])
-    columns = ["preset", "passed", "primary", "tertiary", "Δ val CE", "Δ gap", "significant"]
+    rows = study["preset_verdicts"]
+    waiting = any(row.get("detail") for row in rows)
+    tests = [d for row in rows for d in (row.get("val_loss_delta"), row.get("gap_delta")) if d]
+    # the API says at what level it tests (moe_core.criteria.CONFIDENCE)
+    confidence = next((d["confidence"] for d in tests if d.get("confidence")), None)
+    ci = "CI" if confidence is None else f"{100 * confidence:g}% CI"
+    columns = ["preset", "passed", "primary", "tertiary", "Δ val CE", ci, "p", "Δ gap", ci, "p",
+               "significant"]  # fmt: skip
     verdicts = render.table(
         *columns, *(["waiting for"] if waiting else []),
-        title="verdicts against dense, paired by seed", right=("Δ val CE", "Δ gap"),
+        title="verdicts against dense, paired by seed", right=("Δ val CE", "Δ gap", ci, "p"),
         wrap=("waiting for",),
     )  # fmt: skip
     one_seed = "unknown (1 seed)" if study["seeds"] == 1 else ""
-    for row in study["preset_verdicts"]:
+    for row in rows:
         judged = row["detail"] is None
+        significant = {True: "yes", False: "no", None: one_seed}[row.get("significant")]
+        if row.get("significance_of") == "gap_delta":
+            significant += " (gap)"
         cells = [
             row["preset"],
             render.mark(row["passed"]) if judged else "",
             render.mark(row["primary_passed"]) if judged else "",
             render.mark(row["tertiary_passed"]) if judged else "",
-            delta_text(row.get("val_loss_delta")),
-            delta_text(row.get("gap_delta")),
-            {True: "yes", False: "no", None: one_seed}[row.get("significant")] if judged else "",
+            *delta_cells(row.get("val_loss_delta")),
+            *delta_cells(row.get("gap_delta")),
+            significant if judged else "",
         ]
         verdicts.add_row(*cells, *([row.get("detail") or ""] if waiting else []))
     out.print(verdicts)
+    if any(d.get("p_value") is not None for d in tests):
+        alpha = f"{1 - confidence:.2g}"
+        out.print(
+            f"Δ: mean ± standard error over the seeds, each run paired with its seed's dense run; "
+            f"{ci}: Δ ± t·SE, Student's t with n - 1 df; p: two-sided paired t-test. significant: "
+            f"the deciding difference (Δ val CE; Δ gap where primary passes on the gap alone, "
+            f"marked (gap)) has p < {alpha}, its interval excludes 0."
+        )
 
 
-def delta_text(delta: Mapping[str, Any] | None) -> str:
+def delta_cells(delta: Mapping[str, Any] | None) -> list[str]:
+    """A paired difference as three cells: mean ± SE, its confidence interval, its p-value."""
     if not delta or delta.get("mean") is None:
-        return ""
+        return ["", "", ""]
     text = render.signed(delta["mean"], ".4f")
-    return text + (f" ± {delta['se']:.4f}" if delta.get("se") is not None else "")
+    text += f" ± {delta['se']:.4f}" if delta.get("se") is not None else ""
+    # one seed: no standard error, so neither an interval nor a p-value (empty cells)
+    interval = render.interval(delta.get("ci_low"), delta.get("ci_high"))
+    return [text, interval, render.p_value(delta.get("p_value"))]
 
 
 @study_app.command("show")

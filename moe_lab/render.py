@@ -61,6 +61,15 @@ def signed(value: float | None, spec: str = ".3f") -> str:
     return "" if value is None else format(value, "+" + spec)
 
 
+def interval(low: float | None, high: float | None, spec: str = ".4f") -> str:
+    """'[-0.0910, +0.0010]': a confidence interval."""
+    return "" if low is None or high is None else f"[{low:+{spec}}, {high:+{spec}}]"
+
+
+def p_value(p: float | None) -> str:
+    return "" if p is None else "<0.0001" if p < 0.0001 else f"{p:.4f}"
+
+
 def pct(value: float | None, spec: str = ".1f") -> str:
     return "" if value is None else f"{value:{spec}}%"
 

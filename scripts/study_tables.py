@@ -1,22 +1,40 @@
-"""Markdown tables from a study's experiment_results.json (what docs/results/ reports quote).
+"""Markdown sections from a study's experiment_results.json (what docs/results/ reports quote).
 
     .venv/bin/python scripts/study_tables.py docs/results/options-3seed/experiment_results.json
 
-Prints two tables: one row per configuration (means over seeds; each Δ paired by seed, ±
-its standard error, `*` where it is beyond two standard errors), then one row per run. The
-routing columns are the last training epoch's (mean over its steps and MoE layers; the
-worst step of any layer for "worst step") and the final model's evaluation statistics.
+Prints, as markdown sections: one row per configuration (means over seeds; each Δ paired by
+seed, ± its standard error, `*` where significant at criteria.CONFIDENCE), the paired
+t-tests behind those stars (interval, t, p), the verdicts and the comparison table, then
+one row per run. The routing columns are the last training epoch's (mean over its steps and
+MoE layers; the worst step of any layer for "worst step") and the final model's evaluation
+statistics.
+
+The verdicts are recomputed from the runs with today's moe_core.criteria (judge_seeds), not
+read from the JSON: a study keeps what the criteria said when it ran, and a report re-read
+with a newer rule says what the rule says now.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from moe_core.criteria import best_val_loss, generalisation_gap, mean_se, throughput
+from moe_core.criteria import (
+    CONFIDENCE,
+    best_val_loss,
+    confidence_label,
+    format_p,
+    format_table,
+    format_verdict,
+    generalisation_gap,
+    judge_seeds,
+    mean_se,
+    paired_t_test,
+    throughput,
+)
 
 Run = dict[str, Any]
 
@@ -55,29 +73,52 @@ def _pct(x: float | None, fmt: str = ".2f", scale: float = 1.0) -> str:
     return "-" if x is None else f"{scale * x:{fmt}}%"
 
 
-def _pm(stat: dict[str, Any]) -> str:
-    if stat["mean"] is None:
+def _pm(test: dict[str, Any]) -> str:
+    """'-0.0450 ± 0.0107*' from a paired_t_test dict: `*` where significant."""
+    if test["mean"] is None:
         return "-"
-    if stat["se"] is None:
-        return f"{stat['mean']:+.4f}"
-    star = "*" if abs(stat["mean"]) > 2 * stat["se"] else ""
-    return f"{stat['mean']:+.4f} ± {stat['se']:.4f}{star}"
+    if test["se"] is None:
+        return f"{test['mean']:+.4f}"
+    star = "*" if test["significant"] else ""
+    return f"{test['mean']:+.4f} ± {test['se']:.4f}{star}"
 
 
 def _ce(run: Run | None) -> float | None:
     return best_val_loss(run["metrics"]) if run else None
 
 
-def _paired(runs: list[Run | None], against: list[Run | None]) -> dict[str, Any]:
-    """Paired by seed (position); a seed whose run did not finish on either side is left out."""
-    pairs = [(_ce(r), _ce(a)) for r, a in zip(runs, against, strict=True)]
-    return mean_se([x - y for x, y in pairs if x is not None and y is not None])
+def _gap(run: Run | None) -> float | None:
+    return generalisation_gap(run["metrics"]) if run else None
+
+
+def _paired(
+    runs: list[Run | None],
+    against: list[Run | None],
+    measure: Callable[[Run | None], float | None] = _ce,
+) -> dict[str, Any]:
+    """The paired t-test of `measure`, paired by seed (position); a seed whose run did not
+    finish on either side is left out."""
+    pairs = [(measure(r), measure(a)) for r, a in zip(runs, against, strict=True)]
+    return paired_t_test([x - y for x, y in pairs if x is not None and y is not None])
+
+
+def verdicts(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each configuration's verdict by today's criteria: judge_seeds over the seeds whose
+    run and dense run both finished (none without one)."""
+    runs: dict[str, list[Run | None]] = study["runs"]
+    judged = {}
+    for name, group in runs.items():
+        pairs = [(r, d) for r, d in zip(group, runs["dense"], strict=True) if r and d]
+        if name != "dense" and pairs:
+            judged[name] = judge_seeds([r for r, _ in pairs], [d for _, d in pairs])
+    return judged
 
 
 def summary(study: dict[str, Any]) -> str:
     runs: dict[str, list[Run]] = study["runs"]
     dense, reference = runs["dense"], runs.get("baseline")
     dense_tps = _mean(throughput(r["metrics"]) for r in dense if r)
+    judged = verdicts(study)
     rows = [
         "| run | params (active) | val CE | Δ vs dense | Δ vs baseline | gap | test CE "
         "| tok/s (× dense) | imbalance (worst step) | dropped | z-loss | final min use "
@@ -91,7 +132,7 @@ def summary(study: dict[str, Any]) -> str:
             continue
         r0, stats = group[0], [routing(r) for r in group]
         tps = _mean(throughput(r["metrics"]) for r in group)
-        verdict = study["verdicts"].get(name)
+        verdict = judged.get(name)
         # the verdict's own ratio where there is one (a mean of per-seed ratios)
         ratio = (verdict or {}).get("secondary", {}).get("throughput_ratio")
         if ratio is None and tps and dense_tps:
@@ -121,13 +162,67 @@ def summary(study: dict[str, Any]) -> str:
         )
     n = len(dense)
     rows.append(
-        f"\nMeans over {n} seed(s); Δ paired by seed, ± standard error, * beyond 2 SE. "
+        f"\nMeans over {n} seed(s); Δ paired by seed, ± standard error, * significant at "
+        f"{confidence_label()} (a two-sided paired t-test: the table of t-tests has each interval and "
+        "p-value); verdicts by today's criteria. "
         "Routing columns: last training epoch (imbalance = max/mean load − 1, mean over "
         "steps and layers; worst step of any layer; dropped = share of assignments over "
         "capacity; z-loss = mean squared router log-sum-exp); final min use: the least "
         "used expert of any layer over the validation set, final model."
     )
     return "\n".join(rows)
+
+
+def t_tests(study: dict[str, Any]) -> str:
+    """The paired t-tests behind the summary's stars: each configuration's Δ val CE and Δ gap
+    against dense, and its Δ val CE against the baseline."""
+    runs: dict[str, list[Run | None]] = study["runs"]
+    dense, reference = runs["dense"], runs.get("baseline")
+    rows = [
+        f"| run | Δ | against | mean ± SE | {confidence_label()} CI | t (df) | p | at {confidence_label()} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    criticals: dict[int, float] = {}
+    for name, group in runs.items():
+        if name == "dense":
+            continue
+        tests = [
+            ("val CE", "dense", _paired(group, dense)),
+            ("gap", "dense", _paired(group, dense, _gap)),
+        ]
+        if reference is not None and name != "baseline":
+            tests.append(("val CE", "baseline", _paired(group, reference)))
+        for what, against, test in tests:
+            if test["p_value"] is None:
+                rows.append(f"| {name} | {what} | {against} | {_pm(test)} | - | - | - | unknown |")
+                continue
+            criticals[test["df"]] = test["t_critical"]
+            t = "SE 0" if test["t"] is None else f"{test['t']:+.2f}"
+            rows.append(
+                f"| {name} | {what} | {against} | {test['mean']:+.4f} ± {test['se']:.4f} "
+                f"| [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {t} ({test['df']}) "
+                f"| {format_p(test['p_value'])} "
+                f"| {'significant' if test['significant'] else 'not significant'} |"
+            )
+    t_values = ", ".join(f"{t:.3f} for {df} df" for df, t in sorted(criticals.items()))
+    rows.append(
+        f"\nEach Δ paired by seed (a seed whose run did not finish on either side left out); "
+        f"{confidence_label()} CI: mean ± t·SE, Student's t with n − 1 degrees of freedom ({t_values}); "
+        f"p: two-sided paired t-test of a zero mean; significant when p < "
+        f"{1 - CONFIDENCE:.2g}, which is when the interval excludes 0."
+    )
+    return "\n".join(rows)
+
+
+def verdict_block(study: dict[str, Any]) -> str:
+    """The criteria's own printout (format_verdict, format_table) of today's verdicts, as
+    `python -m moe_core study` prints them."""
+    runs: dict[str, list[Run | None]] = study["runs"]
+    judged = verdicts(study)
+    finished = {name: [r for r in runs[name] if r] for name in judged}
+    lines = [format_verdict(name, verdict) for name, verdict in judged.items()]
+    table = format_table([r for r in runs["dense"] if r], finished, judged)
+    return "\n".join(["```", *lines, "", table, "```"])
 
 
 def per_seed(study: dict[str, Any]) -> str:
@@ -163,7 +258,13 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit(__doc__)
     study = json.loads(Path(argv[0]).read_text())
-    print(summary(study), "", per_seed(study), sep="\n")
+    sections = [
+        ("Means over seeds", summary(study)),
+        (f"Paired t-tests at {confidence_label()}", t_tests(study)),
+        ("Verdicts (recomputed with today's moe_core.criteria)", verdict_block(study)),
+        ("Per seed", per_seed(study)),
+    ]
+    print("\n\n".join(f"## {title}\n\n{body}" for title, body in sections))
 
 
 if __name__ == "__main__":

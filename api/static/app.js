@@ -663,15 +663,34 @@ async function studyView(id) {
         el("div", {}, el("span", {}, "seeds"), study.seeds),
         el("div", {}, el("span", {}, "base"), study.base_preset || "custom")));
     const delta = (d) => !d || d.mean === null ? "–" : (d.se === null ? fmt(d.mean) : `${fmt(d.mean)} ± ${fmt(d.se)}`);
+    // A difference's t-test: its interval and p-value, empty with one seed (no standard error).
+    const interval = (d) => !d || d.ci_low === null || d.ci_low === undefined ? ""
+      : `[${d.ci_low >= 0 ? "+" : ""}${fmt(d.ci_low)}, ${d.ci_high >= 0 ? "+" : ""}${fmt(d.ci_high)}]`;
+    const pValue = (d) => !d || d.p_value === null || d.p_value === undefined ? ""
+      : d.p_value < 0.0001 ? "<0.0001" : fmt(d.p_value, 4);
+    const tests = study.preset_verdicts.flatMap((v) => [v.val_loss_delta, v.gap_delta]).filter((d) => d);
+    // The API says at what level it tests (moe_core.criteria.CONFIDENCE).
+    const confidence = (tests.find((d) => d.confidence) || {}).confidence;
+    const ci = confidence ? `${+(100 * confidence).toFixed(1)}% CI` : "CI";
+    const tested = tests.some((d) => d.p_value !== null && d.p_value !== undefined);
     fill(verdicts, el("h2", {}, "Verdicts against dense"),
       el("table", { id: "study-verdicts" },
-        el("thead", {}, el("tr", {}, ...["preset", "passed", "primary", "tertiary", "Δ val CE", "Δ gap", "significant", "seeds", "note"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, study.preset_verdicts.map((v) => el("tr", { "data-preset": v.preset, "data-passed": String(v.passed) },
+        el("thead", {}, el("tr", {}, ...["preset", "passed", "primary", "tertiary", "Δ val CE", ci, "p", "Δ gap", ci, "p", "significant", "seeds", "note"]
+          .map((h, i) => el("th", { class: i >= 4 && i <= 9 ? "num" : null }, h)))),
+        el("tbody", {}, study.preset_verdicts.map((v) => el("tr", { "data-preset": v.preset, "data-passed": String(v.passed), "data-significant": String(v.significant) },
           el("td", {}, v.preset), el("td", {}, mark(v.passed)), el("td", {}, mark(v.primary_passed)),
-          el("td", {}, mark(v.tertiary_passed)), el("td", { class: "num" }, delta(v.val_loss_delta)),
-          el("td", { class: "num" }, delta(v.gap_delta)),
-          el("td", {}, v.significant === null ? el("span", { class: "muted" }, "n/a") : mark(v.significant)),
-          el("td", {}, v.seeds.join(", ")), el("td", { class: "muted" }, v.detail || v.significance_note || ""))))));
+          el("td", {}, mark(v.tertiary_passed)),
+          ...[v.val_loss_delta, v.gap_delta].flatMap((d, i) => [
+            el("td", { class: "num" }, delta(d)),
+            el("td", { class: "num", "data-ci": i ? "gap" : "val" }, interval(d)),
+            el("td", { class: "num", "data-p": i ? "gap" : "val" }, pValue(d))]),
+          el("td", {}, v.significant === null ? el("span", { class: "muted" }, "n/a") : mark(v.significant),
+            v.significance_of === "gap_delta" ? el("span", { class: "muted" }, " (gap)") : null),
+          el("td", {}, v.seeds.join(", ")), el("td", { class: "muted" }, v.detail || v.significance_note || ""))))),
+      tested ? el("p", { class: "muted footnote", id: "study-verdicts-note" },
+        `Δ: mean ± standard error over the seeds, each run paired with its seed's dense run; ${ci}: Δ ± t·SE, Student's t with n − 1 degrees of freedom; `
+        + `p: two-sided paired t-test. Significant: the deciding difference (Δ val CE; Δ gap where primary passes on the gap alone, marked (gap)) `
+        + `has p < ${+(1 - confidence).toFixed(3)}, its interval excludes 0.`) : null);
     fill(members, el("h2", {}, "Runs"), el("table", { id: "study-members" },
       el("thead", {}, el("tr", {}, ...["id", "name", "seed", "status", "epochs", "best val CE", "verdict"].map((h) => el("th", {}, h)))),
       el("tbody", {}, study.members.map((m) => {

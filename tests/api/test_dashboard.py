@@ -17,7 +17,7 @@ from moe_core.config import base_config, dense_config, get_experiment_configs
 from store import runs
 from store.db import session_scope
 from tests.conftest import IN_CI, ROOT, micro_base, service_missing
-from tests.factories import claim, record, result
+from tests.factories import claim, record, result, succeed
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -136,6 +136,43 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
     assert "epoch 3:" in page.locator("#log").inner_text()
     assert page.locator("#artifacts tr").count() == 4
     shot(page, "run")
+
+
+def test_a_study_over_seeds_shows_each_difference_with_its_interval_and_p_value(
+    deployment, start_api, page
+):
+    settings = deployment()
+    api = start_api(settings)
+    study = httpx.post(
+        f"{api.url}/studies",
+        json={"name": "tested", "base_preset": "micro", "seeds": 3,
+              "experiments": ["baseline", "top2"]},
+    ).json()  # fmt: skip
+    # paired by seed: top2 -0.05, -0.06, -0.04 (t = -8.7); baseline -0.05, +0.04, -0.02
+    ce = {"baseline": iter([4.95, 5.04, 4.98]), "top2": iter([4.95, 4.94, 4.96])}
+    for member in study["members"]:
+        run_ce = 5.0 if member["dense"] else next(ce[member["preset"]])
+        succeed(settings.database_url, member["id"], result(run_ce, dense=member["dense"]))
+    page.goto(f"{api.url}/ui/#/study/{study['id']}")
+    page.wait_for_selector("#study-verdicts-note")
+
+    truth = httpx.get(f"{api.url}/studies/{study['id']}").json()
+    significant = {v["preset"]: v["significant"] for v in truth["preset_verdicts"]}
+    assert significant == {"baseline": False, "top2": True}
+    headers = page.locator("#study-verdicts thead th").all_inner_texts()
+    assert headers[4:10] == ["Δ val CE", "95% CI", "p", "Δ gap", "95% CI", "p"]
+    for verdict in truth["preset_verdicts"]:
+        row = page.locator(f'#study-verdicts tr[data-preset="{verdict["preset"]}"]')
+        assert row.get_attribute("data-significant") == str(verdict["significant"]).lower()
+        delta = verdict["val_loss_delta"]
+        assert row.locator('[data-ci="val"]').inner_text() == (
+            f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}]"
+        )
+        assert row.locator('[data-p="val"]').inner_text() == f"{delta['p_value']:.4f}"
+    note = page.locator("#study-verdicts-note").inner_text()
+    assert "95% CI: Δ ± t·SE, Student's t with n − 1 degrees of freedom" in note
+    assert "two-sided paired t-test" in note and "p < 0.05" in note
+    shot(page, "study-seeds")
 
 
 def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1, 2, 3, 4)):

@@ -3,6 +3,8 @@ store with hand-made results (docs/verdicts-contract.md's shape), as a worker wo
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.conftest import queued_messages
@@ -54,7 +56,7 @@ def test_a_presets_verdict_pairs_each_seed_with_its_own_dense_run(client, servic
     top2 = {m["seed"]: m for m in study["members"] if not m["dense"]}
     first, second = sorted(dense)
     dense_ce = {first: 5.0, second: 4.0}
-    top2_ce = {first: 4.9, second: 3.95}  # paired deltas -0.1 and -0.05
+    top2_ce = {first: 4.9, second: 3.91}  # paired deltas -0.1 and -0.09
     for seed in (first, second):
         succeed(database, dense[seed]["id"], result(dense_ce[seed], dense=True))
         partial = client.get(f"/studies/{study['id']}").json()["preset_verdicts"][0]
@@ -67,9 +69,16 @@ def test_a_presets_verdict_pairs_each_seed_with_its_own_dense_run(client, servic
     assert row["preset"] == "top2" and row["detail"] is None
     assert row["experiment_ids"] == [top2[first]["id"], top2[second]["id"]]
     delta = row["val_loss_delta"]
-    assert delta["n"] == 2 and delta["mean"] == pytest.approx(-0.075)
-    assert delta["se"] == pytest.approx(0.025)  # stdev(-0.1, -0.05) / sqrt(2)
-    assert row["significant"] is True  # 0.075 > 2 x 0.025
+    assert delta["n"] == 2 and delta["mean"] == pytest.approx(-0.095)
+    assert delta["se"] == pytest.approx(0.005)  # stdev(-0.1, -0.09) / sqrt(2)
+    # 2 seeds, 1 degree of freedom: significant at 95% needs |t| > 12.706; here t = -19
+    assert delta["df"] == 1 and delta["t"] == pytest.approx(-19.0)
+    assert delta["t_critical"] == pytest.approx(12.7062, abs=1e-4)
+    assert delta["ci_low"] == pytest.approx(-0.095 - 12.7062047 * 0.005)
+    assert delta["ci_high"] == pytest.approx(-0.095 + 12.7062047 * 0.005)
+    assert delta["p_value"] == pytest.approx(1 - 2 * math.atan(19) / math.pi)  # t(1): Cauchy
+    assert delta["confidence"] == 0.95 and delta["significant"] is True
+    assert row["significant"] is True and row["significance_of"] == "val_loss_delta"
     assert row["passed"] is True and row["primary_passed"] is True
     assert row["tertiary_passed"] is True
     assert row["gap_delta"]["n"] == 2
@@ -78,7 +87,7 @@ def test_a_presets_verdict_pairs_each_seed_with_its_own_dense_run(client, servic
     ]
     assert [s["val_loss_delta"] for s in row["per_seed"]] == [
         pytest.approx(-0.1),
-        pytest.approx(-0.05),
+        pytest.approx(-0.09),
     ]
     assert row["verdict"]["seeds"] == 2 and len(row["verdict"]["per_seed"]) == 2
     # the per-run table still judges each run, against its own seed's dense run
@@ -121,9 +130,10 @@ def test_a_one_seed_study_says_significance_is_unknown(client, service_settings)
 
     body = client.get(f"/studies/{study['id']}").json()
     (row,) = body["preset_verdicts"]
-    assert row["significant"] is None and row["significance_note"]
+    assert row["significant"] is None and "no standard error" in row["significance_note"]
     assert row["val_loss_delta"]["mean"] == pytest.approx(-0.1)
     assert row["val_loss_delta"]["se"] is None and row["val_loss_delta"]["n"] == 1
+    assert row["val_loss_delta"]["p_value"] is None and row["val_loss_delta"]["ci_low"] is None
     assert row["passed"] is True and len(row["per_seed"]) == 1
     # the old per-member fields, as before
     (member_row,) = body["verdicts"]

@@ -2,6 +2,8 @@
 
 import json
 import math
+import random
+import statistics
 
 import pytest
 import torch
@@ -9,7 +11,18 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from moe_core.config import ExperimentConfig, base_config
-from moe_core.criteria import format_table, format_verdict, judge, judge_seeds, mean_se
+from moe_core.criteria import (
+    CONFIDENCE,
+    format_p,
+    format_table,
+    format_verdict,
+    judge,
+    judge_seeds,
+    mean_se,
+    paired_t_test,
+    t_critical,
+    t_p_value,
+)
 from moe_core.runner import build_model, build_optimizer, count_parameters
 from moe_core.study import main
 from moe_core.trainer import Trainer
@@ -93,22 +106,137 @@ def test_mean_and_standard_error():
     assert mean_se([1.0])["se"] is None
 
 
-def test_seeds_give_a_paired_difference_with_its_standard_error_and_significance():
+# Student's t at 95%, two-sided, by degrees of freedom: the textbook table's values
+# (12.706, 4.303, 2.776, 2.262), here to 15 digits (mpmath at 40 digits).
+T_975 = {1: 12.7062047361747, 2: 4.30265272974946, 4: 2.77644510519779, 9: 2.26215716279821}
+
+
+def _differences(t_ratio: float, n: int, spread: float = 0.01) -> list[float]:
+    """n paired differences whose mean / SE is exactly `t_ratio`."""
+    deviations = [i - (n - 1) / 2 for i in range(n)]  # mean 0
+    scale = spread / mean_se(deviations)["se"]  # SE of the differences: `spread`
+    return [t_ratio * spread + scale * d for d in deviations]
+
+
+def test_three_seeds_need_the_t_of_two_degrees_of_freedom_not_two_standard_errors():
+    three = paired_t_test(_differences(3.0, 3))
+    assert three["t"] == pytest.approx(3.0) and three["df"] == 2
+    assert three["significant"] is False  # 3 SE: beyond 2, not beyond t = 4.303
+    assert three["p_value"] == pytest.approx(0.0954659662667091, rel=1e-9)
+    five = paired_t_test(_differences(5.0, 3))
+    assert five["significant"] is True
+    assert five["p_value"] == pytest.approx(0.0377495513506237, rel=1e-9)
+    # the same difference, the other way round: two-sided
+    assert paired_t_test([-d for d in _differences(5.0, 3)])["significant"] is True
+
+
+def test_two_seeds_need_a_t_beyond_12_71():
+    assert t_critical(1) == pytest.approx(12.706, abs=1e-3)
+    assert paired_t_test(_differences(12.6, 2))["significant"] is False
+    assert paired_t_test(_differences(-12.6, 2))["significant"] is False
+    assert paired_t_test(_differences(12.8, 2))["significant"] is True
+    # -0.1 and -0.05: 3 standard errors, which the old rule called significant
+    assert paired_t_test([-0.1, -0.05])["significant"] is False
+
+
+@pytest.mark.parametrize(("n", "differences"), [
+    (2, [-0.03, -0.05]),
+    (3, [-0.043, -0.064, -0.028]),
+    (5, [1.0, 2.0, 3.0, 4.0, 5.0]),
+    (10, [0.3, -0.1, 0.4, 0.1, 0.5, 0.9, -0.2, 0.6, 0.5, 0.3]),
+])  # fmt: skip
+def test_the_interval_is_the_mean_plus_or_minus_t_standard_errors(n, differences):
+    test = paired_t_test(differences)
+    t = T_975[n - 1]
+    assert t_critical(n - 1) == pytest.approx(t, rel=1e-12)
+    assert test["t_critical"] == pytest.approx(t, rel=1e-12) and test["df"] == n - 1
+    mean, se = statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(n)
+    assert test["mean"] == pytest.approx(mean) and test["se"] == pytest.approx(se)
+    assert test["ci_low"] == pytest.approx(mean - t * se, rel=1e-12)
+    assert test["ci_high"] == pytest.approx(mean + t * se, rel=1e-12)
+    assert test["confidence"] == CONFIDENCE == 0.95
+    # significant exactly when the interval excludes 0, and when p < 0.05
+    excludes_zero = test["ci_low"] > 0 or test["ci_high"] < 0
+    assert test["significant"] is excludes_zero is (test["p_value"] < 0.05)
+
+
+def test_the_interval_of_known_samples():
+    # [1, 2, 3, 4, 5]: mean 3, SE sqrt(2.5 / 5); t(4) = 2.776: 3 ± 1.9632
+    test = paired_t_test([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (test["ci_low"], test["ci_high"]) == pytest.approx((1.0368, 4.9632), abs=1e-4)
+    assert test["significant"] is True
+    # [-0.03, -0.05]: mean -0.04, SE 0.01; t(1) = 12.706: -0.04 ± 0.12706, holds 0
+    test = paired_t_test([-0.03, -0.05])
+    assert (test["ci_low"], test["ci_high"]) == pytest.approx((-0.16706, 0.08706), abs=1e-5)
+    assert test["significant"] is False
+
+
+def test_the_p_value_against_closed_forms_and_known_values():
+    for t in (0.0, 0.3, 1.0, 2.5, 4.3, 12.706, 100.0):
+        # 1 degree of freedom (Cauchy): p = 1 - 2 atan(|t|) / pi
+        assert t_p_value(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-12)
+        assert t_p_value(-t, 1) == t_p_value(t, 1)
+        # 2: p = 1 - |t| / sqrt(2 + t^2)
+        assert t_p_value(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+        # 4: F(t) = 1/2 + 3/8 u (1 - u^2 / 12) with u = t / sqrt(1 + t^2 / 4)
+        u = t / math.sqrt(1 + t * t / 4)
+        assert t_p_value(t, 4) == pytest.approx(1 - 2 * (3 / 8) * u * (1 - u * u / 12), rel=1e-9)
+    # other degrees of freedom: values from mpmath at 40 digits
+    assert t_p_value(3.0, 3) == pytest.approx(0.0576688856224373, rel=1e-12)
+    assert t_p_value(2.0, 9) == pytest.approx(0.076552823770701, rel=1e-12)
+    assert t_p_value(1.0, 5) == pytest.approx(0.363217467649123, rel=1e-12)
+    assert t_p_value(10.0, 30) == pytest.approx(4.57525140822961e-11, rel=1e-9)
+    assert t_p_value(math.inf, 3) == 0.0
+    for df, t in T_975.items():  # the table's t is where p = 0.05
+        assert t_p_value(t, df) == pytest.approx(0.05, rel=1e-12)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_p_value(1.0, 0)
+
+
+def test_significance_agrees_with_the_p_value_and_the_interval_on_random_samples():
+    rng = random.Random(21)
+    for _ in range(300):
+        n = rng.randint(2, 12)
+        shift = rng.uniform(-2, 2)
+        test = paired_t_test([rng.gauss(shift, 1.0) for _ in range(n)])
+        assert test["significant"] is (test["p_value"] < 1 - CONFIDENCE)
+        assert test["significant"] is (not test["ci_low"] <= 0 <= test["ci_high"])
+
+
+def test_every_seed_alike_is_significant_with_p_zero():
+    test = paired_t_test([-0.5, -0.5, -0.5])
+    assert test["se"] == 0 and test["t"] is None and test["p_value"] == 0.0
+    assert test["ci_low"] == test["ci_high"] == -0.5 and test["significant"] is True
+    nothing = paired_t_test([0.0, 0.0])
+    assert nothing["p_value"] == 1.0 and nothing["significant"] is False
+
+
+def test_seeds_give_a_paired_difference_with_its_interval_and_significance():
     runs, dense = _seeded([-0.05, -0.04, -0.06])
     verdict = judge_seeds(runs, dense)
     delta = verdict["primary"]["val_loss_delta"]
     assert delta["n"] == 3 and delta["mean"] == pytest.approx(-0.05)
     assert delta["se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert delta["ci_high"] == pytest.approx(-0.05 + T_975[2] * 0.01 / math.sqrt(3))
+    assert delta["p_value"] == pytest.approx(t_p_value(-0.05 / (0.01 / math.sqrt(3)), 2))
     assert verdict["passed"] and verdict["significant"] is True
+    assert verdict["primary"]["significance_of"] == "val_loss_delta"
+    assert verdict["primary"]["loss_significant"] is True
     assert len(verdict["per_seed"]) == 3 and verdict["seeds"] == 3
-    assert "significant: beyond 2 standard errors over 3 seeds" in format_verdict("x", verdict)
+    text = format_verdict("x", verdict)
+    assert "significant at 95% over 3 seeds: Δ val CE -0.0500, 95% CI [-0.0748, -0.0252]" in text
+    assert "paired t = -8.66 (2 df), p = 0.0131" in text
 
     noisy = judge_seeds(*_seeded([-0.05, 0.04, -0.02]))  # mean -0.01, SE 0.027
     assert noisy["passed"] and noisy["significant"] is False  # the spec's rule on the means...
-    assert "NOT significant" in format_verdict("x", noisy)  # ...but within seed noise
+    assert "NOT significant at 95%" in format_verdict("x", noisy)  # ...but within seed noise
 
     worse = judge_seeds(*_seeded([0.05, 0.06, 0.04]))
     assert not worse["passed"] and worse["significant"] is True  # worse beyond noise
+
+    # 3.0 standard errors: what "beyond 2 SE" called significant, a t-test at 95% does not
+    three_se = judge_seeds(*_seeded(_differences(-3.0, 3)))
+    assert three_se["passed"] and three_se["significant"] is False
 
 
 def test_passing_by_the_gap_is_significant_only_if_the_gap_difference_is():
@@ -117,12 +245,20 @@ def test_passing_by_the_gap_is_significant_only_if_the_gap_difference_is():
     assert verdict["passed"] and not verdict["primary"]["beats_dense_loss"]
     assert verdict["primary"]["gap_reduction"] == pytest.approx(0.5)
     assert verdict["primary"]["gap_delta"]["mean"] == pytest.approx(-0.5)
+    assert verdict["primary"]["significance_of"] == "gap_delta"
     assert verdict["significant"] is True  # identical gaps in every seed: SE 0
+    assert verdict["primary"]["loss_significant"] is False  # the loss alone would not be
+    assert "Δ gap -0.5000" in format_verdict("x", verdict)
+    assert "sig ✓ (gap)" in format_table(dense, {"x": runs}, {"x": verdict})
 
 
-def test_one_seed_says_significance_is_unknown():
+def test_one_seed_says_significance_is_unknown_and_why():
     verdict = judge_seeds(*_seeded([-0.05]))
     assert verdict["significant"] is None and "significance unknown" in verdict["significance_note"]
+    assert "no standard error" in verdict["significance_note"]
+    delta = verdict["primary"]["val_loss_delta"]
+    assert delta["n"] == 1 and delta["se"] is None
+    assert delta["p_value"] is None and delta["ci_low"] is None and delta["significant"] is None
     assert verdict["primary"]["passed"]
     assert judge(*[x[0] for x in _seeded([-0.05])])["significant"] is None
     with pytest.raises(ValueError, match="pair them by seed"):
@@ -152,7 +288,12 @@ def test_a_two_seed_micro_study_reports_differences_with_error_bars(micro_base, 
     assert [r["seed"] for r in saved["runs"]["baseline"]] == saved["seeds"]
     assert [r["seed"] for r in saved["runs"]["dense"]] == saved["seeds"]
     assert (tmp_path / f"dense_model.seed{base.seed + 1}.pt").is_file()
+    saved_delta = saved["verdicts"]["baseline"]["primary"]["val_loss_delta"]
+    assert saved_delta["df"] == 1 and saved_delta["confidence"] == 0.95
+    assert saved_delta["ci_low"] < saved_delta["mean"] < saved_delta["ci_high"]
+    assert 0 < saved_delta["p_value"] <= 1
     out = capsys.readouterr().out
     assert "±" in out and "(means over 2 seeds" in out and "sig " in out
+    assert "95% CI of Δ" in out and format_p(saved_delta["p_value"]) in out
     assert saved["table"] == format_table(saved["runs"]["dense"], {"baseline": saved["runs"]["baseline"]},
                                           saved["verdicts"])  # fmt: skip

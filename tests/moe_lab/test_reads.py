@@ -18,7 +18,7 @@ import pytest
 from store import artifacts, runs
 from store.db import session_scope
 from store.models import Status
-from tests.factories import claim, record, result, write
+from tests.factories import claim, record, result, succeed, write
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 
@@ -319,6 +319,30 @@ def test_study_show_prints_members_and_what_the_verdicts_wait_for(cli, http):
     assert json.loads(ok(cli("study", "show", study["id"], "--json")))["id"] == study["id"]
     listed = ok(cli("study", "ls"))
     assert any(line.split()[:2] == [str(study["id"]), "r-study"] for line in listed.splitlines())
+
+
+def test_study_show_prints_each_difference_with_its_interval_and_p_value(cli, http, settings):
+    study = http.post("/studies", json={"name": "judged", "base_preset": "micro",
+                                        "experiments": ["top2"], "seeds": 3}).json()  # fmt: skip
+    top2_ce = iter([4.95, 4.935, 4.97])  # paired Δ -0.05, -0.065, -0.03
+    for member in study["members"]:
+        ce = 5.0 if member["dense"] else next(top2_ce)
+        succeed(settings.database_url, member["id"], result(ce, dense=member["dense"]))
+    row = http.get(f"/studies/{study['id']}").json()["preset_verdicts"][0]
+    delta = row["val_loss_delta"]
+    assert delta["df"] == 2 and delta["significant"] is True  # t = -4.8, beyond 4.303
+
+    text = ok(cli("study", "show", study["id"]))
+    verdicts = text[text.index("verdicts against dense") :].splitlines()
+    header = verdicts[1].split()
+    assert header[4:12] == ["Δ", "val", "CE", "95%", "CI", "p", "Δ", "gap"]
+    (line,) = [line for line in verdicts if line.startswith("top2")]
+    interval = f"[{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}]"
+    assert f"{delta['mean']:+.4f} ± {delta['se']:.4f}   {interval}" in line
+    assert f"{delta['p_value']:.4f}" in line and line.split()[-1] == "yes"
+    footnote = " ".join(verdicts[-2:])
+    assert "95% CI: Δ ± t·SE, Student's t with n - 1 df" in footnote
+    assert "two-sided paired t-test" in footnote and "p < 0.05" in footnote
 
 
 def test_study_artifacts_and_delete(cli, http, tmp_path):

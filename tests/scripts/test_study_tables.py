@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from moe_core.criteria import format_verdict, judge_seeds, paired_t_test
 from scripts import study_tables
 
 STUDY = Path(__file__).parents[2] / "docs/results/small-3seed/experiment_results.json"
@@ -24,10 +25,12 @@ def test_the_summary_rows_are_the_verdicts_numbers():
         delta = verdict["primary"]["val_loss_delta"]
         row = _row(table, name)
         assert row[2] == f"{verdict['primary']['val_loss']:.4f}"
-        # significant here (beyond 2 SE), so starred
-        assert row[3] == f"{delta['mean']:+.4f} ± {delta['se']:.4f}*"
+        # 4.2 and 3.0 standard errors: what the study called significant (beyond 2 SE) is
+        # not at 95% with 2 degrees of freedom (t 4.303), so neither starred nor "sig"
+        assert verdict["significant"] is True
+        assert row[3] == f"{delta['mean']:+.4f} ± {delta['se']:.4f}"
         assert row[7].endswith(f"({verdict['secondary']['throughput_ratio']:.2f})")
-        assert row[-1] == "✓ sig"
+        assert row[-1] == "✓"
     # top2 against the baseline, paired by seed
     pairs = [
         t["metrics"]["best_val_ce_loss"] - b["metrics"]["best_val_ce_loss"]
@@ -35,6 +38,59 @@ def test_the_summary_rows_are_the_verdicts_numbers():
     ]
     assert _row(table, "top2")[4].startswith(f"{sum(pairs) / 3:+.4f} ± ")
     assert _row(table, "baseline")[4] == "" and _row(table, "dense")[3] == ""
+
+
+def test_the_verdicts_are_recomputed_with_todays_criteria():
+    study = json.loads(STUDY.read_text())
+    judged = study_tables.verdicts(study)
+    for name in ("baseline", "top2"):
+        fresh = judge_seeds(study["runs"][name], study["runs"]["dense"])
+        assert judged[name]["significant"] is fresh["significant"] is False
+        assert judged[name]["primary"]["val_loss_delta"] == fresh["primary"]["val_loss_delta"]
+    # the JSON's own verdicts, stored before the t-test, still print, and say by what rule
+    assert "significant by the rule of its time, |Δ| beyond 2 standard errors" in format_verdict(
+        "baseline", study["verdicts"]["baseline"]
+    )
+    block = study_tables.verdict_block(study)
+    assert block.count("NOT significant at 95% over 3 seeds") == 2
+    assert "[-0.0910, +0.0010]" in block
+    assert [
+        line.split()[-1] for line in block.splitlines() if line.startswith(("baseline ", "top2 "))
+    ] == ["✗", "✗"]
+
+
+def test_each_star_is_a_paired_t_test_with_its_interval_and_p_value():
+    study = json.loads(STUDY.read_text())
+    table = study_tables.t_tests(study)
+    runs = study["runs"]
+    for name in ("baseline", "top2"):
+        test = paired_t_test([
+            r["metrics"]["best_val_ce_loss"] - d["metrics"]["best_val_ce_loss"]
+            for r, d in zip(runs[name], runs["dense"], strict=True)
+        ])  # fmt: skip
+        row = next(_row(line, name) for line in table.splitlines()
+                   if line.startswith(f"| {name} | val CE | dense |"))  # fmt: skip
+        assert row[4] == f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}]"
+        assert row[5] == f"{test['t']:+.2f} (2)" and row[6] == f"{test['p_value']:.4f}"
+        assert row[7] == "not significant"
+    # baseline: t = -4.21 (p 0.052), just short of 4.303; the gap's +5.93 is beyond it
+    assert (
+        "| baseline | val CE | dense | -0.0450 ± 0.0107 | [-0.0910, +0.0010] | -4.21 (2) |" in table
+    )
+    assert "| baseline | gap | dense | +0.0320 ± 0.0054 |" in table
+    assert "4.303 for 2 df" in table
+
+
+def test_main_prints_the_report_sections(capsys):
+    study_tables.main([str(STUDY)])
+    out = capsys.readouterr().out
+    headings = [line for line in out.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Means over seeds",
+        "## Paired t-tests at 95%",
+        "## Verdicts (recomputed with today's moe_core.criteria)",
+        "## Per seed",
+    ]
 
 
 def test_one_row_per_run_and_seed():

@@ -180,6 +180,12 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
         assert row["detail"] is None and row["seeds"] == seeds
         delta = row["val_loss_delta"]
         assert delta["n"] == 2 and delta["se"] > 0 and isinstance(delta["mean"], float)
+        # its paired t-test at 95%, 1 degree of freedom: the interval is mean ± 12.706 SE
+        assert delta["df"] == 1 and 0 < delta["p_value"] <= 1
+        half = delta["ci_high"] - delta["mean"]
+        assert half == pytest.approx(delta["mean"] - delta["ci_low"])
+        assert half == pytest.approx(12.7062 * delta["se"], rel=1e-4)
+        assert delta["significant"] is (delta["p_value"] < 0.05)
         assert isinstance(row["significant"], bool)
         assert row["significant"] == row["verdict"]["significant"]
         assert isinstance(row["passed"], bool) and isinstance(row["tertiary_passed"], bool)
