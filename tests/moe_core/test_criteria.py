@@ -27,8 +27,69 @@ from moe_core.runner import build_model, build_optimizer, count_parameters
 from moe_core.study import main
 from moe_core.trainer import Trainer
 
-from .test_experiments import _result
 from .test_trainer import random_blocks
+
+
+def _layer(usage, dropped=0.0):
+    p = [u / 100 for u in usage]
+    entropy = -sum(x * math.log(x) for x in p if x > 0)
+    return {"layer": 2, "usage": list(usage), "min_usage": min(usage), "max_usage": max(usage),
+            "entropy": entropy, "max_entropy": math.log(8), "dropped": dropped}  # fmt: skip
+
+
+def _result(val, train, usage=(12.5,) * 8, tps=100.0, train_usage=None):
+    """A stored result: `train` is the eval-mode training CE at each evaluation; `usage` the
+    final evaluation's routing, `train_usage` (default: the same) the last epoch's sums."""
+    epochs = list(range(1, len(val) + 1))
+    return {
+        "params": 10,
+        "metrics": {
+            "val_ce_losses": val, "val_epochs": epochs, "train_eval_ce_losses": train,
+            "train_ce_losses": [t + 0.5 if t is not None else None for t in train],  # dropout on
+            "tokens_per_sec": [tps],
+            "timing_breakdown": {"forward": [1.0], "backward": [2.0], "optimizer": [1.0]},
+            "expert_stats_history": [{"epoch": epochs[-1], "layers": [_layer(train_usage or usage)]}],
+            "eval_expert_stats_history": [{"epoch": epochs[-1], "layers": [_layer(usage)]}],
+        },
+    }  # fmt: skip
+
+
+def test_criteria_primary_by_loss_or_by_gap():
+    dense = _result(val=[5.0, 4.0], train=[4.5, 3.0])  # dense gap 1.0
+    assert judge(_result([4.5, 3.9], [4.0, 3.5]), dense)["primary"]["beats_dense_loss"]
+    by_gap = judge(_result([4.6, 4.1], [4.4, 3.8]), dense)  # worse loss, gap 0.3: -70%
+    assert not by_gap["primary"]["beats_dense_loss"] and by_gap["primary"]["gap_reduced_enough"]
+    assert by_gap["primary"]["gap_reduction"] == pytest.approx(0.7)
+    assert by_gap["primary"]["passed"]
+    neither = judge(_result([4.6, 4.1], [4.4, 3.3]), dense)  # gap 0.8: only 20% less
+    assert not neither["primary"]["passed"] and not neither["passed"]
+
+
+def test_criteria_tertiary_needs_every_expert_at_five_percent():
+    dense = _result(val=[5.0], train=[4.0])
+    ok = judge(_result([4.0], [3.9]), dense)
+    assert ok["tertiary"]["passed"] and ok["passed"]
+    skewed = judge(_result([4.0], [3.9], usage=(30, 30, 20, 10, 4, 3, 2, 1)), dense)
+    assert not skewed["tertiary"]["passed"] and not skewed["passed"]
+    unused = judge(_result([4.0], [3.9], usage=(50, 50, 0, 0, 0, 0, 0, 0)), dense)
+    assert not unused["tertiary"]["layers"][0]["all_experts_used"]
+    assert ok["secondary"]["throughput_ratio"] == 1.0
+
+
+def test_criteria_skip_missing_and_non_finite_values():
+    dense = _result(val=[5.0, 4.0], train=[4.5, 3.0])
+    stored = _result(val=[None, 4.2, float("nan")], train=[4.0, 3.9, 3.8])  # NaN stored as null
+    verdict = judge(stored, dense)
+    assert verdict["primary"]["val_loss"] == 4.2
+    # the gap is taken at the best epoch (the 4.2), not at the last, non-finite one
+    assert verdict["primary"]["val_gap"] == pytest.approx(0.3)
+    no_train = _result(val=[4.2], train=[None])
+    verdict = judge(no_train, dense)
+    assert verdict["primary"]["val_gap"] is None and not verdict["primary"]["gap_reduced_enough"]
+    assert (
+        not verdict["primary"]["gap_judged"]
+        and "no eval-mode training loss" in verdict["primary"]["gap_note"]
+    )
 
 
 class SwingingRouter(nn.Module):
