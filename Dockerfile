@@ -24,8 +24,9 @@ COPY migrations migrations
 # The store of record and the queue; the API enqueues by task name, so no worker code.
 COPY store store
 COPY api api
-# Only the engine's torch-free modules: the config it validates and the success criteria.
-COPY moe_core/__init__.py moe_core/config.py moe_core/criteria.py moe_core/
+# Only the engine's torch-free modules: the config it validates, the success criteria and
+# the sizes a dry run reports.
+COPY moe_core/__init__.py moe_core/config.py moe_core/criteria.py moe_core/sizing.py moe_core/
 USER moe
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
@@ -48,6 +49,7 @@ COPY store store
 COPY worker worker
 COPY moe_core moe_core
 USER moe
-# One process per GPU: concurrency 1, and never prefetch a second hours-long run. On SIGTERM
-# the run is handed back within seconds (worker/shutdown.py): well inside a 60 s grace.
-CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]
+# One worker per GPU, training MOE_RUNS_PER_GPU runs at once (its pool's size, default 1),
+# and never prefetching another hours-long run. On SIGTERM every run is handed back within
+# seconds (worker/shutdown.py): well inside a 60 s grace.
+CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--prefetch-multiplier", "1", "--loglevel", "INFO"]

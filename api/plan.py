@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from moe_core.config import BaseConfig, ExperimentConfig
-from moe_core.sizing import parameters
+from moe_core.sizing import memory_estimate, parameters
 
 
 def plan(config: ExperimentConfig, base: BaseConfig, *, dense: bool) -> dict[str, Any]:
@@ -19,7 +19,9 @@ def plan(config: ExperimentConfig, base: BaseConfig, *, dense: bool) -> dict[str
         blocks = base.max_train_tokens // (base.seq_len + 1)
         steps = blocks // config.batch_size  # training drops a last partial batch
         tokens = steps * config.batch_size * base.seq_len
+    precision = "fp32" if base.precision == "fp32" else "bf16"  # auto: bf16 on a GPU
     return {
+        "gpu_memory": memory_estimate(config, base, dense=dense, precision=precision),
         "config": config.model_dump(mode="json"),
         "base": base.model_dump(mode="json"),
         "dense": dense,

@@ -192,6 +192,16 @@ class StudyCreate(BaseModel):
         return presets
 
 
+class GpuMemory(BaseModel):
+    """Bytes, estimated from the configs alone (erring high by ~10%)."""
+
+    parameters: int = Field(description="float32 weights")
+    gradients_and_optimizer: int = Field(description="float32 gradients and AdamW's moments")
+    autocast_weights: int = Field(description="bf16 copies of the weights under autocast")
+    activations: int = Field(description="one step's saved activations and the logits")
+    total: int = Field(description="the peak, with 10% for the allocator")
+
+
 class ExperimentPlan(BaseModel):
     """`POST /experiments?dry_run=true`: what the run would be; nothing is stored or queued."""
 
@@ -206,6 +216,11 @@ class ExperimentPlan(BaseModel):
     )
     tokens_per_epoch: int | None = Field(description="target tokens trained on in an epoch")
     num_epochs: int
+    gpu_memory: GpuMemory = Field(
+        description="the run's estimated peak GPU memory at its batch and sequence length, "
+        "in bf16 unless base.precision is fp32 (moe_core.sizing); a worker refuses a run "
+        "whose estimate exceeds its GPU's memory"
+    )
 
 
 class StudyPlan(BaseModel):
@@ -277,10 +292,19 @@ class ExperimentRead(BaseModel):
         description="the kept weights' cross-entropy on the test split"
     )
     device: str | None
+    precision: str | None = Field(
+        description="bf16 or fp32: what it trains in (base.precision resolved on its device "
+        "when it first starts; a study's members share their first member's); null before"
+    )
     worker_name: str | None = Field(description="the worker node that runs (or ran) it")
     attempts: int = Field(description="times a worker started or resumed it")
     restarts: int = Field(description="times it was taken over after its worker died")
-    handbacks: int = Field(description="times a worker told to stop handed it back")
+    handbacks: int = Field(
+        description="times a worker handed it back: told to stop, or out of GPU memory"
+    )
+    oom_handbacks: int = Field(
+        description="of those, times the GPU it shared ran out of memory (not a crash)"
+    )
     run_key: str = Field(description="unique to the run; its artifacts live under it")
     error: str | None
     created_at: datetime
@@ -529,6 +553,10 @@ class StudyRead(BaseModel):
     base: dict[str, Any]
     experiments: list[str]
     seeds: int
+    precision: str | None = Field(
+        description="bf16 or fp32: what its runs train in (base.precision, auto resolved on "
+        "the device of the first run to start); null until one starts"
+    )
     status: Status
     dense_id: int = Field(description="the dense run of the first seed (base.seed)")
     dense_ids: list[int] = Field(description="the dense run of each seed, in seed order")
@@ -543,6 +571,10 @@ class StudySummary(BaseModel):
     name: str
     status: Status
     seeds: int
+    precision: str | None = Field(
+        description="bf16 or fp32: what its runs train in (base.precision, auto resolved on "
+        "the device of the first run to start); null until one starts"
+    )
     dense_id: int
     dense_ids: list[int]
     member_ids: list[int]
@@ -572,11 +604,21 @@ class WorkerRead(BaseModel):
     host: str
     pid: int
     device: str | None = Field(description="the torch device its training process uses")
-    state: Literal["idle", "busy", "stopping"]
-    experiment_id: int | None = Field(description="the run it trains, if any")
+    state: Literal["idle", "busy", "stopping"] = Field(
+        description="busy while it trains any run; stopping once told to (it takes no more)"
+    )
+    slots: int = Field(description="runs it trains at once on its device (MOE_RUNS_PER_GPU)")
+    slots_in_use: int = Field(description="runs it trains now")
+    experiment_ids: list[int] = Field(description="the runs it trains now")
+    experiment_id: int | None = Field(
+        description="the run it trains, if any (with several slots: the first of them)"
+    )
     started_at: datetime
     heartbeat_at: datetime
-    idle_since: datetime | None
+    idle_since: datetime | None = Field(
+        description="since when it has had a free slot (one slot: held no run); null while "
+        "every slot trains"
+    )
 
 
 class WorkerList(BaseModel):

@@ -28,6 +28,7 @@ def study_summary(study: Study) -> dict[str, Any]:
         "name": study.name,
         "status": study_status(study.members),
         "seeds": study.seeds,
+        "precision": study.precision,
         "dense_id": dense_ids[0],
         "dense_ids": dense_ids,
         "member_ids": [member.id for member in study.members],
@@ -70,6 +71,7 @@ def study_results(study: Study) -> dict[str, Any]:
         "name": study.name,
         "status": read["status"],
         "base": study.base,
+        "precision": study.precision,
         "seeds": sorted({_seed(member) for member in members}),
         # The spec's keys hold the first seed's runs; `runs` holds every seed's, in order.
         "dense": dense[0] if dense else None,

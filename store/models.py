@@ -94,6 +94,9 @@ class Study(Base):
     experiment_presets: Mapped[list[str]] = mapped_column(JSONType)
     # Each preset and the dense baseline run once per seed: base.seed, base.seed + 1, ...
     seeds: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # bf16 or fp32 for every member: the base's, or (precision auto) what the first member
+    # to start resolved on its device, so that verdicts compare like with like.
+    precision: Mapped[str | None] = mapped_column(String(10))
     # The client's Idempotency-Key and the hash of the body it came with (see Experiment).
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -173,8 +176,13 @@ class Experiment(Base):
     # past Settings.max_restarts the run fails. Handbacks (a worker told to stop) do not count.
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     handbacks: Mapped[int] = mapped_column(Integer, default=0)
-    # When the run's task was last published; a run queued long after that, while a worker
-    # sat idle, lost its message and is published again.
+    # Handbacks because the GPU it shared ran out of memory; past a cap the run fails.
+    oom_handbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # bf16 or fp32: what it trains in, fixed when it first starts (null before).
+    precision: Mapped[str | None] = mapped_column(String(10))
+    # When the run's task was last published (or, published with a delay, becomes due); a
+    # run queued long after that, while a worker sat idle, lost its message and is
+    # published again.
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -279,7 +287,10 @@ class Worker(Base):
     device: Mapped[str | None] = mapped_column(String(50))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    # Since when it has held no run (null while it trains).
+    # Since when it has had a slot free (with one slot: held no run); null while every slot
+    # trains. A run left queued that long beside it lost its message (runs.republish_due).
     idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Told to stop (SIGTERM): it hands its run back and takes no other.
     stopping: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Runs it trains at once on its one device (MOE_RUNS_PER_GPU: its Celery pool's size).
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")

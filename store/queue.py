@@ -72,11 +72,13 @@ class TrainingQueue:
     def for_settings(cls, settings: Settings) -> TrainingQueue:
         return cls(celery_for(settings))
 
-    def enqueue(self, experiment_ids: list[int]) -> None:
-        """Queue one training task per experiment. Call only after the rows are committed:
-        a worker may start on a task before this call has returned."""
+    def enqueue(self, experiment_ids: list[int], *, countdown: float | None = None) -> None:
+        """Queue one training task per experiment (after `countdown` seconds, when given).
+        Call only after the rows are committed: a worker may start on a task before this
+        call has returned."""
         for experiment_id in experiment_ids:
-            self.celery.send_task(TRAIN_TASK, args=[experiment_id], queue=TRAINING_QUEUE)
+            self.celery.send_task(TRAIN_TASK, args=[experiment_id], queue=TRAINING_QUEUE,
+                                  countdown=countdown)  # fmt: skip
 
     def ping(self) -> None:
         """Raise unless the broker accepts a connection."""

@@ -567,9 +567,18 @@ def lease_state(*, session: Session, experiment_id: int, owner: str) -> LeaseSta
     return LeaseState.cancel_requested if row.cancel_requested else LeaseState.held
 
 
-def hand_back(*, session: Session, experiment_id: int, owner: str) -> bool:
+def hand_back(
+    *,
+    session: Session,
+    experiment_id: int,
+    owner: str,
+    out_of_memory: bool = False,
+    due_in: float = 0.0,
+) -> bool:
     """Return a run that `owner` holds to the queue, not as a failure (committed); the
-    caller publishes it. False when `owner` no longer holds it."""
+    caller publishes it, due in `due_in` seconds (its `queued_at` is then, so that no sweep
+    takes the wait for a lost message). `out_of_memory`: because the GPU it shared ran out
+    of memory (counted in oom_handbacks). False when `owner` no longer holds it."""
     returned = session.execute(
         _update_owned(experiment_id, owner).values(
             status=Status.queued,
@@ -578,11 +587,35 @@ def hand_back(*, session: Session, experiment_id: int, owner: str) -> bool:
             heartbeat_at=None,
             progress=None,
             handbacks=Experiment.handbacks + 1,
-            queued_at=utcnow(),
+            oom_handbacks=Experiment.oom_handbacks + (1 if out_of_memory else 0),
+            queued_at=utcnow() + timedelta(seconds=due_in),
         )
     ).rowcount
     session.commit()
     return returned == 1
+
+
+def oom_handbacks(*, session: Session, experiment_id: int) -> int:
+    return session.scalar(select(Experiment.oom_handbacks).where(Experiment.id == experiment_id))
+
+
+def pin_precision(*, session: Session, experiment_id: int, owner: str, resolved: str) -> str | None:
+    """The precision the run trains in (committed): its study's, when a member that started
+    earlier fixed it, else `resolved` (what this worker made of the base's precision), which
+    then fixes its study's. None when `owner` no longer holds the run."""
+    study_id = session.scalar(select(Experiment.study_id).where(Experiment.id == experiment_id))
+    precision = resolved
+    if study_id is not None:
+        # The first member to get here decides: a concurrent one's UPDATE finds it set.
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.precision.is_(None))
+            .values(precision=resolved)
+        )
+        precision = session.scalar(select(Study.precision).where(Study.id == study_id))
+    done = session.execute(_update_owned(experiment_id, owner).values(precision=precision))
+    session.commit()
+    return precision if done.rowcount == 1 else None
 
 
 def record_epoch(
@@ -699,6 +732,8 @@ def result_columns(result: dict[str, Any]) -> dict[str, Any]:
         "test_ce_loss": _finite(test.get("ce_loss")) if test else None,
         "evaluation": json_safe(evaluation),
     }
+    if result.get("precision") is not None:  # fixed when it started; the run's own word
+        values["precision"] = result["precision"]
     if isinstance(metrics, dict):
         # Prefer the engine's final word; the per-epoch values stand otherwise.
         for key in ("best_val_loss", "best_val_ce_loss"):
@@ -730,6 +765,9 @@ def stored_result(run: Experiment) -> dict[str, Any]:
         "test": test,
         "evaluation": evaluation,
         "seed": run.base.get("seed"),
+        "device": run.device,
+        "precision": run.precision,
+        "compile": run.base.get("compile", "off"),
     }
 
 

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     device: str | None = Field(
         None, description="torch device of this worker (cuda:0, cpu); unset: cuda if available"
     )
+    # Training runs a worker holds at once, all on its one device: its Celery pool has this
+    # many processes, each with 1/N of the GPU's memory unless its run needs more. Small runs
+    # (the spec's sizes) leave most of an H200 idle alone; several side by side fill it.
+    runs_per_gpu: int = Field(1, ge=1, le=64)
+    # A run whose GPU, shared with other runs, ran out of memory is handed back and tried
+    # again later (not a crash); after this many such handbacks it fails, saying so.
+    max_oom_handbacks: int = Field(5, ge=0)
     # Workers that share a host's GPUs (docker compose replicas) each claim one here (a lock
     # file per GPU, see worker.gpu_slot); a folder on a volume the replicas share.
     gpu_lock_dir: Path | None = Field(

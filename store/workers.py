@@ -7,30 +7,39 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, exists, func, literal, null, select, update
+from sqlalchemy import case, delete, func, literal, null, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Experiment, Status, Worker, utcnow
 
 
-def register(*, session: Session, name: str, host: str, pid: int, device: str | None) -> None:
-    """Add this worker (or renew the row of an earlier process of the same name) (committed)."""
+def register(
+    *, session: Session, name: str, host: str, pid: int, device: str | None, slots: int = 1
+) -> None:
+    """Add this worker (or renew the row of an earlier process of the same name) (committed);
+    `slots`: the runs it trains at once."""
     now = utcnow()
     row = session.get(Worker, name)
     if row is None:
         session.add(Worker(name=name, host=host, pid=pid, device=device, started_at=now,
-                           heartbeat_at=now, idle_since=now, stopping=False))  # fmt: skip
+                           heartbeat_at=now, idle_since=now, stopping=False, slots=slots))  # fmt: skip
     else:
-        row.host, row.pid, row.device, row.stopping = host, pid, device, False
+        row.host, row.pid, row.device, row.stopping, row.slots = host, pid, device, False, slots
         row.started_at = row.heartbeat_at = row.idle_since = now
     session.commit()
 
 
 def beat(*, session: Session, name: str, stopping: bool = False) -> bool:
-    """A heartbeat (committed); `idle_since` starts when the worker holds no run and clears
-    while it holds one. False when the row is gone (pruned): register again."""
+    """A heartbeat (committed); `idle_since` starts when the worker has a free slot (with one
+    slot: holds no run) and clears while every slot trains. False when the row is gone
+    (pruned): register again."""
     now = utcnow()
-    busy = exists().where(Experiment.worker_name == name, Experiment.status == Status.running)
+    running = (
+        select(func.count())
+        .where(Experiment.worker_name == name, Experiment.status == Status.running)
+        .scalar_subquery()
+    )
+    busy = running >= Worker.slots
     done = session.execute(
         update(Worker)
         .where(Worker.name == name)
@@ -66,7 +75,8 @@ def prune(*, session: Session, silent_before: datetime) -> int:
 
 
 def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str, Any]]:
-    """Workers heard from within `heartbeat_timeout`, each with the run it holds (if any)."""
+    """Workers heard from within `heartbeat_timeout`, each with the runs it holds (`busy`
+    while it trains any, `slots_in_use` of its `slots`)."""
     alive_after = utcnow() - timedelta(seconds=heartbeat_timeout)
     rows = session.execute(
         select(Worker, Experiment.id)
@@ -75,19 +85,28 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
             (Experiment.worker_name == Worker.name) & (Experiment.status == Status.running),
         )
         .where(Worker.heartbeat_at >= alive_after)
-        .order_by(Worker.name)
+        .order_by(Worker.name, Experiment.id)
     ).all()
+    held: dict[str, tuple[Worker, list[int]]] = {}
+    for worker, run_id in rows:
+        runs = held.setdefault(worker.name, (worker, []))[1]
+        if run_id is not None:
+            runs.append(run_id)
     return [
         {
             "name": worker.name,
             "host": worker.host,
             "pid": worker.pid,
             "device": worker.device,
-            "state": "stopping" if worker.stopping else ("busy" if run_id else "idle"),
-            "experiment_id": run_id,
+            "state": "stopping" if worker.stopping else ("busy" if run_ids else "idle"),
+            "slots": worker.slots,
+            "slots_in_use": len(run_ids),
+            "experiment_ids": run_ids,
+            # the run it holds, for a worker of one slot (the first, for several)
+            "experiment_id": run_ids[0] if run_ids else None,
             "started_at": worker.started_at,
             "heartbeat_at": worker.heartbeat_at,
             "idle_since": worker.idle_since,
         }
-        for worker, run_id in rows
+        for worker, run_ids in held.values()
     ]

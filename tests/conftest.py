@@ -282,11 +282,14 @@ def settings_env(settings) -> dict[str, str]:
 class WorkerProcess:
     """A real `celery -A worker.celery_app worker` in its own process group."""
 
-    def __init__(self, settings, log_path: Path, name: str) -> None:
+    def __init__(
+        self, settings, log_path: Path, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = log_path
+        # No --concurrency: the pool's size is the settings' runs_per_gpu, as deployed.
         command = [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "-Q", "gpu", "--concurrency", "1", "--prefetch-multiplier", "1",
+            "-Q", "gpu", "--prefetch-multiplier", "1",
             "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
             "--loglevel", "INFO",
         ]  # fmt: skip
@@ -294,7 +297,7 @@ class WorkerProcess:
         # A session of its own: kill() takes the pool child down with the main process,
         # as when a machine or container dies.
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=settings_env(settings), stdout=self.log,
+            command, cwd=ROOT, env={**settings_env(settings), **(env or {})}, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -341,9 +344,11 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes (stopped at teardown; their logs shown on failure)."""
     workers: list[WorkerProcess] = []
 
-    def start(settings, name: str | None = None, *, wait: bool = True) -> WorkerProcess:
+    def start(
+        settings, name: str | None = None, *, wait: bool = True, env: dict | None = None
+    ) -> WorkerProcess:
         name = name or f"w{len(workers)}"
-        worker = WorkerProcess(settings, tmp_path / f"{name}.log", name)
+        worker = WorkerProcess(settings, tmp_path / f"{name}.log", name, env)
         workers.append(worker)
         return worker.wait_ready() if wait else worker
 

@@ -158,6 +158,9 @@ def result(
         "test": {"loss": val_ce + 0.1, "ce_loss": val_ce + 0.1, "aux_loss": 0.0, "epoch": 2},
         "evaluation": {"capacity_factor": None, "train_subset_blocks": 16},
         "seed": 1337,
+        "device": "cpu",
+        "precision": "fp32",
+        "compile": "off",
     }
 
 

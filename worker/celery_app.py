@@ -23,6 +23,9 @@ from worker import shutdown
 
 # The app `celery -A worker.celery_app worker` runs, configured from the environment.
 app = create_celery(get_settings(), include=["worker.tasks"])
+# One pool process per run it trains at once (MOE_RUNS_PER_GPU; a --concurrency on the
+# command line overrides it). Each holds one run: prefetch multiplier 1 (store.queue).
+app.conf.worker_concurrency = get_settings().runs_per_gpu
 
 _agent: Any = None  # the main process's WorkerAgent, once the worker is ready
 
@@ -39,7 +42,12 @@ def _start_agent(sender: Any = None, **_: object) -> None:
     global _agent
     from worker.sweeper import WorkerAgent
 
-    _agent = WorkerAgent(settings=get_settings(), name=sender.hostname, queue=TrainingQueue(app))
+    settings = get_settings()
+    # The pool's real size: a --concurrency on the command line wins over the setting.
+    slots = getattr(getattr(sender, "controller", None), "concurrency", None)
+    if slots:
+        settings = settings.model_copy(update={"runs_per_gpu": slots})
+    _agent = WorkerAgent(settings=settings, name=sender.hostname, queue=TrainingQueue(app))
     _agent.start()
 
 

@@ -302,19 +302,27 @@ class RunLease:
             log.info("%r: no longer ours to finish (%s)", self, status)
         return done
 
-    def hand_back(self, where: str = "before training") -> bool:
-        """Return the run to the queue (this worker is stopping), and publish it at once."""
+    def hand_back(
+        self,
+        where: str = "before training",
+        *,
+        out_of_memory: bool = False,
+        countdown: float | None = None,
+    ) -> bool:
+        """Return the run to the queue (this worker is stopping, or its GPU ran out of
+        memory) and publish it, at once or after `countdown` seconds."""
 
         def write() -> bool:
             with self._session() as session:
                 return runs.hand_back(
-                    session=session, experiment_id=self.experiment_id, owner=self.owner
-                )
+                    session=session, experiment_id=self.experiment_id, owner=self.owner,
+                    out_of_memory=out_of_memory, due_in=countdown or 0.0,
+                )  # fmt: skip
 
         if not outlasting_outages(self.settings, f"{self!r} hand back", write):
             return False
         try:
-            self.queue.enqueue([self.experiment_id])
+            self.queue.enqueue([self.experiment_id], countdown=countdown)
         except Exception:  # the broker is away: the sweep publishes it again later
             log.warning("%r: handed back, but not published", self, exc_info=True)
         log.info("%r: %s; handed back to the queue", self, where)

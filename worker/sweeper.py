@@ -94,7 +94,7 @@ class WorkerAgent(threading.Thread):
         with session_scope(self.settings.database_url) as session:
             workers.register(
                 session=session, name=self.worker_name, host=HOST, pid=os.getpid(),
-                device=self.settings.device,
+                device=self.settings.device, slots=self.settings.runs_per_gpu,
             )  # fmt: skip
 
     def _beat(self) -> bool:

@@ -4,6 +4,7 @@ record every epoch, and finish it or hand it back (worker.lease tells the whole 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -18,14 +19,15 @@ from moe_core.atomic import write_json_atomic
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
 from moe_core.errors import TrainingCancelled
-from moe_core.runner import resolve_device, run_single_experiment
+from moe_core.runner import resolve_device, resolve_precision, run_single_experiment
+from moe_core.sizing import GiB, memory_estimate
 from store import artifacts, runs, workers
 from store.db import session_scope
 from store.models import Status
 from store.queue import TrainingQueue
 from store.runs import ClaimOutcome
 from store.settings import Settings
-from worker import shutdown
+from worker import gpu_memory, shutdown
 from worker.lease import RunLease
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,14 @@ def run_experiment(
         epochs_done = experiment.current_epoch
         if worker_name is not None:
             workers.set_device(session=session, name=worker_name, device=str(device))
+        # A study's members all train in the precision its first member resolved.
+        precision = runs.pin_precision(session=session, experiment_id=experiment_id,
+                                       owner=lease.owner,
+                                       resolved=resolve_precision(base.precision, device))  # fmt: skip
+    if precision is None:
+        log.info("experiment %s: taken over before it started", experiment_id)
+        return
+    base = base.model_copy(update={"precision": precision})
     directory = artifacts.run_dir(settings, run_key)
     directory.mkdir(parents=True, exist_ok=True)
     with run_log(directory / artifacts.LOG, experiment_id):
@@ -95,6 +105,8 @@ def _train(
     """The attempt under its lease, ending the run (or handing it back) however it goes."""
     experiment_id = lease.experiment_id
     try:
+        if device.type == "cuda":
+            _share_the_gpu(config, base, dense=dense, device=device, settings=settings)
         data = _datasets(_with_data_settings(base, settings), lease.should_stop)
         log.info("data: %s training / %s validation blocks of %s tokens", len(data.train),
                  len(data.val), base.seq_len)  # fmt: skip
@@ -119,6 +131,11 @@ def _train(
         )
     except TrainingCancelled as stop:
         lease.settle_stop(str(stop))  # cancelled, taken over, or this worker is stopping
+    except gpu_memory.GPUTooSmall as exc:
+        log.error("experiment %s: %s", experiment_id, exc)
+        lease.finish(Status.failed, error=f"does not fit the GPU: {exc}")
+    except torch.cuda.OutOfMemoryError as exc:
+        _out_of_memory(lease, exc, settings)
     except runs.LostOwnership:
         log.info("experiment %s: taken over by another worker", experiment_id)
     except (OperationalError, InterfaceError):
@@ -136,6 +153,44 @@ def _train(
         lease.finish(Status.succeeded, result=result)
         log.info("experiment %s succeeded: best val CE %s", experiment_id,
                  result["metrics"].get("best_val_ce_loss"))  # fmt: skip
+
+
+def _share_the_gpu(
+    config: ExperimentConfig, base: BaseConfig, *, dense: bool, device: torch.device,
+    settings: Settings,
+) -> None:  # fmt: skip
+    """Cap this process's share of the GPU's memory (worker.gpu_memory), or refuse the run
+    at once when it cannot fit even alone."""
+    estimate = memory_estimate(config, base, dense=dense, precision=base.precision)["total"]
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = gpu_memory.memory_fraction(
+        estimate=estimate, total=total, slots=settings.runs_per_gpu
+    )
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    log.info("GPU memory: an estimated %.2f GiB of %.1f GiB; this run may use %.0f%%",
+             estimate / GiB, total / GiB, 100 * fraction)  # fmt: skip
+
+
+def _out_of_memory(lease: RunLease, exc: BaseException, settings: Settings) -> None:
+    """The GPU ran out of memory (beside the worker's other runs, most likely): not the
+    run's fault. Free what this process holds and hand the run back, to be tried again
+    after a pause; past `max_oom_handbacks` such handbacks the run fails, saying why."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    with session_scope(settings.database_url) as session:
+        before = runs.oom_handbacks(session=session, experiment_id=lease.experiment_id)
+    if before >= settings.max_oom_handbacks:
+        log.error("experiment %s: out of GPU memory again (%s handbacks)", lease.experiment_id,
+                  before)  # fmt: skip
+        lease.finish(Status.failed, error=(
+            f"out of GPU memory {before + 1} times ({exc}); it was handed back and tried "
+            f"again {before} times (MOE_MAX_OOM_HANDBACKS). Run fewer runs per GPU "
+            "(MOE_RUNS_PER_GPU), or shrink batch_size or the model"))  # fmt: skip
+        return
+    delay = gpu_memory.retry_delay(before)
+    log.warning("experiment %s: out of GPU memory (%s); handing it back, offered again in "
+                "%.0f s", lease.experiment_id, exc, delay)  # fmt: skip
+    lease.hand_back("out of GPU memory", out_of_memory=True, countdown=delay)
 
 
 # The run's own story goes to its log whatever the console's level (Celery's --loglevel),

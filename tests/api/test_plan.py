@@ -31,6 +31,10 @@ def test_dry_run_answers_the_plan_and_stores_nothing(
     assert answer["steps_per_epoch"] == 7 and answer["tokens_per_epoch"] == 7 * 16 * 32
     assert answer["num_epochs"] == 2 and answer["dense"] is False
     assert 0 < answer["active_params"] < answer["params"]
+    # the GPU memory it would take: float32 weights, and the rest beside them (bf16 on a GPU)
+    memory = answer["gpu_memory"]
+    assert memory["parameters"] == 4 * answer["params"] and memory["autocast_weights"] > 0
+    assert memory["total"] > sum(v for k, v in memory.items() if k != "total")
 
     # a bad run is the same 422 with or without dry_run
     bad = client.post("/experiments?dry_run=true", json={**body, "config": {"top_k": 9}})

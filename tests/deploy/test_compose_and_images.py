@@ -73,7 +73,8 @@ def test_every_command_runs_an_installed_program_on_existing_code():
     assert worker[:4] == ["celery", "-A", "worker.celery_app", "worker"]
     assert hasattr(importlib.import_module("worker.celery_app"), "app")
     assert worker[worker.index("-Q") + 1] == TRAINING_QUEUE
-    assert worker[worker.index("--concurrency") + 1] == "1"
+    assert "--concurrency" not in worker  # the pool's size is MOE_RUNS_PER_GPU
+    assert SERVICES["worker"]["environment"]["MOE_RUNS_PER_GPU"] == "${MOE_RUNS_PER_GPU:-1}"
     assert worker[worker.index("--prefetch-multiplier") + 1] == "1"
     assert "CMD " + str(worker).replace("'", '"') in stage_body("worker")  # the image's own
 

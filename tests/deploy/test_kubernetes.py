@@ -179,7 +179,9 @@ def test_keda_scales_the_worker_deployment_from_zero_on_a_postgres_query():
     assert 0 < scaled["spec"]["pollingInterval"] <= 60 and scaled["spec"]["cooldownPeriod"] > 0
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "postgresql" and set(trigger["metadata"]) <= POSTGRESQL_METADATA
-    assert float(trigger["metadata"]["targetQueryValue"]) == 1  # a worker per run
+    # a worker per MOE_RUNS_PER_GPU runs: the runs each one trains at once
+    settings = find("ConfigMap", "moe-lab-settings")["data"]
+    assert float(trigger["metadata"]["targetQueryValue"]) == int(settings["MOE_RUNS_PER_GPU"])
     auth = find("TriggerAuthentication", trigger["authenticationRef"]["name"])
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["parameter"] in POSTGRESQL_AUTH
@@ -255,7 +257,8 @@ def test_every_command_names_code_that_exists_and_the_worker_is_everywhere_the_s
         if program == "celery":
             assert command[1:4] == ["-A", "worker.celery_app", "worker"]
             assert hasattr(importlib.import_module("worker.celery_app"), "app")
-            assert command[command.index("--concurrency") + 1] == "1"
+            # the pool's size is MOE_RUNS_PER_GPU, not a flag that would override it
+            assert "--concurrency" not in command
             assert command[command.index("--prefetch-multiplier") + 1] == "1"
             # the image's default command, and compose's after its GPU launcher
             assert "CMD " + str(command).replace("'", '"') in dockerfile, owner

@@ -93,3 +93,27 @@ def test_service_stats_count_runs_workers_epochs_and_takeovers(own_database):
     bounds = dict(zip(runs.EPOCH_SECONDS_BUCKETS, stats.epoch_seconds_buckets, strict=True))
     assert (bounds[1.0], bounds[30.0], bounds[60.0], bounds[3600.0]) == (1, 1, 2, 2)
     assert (stats.takeovers, stats.handbacks, stats.restarts) == (1, 1, 2)
+
+
+def test_a_worker_of_two_slots_shows_both_runs_and_has_a_free_slot_when_one_ends(own_database):
+    with session_scope(own_database) as session:
+        workers.register(session=session, name="w@h", host="h", pid=10, device="cuda:0", slots=2)
+    assert live(own_database)[0]["slots"] == 2
+    first, second = new_experiment(own_database, "a"), new_experiment(own_database, "b")
+    claim(own_database, first, "h:11:x", worker_name="w@h")
+    with session_scope(own_database) as session:
+        assert workers.beat(session=session, name="w@h")
+    assert live(own_database)[0]["idle_since"] is not None  # a slot is still free
+    claim(own_database, second, "h:12:y", worker_name="w@h")  # the second pool process
+    with session_scope(own_database) as session:
+        assert workers.beat(session=session, name="w@h")
+    (worker,) = live(own_database)  # one row per worker, not per run
+    assert (worker["state"], worker["slots_in_use"], worker["idle_since"]) == ("busy", 2, None)
+    assert worker["experiment_ids"] == [first, second] and worker["experiment_id"] == first
+    with session_scope(own_database) as session:
+        runs.finish_experiment(session=session, experiment_id=first, owner="h:11:x",
+                               status=Status.succeeded)  # fmt: skip
+        assert workers.beat(session=session, name="w@h")
+    worker = live(own_database)[0]
+    assert (worker["state"], worker["experiment_ids"]) == ("busy", [second])
+    assert worker["idle_since"] is not None  # free since: a lost message would show now

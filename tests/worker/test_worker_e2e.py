@@ -158,6 +158,7 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
     body = wait_for(study_done, timeout=360, interval=0.3, what="the study")
     print(json.dumps(body["preset_verdicts"], indent=1)[:6000])  # shown when it fails
     assert body["status"] == "succeeded", body["members"]
+    assert body["precision"] == "fp32"  # precision auto, fixed by the first run to start
     seeds = [study["base"]["seed"], study["base"]["seed"] + 1]
     assert [(row["preset"], row["seed"]) for row in body["verdicts"]] == [
         (preset, seed) for seed in seeds for preset in ("baseline", "top2")
