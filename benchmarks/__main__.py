@@ -1,8 +1,10 @@
-"""python -m benchmarks {all,moe_layer,model_step,trainer_overhead,data,service} [options]"""
+"""python -m benchmarks {all,moe_layer,model_step,trainer_overhead,data,service,recovery,gpu}
+[options]; `python -m benchmarks gpu --device cuda` writes results/gpu-<GPU name>.json"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help=f"results JSON (default {RESULTS_DIR}/latest.json for a full "
                         "'all' run, else a timestamped file there)")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", default=None, metavar="PART",
+                        help="gpu section: some of step, big, slots, study_engine, "
+                        "study_service (default: all)")  # fmt: skip
+    parser.add_argument("--data-dir", default=None,
+                        help="WikiText-2 for the runs of the gpu section (default: "
+                        "$MOE_DATA_DIR, else ../shared/data/wikitext-2)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.data_dir:
+        os.environ["MOE_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.parts:
+        from .gpu import PARTS
+
+        unknown = sorted(set(args.parts) - set(PARTS))
+        if unknown:
+            parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
     names = list(SECTIONS) if args.sections in (["all"], []) else args.sections
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
@@ -37,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         amp=not args.no_amp,
         out=args.out,
+        options={"gpu_parts": args.parts},
     )
     return 1 if any("error" in s for s in results["sections"].values()) else 0
 

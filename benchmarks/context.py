@@ -20,6 +20,8 @@ class Context:
     # bf16 autocast on CUDA (the GPU path); None on the CPU, where bf16 is slower.
     amp_dtype: torch.dtype | None = None
     compile: bool = False
+    # What a section takes besides (e.g. gpu_parts: the parts of the gpu section to run).
+    options: dict[str, Any] = field(default_factory=dict)
     timer: DeviceTimer = field(init=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ SECTIONS = {
     "data": "benchmarks.data_pipeline",
     "service": "benchmarks.service",
     "recovery": "benchmarks.recovery",
+    "gpu": "benchmarks.gpu",
 }
 
 
@@ -39,6 +40,7 @@ def run_suite(
     out: Path | None = None,
     write: bool = True,
     verbose: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `names` (default all) and return the results; write them unless `write` is off."""
     names = names or list(SECTIONS)
@@ -54,6 +56,7 @@ def run_suite(
         warmup=1 if smoke else 2,
         amp_dtype=torch.bfloat16 if dev.type == "cuda" and amp else None,
         compile=compile,
+        options=options or {},
     )
     results: dict[str, Any] = {
         "environment": environment(dev),
@@ -74,6 +77,10 @@ def run_suite(
     results["seconds"] = time.perf_counter() - started
     results["targets"] = check_targets(results)
     if write:
+        if out is None and names == ["gpu"] and not smoke:
+            from .gpu import output_name
+
+            out = RESULTS_DIR / output_name(dev)
         if out is None:
             full = not smoke and names == list(SECTIONS) and repeats is None
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

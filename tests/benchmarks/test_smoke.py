@@ -85,3 +85,33 @@ def test_references_compute_what_the_engine_computes(name, top_k, capacity_facto
     ref_out, ref_balance = REFERENCES[name](layer, x)
     torch.testing.assert_close(ref_out, out)
     torch.testing.assert_close(ref_balance, stats.balance_loss)
+
+
+def test_the_gpu_section_runs_every_part_through_the_real_paths(results):
+    """`python -m benchmarks gpu --smoke` on the CPU: the steps through the Trainer in every
+    mode (compiled ones traced), the GPU-sized model, runs through a real worker of one and
+    two slots, and the study through the engine and through POST /studies."""
+    body = results["sections"]["gpu"]
+    assert body["parts"] == ["step", "big", "slots", "study_engine", "study_service"]
+    names = [row["name"] for row in body["rows"]]
+    for mode in ("fp32", "bf16", "bf16+graphs"):
+        for model in ("dense", "baseline", "top2"):
+            assert f"micro step: {model} {mode}" in names
+    assert [n for n in names if n.startswith("GPU-sized")] == [
+        "GPU-sized: dense bf16+graphs", "GPU-sized: top1 bf16+graphs", "GPU-sized: top2 bf16+graphs",
+    ]  # fmt: skip
+    slots = [row for row in body["rows"] if "aggregate_tokens_per_s" in row]
+    assert [row["params"]["runs"] for row in slots] == [1, 2]
+    assert slots[0]["speedup_vs_one"] == 1 and all(r["aggregate_tokens_per_s"] > 0 for r in slots)
+    assert all(row["params"]["precision"] == "fp32" for row in slots)  # auto, on the CPU
+    studies = [row for row in body["rows"] if row["name"].startswith("the spec's study")]
+    assert len(studies) == 2
+    for row in studies:  # dense + the spec's four, every one trained
+        assert row["params"]["epochs_trained"] == [1] * 5 and row["params"]["precision"] == "fp32"
+
+
+def test_the_gpu_section_writes_the_gpu_named_file(tmp_path):
+    from benchmarks.gpu import output_name
+
+    name = output_name(torch.device("cpu"))
+    assert name.startswith("gpu-") and name.endswith(".json") and " " not in name
