@@ -8,7 +8,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from store.db import get_engine
+from store.db import get_engine, is_sqlite
 from store.models import Base
 from store.settings import get_settings
 
@@ -31,7 +31,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         compare_type=True,
-        render_as_batch=url.startswith("sqlite"),
+        render_as_batch=is_sqlite(url),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -27,8 +27,13 @@ def dispose_engines_after_fork() -> None:
         engine.dispose(close=False)
 
 
+def is_sqlite(url: str) -> bool:
+    """The embedded store (a file, no server), where a few things work differently."""
+    return url.startswith("sqlite")
+
+
 def _create_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)

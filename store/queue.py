@@ -34,7 +34,7 @@ def create_celery(settings: Settings, *, include: Iterable[str] = ()) -> Celery:
     if settings.broker_url.startswith(("redis", "rediss", "sentinel")):
         app.conf.broker_transport_options = {
             # Only a backstop: a dead worker's run is taken over through its lease in the
-            # database (worker.sweeper) within a minute; see Settings.visibility_timeout.
+            # database (worker.agent) within a minute; see Settings.visibility_timeout.
             "visibility_timeout": settings.visibility_timeout,
             # Sweep for abandoned messages (unacked past the visibility timeout) every
             # twentieth of it, instead of kombu's fixed ~100 s.

@@ -16,6 +16,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.db import is_sqlite
+
 
 def default_home() -> Path:
     """The data home of the embedded default, following the XDG base-directory convention."""
@@ -125,7 +127,7 @@ class Settings(BaseSettings):
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache"
         if self.auto_migrate is None:
-            self.auto_migrate = self.database_url.startswith("sqlite")
+            self.auto_migrate = is_sqlite(self.database_url)
         return self
 
     def as_env(self) -> dict[str, str]:
@@ -140,11 +142,6 @@ class Settings(BaseSettings):
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
         return env
-
-    @property
-    def is_embedded(self) -> bool:
-        """True when the store is SQLite (no server), where a few things work differently."""
-        return self.database_url.startswith("sqlite")
 
 
 @lru_cache

@@ -1,6 +1,6 @@
 """The worker's Celery application: `celery -A worker.celery_app worker -Q gpu ...`.
 
-Beside the tasks, each worker runs an agent in its main process (worker.sweeper: registry
+Beside the tasks, each worker runs an agent in its main process (worker.agent: registry
 heartbeat, takeover of dead workers' runs) and hands its run back when told to stop
 (worker.shutdown).
 """
@@ -40,7 +40,7 @@ def _init_pool_process(**_: object) -> None:
 @worker_ready.connect
 def _start_agent(sender: Any = None, **_: object) -> None:
     global _agent
-    from worker.sweeper import WorkerAgent
+    from worker.agent import WorkerAgent
 
     settings = get_settings()
     # The pool's real size: a --concurrency on the command line wins over the setting.

@@ -4,14 +4,14 @@ run has been taken over (this worker was taken for dead) nothing this one writes
 
 How a run survives its worker (the whole story, in one place):
 - a pool process dies (OOM, segfault): its worker's main process sees the run's owner gone
-  and puts the run back in the queue within a second or two (worker.sweeper), and Celery
+  and puts the run back in the queue within a second or two (worker.agent), and Celery
   requeues the task (reject_on_worker_lost); whichever delivery comes first takes it over;
 - a whole worker dies (SIGKILL, lost node): its heartbeats stop, and after
   `heartbeat_timeout` the sweep of any live worker re-queues the run;
 - a worker is told to stop (SIGTERM: scale-in, redeploy): the run stops at the next step,
   writes a checkpoint that resumes exactly, and is handed back at once (worker.shutdown);
 - the broker loses its messages: a run left queued beside an idle worker is published
-  again (worker.sweeper).
+  again (worker.agent).
 Any worker that takes the run resumes it from its checkpoint; epoch rows are upserts.
 """
 

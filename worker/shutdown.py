@@ -10,10 +10,12 @@ worker exits within seconds (well inside Kubernetes' default 30 s grace).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,8 @@ def requested() -> bool:
     return _requested.is_set()
 
 
-class task_in_progress:
+@contextlib.contextmanager
+def task_in_progress() -> Iterator[None]:
     """The span of a task in a pool process: a SIGTERM then asks the run to stop and hand
     itself back instead of ending the process. Installed per task, because billiard puts
     its own handler (exit at once) in place after the pool process's initialiser; that one
@@ -32,12 +35,11 @@ class task_in_progress:
 
     The request is for good: a pool process does not outlive its worker's shutdown, and
     while that drains, Celery may still deliver a task, which must go straight back."""
-
-    def __enter__(self) -> None:
-        self._previous = signal.signal(signal.SIGTERM, _on_sigterm_during_task)
-
-    def __exit__(self, *exc_info: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm_during_task)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _on_sigterm_during_task(signum: int, frame: object) -> None:

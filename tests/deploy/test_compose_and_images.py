@@ -162,7 +162,7 @@ def stage_files(stage: str, into: Path) -> Path:
 
 
 # Run from a folder that holds only what a stage copies: import every module of the
-# project's packages there (lazy imports too, e.g. worker.sweeper at worker_ready), check that
+# project's packages there (lazy imports too, e.g. worker.agent at worker_ready), check that
 # each came from that folder and that nothing of `absent` was loaded, then migrate a fresh
 # SQLite database with the stage's alembic.ini and migrations/ to the models' tables.
 CLOSURE = """
