@@ -22,7 +22,7 @@ from api.body_limit import BodySizeLimit
 from api.dashboard import add_dashboard
 from api.deps import require_token
 from api.docs import add_docs
-from api.errors import error_responses, validation_error
+from api.errors import error_responses, method_not_allowed, validation_error
 from api.params import known_query_only
 from api.routes import experiments, health, operations, presets, studies
 from api.specs import SpecError
@@ -85,6 +85,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(405, method_not_allowed)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)
     # Every route: a query parameter it does not take is a 422 (api.params).

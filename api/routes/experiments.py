@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
-from api import conditional, live
+from api import conditional, live, rules
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
@@ -393,12 +393,11 @@ def _check_baseline(session: SessionDep, baseline_id: int) -> None:
     if not baseline.dense:
         raise RequestValidationError(
             [
-                {
-                    "type": "value_error",
-                    "loc": ("body", "baseline_id"),
-                    "msg": f"experiment {baseline.id} is not a dense run",
-                    "input": baseline_id,
-                }
+                rules.BASELINE_NOT_DENSE.error(
+                    ("body", "baseline_id"),
+                    f"experiment {baseline.id} is not a dense run",
+                    baseline_id,
+                )  # fmt: skip
             ]
         )
 
