@@ -406,6 +406,12 @@ class Artifact(BaseModel):
     name: str = Field(description="download it from the list's URL + /{name}")
     size: int = Field(description="bytes")
     modified_at: datetime
+    partial: bool = Field(
+        False,
+        description="the run has not succeeded: the file is what it had written when it "
+        "stopped (a failed run's checkpoint.pt is its last finished epoch's), not its final "
+        "output; model.pt and result.json are served only once it has succeeded",
+    )
 
 
 class ArtifactList(BaseModel):

@@ -490,9 +490,9 @@ def fetch_artifact(
             return
         grid = render.table("name", "size", "modified", right=("size",))
         for item in answer["items"]:
-            grid.add_row(
-                item["name"], render.size(item.get("size")), render.when(item.get("modified_at"))
-            )
+            # a run that has not succeeded left it: not its final output
+            name = f"{item['name']} (partial)" if item.get("partial") else item["name"]
+            grid.add_row(name, render.size(item.get("size")), render.when(item.get("modified_at")))
         out.print(grid)
         return
     if "/" in name or name in ("", ".", ".."):

@@ -597,7 +597,8 @@ async function runView(id) {
       list.items.map((a) => el("tr", {}, el("td", {}, el("a", { href: "#", onclick: (e) => {
         e.preventDefault();
         download(`/experiments/${id}/artifacts/${a.name}`, `experiment-${id}-${a.name}`);
-      } }, a.name)), el("td", { class: "num" }, `${fmtInt(a.size)} bytes`),
+      } }, a.name), a.partial ? el("span", { class: "muted", title: "the run has not succeeded: not its final output" }, " partial") : ""),
+      el("td", { class: "num" }, `${fmtInt(a.size)} bytes`),
       el("td", { class: "muted" }, new Date(a.modified_at).toLocaleString()))))) : el("p", { class: "muted" }, "none yet"));
   };
 

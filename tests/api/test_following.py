@@ -145,10 +145,10 @@ def test_artifacts_list_and_download_and_delete_removes_everything(api, settings
     (directory / "stray.tmp").write_text("not listed")
     listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
     assert [(a["name"], a["size"]) for a in listed] == [("model.pt", 7), ("result.json", 13)]
-    download = api.get(f"/experiments/{run['id']}/artifacts/model.pt")
-    assert download.content == b"weights"
-    assert download.headers["content-type"] == "application/octet-stream"
-    assert "experiment-" in download.headers["content-disposition"]
+    # not succeeded: whatever lies there is partial, and never served as the final model
+    assert all(a["partial"] for a in listed)
+    assert api.get(f"/experiments/{run['id']}/artifacts/model.pt").status_code == 409
+    assert api.get(f"/experiments/{run['id']}/artifacts/result.json").status_code == 409
     assert api.get(f"/experiments/{run['id']}/artifacts/checkpoint.pt").status_code == 404
     assert api.get(f"/experiments/{run['id']}/artifacts/..%2Fetc").status_code in (404, 422)
 
@@ -159,6 +159,26 @@ def test_artifacts_list_and_download_and_delete_removes_everything(api, settings
     assert api.get(f"/experiments/{run['id']}").status_code == 404
     assert not directory.exists()
     assert api.delete(f"/experiments/{run['id']}").status_code == 404
+
+
+def test_a_succeeded_runs_files_are_final_and_served(api, settings):
+    run = submit(api)
+    directory = artifacts.run_dir(settings, run["run_key"])
+    directory.mkdir(parents=True)
+    (directory / artifacts.MODEL).write_bytes(b"weights")
+    (directory / artifacts.CHECKPOINT).write_bytes(b"state")
+    succeed(settings.database_url, run["id"], result(3.0))
+    listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
+    assert [(a["name"], a["partial"]) for a in listed] == [
+        ("model.pt", False),
+        ("checkpoint.pt", False),
+    ]
+    download = api.get(f"/experiments/{run['id']}/artifacts/model.pt")
+    assert download.content == b"weights"
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["content-length"] == "7"
+    assert download.headers["x-artifact-partial"] == "false"
+    assert "experiment-" in download.headers["content-disposition"]
 
 
 def test_deleting_a_study_takes_its_runs_and_files(api, settings):
