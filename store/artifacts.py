@@ -32,11 +32,15 @@ def run_dir(settings: Settings, run_key: str) -> Path:
     return settings.artifact_dir / "runs" / run_key
 
 
-def listing(
-    directory: Path, names: tuple[str, ...] = RUN_FILES, *, partial: bool = False
+def run_listing(
+    settings: Settings, run_key: str, names: tuple[str, ...] = RUN_FILES, *, partial: bool = False
 ) -> list[dict[str, Any]]:
-    """The files of `names` that exist in `directory` as plain files (a symlink is not
-    listed), with their size and time, each marked `partial` as given."""
+    """The run's files of `names` as open_run_file would serve them: plain files (not a
+    symlink), none from a run directory that leads out of the store; with their size and
+    time, each marked `partial` as given."""
+    if not _in_store(settings, run_key):
+        return []
+    directory = run_dir(settings, run_key)
     items = []
     for name in names:
         try:
@@ -56,7 +60,7 @@ def open_run_file(settings: Settings, run_key: str, name: str) -> BinaryIO:
     (O_NOFOLLOW) nor for the directories under the store (their resolved path must be
     where run_dir puts them). FileNotFoundError when there is no such plain file."""
     directory = run_dir(settings, run_key)
-    if directory.resolve() != settings.artifact_dir.resolve() / "runs" / run_key:
+    if not _in_store(settings, run_key):
         raise FileNotFoundError(f"{directory} is not a directory of the artifact store")
     path = directory / name
     # O_NONBLOCK: a FIFO planted there must not hang the request (no effect on a file)
@@ -72,6 +76,12 @@ def open_run_file(settings: Settings, run_key: str, name: str) -> BinaryIO:
         file.close()
         raise FileNotFoundError(f"{path} is not a plain file")
     return file
+
+
+def _in_store(settings: Settings, run_key: str) -> bool:
+    # the store itself may be a link (a mount point); nothing under it may lead out of it
+    directory = run_dir(settings, run_key)
+    return directory.resolve() == settings.artifact_dir.resolve() / "runs" / run_key
 
 
 def remove_run(settings: Settings, run_key: str) -> None:

@@ -357,8 +357,9 @@ def list_artifacts(
     the run has succeeded every one is `partial`: what it had written when it stopped (a
     failed run's checkpoint.pt is its last finished epoch's, not a final model)."""
     experiment = _get_or_404(session, experiment_id)
-    directory = artifacts.run_dir(settings, experiment.run_key)
-    return {"items": artifacts.listing(directory, partial=_partial(experiment))}
+    return {
+        "items": artifacts.run_listing(settings, experiment.run_key, partial=_partial(experiment))
+    }
 
 
 _PARTIAL_HEADER = {

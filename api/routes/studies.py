@@ -193,9 +193,8 @@ def list_study_artifacts(*, study_id: StudyId, session: SessionDep, settings: Se
     items = []
     dense = _dense_run(study)
     if dense is not None:
-        directory = artifacts.run_dir(settings, dense.run_key)
-        items += [{**item, "name": "dense_model.pt"} for item in artifacts.listing(
-            directory, (artifacts.MODEL,))]  # fmt: skip
+        items += [{**item, "name": "dense_model.pt"} for item in artifacts.run_listing(
+            settings, dense.run_key, (artifacts.MODEL,))]  # fmt: skip
     items.append({"name": "experiment_results.json", "size": len(_results_json(study)),
                   "modified_at": max(m.finished_at or m.created_at for m in study.members)})  # fmt: skip
     return {"items": items}

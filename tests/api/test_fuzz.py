@@ -65,9 +65,7 @@ def test_no_server_error_and_the_schema_is_the_contract(deployment):
             database=None,
         )
         def fuzz(case) -> None:
-            case.call_and_validate(
-                headers={"Authorization": f"Bearer {TOKEN}"}, checks=promises
-            )
+            case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=promises)
 
         try:
             fuzz()
