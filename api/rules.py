@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import PydanticCustomError
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -22,6 +24,10 @@ class Rule:
     def error(self, loc: tuple, msg: str, value: Any) -> dict[str, Any]:
         """A pydantic-style error entry for a body that breaks this rule."""
         return {"type": self.type, "loc": loc, "msg": msg, "input": value}
+
+    def broken(self, msg: str) -> PydanticCustomError:
+        """What a validator raises for a body that breaks this rule."""
+        return PydanticCustomError(self.type, msg)
 
 
 def stated(*rules: Rule) -> str:

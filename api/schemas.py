@@ -18,7 +18,6 @@ from pydantic import (
     field_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
 
 from api import rules
 from api.rules import Rule, stated
@@ -230,16 +229,14 @@ class ExperimentCreate(BaseModel):
     @classmethod
     def _dense_has_no_preset(cls, dense: bool, info: ValidationInfo) -> bool:
         if dense and info.data.get("preset") is not None:
-            raise _broken(rules.DENSE_WITH_PRESET, "a dense run takes no MoE preset")
+            raise rules.DENSE_WITH_PRESET.broken("a dense run takes no MoE preset")
         return dense
 
     @field_validator("baseline_id")
     @classmethod
     def _dense_has_no_baseline(cls, baseline_id: int | None, info: ValidationInfo) -> int | None:
         if baseline_id is not None and info.data.get("dense"):
-            raise _broken(
-                rules.DENSE_WITH_BASELINE, "a dense run is itself a baseline; it has none"
-            )
+            raise rules.DENSE_WITH_BASELINE.broken("a dense run is itself a baseline; it has none")
         return baseline_id
 
 
@@ -293,10 +290,6 @@ class StudyCreate(BaseModel):
         if len(set(presets)) != len(presets):
             raise ValueError("experiments must not repeat a preset")
         return presets
-
-
-def _broken(rule: Rule, message: str) -> PydanticCustomError:
-    return PydanticCustomError(rule.type, message)
 
 
 class ExperimentPlan(BaseModel):
