@@ -10,6 +10,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
 from store.db import new_session
@@ -69,14 +70,24 @@ async def require_token(
 
     async: it does no I/O, so it runs on the event loop instead of a thread-pool hop.
     """
+    # (HTTPBearer gives credentials for the Bearer scheme only)
+    authorization = f"Bearer {credentials.credentials}" if credentials is not None else None
+    if not token_accepted(settings, authorization):
+        raise unauthorized()
+
+
+def unauthorized() -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="missing or wrong bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def token_accepted(settings: Settings, authorization: str | None) -> bool:
+    """Whether an Authorization header's value carries the token (any does without one)."""
     if settings.api_token is None:
-        return
+        return True
+    scheme, token = get_authorization_scheme_param(authorization)
     expected = settings.api_token.get_secret_value()
-    if credentials is None or not secrets.compare_digest(
-        credentials.credentials.encode(), expected.encode()
-    ):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), expected.encode())

@@ -7,8 +7,11 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from api.body_limit import MAX_BODY_BYTES
 from api.schemas import ErrorDetail
@@ -62,3 +65,28 @@ def _echo(value: Any) -> Any:
         echoed = {_echo(key): _echo(item) for key, item in items}
         return echoed if isinstance(value, dict) else list(echoed.values())
     return value
+
+
+# The methods a path may be asked for, in the order an Allow header lists them.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    """A 405 whose Allow header lists every method the path takes: the router answers with
+    the first route that matched the path only (GET /experiments/{id}, not its DELETE)."""
+    assert isinstance(exc, HTTPException)
+    allowed = [method for method in METHODS if _routed(request, method)]
+    if allowed and "Allow" in (exc.headers or {}):  # else a mount's own (StaticFiles: GET, HEAD)
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+    return await http_exception_handler(request, exc)
+
+
+def _routed(request: Request, method: str) -> bool:
+    # from the app's root: inside a mount (/ui), root_path is the mount's
+    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    scope = {**request.scope, "method": method, "root_path": root}
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL and not isinstance(route, Mount):  # a mount takes any method
+            return True
+    return False

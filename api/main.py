@@ -17,17 +17,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import Scope
 
 from api.body_limit import BodySizeLimit
 from api.dashboard import add_dashboard
 from api.deps import require_token
 from api.docs import add_docs
-from api.errors import error_responses, validation_error
+from api.errors import error_responses, method_not_allowed, validation_error
 from api.params import known_query_only
 from api.routes import experiments, health, operations, presets, studies
+from api.security import SecurityHeaders, TokenBeforeRouting
 from api.specs import SpecError
 from store.migrate import auto_migrate
-from store.settings import get_settings
+from store.settings import Settings, get_settings
 
 
 @asynccontextmanager
@@ -69,6 +71,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _first_segment(path: str) -> str:
+    return "/" + path.strip("/").split("/")[0]
+
+
+def _settings_of(scope: Scope) -> Settings:
+    # the settings the routes get (a test's dependency override included)
+    app = scope["app"]
+    return app.dependency_overrides.get(get_settings, get_settings)()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="MoE lab",
@@ -83,8 +95,20 @@ def create_app() -> FastAPI:
     )
     add_docs(app)
     app.add_middleware(BodySizeLimit)
+    guarded_modules = (presets, experiments, studies, operations)
+    app.add_middleware(
+        TokenBeforeRouting,
+        prefixes={
+            _first_segment(route.path)
+            for module in guarded_modules
+            for route in module.router.routes
+        },  # fmt: skip
+        settings=_settings_of,
+    )
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, a 401 or 413 too
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(405, method_not_allowed)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)
     # Every route: a query parameter it does not take is a 422 (api.params).
@@ -93,7 +117,7 @@ def create_app() -> FastAPI:
     add_dashboard(app)
     guarded = [Depends(require_token)]
     app.include_router(presets.router, dependencies=guarded, responses=error_responses(401))
-    for module in (experiments, studies, operations):  # these read the database
+    for module in guarded_modules[1:]:  # these read the database
         app.include_router(module.router, dependencies=guarded, responses=error_responses(401, 503))
     return app
 

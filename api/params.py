@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,27 +42,51 @@ def known_query_only(request: Request) -> None:
     if known is None:  # once per route, kept on it
         known = route.known_query_names = _query_names(route)
     unknown = [key for key in request.query_params if key not in known]
+    errors = []
     if unknown:
         takes = ", ".join(sorted(known)) if known else "no query parameters"
-        raise RequestValidationError(
-            [
-                {
-                    "type": "extra_forbidden",
-                    "loc": ("query", key),
-                    "msg": f"unknown query parameter; this route takes {takes}",
-                    "input": request.query_params[key],
-                }
-                for key in unknown
-            ]
-        )
+        errors += [
+            {
+                "type": "extra_forbidden",
+                "loc": ("query", key),
+                "msg": f"unknown query parameter; this route takes {takes}",
+                "input": request.query_params[key],
+            }
+            for key in unknown
+        ]
+    # One value each: `?status=failed&status=queued` is not a filter on both, and silently
+    # keeping the last one would answer another question than the one asked.
+    repeated = sorted(
+        key for key in set(request.query_params) if known.get(key) is False
+        and len(request.query_params.getlist(key)) > 1
+    )  # fmt: skip
+    errors += [
+        {
+            "type": "query_repeated",
+            "loc": ("query", key),
+            "msg": "given more than once; this parameter takes one value",
+            "input": request.query_params.getlist(key),
+        }
+        for key in repeated
+    ]
+    if errors:
+        raise RequestValidationError(errors)
 
 
-def _query_names(route: APIRoute) -> frozenset[str]:
-    """The query parameters of the route's handler and its dependencies."""
-    names: set[str] = set()
+def _query_names(route: APIRoute) -> dict[str, bool]:
+    """The query parameters of the route's handler and its dependencies, each with whether
+    it takes a list of values."""
+    names: dict[str, bool] = {}
     pending = [route.dependant]
     while pending:
         dependant = pending.pop()
-        names.update(field.alias for field in dependant.query_params)
+        names.update((field.alias, _takes_many(field.field_info.annotation))
+                     for field in dependant.query_params)  # fmt: skip
         pending.extend(dependant.dependencies)
-    return frozenset(names)
+    return names
+
+
+def _takes_many(annotation: Any) -> bool:
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_takes_many(arm) for arm in get_args(annotation))
+    return get_origin(annotation) in (list, set, tuple, frozenset)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -16,7 +19,9 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from api.specs import DEFAULT_BASE_PRESET, LIMITS, MAX_ID, WORKER_ONLY
+from api import rules
+from api.rules import Rule, stated
+from api.specs import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
 from moe_core.criteria import CONFIDENCE, confidence_label
 from store.models import Status
@@ -34,11 +39,67 @@ Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[
 MAX_TAGS = 20
 
 
-def _overrides_of(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fraction part: 2.0 is the integer 2.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(*constraints: Any) -> Any:
+    """An integer as JSON Schema has it: 2 or 2.0, never "2" or true (body models are
+    strict). The constraints go on the integer itself, where the schema shows them."""
+    value = Annotated[int, *constraints] if constraints else int
+    return Annotated[value, BeforeValidator(_integral)]
+
+
+# Request bodies take the JSON types their schema names, and nothing else: strict, so that
+# every body the API accepts is valid against /openapi.json ("2" is not an integer).
+BODY = ConfigDict(extra="forbid", strict=True)
+
+
+def _json_typed(annotation: Any, constraints: Sequence[Any] = ()) -> Any:
+    """`annotation` as a body takes it, with `constraints` on its value (not on null): ints
+    as json_int, models as strict copies."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is int:
+        return json_int(*constraints)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _body_model(annotation)
+    if origin in (Union, UnionType):
+        arms = [arm if arm is type(None) else _json_typed(arm, constraints) for arm in args]
+        return Union[tuple(arms)]  # noqa: UP007 (built from parts)
+    if origin is list:
+        annotation = list[_json_typed(args[0])]
+    return Annotated[annotation, *constraints] if constraints else annotation
+
+
+def _body_model(model: type[BaseModel]) -> type[BaseModel]:
+    """A strict copy of an engine model (GatingTempSchedule), its fields and constraints kept."""
+    fields = {
+        name: (
+            _json_typed(info.annotation, info.metadata),
+            Field(info.default, description=info.description),
+        )
+        for name, info in model.model_fields.items()
+    }
+    return create_model(model.__name__, __config__=BODY, __doc__=model.__doc__, **fields)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    # A field left out keeps the preset's value; its own default (None) is not a value a
+    # client may send, so the schema names none.
+    schema.pop("default", None)
+
+
+def _overrides_of(
+    model: type[BaseModel], name: str, doc: str, rules: dict[str, tuple[Rule, ...]]
+) -> type[BaseModel]:
     """`model`'s fields, each optional with its constraints and description kept, unknown
     ones rejected: generated, so a request body cannot drift from the engine's config.
-    Sizes get the API's upper bounds (specs.LIMITS), strings and lists a maximum length;
-    the worker's own paths (specs.WORKER_ONLY) are not a client's to give."""
+    Sizes get the API's bounds (specs.LIMITS), strings and lists a maximum length; the
+    worker's own paths (specs.WORKER_ONLY) are not a client's to give. A field takes null
+    only where the engine's value may be null (num_experts: the base's; max_train_tokens:
+    no cap): elsewhere null would mean nothing, so the schema does not offer it.
+    `rules` adds to a field's description the rules beyond its schema (api.rules)."""
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
         if field_name in WORKER_ONLY:
@@ -46,43 +107,73 @@ def _overrides_of(model: type[BaseModel], name: str, doc: str) -> type[BaseModel
         bounds: dict[str, Any] = {}
         if field_name in LIMITS:
             bounds["le"] = LIMITS[field_name]
-        if info.annotation in (str, str | None) and not _has_max_length(info):
-            bounds["max_length"] = 200
+        if field_name in LOWER_LIMITS:
+            bounds["ge"] = LOWER_LIMITS[field_name]
+        if info.annotation in (str, str | None):
+            # Postgres text holds no NUL character: said in the schema, not found on a worker
+            bounds["pattern"] = NO_NUL
+            if not _has_max_length(info):
+                bounds["max_length"] = 200
         if field_name == "moe_layers":
             bounds["max_length"] = LIMITS["num_layers"]
+        constraints = [*info.metadata, Field(**bounds)] if bounds else info.metadata
+        annotation = _json_typed(info.annotation, constraints)
+        extra: Any = None
+        if field_name == "moe_layers":
+            # indices of layers, each once (within num_layers: a rule across fields)
+            layer = json_int(Field(ge=0, lt=LIMITS["num_layers"]))
+            annotation = Annotated[list[layer], *constraints]
+            extra = {"uniqueItems": True}
+        elif type(None) not in get_args(info.annotation):
+            extra = _no_default
         default = info.get_default(call_default_factory=True)
         description = info.description or ""
-        if default is not None or info.default_factory is not None:
+        if not info.is_required() and (default is not None or info.default_factory is not None):
             description = f"{description} (spec default: {default!r})".lstrip()
-        # the engine's constraints ride on the type; the API's bounds on the field
-        annotation = info.annotation | None
-        if info.metadata:
-            annotation = Annotated[annotation, *info.metadata]
-        fields[field_name] = (annotation, Field(None, description=description, **bounds))
-    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+        if field_name in rules:
+            said = stated(*rules[field_name])
+            description = f"{description.rstrip('.')}. {said}" if description else said
+        fields[field_name] = (
+            annotation,
+            Field(None, description=description, json_schema_extra=extra),
+        )
+    return create_model(name, __config__=BODY, __doc__=doc, **fields)
 
 
 def _has_max_length(info: FieldInfo) -> bool:
     return any(getattr(item, "max_length", None) is not None for item in info.metadata)
 
 
+# No NUL character (Postgres text cannot hold one): a pattern a JSON Schema validator checks.
+NO_NUL = r"^[^\x00]*$"
+
 ConfigOverrides = _overrides_of(
     ExperimentConfig,
     "ConfigOverrides",
     "ExperimentConfig fields over the preset's (or the spec defaults); any field left out "
-    "keeps its preset value. expert_dim follows the base's ffn_dim unless given.",
+    "keeps its preset value. expert_dim follows the base's ffn_dim unless given. "
+    + stated(rules.TOP_K_OVER_EXPERTS),
+    {"top_k": (rules.TOP_K_OVER_EXPERTS,), "num_shared_experts": (rules.SHARED_EXPERTS_WIDTH,)},
 )
 BaseOverrides = _overrides_of(
     BaseConfig,
     "BaseOverrides",
     "BaseConfig fields over the base preset's; any field left out keeps the preset's value. "
-    "data_dir and cache_dir are the worker's (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's.",
+    "data_dir and cache_dir are the worker's (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's. "
+    + stated(rules.HIDDEN_DIM_HEADS, rules.MOE_LAYERS_RANGE),
+    {
+        "batch_size": (rules.BASE_BATCH_SIZE_UNUSED,),
+        "max_train_tokens": (rules.TRAIN_TOKENS_UNDER_BATCH,),
+        "max_val_tokens": (rules.VAL_TOKENS_UNDER_BLOCK,),
+    },
 )
 
 
 class ExperimentCreate(BaseModel):
+    __doc__ = "One experiment to train. " + stated(rules.TEXT_NOT_STORABLE, rules.NUMBER_NOT_FINITE)
+
     model_config = ConfigDict(
-        extra="forbid",
+        **BODY,
         json_schema_extra={
             "examples": [
                 {
@@ -97,7 +188,7 @@ class ExperimentCreate(BaseModel):
         },
     )
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
     preset: ExperimentPreset | None = Field(
         None, description="start from one of the spec's four experiments"
     )
@@ -112,17 +203,20 @@ class ExperimentCreate(BaseModel):
         DEFAULT_BASE_PRESET,
         description="the base the `base` fields go over; the default is the engine CLI's",
     )
-    dense: bool = Field(False, description="a dense baseline run (no MoE layers)")
-    baseline_id: int | None = Field(
+    dense: bool = Field(
+        False,
+        description="a dense baseline run (no MoE layers). " + stated(rules.DENSE_WITH_PRESET),
+    )
+    baseline_id: json_int(Field(ge=1, le=MAX_ID)) | None = Field(  # type: ignore[valid-type]
         None,
-        ge=1,
-        le=MAX_ID,
-        description="the dense experiment this one's verdict is judged against",
+        description="the dense experiment this one's verdict is judged against. "
+        + stated(rules.DENSE_WITH_BASELINE, rules.BASELINE_NOT_DENSE),
     )
     tags: list[Tag] = Field(
         default_factory=list,
         max_length=MAX_TAGS,
-        description="labels to find the run by (GET /experiments?tag=...)",
+        description="labels to find the run by (GET /experiments?tag=...), each once",
+        json_schema_extra={"uniqueItems": True},
     )
 
     @field_validator("tags")
@@ -136,20 +230,25 @@ class ExperimentCreate(BaseModel):
     @classmethod
     def _dense_has_no_preset(cls, dense: bool, info: ValidationInfo) -> bool:
         if dense and info.data.get("preset") is not None:
-            raise ValueError("a dense run takes no MoE preset")
+            raise rules.DENSE_WITH_PRESET.broken("a dense run takes no MoE preset")
         return dense
 
     @field_validator("baseline_id")
     @classmethod
     def _dense_has_no_baseline(cls, baseline_id: int | None, info: ValidationInfo) -> int | None:
         if baseline_id is not None and info.data.get("dense"):
-            raise ValueError("a dense run is itself a baseline; it has none")
+            raise rules.DENSE_WITH_BASELINE.broken("a dense run is itself a baseline; it has none")
         return baseline_id
 
 
 class StudyCreate(BaseModel):
+    __doc__ = (
+        "The spec's main(): a dense baseline plus MoE presets on one base, over one or more "
+        "seeds. " + stated(rules.TEXT_NOT_STORABLE, rules.NUMBER_NOT_FINITE)
+    )
+
     model_config = ConfigDict(
-        extra="forbid",
+        **BODY,
         json_schema_extra={
             "examples": [
                 {
@@ -163,9 +262,11 @@ class StudyCreate(BaseModel):
         },
     )
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
     base: BaseOverrides = Field(  # type: ignore[valid-type]
-        default_factory=BaseOverrides, description="BaseConfig fields overriding the base preset"
+        default_factory=BaseOverrides,
+        description="BaseConfig fields overriding the base preset. "
+        + stated(rules.BASE_BATCH_SIZE_UNUSED),
     )
     base_preset: BasePreset = Field(
         DEFAULT_BASE_PRESET,
@@ -174,12 +275,12 @@ class StudyCreate(BaseModel):
     experiments: list[ExperimentPreset] = Field(
         default_factory=lambda: list(SPEC_EXPERIMENTS),  # the spec's four
         min_length=1,
+        description="the MoE presets, each once, on the study's base. "
+        + stated(rules.TOP_K_OVER_EXPERTS),
+        json_schema_extra={"uniqueItems": True},
     )
-    seeds: int = Field(
+    seeds: json_int(Field(ge=1, le=10)) = Field(  # type: ignore[valid-type]
         1,
-        ge=1,
-        le=10,
-        strict=True,
         description="run the dense baseline and each preset once per seed (base.seed, "
         "base.seed + 1, ...); each preset's verdict then reports mean ± SE over the seeds",
     )
@@ -323,6 +424,12 @@ class Artifact(BaseModel):
     name: str = Field(description="download it from the list's URL + /{name}")
     size: int = Field(description="bytes")
     modified_at: datetime
+    partial: bool = Field(
+        False,
+        description="the run has not succeeded: the file is what it had written when it "
+        "stopped (a failed run's checkpoint.pt is its last finished epoch's), not its final "
+        "output; model.pt and result.json are served only once it has succeeded",
+    )
 
 
 class ArtifactList(BaseModel):

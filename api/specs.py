@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from api import rules
 from moe_core.config import (
     BaseConfig,
     ExperimentConfig,
@@ -35,7 +36,11 @@ LIMITS: dict[str, int | float] = {
     "num_shared_experts": 8,
     "router_z_loss": 1.0,  # ST-MoE uses 1e-3
     "aux_free_bias_rate": 0.1,  # DeepSeek-V3 uses 1e-3
+    # numpy's seeds are 32-bit unsigned; a study's seeds run up to base.seed + 9
+    "seed": 2**31 - 1,
 }
+# The smallest value a request may give: a negative seed would fail on a worker (numpy).
+LOWER_LIMITS: dict[str, int | float] = {"seed": 0}
 # The base a request without `base_preset` gets: the same as `python -m moe_core`'s, a
 # 4-epoch run that a CPU worker finishes in minutes (the spec's 20-epoch run is asked for).
 DEFAULT_BASE_PRESET = "tiny"
@@ -105,7 +110,7 @@ def check_run(
     if not dense and config.top_k > experts:
         where = "config.num_experts" if config.num_experts is not None else "base.num_experts"
         errors.append(
-            _error(
+            rules.TOP_K_OVER_EXPERTS.error(
                 (*config_loc, "top_k"),
                 f"top_k ({config.top_k}) exceeds {where} ({experts})",
                 config.top_k,
@@ -114,7 +119,7 @@ def check_run(
     shared_width = config.num_shared_experts * config.expert_dim
     if not dense and shared_width > LIMITS["expert_dim"]:
         errors.append(
-            _error(
+            rules.SHARED_EXPERTS_WIDTH.error(
                 (*config_loc, "num_shared_experts"),
                 f"the shared experts' width, num_shared_experts x expert_dim = {shared_width},"
                 f" is over {LIMITS['expert_dim']}",
@@ -124,7 +129,7 @@ def check_run(
     batch_tokens = config.batch_size * (base.seq_len + 1)
     if base.max_train_tokens is not None and base.max_train_tokens < batch_tokens:
         errors.append(
-            _error(
+            rules.TRAIN_TOKENS_UNDER_BATCH.error(
                 ("body", "base", "max_train_tokens"),
                 f"{base.max_train_tokens} training tokens are fewer than one batch: "
                 f"batch_size ({config.batch_size}) x (seq_len + 1) = {batch_tokens}",
@@ -133,7 +138,7 @@ def check_run(
         )
     if base.max_val_tokens is not None and base.max_val_tokens < base.seq_len + 1:
         errors.append(
-            _error(
+            rules.VAL_TOKENS_UNDER_BLOCK.error(
                 ("body", "base", "max_val_tokens"),
                 f"{base.max_val_tokens} validation tokens are fewer than one block of "
                 f"seq_len + 1 = {base.seq_len + 1}",
@@ -151,7 +156,7 @@ def check_base_batch_size(*, base_overrides: dict[str, Any], applies: bool) -> N
     if "batch_size" in base_overrides and not applies:
         raise SpecError(
             [
-                _error(
+                rules.BASE_BATCH_SIZE_UNUSED.error(
                     ("body", "base", "batch_size"),
                     "base.batch_size sets only a dense run's batch size; a MoE run's is "
                     "config.batch_size (presets: 16, throughput_opt 32)",
@@ -164,22 +169,23 @@ def check_base_batch_size(*, base_overrides: dict[str, Any], applies: bool) -> N
 def check_values(body: Any, loc: tuple[str | int, ...] = ("body",)) -> None:
     """Numbers finite, strings storable: no NUL bytes (Postgres text refuses them) and no
     lone surrogates (not UTF-8). JSON's 1e400 arrives as inf."""
-    errors = [_error(where, why, None) for where, why in _bad_values(body, loc)]
+    errors = [rule.error(where, why, None) for where, rule, why in _bad_values(body, loc)]
     if errors:
         raise SpecError(errors)
 
 
-def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple, str]]:
+def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple, rules.Rule, str]]:
     if isinstance(value, float) and not math.isfinite(value):
-        yield loc, "must be a finite number"
+        yield loc, rules.NUMBER_NOT_FINITE, "must be a finite number"
     elif isinstance(value, str):
+        # (the schema's pattern refuses NUL in every string field before this runs)
         if "\x00" in value:
-            yield loc, "must not contain NUL bytes"
+            yield loc, rules.TEXT_NOT_STORABLE, "must not contain NUL bytes"
         elif not value.isascii():
             try:
                 value.encode()
             except UnicodeEncodeError:
-                yield loc, "must be valid UTF-8 (no lone surrogates)"
+                yield loc, rules.TEXT_NOT_STORABLE, "must be valid UTF-8 (no lone surrogates)"
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _bad_values(key, (*loc, key)) if isinstance(key, str) else ()
@@ -187,7 +193,3 @@ def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple,
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from _bad_values(item, (*loc, index))
-
-
-def _error(loc: tuple, msg: str, value: Any) -> dict[str, Any]:
-    return {"type": "value_error", "loc": loc, "msg": msg, "input": value}

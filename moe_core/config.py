@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
 Precision = Literal["auto", "bf16", "fp32"]
 CompileMode = Literal["off", "default", "graphs"]
@@ -142,14 +143,24 @@ class BaseConfig(BaseModel):
     @model_validator(mode="after")
     def _check_shapes(self) -> BaseConfig:
         if self.hidden_dim % self.num_heads:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            raise PydanticCustomError(
+                "hidden_dim_heads",
+                "hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})",
+                {"hidden_dim": self.hidden_dim, "num_heads": self.num_heads},
             )
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
         if bad:
-            raise ValueError(f"moe_layers {bad} outside 0..{self.num_layers - 1} (num_layers)")
+            raise PydanticCustomError(
+                "moe_layers_range",
+                "moe_layers {bad} outside 0..{last} (num_layers)",
+                {"bad": str(bad), "last": self.num_layers - 1},
+            )
         if len(set(self.moe_layers)) != len(self.moe_layers):
-            raise ValueError(f"moe_layers has duplicates: {self.moe_layers}")
+            raise PydanticCustomError(
+                "moe_layers_repeat",
+                "moe_layers has duplicates: {moe_layers}",
+                {"moe_layers": str(self.moe_layers)},
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,9 +175,14 @@ ROUTING_FIELDS = (
 
 
 def _check_top_k(top_k: int, num_experts: int, where: str = "num_experts") -> None:
-    """The one statement of the rule (a token picks top_k distinct experts)."""
+    """The one statement of the rule (a token picks top_k distinct experts). A typed error:
+    the API tells its clients each rule by its type (api/rules.py)."""
     if top_k > num_experts:
-        raise ValueError(f"top_k ({top_k}) exceeds {where} ({num_experts})")
+        raise PydanticCustomError(
+            "top_k_over_experts",
+            "top_k ({top_k}) exceeds {where} ({num_experts})",
+            {"top_k": top_k, "num_experts": num_experts, "where": where},
+        )
 
 
 class _MoEConfigBase(BaseModel):

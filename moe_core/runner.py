@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .atomic import write_atomic
+from . import atomic
+from .atomic import torch_save_atomic
 from .config import BaseConfig, ExperimentConfig, check_or_raise
 from .data import Batches, TokenBlocks
 from .errors import CheckpointMismatch
@@ -151,6 +152,10 @@ def run_single_experiment(
         else Subset(train_dataset, range(subset))
     )
     model = build_model(config, base_config, dense).to(device)
+    # Room for the run's files before its first step: a checkpoint (weights, AdamW's two
+    # moments, the best weights) twice while it is replaced, and the final weights.
+    weights = atomic.tensor_bytes(model.state_dict())
+    atomic.ensure_room_for({checkpoint_path: 8 * weights, model_path: weights})
     trainer = Trainer(
         model,
         train_loader,
@@ -224,5 +229,4 @@ def run_single_experiment(
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:
-    state = model.state_dict()
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    torch_save_atomic(path, model.state_dict())

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import write_atomic
+from .atomic import torch_save_atomic
 from .config import CompileMode, GatingTempSchedule
 from .errors import CheckpointMismatch, TrainingCancelled, TrainingDiverged
 from .model import MoELayer
@@ -592,8 +592,7 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Everything needed to resume from here (an epoch's end, or a step boundary within
         one), written atomically."""
-        state = self.state_dict()
-        write_atomic(path, lambda tmp: torch.save(state, tmp))
+        torch_save_atomic(path, self.state_dict())  # after checking the disk has room
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
         """Restore from `path`; returns the number of completed epochs (the next is +1, or

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -130,13 +131,26 @@ def load_body(file: Path) -> dict[str, Any]:
         body = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise UsageProblem(f"cannot read {file}: {' '.join(str(exc).split())}") from exc
-    if body is None:
-        body = {}
+    if body is None:  # nothing but whitespace or comments: not a request anyone meant
+        raise UsageProblem(f"{file} is empty; it must hold the request body (an object)")
     if not isinstance(body, dict):
         raise UsageProblem(
             f"{file} must hold an object (the request body), not {type(body).__name__}"
         )
     return body
+
+
+def check_finite(value: Any, where: str = "") -> None:
+    """Every number in the body finite: JSON has no NaN or Infinity (`--set x=NaN`, `1e309`,
+    YAML's `.inf` all parse as such), so the request could not even be sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageProblem(f"{where}: {value} is not a finite number (JSON has none)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_finite(item, f"{where}[{index}]")
 
 
 def split_list(values: list[str]) -> list[str]:
@@ -202,6 +216,7 @@ def submit(
     apply_sets(body, sets or [], ("config", "base"))
     if not body.get("name"):
         raise UsageProblem("give the run a NAME (or a file with a name)")
+    check_finite(body)
     client = api(ctx)
     out = render.console()
     answer = client.create_experiment(body, dry_run=dry_run, idempotency_key=idempotency_key)
@@ -490,9 +505,9 @@ def fetch_artifact(
             return
         grid = render.table("name", "size", "modified", right=("size",))
         for item in answer["items"]:
-            grid.add_row(
-                item["name"], render.size(item.get("size")), render.when(item.get("modified_at"))
-            )
+            # a run that has not succeeded left it: not its final output
+            name = f"{item['name']} (partial)" if item.get("partial") else item["name"]
+            grid.add_row(name, render.size(item.get("size")), render.when(item.get("modified_at")))
         out.print(grid)
         return
     if "/" in name or name in ("", ".", ".."):
@@ -563,6 +578,7 @@ def study_submit(
     if seeds is not None:
         body["seeds"] = seeds
     apply_sets(body, sets or [], ("base",))
+    check_finite(body)
     client = api(ctx)
     out = render.console()
     study = client.create_study(body, dry_run=dry_run, idempotency_key=idempotency_key)

@@ -4,10 +4,13 @@ key, unique to the run, unlike its id, which a reset database hands out again.""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from stat import S_ISREG
+from typing import Any, BinaryIO, Literal
 
 from store.settings import Settings
 
@@ -19,21 +22,66 @@ RUN_FILES = (MODEL, CHECKPOINT, RESULT, LOG)
 RunFile = Literal["model.pt", "checkpoint.pt", "result.json", "run.log"]  # RUN_FILES
 
 
+# A run's outputs: written once it has trained to the end, and final only once it has
+# succeeded. Any file of a run that has not succeeded is partial (a failed run's
+# checkpoint.pt is its last epoch's, not a final model).
+FINAL_FILES = (MODEL, RESULT)
+
+
 def run_dir(settings: Settings, run_key: str) -> Path:
     return settings.artifact_dir / "runs" / run_key
 
 
-def listing(directory: Path, names: tuple[str, ...] = RUN_FILES) -> list[dict[str, Any]]:
-    """The files of `names` that exist in `directory`, with their size and time."""
+def run_listing(
+    settings: Settings, run_key: str, names: tuple[str, ...] = RUN_FILES, *, partial: bool = False
+) -> list[dict[str, Any]]:
+    """The run's files of `names` as open_run_file would serve them: plain files (not a
+    symlink), none from a run directory that leads out of the store; with their size and
+    time, each marked `partial` as given."""
+    if not _in_store(settings, run_key):
+        return []
+    directory = run_dir(settings, run_key)
     items = []
     for name in names:
         try:
-            stat = (directory / name).stat()
-        except FileNotFoundError:
+            stat = (directory / name).stat(follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        items.append({"name": name, "size": stat.st_size,
+        if not S_ISREG(stat.st_mode):
+            continue
+        items.append({"name": name, "size": stat.st_size, "partial": partial,
                       "modified_at": datetime.fromtimestamp(stat.st_mtime, UTC)})  # fmt: skip
     return items
+
+
+def open_run_file(settings: Settings, run_key: str, name: str) -> BinaryIO:
+    """A run's file, open for reading and never through a symlink: a link planted in the
+    artifact store (run.log -> /etc/passwd) is not followed, for the file itself
+    (O_NOFOLLOW) nor for the directories under the store (their resolved path must be
+    where run_dir puts them). FileNotFoundError when there is no such plain file."""
+    directory = run_dir(settings, run_key)
+    if not _in_store(settings, run_key):
+        raise FileNotFoundError(f"{directory} is not a directory of the artifact store")
+    path = directory / name
+    # O_NONBLOCK: a FIFO planted there must not hang the request (no effect on a file)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EMLINK):
+            raise FileNotFoundError(f"{path}: no such plain file") from exc
+        raise
+    file = os.fdopen(fd, "rb")
+    if not S_ISREG(os.fstat(fd).st_mode):
+        file.close()
+        raise FileNotFoundError(f"{path} is not a plain file")
+    return file
+
+
+def _in_store(settings: Settings, run_key: str) -> bool:
+    # the store itself may be a link (a mount point); nothing under it may lead out of it
+    directory = run_dir(settings, run_key)
+    return directory.resolve() == settings.artifact_dir.resolve() / "runs" / run_key
 
 
 def remove_run(settings: Settings, run_key: str) -> None:

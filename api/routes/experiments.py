@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from api import conditional, live
+from api import conditional, live, rules
 from api.deps import QueueDep, SessionDep, SettingsDep
+from api.downloads import file_response
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
 from api.plan import plan
@@ -326,9 +327,8 @@ def read_logs(
     """What the worker logged for the run, each attempt: its start, each epoch, warnings and
     the traceback of a failure."""
     experiment = _get_or_404(session, experiment_id)
-    path = artifacts.run_dir(settings, experiment.run_key) / artifacts.LOG
     try:
-        with path.open("rb") as log:
+        with artifacts.open_run_file(settings, experiment.run_key, artifacts.LOG) as log:
             log.seek(offset)
             text = log.read(MAX_LOG_READ)
         if len(text) == MAX_LOG_READ and b"\n" in text:
@@ -353,17 +353,39 @@ MAX_LOG_READ = 1 << 20
 def list_artifacts(
     *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
 ) -> dict:
-    """The run's files: model.pt (final weights), checkpoint.pt, result.json, run.log."""
+    """The run's files: model.pt (final weights), checkpoint.pt, result.json, run.log. Until
+    the run has succeeded every one is `partial`: what it had written when it stopped (a
+    failed run's checkpoint.pt is its last finished epoch's, not a final model)."""
     experiment = _get_or_404(session, experiment_id)
-    return {"items": artifacts.listing(artifacts.run_dir(settings, experiment.run_key))}
+    return {
+        "items": artifacts.run_listing(settings, experiment.run_key, partial=_partial(experiment))
+    }
+
+
+_PARTIAL_HEADER = {
+    "X-Artifact-Partial": {
+        "description": "true when the run has not succeeded: the file is what it had "
+        "written when it stopped, not its final output",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    }
+}
 
 
 @router.get(
     "/{experiment_id}/artifacts/{name}",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
-        200: {"description": "the file", "content": {"application/octet-stream": {}}},
-        **error_responses(404, 422),
+        200: {
+            "description": "the file",
+            "content": {"application/octet-stream": {}},
+            "headers": _PARTIAL_HEADER,
+        },
+        **error_responses(
+            404,
+            409,
+            422,
+            e409="model.pt or result.json of a run that has not succeeded: not final",
+        ),
     },
 )
 def download_artifact(
@@ -372,18 +394,35 @@ def download_artifact(
     name: Annotated[artifacts.RunFile, Path(description="one of the listed names")],
     session: SessionDep,
     settings: SettingsDep,
-) -> FileResponse:
+) -> Response:
     experiment = _get_or_404(session, experiment_id)
-    path = artifacts.run_dir(settings, experiment.run_key) / name
-    if not path.is_file():
+    if name in artifacts.FINAL_FILES and _partial(experiment):
+        # Never a run's final model or result unless it is one.
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} is {experiment.status}: {name} is final only once "
+            "the run has succeeded",
+        )
+    try:
+        file = artifacts.open_run_file(settings, experiment.run_key, name)
+    except FileNotFoundError:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} has no {name} (yet)"
-        )
+        ) from None
     # Named, not guessed: mimetypes takes .pt for an SNES page table.
     media = "application/json" if name.endswith(".json") else "application/octet-stream"
     if name.endswith(".log"):
         media = "text/plain; charset=utf-8"
-    return FileResponse(path, media_type=media, filename=f"experiment-{experiment_id}-{name}")
+    return file_response(
+        file,
+        filename=f"experiment-{experiment_id}-{name}",
+        media_type=media,
+        headers={"X-Artifact-Partial": str(_partial(experiment)).lower()},
+    )
+
+
+def _partial(experiment: Experiment) -> bool:
+    return experiment.status != Status.succeeded
 
 
 def _check_baseline(session: SessionDep, baseline_id: int) -> None:
@@ -393,12 +432,11 @@ def _check_baseline(session: SessionDep, baseline_id: int) -> None:
     if not baseline.dense:
         raise RequestValidationError(
             [
-                {
-                    "type": "value_error",
-                    "loc": ("body", "baseline_id"),
-                    "msg": f"experiment {baseline.id} is not a dense run",
-                    "input": baseline_id,
-                }
+                rules.BASELINE_NOT_DENSE.error(
+                    ("body", "baseline_id"),
+                    f"experiment {baseline.id} is not a dense run",
+                    baseline_id,
+                )  # fmt: skip
             ]
         )
 

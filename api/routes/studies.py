@@ -6,10 +6,11 @@ import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from api import conditional, live
 from api.deps import QueueDep, SessionDep, SettingsDep
+from api.downloads import file_response
 from api.errors import error_responses
 from api.params import IdempotencyKey, Offset, StudyId
 from api.plan import plan
@@ -24,7 +25,7 @@ from api.specs import (
 from api.study_report import study_read, study_results, study_summary
 from api.submit import request_hash, store_once, submit
 from store import artifacts, runs
-from store.models import Study
+from store.models import Experiment, Status, Study
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -190,10 +191,10 @@ def list_study_artifacts(*, study_id: StudyId, session: SessionDep, settings: Se
     and experiment_results.json (every run's result and the verdicts, from the store)."""
     study = _get_or_404(session, study_id)
     items = []
-    dense = _dense_model(study, settings)
+    dense = _dense_run(study)
     if dense is not None:
-        items += [{**item, "name": "dense_model.pt"} for item in artifacts.listing(
-            dense.parent, (dense.name,))]  # fmt: skip
+        items += [{**item, "name": "dense_model.pt"} for item in artifacts.run_listing(
+            settings, dense.run_key, (artifacts.MODEL,))]  # fmt: skip
     items.append({"name": "experiment_results.json", "size": len(_results_json(study)),
                   "modified_at": max(m.finished_at or m.created_at for m in study.members)})  # fmt: skip
     return {"items": items}
@@ -225,20 +226,22 @@ def download_study_artifact(
             media_type="application/json",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
-    dense = _dense_model(study, settings)
-    if dense is None:
+    dense = _dense_run(study)
+    try:
+        if dense is None:
+            raise FileNotFoundError
+        file = artifacts.open_run_file(settings, dense.run_key, artifacts.MODEL)
+    except FileNotFoundError:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"study {study_id}'s dense run has no weights (yet)"
-        )
-    return FileResponse(dense, media_type="application/octet-stream", filename=filename)
+        ) from None
+    return file_response(file, filename=filename, media_type="application/octet-stream")
 
 
-def _dense_model(study: Study, settings: SettingsDep):
+def _dense_run(study: Study) -> Experiment | None:
+    """The first seed's dense run, once it has succeeded: its model.pt is final then."""
     dense = next((member for member in study.members if member.dense), None)
-    if dense is None:
-        return None
-    path = artifacts.run_dir(settings, dense.run_key) / artifacts.MODEL
-    return path if path.is_file() else None
+    return dense if dense is not None and dense.status == Status.succeeded else None
 
 
 def _results_json(study: Study) -> bytes:

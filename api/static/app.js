@@ -157,6 +157,8 @@ function el(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    // through the CSSOM: the Content-Security-Policy refuses inline style attributes
+    else if (key === "style") node.style.cssText = value;
     else node.setAttribute(key, value === true ? "" : value);
   }
   for (const child of children.flat()) {
@@ -597,7 +599,8 @@ async function runView(id) {
       list.items.map((a) => el("tr", {}, el("td", {}, el("a", { href: "#", onclick: (e) => {
         e.preventDefault();
         download(`/experiments/${id}/artifacts/${a.name}`, `experiment-${id}-${a.name}`);
-      } }, a.name)), el("td", { class: "num" }, `${fmtInt(a.size)} bytes`),
+      } }, a.name), a.partial ? el("span", { class: "muted", title: "the run has not succeeded: not its final output" }, " partial") : ""),
+      el("td", { class: "num" }, `${fmtInt(a.size)} bytes`),
       el("td", { class: "muted" }, new Date(a.modified_at).toLocaleString()))))) : el("p", { class: "muted" }, "none yet"));
   };
 

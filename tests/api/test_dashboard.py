@@ -52,11 +52,30 @@ def page(browser, request):
     # A 401 is how the page learns it needs the token (the token test): not an error.
     page.on("console", lambda m: errors.append(m.text)
             if m.type == "error" and "401" not in m.text else None)  # fmt: skip
+    # The pages run under the API's Content-Security-Policy (this origin only, nothing
+    # inline): every violation (a blocked script, style or request) is an error here too.
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e => console.error("
+        "`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`))"
+    )
+    policies: list[str | None] = []
+    page.on("response", lambda r: policies.append(r.headers.get("content-security-policy"))
+            if r.request.resource_type == "document" else None)  # fmt: skip
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / f"{request.node.name}-last.png", full_page=True)
     context.close()
     assert not errors, errors
+    assert policies and all(policy and "default-src 'self'" in policy for policy in policies)
+
+
+def wait_until(page, expression: str, timeout: float = 30.0) -> None:
+    """page.wait_for_function, polled from here: its own polling evaluates the expression
+    in the page, which the pages' Content-Security-Policy (no eval) refuses."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {expression}"
+        time.sleep(0.01)
 
 
 def shot(page, name: str) -> None:
@@ -103,8 +122,8 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
     shot(page, "study-live")
     # Then every run ends, the verdict table fills in, still the same page.
     page.wait_for_selector('h1 + .summary [data-status="succeeded"]', timeout=90_000)
-    page.wait_for_function(
-        "document.querySelector('#study-verdicts tr[data-preset]').dataset.passed !== 'null'"
+    wait_until(
+        page, "document.querySelector('#study-verdicts tr[data-preset]').dataset.passed !== 'null'"
     )
     assert page.evaluate("window.__loaded_once") is True
 
@@ -215,9 +234,10 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     for _ in range(3):  # the best of three: other work shares this machine's two cores
         started = time.perf_counter()
         page.reload()  # a cold page: HTML, scripts and the run's JSON are all fetched
-        page.wait_for_function(
+        wait_until(
+            page,
             "document.querySelectorAll('#experts [data-heatmap][data-drawn]').length === 8 &&"
-            " document.querySelectorAll('#curves [data-chart][data-drawn]').length >= 4"
+            " document.querySelectorAll('#curves [data-chart][data-drawn]').length >= 4",
         )
         times.append(time.perf_counter() - started)
     print(f"run page with 200 epochs x 4 layers drawn in {min(times):.3f} s (of {times})")
@@ -299,3 +319,17 @@ def test_a_study_with_many_running_runs_leaves_the_page_connections(deployment, 
         f"{api.url}/healthz",
     )
     assert took < 2000, f"a request from the page waited {took:.0f} ms for a connection"
+
+    # A running run's progress bar, drawn under the page's Content-Security-Policy (which
+    # refuses inline style attributes): no violation (the fixture checks), and the width set.
+    member = study["members"][0]
+    progress = {"phase": "training", "epoch": 1, "step": 3, "steps_per_epoch": 8,
+                "tokens_per_sec": 1000.0, "eta_seconds": 42.0,
+                "updated_at": "2026-11-25T12:00:00+00:00"}  # fmt: skip
+    with session_scope(settings.database_url) as session:
+        assert runs.heartbeat(session=session, experiment_id=member["id"],
+                              owner=f"w{member['id']}", progress=progress)  # fmt: skip
+    page.goto(f"{api.url}/ui/#/")
+    bar = page.locator(f'#runs tr[data-run="{member["id"]}"] .progress > span')
+    bar.wait_for()
+    assert bar.evaluate("span => span.style.width") == "18.8%"  # 3 of 8 steps, of 2 epochs

@@ -5,6 +5,7 @@ a worker makes them (tests/worker/test_worker_e2e.py has a real one)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -145,10 +146,10 @@ def test_artifacts_list_and_download_and_delete_removes_everything(api, settings
     (directory / "stray.tmp").write_text("not listed")
     listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
     assert [(a["name"], a["size"]) for a in listed] == [("model.pt", 7), ("result.json", 13)]
-    download = api.get(f"/experiments/{run['id']}/artifacts/model.pt")
-    assert download.content == b"weights"
-    assert download.headers["content-type"] == "application/octet-stream"
-    assert "experiment-" in download.headers["content-disposition"]
+    # not succeeded: whatever lies there is partial, and never served as the final model
+    assert all(a["partial"] for a in listed)
+    assert api.get(f"/experiments/{run['id']}/artifacts/model.pt").status_code == 409
+    assert api.get(f"/experiments/{run['id']}/artifacts/result.json").status_code == 409
     assert api.get(f"/experiments/{run['id']}/artifacts/checkpoint.pt").status_code == 404
     assert api.get(f"/experiments/{run['id']}/artifacts/..%2Fetc").status_code in (404, 422)
 
@@ -159,6 +160,26 @@ def test_artifacts_list_and_download_and_delete_removes_everything(api, settings
     assert api.get(f"/experiments/{run['id']}").status_code == 404
     assert not directory.exists()
     assert api.delete(f"/experiments/{run['id']}").status_code == 404
+
+
+def test_a_succeeded_runs_files_are_final_and_served(api, settings):
+    run = submit(api)
+    directory = artifacts.run_dir(settings, run["run_key"])
+    directory.mkdir(parents=True)
+    (directory / artifacts.MODEL).write_bytes(b"weights")
+    (directory / artifacts.CHECKPOINT).write_bytes(b"state")
+    succeed(settings.database_url, run["id"], result(3.0))
+    listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
+    assert [(a["name"], a["partial"]) for a in listed] == [
+        ("model.pt", False),
+        ("checkpoint.pt", False),
+    ]
+    download = api.get(f"/experiments/{run['id']}/artifacts/model.pt")
+    assert download.content == b"weights"
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["content-length"] == "7"
+    assert download.headers["x-artifact-partial"] == "false"
+    assert "experiment-" in download.headers["content-disposition"]
 
 
 def test_deleting_a_study_takes_its_runs_and_files(api, settings):
@@ -220,3 +241,37 @@ def test_tags_filters_and_ordering(api, settings):
     repeated = api.post("/experiments", json={"name": "x", "base_preset": "micro",
                                               "tags": ["a", "a"]})  # fmt: skip
     assert repeated.status_code == 422
+
+
+def test_files_are_never_served_through_a_symlink(api, settings, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    run = submit(api)
+    succeed(settings.database_url, run["id"], result(3.0))
+    directory = artifacts.run_dir(settings, run["run_key"])
+    directory.mkdir(parents=True)
+    (directory / artifacts.LOG).symlink_to(secret)
+    (directory / artifacts.MODEL).symlink_to(secret)
+    os.mkfifo(directory / artifacts.RESULT)  # nor a FIFO, which would hang a reader
+    (directory / artifacts.CHECKPOINT).write_bytes(b"state")
+    base = f"/experiments/{run['id']}"
+    assert [a["name"] for a in api.get(f"{base}/artifacts").json()["items"]] == ["checkpoint.pt"]
+    for name in (artifacts.LOG, artifacts.MODEL, artifacts.RESULT):
+        response = api.get(f"{base}/artifacts/{name}")
+        assert response.status_code == 404 and "root:" not in response.text, name
+    logs = api.get(f"{base}/logs")
+    assert logs.status_code == 200 and logs.text == ""
+    assert api.get(f"{base}/artifacts/checkpoint.pt").content == b"state"
+
+    # nor through a run directory that is itself a link out of the store
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / artifacts.MODEL).write_bytes(b"not this run's")
+    (other / artifacts.LOG).write_text("not this run's either\n")
+    for name in os.listdir(directory):
+        (directory / name).unlink()
+    directory.rmdir()
+    directory.symlink_to(other, target_is_directory=True)
+    assert api.get(f"{base}/artifacts").json()["items"] == []
+    assert api.get(f"{base}/artifacts/model.pt").status_code == 404
+    assert api.get(f"{base}/logs").text == ""

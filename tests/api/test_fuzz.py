@@ -1,9 +1,12 @@
 """A bounded schema fuzz of the app in-process (schemathesis): whatever a client sends
-within or around the schema, no response is a 5xx and every one matches the schema."""
+within or around the schema, no response is a 5xx, every one matches the schema, and the
+schema is the contract both ways: a body valid against it is accepted or refused only by a
+rule it states (api/rules.py), and one invalid against it is refused."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import schemathesis
@@ -17,29 +20,34 @@ from store.settings import get_settings
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
 
-# Cases per operation and mode: about 450 in all, well under a minute.
+# Cases per operation and mode: about 450 in all, well under a minute; the two request
+# bodies, where the rules live, get more.
 EXAMPLES = 15
+BODY_EXAMPLES = 60
 TOKEN = "fuzz-token"
-# What the API promises: no 5xx; statuses, content types, headers and bodies as declared; a
-# wrong token refused. Not positive_data_acceptance: a body the schema allows can still be a
-# 422 on a rule across fields (top_k <= num_experts, moe_layers within num_layers).
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_headers_conformance,
-    checks.response_schema_conformance,
-    checks.ignored_auth,
-]
 
 
-def test_no_server_error_and_every_response_matches_the_schema(deployment):
+def test_no_server_error_and_the_schema_is_the_contract(deployment):
     # A database and queue of its own: the fuzz's runs land nowhere another test counts.
     app = create_app()
     # with the token set, as the schema's security says: schemathesis also checks that a
     # wrong token is refused
     own = deployment(api_token=SecretStr(TOKEN))
     app.dependency_overrides[get_settings] = lambda: own
+    openapi = app.openapi()
+    # What the API promises: no 5xx; statuses, content types, headers and bodies as
+    # declared; a wrong token refused; a request the schema forbids refused; a request it
+    # allows refused only by a rule it states.
+    promises = [
+        checks.not_a_server_error,
+        checks.status_code_conformance,
+        checks.content_type_conformance,
+        checks.response_headers_conformance,
+        checks.response_schema_conformance,
+        checks.ignored_auth,
+        checks.negative_data_rejection,
+        refused_only_by_stated_rules(openapi),
+    ]
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
@@ -50,17 +58,69 @@ def test_no_server_error_and_every_response_matches_the_schema(deployment):
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(
-            max_examples=EXAMPLES,
+            max_examples=BODY_EXAMPLES if operation.body else EXAMPLES,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,  # the same cases every run: CI fails on a change, not on luck
             database=None,
         )
         def fuzz(case) -> None:
-            case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=CHECKS)
+            case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=promises)
 
         try:
             fuzz()
         except Unsatisfiable:
             # an operation without parameters or a body has nothing to break
             assert mode is GenerationMode.NEGATIVE, operation.label
+
+
+def refused_only_by_stated_rules(openapi: dict[str, Any]):
+    """A check: a request valid against the schema is not refused (422) except by a rule
+    the schema states, i.e. each error's `type` is named in the description of a model or
+    field on its `loc` (`body`, `base`, `batch_size`: ExperimentCreate, its `base`,
+    BaseOverrides, its `batch_size`)."""
+
+    def check(ctx, response, case) -> None:
+        if case.meta is None or not case.meta.generation.mode.is_positive:
+            return
+        if response.status_code != 422:
+            return
+        operation = openapi["paths"][case.operation.path][case.method.lower()]
+        for error in response.json()["detail"]:
+            said = " ".join(_descriptions_along(openapi, operation, error["loc"]))
+            assert f"`{error['type']}`" in said, (
+                f"{case.method} {case.path}: a request valid against the schema was refused "
+                f"by a rule the schema does not state: {error} (body: {case.body!r})"
+            )
+
+    return check
+
+
+def _descriptions_along(openapi: dict, operation: dict, loc: list) -> list[str]:
+    """The descriptions of every schema a request body's error location passes through."""
+    if not loc or loc[0] != "body" or "requestBody" not in operation:
+        return []
+    schemas = openapi["components"]["schemas"]
+
+    def resolved(node: dict) -> tuple[dict, list[str]]:
+        texts = [node.get("description", "")]
+        while True:
+            if "$ref" in node:
+                node = schemas[node["$ref"].rsplit("/", 1)[1]]
+            elif "anyOf" in node:  # T | null: the T
+                node = next(arm for arm in node["anyOf"] if arm.get("type") != "null")
+            else:
+                return node, texts
+            texts.append(node.get("description", ""))
+
+    node, texts = resolved(operation["requestBody"]["content"]["application/json"]["schema"])
+    for part in loc[1:]:
+        if isinstance(part, int) and "items" in node:
+            child = node["items"]
+        elif isinstance(part, str) and part in node.get("properties", {}):
+            child = node["properties"][part]
+        else:
+            break
+        node, more = resolved(child)
+        texts += more
+    return texts

@@ -32,15 +32,20 @@ def test_config_and_base_are_typed_with_every_engine_field(openapi):
             assert set(typed["properties"]) == set(engine.model_fields) - set(WORKER_ONLY)
     config = schemas["ConfigOverrides"]["properties"]
     # constraints and descriptions travel with the fields
-    assert {"minimum": 1, "type": "integer"} in config["top_k"]["anyOf"]
-    assert {"exclusiveMinimum": 0, "maximum": LIMITS["expert_dim"], "type": "integer"} in config[
-        "expert_dim"
-    ]["anyOf"]
+    assert {"minimum": 1, "type": "integer"}.items() <= config["top_k"].items()
+    assert {"exclusiveMinimum": 0, "maximum": LIMITS["expert_dim"], "type": "integer"}.items() <= (
+        config["expert_dim"].items()
+    )
     assert "experts each token is routed to" in config["top_k"]["description"]
     base = schemas["BaseOverrides"]["properties"]
     limit = LIMITS["vocab_size"]
-    assert {"minimum": 300, "maximum": limit, "type": "integer"} in base["vocab_size"]["anyOf"]
+    assert {"minimum": 300, "maximum": limit, "type": "integer"}.items() <= base[
+        "vocab_size"
+    ].items()
     assert "256" in base["seq_len"]["description"]  # the spec default is said
+    # null only where the engine's value may be null (the base's experts, no cap)
+    assert {"type": "null"} in config["num_experts"]["anyOf"]
+    assert {"type": "null"} in base["max_train_tokens"]["anyOf"]
 
 
 def test_every_request_body_has_an_example_that_the_api_accepts(client, openapi):
@@ -101,3 +106,128 @@ def test_declared_errors_are_what_the_api_returns(client):
     study = client.post("/studies", json={"name": "s", "base": {"hidden_size": 2}})
     assert study.status_code == 422
     assert ["body", "base", "hidden_size"] in [e["loc"] for e in study.json()["detail"]]
+
+
+def _takes_null(field: dict) -> bool:
+    return {"type": "null"} in field.get("anyOf", [])
+
+
+@pytest.mark.parametrize("section", ["base", "config"])
+def test_null_is_taken_exactly_where_the_schema_offers_it(client, openapi, section):
+    # A client generated from the schema sends null where the schema offers it, and only
+    # there: each such body is accepted; any other null is a 422 the schema announces.
+    model = "BaseOverrides" if section == "base" else "ConfigOverrides"
+    fields = openapi["components"]["schemas"][model]["properties"]
+    offered = {name for name, field in fields.items() if _takes_null(field)}
+    # the fields whose engine value may be null: the base's experts, no schedule, no cap
+    nullable = {"config": {"num_experts", "gating_temp_schedule"},
+                "base": {"max_train_tokens", "max_val_tokens"}}  # fmt: skip
+    assert offered == nullable[section]
+    for name in fields:
+        body = {"name": "nulls", "base_preset": "micro", "base": micro_base()}
+        body[section] = {**body.get(section, {}), name: None}
+        response = client.post("/experiments?dry_run=true", json=body)
+        if name in offered:
+            assert response.status_code == 200, (name, response.text)
+            assert response.json()[section][name] is None
+        else:
+            assert response.status_code == 422, (name, response.text)
+            assert ["body", section, name] in [e["loc"] for e in response.json()["detail"]]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "taken_as"),
+    [
+        (("base", "num_epochs"), 2.0, 2),  # JSON Schema's integer: no fraction part
+        (("base", "learning_rate"), 1, 1.0),
+        (("config", "dropout"), 0, 0.0),
+        (("base", "num_epochs"), "2", None),  # not an integer to a JSON Schema validator
+        (("base", "num_epochs"), True, None),
+        (("base", "num_epochs"), 2.5, None),
+        (("base", "learning_rate"), "0.01", None),
+        (("config", "dropless"), 1, None),
+        (("config", "dropless"), "true", None),
+        (("base", "moe_layers"), ["1"], None),
+        (("base", "dataset_config"), 7, None),
+        (("config", "gating_temp_schedule"), {"epochs": "2"}, None),
+        (("config", "gating_temp_schedule"), {"epochs": 2.0}, {"epochs": 2}),
+    ],
+)
+def test_a_body_takes_the_json_types_its_schema_names(client, field, value, taken_as):
+    # Every body the API accepts is valid against /openapi.json: no "2" for 2, no true for 1.
+    section, name = field
+    body = {"name": "types", "base_preset": "micro", "base": micro_base(), section: {}}
+    body[section][name] = value
+    response = client.post("/experiments?dry_run=true", json=body)
+    if taken_as is None:
+        assert response.status_code == 422, response.text
+        assert ["body", section, name] == response.json()["detail"][0]["loc"][:3]
+    else:
+        assert response.status_code == 200, response.text
+        got = response.json()[section][name]
+        if isinstance(taken_as, dict):
+            got = {key: got[key] for key in taken_as}
+        assert got == taken_as and type(got) is type(taken_as)
+
+
+def test_a_study_takes_seeds_2_0_as_2(client):
+    body = {"name": "s", "base_preset": "micro", "base": micro_base(), "seeds": 2.0}
+    response = client.post("/studies?dry_run=true", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["seeds"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        ({"config": {"top_k": 9}}, "top_k_over_experts"),
+        ({"config": {"num_experts": 2, "top_k": 3}}, "top_k_over_experts"),
+        ({"base": {"hidden_dim": 33}}, "hidden_dim_heads"),
+        ({"base": {"num_layers": 2}}, "moe_layers_range"),  # the preset's [2, 4]
+        ({"base": {"batch_size": 8}}, "base_batch_size_unused"),
+        ({"base": {"max_train_tokens": 100}}, "train_tokens_under_batch"),
+        ({"base": {"max_val_tokens": 20}}, "val_tokens_under_block"),
+        ({"config": {"num_shared_experts": 8, "expert_dim": 4096}}, "shared_experts_width"),
+        ({"dense": True, "preset": "top2"}, "dense_with_preset"),
+        ({"dense": True, "baseline_id": 1}, "dense_with_baseline"),
+    ],
+)
+def test_a_rule_across_fields_is_a_422_of_the_type_the_schema_states(client, openapi, body, rule):
+    request = {"name": "rules", "base_preset": "micro", **body}
+    request["base"] = {**micro_base(), **body.get("base", {})}
+    response = client.post("/experiments?dry_run=true", json=request)
+    assert response.status_code == 422, response.text
+    assert rule in [error["type"] for error in response.json()["detail"]], response.text
+    # stated where a client reads the body's fields
+    schemas = openapi["components"]["schemas"]
+    said = " ".join(
+        text
+        for model in ("ExperimentCreate", "ConfigOverrides", "BaseOverrides")
+        for text in [
+            schemas[model].get("description", ""),
+            *(field.get("description", "") for field in schemas[model]["properties"].values()),
+        ]
+    )
+    assert f"`{rule}`" in said
+
+
+def test_a_study_states_that_base_batch_size_is_refused(openapi):
+    study = openapi["components"]["schemas"]["StudyCreate"]
+    assert "`base_batch_size_unused`" in study["properties"]["base"]["description"]
+    assert "`top_k_over_experts`" in study["properties"]["experiments"]["description"]
+
+
+def test_a_405_lists_every_method_the_path_takes(client, openapi):
+    for path, operations in openapi["paths"].items():
+        url = path.replace("{experiment_id}", "1").replace("{study_id}", "1")
+        url = url.replace("{name}", "run.log")
+        response = client.request("PUT", url)
+        assert response.status_code == 405, (path, response.status_code)
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        assert allowed == {method.upper() for method in operations}, path
+
+
+def test_a_query_parameter_given_twice_is_a_422(client):
+    response = client.get("/experiments?status=failed&status=queued")
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "status"]

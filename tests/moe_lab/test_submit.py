@@ -141,6 +141,53 @@ def test_an_unreadable_file_is_one_line(cli, tmp_path):
     assert "must hold an object (the request body), not list" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("empty.yaml", "", "is empty; it must hold the request body"),
+        ("blank.yaml", "\n  \n# only a comment\n", "is empty; it must hold the request body"),
+        ("empty.json", "", "cannot read"),
+        ("list.yaml", "- a\n- b\n", "must hold an object (the request body), not list"),
+        ("text.yaml", "just words\n", "must hold an object (the request body), not str"),
+        ("number.json", "3", "must hold an object (the request body), not int"),
+        ("nan.yaml", "base: {learning_rate: .nan}\n", "base.learning_rate: nan is not a finite"),
+        ("inf.json", '{"config": {"dropout": Infinity}}', "config.dropout: inf is not a finite"),
+        ("deep.yaml", "config: {gating_temp_schedule: {start: 1.0e+309}}\n",
+         "config.gating_temp_schedule.start: inf is not a finite"),
+    ],
+)  # fmt: skip
+def test_an_empty_or_non_mapping_or_non_finite_file_submits_nothing(
+    cli, api, tmp_path, name, text, message
+):
+    before = total(api)
+    path = tmp_path / name
+    path.write_text(text)
+    result = cli("submit", "a", "--file", path, "--json")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+    assert total(api) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "value", "shown"),
+    [
+        (("submit", "a"), "NaN", "nan"),
+        (("submit", "a"), "Infinity", "inf"),
+        (("submit", "a"), "-Infinity", "-inf"),
+        (("submit", "a"), "1e309", "inf"),
+        (("study", "submit", "s"), "NaN", "nan"),
+    ],
+)
+def test_a_non_finite_set_value_is_one_line_and_submits_nothing(cli, api, command, value, shown):
+    before = total(api), api.list_studies()["total"]
+    for field in ("base.learning_rate", "base.num_epochs"):
+        result = cli(*command, "--set", f"{field}={value}")
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"error: {field}: {shown} is not a finite number (JSON has none)\n"
+    assert (total(api), api.list_studies()["total"]) == before
+
+
 def test_an_unreachable_api_is_one_line(cli):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

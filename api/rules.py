@@ -1,0 +1,75 @@
+"""The rules a request body must also meet, beyond what JSON Schema can say about it: across
+fields (top_k against the experts there are), against the chosen preset, or against the
+store (a baseline that must be a dense run).
+
+Each rule is a 422 error `type`. /openapi.json states every one in the description of the
+field or model it is about, with that type, so that a client generated from the schema
+knows every refusal it can meet: a body valid against the schema is accepted, or refused
+only by a rule stated there (tests/api/test_fuzz.py holds the API to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_core import PydanticCustomError
+
+
+@dataclass(frozen=True)
+class Rule:
+    type: str  # the 422 error's `type`
+    text: str  # the rule, as the schema states it
+
+    def error(self, loc: tuple, msg: str, value: Any) -> dict[str, Any]:
+        """A pydantic-style error entry for a body that breaks this rule."""
+        return {"type": self.type, "loc": loc, "msg": msg, "input": value}
+
+    def broken(self, msg: str) -> PydanticCustomError:
+        """What a validator raises for a body that breaks this rule."""
+        return PydanticCustomError(self.type, msg)
+
+
+def stated(*rules: Rule) -> str:
+    """The rules as a description states them."""
+    return " ".join(f"Refused (422 of type `{rule.type}`) unless {rule.text}." for rule in rules)
+
+
+# The engine's own (moe_core.config raises them with these types).
+HIDDEN_DIM_HEADS = Rule("hidden_dim_heads", "hidden_dim is a multiple of num_heads")
+MOE_LAYERS_RANGE = Rule(
+    "moe_layers_range", "every moe_layers index is below num_layers (the preset's values count)"
+)
+TOP_K_OVER_EXPERTS = Rule(
+    "top_k_over_experts",
+    "top_k is at most the routed experts per layer (config.num_experts, else base.num_experts; "
+    "the preset's values count)",
+)
+# The API's checks of a run as a whole (api.specs.check_run).
+SHARED_EXPERTS_WIDTH = Rule(
+    "shared_experts_width", "num_shared_experts x expert_dim is at most 16384"
+)
+TRAIN_TOKENS_UNDER_BATCH = Rule(
+    "train_tokens_under_batch",
+    "max_train_tokens (when set) holds one batch: batch_size x (seq_len + 1) tokens, with "
+    "the run's batch size (config.batch_size; a study's presets': 16, throughput_opt 32)",
+)
+VAL_TOKENS_UNDER_BLOCK = Rule(
+    "val_tokens_under_block", "max_val_tokens (when set) is at least seq_len + 1"
+)
+BASE_BATCH_SIZE_UNUSED = Rule(
+    "base_batch_size_unused",
+    "base.batch_size is given only for a dense run (it is the dense baseline's batch size; a "
+    "MoE run's is config.batch_size, and a study's MoE runs keep their presets')",
+)
+# Across the body's own fields, and against the store.
+DENSE_WITH_PRESET = Rule("dense_with_preset", "a dense run names no preset")
+DENSE_WITH_BASELINE = Rule("dense_with_baseline", "a dense run names no baseline_id")
+BASELINE_NOT_DENSE = Rule(
+    "baseline_not_dense", "baseline_id names a dense run (one naming no experiment is a 404)"
+)
+# What JSON text can carry but the store cannot keep.
+TEXT_NOT_STORABLE = Rule(
+    "text_not_storable", "every string is valid Unicode (no lone surrogates) without NUL"
+)
+NUMBER_NOT_FINITE = Rule("number_not_finite", "every number is finite (no NaN or Infinity)")
