@@ -30,7 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.conditional import etag_of
 from api.read_cache import ReadCache
-from store import runs
+from store import catalogue, results
 from store.db import session_scope
 from store.models import FINISHED
 from store.settings import Settings
@@ -93,10 +93,10 @@ async def _read_through(cache, read, experiment_id: int, settings: Settings, max
 
 def _read_metrics(experiment_id: int, database_url: str) -> Metrics:
     with session_scope(database_url) as session:
-        status_ = runs.experiment_status(session=session, experiment_id=experiment_id)
+        status_ = catalogue.experiment_status(session=session, experiment_id=experiment_id)
         if status_ is None:
             raise _not_found(experiment_id)
-        epochs = runs.epoch_records(session=session, experiment_id=experiment_id)
+        epochs = results.epoch_records(session=session, experiment_id=experiment_id)
     # Serialised here, not through response_model: the rows already have MetricsRead's
     # shape (a test holds them to it), and validating hundreds of nested rows would
     # dominate the read.
@@ -115,7 +115,7 @@ async def snapshot_of(experiment_id: int, settings: Settings) -> Snapshot:
 
 def _read_snapshot(experiment_id: int, database_url: str) -> Snapshot:
     with session_scope(database_url) as session:
-        row = runs.live_state(session=session, experiment_id=experiment_id)
+        row = catalogue.live_state(session=session, experiment_id=experiment_id)
     if row is None:
         raise _not_found(experiment_id)
     return Snapshot(

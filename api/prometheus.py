@@ -15,8 +15,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from store.db import session_scope
-from store.runs import EPOCH_SECONDS_BUCKETS, ServiceStats, service_stats
 from store.settings import Settings
+from store.stats import EPOCH_SECONDS_BUCKETS, ServiceStats, service_stats
 
 
 class StoreCollector(Collector):

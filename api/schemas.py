@@ -24,6 +24,7 @@ from api.rules import Rule, stated
 from api.specs import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
 from moe_core.criteria import CONFIDENCE, confidence_label
+from moe_core.records import EpochFigures
 from store.models import Status
 
 # The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
@@ -441,80 +442,11 @@ class ExperimentList(BaseModel):
     total: int
 
 
-class Losses(BaseModel):
-    loss: float
-    ce_loss: float
-    aux_loss: float
-
-
-class EvalLosses(BaseModel):
-    ce_loss: float
-
-
-class EvalExpertStatsRead(BaseModel):
-    """One MoE layer's routing over the whole validation set, in eval mode."""
-
-    layer: int
-    entropy: float = Field(description="nats, unnormalised")
-    min_usage: float = Field(description="percent of the assignments")
-    max_usage: float = Field(description="percent of the assignments")
-    usage: list[float] = Field(description="percent of the assignments, per expert")
-    dropped: float | None = Field(
-        description="share of the assignments over the training capacity (per batch of the "
-        "run's batch size): what training would drop at this routing; evaluation drops none"
-    )
-    imbalance: float | None = Field(
-        None, description="max load / mean load - 1 (0: perfectly even); null before it was kept"
-    )
-
-
-class ExpertStatsRead(EvalExpertStatsRead):
-    """One MoE layer's routing over the epoch's training steps, as routed during training."""
-
-    dropped: float | None = Field(description="share of the epoch's assignments dropped")
-    max_step_load: float | None = Field(
-        description="percent: the largest share of one step's assignments that any expert took"
-    )
-    imbalance: float | None = Field(
-        None, description="max load / mean load - 1, averaged over the epoch's steps"
-    )
-    max_imbalance: float | None = Field(None, description="the worst step's imbalance")
-    pad_ratio: float | None = Field(
-        None, description="share of the capacity slots left unused (0 when dropless)"
-    )
-    z_loss: float | None = Field(
-        None, description="the router z-loss (ST-MoE), unweighted, averaged over the steps"
-    )
-
-
-class EpochRead(BaseModel):
-    epoch: int
-    train: Losses = Field(description="averaged over the epoch's steps, in training mode")
-    train_eval: EvalLosses | None = Field(
-        description="the epoch's weights in eval mode on a fixed training subset as large as "
-        "the validation set (null: not evaluated); the gap is val.ce_loss - this"
-    )
-    val: Losses | None
-    tokens_per_sec: float
-    steps: int
-    forward_time: float
-    backward_time: float
-    optimizer_time: float
-    gating_temperature: float | None
-    duration: float | None = Field(description="wall-clock seconds, training and evaluation")
-    expert_stats: list[ExpertStatsRead] = Field(
-        description="over the epoch's training steps, as routed during training"
-    )
-    eval_expert_stats: list[EvalExpertStatsRead] = Field(
-        description="the epoch's weights over the whole validation set in eval mode; dropped "
-        "= share of assignments over the training capacity"
-    )
-
-
 class MetricsRead(BaseModel):
     experiment_id: int
     status: Status
-    epochs: list[EpochRead]
+    # The engine's own record of an epoch (moe_core.records), as the store keeps it.
+    epochs: list[EpochFigures]
 
 
 class EpochLosses(BaseModel):
@@ -538,6 +470,9 @@ class ResultRead(BaseModel):
         "dropped), train_subset_blocks (the train_eval subset)"
     )
     seed: int | None = Field(description="base.seed")
+    device: str | None = Field(None, description="the torch device it trained on")
+    precision: str | None = Field(None, description="bf16 or fp32: what it trained in")
+    compile: str | None = Field(None, description="base.compile: off, default or graphs")
 
 
 class VerdictRead(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any
 
 from api.verdicts import NoVerdict, seeds_verdict, verdict
 from store.models import FINISHED, Experiment, Status, Study
-from store.runs import stored_result
+from store.results import stored_result
 
 
 def study_status(members: list[Experiment]) -> Status:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store import runs
+from store import catalogue
 from store.models import Experiment, Study
 from store.queue import TrainingQueue
 
@@ -36,7 +36,9 @@ def original_of(
 ) -> Stored | None:
     """What an earlier POST with this key stored, or None; 409 when it came with another
     body (a key names one request, not a slot to overwrite)."""
-    original = runs.find_submission(session=session, model=model, idempotency_key=idempotency_key)
+    original = catalogue.find_submission(
+        session=session, model=model, idempotency_key=idempotency_key
+    )
     members = (
         [original] if isinstance(original, Experiment) else original.members if original else []
     )
@@ -115,7 +117,7 @@ def submit(
         queue.enqueue(ids)
     except Exception as exc:  # kombu raises transport-specific errors
         try:
-            runs.withdraw(session=session, experiment_ids=ids,
+            catalogue.withdraw(session=session, experiment_ids=ids,
                           study_id=study.id if study else None)  # fmt: skip
             outcome = "nothing was stored"
         except Exception:  # the database too: the sweep publishes them once all is back
@@ -125,4 +127,4 @@ def submit(
             f"the task broker is unreachable, {outcome}: {exc}",
             headers={"Retry-After": str(BROKER_RETRY_AFTER)},
         ) from exc
-    runs.mark_published(session=session, experiment_ids=ids)
+    catalogue.mark_published(session=session, experiment_ids=ids)

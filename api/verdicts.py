@@ -6,7 +6,7 @@ from typing import Any
 
 from moe_core.criteria import judge, judge_seeds
 from store.models import Experiment, Status
-from store.runs import stored_result
+from store.results import stored_result
 
 
 class NoVerdict(Exception):

@@ -17,7 +17,7 @@ figure.
   written by a heartbeat every MOE_PROGRESS_INTERVAL; beside the same window with no
   stream; target < 0.10 of a core, every stream connected and fed;
 - queue latency, POST to `running`, with an idle worker;
-- streaming one epoch's rows (`runs.record_epoch`, as the worker's callback calls it) as
+- streaming one epoch's rows (`leases.record_epoch`, as the worker's callback calls it) as
   a fraction of a tiny-preset training epoch.
 
 Server CPU is read from /proc (utime + stime of every process in the API's session: the
@@ -273,13 +273,13 @@ def seed_metrics(dep: dict[str, Any], epochs: int, layers: int) -> tuple[int, li
     from sqlalchemy import update
 
     from moe_core.config import base_config, get_experiment_configs
-    from store import runs
+    from store import catalogue, leases
     from store.db import session_scope
     from store.models import Experiment, Status
 
     base = base_config("tiny")
     with session_scope(dep["url"]) as session:
-        exp = runs.create_experiment(session=session, name="bench-metrics",
+        exp = catalogue.create_experiment(session=session, name="bench-metrics",
                                      config=get_experiment_configs(base)["baseline"], base=base,
                                      preset="baseline", base_preset="tiny")  # fmt: skip
         session.execute(update(Experiment).where(Experiment.id == exp.id)
@@ -290,7 +290,7 @@ def seed_metrics(dep: dict[str, Any], epochs: int, layers: int) -> tuple[int, li
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         with session_scope(dep["url"]) as session:
-            runs.record_epoch(session=session, experiment_id=experiment_id, owner="bench",
+            leases.record_epoch(session=session, experiment_id=experiment_id, owner="bench",
                               record=_epoch_record(epoch, layers))  # fmt: skip
         seconds.append(time.perf_counter() - t0)
     return experiment_id, seconds
@@ -438,24 +438,24 @@ def running_run(dep: dict[str, Any], owner: str) -> int:
     from datetime import timedelta
 
     from moe_core.config import base_config, get_experiment_configs
-    from store import runs
+    from store import catalogue, leases
     from store.db import session_scope
     from store.models import utcnow
 
     base = base_config("micro")
     with session_scope(dep["url"]) as session:
-        exp = runs.create_experiment(session=session, name="bench-events",
+        exp = catalogue.create_experiment(session=session, name="bench-events",
                                      config=get_experiment_configs(base)["baseline"], base=base,
                                      preset="baseline", base_preset="micro")  # fmt: skip
         session.commit()
         experiment_id = exp.id
     with session_scope(dep["url"]) as session:
-        claim = runs.claim_run(
+        claim = leases.claim_run(
             session=session, experiment_id=experiment_id, owner=owner, worker_name="bench",
             device="cpu", max_restarts=5,
             stale_before=utcnow() - timedelta(seconds=dep["settings"].heartbeat_timeout),
         )  # fmt: skip
-    if claim.outcome != runs.ClaimOutcome.claimed:
+    if claim.outcome != leases.ClaimOutcome.claimed:
         raise RuntimeError(f"could not claim experiment {experiment_id}: {claim}")
     return experiment_id
 
@@ -473,7 +473,7 @@ class ProgressWriter(threading.Thread):
         self._halt = threading.Event()  # not _stop: Thread has one
 
     def run(self) -> None:
-        from store import runs
+        from store import leases
         from store.db import session_scope
         from store.models import utcnow
 
@@ -487,7 +487,7 @@ class ProgressWriter(threading.Thread):
                     "updated_at": utcnow().isoformat(),
                 }  # fmt: skip
                 with session_scope(self.dep["url"]) as session:
-                    if not runs.heartbeat(session=session, experiment_id=self.experiment_id,
+                    if not leases.heartbeat(session=session, experiment_id=self.experiment_id,
                                           owner=self.owner, progress=progress):  # fmt: skip
                         raise RuntimeError("the run is no longer the benchmark's")
                 self.beats.append(time.monotonic())

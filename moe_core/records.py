@@ -1,62 +1,122 @@
 """The records a training run produces, declared once: the epoch record the Trainer hands
-to `on_epoch_end`, the progress report it hands to `on_progress`, and the metrics history
-`get_metrics()` returns. Torch-free: the store writes them, the API's response models are
-generated from them (api/schemas.py), and the test factories build them.
+to `on_epoch_end` (its figures, EpochFigures, are what the store keeps and the API serves),
+the progress report it hands to `on_progress`, and the metrics history `get_metrics()`
+returns. Torch-free: the Trainer builds them, store.results keeps them in columns (its
+columns follow these keys), the API serves them as they are declared here (descriptions
+included), and the test factories build them; tests/moe_core/test_records.py holds every
+one of those to these keys.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12 too
 
 
 class Losses(TypedDict):
-    loss: float  # cross-entropy + weighted aux loss (the objective, without smoothing)
-    ce_loss: float
-    aux_loss: float
+    loss: Annotated[float | None, Field(description="cross-entropy + weighted aux loss")]
+    ce_loss: Annotated[float | None, Field(description="cross-entropy, without smoothing")]
+    aux_loss: Annotated[float | None, Field(description="the weighted aux loss")]
 
 
 class TrainEvalLoss(TypedDict):
-    ce_loss: float  # eval-mode CE of a fixed training subset, for the generalisation gap
+    ce_loss: Annotated[float | None, Field(description="eval-mode cross-entropy")]
 
 
-class LayerRouting(TypedDict, total=False):
-    """One MoE layer's routing over an epoch's training steps (`expert_stats`) or over an
-    evaluation pass (`eval_expert_stats`); moe_core.routing_stats says what each means.
-    The last four are training's only."""
+class EvalLayerRouting(TypedDict):
+    """One MoE layer's routing over the whole validation set, in eval mode
+    (moe_core.routing_stats says how each figure is made)."""
 
     layer: int
-    entropy: float
-    max_entropy: float
-    min_usage: float
-    max_usage: float
-    usage: list[float]
-    dropped: float
-    imbalance: float
-    max_step_load: float
-    max_imbalance: float
-    pad_ratio: float
-    z_loss: float
+    entropy: Annotated[float | None, Field(description="nats, unnormalised")]
+    max_entropy: Annotated[float, Field(description="ln(experts): the entropy of perfect balance")]
+    min_usage: Annotated[float, Field(description="percent of the assignments")]
+    max_usage: Annotated[float, Field(description="percent of the assignments")]
+    usage: Annotated[list[float], Field(description="percent of the assignments, per expert")]
+    dropped: Annotated[
+        float | None,
+        Field(
+            description="share of the assignments over the training capacity (per batch of the "
+            "run's batch size): what training would drop at this routing; evaluation drops none"
+            " (in a training row: the share of the epoch's assignments dropped)"
+        ),
+    ]
+    imbalance: Annotated[
+        float | None,
+        Field(
+            description="max load / mean load - 1 (0: perfectly even): of the whole pass (in a "
+            "training row: averaged over the epoch's steps); null in rows kept before it was"
+        ),
+    ]
 
 
-class EpochRecord(TypedDict):
-    """A finished epoch, as `Trainer.train` hands it to `on_epoch_end`."""
+class LayerRouting(EvalLayerRouting):
+    """One MoE layer's routing over the epoch's training steps, as routed during training."""
 
-    epoch: int  # 1-based
-    model_name: str
-    train: Losses  # training-mode means over the epoch's steps
-    val: Losses | None  # None when the epoch was not evaluated (eval_every)
+    max_step_load: Annotated[
+        float | None,
+        Field(
+            description="percent: the largest share of one step's assignments that any expert took"
+        ),
+    ]
+    max_imbalance: Annotated[float | None, Field(description="the worst step's imbalance")]
+    pad_ratio: Annotated[
+        float | None, Field(description="share of the capacity slots left unused (0 when dropless)")
+    ]
+    z_loss: Annotated[
+        float | None,
+        Field(description="the router z-loss (ST-MoE), unweighted, averaged over the steps"),
+    ]
+
+
+class EpochFigures(TypedDict):
+    """A finished epoch's figures: what the store keeps of each epoch and the API serves
+    (GET /experiments/{id}/metrics, the event stream's `epoch` events)."""
+
+    epoch: Annotated[int, Field(description="from 1")]
+    train: Annotated[Losses, Field(description="averaged over the epoch's steps, in training mode")]
+    train_eval: Annotated[
+        TrainEvalLoss | None,
+        Field(
+            description="the epoch's weights in eval mode on a fixed training subset as large as "
+            "the validation set (null: not evaluated); the gap is val.ce_loss - this"
+        ),
+    ]
+    val: Annotated[
+        Losses | None,
+        Field(description="the validation set, in eval mode (null: not evaluated, eval_every)"),
+    ]
     tokens_per_sec: float
     steps: int
-    forward_time: float  # seconds, summed over the epoch's steps
-    backward_time: float
-    optimizer_time: float
-    duration: float  # wall seconds of the epoch, evaluation included
-    gating_temperature: float | None  # None for a dense model
-    expert_stats: list[LayerRouting]  # training routing, per MoE layer
-    train_eval: TrainEvalLoss | None
-    eval_expert_stats: list[LayerRouting]  # validation routing, per MoE layer
+    forward_time: Annotated[float, Field(description="seconds, summed over the epoch's steps")]
+    backward_time: Annotated[float, Field(description="seconds")]
+    optimizer_time: Annotated[float, Field(description="seconds")]
+    duration: Annotated[
+        float | None, Field(description="wall-clock seconds, training and evaluation")
+    ]
+    gating_temperature: Annotated[float | None, Field(description="null for a dense model")]
+    expert_stats: Annotated[
+        list[LayerRouting],
+        Field(description="over the epoch's training steps, as routed during training"),
+    ]
+    eval_expert_stats: Annotated[
+        list[EvalLayerRouting],
+        Field(
+            description="the epoch's weights over the whole validation set in eval mode; dropped "
+            "= share of assignments over the training capacity"
+        ),
+    ]
+
+
+class EpochRecord(EpochFigures):
+    """A finished epoch, as `Trainer.train` hands it to `on_epoch_end`: its figures and the
+    run's state after it (which the store keeps on the run, not the epoch)."""
+
+    model_name: str
     best_val_loss: float | None
     best_val_ce_loss: float | None
     best_epoch: int | None
@@ -73,6 +133,11 @@ class ProgressReport(TypedDict):
     step: int  # steps done in this epoch
     steps_per_epoch: int
     tokens: int  # trained on in this epoch
+
+
+def keys(record_type: type) -> tuple[str, ...]:
+    """A record type's keys, inherited ones first, in declaration order."""
+    return tuple(record_type.__annotations__)
 
 
 @dataclass

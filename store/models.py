@@ -143,7 +143,7 @@ class Experiment(Base):
     status: Mapped[str] = mapped_column(String(20), default=Status.queued, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     current_epoch: Mapped[int] = mapped_column(Integer, default=0)
-    # The running attempt's live position (store.runs.Progress), written with its heartbeat
+    # The running attempt's live position (worker.lease.Progress), written with its heartbeat
     # every few seconds; null before a worker starts it and once it is finished.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     num_epochs: Mapped[int] = mapped_column(Integer)
@@ -288,7 +288,7 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     # Since when it has had a slot free (with one slot: held no run); null while every slot
-    # trains. A run left queued that long beside it lost its message (runs.republish_due).
+    # trains. A run left queued that long beside it lost its message (store.leases.republish_due).
     idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Told to stop (SIGTERM): it hands its run back and takes no other.
     stopping: Mapped[bool] = mapped_column(Boolean, default=False)

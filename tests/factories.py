@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from moe_core.config import base_config, get_experiment_configs
-from store import runs
+from moe_core.records import EpochRecord, EvalLayerRouting, LayerRouting, Losses
+from store import catalogue, leases
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status, utcnow
 
@@ -15,16 +17,30 @@ from store.models import EpochMetrics, ExpertStats, Status, utcnow
 def new_experiment(database: str, name: str = "t") -> int:
     base = base_config("micro")
     with session_scope(database) as session:
-        experiment = runs.create_experiment(
+        experiment = catalogue.create_experiment(
             session=session, name=name, config=get_experiment_configs(base)["baseline"], base=base
         )
         session.commit()
         return experiment.id
 
 
-def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> dict:
-    """An epoch record as the Trainer's on_epoch_end delivers it (docs/verdicts-contract.md)."""
-    losses = {"loss": loss, "ce_loss": loss - 0.01, "aux_loss": 0.01}
+def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> EpochRecord:
+    """An epoch record as the Trainer's on_epoch_end delivers it (moe_core.records)."""
+    losses: Losses = {"loss": loss, "ce_loss": loss - 0.01, "aux_loss": 0.01}
+    max_entropy = math.log(8)
+    trained: list[LayerRouting] = [
+        {"layer": layer, "entropy": 2.0, "max_entropy": max_entropy, "min_usage": 10.0,
+         "max_usage": 15.0, "usage": [12.5] * 8, "dropped": 0.1, "imbalance": 0.2,
+         "max_step_load": 30.0, "max_imbalance": 1.4, "pad_ratio": 0.15, "z_loss": 3.1}
+        for layer in layers
+    ]  # fmt: skip
+    # The trained model over the validation set: collapsed, unlike the training sums.
+    evaluated: list[EvalLayerRouting] = [
+        {"layer": layer, "entropy": 1.5, "max_entropy": max_entropy, "min_usage": 0.0,
+         "max_usage": 40.0, "usage": [40.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
+         "dropped": 0.2, "imbalance": 2.2}
+        for layer in layers
+    ]  # fmt: skip
     return {
         "epoch": epoch,
         "train": losses,
@@ -35,39 +51,11 @@ def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> dict:
         "forward_time": 0.1,
         "backward_time": 0.2,
         "optimizer_time": 0.05,
-        "gating_temperature": 1.0,
         "duration": 0.5,
-        "expert_stats": [
-            {
-                "layer": layer,
-                "entropy": 2.0,
-                "max_entropy": 2.0794,
-                "min_usage": 10.0,
-                "max_usage": 15.0,
-                "usage": [12.5] * 8,
-                "dropped": 0.1,
-                "max_step_load": 30.0,
-                "imbalance": 0.2,
-                "max_imbalance": 1.4,
-                "pad_ratio": 0.15,
-                "z_loss": 3.1,
-            }
-            for layer in layers
-        ],  # fmt: skip
-        # The trained model over the validation set: collapsed, unlike the training sums.
-        "eval_expert_stats": [
-            {
-                "layer": layer,
-                "entropy": 1.5,
-                "max_entropy": 2.0794,
-                "min_usage": 0.0,
-                "max_usage": 40.0,
-                "usage": [40.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
-                "dropped": 0.2,
-                "imbalance": 2.2,
-            }
-            for layer in layers
-        ],  # fmt: skip
+        "gating_temperature": 1.0,
+        "expert_stats": trained,
+        "eval_expert_stats": evaluated,
+        "model_name": "t",
         "best_val_loss": loss,
         "best_val_ce_loss": loss - 0.01,
         "best_epoch": epoch,
@@ -85,9 +73,9 @@ def claim(
     max_restarts: int = 5,
     dead: tuple[str, ...] = (),
     worker_name: str | None = None,
-) -> runs.Claim:
+) -> leases.Claim:
     with session_scope(database) as session:
-        return runs.claim_run(
+        return leases.claim_run(
             session=session,
             experiment_id=experiment_id,
             owner=owner,
@@ -101,7 +89,7 @@ def claim(
 
 def write(database: str, experiment_id: int, owner: str, rec: dict) -> None:
     with session_scope(database) as session:
-        runs.record_epoch(session=session, experiment_id=experiment_id, owner=owner, record=rec)
+        leases.record_epoch(session=session, experiment_id=experiment_id, owner=owner, record=rec)
 
 
 def counts(database: str, experiment_id: int) -> tuple[int, int]:
@@ -117,7 +105,7 @@ def counts(database: str, experiment_id: int) -> tuple[int, int]:
 
 def run_row(database: str, experiment_id: int):
     with session_scope(database) as session:
-        return runs.get_experiment(session=session, experiment_id=experiment_id)
+        return catalogue.get_experiment(session=session, experiment_id=experiment_id)
 
 
 def result(
@@ -167,7 +155,7 @@ def result(
 def succeed(database: str, experiment_id: int, run_result: dict) -> None:
     """Claim a queued run and finish it with `run_result`, as a worker would."""
     owner = f"fake-worker-{experiment_id}"
-    assert claim(database, experiment_id, owner).outcome is runs.ClaimOutcome.claimed
+    assert claim(database, experiment_id, owner).outcome is leases.ClaimOutcome.claimed
     with session_scope(database) as session:
-        assert runs.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
+        assert leases.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
                                       status=Status.succeeded, result=run_result)  # fmt: skip

@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import timedelta
 
-from store import runs, workers
+from store import leases, workers
 from store.db import session_scope
 from store.models import utcnow
 from store.queue import TrainingQueue
@@ -104,9 +104,9 @@ class WorkerAgent(threading.Thread):
     def release_dead_local_runs(self) -> list[int]:
         """Runs of this worker whose pool process died: back to the queue at once."""
         with session_scope(self.settings.database_url) as session:
-            ids = runs.requeue_abandoned(
+            ids = leases.requeue_abandoned(
                 session=session,
-                stale_before=runs.stale_cutoff(self.settings.heartbeat_timeout),
+                stale_before=leases.stale_cutoff(self.settings.heartbeat_timeout),
                 max_restarts=self.settings.max_restarts,
                 worker_name=self.worker_name,
                 owner_is_dead=owner_is_dead,
@@ -117,12 +117,12 @@ class WorkerAgent(threading.Thread):
     def sweep(self) -> tuple[list[int], list[int]]:
         """Re-queue runs of dead workers; re-publish runs whose message was lost."""
         with session_scope(self.settings.database_url) as session:
-            requeued = runs.requeue_abandoned(
+            requeued = leases.requeue_abandoned(
                 session=session,
-                stale_before=runs.stale_cutoff(self.settings.heartbeat_timeout),
+                stale_before=leases.stale_cutoff(self.settings.heartbeat_timeout),
                 max_restarts=self.settings.max_restarts,
             )
-            lost = runs.republish_due(
+            lost = leases.republish_due(
                 session=session, now=utcnow(), grace=self.settings.heartbeat_timeout
             )
             workers.prune(session=session, silent_before=utcnow() - FORGET_WORKERS_AFTER)

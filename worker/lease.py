@@ -29,11 +29,12 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from store import runs
+from moe_core.records import EpochRecord, ProgressReport
+from store import leases
 from store.db import session_scope
+from store.leases import Claim, LeaseState
 from store.models import Status, utcnow
 from store.queue import TrainingQueue
-from store.runs import Claim, LeaseState
 from store.settings import Settings
 from worker import shutdown
 
@@ -123,7 +124,7 @@ class Pace:
         self._epoch_tokens = (0, 0)  # (epoch, tokens in it) as last reported
         self._latest: Progress | None = None
 
-    def update(self, info: dict[str, Any]) -> None:
+    def update(self, info: ProgressReport | dict[str, Any]) -> None:
         now = time.monotonic()
         per_epoch = info["steps_per_epoch"]
         epoch, step = info["epoch"], info["step"]
@@ -185,15 +186,15 @@ class RunLease:
     # ------------------------------------------------------------------ claim
 
     def claim(self) -> Claim:
-        """Take the run (or take it over from a dead owner); see store.runs.claim_run."""
+        """Take the run (or take it over from a dead owner); see store.leases.claim_run."""
         with self._session() as session:
-            claim = runs.claim_run(
+            claim = leases.claim_run(
                 session=session,
                 experiment_id=self.experiment_id,
                 owner=self.owner,
                 worker_name=self.worker_name,
                 device=self.device,
-                stale_before=runs.stale_cutoff(self.settings.heartbeat_timeout),
+                stale_before=leases.stale_cutoff(self.settings.heartbeat_timeout),
                 max_restarts=self.settings.max_restarts,
                 owner_is_dead=lambda owner: owner_is_dead(owner, this_process_is_free=True),
             )
@@ -214,7 +215,7 @@ class RunLease:
         if self._monitor is not None:
             self._monitor.join(timeout=10)
 
-    def report_progress(self, info: dict[str, Any]) -> None:
+    def report_progress(self, info: ProgressReport) -> None:
         """The Trainer's on_progress, every step: kept in memory (no I/O); the monitor
         writes the latest with a heartbeat every `progress_interval` seconds."""
         self._pace.update(info)
@@ -250,14 +251,14 @@ class RunLease:
                         )
                     )
                     if now - last_beat >= beat_every or due:
-                        runs.heartbeat(
+                        leases.heartbeat(
                             session=session, experiment_id=self.experiment_id, owner=self.owner,
                             progress=progress.as_row() if due else None,
                         )  # fmt: skip
                         last_beat = now
                         if due:
                             reported, last_report = progress, now
-                    self._state = runs.lease_state(
+                    self._state = leases.lease_state(
                         session=session, experiment_id=self.experiment_id, owner=self.owner
                     )
                 if self._state is not LeaseState.held:
@@ -270,7 +271,7 @@ class RunLease:
                     log.warning("%r: lease poll failed (%s); training goes on", self, exc)
                 failing = True
 
-    def record_epoch(self, record: dict[str, Any]) -> None:
+    def record_epoch(self, record: EpochRecord) -> None:
         """The Trainer's on_epoch_end: the epoch's rows, waiting out a database outage.
         Raises LostOwnership (writing nothing) when the run is no longer ours."""
         val = record.get("val") or {}
@@ -280,7 +281,7 @@ class RunLease:
 
         def write() -> None:
             with self._session() as session:
-                runs.record_epoch(
+                leases.record_epoch(
                     session=session, experiment_id=self.experiment_id, owner=self.owner,
                     record=record,
                 )  # fmt: skip
@@ -292,7 +293,7 @@ class RunLease:
     def finish(self, status: Status, *, error: str | None = None, result: Any = None) -> bool:
         def write() -> bool:
             with self._session() as session:
-                return runs.finish_experiment(
+                return leases.finish_experiment(
                     session=session, experiment_id=self.experiment_id, owner=self.owner,
                     status=status, error=error, result=result,
                 )  # fmt: skip
@@ -314,7 +315,7 @@ class RunLease:
 
         def write() -> bool:
             with self._session() as session:
-                return runs.hand_back(
+                return leases.hand_back(
                     session=session, experiment_id=self.experiment_id, owner=self.owner,
                     out_of_memory=out_of_memory, due_in=countdown or 0.0,
                 )  # fmt: skip
@@ -334,7 +335,7 @@ class RunLease:
 
         def read() -> LeaseState:
             with self._session() as session:
-                return runs.lease_state(
+                return leases.lease_state(
                     session=session, experiment_id=self.experiment_id, owner=self.owner
                 )
 

@@ -21,11 +21,11 @@ from moe_core.data import build_datasets
 from moe_core.errors import TrainingCancelled
 from moe_core.runner import resolve_device, resolve_precision, run_single_experiment
 from moe_core.sizing import GiB, memory_estimate
-from store import artifacts, runs, workers
+from store import artifacts, catalogue, leases, results, workers
 from store.db import session_scope
+from store.leases import ClaimOutcome
 from store.models import Status
 from store.queue import TrainingQueue
-from store.runs import ClaimOutcome
 from store.settings import Settings
 from worker import gpu_memory, shutdown
 from worker.lease import RunLease
@@ -55,7 +55,7 @@ def run_experiment(
         log.info("experiment %s: nothing to do (%s)", experiment_id, claim.outcome)
         return
     with session_scope(settings.database_url) as session:
-        experiment = runs.get_experiment(session=session, experiment_id=experiment_id)
+        experiment = catalogue.get_experiment(session=session, experiment_id=experiment_id)
         assert experiment is not None  # claimed just now; rows are never deleted under a run
         config = ExperimentConfig.model_validate(experiment.config)
         base = BaseConfig.model_validate(experiment.base)
@@ -64,7 +64,7 @@ def run_experiment(
         if worker_name is not None:
             workers.set_device(session=session, name=worker_name, device=str(device))
         # A study's members all train in the precision its first member resolved.
-        precision = runs.pin_precision(session=session, experiment_id=experiment_id,
+        precision = leases.pin_precision(session=session, experiment_id=experiment_id,
                                        owner=lease.owner,
                                        resolved=resolve_precision(base.precision, device))  # fmt: skip
     if precision is None:
@@ -136,7 +136,7 @@ def _train(
         lease.finish(Status.failed, error=f"does not fit the GPU: {exc}")
     except torch.cuda.OutOfMemoryError as exc:
         _out_of_memory(lease, exc, settings)
-    except runs.LostOwnership:
+    except leases.LostOwnership:
         log.info("experiment %s: taken over by another worker", experiment_id)
     except (OperationalError, InterfaceError):
         # The database stayed away past db_outage_seconds: not the run's fault. The
@@ -147,7 +147,7 @@ def _train(
         lease.finish(Status.failed, error=f"{type(exc).__name__}: {exc}")
     else:
         try:  # a copy beside the weights; the store holds the result either way
-            write_json_atomic(directory / artifacts.RESULT, runs.json_safe(result))
+            write_json_atomic(directory / artifacts.RESULT, results.json_safe(result))
         except OSError:
             log.warning("experiment %s: result.json not written", experiment_id, exc_info=True)
         lease.finish(Status.succeeded, result=result)
@@ -178,7 +178,7 @@ def _out_of_memory(lease: RunLease, exc: BaseException, settings: Settings) -> N
     gc.collect()
     torch.cuda.empty_cache()
     with session_scope(settings.database_url) as session:
-        before = runs.oom_handbacks(session=session, experiment_id=lease.experiment_id)
+        before = leases.oom_handbacks(session=session, experiment_id=lease.experiment_id)
     if before >= settings.max_oom_handbacks:
         log.error("experiment %s: out of GPU memory again (%s handbacks)", lease.experiment_id,
                   before)  # fmt: skip

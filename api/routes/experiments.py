@@ -37,9 +37,9 @@ from api.specs import (
 )
 from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
-from store import artifacts, runs
+from store import artifacts, catalogue, leases, results
+from store.catalogue import ExperimentFilter, Order
 from store.models import Experiment, Status
-from store.runs import ExperimentFilter, Order
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -103,7 +103,7 @@ def create_experiment(
         model=Experiment,
         idempotency_key=idempotency_key,
         digest=digest,
-        add=lambda: runs.create_experiment(
+        add=lambda: catalogue.create_experiment(
             session=session,
             name=body.name,
             config=config,
@@ -156,7 +156,7 @@ def list_experiments(
 ) -> Response:
     where = ExperimentFilter(status=status, name=name, tag=tag, study_id=study_id,
                              preset=preset, dense=dense)  # fmt: skip
-    items, total = runs.list_experiments(
+    items, total = catalogue.list_experiments(
         session=session, where=where, order=order, limit=limit, offset=offset
     )
     # the dashboard polls this: a 304 when nothing in the page changed
@@ -194,7 +194,7 @@ def read_result(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
             status.HTTP_409_CONFLICT,
             f"experiment {experiment_id} is {experiment.status}; a result needs it succeeded",
         )
-    return runs.stored_result(experiment)
+    return results.stored_result(experiment)
 
 
 @router.get(
@@ -205,7 +205,7 @@ def read_result(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
 def read_verdict(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
     experiment = _get_or_404(session, experiment_id)
     baseline = (
-        runs.get_experiment(session=session, experiment_id=experiment.baseline_id)
+        catalogue.get_experiment(session=session, experiment_id=experiment.baseline_id)
         if experiment.baseline_id is not None
         else None
     )
@@ -228,10 +228,10 @@ def cancel_experiment(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"experiment {experiment_id} already {experiment.status}"
         )
-    runs.request_cancel(
+    catalogue.request_cancel(
         session=session,
         experiment_id=experiment_id,
-        stale_before=runs.stale_cutoff(settings.heartbeat_timeout),
+        stale_before=leases.stale_cutoff(settings.heartbeat_timeout),
     )
     return _get_or_404(session, experiment_id)
 
@@ -254,7 +254,7 @@ def delete_experiment(
             f"experiment {experiment_id} belongs to study {experiment.study_id}; delete the study",
         )
     run_key = experiment.run_key
-    if not runs.delete_experiment(session=session, experiment_id=experiment_id):
+    if not catalogue.delete_experiment(session=session, experiment_id=experiment_id):
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"experiment {experiment_id} is {experiment.status}; cancel it before deleting it",
@@ -281,7 +281,7 @@ _EVENT_SCHEMA = {
     response_class=EventSourceResponse,
     responses={
         200: {
-            "description": "server-sent events: `epoch` (an EpochRead), `progress` (a "
+            "description": "server-sent events: `epoch` (an EpochFigures), `progress` (a "
             "Progress), `status` ({status, error, current_epoch}); the stream ends after a "
             "terminal status. Each id is the last epoch sent: reconnect with Last-Event-ID "
             "to resume after it.",
@@ -426,7 +426,7 @@ def _partial(experiment: Experiment) -> bool:
 
 
 def _check_baseline(session: SessionDep, baseline_id: int) -> None:
-    baseline = runs.get_experiment(session=session, experiment_id=baseline_id)
+    baseline = catalogue.get_experiment(session=session, experiment_id=baseline_id)
     if baseline is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"baseline {baseline_id} not found")
     if not baseline.dense:
@@ -442,7 +442,7 @@ def _check_baseline(session: SessionDep, baseline_id: int) -> None:
 
 
 def _get_or_404(session: SessionDep, experiment_id: int) -> Experiment:
-    experiment = runs.get_experiment(session=session, experiment_id=experiment_id)
+    experiment = catalogue.get_experiment(session=session, experiment_id=experiment_id)
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
     return experiment

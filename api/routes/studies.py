@@ -24,7 +24,7 @@ from api.specs import (
 )
 from api.study_report import study_read, study_results, study_summary
 from api.submit import request_hash, store_once, submit
-from store import artifacts, runs
+from store import artifacts, catalogue
 from store.models import Experiment, Status, Study
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -89,7 +89,7 @@ def create_study(
     experiments = []
 
     def add() -> Study:
-        study = runs.create_study(
+        study = catalogue.create_study(
             session=session,
             name=body.name,
             base=base,
@@ -106,14 +106,14 @@ def create_study(
                 "base_preset": body.base_preset,
                 "study": study,
             }
-            dense_run = runs.create_experiment(
+            dense_run = catalogue.create_experiment(
                 name=_member_name("dense", seed, body.seeds), config=dense, dense=True, **common
             )
             experiments.append(dense_run)
             for preset, config in configs.items():
                 name = _member_name(preset, seed, body.seeds)
                 experiments.append(
-                    runs.create_experiment(
+                    catalogue.create_experiment(
                         name=name,
                         config=config,
                         preset=preset,
@@ -146,7 +146,7 @@ def list_studies(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> dict:
-    items, total = runs.list_studies(session=session, limit=limit, offset=offset)
+    items, total = catalogue.list_studies(session=session, limit=limit, offset=offset)
     return {"items": [study_summary(study) for study in items], "total": total}
 
 
@@ -169,7 +169,7 @@ def delete_study(*, study_id: StudyId, session: SessionDep, settings: SettingsDe
     """Remove a finished study: its runs, their rows and their files."""
     study = _get_or_404(session, study_id)
     members = [(member.id, member.run_key) for member in study.members]
-    if not runs.delete_study(session=session, study_id=study_id):
+    if not catalogue.delete_study(session=session, study_id=study_id):
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"study {study_id} has runs queued or running; cancel them before deleting it",
@@ -254,7 +254,7 @@ def _member_name(name: str, seed: int, seeds: int) -> str:
 
 
 def _get_or_404(session: SessionDep, study_id: int) -> Study:
-    study = runs.get_study(session=session, study_id=study_id)
+    study = catalogue.get_study(session=session, study_id=study_id)
     if study is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"study {study_id} not found")
     return study

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from moe_core.config import base_config, dense_config, get_experiment_configs
-from store import runs
+from store import catalogue, leases
 from store.db import session_scope
 from tests.conftest import IN_CI, ROOT, micro_base, service_missing
 from tests.factories import claim, record, result, succeed
@@ -198,9 +198,9 @@ def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1
     """A finished MoE run of `epochs` epochs and 4 MoE layers, written as a worker would."""
     base = base_config("micro", num_epochs=epochs)
     with session_scope(database) as session:
-        dense = runs.create_experiment(session=session, name="dense", base=base,
+        dense = catalogue.create_experiment(session=session, name="dense", base=base,
                                        config=dense_config(base), dense=True)  # fmt: skip
-        run = runs.create_experiment(session=session, name="top2, long", base=base,
+        run = catalogue.create_experiment(session=session, name="top2, long", base=base,
                                      config=get_experiment_configs(base)["top2"], preset="top2",
                                      baseline_id=dense.id, tags=["long"])  # fmt: skip
         session.commit()
@@ -215,9 +215,9 @@ def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1
                 for layer in rec[kind]:
                     weights = [rng.random() + (2 if i == epoch % 8 else 0) for i in range(8)]
                     layer["usage"] = [100 * w / sum(weights) for w in weights]
-            runs.record_epoch(session=session, experiment_id=run_id, owner="w", record=rec)
+            leases.record_epoch(session=session, experiment_id=run_id, owner="w", record=rec)
         for experiment_id, ce in ((dense_id, 3.0), (run_id, 2.9)):
-            runs.finish_experiment(session=session, experiment_id=experiment_id, owner="w",
+            leases.finish_experiment(session=session, experiment_id=experiment_id, owner="w",
                                    status="succeeded", result=result(ce, dense=experiment_id == dense_id))  # fmt: skip
     return run_id
 
@@ -327,7 +327,7 @@ def test_a_study_with_many_running_runs_leaves_the_page_connections(deployment, 
                 "tokens_per_sec": 1000.0, "eta_seconds": 42.0,
                 "updated_at": "2026-11-25T12:00:00+00:00"}  # fmt: skip
     with session_scope(settings.database_url) as session:
-        assert runs.heartbeat(session=session, experiment_id=member["id"],
+        assert leases.heartbeat(session=session, experiment_id=member["id"],
                               owner=f"w{member['id']}", progress=progress)  # fmt: skip
     page.goto(f"{api.url}/ui/#/")
     bar = page.locator(f'#runs tr[data-run="{member["id"]}"] .progress > span')

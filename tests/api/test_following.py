@@ -1,5 +1,5 @@
 """Following a run and keeping house: the event stream, progress, logs, artifacts, tags,
-list filters and ordering, delete. The worker's writes are made here through store.runs, as
+list filters and ordering, delete. The worker's writes are made here through store.leases, as
 a worker makes them (tests/worker/test_worker_e2e.py has a real one)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from store import artifacts, runs
+from store import artifacts, leases
 from store.db import session_scope
 from tests.conftest import make_client, micro_base
 from tests.factories import claim, record, result, run_row, succeed, write
@@ -60,7 +60,7 @@ def heartbeat(database: str, experiment_id: int, owner: str, **progress) -> None
            "tokens_per_sec": 1234.5, "eta_seconds": 42.0, "updated_at": "2026-11-25T12:00:00+00:00",
            **progress}  # fmt: skip
     with session_scope(database) as session:
-        assert runs.heartbeat(session=session, experiment_id=experiment_id, owner=owner,
+        assert leases.heartbeat(session=session, experiment_id=experiment_id, owner=owner,
                               progress=row)  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def test_the_event_stream_follows_a_run_to_its_end_and_resumes(api, settings):
         time.sleep(0.3)
         write(database, run["id"], "w", record(2, 2.5))
         with session_scope(database) as session:
-            runs.finish_experiment(session=session, experiment_id=run["id"], owner="w",
+            leases.finish_experiment(session=session, experiment_id=run["id"], owner="w",
                                    status="succeeded", result=result(2.5))  # fmt: skip
 
     thread = threading.Thread(target=worker)
@@ -114,7 +114,7 @@ def test_progress_shows_while_running_only(api, settings):
     assert shown["phase"] == "evaluating" and shown["step"] == 8
     assert shown["steps_per_epoch"] == 8 and shown["tokens_per_sec"] == 1234.5
     with session_scope(settings.database_url) as session:
-        runs.finish_experiment(session=session, experiment_id=run["id"], owner="w",
+        leases.finish_experiment(session=session, experiment_id=run["id"], owner="w",
                                status="failed", error="boom")  # fmt: skip
     assert api.get(f"/experiments/{run['id']}").json()["progress"] is None
 

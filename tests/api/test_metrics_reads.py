@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import delete
 
-from store import runs
+from store import leases
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status
 from store.settings import Settings
@@ -59,7 +59,7 @@ def test_metrics_of_a_running_run_are_cached_for_max_age_and_a_finished_runs_for
         time.sleep(0.6)
         assert len(api.get(path).json()["epochs"]) == 2  # older than max_age: read again
         with session_scope(database) as session:
-            runs.finish_experiment(session=session, experiment_id=experiment_id, owner="a",
+            leases.finish_experiment(session=session, experiment_id=experiment_id, owner="a",
                                    status=Status.succeeded)  # fmt: skip
         time.sleep(0.6)
         final = api.get(path).json()
@@ -102,7 +102,7 @@ def test_metrics_serve_training_and_evaluation_statistics_apart_and_say_which_is
         assert second.status_code == 200 and second.headers["etag"] != first.headers["etag"]
         assert second.json()["epochs"][0]["eval_expert_stats"][1]["dropped"] == 0.5
 
-        schema = api.get("/openapi.json").json()["components"]["schemas"]["EpochRead"]
+        schema = api.get("/openapi.json").json()["components"]["schemas"]["EpochFigures"]
         described = {name: field.get("description", "") for name, field in
                      schema["properties"].items()}  # fmt: skip
         assert "training steps, as routed during training" in described["expert_stats"]

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from store import runs, workers
+from store import leases, workers
 from store.db import session_scope
 from tests.conftest import make_client, micro_base, queued_messages
 from tests.factories import claim, new_experiment, record, write
@@ -35,7 +35,7 @@ def test_metrics_and_workers_describe_the_store(deployment):
     claim(url, failed, "node:8:y", worker_name="gpu1@node")
     claim(url, failed, "node:8:z", worker_name="gpu1@node", stale_after=-1)  # a takeover
     with session_scope(url) as session:
-        runs.finish_experiment(session=session, experiment_id=failed, owner="node:8:z",
+        leases.finish_experiment(session=session, experiment_id=failed, owner="node:8:z",
                                status="failed", error="boom")  # fmt: skip
 
     headers = {"Authorization": "Bearer t0ken"}

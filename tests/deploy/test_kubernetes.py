@@ -203,7 +203,7 @@ def test_the_keda_query_counts_queued_and_running_runs(empty_postgres):
             assert connection.execute(query).scalar() == 0  # nothing to do: zero workers
         statuses = ["queued", "queued", "running", "succeeded", "failed", "cancelled", "running"]
         for status in statuses:
-            experiment_id = new_experiment(url)  # store.runs.create_experiment
+            experiment_id = new_experiment(url)  # store.catalogue.create_experiment
             with session_scope(url) as session:
                 session.execute(update(Experiment).where(Experiment.id == experiment_id)
                                 .values(status=status))  # fmt: skip

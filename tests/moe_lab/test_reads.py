@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from store import artifacts, runs
+from store import artifacts, leases
 from store.db import session_scope
 from store.models import Status
 from tests.factories import claim, record, result, succeed, write
@@ -45,11 +45,11 @@ def finish(settings, experiment_id: int, epochs: list[dict], run_result: dict | 
            status: Status = Status.succeeded, error: str | None = None) -> None:  # fmt: skip
     """Run `experiment_id` as a worker would: claim it, write its epochs, end it."""
     owner = f"test-worker-{experiment_id}"
-    assert claim(settings.database_url, experiment_id, owner).outcome is runs.ClaimOutcome.claimed
+    assert claim(settings.database_url, experiment_id, owner).outcome is leases.ClaimOutcome.claimed
     for rec in epochs:
         write(settings.database_url, experiment_id, owner, rec)
     with session_scope(settings.database_url) as session:
-        assert runs.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
+        assert leases.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
                                       status=status, error=error, result=run_result)  # fmt: skip
 
 
@@ -132,16 +132,18 @@ def test_show_prints_the_key_fields(cli, seeded):
 def test_show_says_where_a_running_run_is(cli, http, settings):
     run_id = http.post("/experiments", json={**MICRO, "name": "r-running"}).json()["id"]
     owner = "test-worker-running"
-    assert claim(settings.database_url, run_id, owner).outcome is runs.ClaimOutcome.claimed
+    assert claim(settings.database_url, run_id, owner).outcome is leases.ClaimOutcome.claimed
     progress = {"phase": "training", "epoch": 2, "step": 30, "steps_per_epoch": 76,
                 "tokens_per_sec": 5100.0, "eta_seconds": 72.0,
                 "updated_at": datetime.now(UTC).isoformat()}  # fmt: skip
     with session_scope(settings.database_url) as session:
-        assert runs.heartbeat(session=session, experiment_id=run_id, owner=owner, progress=progress)
+        assert leases.heartbeat(
+            session=session, experiment_id=run_id, owner=owner, progress=progress
+        )
     text = ok(cli("show", run_id))
     assert "epoch 2/2 training: step 30/76, 5,100 tok/s, ETA 1m 12s" in text
     with session_scope(settings.database_url) as session:
-        runs.finish_experiment(session=session, experiment_id=run_id, owner=owner,
+        leases.finish_experiment(session=session, experiment_id=run_id, owner=owner,
                                status=Status.cancelled)  # fmt: skip
 
 
@@ -241,7 +243,7 @@ def test_logs_follow_a_run_until_it_ends(cli, http, settings):
     log.parent.mkdir(parents=True)
     log.write_text("attempt 1\n")
     owner = "test-worker-logs"
-    assert claim(settings.database_url, run["id"], owner).outcome is runs.ClaimOutcome.claimed
+    assert claim(settings.database_url, run["id"], owner).outcome is leases.ClaimOutcome.claimed
 
     def worker() -> None:
         for line in ("epoch 1\n", "epoch 2\n"):
@@ -249,7 +251,7 @@ def test_logs_follow_a_run_until_it_ends(cli, http, settings):
             with log.open("a") as out:
                 out.write(line)
         with session_scope(settings.database_url) as session:
-            runs.finish_experiment(session=session, experiment_id=run["id"], owner=owner,
+            leases.finish_experiment(session=session, experiment_id=run["id"], owner=owner,
                                    status=Status.succeeded)  # fmt: skip
 
     thread = threading.Thread(target=worker)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moe_core.config import base_config, dense_config, get_experiment_configs
-from store import runs
+from store import catalogue, leases
 from store.db import session_scope
 from store.models import Experiment, Study
 from tests.factories import claim, new_experiment
@@ -12,12 +12,12 @@ from tests.factories import claim, new_experiment
 def new_study(database: str) -> list[int]:
     base = base_config("micro")
     with session_scope(database) as session:
-        study = runs.create_study(session=session, name="s", base=base, base_preset="micro",
+        study = catalogue.create_study(session=session, name="s", base=base, base_preset="micro",
                                   presets=["baseline"], seeds=1)  # fmt: skip
         members = [
-            runs.create_experiment(session=session, name="dense", config=dense_config(base),
+            catalogue.create_experiment(session=session, name="dense", config=dense_config(base),
                                    dense=True, base=base, study=study),
-            runs.create_experiment(session=session, name="baseline", base=base, study=study,
+            catalogue.create_experiment(session=session, name="baseline", base=base, study=study,
                                    config=get_experiment_configs(base)["baseline"]),
         ]  # fmt: skip
         session.commit()
@@ -26,7 +26,7 @@ def new_study(database: str) -> list[int]:
 
 def pin(database: str, experiment_id: int, owner: str, resolved: str) -> str | None:
     with session_scope(database) as session:
-        return runs.pin_precision(session=session, experiment_id=experiment_id, owner=owner,
+        return leases.pin_precision(session=session, experiment_id=experiment_id, owner=owner,
                                   resolved=resolved)  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from store import runs, workers
+from store import leases, stats, workers
 from store.db import session_scope
 from store.models import Experiment, Status, Worker, utcnow
 from tests.factories import claim, new_experiment, record, write
@@ -39,7 +39,7 @@ def test_a_worker_is_idle_then_busy_then_idle_again_and_leaves(own_database):
     )  # fmt: skip
 
     with session_scope(own_database) as session:
-        runs.finish_experiment(session=session, experiment_id=experiment_id, owner="h:99:x",
+        leases.finish_experiment(session=session, experiment_id=experiment_id, owner="h:99:x",
                                status=Status.succeeded)  # fmt: skip
         assert workers.beat(session=session, name="w1@h", stopping=True)
     stopping = live(own_database)[0]
@@ -76,23 +76,23 @@ def test_service_stats_count_runs_workers_epochs_and_takeovers(own_database):
     write(own_database, running, "b", {**record(2, 4.0), "duration": 40.0})
     claim(own_database, done, "c")
     with session_scope(own_database) as session:
-        runs.hand_back(session=session, experiment_id=done, owner="c")
+        leases.hand_back(session=session, experiment_id=done, owner="c")
     claim(own_database, done, "d")
     with session_scope(own_database) as session:
-        runs.finish_experiment(session=session, experiment_id=done, owner="d",
+        leases.finish_experiment(session=session, experiment_id=done, owner="d",
                                status=Status.succeeded)  # fmt: skip
-        stats = runs.service_stats(session=session, heartbeat_timeout=60)
+        figures = stats.service_stats(session=session, heartbeat_timeout=60)
 
-    assert stats.runs_by_status == {
+    assert figures.runs_by_status == {
         "queued": 1, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0,
     }  # fmt: skip
-    assert 85 < stats.oldest_queued_seconds < 300
-    assert (stats.live_workers, stats.busy_workers, stats.stopping_workers) == (2, 1, 0)
-    assert stats.epochs_finished == 2
-    assert (stats.epoch_seconds_count, stats.epoch_seconds_sum) == (2, 40.5)
-    bounds = dict(zip(runs.EPOCH_SECONDS_BUCKETS, stats.epoch_seconds_buckets, strict=True))
+    assert 85 < figures.oldest_queued_seconds < 300
+    assert (figures.live_workers, figures.busy_workers, figures.stopping_workers) == (2, 1, 0)
+    assert figures.epochs_finished == 2
+    assert (figures.epoch_seconds_count, figures.epoch_seconds_sum) == (2, 40.5)
+    bounds = dict(zip(stats.EPOCH_SECONDS_BUCKETS, figures.epoch_seconds_buckets, strict=True))
     assert (bounds[1.0], bounds[30.0], bounds[60.0], bounds[3600.0]) == (1, 1, 2, 2)
-    assert (stats.takeovers, stats.handbacks, stats.restarts) == (1, 1, 2)
+    assert (figures.takeovers, figures.handbacks, figures.restarts) == (1, 1, 2)
 
 
 def test_a_worker_of_two_slots_shows_both_runs_and_has_a_free_slot_when_one_ends(own_database):
@@ -111,7 +111,7 @@ def test_a_worker_of_two_slots_shows_both_runs_and_has_a_free_slot_when_one_ends
     assert (worker["state"], worker["slots_in_use"], worker["idle_since"]) == ("busy", 2, None)
     assert worker["experiment_ids"] == [first, second] and worker["experiment_id"] == first
     with session_scope(own_database) as session:
-        runs.finish_experiment(session=session, experiment_id=first, owner="h:11:x",
+        leases.finish_experiment(session=session, experiment_id=first, owner="h:11:x",
                                status=Status.succeeded)  # fmt: skip
         assert workers.beat(session=session, name="w@h")
     worker = live(own_database)[0]

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from store import runs
+from store import leases
 from store.queue import TrainingQueue, create_celery
 from store.settings import Settings
 from tests.conftest import wait_for
@@ -53,8 +53,8 @@ def test_epoch_writes_wait_out_a_database_outage(database, experiment_id, tmp_pa
         return lease
 
     lease = held_lease()
-    assert lease.claim().outcome is runs.ClaimOutcome.claimed
-    real, calls = runs.record_epoch, []
+    assert lease.claim().outcome is leases.ClaimOutcome.claimed
+    real, calls = leases.record_epoch, []
 
     def flaky(**kwargs):  # the database is away for two tries, then back
         calls.append(kwargs["record"]["epoch"])
@@ -65,7 +65,7 @@ def test_epoch_writes_wait_out_a_database_outage(database, experiment_id, tmp_pa
         return real(**kwargs)
 
     monkeypatch.setattr(lease_module, "FIRST_RETRY_DELAY", 0.01)
-    monkeypatch.setattr(runs, "record_epoch", flaky)
+    monkeypatch.setattr(leases, "record_epoch", flaky)
     lease.record_epoch(record(1, 5.0))
     assert calls == [1, 1, 1] and counts(database, experiment_id) == (1, 4)  # 2 layers x 2 kinds
 
@@ -73,12 +73,12 @@ def test_epoch_writes_wait_out_a_database_outage(database, experiment_id, tmp_pa
     def down(**_):
         raise OperationalError("INSERT", {}, ConnectionRefusedError("down"))
 
-    monkeypatch.setattr(runs, "record_epoch", down)
+    monkeypatch.setattr(leases, "record_epoch", down)
     lease.settings = settings.model_copy(update={"db_outage_seconds": 0.05})
     with pytest.raises(OperationalError):
         lease.record_epoch(record(2, 4.0))
-    monkeypatch.setattr(runs, "record_epoch", real)
+    monkeypatch.setattr(leases, "record_epoch", real)
     stranger = held_lease()  # never claimed: its writes are fenced out
-    with pytest.raises(runs.LostOwnership):
+    with pytest.raises(leases.LostOwnership):
         stranger.record_epoch(record(2, 4.0))
-    assert claim(database, experiment_id, "other").outcome is runs.ClaimOutcome.held
+    assert claim(database, experiment_id, "other").outcome is leases.ClaimOutcome.held

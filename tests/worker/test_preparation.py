@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from store import artifacts, runs
+from store import artifacts, catalogue, leases
 from store.db import session_scope
 from store.queue import TrainingQueue
 from tests.conftest import wait_for
@@ -39,8 +39,8 @@ def test_cancel_during_data_preparation(deployment, tmp_path):
         )
         assert progress["phase"] == "preparing_data" and progress["step"] == 0
         with session_scope(settings.database_url) as session:
-            runs.request_cancel(session=session, experiment_id=experiment_id,
-                                stale_before=runs.stale_cutoff(60))  # fmt: skip
+            catalogue.request_cancel(session=session, experiment_id=experiment_id,
+                                stale_before=leases.stale_cutoff(60))  # fmt: skip
         asked = time.monotonic()
         attempt.join(timeout=30)
         took = time.monotonic() - asked

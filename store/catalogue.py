@@ -1,0 +1,256 @@
+"""The catalogue of runs and studies: create, find, list, delete, and the few writes the
+API makes to a run (a cancel request, publication, withdrawal). Keyword-only functions over
+a Session; a change of a run's state is one conditional UPDATE, so the API and the workers
+(store.leases) never overwrite each other's decisions."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, delete, func, or_, select, type_coerce, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from moe_core.config import BaseConfig, ExperimentConfig
+from store.models import (
+    FINISHED,
+    Experiment,
+    Status,
+    Study,
+    utcnow,
+)
+
+
+def create_experiment(
+    *,
+    session: Session,
+    name: str,
+    config: ExperimentConfig,
+    base: BaseConfig,
+    preset: str | None = None,
+    base_preset: str | None = None,
+    dense: bool = False,
+    baseline_id: int | None = None,
+    study: Study | None = None,
+    tags: Sequence[str] = (),
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Experiment:
+    """Add a queued experiment (flushed, not committed). With an `idempotency_key` taken
+    already, the flush raises IntegrityError: see `find_submission`."""
+    experiment = Experiment(
+        name=name,
+        tags=list(tags),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        preset=preset,
+        base_preset=base_preset,
+        dense=dense,
+        baseline_id=baseline_id,
+        study=study,
+        config=config.model_dump(mode="json"),
+        base=base.model_dump(mode="json"),
+        status=Status.queued,
+        num_epochs=base.num_epochs,
+        queued_at=utcnow(),
+    )
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def create_study(
+    *,
+    session: Session,
+    name: str,
+    base: BaseConfig,
+    base_preset: str | None,
+    presets: list[str],
+    seeds: int = 1,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Study:
+    """Add a study row (flushed, not committed); its members are added by the caller."""
+    study = Study(
+        name=name,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        base_preset=base_preset,
+        base=base.model_dump(mode="json"),
+        experiment_presets=presets,
+        seeds=seeds,
+    )
+    session.add(study)
+    session.flush()
+    return study
+
+
+def get_experiment(*, session: Session, experiment_id: int) -> Experiment | None:
+    return session.get(Experiment, experiment_id, populate_existing=True)
+
+
+class Order(enum.StrEnum):
+    newest = "newest"  # by id, newest first
+    val_ce = "val_ce"  # by best validation CE, lowest first; runs without one last
+
+
+@dataclass(frozen=True)
+class ExperimentFilter:
+    """What GET /experiments narrows the list to; None is "any"."""
+
+    status: Status | None = None
+    name: str | None = None  # a case-insensitive substring of the name
+    tag: str | None = None
+    study_id: int | None = None
+    preset: str | None = None
+    dense: bool | None = None
+
+
+def list_experiments(
+    *,
+    session: Session,
+    where: ExperimentFilter = ExperimentFilter(),
+    order: Order = Order.newest,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Experiment], int]:
+    query: Select[tuple[Experiment]] = select(Experiment)
+    if where.status is not None:
+        query = query.where(Experiment.status == where.status)
+    if where.name is not None:
+        pattern = where.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Experiment.name.ilike(f"%{pattern}%", escape="\\"))
+    if where.tag is not None:
+        query = query.where(_has_tag(session, where.tag))
+    if where.study_id is not None:
+        query = query.where(Experiment.study_id == where.study_id)
+    if where.preset is not None:
+        query = query.where(Experiment.preset == where.preset)
+    if where.dense is not None:
+        query = query.where(Experiment.dense.is_(where.dense))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if order is Order.val_ce:
+        ordering = (Experiment.best_val_ce_loss.is_(None), Experiment.best_val_ce_loss,
+                    Experiment.id.desc())  # fmt: skip
+    else:
+        ordering = (Experiment.id.desc(),)
+    items = session.scalars(query.order_by(*ordering).limit(limit).offset(offset)).all()
+    return items, total
+
+
+def _has_tag(session: Session, tag: str):
+    """`tag` is among the run's tags: JSONB containment on Postgres, the JSON1 table
+    function on SQLite. (No index: a GIN index on tags would serve it once lists grow.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        return type_coerce(Experiment.tags, postgresql.JSONB).contains([tag])
+    each = func.json_each(Experiment.tags).table_valued("value")
+    return select(each.c.value).where(each.c.value == tag).exists()
+
+
+def find_submission(
+    *, session: Session, model: type[Experiment] | type[Study], idempotency_key: str
+) -> Experiment | Study | None:
+    """The run or study an earlier POST with this Idempotency-Key stored."""
+    session.rollback()  # after a failed insert, and to see the winner's commit
+    return session.scalars(
+        select(model).where(model.idempotency_key == idempotency_key)
+    ).one_or_none()
+
+
+def delete_experiment(*, session: Session, experiment_id: int) -> bool:
+    """Delete a finished run with its epochs and statistics (committed; the caller removes
+    its files). False when it is not finished: a worker might still be writing to it."""
+    deleted = session.execute(
+        delete(Experiment).where(Experiment.id == experiment_id, Experiment.status.in_(FINISHED))
+    ).rowcount
+    session.commit()
+    return deleted == 1
+
+
+def delete_study(*, session: Session, study_id: int) -> bool:
+    """Delete a study whose members are all finished, with them (committed). False while a
+    member is queued or running."""
+    unfinished = (
+        select(Experiment.id)
+        .where(Experiment.study_id == study_id, Experiment.status.not_in(FINISHED))
+        .exists()
+    )
+    deleted = session.execute(delete(Study).where(Study.id == study_id, ~unfinished)).rowcount
+    session.commit()
+    return deleted == 1
+
+
+def experiment_status(*, session: Session, experiment_id: int) -> str | None:
+    """The run's status alone (None for an unknown id): one column, no object loaded."""
+    return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
+
+
+def live_state(*, session: Session, experiment_id: int):
+    """The run's status, error, current epoch and progress (None for an unknown id)."""
+    return session.execute(
+        select(Experiment.status, Experiment.error, Experiment.current_epoch,
+               Experiment.progress).where(Experiment.id == experiment_id)
+    ).one_or_none()  # fmt: skip
+
+
+def get_study(*, session: Session, study_id: int) -> Study | None:
+    return session.get(Study, study_id, populate_existing=True)
+
+
+def list_studies(*, session: Session, limit: int, offset: int) -> tuple[Sequence[Study], int]:
+    total = session.scalar(select(func.count()).select_from(Study)) or 0
+    items = session.scalars(select(Study).order_by(Study.id.desc()).limit(limit).offset(offset))
+    return items.all(), total
+
+
+def request_cancel(*, session: Session, experiment_id: int, stale_before: datetime) -> None:
+    """Cancel a run (committed).
+
+    A queued run, or a running one whose worker stopped sending heartbeats before
+    `stale_before`, is cancelled at once (its task then finds it finished and does
+    nothing); a live running one is flagged, and its worker stops within a step or two.
+    """
+    now = utcnow()
+    session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            or_(
+                Experiment.status == Status.queued,
+                (Experiment.status == Status.running) & (Experiment.heartbeat_at < stale_before),
+            ),
+        )
+        .values(status=Status.cancelled, cancel_requested=True, finished_at=now)
+    )
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status == Status.running)
+        .values(cancel_requested=True)
+    )
+    session.commit()
+
+
+def mark_published(*, session: Session, experiment_ids: list[int]) -> None:
+    """Record that these runs' tasks reached the broker (committed)."""
+    session.execute(
+        update(Experiment).where(Experiment.id.in_(experiment_ids)).values(published=True)
+    )
+    session.commit()
+
+
+def withdraw(*, session: Session, experiment_ids: list[int], study_id: int | None) -> None:
+    """Delete runs (and their study) whose tasks the broker refused (committed): the POST
+    that stored them fails, so they must not exist. Runs already claimed stay: their
+    message did get through."""
+    session.execute(
+        delete(Experiment).where(
+            Experiment.id.in_(experiment_ids), Experiment.status == Status.queued
+        )
+    )
+    if study_id is not None:
+        members = select(Experiment.id).where(Experiment.study_id == study_id).exists()
+        session.execute(delete(Study).where(Study.id == study_id, ~members))
+    session.commit()
