@@ -25,9 +25,9 @@ from api.deps import require_token
 from api.docs import add_docs
 from api.errors import error_responses, method_not_allowed, validation_error
 from api.params import known_query_only
+from api.resolve import ConfigRefused
 from api.routes import experiments, health, operations, presets, studies
 from api.security import SecurityHeaders, TokenBeforeRouting
-from api.specs import SpecError
 from store.migrate import auto_migrate
 from store.settings import Settings, get_settings
 
@@ -43,9 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-async def _spec_error(request: Request, exc: Exception) -> Response:
+async def _config_refused(request: Request, exc: Exception) -> Response:
     # A config the engine rejects is a 422 like any other body error, located in the body.
-    assert isinstance(exc, SpecError)
+    assert isinstance(exc, ConfigRefused)
     return await validation_error(request, RequestValidationError(exc.errors))
 
 
@@ -107,7 +107,7 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, a 401 or 413 too
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(ConfigRefused, _config_refused)
     app.add_exception_handler(405, method_not_allowed)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_unreachable)

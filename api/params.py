@@ -9,7 +9,7 @@ from fastapi import Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from api.specs import MAX_ID
+from api.resolve import MAX_ID
 
 # Ids are 32-bit in the database: a larger one is a 422 here, not a driver error (a 500).
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID)]

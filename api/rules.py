@@ -45,7 +45,7 @@ TOP_K_OVER_EXPERTS = Rule(
     "top_k is at most the routed experts per layer (config.num_experts, else base.num_experts; "
     "the preset's values count)",
 )
-# The API's checks of a run as a whole (api.specs.check_run).
+# The API's checks of a run as a whole (api.resolve.check_run).
 SHARED_EXPERTS_WIDTH = Rule(
     "shared_experts_width", "num_shared_experts x expert_dim is at most 16384"
 )
@@ -73,3 +73,7 @@ TEXT_NOT_STORABLE = Rule(
     "text_not_storable", "every string is valid Unicode (no lone surrogates) without NUL"
 )
 NUMBER_NOT_FINITE = Rule("number_not_finite", "every number is finite (no NaN or Infinity)")
+
+
+# Every rule by its type: the engine's check (moe_core.config.check) names its problems so.
+BY_TYPE = {rule.type: rule for rule in list(globals().values()) if isinstance(rule, Rule)}

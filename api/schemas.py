@@ -20,8 +20,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from api import rules
+from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
 from api.rules import Rule, stated
-from api.specs import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
 from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
 from moe_core.criteria import CONFIDENCE, confidence_label
 from moe_core.records import EpochFigures
@@ -96,8 +96,8 @@ def _overrides_of(
 ) -> type[BaseModel]:
     """`model`'s fields, each optional with its constraints and description kept, unknown
     ones rejected: generated, so a request body cannot drift from the engine's config.
-    Sizes get the API's bounds (specs.LIMITS), strings and lists a maximum length; the
-    worker's own paths (specs.WORKER_ONLY) are not a client's to give. A field takes null
+    Sizes get the API's bounds (resolve.LIMITS), strings and lists a maximum length; the
+    worker's own paths (resolve.WORKER_ONLY) are not a client's to give. A field takes null
     only where the engine's value may be null (num_experts: the base's; max_train_tokens:
     no cap): elsewhere null would mean nothing, so the schema does not offer it.
     `rules` adds to a field's description the rules beyond its schema (api.rules)."""

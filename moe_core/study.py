@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .atomic import write_json_atomic
-from .config import BaseConfig, StudyRun, study_runs
+from .config import BaseConfig, StudyRun, check_or_raise, study_runs
 from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
 from .runner import resolve_device, resolve_precision, run_single_experiment
 
@@ -113,7 +113,9 @@ def main(
     device = resolve_device(device)
     # One precision for every run, resolved here, so that verdicts compare like with like.
     base = base.model_copy(update={"precision": resolve_precision(base.precision, device)})
-    plan = study_runs(base, experiments, seeds)  # checks everything before anything trains
+    plan = study_runs(base, experiments, seeds)
+    for run in plan:  # everything checked before anything trains
+        check_or_raise(run.config, run.base, dense=run.dense)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -15,6 +15,7 @@ from api.downloads import file_response
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
 from api.plan import plan
+from api.resolve import MAX_ID, resolve_experiment
 from api.schemas import (
     ArtifactList,
     ExperimentCreate,
@@ -26,14 +27,6 @@ from api.schemas import (
     ResultRead,
     Tag,
     VerdictRead,
-)
-from api.specs import (
-    MAX_ID,
-    check_base_batch_size,
-    check_run,
-    check_values,
-    resolve_base,
-    resolve_config,
 )
 from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
@@ -80,18 +73,7 @@ def create_experiment(
     ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> Experiment | Response:
-    check_values(body.model_dump(exclude_unset=True))
-    base_overrides = body.base.model_dump(exclude_unset=True)
-    check_base_batch_size(base_overrides=base_overrides, applies=body.dense)
-    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
-    config = resolve_config(
-        name=body.name,
-        base=base,
-        preset=body.preset,
-        dense=body.dense,
-        overrides=body.config.model_dump(exclude_unset=True),
-    )
-    check_run(config=config, base=base, dense=body.dense)
+    config, base = resolve_experiment(body)
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id)
     if dry_run:

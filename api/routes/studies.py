@@ -14,14 +14,8 @@ from api.downloads import file_response
 from api.errors import error_responses
 from api.params import IdempotencyKey, Offset, StudyId
 from api.plan import plan
+from api.resolve import resolve_study
 from api.schemas import ArtifactList, StudyCreate, StudyList, StudyPlan, StudyRead
-from api.specs import (
-    check_base_batch_size,
-    check_run,
-    check_values,
-    resolve_base,
-    resolve_config,
-)
 from api.study_report import study_read, study_results, study_summary
 from api.submit import request_hash, store_once, submit
 from store import artifacts, catalogue
@@ -64,25 +58,14 @@ def create_study(
     ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> dict | Response:
-    check_values(body.model_dump(exclude_unset=True))
-    base_overrides = body.base.model_dump(exclude_unset=True)
-    # a study's MoE runs keep their presets' batch sizes: base.batch_size would not apply
-    check_base_batch_size(base_overrides=base_overrides, applies=False)
-    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
-    configs = {
-        preset: resolve_config(name=preset, base=base, preset=preset, overrides={})
-        for preset in body.experiments
-    }
-    for config in configs.values():
-        check_run(config=config, base=base, dense=False, config_loc=("body", "experiments"))
-    dense = resolve_config(name="dense", base=base, dense=True, overrides={})
-    check_run(config=dense, base=base, dense=True)
+    runs = resolve_study(body)
+    base = runs[0].base  # the first seed's: the study's base
     if dry_run:
         # each seed's runs differ only in their seed: one plan per preset (and dense)
-        members = [(dense, True), *((config, False) for config in configs.values())]
+        first_seed = [run for run in runs if run.seed == base.seed]
         answer = StudyPlan(
-            runs=[plan(config, base, dense=is_dense) for config, is_dense in members],
-            seeds=list(range(base.seed, base.seed + body.seeds)),
+            runs=[plan(run.config, run.base, dense=run.dense) for run in first_seed],
+            seeds=sorted({run.seed for run in runs}),
         )
         return JSONResponse(answer.model_dump(mode="json"))
     digest = request_hash(body)
@@ -99,28 +82,16 @@ def create_study(
             idempotency_key=idempotency_key,
             request_hash=digest,
         )
-        for seed in range(base.seed, base.seed + body.seeds):
-            common = {
-                "session": session,
-                "base": base.model_copy(update={"seed": seed}),
-                "base_preset": body.base_preset,
-                "study": study,
-            }
-            dense_run = catalogue.create_experiment(
-                name=_member_name("dense", seed, body.seeds), config=dense, dense=True, **common
-            )
-            experiments.append(dense_run)
-            for preset, config in configs.items():
-                name = _member_name(preset, seed, body.seeds)
-                experiments.append(
-                    catalogue.create_experiment(
-                        name=name,
-                        config=config,
-                        preset=preset,
-                        baseline_id=dense_run.id,
-                        **common,
-                    )  # fmt: skip
-                )
+        dense_of: dict[int, int] = {}  # seed -> its dense run, each seed's first
+        for run in runs:
+            member = catalogue.create_experiment(
+                session=session, name=run.name, config=run.config, base=run.base,
+                base_preset=body.base_preset, study=study, dense=run.dense,
+                preset=run.preset, baseline_id=dense_of.get(run.seed),
+            )  # fmt: skip
+            if run.dense:
+                dense_of[run.seed] = member.id
+            experiments.append(member)
         return study
 
     study, new = store_once(
@@ -246,11 +217,6 @@ def _dense_run(study: Study) -> Experiment | None:
 
 def _results_json(study: Study) -> bytes:
     return json.dumps(study_results(study), indent=2, default=str).encode()
-
-
-def _member_name(name: str, seed: int, seeds: int) -> str:
-    """One seed keeps the names of old; with several, a name says its seed."""
-    return name if seeds == 1 else f"{name} (seed {seed})"
 
 
 def _get_or_404(session: SessionDep, study_id: int) -> Study:

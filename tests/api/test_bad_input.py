@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from api.body_limit import MAX_BODY_BYTES
-from api.specs import LIMITS, MAX_ID
+from api.resolve import LIMITS, MAX_ID
 from store.db import session_scope
 from store.models import Experiment, Study
 from tests.conftest import micro_base, queued_messages

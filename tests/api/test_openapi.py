@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.specs import LIMITS, WORKER_ONLY
+from api.resolve import LIMITS, WORKER_ONLY
 from moe_core.config import BaseConfig, ExperimentConfig
 from tests.conftest import micro_base
 

@@ -48,7 +48,7 @@ def test_dry_run_answers_the_plan_and_stores_nothing(
 def test_the_default_base_preset_is_the_engine_clis():
     import argparse
 
-    from api.specs import DEFAULT_BASE_PRESET
+    from api.resolve import DEFAULT_BASE_PRESET
     from moe_core.__main__ import _add_common
 
     parser = argparse.ArgumentParser()

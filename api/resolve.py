@@ -1,12 +1,14 @@
-"""From a request's presets and partial overrides to full, validated engine configs, and
-the checks that keep a config the engine would reject (or a GPU could not hold) off the
-queue."""
+"""From a request to the runs the engine will train, in one call per kind of request
+(`resolve_experiment`, `resolve_study`): its presets and partial overrides made into full,
+validated engine configs, checked as a whole (moe_core.config.check, the engine's own
+rules, and the API's limits that keep what a GPU could not hold off the queue), every
+problem a 422 located in the body."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -14,10 +16,16 @@ from api import rules
 from moe_core.config import (
     BaseConfig,
     ExperimentConfig,
+    StudyRun,
     base_config,
+    check,
     dense_config,
     get_experiment_configs,
+    study_runs,
 )
+
+if TYPE_CHECKING:  # api.schemas states LIMITS in its models: it imports this module
+    from api.schemas import ExperimentCreate, StudyCreate
 
 # The largest value a request may give each size: generous for research on one GPU, but a
 # valid-looking body cannot ask a worker for a model or a run it could never finish.
@@ -50,7 +58,7 @@ WORKER_ONLY = ("data_dir", "cache_dir")
 MAX_ID = 2**31 - 1
 
 
-class SpecError(ValueError):
+class ConfigRefused(ValueError):
     """A config that the engine rejects; `errors` are pydantic-style, located in the body."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
@@ -63,7 +71,7 @@ def resolve_base(*, base_preset: str, overrides: dict[str, Any]) -> BaseConfig:
     try:
         return base_config(base_preset, **overrides)
     except ValidationError as exc:
-        raise SpecError(_located(exc, "base")) from exc
+        raise ConfigRefused(_located(exc, "base")) from exc
 
 
 def resolve_config(
@@ -85,7 +93,7 @@ def resolve_config(
     try:
         return ExperimentConfig.model_validate({**start.model_dump(), "name": name, **overrides})
     except ValidationError as exc:
-        raise SpecError(_located(exc, "config")) from exc
+        raise ConfigRefused(_located(exc, "config")) from exc
 
 
 def _located(exc: ValidationError, field: str) -> list[dict[str, Any]]:
@@ -103,19 +111,15 @@ def check_run(
     dense: bool,
     config_loc: tuple[str, ...] = ("body", "config"),
 ) -> None:
-    """What the engine would reject only on a worker, after the data is prepared: checked
-    on the resolved config as a whole. `config_loc` locates config errors in the body."""
-    errors = []
-    experts = config.experts(base)
-    if not dense and config.top_k > experts:
-        where = "config.num_experts" if config.num_experts is not None else "base.num_experts"
-        errors.append(
-            rules.TOP_K_OVER_EXPERTS.error(
-                (*config_loc, "top_k"),
-                f"top_k ({config.top_k}) exceeds {where} ({experts})",
-                config.top_k,
-            )
+    """What the engine would reject only on a worker, after the data is prepared: the
+    engine's own check of the config and base together (moe_core.config.check), and the
+    API's limit on the shared experts' width. `config_loc` locates config errors."""
+    errors = [
+        rules.BY_TYPE[problem.type].error(
+            _body_loc(problem.field, config_loc), problem.message, problem.value
         )
+        for problem in check(config, base, dense=dense)
+    ]
     shared_width = config.num_shared_experts * config.expert_dim
     if not dense and shared_width > LIMITS["expert_dim"]:
         errors.append(
@@ -126,27 +130,14 @@ def check_run(
                 config.num_shared_experts,
             )
         )
-    batch_tokens = config.batch_size * (base.seq_len + 1)
-    if base.max_train_tokens is not None and base.max_train_tokens < batch_tokens:
-        errors.append(
-            rules.TRAIN_TOKENS_UNDER_BATCH.error(
-                ("body", "base", "max_train_tokens"),
-                f"{base.max_train_tokens} training tokens are fewer than one batch: "
-                f"batch_size ({config.batch_size}) x (seq_len + 1) = {batch_tokens}",
-                base.max_train_tokens,
-            )
-        )
-    if base.max_val_tokens is not None and base.max_val_tokens < base.seq_len + 1:
-        errors.append(
-            rules.VAL_TOKENS_UNDER_BLOCK.error(
-                ("body", "base", "max_val_tokens"),
-                f"{base.max_val_tokens} validation tokens are fewer than one block of "
-                f"seq_len + 1 = {base.seq_len + 1}",
-                base.max_val_tokens,
-            )
-        )
     if errors:
-        raise SpecError(errors)
+        raise ConfigRefused(errors)
+
+
+def _body_loc(field: str, config_loc: tuple[str, ...]) -> tuple[str, ...]:
+    """`config.top_k` or `base.max_train_tokens` where the request body has it."""
+    part, _, name = field.partition(".")
+    return (*config_loc, name) if part == "config" else ("body", part, name)
 
 
 def check_base_batch_size(*, base_overrides: dict[str, Any], applies: bool) -> None:
@@ -154,7 +145,7 @@ def check_base_batch_size(*, base_overrides: dict[str, Any], applies: bool) -> N
     a MoE run's is `config.batch_size`. Where it would not apply, it is refused rather than
     silently ignored."""
     if "batch_size" in base_overrides and not applies:
-        raise SpecError(
+        raise ConfigRefused(
             [
                 rules.BASE_BATCH_SIZE_UNUSED.error(
                     ("body", "base", "batch_size"),
@@ -171,7 +162,7 @@ def check_values(body: Any, loc: tuple[str | int, ...] = ("body",)) -> None:
     lone surrogates (not UTF-8). JSON's 1e400 arrives as inf."""
     errors = [rule.error(where, why, None) for where, rule, why in _bad_values(body, loc)]
     if errors:
-        raise SpecError(errors)
+        raise ConfigRefused(errors)
 
 
 def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple, rules.Rule, str]]:
@@ -193,3 +184,32 @@ def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple,
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from _bad_values(item, (*loc, index))
+
+
+def resolve_experiment(body: ExperimentCreate) -> tuple[ExperimentConfig, BaseConfig]:
+    """POST /experiments' run as the engine will train it, checked as a whole; raises
+    ConfigRefused (a 422 naming every problem) otherwise. The baseline_id, a question for
+    the store, is the route's."""
+    check_values(body.model_dump(exclude_unset=True))
+    base_overrides = body.base.model_dump(exclude_unset=True)
+    check_base_batch_size(base_overrides=base_overrides, applies=body.dense)
+    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
+    config = resolve_config(name=body.name, base=base, preset=body.preset, dense=body.dense,
+                            overrides=body.config.model_dump(exclude_unset=True))  # fmt: skip
+    check_run(config=config, base=base, dense=body.dense)
+    return config, base
+
+
+def resolve_study(body: StudyCreate) -> list[StudyRun]:
+    """POST /studies' runs, as the engine's study expands them (moe_core.config.study_runs:
+    each seed's dense run, then its presets), checked as a whole; raises ConfigRefused."""
+    check_values(body.model_dump(exclude_unset=True))
+    base_overrides = body.base.model_dump(exclude_unset=True)
+    # a study's MoE runs keep their presets' batch sizes: base.batch_size would not apply
+    check_base_batch_size(base_overrides=base_overrides, applies=False)
+    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
+    runs = study_runs(base, list(body.experiments), body.seeds)
+    for run in runs[: len(runs) // body.seeds]:  # the seeds' runs differ only in their seed
+        check_run(config=run.config, base=run.base, dense=run.dense,
+                  config_loc=("body", "config") if run.dense else ("body", "experiments"))  # fmt: skip
+    return runs
