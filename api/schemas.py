@@ -22,18 +22,20 @@ from pydantic.fields import FieldInfo
 from api import rules
 from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
 from api.rules import Rule, stated
-from moe_core.config import SPEC_EXPERIMENTS, BaseConfig, ExperimentConfig
+from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.criteria import CONFIDENCE, confidence_label
+from moe_core.presets import BASE_PRESETS, EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 from moe_core.records import EpochFigures
 from store.models import Status
 
-# The names of moe_core.config.EXPERIMENT_PRESETS and BASE_PRESETS (a test keeps them equal).
-ExperimentPreset = Literal[
-    "baseline", "top2", "strong_reg", "throughput_opt",  # the spec's four
-    "zloss", "aux_free", "shared_expert", "dropless", "jitter",
-    "fine_grained",  # docs/routing-options.md
-]  # fmt: skip
-BasePreset = Literal["tiny", "small", "micro", "spec"]
+# The presets' names, from the engine's registry (moe_core.presets).
+ExperimentPreset = Literal[tuple(EXPERIMENT_PRESETS)]  # type: ignore[valid-type]
+BasePreset = Literal[tuple(BASE_PRESETS)]  # type: ignore[valid-type]
+PRESETS_STATED = (
+    f"the spec's four experiments ({', '.join(SPEC_EXPERIMENTS)}) or a routing option's "
+    f"({', '.join(n for n in EXPERIMENT_PRESETS if n not in SPEC_EXPERIMENTS)}; "
+    "docs/routing-options.md)"
+)
 
 # A label a researcher filters runs by (`?tag=`): short, and safe in a URL and a shell.
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -191,7 +193,7 @@ class ExperimentCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
     preset: ExperimentPreset | None = Field(
-        None, description="start from one of the spec's four experiments"
+        None, description=f"start from a preset: {PRESETS_STATED}"
     )
     config: ConfigOverrides = Field(  # type: ignore[valid-type]
         default_factory=ConfigOverrides,
@@ -276,7 +278,7 @@ class StudyCreate(BaseModel):
     experiments: list[ExperimentPreset] = Field(
         default_factory=lambda: list(SPEC_EXPERIMENTS),  # the spec's four
         min_length=1,
-        description="the MoE presets, each once, on the study's base. "
+        description=f"the MoE presets, each once, on the study's base: {PRESETS_STATED}. "
         + stated(rules.TOP_K_OVER_EXPERTS),
         json_schema_extra={"uniqueItems": True},
     )
@@ -630,7 +632,7 @@ class StudyList(BaseModel):
 
 class Presets(BaseModel):
     experiments: dict[str, dict[str, Any]] = Field(
-        description="the four experiments, as full configs on the spec base"
+        description="every experiment preset, as full configs on the spec base: " + PRESETS_STATED
     )
     dense: dict[str, Any] = Field(description="the dense baseline's config on the spec base")
     base: dict[str, dict[str, Any]] = Field(description="the base presets, as full configs")

@@ -23,9 +23,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
+from moe_core.presets import BASE_PRESETS, EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 from moe_lab import render
 from moe_lab.client import FINISHED, ApiError, Client
 from moe_lab.follow import Follower
+
+# The presets' names, from the engine's registry (moe_core.presets: plain data, no
+# pydantic or torch, so the client needs neither). tiny is the API's default base.
+BASE_PRESETS_HELP = " | ".join(
+    f"{n} (the API's default)" if n == "tiny" else n for n in BASE_PRESETS
+)
 
 app = typer.Typer(
     name="moe-lab",
@@ -168,11 +175,11 @@ def submit(
     name: Annotated[str | None, typer.Argument(help="the run's name (else the file's)")] = None,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", "-p", help="baseline | top2 | strong_reg | throughput_opt"),
+        typer.Option("--preset", "-p", help=" | ".join(EXPERIMENT_PRESETS)),
     ] = None,
     base_preset: Annotated[
         str | None,
-        typer.Option("--base-preset", "-b", help="tiny (the API's default) | small | micro | spec"),
+        typer.Option("--base-preset", "-b", help=BASE_PRESETS_HELP),
     ] = None,
     dense: Annotated[bool, typer.Option("--dense", help="a dense baseline run")] = False,
     baseline: Annotated[
@@ -547,12 +554,15 @@ def study_submit(
     name: Annotated[str, typer.Argument(help="the study's name")],
     base_preset: Annotated[
         str | None,
-        typer.Option("--base-preset", "-b", help="tiny (the API's default) | small | micro | spec"),
+        typer.Option("--base-preset", "-b", help=BASE_PRESETS_HELP),
     ] = None,
     experiments: Annotated[
         list[str] | None,
         typer.Option(
-            "--experiments", "-e", help="presets, comma-separated or repeated (default: all four)"
+            "--experiments",
+            "-e",
+            help=f"presets, comma-separated or repeated, of {', '.join(EXPERIMENT_PRESETS)} "
+            f"(default: the spec's four, {', '.join(SPEC_EXPERIMENTS)})",
         ),
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="run everything once per seed (1-10)")] = None,

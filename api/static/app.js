@@ -343,10 +343,17 @@ async function route() {
 
 // ---- the runs
 
-const PRESETS = ["baseline", "top2", "strong_reg", "throughput_opt"];
+// The experiment presets' names, from the engine's registry (GET /presets), once a page.
+let presetNames = null;
+function presets() {
+  presetNames = presetNames || api("/presets").then((p) => Object.keys(p.experiments));
+  presetNames.catch(() => { presetNames = null; });  // asked again by the next view
+  return presetNames;
+}
 
 async function runsView() {
   const signal = viewScope.signal;
+  const presetOptions = await presets().catch(() => []);
   const params = new URLSearchParams(sessionStorage.getItem("moe-lab-filters") || "order=newest");
   const selected = new Set();
   const body = el("tbody");
@@ -368,7 +375,7 @@ async function runsView() {
       field("status", el("select", {}, options(["queued", "running", "succeeded", "failed", "cancelled"], "any status"))),
       field("name", el("input", { placeholder: "name contains", size: 14 })),
       field("tag", el("input", { placeholder: "tag", size: 10 })),
-      field("preset", el("select", {}, options(PRESETS, "any preset"))),
+      field("preset", el("select", {}, options(presetOptions, "any preset"))),
       field("dense", el("select", {}, el("option", { value: "" }, "dense and MoE"),
         el("option", { value: "true" }, "dense only"), el("option", { value: "false" }, "MoE only"))),
       field("order", el("select", {}, el("option", { value: "newest" }, "newest first"),

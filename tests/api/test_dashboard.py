@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from moe_core.config import base_config, dense_config, get_experiment_configs
+from moe_core.presets import EXPERIMENT_PRESETS
 from store import catalogue, leases
 from store.db import session_scope
 from tests.conftest import IN_CI, ROOT, micro_base, service_missing
@@ -228,6 +229,9 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     api = start_api(settings)
     page.goto(f"{api.url}/ui/#/")  # the browser and the static files are warm
     page.wait_for_selector("#runs tbody tr")
+    # the preset filter offers every preset of the engine's registry (GET /presets)
+    offered = page.eval_on_selector_all("select[name=preset] option", "os => os.map(o => o.value)")
+    assert offered == ["", *EXPERIMENT_PRESETS]
 
     page.goto(f"{api.url}/ui/#/run/{run_id}")
     times = []
