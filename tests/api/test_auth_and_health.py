@@ -84,7 +84,14 @@ def test_the_api_never_imports_torch():
     assert result.returncode == 0, result.stderr
     # the engine's torch-free modules, and only those (the API image holds no others)
     assert result.stdout.strip() == str(
-        ["moe_core", "moe_core.config", "moe_core.criteria", "moe_core.records", "moe_core.sizing"]
+        [
+            "moe_core",
+            "moe_core.config",
+            "moe_core.criteria",
+            "moe_core.presets",
+            "moe_core.records",
+            "moe_core.sizing",
+        ]
     )
 
 
