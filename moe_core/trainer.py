@@ -19,69 +19,34 @@ compiled graph (its shapes are the same every step: see MoELayer.forward).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .atomic import torch_save_atomic
 from .config import CompileMode, GatingTempSchedule
+from .epoch import EpochProgress
 from .errors import CheckpointMismatch, TrainingCancelled, TrainingDiverged
 from .model import MoELayer
 from .records import HISTORY_FIELDS, EpochRecord, MetricsHistory, ProgressReport
 from .reporting import ConsoleReporter
 from .routing_stats import EvalRouting, TrainingRouting
+from .step import LossStep, PhaseClock
 
 __all__ = ["Trainer", "TrainingCancelled", "TrainingDiverged", "CheckpointMismatch", "GRAD_CLIP"]
 
 EpochCallback = Callable[[EpochRecord], None]
 ProgressCallback = Callable[[ProgressReport], None]
 GRAD_CLIP = 1.0  # max gradient norm, as the spec requires
-
-
-@dataclass
-class EpochProgress:
-    """The epoch in progress: its running sums, counts and timings, and where its shuffle
-    came from. `train_epoch` accumulates into it; a checkpoint written mid-epoch carries
-    it, so a resumed run finishes the epoch exactly as an uninterrupted one would."""
-
-    totals: torch.Tensor  # loss, ce, aux summed over steps (no per-step device sync)
-    routing: TrainingRouting
-    # The state, at the epoch's start, of the generator the train loader draws from (see
-    # Trainer._loader_generator): the epoch's base seed and shuffle are drawn from it when
-    # its iterator is made and first read, so a resume remakes the same order and skips ahead.
-    loader_state: torch.Tensor
-    steps: int = 0
-    tokens: int = 0
-    seconds: dict[str, float] = field(
-        default_factory=lambda: {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "wall": 0.0}
-    )
-    # Set once every step is done: a stop during evaluation resumes with evaluation.
-    train_stats: dict[str, float] | None = None
-
-    def state(self) -> dict[str, Any]:
-        return {"totals": self.totals.cpu(), **self.routing.state(),
-                "loader_state": self.loader_state, "steps": self.steps, "tokens": self.tokens,
-                "seconds": dict(self.seconds), "train_stats": self.train_stats}  # fmt: skip
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
-        return cls(totals=state["totals"].to(device),
-                   routing=TrainingRouting.from_state(state, device),
-                   loader_state=state["loader_state"], steps=state["steps"],
-                   tokens=state["tokens"], seconds=dict(state["seconds"]),
-                   train_stats=state["train_stats"])  # fmt: skip
 
 
 def _history_attribute(name: str) -> property:
@@ -138,14 +103,13 @@ class Trainer:
         self.reporter = (
             ConsoleReporter(model_name, self._running_loss, log_interval) if verbose else None
         )
-        # bf16 autocast is for GPUs (moe_core.runner.resolve_precision); the router and
-        # the losses stay float32 under it.
-        self.amp_dtype = amp_dtype
-        self.compile = {True: "default", False: "off"}.get(compile, compile)
-        self._step = self._compiled(self._forward) if self.compile != "off" else self._forward
-
         moe = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
         self.moe_layers = [m for _, m in moe]
+        # bf16 autocast is for GPUs (moe_core.runner.resolve_precision); the router and the
+        # losses stay float32 under it. compile: moe_core.step.LossStep.
+        self.step = LossStep(model, self.device, routed=bool(self.moe_layers), amp_dtype=amp_dtype,
+                             compile={True: "default", False: "off"}.get(compile, compile))  # fmt: skip
+        self.clock = PhaseClock(self.device)
         # The layer each reports as: the first index in its module path ("blocks.2.ffn" -> 2).
         self.moe_layer_ids = [
             next((int(part) for part in name.split(".") if part.isdigit()), i)
@@ -157,62 +121,7 @@ class Trainer:
         self.progress: EpochProgress | None = None  # the epoch in progress, if any
         self._trained: EpochProgress | None = None  # the last epoch train_epoch finished
 
-    # ------------------------------------------------------------------ the step
-
-    def _compiled(self, fn: Callable) -> Callable:
-        """torch.compile of the forward and its losses: one graph (MoELayer's shapes do not
-        depend on the routing); `graphs` replays it as CUDA graphs, which removes the
-        launch cost of its few hundred small kernels at the spec's sizes."""
-        graphs = self.compile == "graphs" and self.device.type == "cuda"
-        return torch.compile(fn, mode="reduce-overhead" if graphs else None, dynamic=False)
-
-    def _forward(self, x: torch.Tensor, y: torch.Tensor, smoothing: float):
-        """(objective, ce, aux, routing): ce is plain cross-entropy, in float32; the
-        objective adds the aux loss and smoothing; routing has each MoE layer's stats."""
-        with self._autocast():
-            if self.moe_layers:
-                logits, aux, routing = self.model(x, output_routing=True)
-            else:
-                (logits, aux), routing = self.model(x), []
-            logits = logits.view(-1, logits.size(-1)).float()
-            y = y.reshape(-1)
-            if smoothing > 0:
-                # One log-softmax gives both the plain CE that is reported (so runs with and
-                # without smoothing compare) and the smoothed CE that is optimised, which is
-                # (1 - eps) * nll + eps * mean over the vocabulary of -log p.
-                logp = F.log_softmax(logits, dim=-1)
-                ce = -logp.gather(1, y.unsqueeze(1)).mean()
-                objective = (1 - smoothing) * ce - smoothing * logp.mean()
-            else:
-                ce = F.cross_entropy(logits, y)
-                objective = ce
-        return objective + aux, ce, aux, routing
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def _sync(self) -> None:
-        # CUDA kernels run asynchronously: without this the epoch's wall clock would stop
-        # before its work is done. Once per segment; phases are timed by events (_clock).
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _clock(self) -> float | torch.cuda.Event:
-        """A point in time: the wall clock on the CPU, a recorded event on CUDA, read once
-        per epoch after one synchronize, so the GPU's queue never drains between phases."""
-        if self.device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    @staticmethod
-    def _seconds(start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
-        if isinstance(start, float):
-            return end - start
-        return start.elapsed_time(end) / 1e3
+    # ------------------------------------------------------------------ temperature
 
     def temperature_for_epoch(self, epoch_index: int) -> float | None:
         """Gating temperature for the 0-based epoch (None without a schedule)."""
@@ -297,17 +206,17 @@ class Trainer:
             batches = self._resumed_batches(self.progress)
         progress = self.progress
         clocks = []  # per step: (start, forward done, backward done, optimizer done)
-        self._sync()
+        self.clock.sync()
         segment_start = time.perf_counter()
 
         def close_segment() -> None:
             # Fold this segment's clocks into the progress (one device sync).
-            self._sync()
+            self.clock.sync()
             seconds = progress.seconds
             seconds["wall"] += time.perf_counter() - segment_start
-            seconds["forward"] += sum(self._seconds(t0, t1) for t0, t1, _, _ in clocks)
-            seconds["backward"] += sum(self._seconds(t1, t2) for _, t1, t2, _ in clocks)
-            seconds["optimizer"] += sum(self._seconds(t2, t3) for _, _, t2, t3 in clocks)
+            seconds["forward"] += sum(self.clock.seconds(t0, t1) for t0, t1, _, _ in clocks)
+            seconds["backward"] += sum(self.clock.seconds(t1, t2) for _, t1, t2, _ in clocks)
+            seconds["optimizer"] += sum(self.clock.seconds(t2, t3) for _, _, t2, t3 in clocks)
 
         while True:
             # Consulted before the fetch, so that at a stop the iterator has fetched exactly the
@@ -321,19 +230,17 @@ class Trainer:
                 break
             x, y = (t.to(self.device, non_blocking=True) for t in batch)
 
-            t0 = self._clock()
-            if self.compile == "graphs":
-                torch.compiler.cudagraph_mark_step_begin()  # last step's outputs are consumed
-            loss, ce, aux, routing = self._step(x, y, self.label_smoothing)
-            t1 = self._clock()
+            t0 = self.clock.now()
+            loss, ce, aux, routing = self.step(x, y, self.label_smoothing)
+            t1 = self.clock.now()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-            t2 = self._clock()
+            t2 = self.clock.now()
             self.optimizer.step()
             for layer, stats in zip(self.moe_layers, routing, strict=True):
                 layer.update_expert_bias(stats.counts)  # aux-loss-free balancing, if on
-            t3 = self._clock()
+            t3 = self.clock.now()
             clocks.append((t0, t1, t2, t3))
 
             progress.totals += torch.stack([loss.detach(), ce.detach(), aux.detach()])
@@ -407,9 +314,7 @@ class Trainer:
                 torch.set_rng_state(rng)
                 self._stop(f"during {what}")  # the partial evaluation is discarded
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            step = self._step if x.size(0) == full else self._forward
-            if step is not self._forward and self.compile == "graphs":
-                torch.compiler.cudagraph_mark_step_begin()
+            step = self.step if x.size(0) == full else self.step.eager
             _, ce, aux, stats = step(x, y, 0.0)
             # Token-weighted, so a short last batch counts for what it holds.
             ce_sum += y.numel() * ce.float()
