@@ -23,9 +23,9 @@ from api import rules
 from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
 from api.rules import Rule, stated
 from moe_core.config import BaseConfig, ExperimentConfig
-from moe_core.criteria import CONFIDENCE, confidence_label
 from moe_core.presets import BASE_PRESETS, EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 from moe_core.records import EpochFigures
+from moe_core.statistics import CONFIDENCE, confidence_label
 from store.models import Status
 
 # The presets' names, from the engine's registry (moe_core.presets).
@@ -526,7 +526,7 @@ class VerdictRow(BaseModel):
 
 class Delta(BaseModel):
     """A difference against dense, paired by seed: mean and standard error over the seeds,
-    and its two-sided paired t-test (moe_core.criteria.paired_t_test). The test and the
+    and its two-sided paired t-test (moe_core.statistics.paired_t_test). The test and the
     interval are at one confidence level, `confidence`; all null but mean and n with one
     seed."""
 

@@ -646,7 +646,7 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
     rows = study["preset_verdicts"]
     waiting = any(row.get("detail") for row in rows)
     tests = [d for row in rows for d in (row.get("val_loss_delta"), row.get("gap_delta")) if d]
-    # the API says at what level it tests (moe_core.criteria.CONFIDENCE)
+    # the API says at what level it tests (moe_core.statistics.CONFIDENCE)
     confidence = next((d["confidence"] for d in tests if d.get("confidence")), None)
     ci = "CI" if confidence is None else f"{100 * confidence:g}% CI"
     columns = ["preset", "passed", "primary", "tertiary", "Δ val CE", ci, "p", "Δ gap", ci, "p",

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/study_tables.py docs/results/options-3seed/experiment_results.json
 
 Prints, as markdown sections: one row per configuration (means over seeds; each Δ paired by
-seed, ± its standard error, `*` where significant at criteria.CONFIDENCE), the paired
+seed, ± its standard error, `*` where significant at statistics.CONFIDENCE), the paired
 t-tests behind those stars (interval, t, p), the verdicts and the comparison table, then
 one row per run. The routing columns are the last training epoch's (mean over its steps and
 MoE layers; the worst step of any layer for "worst step") and the final model's evaluation
@@ -23,18 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from moe_core.criteria import (
-    CONFIDENCE,
     best_val_loss,
-    confidence_label,
     format_p,
     format_table,
     format_verdict,
     generalisation_gap,
     judge_seeds,
-    mean_se,
-    paired_t_test,
     throughput,
 )
+from moe_core.statistics import CONFIDENCE, confidence_label, mean_se, paired_t_test
 
 Run = dict[str, Any]
 

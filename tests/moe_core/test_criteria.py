@@ -11,19 +11,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from moe_core.config import ExperimentConfig, base_config
-from moe_core.criteria import (
-    CONFIDENCE,
-    format_p,
-    format_table,
-    format_verdict,
-    judge,
-    judge_seeds,
-    mean_se,
-    paired_t_test,
-    t_critical,
-    t_p_value,
-)
+from moe_core.criteria import format_p, format_table, format_verdict, judge, judge_seeds
 from moe_core.runner import build_model, build_optimizer, count_parameters
+from moe_core.statistics import CONFIDENCE, mean_se, paired_t_test, t_critical, t_p_value
 from moe_core.study import main
 from moe_core.trainer import Trainer
 

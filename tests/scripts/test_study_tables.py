@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from moe_core.criteria import format_verdict, judge_seeds, paired_t_test
+from moe_core.criteria import format_verdict, judge_seeds
+from moe_core.statistics import paired_t_test
 from scripts import study_tables
 
 STUDY = Path(__file__).parents[2] / "docs/results/small-3seed/experiment_results.json"
