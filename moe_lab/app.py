@@ -1,0 +1,89 @@
+"""The `moe-lab` command line's application: its Typer apps, the --url option and the
+client it builds, and how every command reports an error (one line on stderr)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from moe_core.presets import BASE_PRESETS
+from moe_lab import render
+from moe_lab.client import ApiError, Client
+
+# The presets' names, from the engine's registry (moe_core.presets: plain data, no
+# pydantic or torch, so the client needs neither). tiny is the API's default base.
+BASE_PRESETS_HELP = " | ".join(
+    f"{n} (the API's default)" if n == "tiny" else n for n in BASE_PRESETS
+)
+
+app = typer.Typer(
+    name="moe-lab",
+    help="Submit, follow and compare Mixture-of-Experts experiments on a moe-lab API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # a traceback must never print the token
+)
+study_app = typer.Typer(
+    help="Studies: a dense baseline plus MoE presets, over one or more seeds.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+
+
+class UsageProblem(Exception):
+    """A command line that cannot become a request (a bad --set, an unreadable file)."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(fn: F) -> F:
+    """API errors and bad input as one line on stderr (exit 1 and 2); Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            render.stderr_line(f"error: {exc}")
+            raise typer.Exit(1) from None
+        except UsageProblem as exc:
+            render.stderr_line(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            render.stderr_line("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", envvar="MOE_API_URL", help="the API (default http://127.0.0.1:8000)"),
+    ] = None,
+) -> None:
+    """MOE_API_TOKEN, when set, is sent as a bearer token."""
+    # A test (or a program embedding the CLI) may hand in its own Client as the context object.
+    if not isinstance(ctx.obj, Client):
+        ctx.obj = Client(url)
+
+
+def api(ctx: typer.Context) -> Client:
+    client = ctx.find_object(Client)
+    assert client is not None
+    return client
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON, for scripts")]
