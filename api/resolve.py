@@ -24,8 +24,8 @@ from moe_core.config import (
     study_runs,
 )
 
-if TYPE_CHECKING:  # api.schemas states LIMITS in its models: it imports this module
-    from api.schemas import ExperimentCreate, StudyCreate
+if TYPE_CHECKING:  # api.requests states LIMITS in its models: it imports this module
+    from api.requests import ExperimentCreate, StudyCreate
 
 # The largest value a request may give each size: generous for research on one GPU, but a
 # valid-looking body cannot ask a worker for a model or a run it could never finish.

@@ -15,17 +15,15 @@ from api.downloads import file_response
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
 from api.plan import plan
+from api.requests import ExperimentCreate, ExperimentPreset, Tag
 from api.resolve import MAX_ID, resolve_experiment
 from api.schemas import (
     ArtifactList,
-    ExperimentCreate,
     ExperimentList,
     ExperimentPlan,
-    ExperimentPreset,
     ExperimentRead,
     MetricsRead,
     ResultRead,
-    Tag,
     VerdictRead,
 )
 from api.submit import request_hash, store_once, submit

@@ -14,8 +14,9 @@ from api.downloads import file_response
 from api.errors import error_responses
 from api.params import IdempotencyKey, Offset, StudyId
 from api.plan import plan
+from api.requests import StudyCreate
 from api.resolve import resolve_study
-from api.schemas import ArtifactList, StudyCreate, StudyList, StudyPlan, StudyRead
+from api.schemas import ArtifactList, StudyList, StudyPlan, StudyRead
 from api.study_report import study_read, study_results, study_summary
 from api.submit import request_hash, store_once, submit
 from store import artifacts, catalogue

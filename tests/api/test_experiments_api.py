@@ -274,7 +274,7 @@ def test_presets_list_the_four_experiments_and_the_bases(client):
 def test_schema_literals_match_the_engine_presets():
     from typing import get_args
 
-    from api.schemas import BasePreset, ExperimentPreset
+    from api.requests import BasePreset, ExperimentPreset
 
     assert set(get_args(ExperimentPreset)) == set(EXPERIMENT_PRESETS)
     assert set(get_args(BasePreset)) == set(BASE_PRESETS)
