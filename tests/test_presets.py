@@ -1,6 +1,6 @@
 """The presets' names come from one place, the engine's registry (moe_core.presets), and
 every part of the project that names them agrees: the API's schema (its enums and the
-descriptions that list them), GET /presets, the CLI's help and the docs. (The dashboard's
+descriptions that list them), GET /presets, the CLI's help and the docs' HTTP API page. (The dashboard's
 filter asks GET /presets: tests/api/test_dashboard.py.)"""
 
 from __future__ import annotations
@@ -43,3 +43,13 @@ def test_the_cli_help_names_every_preset():
     study = runner.invoke(app, ["study", "submit", "--help"], env={"COLUMNS": "400"}).output
     assert all(name in submit for name in [*EXPERIMENT_PRESETS, *BASE_PRESETS]), submit
     assert all(name in study for name in EXPERIMENT_PRESETS), study
+
+
+def test_the_http_api_page_lists_every_preset():
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "http-api.md").read_text()
+    listed = next(line for line in page.splitlines() if "`GET /presets` lists them" in line)
+    start = page.index(listed)
+    paragraph = page[page.rindex("\n\n", 0, start) : page.index("\n\n", start)]
+    assert all(f"`{name}`" in paragraph for name in EXPERIMENT_PRESETS), paragraph
