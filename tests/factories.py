@@ -1,9 +1,11 @@
-"""Small factories of store test data: runs, epoch records, claims, counts."""
+"""Small factories of test data (request bodies, runs, epoch records, claims, results) and
+counts of what became of it (rows, queued tasks)."""
 
 from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -12,6 +14,11 @@ from moe_core.records import EpochRecord, EvalLayerRouting, LayerRouting, Losses
 from store import catalogue, leases
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status, utcnow
+
+
+def micro_base(**overrides: Any) -> dict[str, Any]:
+    """A request's `base` for a fast run on the generated corpus."""
+    return {"max_train_tokens": 4096, "max_val_tokens": 1024, **overrides}
 
 
 def new_experiment(database: str, name: str = "t") -> int:
@@ -101,6 +108,11 @@ def counts(database: str, experiment_id: int) -> tuple[int, int]:
             select(func.count()).where(ExpertStats.experiment_id == experiment_id)
         )
         return epochs, stats
+
+
+def queued_messages(redis_client, prefix: str) -> int:
+    """Tasks waiting in the `gpu` queue of the deployment whose broker keys start `prefix`."""
+    return redis_client.llen(f"{prefix}gpu")
 
 
 def run_row(database: str, experiment_id: int):

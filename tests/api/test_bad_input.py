@@ -13,9 +13,9 @@ from api.body_limit import MAX_BODY_BYTES
 from api.specs import LIMITS, MAX_ID
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
+from tests.factories import micro_base, queued_messages
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def post(client, path: str, body: dict):

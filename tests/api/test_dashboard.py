@@ -16,8 +16,8 @@ import pytest
 from moe_core.config import base_config, dense_config, get_experiment_configs
 from store import catalogue, leases
 from store.db import session_scope
-from tests.conftest import IN_CI, ROOT, micro_base, service_missing
-from tests.factories import claim, record, result, succeed
+from tests.environment import ROOT, unavailable
+from tests.factories import claim, micro_base, record, result, succeed
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -30,12 +30,9 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        service_missing("playwright", exc)
+        unavailable(f"playwright is not reachable: {exc}")
     if chromium is None:
-        message = "chromium is not installed (apt-get install -y chromium)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable("chromium is not installed (apt-get install -y chromium)")
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])

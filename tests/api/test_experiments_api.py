@@ -15,10 +15,9 @@ from moe_core.config import (
 )
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
-from tests.factories import result, succeed
+from tests.factories import micro_base, queued_messages, result, succeed
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def experiment_rows(settings) -> int:

@@ -13,8 +13,8 @@ import pytest
 
 from store import artifacts, leases
 from store.db import session_scope
-from tests.conftest import make_client, micro_base
-from tests.factories import claim, record, result, run_row, succeed, write
+from tests.client import make_client
+from tests.factories import claim, micro_base, record, result, run_row, succeed, write
 
 pytestmark = pytest.mark.services
 

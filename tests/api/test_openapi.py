@@ -6,9 +6,9 @@ import pytest
 
 from api.specs import LIMITS, WORKER_ONLY
 from moe_core.config import BaseConfig, ExperimentConfig
-from tests.conftest import micro_base
+from tests.factories import micro_base
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 @pytest.fixture()

@@ -9,10 +9,10 @@ from pydantic import SecretStr
 
 from store import leases, workers
 from store.db import session_scope
-from tests.conftest import make_client, micro_base, queued_messages
-from tests.factories import claim, new_experiment, record, write
+from tests.client import make_client
+from tests.factories import claim, micro_base, new_experiment, queued_messages, record, write
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

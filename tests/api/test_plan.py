@@ -7,9 +7,9 @@ from sqlalchemy import func, select
 
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
+from tests.factories import micro_base, queued_messages
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def test_dry_run_answers_the_plan_and_stores_nothing(

@@ -14,7 +14,8 @@ import pytest
 import uvicorn.config
 
 from api.serve import bind_tcp_socket
-from tests.conftest import ROOT, settings_env
+from tests.environment import ROOT
+from tests.processes import settings_env
 
 
 def _nodelay_of_accepted(sock: socket.socket) -> int:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
+from tests.factories import micro_base, queued_messages
 
 pytestmark = pytest.mark.services
 
@@ -142,7 +142,7 @@ class SlowRefusingBroker:
 
 def test_a_retry_while_the_first_request_waits_on_the_broker_is_told_to_retry(deployment):
     from api.deps import get_queue
-    from tests.conftest import make_client
+    from tests.client import make_client
 
     settings = deployment()
     with make_client(settings) as api:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from moe_lab.cli import app
 from moe_lab.client import Client
-from tests.conftest import make_client
+from tests.client import make_client
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from moe_lab.client import ApiError, Client
-from tests.conftest import ROOT, WorkerProcess, settings_env
+from tests.environment import ROOT
+from tests.processes import WorkerProcess, settings_env
 
-pytestmark = pytest.mark.services  # real Postgres/Redis and processes (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis and processes (see tests/fixtures/)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from moe_lab.client import Client
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 MICRO = ["--base-preset", "micro", "--set", "base.max_train_tokens=4096"]
 

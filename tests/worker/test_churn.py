@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from tests.conftest import make_client, micro_base, wait_for
+from tests.client import make_client
+from tests.factories import micro_base
+from tests.waiting import wait_for
 from tests.worker.test_faults import FINISHED, assert_one_row_per_epoch
 
 pytestmark = [pytest.mark.services, pytest.mark.chaos]

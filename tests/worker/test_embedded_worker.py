@@ -4,7 +4,9 @@ real worker process. Needs no server at all."""
 from __future__ import annotations
 
 from store.settings import Settings
-from tests.conftest import make_client, micro_base, wait_for
+from tests.client import make_client
+from tests.factories import micro_base
+from tests.waiting import wait_for
 
 
 def test_a_run_succeeds_on_sqlite_with_the_serverless_broker(

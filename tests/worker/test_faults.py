@@ -3,7 +3,7 @@ process killed again and again, the broker restarted with and without its data, 
 database stopped, a database reset under kept artifacts. Each test is bounded in time and
 asserts what the user sees: the run ends as it should, with exactly one row per epoch.
 
-Settings are the tests' (tests/conftest.py): MOE_HEARTBEAT_TIMEOUT 3 s, a sweep every
+Settings are the tests' (tests/fixtures/services.py): MOE_HEARTBEAT_TIMEOUT 3 s, a sweep every
 0.5 s, and the broker's visibility timeout at its default of hours, so that every takeover
 here is the lease's doing."""
 
@@ -20,10 +20,12 @@ from sqlalchemy import select
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats
 from store.queue import TrainingQueue, create_celery
-from tests.conftest import make_client, micro_base, wait_for
+from tests.client import make_client
+from tests.factories import micro_base
 from tests.servers import PostgresCluster, RedisServer
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/fixtures/)
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 

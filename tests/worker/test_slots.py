@@ -13,10 +13,12 @@ import pytest
 
 from store.db import session_scope
 from store.models import Experiment
-from tests.conftest import ROOT, make_client, wait_for
+from tests.client import make_client
+from tests.environment import ROOT
+from tests.waiting import wait_for
 from tests.worker.test_faults import assert_one_row_per_epoch, finished, read, submit, wait_until
 
-pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/fixtures/)
 
 FAULTS = ROOT / "tests" / "fault_injection"
 

@@ -9,9 +9,12 @@ import time
 import pytest
 
 from api.schemas import MetricsRead
-from tests.conftest import WorkerProcess, make_client, micro_base, wait_for
+from tests.client import make_client
+from tests.factories import micro_base
+from tests.processes import WorkerProcess
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
