@@ -89,9 +89,9 @@ def losses(api, experiment_id: int) -> list[tuple[float, ...]]:
 
 
 def test_a_sigkilled_worker_is_resumed_by_another_within_the_heartbeat_timeout(
-    worker_settings, start_worker
+    deployment, start_worker
 ):
-    settings = worker_settings
+    settings = deployment()
     assert settings.visibility_timeout == 6 * 3600  # the default: no help from the broker
     with make_client(settings) as api:
         pool = {name: start_worker(settings, name=name) for name in ("left", "right")}
@@ -115,10 +115,10 @@ def test_a_sigkilled_worker_is_resumed_by_another_within_the_heartbeat_timeout(
     assert_one_row_per_epoch(settings.database_url, final)
 
 
-def test_a_killed_pool_process_is_resumed_at_once_by_its_own_worker(worker_settings, start_worker):
+def test_a_killed_pool_process_is_resumed_at_once_by_its_own_worker(deployment, start_worker):
     """The worker's agent sees the process that held the run gone and re-queues the run
     (Celery requeues the task too; whichever comes first takes it, the other does nothing)."""
-    settings = worker_settings
+    settings = deployment()
     with make_client(settings) as api:
         worker = start_worker(settings, name="survivor")
         run = submit(api, "child", epochs=5)
@@ -154,9 +154,9 @@ def test_a_pool_process_killed_on_every_attempt_fails_the_run_after_max_restarts
 
 
 def test_sigterm_hands_the_run_back_mid_epoch_and_the_losses_are_an_uninterrupted_runs(
-    worker_settings, start_worker
+    deployment, start_worker
 ):
-    settings = worker_settings
+    settings = deployment()
     with make_client(settings) as api:
         first = start_worker(settings, name="first")
         reference = submit(api, "reference", epochs=3, tokens=16384)
@@ -187,9 +187,9 @@ def test_sigterm_hands_the_run_back_mid_epoch_and_the_losses_are_an_uninterrupte
     assert_one_row_per_epoch(settings.database_url, final)
 
 
-def test_a_second_delivery_of_a_running_or_finished_run_does_nothing(worker_settings, start_worker):
+def test_a_second_delivery_of_a_running_or_finished_run_does_nothing(deployment, start_worker):
     """The broker's redelivery (visibility timeout) is only a backstop, and harmless."""
-    settings = worker_settings
+    settings = deployment()
     queue = TrainingQueue(create_celery(settings))
     with make_client(settings) as api:
         start_worker(settings, name="one")

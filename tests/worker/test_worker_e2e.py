@@ -11,7 +11,6 @@ import pytest
 from api.schemas import MetricsRead
 from tests.client import make_client
 from tests.factories import micro_base
-from tests.processes import WorkerProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
@@ -24,16 +23,6 @@ def settings(deployment):
     # A store and queue of their own: the API tests leave queued runs (spec-sized ones).
     # Progress written often enough to be seen in a run of seconds.
     return deployment(progress_interval=0.2)
-
-
-@pytest.fixture(scope="module")
-def worker(settings, tmp_path_factory):
-    process = WorkerProcess(settings, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
-        print(process.output()[-4000:])
 
 
 @pytest.fixture()
