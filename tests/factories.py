@@ -16,9 +16,17 @@ from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status, utcnow
 
 
-def micro_base(**overrides: Any) -> dict[str, Any]:
-    """A request's `base` for a fast run on the generated corpus."""
+def fast_base(**overrides: Any) -> dict[str, Any]:
+    """A request's `base` (over the micro preset) for a run of seconds on the generated
+    corpus; `overrides` are BaseConfig fields. (The engine tests' `micro_base` fixture is
+    the micro BaseConfig itself.)"""
     return {"max_train_tokens": 4096, "max_val_tokens": 1024, **overrides}
+
+
+def request_body(name: str = "run", **fields: Any) -> dict[str, Any]:
+    """A POST /experiments (or /studies) body on the micro base preset and `fast_base()`;
+    `fields` add keys or replace these (`base=fast_base(num_epochs=4)`)."""
+    return {"name": name, "base_preset": "micro", "base": fast_base(), **fields}
 
 
 def new_experiment(database: str, name: str = "t") -> int:
@@ -113,6 +121,27 @@ def counts(database: str, experiment_id: int) -> tuple[int, int]:
 def queued_messages(redis_client, prefix: str) -> int:
     """Tasks waiting in the `gpu` queue of the deployment whose broker keys start `prefix`."""
     return redis_client.llen(f"{prefix}gpu")
+
+
+def epoch_rows(database_url: str, experiment_id: int) -> list[int]:
+    """Epoch numbers of the run's rows, one per row (a duplicate would show twice)."""
+    with session_scope(database_url) as session:
+        return sorted(session.scalars(
+            select(EpochMetrics.epoch).where(EpochMetrics.experiment_id == experiment_id)))  # fmt: skip
+
+
+def assert_one_row_per_epoch(database_url: str, run: dict) -> None:
+    """Each of the run's epochs stored once: its metrics row, and training and evaluation
+    statistics for each MoE layer of the micro base (2 and 4)."""
+    epochs = list(range(1, run["current_epoch"] + 1))
+    assert epoch_rows(database_url, run["id"]) == epochs
+    with session_scope(database_url) as session:
+        layers = session.execute(
+            select(ExpertStats.epoch, ExpertStats.kind, ExpertStats.layer).where(
+                ExpertStats.experiment_id == run["id"])).all()  # fmt: skip
+    assert sorted(layers) == [
+        (epoch, kind, layer) for epoch in epochs for kind in ("eval", "train") for layer in (2, 4)
+    ]
 
 
 def run_row(database: str, experiment_id: int):

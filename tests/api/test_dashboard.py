@@ -17,7 +17,7 @@ from moe_core.config import base_config, dense_config, get_experiment_configs
 from store import catalogue, leases
 from store.db import session_scope
 from tests.environment import ROOT, unavailable
-from tests.factories import claim, micro_base, record, result, succeed
+from tests.factories import claim, fast_base, record, result, succeed
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -106,7 +106,7 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
         json={
             "name": "ui",
             "base_preset": "micro",
-            "base": micro_base(num_epochs=epochs),
+            "base": fast_base(num_epochs=epochs),
             "experiments": ["top2"],
         },  # fmt: skip
     ).json()

@@ -13,8 +13,8 @@ import pytest
 
 from store import artifacts, leases
 from store.db import session_scope
-from tests.client import make_client
-from tests.factories import claim, micro_base, record, result, run_row, succeed, write
+from tests.client import make_client, submit
+from tests.factories import claim, record, result, run_row, succeed, write
 
 pytestmark = pytest.mark.services
 
@@ -29,14 +29,6 @@ def settings(deployment):
 def api(settings):
     with make_client(settings) as client:
         yield client
-
-
-def submit(api, name="run", **body) -> dict:
-    response = api.post(
-        "/experiments", json={"name": name, "base_preset": "micro", "base": micro_base(), **body}
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def events(api, experiment_id: int, **headers) -> list[tuple[str, str, dict]]:

@@ -9,13 +9,11 @@ import time
 import pytest
 
 from api.schemas import MetricsRead
-from tests.client import make_client
-from tests.factories import micro_base
+from tests.client import FINISHED, make_client, submit, wait_finished
+from tests.factories import fast_base
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
-
-FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +29,8 @@ def api(settings, worker):
         yield client
 
 
-def submit(api, **body) -> dict:
-    response = api.post("/experiments", json={"name": "e2e", "base_preset": "micro", **body})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def finished(api, experiment_id: int, timeout: float = 120) -> dict:
-    def done():
-        run = api.get(f"/experiments/{experiment_id}").json()
-        return run if run["status"] in FINISHED else None
-
-    return wait_for(done, timeout=timeout, interval=0.2, what=f"experiment {experiment_id} to end")
-
-
 def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api, settings):
-    run = submit(api, base=micro_base(num_epochs=4, max_train_tokens=8192))
+    run = submit(api, "e2e", base=fast_base(num_epochs=4, max_train_tokens=8192))
     assert run["status"] == "queued"
 
     seen: list[tuple[str, int]] = []  # (status, epochs in /metrics) at each poll
@@ -135,7 +119,7 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
         json={
             "name": "mini",
             "base_preset": "micro",
-            "base": micro_base(),
+            "base": fast_base(),
             "experiments": ["baseline", "top2"],
             "seeds": 2,
         },
@@ -214,7 +198,7 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
 
 
 def test_cancel_mid_run_keeps_finished_epochs(api):
-    run = submit(api, base=micro_base(num_epochs=40))
+    run = submit(api, "e2e", base=fast_base(num_epochs=40))
     wait_for(
         lambda: api.get(f"/experiments/{run['id']}/metrics").json()["epochs"],
         timeout=60,
@@ -225,7 +209,7 @@ def test_cancel_mid_run_keeps_finished_epochs(api):
     assert response.status_code == 200
     assert response.json()["cancel_requested"] is True
     cancelled_at = time.monotonic()
-    final = finished(api, run["id"], timeout=30)
+    final = wait_finished(api, run["id"], timeout=30)
     assert time.monotonic() - cancelled_at < 10
 
     assert final["status"] == "cancelled"
@@ -239,9 +223,9 @@ def test_cancel_mid_run_keeps_finished_epochs(api):
 def test_an_exception_in_training_marks_the_run_failed_with_its_text(api):
     # More sequences per batch than the corpus has: the engine refuses to train. (A token
     # cap below one batch is a 422 at the API; only the corpus' own size is left to find.)
-    base = micro_base(max_train_tokens=None, seq_len=512)
-    run = submit(api, base=base, config={"batch_size": 1024})
-    final = finished(api, run["id"])
+    base = fast_base(max_train_tokens=None, seq_len=512)
+    run = submit(api, "e2e", base=base, config={"batch_size": 1024})
+    final = wait_finished(api, run["id"])
     assert final["status"] == "failed"
     assert "ValueError" in final["error"] and "fewer than one batch" in final["error"]
     log = api.get(f"/experiments/{run['id']}/logs").text
