@@ -18,6 +18,7 @@ from store import catalogue, leases
 from store.db import session_scope
 from tests.environment import ROOT, unavailable
 from tests.factories import claim, fast_base, record, result, succeed
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -66,13 +67,11 @@ def page(browser, request):
     assert policies and all(policy and "default-src 'self'" in policy for policy in policies)
 
 
-def wait_until(page, expression: str, timeout: float = 30.0) -> None:
-    """page.wait_for_function, polled from here: its own polling evaluates the expression
-    in the page, which the pages' Content-Security-Policy (no eval) refuses."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {expression}"
-        time.sleep(0.01)
+def wait_in_page(page, expression: str, timeout: float = 30.0) -> None:
+    """Until `expression` is true in the page. Not page.wait_for_function: its own polling
+    evaluates the expression in the page, which the pages' Content-Security-Policy (no
+    eval) refuses; evaluate() is allowed."""
+    wait_for(lambda: page.evaluate(expression), timeout=timeout, interval=0.01, what=expression)
 
 
 def shot(page, name: str) -> None:
@@ -119,7 +118,7 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
     shot(page, "study-live")
     # Then every run ends, the verdict table fills in, still the same page.
     page.wait_for_selector('h1 + .summary [data-status="succeeded"]', timeout=90_000)
-    wait_until(
+    wait_in_page(
         page, "document.querySelector('#study-verdicts tr[data-preset]').dataset.passed !== 'null'"
     )
     assert page.evaluate("window.__loaded_once") is True
@@ -231,7 +230,7 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     for _ in range(3):  # the best of three: other work shares this machine's two cores
         started = time.perf_counter()
         page.reload()  # a cold page: HTML, scripts and the run's JSON are all fetched
-        wait_until(
+        wait_in_page(
             page,
             "document.querySelectorAll('#experts [data-heatmap][data-drawn]').length === 8 &&"
             " document.querySelectorAll('#curves [data-chart][data-drawn]').length >= 4",
