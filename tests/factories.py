@@ -1,9 +1,11 @@
-"""Small factories of store test data: runs, epoch records, claims, counts."""
+"""Small factories of test data (request bodies, runs, epoch records, claims, results) and
+counts of what became of it (rows, queued tasks)."""
 
 from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -12,6 +14,19 @@ from moe_core.records import EpochRecord, EvalLayerRouting, LayerRouting, Losses
 from store import catalogue, leases
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status, utcnow
+
+
+def fast_base(**overrides: Any) -> dict[str, Any]:
+    """A request's `base` (over the micro preset) for a run of seconds on the generated
+    corpus; `overrides` are BaseConfig fields. (The engine tests' `micro_base` fixture is
+    the micro BaseConfig itself.)"""
+    return {"max_train_tokens": 4096, "max_val_tokens": 1024, **overrides}
+
+
+def request_body(name: str = "run", **fields: Any) -> dict[str, Any]:
+    """A POST /experiments (or /studies) body on the micro base preset and `fast_base()`;
+    `fields` add keys or replace these (`base=fast_base(num_epochs=4)`)."""
+    return {"name": name, "base_preset": "micro", "base": fast_base(), **fields}
 
 
 def new_experiment(database: str, name: str = "t") -> int:
@@ -101,6 +116,32 @@ def counts(database: str, experiment_id: int) -> tuple[int, int]:
             select(func.count()).where(ExpertStats.experiment_id == experiment_id)
         )
         return epochs, stats
+
+
+def queued_messages(redis_client, prefix: str) -> int:
+    """Tasks waiting in the `gpu` queue of the deployment whose broker keys start `prefix`."""
+    return redis_client.llen(f"{prefix}gpu")
+
+
+def epoch_rows(database_url: str, experiment_id: int) -> list[int]:
+    """Epoch numbers of the run's rows, one per row (a duplicate would show twice)."""
+    with session_scope(database_url) as session:
+        return sorted(session.scalars(
+            select(EpochMetrics.epoch).where(EpochMetrics.experiment_id == experiment_id)))  # fmt: skip
+
+
+def assert_one_row_per_epoch(database_url: str, run: dict) -> None:
+    """Each of the run's epochs stored once: its metrics row, and training and evaluation
+    statistics for each MoE layer of the micro base (2 and 4)."""
+    epochs = list(range(1, run["current_epoch"] + 1))
+    assert epoch_rows(database_url, run["id"]) == epochs
+    with session_scope(database_url) as session:
+        layers = session.execute(
+            select(ExpertStats.epoch, ExpertStats.kind, ExpertStats.layer).where(
+                ExpertStats.experiment_id == run["id"])).all()  # fmt: skip
+    assert sorted(layers) == [
+        (epoch, kind, layer) for epoch in epochs for kind in ("eval", "train") for layer in (2, 4)
+    ]
 
 
 def run_row(database: str, experiment_id: int):

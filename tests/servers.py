@@ -1,6 +1,6 @@
-"""Throwaway servers for fault tests: a `redis-server` and a Postgres cluster of the test's
-own, on their own ports in temporary folders, that a test may stop and start at will. The
-shared servers of the machine are never touched."""
+"""Free ports, and throwaway servers for fault tests: a `redis-server` and a Postgres cluster
+of the test's own, on their own ports in temporary folders, that a test may stop and start
+at will. The shared servers of the machine are never touched."""
 
 from __future__ import annotations
 
@@ -10,28 +10,29 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.waiting import wait_for
 
 
 def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (the system's pick, free until bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def _wait_port(port: int, up: bool, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                if up:
-                    return
-        except OSError:
-            if not up:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout}s")
+    wait_for(lambda: _listening(port) is up, timeout=timeout,
+             what=f"port {port} to go {'up' if up else 'down'}")  # fmt: skip
 
 
 class RedisServer:

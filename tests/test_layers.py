@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.environment import ROOT
 
 # package -> the project packages it must never import
 FORBIDDEN = {

@@ -9,9 +9,10 @@ import sys
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import ROOT, make_client
+from tests.client import make_client
+from tests.environment import ROOT
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def test_token_guard(service_settings):

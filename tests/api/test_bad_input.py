@@ -13,9 +13,9 @@ from api.body_limit import MAX_BODY_BYTES
 from api.resolve import LIMITS, MAX_ID
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
+from tests.factories import fast_base, queued_messages, request_body
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def post(client, path: str, body: dict):
@@ -72,7 +72,7 @@ EXPERIMENT_BODIES = [
 @pytest.mark.parametrize(("body", "loc"), EXPERIMENT_BODIES)
 def test_a_bad_experiment_is_422_naming_the_field(client, nothing_stored_or_queued, body, loc):
     request = {"name": "bad", "base_preset": "micro", **body}
-    request["base"] = {**micro_base(), **body.get("base", {})}
+    request["base"] = {**fast_base(), **body.get("base", {})}
     response = post(client, "/experiments", request)
     assert response.status_code == 422, response.text
     assert loc in [error["loc"] for error in response.json()["detail"]], response.text
@@ -90,8 +90,8 @@ def test_a_number_that_is_not_finite_is_a_422(client, nothing_stored_or_queued, 
 
 
 def test_a_dense_run_takes_base_batch_size(client):
-    body = {"name": "dense", "base_preset": "micro", "dense": True}
-    response = client.post("/experiments", json={**body, "base": micro_base(batch_size=8)})
+    body = request_body("dense", dense=True, base=fast_base(batch_size=8))
+    response = client.post("/experiments", json=body)
     assert response.status_code == 201, response.text
     assert response.json()["config"]["batch_size"] == 8
 
@@ -99,11 +99,11 @@ def test_a_dense_run_takes_base_batch_size(client):
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
-        ({"base": micro_base(batch_size=8)}, ["body", "base", "batch_size"]),
-        ({"base": micro_base(num_experts=1), "experiments": ["top2"]}, ["body", "experiments", "top_k"]),
+        ({"base": fast_base(batch_size=8)}, ["body", "base", "batch_size"]),
+        ({"base": fast_base(num_experts=1), "experiments": ["top2"]}, ["body", "experiments", "top_k"]),
         # throughput_opt's batch of 32 needs 32 x 33 training tokens
-        ({"base": micro_base(max_train_tokens=600)}, ["body", "base", "max_train_tokens"]),
-        ({"base": micro_base(seq_len=10**6)}, ["body", "base", "seq_len"]),
+        ({"base": fast_base(max_train_tokens=600)}, ["body", "base", "max_train_tokens"]),
+        ({"base": fast_base(seq_len=10**6)}, ["body", "base", "seq_len"]),
         ({"base": {"data_dir": "/"}}, ["body", "base", "data_dir"]),
         ({"name": "s\x00"}, ["body", "name"]),
     ],
@@ -139,7 +139,7 @@ def test_bad_urls_are_422_naming_the_parameter(client, path, loc):
 
 
 def test_a_misspelt_dry_run_stores_nothing(client, nothing_stored_or_queued):
-    body = {"name": "x", "base_preset": "micro", "base": micro_base()}
+    body = request_body("x")
     for path in ("/experiments?dryrun=true", "/studies?dry-run=true"):
         response = client.post(path, json=body)
         assert response.status_code == 422, response.text
@@ -175,7 +175,7 @@ def test_a_body_over_the_limit_is_413_and_not_read(client, nothing_stored_or_que
 
 
 def test_a_body_under_the_limit_is_read(client):
-    padded = json.dumps({"name": "x", "base_preset": "micro", "base": micro_base()})
+    padded = json.dumps(request_body("x"))
     padded = padded[:-1] + " " * (MAX_BODY_BYTES - len(padded) - 1) + "}"
     response = client.post(
         "/experiments", content=padded, headers={"Content-Type": "application/json"}

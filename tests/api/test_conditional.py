@@ -8,7 +8,7 @@ import pytest
 from api.schemas import ExperimentList, StudyRead
 from tests.factories import claim, result, succeed
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def _again(client, path: str, etag: str):

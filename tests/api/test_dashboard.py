@@ -17,8 +17,9 @@ from moe_core.config import base_config, dense_config, get_experiment_configs
 from moe_core.presets import EXPERIMENT_PRESETS
 from store import catalogue, leases
 from store.db import session_scope
-from tests.conftest import IN_CI, ROOT, micro_base, service_missing
-from tests.factories import claim, record, result, succeed
+from tests.environment import ROOT, unavailable
+from tests.factories import claim, fast_base, record, result, succeed
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -31,12 +32,9 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        service_missing("playwright", exc)
+        unavailable(f"playwright is not reachable: {exc}")
     if chromium is None:
-        message = "chromium is not installed (apt-get install -y chromium)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable("chromium is not installed (apt-get install -y chromium)")
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -70,13 +68,11 @@ def page(browser, request):
     assert policies and all(policy and "default-src 'self'" in policy for policy in policies)
 
 
-def wait_until(page, expression: str, timeout: float = 30.0) -> None:
-    """page.wait_for_function, polled from here: its own polling evaluates the expression
-    in the page, which the pages' Content-Security-Policy (no eval) refuses."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {expression}"
-        time.sleep(0.01)
+def wait_in_page(page, expression: str, timeout: float = 30.0) -> None:
+    """Until `expression` is true in the page. Not page.wait_for_function: its own polling
+    evaluates the expression in the page, which the pages' Content-Security-Policy (no
+    eval) refuses; evaluate() is allowed."""
+    wait_for(lambda: page.evaluate(expression), timeout=timeout, interval=0.01, what=expression)
 
 
 def shot(page, name: str) -> None:
@@ -110,7 +106,7 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
         json={
             "name": "ui",
             "base_preset": "micro",
-            "base": micro_base(num_epochs=epochs),
+            "base": fast_base(num_epochs=epochs),
             "experiments": ["top2"],
         },  # fmt: skip
     ).json()
@@ -123,7 +119,7 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
     shot(page, "study-live")
     # Then every run ends, the verdict table fills in, still the same page.
     page.wait_for_selector('h1 + .summary [data-status="succeeded"]', timeout=90_000)
-    wait_until(
+    wait_in_page(
         page, "document.querySelector('#study-verdicts tr[data-preset]').dataset.passed !== 'null'"
     )
     assert page.evaluate("window.__loaded_once") is True
@@ -238,7 +234,7 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
     for _ in range(3):  # the best of three: other work shares this machine's two cores
         started = time.perf_counter()
         page.reload()  # a cold page: HTML, scripts and the run's JSON are all fetched
-        wait_until(
+        wait_in_page(
             page,
             "document.querySelectorAll('#experts [data-heatmap][data-drawn]').length === 8 &&"
             " document.querySelectorAll('#curves [data-chart][data-drawn]').length >= 4",

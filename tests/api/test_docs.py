@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 # Hosts that serve scripts, styles or fonts to pages: what FastAPI's default pages load.
 CDN_HOSTS = ("jsdelivr", "unpkg", "cdnjs", "fonts.googleapis", "fonts.gstatic", "tiangolo")

@@ -7,7 +7,7 @@ import os
 from sqlalchemy import create_engine, inspect, text
 
 from store.settings import Settings
-from tests.conftest import make_client
+from tests.client import make_client
 
 
 def test_no_settings_means_sqlite_and_the_sql_broker_under_the_data_home(tmp_path, monkeypatch):

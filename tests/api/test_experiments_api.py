@@ -15,10 +15,10 @@ from moe_core.config import (
 )
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
-from tests.factories import result, succeed
+from tests.client import submit
+from tests.factories import fast_base, queued_messages, request_body, result, succeed
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def experiment_rows(settings) -> int:
@@ -26,15 +26,14 @@ def experiment_rows(settings) -> int:
         return session.scalar(select(func.count()).select_from(Experiment))
 
 
-def submit(client, **body):
-    return client.post("/experiments", json={"name": "run", "base_preset": "micro", **body})
-
-
 def test_submit_returns_201_with_location_and_queues_one_task(
     client, service_settings, redis_client, broker_prefix
 ):
     before = queued_messages(redis_client, broker_prefix)
-    response = submit(client, preset="top2", config={"dropout": 0.2}, base=micro_base())
+    response = client.post(
+        "/experiments",
+        json=request_body(preset="top2", config={"dropout": 0.2}, base=fast_base()),
+    )
 
     assert response.status_code == 201, response.text
     body = response.json()
@@ -66,12 +65,12 @@ def test_defaults_are_the_cli_base_and_dense_uses_dense_config(client):
     assert spec["base"] == BaseConfig().model_dump(mode="json")
     assert spec["config"]["expert_dim"] == 1024
 
-    dense = submit(client, dense=True, base={"dense_patience": 5, "ffn_dim": 48}).json()
+    dense = submit(client, dense=True, base={"dense_patience": 5, "ffn_dim": 48})
     assert dense["dense"] is True
     assert dense["config"]["early_stopping_patience"] == 5
     assert dense["config"]["expert_dim"] == 48
 
-    explicit = submit(client, config={"expert_dim": 40}).json()
+    explicit = submit(client, config={"expert_dim": 40})
     assert explicit["config"]["expert_dim"] == 40
 
 
@@ -96,7 +95,7 @@ def test_bad_bodies_get_422_naming_the_field_and_queue_nothing(
 ):
     rows, queued = experiment_rows(service_settings), queued_messages(redis_client, broker_prefix)
 
-    response = submit(client, **body)
+    response = client.post("/experiments", json=request_body(**body))
 
     assert response.status_code == 422, response.text
     assert loc in [error["loc"] for error in response.json()["detail"]]
@@ -105,26 +104,28 @@ def test_bad_bodies_get_422_naming_the_field_and_queue_nothing(
 
 
 def test_baseline_must_exist_and_be_dense(client, service_settings, redis_client, broker_prefix):
-    moe = submit(client).json()
-    dense = submit(client, dense=True).json()
+    moe = submit(client)
+    dense = submit(client, dense=True)
     rows, queued = experiment_rows(service_settings), queued_messages(redis_client, broker_prefix)
 
-    missing = submit(client, baseline_id=999_999)
+    missing = client.post("/experiments", json=request_body(baseline_id=999_999))
     assert missing.status_code == 404 and "999999" in missing.json()["detail"]
-    not_dense = submit(client, baseline_id=moe["id"])
+    not_dense = client.post("/experiments", json=request_body(baseline_id=moe["id"]))
     assert not_dense.status_code == 422
     assert not_dense.json()["detail"][0]["loc"] == ["body", "baseline_id"]
-    dense_with_baseline = submit(client, dense=True, baseline_id=dense["id"])
+    dense_with_baseline = client.post(
+        "/experiments", json=request_body(dense=True, baseline_id=dense["id"])
+    )
     assert dense_with_baseline.status_code == 422
     assert experiment_rows(service_settings) == rows
     assert queued_messages(redis_client, broker_prefix) == queued
 
-    judged = submit(client, baseline_id=dense["id"])
+    judged = client.post("/experiments", json=request_body(baseline_id=dense["id"]))
     assert judged.status_code == 201 and judged.json()["baseline_id"] == dense["id"]
 
 
 def test_list_filters_and_pages(client):
-    ids = [submit(client, name=f"page-{i}").json()["id"] for i in range(3)]
+    ids = [submit(client, name=f"page-{i}")["id"] for i in range(3)]
     client.post(f"/experiments/{ids[0]}/cancel")
 
     page = client.get("/experiments", params={"limit": 2, "offset": 0}).json()
@@ -150,7 +151,7 @@ def test_unknown_ids_are_404(client):
 
 
 def test_cancel_a_queued_run_marks_it_cancelled_at_once(client):
-    run = submit(client).json()
+    run = submit(client)
 
     response = client.post(f"/experiments/{run['id']}/cancel")
 
@@ -162,7 +163,7 @@ def test_cancel_a_queued_run_marks_it_cancelled_at_once(client):
 
 
 def test_metrics_of_a_queued_run_are_empty(client):
-    run = submit(client).json()
+    run = submit(client)
     assert client.get(f"/experiments/{run['id']}/metrics").json() == {
         "experiment_id": run["id"],
         "status": "queued",
@@ -171,9 +172,9 @@ def test_metrics_of_a_queued_run_are_empty(client):
 
 
 def test_verdict_is_409_without_baseline_or_while_unfinished(client):
-    dense = submit(client, dense=True).json()
-    alone = submit(client).json()
-    judged = submit(client, baseline_id=dense["id"]).json()
+    dense = submit(client, dense=True)
+    alone = submit(client)
+    judged = submit(client, baseline_id=dense["id"])
 
     no_baseline = client.get(f"/experiments/{alone['id']}/verdict")
     assert no_baseline.status_code == 409 and "no baseline" in no_baseline.json()["detail"]
@@ -247,7 +248,7 @@ def test_a_study_with_a_bad_seeds_value_is_422_naming_it_and_stores_nothing(
 
 
 def test_a_succeeded_run_shows_its_test_loss_active_params_and_evaluation(client, service_settings):
-    run = submit(client, preset="top2").json()
+    run = submit(client, preset="top2")
     assert (run["active_params"], run["test_loss"], run["best_val_ce_loss"]) == (None,) * 3
     whole = result(4.5, params=2000)
     succeed(service_settings.database_url, run["id"], whole)
@@ -281,8 +282,8 @@ def test_schema_literals_match_the_engine_presets():
 
 
 def test_a_baseline_without_a_validation_loss_is_a_409_not_a_500(client, service_settings):
-    dense = submit(client, dense=True).json()
-    judged = submit(client, baseline_id=dense["id"]).json()
+    dense = submit(client, dense=True)
+    judged = submit(client, baseline_id=dense["id"])
     empty = result(4.0, dense=True)
     empty["metrics"].update(val_losses=[None, None], val_ce_losses=[None, None])  # stored NaN
     empty["metrics"].pop("best_val_ce_loss", None)

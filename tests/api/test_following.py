@@ -13,7 +13,7 @@ import pytest
 
 from store import artifacts, leases
 from store.db import session_scope
-from tests.conftest import make_client, micro_base
+from tests.client import submit
 from tests.factories import claim, record, result, run_row, succeed, write
 
 pytestmark = pytest.mark.services
@@ -25,24 +25,10 @@ def settings(deployment):
     return deployment(event_poll_seconds=0.05)
 
 
-@pytest.fixture()
-def api(settings):
-    with make_client(settings) as client:
-        yield client
-
-
-def submit(api, name="run", **body) -> dict:
-    response = api.post(
-        "/experiments", json={"name": name, "base_preset": "micro", "base": micro_base(), **body}
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def events(api, experiment_id: int, **headers) -> list[tuple[str, str, dict]]:
+def events(client, experiment_id: int, **headers) -> list[tuple[str, str, dict]]:
     """Read the stream to its end: (event, id, data) each."""
     out, event, event_id = [], None, None
-    with api.stream("GET", f"/experiments/{experiment_id}/events", headers=headers) as stream:
+    with client.stream("GET", f"/experiments/{experiment_id}/events", headers=headers) as stream:
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
         for line in stream.iter_lines():
@@ -64,9 +50,9 @@ def heartbeat(database: str, experiment_id: int, owner: str, **progress) -> None
                               progress=row)  # fmt: skip
 
 
-def test_the_event_stream_follows_a_run_to_its_end_and_resumes(api, settings):
+def test_the_event_stream_follows_a_run_to_its_end_and_resumes(client, settings):
     database = settings.database_url
-    run = submit(api)
+    run = submit(client)
     claim(database, run["id"], "w")
 
     def worker() -> None:  # what a worker writes, paced so the stream sees each state
@@ -83,7 +69,7 @@ def test_the_event_stream_follows_a_run_to_its_end_and_resumes(api, settings):
 
     thread = threading.Thread(target=worker)
     thread.start()
-    seen = events(api, run["id"])
+    seen = events(client, run["id"])
     thread.join()
 
     kinds = [event for event, _, _ in seen]
@@ -93,88 +79,88 @@ def test_the_event_stream_follows_a_run_to_its_end_and_resumes(api, settings):
     progress = [data for event, _, data in seen if event == "progress"]
     assert progress[0]["step"] == 3 and progress[0]["eta_seconds"] == 42.0
     # An epoch event is the same object as /metrics serves.
-    metrics = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
+    metrics = client.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
     assert [data for event, _, data in seen if event == "epoch"] == metrics
     # Ids are the last epoch delivered; resuming after epoch 1 gives epoch 2 and the end.
     assert [event_id for _, event_id, _ in seen][-1] == "2"
-    resumed = events(api, run["id"], **{"Last-Event-ID": "1"})
+    resumed = events(client, run["id"], **{"Last-Event-ID": "1"})
     assert [(e, d.get("epoch", d.get("status"))) for e, _, d in resumed] == [
         ("epoch", 2),
         ("status", "succeeded"),
     ]
-    assert api.get("/experiments/999999/events").status_code == 404
+    assert client.get("/experiments/999999/events").status_code == 404
 
 
-def test_progress_shows_while_running_only(api, settings):
-    run = submit(api)
-    assert api.get(f"/experiments/{run['id']}").json()["progress"] is None
+def test_progress_shows_while_running_only(client, settings):
+    run = submit(client)
+    assert client.get(f"/experiments/{run['id']}").json()["progress"] is None
     claim(settings.database_url, run["id"], "w")
     heartbeat(settings.database_url, run["id"], "w", phase="evaluating", step=8)
-    shown = api.get(f"/experiments/{run['id']}").json()["progress"]
+    shown = client.get(f"/experiments/{run['id']}").json()["progress"]
     assert shown["phase"] == "evaluating" and shown["step"] == 8
     assert shown["steps_per_epoch"] == 8 and shown["tokens_per_sec"] == 1234.5
     with session_scope(settings.database_url) as session:
         leases.finish_experiment(session=session, experiment_id=run["id"], owner="w",
                                status="failed", error="boom")  # fmt: skip
-    assert api.get(f"/experiments/{run['id']}").json()["progress"] is None
+    assert client.get(f"/experiments/{run['id']}").json()["progress"] is None
 
 
-def test_logs_are_served_from_an_offset(api, settings):
-    run = submit(api)
-    assert api.get(f"/experiments/{run['id']}/logs").text == ""
+def test_logs_are_served_from_an_offset(client, settings):
+    run = submit(client)
+    assert client.get(f"/experiments/{run['id']}/logs").text == ""
     directory = artifacts.run_dir(settings, run["run_key"])
     directory.mkdir(parents=True)
     (directory / artifacts.LOG).write_text("line one\nline two\n")
-    first = api.get(f"/experiments/{run['id']}/logs")
+    first = client.get(f"/experiments/{run['id']}/logs")
     assert first.text == "line one\nline two\n"
     assert first.headers["X-Log-Offset"] == str(len("line one\nline two\n"))
     with (directory / artifacts.LOG).open("a") as log:
         log.write("line three\n")
-    more = api.get(
+    more = client.get(
         f"/experiments/{run['id']}/logs", params={"offset": first.headers["X-Log-Offset"]}
     )
     assert more.text == "line three\n"
-    assert api.get("/experiments/999999/logs").status_code == 404
+    assert client.get("/experiments/999999/logs").status_code == 404
 
 
-def test_artifacts_list_and_download_and_delete_removes_everything(api, settings):
-    run = submit(api, tags=["keep"])
+def test_artifacts_list_and_download_and_delete_removes_everything(client, settings):
+    run = submit(client, tags=["keep"])
     directory = artifacts.run_dir(settings, run["run_key"])
     directory.mkdir(parents=True)
     (directory / artifacts.MODEL).write_bytes(b"weights")
     (directory / artifacts.RESULT).write_text('{"params": 1}')
     (directory / "stray.tmp").write_text("not listed")
-    listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
+    listed = client.get(f"/experiments/{run['id']}/artifacts").json()["items"]
     assert [(a["name"], a["size"]) for a in listed] == [("model.pt", 7), ("result.json", 13)]
     # not succeeded: whatever lies there is partial, and never served as the final model
     assert all(a["partial"] for a in listed)
-    assert api.get(f"/experiments/{run['id']}/artifacts/model.pt").status_code == 409
-    assert api.get(f"/experiments/{run['id']}/artifacts/result.json").status_code == 409
-    assert api.get(f"/experiments/{run['id']}/artifacts/checkpoint.pt").status_code == 404
-    assert api.get(f"/experiments/{run['id']}/artifacts/..%2Fetc").status_code in (404, 422)
+    assert client.get(f"/experiments/{run['id']}/artifacts/model.pt").status_code == 409
+    assert client.get(f"/experiments/{run['id']}/artifacts/result.json").status_code == 409
+    assert client.get(f"/experiments/{run['id']}/artifacts/checkpoint.pt").status_code == 404
+    assert client.get(f"/experiments/{run['id']}/artifacts/..%2Fetc").status_code in (404, 422)
 
     # Not while it may still be written to.
-    assert api.delete(f"/experiments/{run['id']}").status_code == 409
-    assert api.post(f"/experiments/{run['id']}/cancel").json()["status"] == "cancelled"
-    assert api.delete(f"/experiments/{run['id']}").status_code == 204
-    assert api.get(f"/experiments/{run['id']}").status_code == 404
+    assert client.delete(f"/experiments/{run['id']}").status_code == 409
+    assert client.post(f"/experiments/{run['id']}/cancel").json()["status"] == "cancelled"
+    assert client.delete(f"/experiments/{run['id']}").status_code == 204
+    assert client.get(f"/experiments/{run['id']}").status_code == 404
     assert not directory.exists()
-    assert api.delete(f"/experiments/{run['id']}").status_code == 404
+    assert client.delete(f"/experiments/{run['id']}").status_code == 404
 
 
-def test_a_succeeded_runs_files_are_final_and_served(api, settings):
-    run = submit(api)
+def test_a_succeeded_runs_files_are_final_and_served(client, settings):
+    run = submit(client)
     directory = artifacts.run_dir(settings, run["run_key"])
     directory.mkdir(parents=True)
     (directory / artifacts.MODEL).write_bytes(b"weights")
     (directory / artifacts.CHECKPOINT).write_bytes(b"state")
     succeed(settings.database_url, run["id"], result(3.0))
-    listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
+    listed = client.get(f"/experiments/{run['id']}/artifacts").json()["items"]
     assert [(a["name"], a["partial"]) for a in listed] == [
         ("model.pt", False),
         ("checkpoint.pt", False),
     ]
-    download = api.get(f"/experiments/{run['id']}/artifacts/model.pt")
+    download = client.get(f"/experiments/{run['id']}/artifacts/model.pt")
     assert download.content == b"weights"
     assert download.headers["content-type"] == "application/octet-stream"
     assert download.headers["content-length"] == "7"
@@ -182,42 +168,44 @@ def test_a_succeeded_runs_files_are_final_and_served(api, settings):
     assert "experiment-" in download.headers["content-disposition"]
 
 
-def test_deleting_a_study_takes_its_runs_and_files(api, settings):
-    study = api.post("/studies", json={"name": "s", "base_preset": "micro",
+def test_deleting_a_study_takes_its_runs_and_files(client, settings):
+    study = client.post("/studies", json={"name": "s", "base_preset": "micro",
                                        "experiments": ["top2"]}).json()  # fmt: skip
     dense_id, moe_id = (m["id"] for m in study["members"])
     # A member alone cannot go: the study would lose its baseline or a run.
-    assert api.delete(f"/experiments/{dense_id}").status_code == 409
-    assert api.delete(f"/studies/{study['id']}").status_code == 409  # queued members
+    assert client.delete(f"/experiments/{dense_id}").status_code == 409
+    assert client.delete(f"/studies/{study['id']}").status_code == 409  # queued members
     succeed(settings.database_url, dense_id, result(3.0, dense=True))
     succeed(settings.database_url, moe_id, result(2.9))
     dense_dir = artifacts.run_dir(settings, run_row(settings.database_url, dense_id).run_key)
     dense_dir.mkdir(parents=True)
     (dense_dir / artifacts.MODEL).write_bytes(b"dense weights")
-    names = [a["name"] for a in api.get(f"/studies/{study['id']}/artifacts").json()["items"]]
+    names = [a["name"] for a in client.get(f"/studies/{study['id']}/artifacts").json()["items"]]
     assert names == ["dense_model.pt", "experiment_results.json"]
-    assert api.get(f"/studies/{study['id']}/artifacts/dense_model.pt").content == b"dense weights"
-    summary = api.get(f"/studies/{study['id']}/artifacts/experiment_results.json").json()
+    assert (
+        client.get(f"/studies/{study['id']}/artifacts/dense_model.pt").content == b"dense weights"
+    )
+    summary = client.get(f"/studies/{study['id']}/artifacts/experiment_results.json").json()
     assert summary["dense"]["params"] == 1000 and summary["experiments"]["top2"] is not None
     assert summary["verdicts"]["top2"]["passed"] in (True, False)
 
-    assert api.delete(f"/studies/{study['id']}").status_code == 204
-    assert api.get(f"/experiments/{dense_id}").status_code == 404
-    assert api.get(f"/experiments/{moe_id}").status_code == 404
+    assert client.delete(f"/studies/{study['id']}").status_code == 204
+    assert client.get(f"/experiments/{dense_id}").status_code == 404
+    assert client.get(f"/experiments/{moe_id}").status_code == 404
     assert not dense_dir.exists()
 
 
-def test_tags_filters_and_ordering(api, settings):
+def test_tags_filters_and_ordering(client, settings):
     database = settings.database_url
-    a = submit(api, "alpha-top2", preset="top2", tags=["sweep", "lr:3e-4"])
-    b = submit(api, "beta-baseline", preset="baseline", tags=["sweep"])
-    dense = submit(api, "Dense", dense=True)
+    a = submit(client, "alpha-top2", preset="top2", tags=["sweep", "lr:3e-4"])
+    b = submit(client, "beta-baseline", preset="baseline", tags=["sweep"])
+    dense = submit(client, "Dense", dense=True)
     assert a["tags"] == ["sweep", "lr:3e-4"]
     succeed(database, a["id"], result(2.8))
     succeed(database, b["id"], result(2.6))
 
     def ids(**params) -> list[int]:
-        response = api.get("/experiments", params=params)
+        response = client.get("/experiments", params=params)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["total"] == len(body["items"])
@@ -235,18 +223,18 @@ def test_tags_filters_and_ordering(api, settings):
     assert ids(status="succeeded") == [b["id"], a["id"]]
     # Lowest validation CE first; runs without one last.
     assert ids(order="val_ce") == [b["id"], a["id"], dense["id"]]
-    bad = api.post("/experiments", json={"name": "x", "base_preset": "micro",
+    bad = client.post("/experiments", json={"name": "x", "base_preset": "micro",
                                          "tags": ["has space"]})  # fmt: skip
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][:2] == ["body", "tags"]
-    repeated = api.post("/experiments", json={"name": "x", "base_preset": "micro",
+    repeated = client.post("/experiments", json={"name": "x", "base_preset": "micro",
                                               "tags": ["a", "a"]})  # fmt: skip
     assert repeated.status_code == 422
 
 
-def test_files_are_never_served_through_a_symlink(api, settings, tmp_path):
+def test_files_are_never_served_through_a_symlink(client, settings, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
-    run = submit(api)
+    run = submit(client)
     succeed(settings.database_url, run["id"], result(3.0))
     directory = artifacts.run_dir(settings, run["run_key"])
     directory.mkdir(parents=True)
@@ -255,13 +243,13 @@ def test_files_are_never_served_through_a_symlink(api, settings, tmp_path):
     os.mkfifo(directory / artifacts.RESULT)  # nor a FIFO, which would hang a reader
     (directory / artifacts.CHECKPOINT).write_bytes(b"state")
     base = f"/experiments/{run['id']}"
-    assert [a["name"] for a in api.get(f"{base}/artifacts").json()["items"]] == ["checkpoint.pt"]
+    assert [a["name"] for a in client.get(f"{base}/artifacts").json()["items"]] == ["checkpoint.pt"]
     for name in (artifacts.LOG, artifacts.MODEL, artifacts.RESULT):
-        response = api.get(f"{base}/artifacts/{name}")
+        response = client.get(f"{base}/artifacts/{name}")
         assert response.status_code == 404 and "root:" not in response.text, name
-    logs = api.get(f"{base}/logs")
+    logs = client.get(f"{base}/logs")
     assert logs.status_code == 200 and logs.text == ""
-    assert api.get(f"{base}/artifacts/checkpoint.pt").content == b"state"
+    assert client.get(f"{base}/artifacts/checkpoint.pt").content == b"state"
 
     # nor through a run directory that is itself a link out of the store
     other = tmp_path / "elsewhere"
@@ -272,6 +260,6 @@ def test_files_are_never_served_through_a_symlink(api, settings, tmp_path):
         (directory / name).unlink()
     directory.rmdir()
     directory.symlink_to(other, target_is_directory=True)
-    assert api.get(f"{base}/artifacts").json()["items"] == []
-    assert api.get(f"{base}/artifacts/model.pt").status_code == 404
-    assert api.get(f"{base}/logs").text == ""
+    assert client.get(f"{base}/artifacts").json()["items"] == []
+    assert client.get(f"{base}/artifacts/model.pt").status_code == 404
+    assert client.get(f"{base}/logs").text == ""

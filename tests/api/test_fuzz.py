@@ -18,7 +18,7 @@ from schemathesis import GenerationMode, checks
 from api.main import create_app
 from store.settings import get_settings
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 # Cases per operation and mode: about 450 in all, well under a minute; the two request
 # bodies, where the rules live, get more.

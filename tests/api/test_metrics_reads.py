@@ -12,10 +12,10 @@ from store import leases
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status
 from store.settings import Settings
-from tests.conftest import make_client
+from tests.client import make_client
 from tests.factories import claim, record, write
 
-pytestmark = pytest.mark.services  # real Postgres (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres (see tests/fixtures/services.py)
 
 
 def test_metrics_reads_follow_replays_and_answer_304_to_their_etag(

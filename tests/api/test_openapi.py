@@ -6,9 +6,9 @@ import pytest
 
 from api.resolve import LIMITS, WORKER_ONLY
 from moe_core.config import BaseConfig, ExperimentConfig
-from tests.conftest import micro_base
+from tests.factories import fast_base, request_body
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 @pytest.fixture()
@@ -60,7 +60,7 @@ def test_every_request_body_has_an_example_that_the_api_accepts(client, openapi)
             )
             assert schema.get("examples"), path
             for example in schema["examples"]:
-                example = {**example, "base": {**example.get("base", {}), **micro_base()}}
+                example = {**example, "base": {**example.get("base", {}), **fast_base()}}
                 response = client.post(path, json=example)
                 assert response.status_code == 201, response.text
     assert bodies == 2
@@ -124,7 +124,7 @@ def test_null_is_taken_exactly_where_the_schema_offers_it(client, openapi, secti
                 "base": {"max_train_tokens", "max_val_tokens"}}  # fmt: skip
     assert offered == nullable[section]
     for name in fields:
-        body = {"name": "nulls", "base_preset": "micro", "base": micro_base()}
+        body = request_body("nulls")
         body[section] = {**body.get(section, {}), name: None}
         response = client.post("/experiments?dry_run=true", json=body)
         if name in offered:
@@ -156,8 +156,8 @@ def test_null_is_taken_exactly_where_the_schema_offers_it(client, openapi, secti
 def test_a_body_takes_the_json_types_its_schema_names(client, field, value, taken_as):
     # Every body the API accepts is valid against /openapi.json: no "2" for 2, no true for 1.
     section, name = field
-    body = {"name": "types", "base_preset": "micro", "base": micro_base(), section: {}}
-    body[section][name] = value
+    body = request_body("types")
+    body[section] = {name: value}
     response = client.post("/experiments?dry_run=true", json=body)
     if taken_as is None:
         assert response.status_code == 422, response.text
@@ -171,7 +171,7 @@ def test_a_body_takes_the_json_types_its_schema_names(client, field, value, take
 
 
 def test_a_study_takes_seeds_2_0_as_2(client):
-    body = {"name": "s", "base_preset": "micro", "base": micro_base(), "seeds": 2.0}
+    body = request_body("s", seeds=2.0)
     response = client.post("/studies?dry_run=true", json=body)
     assert response.status_code == 200, response.text
     assert len(response.json()["seeds"]) == 2
@@ -194,7 +194,7 @@ def test_a_study_takes_seeds_2_0_as_2(client):
 )
 def test_a_rule_across_fields_is_a_422_of_the_type_the_schema_states(client, openapi, body, rule):
     request = {"name": "rules", "base_preset": "micro", **body}
-    request["base"] = {**micro_base(), **body.get("base", {})}
+    request["base"] = {**fast_base(), **body.get("base", {})}
     response = client.post("/experiments?dry_run=true", json=request)
     assert response.status_code == 422, response.text
     assert rule in [error["type"] for error in response.json()["detail"]], response.text

@@ -9,10 +9,10 @@ from pydantic import SecretStr
 
 from store import leases, workers
 from store.db import session_scope
-from tests.conftest import make_client, micro_base, queued_messages
-from tests.factories import claim, new_experiment, record, write
+from tests.client import make_client
+from tests.factories import claim, new_experiment, queued_messages, record, request_body, write
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -85,7 +85,7 @@ def test_an_unreachable_database_is_a_503_with_retry_after_and_nothing_is_queued
             ("get", "/experiments/1", None),
             ("get", "/experiments/1/metrics", None),
             ("get", "/workers", None),
-            ("post", "/experiments", {"name": "x", "base_preset": "micro", "base": micro_base()}),
+            ("post", "/experiments", request_body("x")),
             ("post", "/studies", {"name": "s", "base_preset": "micro"}),
         ]:
             response = api.request(method, path, json=body)

@@ -7,9 +7,9 @@ from sqlalchemy import func, select
 
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
+from tests.factories import queued_messages, request_body
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def test_dry_run_answers_the_plan_and_stores_nothing(
@@ -21,7 +21,7 @@ def test_dry_run_answers_the_plan_and_stores_nothing(
         return rows, queued_messages(redis_client, broker_prefix)
 
     before = stored()
-    body = {"name": "plan", "preset": "top2", "base_preset": "micro", "base": micro_base()}
+    body = request_body("plan", preset="top2")
     response = client.post("/experiments?dry_run=true", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -62,7 +62,7 @@ def test_a_study_dry_run_plans_each_run_and_stores_nothing(client, service_setti
             return session.scalar(select(func.count()).select_from(Study))
 
     before = studies()
-    body = {"name": "s", "base_preset": "micro", "base": micro_base(), "seeds": 2}
+    body = request_body("s", seeds=2)
     response = client.post("/studies?dry_run=true", json={**body, "experiments": ["top2"]})
     assert response.status_code == 200, response.text
     answer = response.json()

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 import uvicorn.config
 
 from api.serve import bind_tcp_socket
-from tests.conftest import ROOT, settings_env
 
 
 def _nodelay_of_accepted(sock: socket.socket) -> int:
@@ -49,30 +45,7 @@ def test_accepted_connections_get_nodelay_only_through_the_fix():
 
 
 @pytest.mark.services
-def test_serve_runs_the_app_with_two_workers(deployment, tmp_path):
-    settings = deployment()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.serve", "api.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2"],
-        cwd=ROOT, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["status"] == "ok"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
-    assert "Started parent process" in (tmp_path / "serve.log").read_text()
+def test_serve_runs_the_app_with_two_workers(deployment, start_api):
+    api = start_api(deployment(), workers=2, entry="api.serve")
+    assert httpx.get(f"{api.url}/readyz").json()["status"] == "ok"
+    assert "Started parent process" in api.output()

@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-from tests.conftest import queued_messages
-from tests.factories import result, succeed
+from tests.factories import queued_messages, result, succeed
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 
 def create(client, **body) -> dict:

@@ -16,13 +16,9 @@ from sqlalchemy import select
 
 from store.db import session_scope
 from store.models import Experiment, Study
-from tests.conftest import micro_base, queued_messages
+from tests.factories import queued_messages, request_body
 
 pytestmark = pytest.mark.services
-
-
-def _body(name: str, **extra) -> dict:
-    return {"name": name, "base_preset": "micro", "base": micro_base(), **extra}
 
 
 def _stored(database: str) -> dict[int, Experiment]:
@@ -52,7 +48,7 @@ def test_200_submissions_at_100_in_flight_are_each_accounted_for(
 ):
     settings = deployment()
     api = start_api(settings)
-    bodies = [(_body(f"load-{i}"), {}) for i in range(200)]
+    bodies = [(request_body(f"load-{i}"), {}) for i in range(200)]
     responses = asyncio.run(_post_all(api.url, bodies, in_flight=100))
 
     errors = [r for r in responses if isinstance(r, Exception)]
@@ -77,21 +73,23 @@ def test_a_retried_post_returns_the_original(deployment, start_api, redis_client
     api = start_api(settings)
     key = {"Idempotency-Key": uuid.uuid4().hex}
     with httpx.Client(base_url=api.url, timeout=30) as client:
-        first = client.post("/experiments", json=_body("once", tags=["a"]), headers=key)
+        first = client.post("/experiments", json=request_body("once", tags=["a"]), headers=key)
         assert first.status_code == 201, first.text
         # The same request spelt differently (key order, a default given) is the same.
         again = client.post(
             "/experiments",
-            json={"tags": ["a"], "dense": False, **_body("once")},
+            json={"tags": ["a"], "dense": False, **request_body("once")},
             headers=key,
         )
         assert again.status_code == 200, again.text
         assert again.json()["id"] == first.json()["id"]
         assert again.headers["Location"] == f"/experiments/{first.json()['id']}"
-        other = client.post("/experiments", json=_body("twice"), headers=key)
+        other = client.post("/experiments", json=request_body("twice"), headers=key)
         assert other.status_code == 409
         assert "another body" in other.json()["detail"]
-        bad = client.post("/experiments", json=_body("x"), headers={"Idempotency-Key": "a b"})
+        bad = client.post(
+            "/experiments", json=request_body("x"), headers={"Idempotency-Key": "a b"}
+        )
         assert bad.status_code == 422
         assert bad.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
@@ -114,7 +112,9 @@ def test_100_concurrent_duplicates_store_one_run(deployment, start_api, redis_cl
     settings = deployment()
     api = start_api(settings)
     headers = {"Idempotency-Key": f"dup-{uuid.uuid4().hex}"}
-    responses = asyncio.run(_post_all(api.url, [(_body("dup"), headers)] * 100, in_flight=100))
+    responses = asyncio.run(
+        _post_all(api.url, [(request_body("dup"), headers)] * 100, in_flight=100)
+    )
     assert not [r for r in responses if isinstance(r, Exception)]
     codes = [r.status_code for r in responses]
     assert codes.count(201) == 1, sorted(set(codes))
@@ -125,7 +125,9 @@ def test_100_concurrent_duplicates_store_one_run(deployment, start_api, redis_cl
     assert all(r.headers["Retry-After"] == "1" for r in retry)
     original = next(r.json()["id"] for r in responses if r.status_code == 201)
     assert {r.json()["id"] for r in responses if r.status_code == 200} <= {original}
-    again = httpx.post(f"{api.url}/experiments", json=_body("dup"), headers=headers, timeout=30)
+    again = httpx.post(
+        f"{api.url}/experiments", json=request_body("dup"), headers=headers, timeout=30
+    )
     assert again.status_code == 200 and again.json()["id"] == original
     assert len(_stored(settings.database_url)) == 1
     assert queued_messages(redis_client, settings.broker_key_prefix) == 1
@@ -142,7 +144,7 @@ class SlowRefusingBroker:
 
 def test_a_retry_while_the_first_request_waits_on_the_broker_is_told_to_retry(deployment):
     from api.deps import get_queue
-    from tests.conftest import make_client
+    from tests.client import make_client
 
     settings = deployment()
     with make_client(settings) as api:
@@ -151,12 +153,12 @@ def test_a_retry_while_the_first_request_waits_on_the_broker_is_told_to_retry(de
         first: dict = {}
         thread = threading.Thread(
             target=lambda: first.setdefault(
-                "r", api.post("/experiments", json=_body("r"), headers=key)
+                "r", api.post("/experiments", json=request_body("r"), headers=key)
             )
         )
         thread.start()
         time.sleep(0.5)  # the first is committed and waiting on the broker
-        retry = api.post("/experiments", json=_body("r"), headers=key)
+        retry = api.post("/experiments", json=request_body("r"), headers=key)
         thread.join()
         # Not a 200 naming a run that the first request then takes back.
         assert retry.status_code == 409 and retry.headers["Retry-After"] == "1", retry.text

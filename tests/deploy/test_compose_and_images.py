@@ -17,7 +17,7 @@ import yaml
 
 from store.queue import TRAINING_QUEUE
 from store.settings import Settings
-from tests.conftest import ROOT
+from tests.environment import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

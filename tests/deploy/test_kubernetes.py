@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text, update
 from store.db import session_scope
 from store.models import Experiment
 from store.settings import Settings
-from tests.conftest import ROOT
+from tests.environment import ROOT
 from tests.factories import new_experiment
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"

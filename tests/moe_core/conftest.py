@@ -1,4 +1,4 @@
-# corpus_dir and cache_dir (a generated corpus and a session cache) come from tests/conftest.py.
+# corpus_dir and cache_dir (a generated corpus and a session cache) come from tests/fixtures/data.py.
 import pytest
 import torch
 

@@ -12,17 +12,19 @@ from typer.testing import CliRunner
 
 from moe_lab.cli import app
 from moe_lab.client import Client
-from tests.conftest import make_client
+from tests.client import make_client
 
 
 @pytest.fixture(scope="module")
 def settings(deployment):
-    # No worker: submitted runs stay queued; the tests finish them through store/runs.
+    # No worker: submitted runs stay queued; the tests finish them as a worker would
+    # (tests/factories.py, through store.leases).
     return deployment()
 
 
 @pytest.fixture(scope="module")
 def http(settings) -> Iterator[Any]:
+    """`client`, for the whole module: test_reads seeds its runs once, through it."""
     with make_client(settings) as test_client:
         yield test_client
 

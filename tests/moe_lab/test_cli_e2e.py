@@ -5,65 +5,22 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from moe_lab.client import ApiError, Client
-from tests.conftest import ROOT, WorkerProcess, settings_env
+from moe_lab.client import Client
+from tests.environment import ROOT
 
-pytestmark = pytest.mark.services  # real Postgres/Redis and processes (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis and processes (see tests/fixtures/)
 
 
 @pytest.fixture(scope="module")
 def settings(deployment):
     # Progress every 0.1 s, and streams that look as often: a micro epoch lasts half a second.
     return deployment(progress_interval=0.1, event_poll_seconds=0.1)
-
-
-@pytest.fixture(scope="module")
-def server(settings, tmp_path_factory) -> Iterator[str]:
-    """`uvicorn api.main:app` on a free port; its URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tmp_path_factory.mktemp("api") / "api.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
-            cwd=ROOT, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        client = Client(url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ready()
-                break
-            except ApiError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"no API:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        print(log.read_text(errors="replace")[-3000:])
-
-
-@pytest.fixture(scope="module")
-def worker(settings, tmp_path_factory) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log", "cli")
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
-        print(process.output()[-3000:])
 
 
 def moe_lab(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -79,7 +36,9 @@ MICRO = ["--base-preset", "micro", "--set", "base.max_train_tokens=8192",
          "--set", "base.max_val_tokens=1024"]  # fmt: skip
 
 
-def test_submit_wait_shows_progress_epochs_and_the_verdict(server, worker):
+def test_submit_wait_shows_progress_epochs_and_the_verdict(settings, start_api, start_worker):
+    server = start_api(settings).url
+    start_worker(settings)
     started = time.monotonic()
     dense = moe_lab(server, "submit", "dense", "--dense", *MICRO, "--set", "base.num_epochs=1",
                     "--wait")  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 from moe_lab.client import ApiError, Client
 from moe_lab.errors import describe_detail
 from moe_lab.events import Event, parse_sse, stream_events
+from tests.servers import free_port
 
 
 def test_an_error_detail_is_one_line():
@@ -154,9 +155,7 @@ def test_a_missing_run_is_an_error_at_once_and_a_dead_server_after_a_while(flaky
     assert str(caught.value) == "404 experiment 12 not found"
     assert server.seen == [None]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     nowhere = Client(f"http://127.0.0.1:{port}")
     with pytest.raises(ApiError) as caught:
         list(stream_events(nowhere, "/experiments/1/events", give_up_after=0.3))

@@ -20,7 +20,7 @@ from store.db import session_scope
 from store.models import Status
 from tests.factories import claim, record, result, succeed, write
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 MICRO = {"base_preset": "micro", "base": {"max_train_tokens": 4096, "num_epochs": 2}}
 
@@ -374,7 +374,7 @@ def test_a_token_is_sent_as_a_bearer(settings, cli):
     from pydantic import SecretStr
 
     from moe_lab.client import Client
-    from tests.conftest import make_client
+    from tests.client import make_client
 
     guarded = settings.model_copy(update={"api_token": SecretStr("s3cret")})
     with make_client(guarded) as http:

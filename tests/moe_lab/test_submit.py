@@ -4,13 +4,13 @@ line, retries that never make a second run. Against the real app and Postgres, n
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from moe_lab.client import Client
+from tests.servers import free_port
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 MICRO = ["--base-preset", "micro", "--set", "base.max_train_tokens=4096"]
 
@@ -189,9 +189,7 @@ def test_a_non_finite_set_value_is_one_line_and_submits_nothing(cli, api, comman
 
 
 def test_an_unreachable_api_is_one_line(cli):
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     nowhere = Client(f"http://127.0.0.1:{port}")
     for args in (["submit", "x"], ["ls"], ["show", "1"], ["watch", "1"]):
         result = cli(*args, client=nowhere)

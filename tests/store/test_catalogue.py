@@ -12,7 +12,7 @@ from tests.factories import (
     new_experiment,
 )
 
-pytestmark = pytest.mark.services  # real Postgres (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres (see tests/fixtures/services.py)
 
 
 def test_list_filters_on_both_backends(own_database):

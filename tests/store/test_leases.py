@@ -21,7 +21,7 @@ from tests.factories import (
     write,
 )
 
-pytestmark = pytest.mark.services  # real Postgres (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres (see tests/fixtures/services.py)
 
 
 def lease(database: str, experiment_id: int, owner: str) -> LeaseState:

@@ -14,9 +14,10 @@ from sqlalchemy import create_engine, inspect
 from store.migrate import alembic_config, upgrade_database
 from store.models import Base
 from store.settings import Settings
-from tests.conftest import ROOT, settings_env
+from tests.environment import ROOT
+from tests.processes import settings_env
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
 TABLES = {
     "alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats", "workers",

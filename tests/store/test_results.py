@@ -22,7 +22,7 @@ from tests.factories import (
     write,
 )
 
-pytestmark = pytest.mark.services  # real Postgres (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres (see tests/fixtures/services.py)
 
 
 def test_a_replayed_epoch_overwrites_its_rows(database, experiment_id):

@@ -12,7 +12,7 @@ from store.db import session_scope
 from store.models import Experiment, Status, Worker, utcnow
 from tests.factories import claim, new_experiment, record, write
 
-pytestmark = pytest.mark.services  # real Postgres (see tests/conftest.py)
+pytestmark = pytest.mark.services  # real Postgres (see tests/fixtures/services.py)
 
 
 def live(database: str, timeout: float = 60) -> list[dict]:

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from tests.conftest import make_client, micro_base, wait_for
-from tests.worker.test_faults import FINISHED, assert_one_row_per_epoch
+from tests.client import FINISHED, make_client, submit
+from tests.factories import assert_one_row_per_epoch, fast_base
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.chaos]
 
@@ -55,11 +56,8 @@ def test_runs_survive_workers_coming_and_going(deployment, start_worker):
             now = time.monotonic() - t0
             for due in [d for d in pending if d <= now]:
                 pending.remove(due)
-                body = {"name": f"churn-{len(submitted)}", "base_preset": "micro",
-                        "base": micro_base(num_epochs=rng.choice([2, 3]))}  # fmt: skip
-                response = api.post("/experiments", json=body)
-                assert response.status_code == 201, response.text
-                submitted.append(response.json())
+                base = fast_base(num_epochs=rng.choice([2, 3]))
+                submitted.append(submit(api, f"churn-{len(submitted)}", base=base))
             if time.monotonic() >= next_event:
                 alive = {n: w for n, w in live.items() if w.process.poll() is None}
                 live.clear()

@@ -16,7 +16,7 @@ import torch
 from moe_core import atomic
 from store import artifacts
 from store.queue import TrainingQueue
-from tests.conftest import make_client
+from tests.client import make_client
 from tests.factories import new_experiment, run_row
 from worker.training import run_experiment
 

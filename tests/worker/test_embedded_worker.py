@@ -4,7 +4,8 @@ real worker process. Needs no server at all."""
 from __future__ import annotations
 
 from store.settings import Settings
-from tests.conftest import make_client, micro_base, wait_for
+from tests.client import make_client, submit, wait_finished
+from tests.factories import fast_base
 
 
 def test_a_run_succeeds_on_sqlite_with_the_serverless_broker(
@@ -17,16 +18,8 @@ def test_a_run_succeeds_on_sqlite_with_the_serverless_broker(
 
     with make_client(settings) as api:  # migrates the SQLite store at start
         start_worker(settings, name="laptop")
-        run = api.post(
-            "/experiments",
-            json={"name": "first", "base_preset": "micro", "base": micro_base(num_epochs=2)},
-        ).json()
-
-        def finished():
-            body = api.get(f"/experiments/{run['id']}").json()
-            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
-
-        final = wait_for(finished, timeout=120, interval=0.2, what="the embedded run")
+        run = submit(api, "first", base=fast_base(num_epochs=2))
+        final = wait_finished(api, run["id"], timeout=120)
         assert final["status"] == "succeeded", final["error"]
         epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
         assert [epoch["epoch"] for epoch in epochs] == [1, 2]

@@ -3,7 +3,7 @@ process killed again and again, the broker restarted with and without its data, 
 database stopped, a database reset under kept artifacts. Each test is bounded in time and
 asserts what the user sees: the run ends as it should, with exactly one row per epoch.
 
-Settings are the tests' (tests/conftest.py): MOE_HEARTBEAT_TIMEOUT 3 s, a sweep every
+Settings are the tests' (tests/fixtures/services.py): MOE_HEARTBEAT_TIMEOUT 3 s, a sweep every
 0.5 s, and the broker's visibility timeout at its default of hours, so that every takeover
 here is the lease's doing."""
 
@@ -15,64 +15,14 @@ import signal
 import time
 
 import pytest
-from sqlalchemy import select
 
-from store.db import session_scope
-from store.models import EpochMetrics, ExpertStats
 from store.queue import TrainingQueue, create_celery
-from tests.conftest import make_client, micro_base, wait_for
+from tests.client import make_client, read_run, submit, wait_finished, wait_for_run
+from tests.factories import assert_one_row_per_epoch, epoch_rows, fast_base
 from tests.servers import PostgresCluster, RedisServer
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/conftest.py)
-
-FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-def submit(api, name: str, *, epochs: int, tokens: int = 8192, **body) -> dict:
-    base = micro_base(num_epochs=epochs, max_train_tokens=tokens)
-    response = api.post("/experiments", json={"name": name, "base_preset": "micro", "base": base,
-                                               **body})  # fmt: skip
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def read(api, experiment_id: int) -> dict | None:
-    """The run as the API shows it; None while the API cannot answer (a database outage)."""
-    response = api.get(f"/experiments/{experiment_id}")
-    return response.json() if response.status_code == 200 else None
-
-
-def wait_until(api, experiment_id: int, check, *, timeout: float, what: str) -> dict:
-    def probe():
-        run = read(api, experiment_id)
-        return run if run is not None and check(run) else None
-
-    return wait_for(probe, timeout=timeout, interval=0.1, what=what)
-
-
-def finished(api, experiment_id: int, timeout: float = 120) -> dict:
-    return wait_until(api, experiment_id, lambda r: r["status"] in FINISHED, timeout=timeout,
-                      what=f"experiment {experiment_id} to end")  # fmt: skip
-
-
-def epoch_rows(database_url: str, experiment_id: int) -> list[int]:
-    """Epoch numbers of the run's rows, one per row (a duplicate would show twice)."""
-    with session_scope(database_url) as session:
-        return sorted(session.scalars(
-            select(EpochMetrics.epoch).where(EpochMetrics.experiment_id == experiment_id)))  # fmt: skip
-
-
-def assert_one_row_per_epoch(database_url: str, run: dict) -> None:
-    epochs = list(range(1, run["current_epoch"] + 1))
-    assert epoch_rows(database_url, run["id"]) == epochs
-    with session_scope(database_url) as session:
-        layers = session.execute(
-            select(ExpertStats.epoch, ExpertStats.kind, ExpertStats.layer).where(
-                ExpertStats.experiment_id == run["id"])).all()  # fmt: skip
-    # each epoch evaluated: training and evaluation statistics, one row per layer each
-    assert sorted(layers) == [
-        (epoch, kind, layer) for epoch in epochs for kind in ("eval", "train") for layer in (2, 4)
-    ]
+pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/fixtures/)
 
 
 def losses(api, experiment_id: int) -> list[tuple[float, ...]]:
@@ -87,47 +37,48 @@ def losses(api, experiment_id: int) -> list[tuple[float, ...]]:
 
 
 def test_a_sigkilled_worker_is_resumed_by_another_within_the_heartbeat_timeout(
-    worker_settings, start_worker
+    deployment, start_worker
 ):
-    settings = worker_settings
+    settings = deployment()
     assert settings.visibility_timeout == 6 * 3600  # the default: no help from the broker
     with make_client(settings) as api:
         pool = {name: start_worker(settings, name=name) for name in ("left", "right")}
-        run = submit(api, "lost", epochs=8)
-        first = wait_until(api, run["id"], lambda r: r["current_epoch"] >= 2, timeout=90,
-                           what="two epochs")  # fmt: skip
+        run = submit(api, "lost", base=fast_base(num_epochs=8, max_train_tokens=8192))
+        first = wait_for_run(
+            api, run["id"], lambda r: r["current_epoch"] >= 2, timeout=90, what="two epochs"
+        )
         owner = first["worker_name"].partition("@")[0]
         (rescuer,) = set(pool) - {owner}
         pool[owner].kill()  # main process and pool process: nothing can ack or hand back
         killed_at = time.monotonic()
 
-        resumed = wait_until(api, run["id"], lambda r: r["attempts"] == 2, timeout=60,
-                             what="the takeover")  # fmt: skip
+        resumed = wait_for_run(
+            api, run["id"], lambda r: r["attempts"] == 2, timeout=60, what="the takeover"
+        )
         recovery = time.monotonic() - killed_at
         assert recovery < settings.heartbeat_timeout + 30, recovery
         assert resumed["worker_name"].startswith(f"{rescuer}@") and resumed["restarts"] == 1
 
-        final = finished(api, run["id"])
+        final = wait_finished(api, run["id"])
         assert final["status"] == "succeeded", final["error"]
         assert (final["attempts"], final["restarts"], final["current_epoch"]) == (2, 1, 8)
     assert_one_row_per_epoch(settings.database_url, final)
 
 
-def test_a_killed_pool_process_is_resumed_at_once_by_its_own_worker(worker_settings, start_worker):
+def test_a_killed_pool_process_is_resumed_at_once_by_its_own_worker(deployment, start_worker):
     """The worker's agent sees the process that held the run gone and re-queues the run
     (Celery requeues the task too; whichever comes first takes it, the other does nothing)."""
-    settings = worker_settings
+    settings = deployment()
     with make_client(settings) as api:
         worker = start_worker(settings, name="survivor")
-        run = submit(api, "child", epochs=5)
-        wait_until(api, run["id"], lambda r: r["current_epoch"] >= 1, timeout=90,
-                   what="an epoch")  # fmt: skip
+        run = submit(api, "child", base=fast_base(num_epochs=5, max_train_tokens=8192))
+        wait_for_run(api, run["id"], lambda r: r["current_epoch"] >= 1, timeout=90, what="an epoch")
         (child,) = worker.pool_pids
         os.kill(child, signal.SIGKILL)
         killed_at = time.monotonic()
-        wait_until(api, run["id"], lambda r: r["attempts"] == 2, timeout=30, what="the takeover")
+        wait_for_run(api, run["id"], lambda r: r["attempts"] == 2, timeout=30, what="the takeover")
         assert time.monotonic() - killed_at < 15
-        final = finished(api, run["id"])
+        final = wait_finished(api, run["id"])
         assert final["status"] == "succeeded", final["error"]
         assert (final["attempts"], final["restarts"]) == (2, 1)
     assert_one_row_per_epoch(settings.database_url, final)
@@ -139,43 +90,47 @@ def test_a_pool_process_killed_on_every_attempt_fails_the_run_after_max_restarts
     settings = deployment(max_restarts=2)
     with make_client(settings) as api:
         worker = start_worker(settings, name="oom")
-        run = submit(api, "oom", epochs=200)
+        run = submit(api, "oom", base=fast_base(num_epochs=200, max_train_tokens=8192))
         for attempt in (1, 2, 3):
-            wait_until(api, run["id"], lambda r, a=attempt: r["attempts"] == a
-                       and r["status"] == "running", timeout=60, what=f"attempt {attempt}")  # fmt: skip
+            wait_for_run(
+                api,
+                run["id"],
+                lambda r, a=attempt: r["attempts"] == a and r["status"] == "running",
+                timeout=60,
+                what=f"attempt {attempt}",
+            )
             pids = wait_for(lambda: worker.pool_pids, timeout=10, what="the pool process")
             os.kill(pids[0], signal.SIGKILL)
-        final = finished(api, run["id"], timeout=60)
+        final = wait_finished(api, run["id"], timeout=60)
     assert final["status"] == "failed"
     assert "MOE_MAX_RESTARTS=2" in final["error"] and "died 3 times" in final["error"]
     assert (final["attempts"], final["restarts"]) == (3, 3)
 
 
 def test_sigterm_hands_the_run_back_mid_epoch_and_the_losses_are_an_uninterrupted_runs(
-    worker_settings, start_worker
+    deployment, start_worker
 ):
-    settings = worker_settings
+    settings = deployment()
     with make_client(settings) as api:
         first = start_worker(settings, name="first")
-        reference = submit(api, "reference", epochs=3, tokens=16384)
-        assert finished(api, reference["id"])["status"] == "succeeded"
+        reference = submit(api, "reference", base=fast_base(num_epochs=3, max_train_tokens=16384))
+        assert wait_finished(api, reference["id"])["status"] == "succeeded"
 
-        run = submit(api, "scaled-in", epochs=3, tokens=16384)
-        wait_until(api, run["id"], lambda r: r["current_epoch"] >= 1, timeout=60,
-                   what="an epoch")  # fmt: skip
+        run = submit(api, "scaled-in", base=fast_base(num_epochs=3, max_train_tokens=16384))
+        wait_for_run(api, run["id"], lambda r: r["current_epoch"] >= 1, timeout=60, what="an epoch")
         time.sleep(0.3)  # into the next epoch
         first.terminate()
         terminated_at = time.monotonic()
         first.process.wait(timeout=30)
         exited_after = time.monotonic() - terminated_at
         assert first.process.returncode == 0 and exited_after < 30, exited_after
-        handed = read(api, run["id"])
+        handed = read_run(api, run["id"])
         assert (handed["status"], handed["handbacks"], handed["restarts"]) == ("queued", 1, 0)
         where = re.search(r"after step (\d+)/(\d+) .*; handed back", first.output())
         assert where and 0 < int(where[1]) < int(where[2]), "not stopped mid-epoch"
 
         start_worker(settings, name="second")
-        final = finished(api, run["id"])
+        final = wait_finished(api, run["id"])
         assert final["status"] == "succeeded", final["error"]
         assert final["worker_name"].startswith("second@") and final["attempts"] == 2
         resumed, uninterrupted = losses(api, run["id"]), losses(api, reference["id"])
@@ -185,20 +140,20 @@ def test_sigterm_hands_the_run_back_mid_epoch_and_the_losses_are_an_uninterrupte
     assert_one_row_per_epoch(settings.database_url, final)
 
 
-def test_a_second_delivery_of_a_running_or_finished_run_does_nothing(worker_settings, start_worker):
+def test_a_second_delivery_of_a_running_or_finished_run_does_nothing(deployment, start_worker):
     """The broker's redelivery (visibility timeout) is only a backstop, and harmless."""
-    settings = worker_settings
+    settings = deployment()
     queue = TrainingQueue(create_celery(settings))
     with make_client(settings) as api:
         start_worker(settings, name="one")
         start_worker(settings, name="two")
-        run = submit(api, "once", epochs=4)
-        wait_until(api, run["id"], lambda r: r["status"] == "running", timeout=60, what="start")
+        run = submit(api, "once", base=fast_base(num_epochs=4, max_train_tokens=8192))
+        wait_for_run(api, run["id"], lambda r: r["status"] == "running", timeout=60, what="start")
         queue.enqueue([run["id"]])  # as if Redis handed the task out again
-        final = finished(api, run["id"])
+        final = wait_finished(api, run["id"])
         queue.enqueue([run["id"]])  # and once more after it ended
         time.sleep(1)
-        again = read(api, run["id"])
+        again = read_run(api, run["id"])
     assert final["status"] == "succeeded" and final["attempts"] == again["attempts"] == 1
     assert_one_row_per_epoch(settings.database_url, final)
 
@@ -218,14 +173,18 @@ def test_a_restarted_broker_loses_no_run(deployment, start_worker, own_redis, em
     settings = deployment(broker_url=own_redis.url, broker_key_prefix="")
     with make_client(settings) as api:
         start_worker(settings, name="steady")
-        running = submit(api, "running", epochs=6)
-        waiting = [submit(api, f"waiting-{i}", epochs=2) for i in range(2)]
-        wait_until(api, running["id"], lambda r: r["current_epoch"] >= 1, timeout=60,
-                   what="an epoch")  # fmt: skip
+        running = submit(api, "running", base=fast_base(num_epochs=6, max_train_tokens=8192))
+        waiting = [
+            submit(api, f"waiting-{i}", base=fast_base(num_epochs=2, max_train_tokens=8192))
+            for i in range(2)
+        ]
+        wait_for_run(
+            api, running["id"], lambda r: r["current_epoch"] >= 1, timeout=60, what="an epoch"
+        )
         own_redis.stop()
         time.sleep(1)
         own_redis.start(empty=empty)
-        runs = [finished(api, r["id"], timeout=120) for r in (running, *waiting)]
+        runs = [wait_finished(api, r["id"], timeout=120) for r in (running, *waiting)]
     for run in runs:
         assert run["status"] == "succeeded", run
         assert_one_row_per_epoch(settings.database_url, run)
@@ -240,15 +199,16 @@ def test_the_database_stopped_for_10_s_mid_run_costs_a_pause_not_the_run(deploym
         settings = deployment(database_url=cluster.url)
         with make_client(settings) as api:
             start_worker(settings, name="patient")
-            run = submit(api, "outage", epochs=8)
-            wait_until(api, run["id"], lambda r: r["current_epoch"] >= 2, timeout=60,
-                       what="two epochs")  # fmt: skip
+            run = submit(api, "outage", base=fast_base(num_epochs=8, max_train_tokens=8192))
+            wait_for_run(
+                api, run["id"], lambda r: r["current_epoch"] >= 2, timeout=60, what="two epochs"
+            )
             cluster.stop()
             down = api.get(f"/experiments/{run['id']}")
             assert down.status_code == 503 and down.headers["retry-after"]
             time.sleep(10)  # over three heartbeat timeouts (3 s here): nobody may be judged dead
             cluster.start()
-            final = finished(api, run["id"], timeout=120)
+            final = wait_finished(api, run["id"], timeout=120)
         assert final["status"] == "succeeded", final["error"]
         assert (final["attempts"], final["restarts"]) == (1, 0)  # nobody took it for dead
         assert_one_row_per_epoch(settings.database_url, final)
@@ -262,8 +222,8 @@ def test_a_run_id_reused_after_a_database_reset_trains_from_scratch(
     settings = deployment()
     with make_client(settings) as api:
         worker = start_worker(settings, name="before")
-        old = submit(api, "old", epochs=2)
-        assert finished(api, old["id"])["status"] == "succeeded"
+        old = submit(api, "old", base=fast_base(num_epochs=2, max_train_tokens=8192))
+        assert wait_finished(api, old["id"])["status"] == "succeeded"
     worker.stop()
 
     reset = settings.model_copy(update={"database_url": empty_postgres()})  # artifacts kept
@@ -271,8 +231,8 @@ def test_a_run_id_reused_after_a_database_reset_trains_from_scratch(
                                   artifact_dir=settings.artifact_dir)  # fmt: skip
     with make_client(deployment_after) as api:
         start_worker(deployment_after, name="after")
-        new = submit(api, "new", epochs=3)
+        new = submit(api, "new", base=fast_base(num_epochs=3, max_train_tokens=8192))
         assert new["id"] == old["id"] and new["run_key"] != old["run_key"]
-        final = finished(api, new["id"])
+        final = wait_finished(api, new["id"])
     assert final["status"] == "succeeded" and final["current_epoch"] == 3
     assert epoch_rows(deployment_after.database_url, new["id"]) == [1, 2, 3]  # all trained here

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.environment import ROOT
 
 SHOW = ["sh", "-c", 'echo "visible=$CUDA_VISIBLE_DEVICES"; exec sleep 60']
 

@@ -12,8 +12,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from store import leases
 from store.queue import TrainingQueue, create_celery
 from store.settings import Settings
-from tests.conftest import wait_for
 from tests.factories import claim, counts, record
+from tests.waiting import wait_for
 from worker import lease as lease_module
 from worker.lease import HOST, RunLease, owner_is_dead
 

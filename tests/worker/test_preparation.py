@@ -12,9 +12,9 @@ import pytest
 from store import artifacts, catalogue, leases
 from store.db import session_scope
 from store.queue import TrainingQueue
-from tests.conftest import wait_for
 from tests.corpus import write_corpus
 from tests.factories import new_experiment, run_row
+from tests.waiting import wait_for
 from worker.training import run_experiment
 
 pytestmark = pytest.mark.services

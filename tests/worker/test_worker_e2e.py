@@ -9,11 +9,12 @@ import time
 import pytest
 
 from api.schemas import MetricsRead
-from tests.conftest import WorkerProcess, make_client, micro_base, wait_for
+from tests.client import FINISHED, submit, wait_finished
+from tests.factories import fast_base
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/conftest.py)
-
-FINISHED = {"succeeded", "failed", "cancelled"}
+# Real Postgres/Redis (see tests/fixtures/services.py); one worker for the module's tests.
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("worker")]
 
 
 @pytest.fixture(scope="module")
@@ -23,47 +24,17 @@ def settings(deployment):
     return deployment(progress_interval=0.2)
 
 
-@pytest.fixture(scope="module")
-def worker(settings, tmp_path_factory):
-    process = WorkerProcess(settings, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
-        print(process.output()[-4000:])
-
-
-@pytest.fixture()
-def api(settings, worker):
-    with make_client(settings) as client:
-        yield client
-
-
-def submit(api, **body) -> dict:
-    response = api.post("/experiments", json={"name": "e2e", "base_preset": "micro", **body})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def finished(api, experiment_id: int, timeout: float = 120) -> dict:
-    def done():
-        run = api.get(f"/experiments/{experiment_id}").json()
-        return run if run["status"] in FINISHED else None
-
-    return wait_for(done, timeout=timeout, interval=0.2, what=f"experiment {experiment_id} to end")
-
-
-def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api, settings):
-    run = submit(api, base=micro_base(num_epochs=4, max_train_tokens=8192))
+def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(client, settings):
+    run = submit(client, "e2e", base=fast_base(num_epochs=4, max_train_tokens=8192))
     assert run["status"] == "queued"
 
     seen: list[tuple[str, int]] = []  # (status, epochs in /metrics) at each poll
     progress: list[dict] = []  # GET /experiments/{id}'s progress while running
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        metrics = api.get(f"/experiments/{run['id']}/metrics").json()
+        metrics = client.get(f"/experiments/{run['id']}/metrics").json()
         seen.append((metrics["status"], len(metrics["epochs"])))
-        shown = api.get(f"/experiments/{run['id']}").json()["progress"]
+        shown = client.get(f"/experiments/{run['id']}").json()["progress"]
         if shown is not None and shown not in progress:
             progress.append(shown)
         if metrics["status"] in FINISHED:
@@ -100,7 +71,7 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
             assert 0 <= stats["pad_ratio"] < 1 and stats["z_loss"] > 0
         assert all(stats["imbalance"] >= 0 for stats in epoch["eval_expert_stats"])
 
-    final = api.get(f"/experiments/{run['id']}").json()
+    final = client.get(f"/experiments/{run['id']}").json()
     assert final["current_epoch"] == final["num_epochs"] == 4
     assert final["device"] == "cpu" and final["attempts"] == 1
     assert final["params"] > 0 and final["best_val_loss"] > 0
@@ -108,7 +79,7 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert final["best_val_ce_loss"] > 0 and final["test_ce_loss"] > 0
     assert final["test_loss"] >= final["test_ce_loss"]  # plus the aux loss
     assert final["started_at"] <= final["finished_at"]
-    result = api.get(f"/experiments/{run['id']}/result").json()
+    result = client.get(f"/experiments/{run['id']}/result").json()
     assert result["test"]["ce_loss"] == pytest.approx(final["test_ce_loss"])
     assert 1 <= result["test"]["epoch"] <= 4 and result["evaluation"] is not None
     assert result["active_params"] == final["active_params"]
@@ -123,11 +94,11 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     assert any(p["tokens_per_sec"] and p["eta_seconds"] is not None for p in training)
     assert final["progress"] is None  # finished: no position
     # Every run keeps its final weights, its result and its log.
-    listed = api.get(f"/experiments/{run['id']}/artifacts").json()["items"]
+    listed = client.get(f"/experiments/{run['id']}/artifacts").json()["items"]
     assert {a["name"] for a in listed} == {"model.pt", "checkpoint.pt", "result.json", "run.log"}
-    kept = api.get(f"/experiments/{run['id']}/artifacts/result.json").json()
+    kept = client.get(f"/experiments/{run['id']}/artifacts/result.json").json()
     assert kept["metrics"]["best_val_ce_loss"] == pytest.approx(final["best_val_ce_loss"])
-    log = api.get(f"/experiments/{run['id']}/logs").text
+    log = client.get(f"/experiments/{run['id']}/logs").text
     assert "attempt 1" in log and "succeeded" in log
     assert "tokenising" not in log  # no progress bars: the run's progress is on its row
     assert [line for line in log.splitlines() if ": epoch " in line][-1].split(": epoch ")[1][
@@ -135,15 +106,15 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(api
     ] == "4:"
 
 
-def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api, settings):
+def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(client, settings):
     """Issue 8's "done when": a 2-seed micro study reports Δ ± SE and `significant`, each
     run judged against the dense run of its own seed; the per-run table stays as it was."""
-    response = api.post(
+    response = client.post(
         "/studies",
         json={
             "name": "mini",
             "base_preset": "micro",
-            "base": micro_base(),
+            "base": fast_base(),
             "experiments": ["baseline", "top2"],
             "seeds": 2,
         },
@@ -152,7 +123,7 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
     study = response.json()
 
     def study_done():
-        body = api.get(f"/studies/{study['id']}").json()
+        body = client.get(f"/studies/{study['id']}").json()
         return body if body["status"] in FINISHED else None
 
     body = wait_for(study_done, timeout=360, interval=0.3, what="the study")
@@ -174,7 +145,7 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
         assert verdict["passed"] == (verdict["primary"]["passed"] and verdict["tertiary"]["passed"])
         assert row["passed"] == verdict["passed"] and verdict["significant"] is None
         # the same verdict from the experiment's own route
-        single = api.get(f"/experiments/{row['experiment_id']}/verdict")
+        single = client.get(f"/experiments/{row['experiment_id']}/verdict")
         assert single.status_code == 200 and single.json() == verdict
     assert [row["preset"] for row in body["preset_verdicts"]] == ["baseline", "top2"]
     for row in body["preset_verdicts"]:
@@ -205,11 +176,11 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
             sum(entry["val_loss_delta"] for entry in row["per_seed"]) / 2
         )
     # the two seeds really are two runs: different initialisations, different losses
-    dense_runs = [api.get(f"/experiments/{i}").json() for i in body["dense_ids"]]
+    dense_runs = [client.get(f"/experiments/{i}").json() for i in body["dense_ids"]]
     assert [run["base"]["seed"] for run in dense_runs] == seeds
     assert dense_runs[0]["best_val_ce_loss"] != dense_runs[1]["best_val_ce_loss"]
     # the engine's own result of each run is kept whole
-    result = api.get(f"/experiments/{study['dense_id']}/result").json()
+    result = client.get(f"/experiments/{study['dense_id']}/result").json()
     assert result["params"] > 0 and result["config"]["name"] == "dense"
     assert result["active_params"] == result["params"]  # dense: every parameter is active
     assert result["seed"] == seeds[0] and result["test"]["ce_loss"] > 0
@@ -221,37 +192,37 @@ def test_a_two_seed_study_reports_each_presets_delta_with_its_standard_error(api
         assert model.is_file() and model.stat().st_size > 0
 
 
-def test_cancel_mid_run_keeps_finished_epochs(api):
-    run = submit(api, base=micro_base(num_epochs=40))
+def test_cancel_mid_run_keeps_finished_epochs(client):
+    run = submit(client, "e2e", base=fast_base(num_epochs=40))
     wait_for(
-        lambda: api.get(f"/experiments/{run['id']}/metrics").json()["epochs"],
+        lambda: client.get(f"/experiments/{run['id']}/metrics").json()["epochs"],
         timeout=60,
         what="the first epoch",
     )
 
-    response = api.post(f"/experiments/{run['id']}/cancel")
+    response = client.post(f"/experiments/{run['id']}/cancel")
     assert response.status_code == 200
     assert response.json()["cancel_requested"] is True
     cancelled_at = time.monotonic()
-    final = finished(api, run["id"], timeout=30)
+    final = wait_finished(client, run["id"], timeout=30)
     assert time.monotonic() - cancelled_at < 10
 
     assert final["status"] == "cancelled"
-    epochs = api.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
+    epochs = client.get(f"/experiments/{run['id']}/metrics").json()["epochs"]
     assert 1 <= len(epochs) < 40
     assert [epoch["epoch"] for epoch in epochs] == list(range(1, len(epochs) + 1))
     assert final["current_epoch"] == len(epochs)
-    assert api.post(f"/experiments/{run['id']}/cancel").status_code == 200  # idempotent
+    assert client.post(f"/experiments/{run['id']}/cancel").status_code == 200  # idempotent
 
 
-def test_an_exception_in_training_marks_the_run_failed_with_its_text(api):
+def test_an_exception_in_training_marks_the_run_failed_with_its_text(client):
     # More sequences per batch than the corpus has: the engine refuses to train. (A token
     # cap below one batch is a 422 at the API; only the corpus' own size is left to find.)
-    base = micro_base(max_train_tokens=None, seq_len=512)
-    run = submit(api, base=base, config={"batch_size": 1024})
-    final = finished(api, run["id"])
+    base = fast_base(max_train_tokens=None, seq_len=512)
+    run = submit(client, "e2e", base=base, config={"batch_size": 1024})
+    final = wait_finished(client, run["id"])
     assert final["status"] == "failed"
     assert "ValueError" in final["error"] and "fewer than one batch" in final["error"]
-    log = api.get(f"/experiments/{run['id']}/logs").text
+    log = client.get(f"/experiments/{run['id']}/logs").text
     assert "Traceback" in log and "fewer than one batch" in log  # the failure, whole
-    assert api.post(f"/experiments/{run['id']}/cancel").status_code == 409
+    assert client.post(f"/experiments/{run['id']}/cancel").status_code == 409
