@@ -46,7 +46,7 @@ def run(ctx: Context) -> dict[str, Any]:
     )  # fmt: skip
     # The Trainer's own (compiled or not) forward-and-losses on both sides: what is timed is
     # everything around it (statistics, clocks, callbacks, checkpoints-free epoch records).
-    step = trainer.step
+    step = trainer.loss_step
 
     def trainer_epoch():
         trainer.train(trainer.epoch + 1)

@@ -107,7 +107,7 @@ class Trainer:
         self.moe_layers = [m for _, m in moe]
         # bf16 autocast is for GPUs (moe_core.runner.resolve_precision); the router and the
         # losses stay float32 under it. compile: moe_core.step.LossStep.
-        self.step = LossStep(model, self.device, routed=bool(self.moe_layers), amp_dtype=amp_dtype,
+        self.loss_step = LossStep(model, self.device, routed=bool(self.moe_layers), amp_dtype=amp_dtype,
                              compile={True: "default", False: "off"}.get(compile, compile))  # fmt: skip
         self.clock = PhaseClock(self.device)
         # The layer each reports as: the first index in its module path ("blocks.2.ffn" -> 2).
@@ -231,7 +231,7 @@ class Trainer:
             x, y = (t.to(self.device, non_blocking=True) for t in batch)
 
             t0 = self.clock.now()
-            loss, ce, aux, routing = self.step(x, y, self.label_smoothing)
+            loss, ce, aux, routing = self.loss_step(x, y, self.label_smoothing)
             t1 = self.clock.now()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -314,7 +314,7 @@ class Trainer:
                 torch.set_rng_state(rng)
                 self._stop(f"during {what}")  # the partial evaluation is discarded
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            step = self.step if x.size(0) == full else self.step.eager
+            step = self.loss_step if x.size(0) == full else self.loss_step.eager
             _, ce, aux, stats = step(x, y, 0.0)
             # Token-weighted, so a short last batch counts for what it holds.
             ce_sum += y.numel() * ce.float()

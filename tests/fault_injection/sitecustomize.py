@@ -24,7 +24,7 @@ if _spec:
         _init(self, *args, **kwargs)
         if self.model_name != _name:
             return
-        step = self.step.compiled  # what a training step calls (moe_core.step.LossStep)
+        step = self.loss_step.compiled  # what a training step calls (moe_core.step.LossStep)
 
         def failing_step(x, y, smoothing):
             raised = sorted(_dir.glob("oom-*"))
@@ -37,6 +37,6 @@ if _spec:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by the test)")
             return step(x, y, smoothing)
 
-        self.step.compiled = failing_step
+        self.loss_step.compiled = failing_step
 
     _trainer.Trainer.__init__ = _init_with_fault

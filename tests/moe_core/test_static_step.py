@@ -100,7 +100,7 @@ def test_bf16_trains_in_bf16_and_keeps_the_router_and_losses_in_float32(micro_da
                       build_optimizer(model, config, base), "cpu", verbose=False,
                       amp_dtype=torch.bfloat16)  # fmt: skip
     x, y = next(iter(trainer.train_loader))
-    loss, ce, aux, _ = trainer.step.eager(x, y, 0.0)
+    loss, ce, aux, _ = trainer.loss_step.eager(x, y, 0.0)
     assert seen == {"router": torch.float32, "matmul": torch.bfloat16}
     assert loss.dtype == ce.dtype == aux.dtype == torch.float32
     result = run_single_experiment(config, micro_data.train, micro_data.val, base, "cpu",

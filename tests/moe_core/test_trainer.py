@@ -191,8 +191,8 @@ def test_label_smoothing_changes_the_objective_not_the_reported_ce():
     sa, sb = a.evaluate(), b.evaluate()
     assert sa["ce_loss"] == pytest.approx(sb["ce_loss"])
     x, y = next(iter(a.train_loader))
-    obj_a, ce_a, _, _ = a.step.eager(x, y, 0.0)
-    obj_b, ce_b, _, _ = b.step.eager(x, y, 0.1)
+    obj_a, ce_a, _, _ = a.loss_step.eager(x, y, 0.0)
+    obj_b, ce_b, _, _ = b.loss_step.eager(x, y, 0.1)
     assert ce_a.item() == pytest.approx(ce_b.item())
     expected = torch.nn.functional.cross_entropy(
         a.model(x)[0].view(-1, 512), y.reshape(-1), label_smoothing=0.1
