@@ -32,7 +32,9 @@ def test_latency_rows_on_the_readme_deployment(section):
         for row in rows:
             assert 0 < row["p50_ms"] <= row["p99_ms"] and math.isfinite(row["p99_ms"])
             assert row["requests_per_s"] > 0 and row["params"]["api_workers"] == 2
-            assert row["server_cpu_ms_per_request"] > 0
+            # /proc counts CPU in 10 ms ticks: a smoke's few requests can cost less than one
+            # (seen in CI: 0.0), so the figure is there and not negative, not above a bound
+            assert row["server_cpu_ms_per_request"] >= 0
     assert all(r["params"]["idempotency_key"] for r in _rows(section, "POST /experiments"))
 
 
