@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", nargs="+", default=None, metavar="PART",
                         help="gpu section: some of step, big, slots, study_engine, "
                         "study_service (default: all)")  # fmt: skip
+    parser.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                        help="gpu section's step part: some of fp32, bf16, bf16+graphs "
+                        "(default: all)")  # fmt: skip
     parser.add_argument("--data-dir", default=None,
                         help="WikiText-2 for the runs of the gpu section (default: "
                         "$MOE_DATA_DIR, else ../shared/data/wikitext-2)")  # fmt: skip
@@ -40,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(args.parts) - set(PARTS))
         if unknown:
             parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    if args.modes:
+        from .gpu import MODES
+
+        unknown = sorted(set(args.modes) - set(MODES))
+        if unknown:
+            parser.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
     names = list(SECTIONS) if args.sections in (["all"], []) else args.sections
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         amp=not args.no_amp,
         out=args.out,
-        options={"gpu_parts": args.parts},
+        options={"gpu_parts": args.parts, "gpu_modes": args.modes},
     )
     return 1 if any("error" in s for s in results["sections"].values()) else 0
 

@@ -3,10 +3,13 @@
 
 - `step`: epochs of training steps through the Trainer, as a run takes them (Batches on the
   device, statistics summed on it, one sync per epoch) at the spec's sizes: dense and every
-  preset in fp32 and in bf16, and dense, top-1 and top-2 in bf16 with CUDA graphs
-  (compile=graphs); tokens/s, the ratio to dense in the same mode and rounds, and MFU.
+  preset in bf16, the spec's experiments in fp32 (the path workers took before), and
+  dense, top-1 and top-2 in bf16 with CUDA graphs (compile=graphs); tokens/s, the ratio to
+  dense in the same mode and rounds, and MFU. `--modes` picks some of fp32, bf16 and
+  bf16+graphs.
 - `big`: a GPU-sized model (batch 8, seq 1024, d 1024, 8 layers, FFN 4096, every layer MoE,
-  8 experts): dense, top-1, top-2 in bf16 compiled; tokens/s and MFU.
+  8 experts): dense and top-2 in bf16 compiled (inductor takes about a minute for each of
+  them); tokens/s and MFU.
 - `slots`: N = 1, 2, 4, 8 spec runs at once through a real worker of N slots
   (MOE_RUNS_PER_GPU, the embedded store, no servers): the sum of the runs' tokens/s and
   the speed-up over one run alone.
@@ -172,15 +175,19 @@ def _epoch_rows(ctx: Context, label: str, base: BaseConfig, members: dict[str, t
 
 
 def step_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each mode's members timed in rounds of their own, beside that mode's dense run: fp32
+    for dense and the spec's experiments, bf16 for every preset, CUDA graphs for GRAPHED."""
     base = base_config(sizes["base"])
     configs = get_experiment_configs(base)
-    members: dict[str, tuple] = {}
-    for mode in MODES:
-        members[f"dense {mode}"] = (dense_config(base), True, mode)
-        for name in sizes["presets"]:
-            if mode != "bf16+graphs" or name in GRAPHED:
-                members[f"{name} {mode}"] = (configs[name], False, mode)
-    return _epoch_rows(ctx, f"{sizes['base']} step", base, members, sizes["steps"])
+    in_mode = {"fp32": [n for n in sizes["presets"] if n in SPEC_EXPERIMENTS],
+               "bf16": list(sizes["presets"]),
+               "bf16+graphs": [n for n in sizes["presets"] if n in GRAPHED]}  # fmt: skip
+    rows = []
+    for mode in ctx.options.get("gpu_modes") or MODES:
+        members = {f"dense {mode}": (dense_config(base), True, mode)}
+        members |= {f"{name} {mode}": (configs[name], False, mode) for name in in_mode[mode]}
+        rows += _epoch_rows(ctx, f"{sizes['base']} step", base, members, sizes["steps"])
+    return rows
 
 
 def big_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,7 +196,6 @@ def big_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
     configs = get_experiment_configs(base)
     members = {
         "dense bf16+graphs": (dense_config(base).model_copy(update=batch), True, "bf16+graphs"),
-        "top1 bf16+graphs": (configs["baseline"].model_copy(update=batch), False, "bf16+graphs"),
         "top2 bf16+graphs": (configs["top2"].model_copy(update=batch), False, "bf16+graphs"),
     }
     return _epoch_rows(ctx, "GPU-sized", base, members, sizes["steps"])

@@ -81,8 +81,8 @@ class Experts(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
         if _grouped_mm_supported(x, *w1.shape[1:]):
-            h = F.gelu(F.grouped_mm(x, w1, offs=offsets))  # [R, H]
-            return F.grouped_mm(h, w2, offs=offsets)  # [R, C]
+            h = F.gelu(_grouped_mm(x, w1, offs=offsets))  # [R, H]
+            return _grouped_mm(h, w2, offs=offsets)  # [R, C]
         # Where grouped_mm cannot run (float32 on CUDA, unaligned widths), a loop over the
         # same per-expert slices: it reads the offsets on the host, so it syncs and cannot
         # be compiled into one graph.
@@ -92,6 +92,11 @@ class Experts(nn.Module):
         out = [F.gelu(x[a:b] @ w1[e]) @ w2[e] for e, (a, b) in groups]
         out.append(x.new_zeros(x.size(0) - ends[-1], w2.size(-1)))  # the rows of no expert
         return torch.cat(out)
+
+
+# F.grouped_mm is torch.nn.functional's name for torch._grouped_mm (same arguments); a
+# GPU image may carry a torch from before the public name.
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
 
 
 @torch.compiler.assume_constant_result
