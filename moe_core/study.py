@@ -76,7 +76,9 @@ def _start_process(base: BaseConfig, device: str, threads: int, share: float) ->
     if dev.type == "cuda":
         # Runs side by side on one GPU: each may use its share of the memory, so that one
         # cannot take what its neighbours need (the caching allocator keeps what it took).
-        torch.cuda.set_per_process_memory_fraction(share, dev)
+        # It takes an index: a bare "cuda" is the current device.
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        torch.cuda.set_per_process_memory_fraction(share, index)
     _process.update(data=build_datasets(base), device=dev)
 
 

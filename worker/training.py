@@ -166,7 +166,9 @@ def _share_the_gpu(
     fraction = gpu_memory.memory_fraction(
         estimate=estimate, total=total, slots=settings.runs_per_gpu
     )
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    # It takes an index (torch.device("cuda") raises there): the current device's if none.
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     log.info("GPU memory: an estimated %.2f GiB of %.1f GiB; this run may use %.0f%%",
              estimate / GiB, total / GiB, 100 * fraction)  # fmt: skip
 

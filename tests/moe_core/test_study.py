@@ -142,3 +142,24 @@ def test_the_committed_small_studys_dense_run_trains_to_its_printed_digits(cache
     for key in ("train_losses", "val_ce_losses", "train_eval_ce_losses"):
         assert run["metrics"][key][0] == pytest.approx(committed[key][0], abs=5e-5), key
     assert run["precision"] == "fp32"
+
+
+def test_a_parallel_studys_process_sets_its_memory_share_on_a_gpu_index(monkeypatch):
+    """On the H200, torch.cuda.set_per_process_memory_fraction refused a bare "cuda" (it
+    takes an index) and every process of `study --parallel` died at its start."""
+    import moe_core.data
+    from moe_core.config import base_config
+    from moe_core.study import _start_process
+    from torch.cuda._utils import _get_device_index
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda share, device=None: calls.append((share, _get_device_index(device))))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(moe_core.data, "build_datasets", lambda base: "data")
+    threads = torch.get_num_threads()
+    try:
+        _start_process(base_config("micro"), "cuda", threads, 0.2)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [(0.2, 0)]

@@ -27,3 +27,34 @@ def test_a_run_larger_than_the_gpu_is_refused_with_both_sizes():
 
 def test_the_wait_doubles_from_ten_seconds_to_five_minutes():
     assert [retry_delay(n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+def _torch_checks_the_index(calls):
+    """torch.cuda.set_per_process_memory_fraction as torch checks its device (it raised
+    for a bare torch.device("cuda") on the H200), recording what it was given."""
+    from torch.cuda._utils import _get_device_index
+
+    def set_fraction(fraction, device=None):
+        calls.append((fraction, _get_device_index(device)))
+
+    return set_fraction
+
+
+@pytest.mark.parametrize(("device", "index"), [("cuda", 3), ("cuda:1", 1)])
+def test_a_runs_memory_share_is_set_on_its_gpus_index(monkeypatch, device, index):
+    import torch
+
+    from store.settings import Settings
+    from worker.training import _share_the_gpu
+
+    calls = []
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", _torch_checks_the_index(calls)
+    )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    props = type("Props", (), {"total_memory": 141 * GiB})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: props)
+    base = base_config("spec")
+    _share_the_gpu(get_experiment_configs(base)["baseline"], base, dense=False,
+                   device=torch.device(device), settings=Settings(runs_per_gpu=4))  # fmt: skip
+    assert calls == [(0.25, index)]
