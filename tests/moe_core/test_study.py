@@ -147,10 +147,11 @@ def test_the_committed_small_studys_dense_run_trains_to_its_printed_digits(cache
 def test_a_parallel_studys_process_sets_its_memory_share_on_a_gpu_index(monkeypatch):
     """On the H200, torch.cuda.set_per_process_memory_fraction refused a bare "cuda" (it
     takes an index) and every process of `study --parallel` died at its start."""
+    from torch.cuda._utils import _get_device_index
+
     import moe_core.data
     from moe_core.config import base_config
     from moe_core.study import _start_process
-    from torch.cuda._utils import _get_device_index
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
