@@ -108,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
                             " each with 1/N of its memory); the results are the same as one"
                             " at a time (default: 1)")  # fmt: skip
 
+    sweep = sub.add_parser(
+        "sweep", help="search a design space (a YAML file), each trial judged against dense"
+    )
+    sweep.add_argument("file", help="the sweep: moe_core.search.SweepConfig as YAML or JSON")
+    sweep.add_argument("--out", required=True, help="output directory")
+    sweep.add_argument("--data-dir", help="WikiText-2 as train/valid/test .txt (default: the hub)")
+    sweep.add_argument("--cache-dir", help="tokenised data cache")
+    sweep.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    sweep.add_argument("--quiet", action="store_true", help="only the final table")
+
     train = sub.add_parser("train", help="train one experiment (resumes from OUT/checkpoint.pt)")
     _add_common(train)
     train.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), default="baseline")
@@ -125,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        return _sweep(args)
     try:
         base = _base_from_args(args)
     except ValidationError as err:
@@ -179,6 +191,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.judge_against:
         dense = json.loads(Path(args.judge_against).read_text())
         print(format_verdict(config.name, judge(result, dense)))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .search import SweepConfig
+    from .sweep import SweepRefused, run_sweep
+
+    try:
+        text = Path(args.file).read_text()
+    except OSError as err:
+        print(f"error: {args.file}: {err.strerror}", file=sys.stderr)
+        return 2
+    try:
+        sweep = SweepConfig.model_validate(yaml.safe_load(text) or {})
+    except yaml.YAMLError as err:
+        print(f"error: {args.file} is not YAML: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        print(_validation_message(err, "sweep"), file=sys.stderr)
+        return 2
+    try:
+        report = run_sweep(sweep, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                           device=args.device, verbose=not args.quiet)  # fmt: skip
+    except SweepRefused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        from .sweep import format_ranking
+
+        print(format_ranking(report))
     return 0
 
 

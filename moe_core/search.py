@@ -1,0 +1,356 @@
+"""A sweep's design space and how its points are proposed: torch-free, so that whatever
+accepts a sweep (the engine's `sweep` command, a service) checks it whole before anything
+trains.
+
+A space maps a field to a `Choice` (listed values) or a `Range` (`low`..`high`, uniform or
+log-uniform, integer or not); either may apply only `when` other fields take given values.
+A field is one of ExperimentConfig's or one of `BASE_FIELDS` (a few BaseConfig fields that
+change the model or its training: the dense baseline keeps the sweep's base, so a trial is
+always judged against the same dense run of its seed).
+
+Proposals come from Optuna: `grid` walks the expanded grid in order, `random` and `tpe` use
+Optuna's samplers with `seed`, so a sweep's proposals are reproducible. `Proposer` keeps an
+in-memory Optuna study that is told every finished trial (value, pruned or failed); it
+holds nothing that cannot be rebuilt from the trials told so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig, ExperimentConfig
+
+# BaseConfig fields a sweep may vary: the model's MoE layout and the optimiser's rate. The
+# rest of the base (sizes, data, epochs) is the sweep's, shared with its dense baselines.
+BASE_FIELDS = ("num_experts", "moe_layers", "learning_rate")
+# ExperimentConfig fields that name or schedule rather than configure a trial.
+NOT_SEARCHABLE = ("name", "gating_temp_schedule")
+SEARCHABLE = tuple(f for f in ExperimentConfig.model_fields if f not in NOT_SEARCHABLE) + tuple(
+    f for f in BASE_FIELDS if f not in ExperimentConfig.model_fields
+)
+MAX_RUNS = 400  # trials x seeds + the dense runs: more is a 422 / an error saying how many
+
+Value = bool | int | float | str | list[int] | None
+
+
+class Choice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    choices: list[Value] = Field(min_length=1, max_length=100)
+    when: dict[str, list[Value]] | None = Field(
+        None, description="only where each named field takes one of these values"
+    )
+
+
+class Range(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    low: float
+    high: float
+    log: bool = Field(False, description="log-uniform (low > 0)")
+    integer: bool = False
+    step: float | None = Field(None, gt=0, description="a grid's spacing (grid only)")
+    when: dict[str, list[Value]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        if self.integer and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an integer range needs integer bounds")
+        return self
+
+    def grid(self, field: str) -> list[float | int]:
+        if self.step is None:
+            if not self.integer:
+                raise ValueError(f"space.{field}: a grid needs choices, an integer range or a step")
+            step: float = 1
+        else:
+            step = self.step
+        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        values = [self.low + i * step for i in range(n)]
+        return [int(round(v)) for v in values] if self.integer else values
+
+
+Param = Choice | Range
+
+
+class SweepConfig(BaseModel):
+    """What a sweep searches, how, and on what: a base preset with overrides, the
+    experiment preset every trial starts from with overrides, the space, the method, the
+    budget and the seeds each trial (and each dense baseline) runs with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("sweep", min_length=1, max_length=200)
+    base_preset: str = "small"
+    base: dict[str, Any] = Field(default_factory=dict, description="BaseConfig overrides")
+    preset: str = Field("baseline", description="the experiment preset each trial starts from")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="ExperimentConfig fields every trial shares"
+    )
+    space: dict[str, Param] = Field(min_length=1)
+    method: Literal["grid", "random", "tpe"] = "tpe"
+    trials: int | None = Field(None, ge=1, description="the budget; grid: default every point")
+    seeds: int = Field(2, ge=1, le=10, description="runs per trial, paired with dense by seed")
+    sampler_seed: int = 0
+    objective: Literal["delta_val_ce", "val_ce"] = "delta_val_ce"
+    prune: bool = Field(True, description="Optuna's median pruner on each trial's val CE")
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        if self.base_preset not in BASE_PRESETS:
+            raise ValueError(
+                f"base_preset: unknown {self.base_preset!r}; choose from {sorted(BASE_PRESETS)}"
+            )
+        if self.preset not in EXPERIMENT_PRESETS:
+            raise ValueError(
+                f"preset: unknown {self.preset!r}; choose from {sorted(EXPERIMENT_PRESETS)}"
+            )
+        unknown = sorted(set(self.space) - set(SEARCHABLE))
+        if unknown:
+            raise ValueError(f"space: cannot search {unknown}; searchable: {', '.join(SEARCHABLE)}")
+        for field, param in self.space.items():
+            for other in param.when or {}:
+                if other not in self.space and other not in ExperimentConfig.model_fields:
+                    raise ValueError(f"space.{field}.when: unknown field {other!r}")
+                if other == field:
+                    raise ValueError(f"space.{field}.when: a field cannot depend on itself")
+        if self.method != "grid" and self.trials is None:
+            raise ValueError(f"trials: {self.method} needs a budget of trials")
+        return self  # fmt: skip
+
+    def base_config(self) -> BaseConfig:
+        from .config import base_config
+
+        return base_config(self.base_preset, **self.base)
+
+    def trial_configs(
+        self, params: Mapping[str, Any], base: BaseConfig, number: int
+    ) -> tuple[ExperimentConfig, BaseConfig]:
+        """A trial's ExperimentConfig and BaseConfig: the preset, the overrides, then the
+        trial's values (BaseConfig's fields on the base)."""
+        from .config import get_experiment_configs
+
+        start = get_experiment_configs(base)[self.preset].model_dump()
+        experiment = {k: v for k, v in params.items() if k in ExperimentConfig.model_fields}
+        base_part = {k: v for k, v in params.items() if k not in ExperimentConfig.model_fields}
+        config = ExperimentConfig(**{**start, **self.overrides, **experiment,
+                                     "name": f"{self.name} trial {number}"})  # fmt: skip
+        return config, base.model_copy(update=base_part)
+
+    def runs(self) -> int:
+        """Runs the sweep trains at most: trials x seeds, and one dense run per seed."""
+        return self.budget() * self.seeds + self.seeds
+
+    def budget(self) -> int:
+        if self.method == "grid":
+            points = len(grid_points(self.space))
+            return min(points, self.trials) if self.trials else points
+        assert self.trials is not None
+        return self.trials
+
+
+def _active(param: Param, point: Mapping[str, Any]) -> bool:
+    return all(point.get(field) in values for field, values in (param.when or {}).items())
+
+
+def _order(space: Mapping[str, Param]) -> list[str]:
+    """Fields with conditions after the fields they depend on."""
+    done: list[str] = []
+    pending = list(space)
+    while pending:
+        ready = [
+            f for f in pending if all(o in done or o not in space for o in space[f].when or {})
+        ]
+        if not ready:
+            raise ValueError(f"space: conditions form a cycle among {pending}")
+        done += ready
+        pending = [f for f in pending if f not in ready]
+    return done
+
+
+def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """Every point of a grid, in order: the product of each field's values, a conditional
+    field only where its condition holds (and absent elsewhere), without repeats."""
+    points: list[dict[str, Any]] = [{}]
+    for field in _order(space):
+        param = space[field]
+        values = param.choices if isinstance(param, Choice) else param.grid(field)
+        grown = []
+        for point in points:
+            if _active(param, point):
+                grown += [{**point, field: v} for v in values]
+            else:
+                grown.append(point)
+        points = grown
+    seen, unique = set(), []
+    for point in points:
+        key = json.dumps(point, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(point)
+    return unique
+
+
+def check_sweep(sweep: SweepConfig) -> list[str]:
+    """Everything wrong with a sweep as a whole, before anything runs: its size against
+    MAX_RUNS, and each point's configuration (every grid point; for random and TPE, each
+    choice and each range's ends, one field at a time). Empty when it can run."""
+    from .config import check, dense_config
+
+    problems = []
+    try:
+        base = sweep.base_config()
+    except ValueError as exc:
+        return [f"base: {exc}"]
+    try:
+        runs = sweep.runs()
+    except ValueError as exc:
+        return [str(exc)]
+    if runs > MAX_RUNS:
+        problems.append(f"the sweep would train {runs} runs ({sweep.budget()} trials x "
+                        f"{sweep.seeds} seeds + {sweep.seeds} dense); at most {MAX_RUNS}")  # fmt: skip
+    problems += [f"dense: {p.message}" for p in check(dense_config(base), base, dense=True)]
+    points = (
+        grid_points(sweep.space)[: sweep.budget()]
+        if sweep.method == "grid"
+        else _corners(sweep.space)
+    )
+    for number, point in enumerate(points):
+        try:
+            config, trial_base = sweep.trial_configs(point, base, number)
+        except ValueError as exc:  # pydantic's ValidationError included
+            problems.append(f"{_describe(point)}: {_first_line(exc)}")
+            continue
+        problems += [
+            f"{_describe(point)}: {p.field}: {p.message}" for p in check(config, trial_base)
+        ]
+    return list(dict.fromkeys(problems))  # fmt: skip
+
+
+def _corners(space: Mapping[str, Param]) -> list[dict[str, Any]]:
+    points = []
+    for field, param in space.items():
+        values = param.choices if isinstance(param, Choice) else [param.low, param.high]
+        if isinstance(param, Range) and param.integer:
+            values = [int(v) for v in values]
+        points += [{field: v} for v in values]
+    return points
+
+
+def _describe(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "the preset"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:3])
+
+
+# ------------------------------------------------------------------------- proposals
+
+
+class Proposer:
+    """Asks Optuna for trials and tells it how they ended. Grid proposals are the grid's
+    points in order; random and TPE sample the space (conditional fields only where their
+    condition holds). Optuna's categorical values must be scalars: a list choice (e.g.
+    moe_layers) is proposed by its JSON text and decoded."""
+
+    def __init__(self, sweep: SweepConfig) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.sweep = sweep
+        if sweep.method == "tpe":
+            # constant_liar: trials asked before earlier ones are told (side by side) are
+            # spread out rather than proposed alike.
+            sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed, constant_liar=True,
+                                                 n_startup_trials=max(2, min(10, (sweep.trials or 10) // 3)))  # fmt: skip
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=sweep.sampler_seed)
+        pruner = (
+            # a trial stops when its val CE at an epoch is worse than the median of the
+            # earlier trials' at that epoch; not before 2 trials finished, nor in epoch 1
+            # (steps are 1-based epochs; Optuna prunes from step n_warmup_steps on)
+            optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+            if sweep.prune
+            else optuna.pruners.NopPruner()
+        )
+        self.study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+        self._grid: Iterator[dict[str, Any]] = iter(
+            grid_points(sweep.space) if sweep.method == "grid" else ()
+        )
+        self._trials: dict[int, Any] = {}
+
+    def ask(self) -> tuple[int, dict[str, Any]] | None:
+        """The next trial's number and values; None when the grid is exhausted."""
+        if self.sweep.method == "grid":
+            point = next(self._grid, None)
+            if point is None:
+                return None
+            # Enqueued, then suggested over the field's whole grid: Optuna records the point
+            # (for importance) with one distribution per field across trials.
+            self.study.enqueue_trial({field: json.dumps(v) for field, v in point.items()})
+            trial = self.study.ask()
+            for field in point:
+                param = self.sweep.space[field]
+                values = param.choices if isinstance(param, Choice) else param.grid(field)
+                trial.suggest_categorical(field, [json.dumps(v) for v in values])
+            self._trials[trial.number] = trial
+            return trial.number, point
+        trial = self.study.ask()
+        point: dict[str, Any] = {}
+        for field in _order(self.sweep.space):
+            param = self.sweep.space[field]
+            if not _active(param, point):
+                continue
+            if isinstance(param, Choice):
+                encoded = [json.dumps(v) for v in param.choices]
+                point[field] = json.loads(trial.suggest_categorical(field, encoded))
+            elif param.integer:
+                point[field] = trial.suggest_int(
+                    field, int(param.low), int(param.high), log=param.log
+                )
+            else:
+                point[field] = trial.suggest_float(field, param.low, param.high, log=param.log)
+        self._trials[trial.number] = trial
+        return trial.number, point
+
+    def report(self, number: int, value: float, epoch: int) -> bool:
+        """An intermediate value (a trial's val CE after `epoch`); True: prune the trial."""
+        trial = self._trials[number]
+        trial.report(value, epoch)
+        return bool(trial.should_prune())
+
+    def tell(self, number: int, state: Literal["complete", "pruned", "failed"],
+             value: float | None = None) -> None:  # fmt: skip
+        import optuna
+
+        states = {"complete": optuna.trial.TrialState.COMPLETE,
+                  "pruned": optuna.trial.TrialState.PRUNED,
+                  "failed": optuna.trial.TrialState.FAIL}  # fmt: skip
+        self.study.tell(number, value if state == "complete" else None, state=states[state])
+
+    def importance(self) -> dict[str, float]:
+        """Each field's share of the objective's variance over the completed trials
+        (Optuna's fANOVA, which fits scikit-learn's random forests); empty with fewer than
+        two completed trials or no variation."""
+        import optuna
+
+        complete = [t for t in self.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) < 2 or len({t.value for t in complete}) < 2:
+            return {}
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=self.sweep.sampler_seed)
+        try:
+            found = optuna.importance.get_param_importances(self.study, evaluator=evaluator)
+        except (RuntimeError, ValueError):  # e.g. no field that varies in every trial
+            return {}
+        return {field: float(share) for field, share in found.items()}

@@ -1,0 +1,251 @@
+"""`python -m moe_core sweep SWEEP.yaml --out DIR`: search a design space (moe_core.search),
+each trial judged against dense the way a study judges a preset.
+
+One dense run per seed is shared by the whole sweep. Each trial trains its configuration
+with every seed, and its objective is the mean over seeds of its best validation CE minus
+the dense run's of the same seed (`delta_val_ce`; or the mean val CE itself, `val_ce`),
+with the paired t-test's SE, interval and significance, and the spec's verdict
+(criteria.judge_seeds). A trial whose router collapsed (tertiary failed on a seed) is
+reported as such, told to Optuna as failed (so TPE does not steer towards it) and is never
+the sweep's best. With pruning, the first seed's val CE after each epoch goes to Optuna's
+median pruner; a pruned trial stops there (its other seeds do not run), keeps its epochs,
+and is `pruned`, never best.
+
+Writes `sweep_results.json` (the sweep, the dense runs, every trial with its runs, the
+ranking, the best trial and each field's importance) after every trial, so an interrupted
+sweep keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import write_json_atomic
+from .config import check_or_raise, dense_config
+from .criteria import MIN_USAGE_TARGET, judge_seeds
+from .errors import TrainingCancelled
+from .runner import resolve_device, resolve_precision, run_single_experiment
+from .search import Proposer, SweepConfig, check_sweep
+from .statistics import paired_t_test
+
+RESULTS = "sweep_results.json"
+
+
+class SweepRefused(ValueError):
+    """The sweep cannot run as given; the message lists every problem."""
+
+
+def rank(trials: list[dict[str, Any]]) -> list[int]:
+    """Numbers of the trials that can be best, best first: completed, every seed's router
+    healthy (tertiary), a finite objective; ordered by the objective's mean."""
+    eligible = [
+        t for t in trials
+        if t["state"] == "complete" and t["objective"]["mean"] is not None
+        and math.isfinite(t["objective"]["mean"])
+    ]  # fmt: skip
+    return [t["number"] for t in sorted(eligible, key=lambda t: t["objective"]["mean"])]
+
+
+def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> dict[str, Any]:
+    """The trial's objective over its seeds: mean, SE, the paired test's interval, p and
+    significance (for delta_val_ce: the difference from dense, paired by seed)."""
+    from .criteria import best_val_loss
+
+    values = [best_val_loss(r["metrics"]) for r in runs]
+    if sweep.objective == "delta_val_ce":
+        dense_values = [best_val_loss(d["metrics"]) for d in dense]
+        values = [
+            None if v is None or d is None else v - d
+            for v, d in zip(values, dense_values, strict=True)
+        ]
+    test = paired_t_test(values)
+    if test["mean"] is None:  # one seed: the mean alone
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        test["mean"] = sum(finite) / len(finite) if finite else None
+    return {"name": sweep.objective, "values": values, **test}  # fmt: skip
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    out_dir: str | os.PathLike,
+    *,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    device: str | torch.device | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Run the sweep; return (and write) its results. Raises SweepRefused before anything
+    trains when the sweep cannot run."""
+    from .data import build_datasets
+
+    problems = check_sweep(sweep)
+    if problems:
+        raise SweepRefused("; ".join(problems))
+    base = sweep.base_config()
+    if data_dir is not None or cache_dir is not None:
+        base = base.model_copy(
+            update={k: v for k, v in {"data_dir": data_dir, "cache_dir": cache_dir}.items() if v}
+        )
+    device = resolve_device(device)
+    base = base.model_copy(update={"precision": resolve_precision(base.precision, device)})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if verbose else (lambda *a, **k: None)
+    data = build_datasets(base)
+    seeds = list(range(base.seed, base.seed + sweep.seeds))
+    started = time.perf_counter()
+
+    def train(config, run_base, *, dense=False, on_epoch_end=None, should_stop=None):
+        return run_single_experiment(config, data.train, data.val, run_base, device, dense=dense,
+                                     on_epoch_end=on_epoch_end, should_stop=should_stop,
+                                     test_dataset=data.test, verbose=False)  # fmt: skip
+
+    report: dict[str, Any] = {"sweep": sweep.model_dump(mode="json"), "base": base.model_dump(mode="json"),
+                              "device": str(device), "dense": [], "trials": []}  # fmt: skip
+
+    def write() -> None:
+        order = rank(report["trials"])
+        report.update(ranking=order, best=order[0] if order else None,
+                      seconds=time.perf_counter() - started)  # fmt: skip
+        write_json_atomic(out / RESULTS, report)
+
+    for seed in seeds:
+        seeded = base.model_copy(update={"seed": seed})
+        result = train(dense_config(seeded), seeded, dense=True)
+        report["dense"].append(result)
+        say(
+            f"dense (seed {seed}): best val CE {result['metrics']['best_val_ce_loss']:.4f}",
+            flush=True,
+        )
+    write()
+
+    proposer = Proposer(sweep)
+    for _ in range(sweep.budget()):
+        asked = proposer.ask()
+        if asked is None:
+            break
+        number, params = asked
+        trial = _run_trial(sweep, proposer, number, params, base, seeds, report["dense"], train)
+        report["trials"].append(trial)
+        proposer.tell(number, "complete" if trial["state"] == "complete" else
+                      "pruned" if trial["state"] == "pruned" else "failed",
+                      trial["objective"]["mean"])  # fmt: skip
+        say(_line(trial), flush=True)
+        report["importance"] = proposer.importance()
+        write()
+    report["importance"] = proposer.importance()
+    write()
+    if verbose:
+        say(format_ranking(report))
+    return report
+
+
+def _run_trial(sweep, proposer, number, params, base, seeds, dense, train) -> dict[str, Any]:
+    trial: dict[str, Any] = {"number": number, "params": params, "runs": [], "state": "complete",
+                             "pruned_at_epoch": None, "error": None}  # fmt: skip
+    for i, seed in enumerate(seeds):
+        config, trial_base = sweep.trial_configs(
+            params, base.model_copy(update={"seed": seed}), number
+        )
+        check_or_raise(config, trial_base)
+        # Pruning reads the first seed's curve: the others run only once it survived.
+        watch = _PruneWatch(proposer, number, report=sweep.prune and i == 0)
+        try:
+            result = train(config, trial_base, on_epoch_end=watch, should_stop=watch.should_stop)
+        except TrainingCancelled:
+            trial.update(state="pruned", pruned_at_epoch=len(watch.epochs), epochs=watch.epochs)
+            break
+        except (RuntimeError, ValueError) as exc:  # a diverged run, a config the data refuses
+            trial.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+            break
+        trial["runs"].append(result)
+    runs = trial["runs"]
+    if trial["state"] == "complete":
+        trial["verdict"] = judge_seeds(runs, dense[: len(runs)])
+        trial["objective"] = objective_of(sweep, runs, dense[: len(runs)])
+        if not trial["verdict"]["tertiary"]["passed"]:
+            # The loss may look good while some expert gets almost nothing: not a result.
+            trial["state"] = "tertiary_failed"
+    else:
+        trial["verdict"] = None
+        trial["objective"] = {
+            "name": sweep.objective,
+            "mean": None,
+            "se": None,
+            "significant": None,
+        }
+    return trial  # fmt: skip
+
+
+class _PruneWatch:
+    """A run's epoch callback: keeps its epochs and, when it `report`s, hands each epoch's
+    val CE to the pruner; `should_stop` turns true once the pruner says so (the Trainer
+    consults it before the next step)."""
+
+    def __init__(self, proposer: Proposer, number: int, *, report: bool) -> None:
+        self.proposer, self.number, self.report = proposer, number, report
+        self.epochs: list[dict[str, Any]] = []
+        self.prune = False
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.epochs.append(record)
+        val = record.get("val") or {}
+        if self.report and val.get("ce_loss") is not None:
+            self.prune = self.proposer.report(self.number, val["ce_loss"], record["epoch"])
+
+    def should_stop(self) -> bool:
+        return self.prune
+
+
+def _line(trial: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial["params"].items())
+    o = trial["objective"]
+    if trial["state"] == "pruned":
+        return f"trial {trial['number']}: {params}: pruned after epoch {trial['pruned_at_epoch']}"
+    if trial["state"] == "failed":
+        return f"trial {trial['number']}: {params}: failed ({trial['error']})"
+    se = f" ± {o['se']:.4f}" if o.get("se") is not None else ""
+    note = (
+        f"  (router collapsed: an expert under {MIN_USAGE_TARGET:g}%)"
+        if trial["state"] == "tertiary_failed"
+        else ""
+    )
+    return f"trial {trial['number']}: {params}: {o['name']} {o['mean']:+.4f}{se}{note}"  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else json.dumps(value)
+
+
+def format_ranking(report: dict[str, Any]) -> str:
+    """The trials, best first, then the pruned, failed and collapsed ones; each field's
+    importance."""
+    by_number = {t["number"]: t for t in report["trials"]}
+    ranked = [by_number[n] for n in report.get("ranking", [])]
+    rest = [t for t in report["trials"] if t["number"] not in report.get("ranking", [])]
+    lines = [f"{'#':>3}  {'objective':>18}  {'95% CI':>19}  sig  params"]
+    for t in ranked + rest:
+        o = t["objective"]
+        if o.get("mean") is None:
+            value, ci, sig = t["state"], "", ""
+        else:
+            value = f"{o['mean']:+.4f}" + (f" ± {o['se']:.4f}" if o.get("se") is not None else "")
+            ci = f"[{o['ci_low']:+.4f}, {o['ci_high']:+.4f}]" if o.get("ci_low") is not None else ""
+            sig = {True: "yes", False: "no"}.get(o.get("significant"), "-")
+            if t["state"] != "complete":
+                value += f" {t['state']}"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in t["params"].items())
+        lines.append(f"{t['number']:>3}  {value:>18}  {ci:>19}  {sig:>3}  {params}")
+    if report.get("importance"):
+        lines.append(
+            "importance (fANOVA): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in report["importance"].items())
+        )
+    return "\n".join(lines)  # fmt: skip
