@@ -115,7 +115,9 @@ def write(database: str, experiment_id: int, owner: str, rec: dict) -> None:
         leases.record_epoch(session=session, experiment_id=experiment_id, owner=owner, record=rec)
 
 
-def write_steps(database: str, experiment_id: int, owner: str, points: list, every: int = 1) -> None:
+def write_steps(
+    database: str, experiment_id: int, owner: str, points: list, every: int = 1
+) -> None:
     with session_scope(database) as session:
         leases.record_steps(session=session, experiment_id=experiment_id, owner=owner,
                             every=every, points=points)  # fmt: skip
