@@ -309,7 +309,9 @@ def verdict_table(verdict: Mapping[str, Any]) -> Table:
         "secondary",
         "speed",
         f"{num(s.get('tokens_per_sec'), ',.0f')} tok/s vs dense "
-        f"{num(s.get('dense_tokens_per_sec'), ',.0f')} (x{num(s.get('throughput_ratio'), '.2f')})"
+        f"{num(s.get('dense_tokens_per_sec'), ',.0f')} (x{num(s.get('throughput_ratio'), '.2f')}"
+        + (f"; {s['throughput_note']}" if s.get("throughput_note") else "")
+        + ")"
         + params,
     )
     layers = ", ".join(
