@@ -224,8 +224,8 @@ def metrics(
         typer.Option("--steps", help="the step points (every K steps) instead of the epochs"),
     ] = False,
 ) -> None:
-    """Per-epoch metrics: losses, throughput and the last MoE layer's routing; with
-    --steps, the step points: loss, CE, aux, learning rate, gradient norm, tokens/s."""
+    """Per-epoch metrics: losses, throughput and the last MoE layer's routing (--steps:
+    the step points, every K steps: loss, CE, aux, learning rate, gradient norm, tokens/s)."""
     if steps:
         _step_metrics(ctx, experiment_id, as_csv=as_csv, as_json=as_json)
         return
@@ -253,7 +253,9 @@ def _step_metrics(ctx: typer.Context, experiment_id: int, *, as_csv: bool, as_js
         writer.writeheader()
         writer.writerows(answer["points"])
         return
-    every = f"a point every {answer['every']} steps" if answer["every"] else "no points yet"
+    every = {None: "no points yet", 1: "a point every step"}.get(
+        answer["every"], f"a point every {answer['every']} steps"
+    )
     title = f"experiment {experiment_id}: {every}"
     render.console().print(render.steps_table(answer["points"], title=title))
 
