@@ -108,3 +108,33 @@ def test_points_continue_after_a_mid_epoch_resume_without_duplicates(micro_data,
     walls = [p["wall_time"] for p in parts]
     assert walls == sorted(walls)  # the clock continues over the resume
     assert all(p["tokens_per_sec"] > 0 for p in parts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a GPU")
+def test_on_a_gpu_points_arrive_without_a_sync_per_step(monkeypatch):
+    """Points are delivered as their copies complete, not by synchronising: the Trainer
+    syncs twice an epoch (a segment's start and close), whatever the number of points."""
+    syncs = []
+    synchronize = torch.cuda.synchronize
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: (syncs.append(1), synchronize(*a)))
+    base = base_config("micro", seq_len=16, learning_rate=1e-3)
+    config = ExperimentConfig(name="t", expert_dim=64, batch_size=8)
+    from torch.utils.data import DataLoader
+
+    from moe_core.runner import build_model, build_optimizer
+    from moe_core.trainer import Trainer
+    from tests.moe_core.test_trainer import random_blocks
+
+    model = build_model(config, base).to("cuda")
+    calls: list = []
+    trainer = Trainer(model, DataLoader(random_blocks(64), batch_size=8, shuffle=True),
+                      DataLoader(random_blocks(8, seed=1), batch_size=8),
+                      build_optimizer(model, config, base), "cuda", verbose=False,
+                      on_steps=calls.append, step_metrics_every=1)  # fmt: skip
+    trainer.train(2)
+    points = [p for call in calls for p in call]
+    assert [p["step"] for p in points] == list(range(1, 17))
+    assert len(syncs) <= 4  # two epochs, two syncs each
+    assert all(p["grad_norm"] > 0 and p["tokens_per_sec"] > 0 for p in points)
+    walls = [p["wall_time"] for p in points]
+    assert walls == sorted(walls)
