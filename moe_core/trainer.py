@@ -129,6 +129,15 @@ class Trainer:
         self.progress: EpochProgress | None = None  # the epoch in progress, if any
         self._trained: EpochProgress | None = None  # the last epoch train_epoch finished
 
+    @property
+    def on_steps(self) -> StepsCallback | None:
+        """The step-point hook (moe_core.step_points holds it, with the points' state)."""
+        return self.step_points.on_steps
+
+    @on_steps.setter
+    def on_steps(self, hook: StepsCallback | None) -> None:
+        self.step_points.on_steps = hook
+
     # ------------------------------------------------------------------ temperature
 
     def temperature_for_epoch(self, epoch_index: int) -> float | None:

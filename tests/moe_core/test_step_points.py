@@ -70,7 +70,9 @@ def test_without_a_k_a_run_takes_at_most_2000_points():
     assert records.step_metrics_every(2001) == 2
     assert records.step_metrics_every(200 * 1000) == 100
     calls = []
-    trainer = make_trainer(on_steps=calls.append)
+    trainer = make_trainer()
+    trainer.on_steps = calls.append  # an attribute, like the other hooks
+    assert trainer.on_steps == calls.append
     trainer.train(2)
     assert [p["step"] for call in calls for p in call] == list(range(1, 9))
 
