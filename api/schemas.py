@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from api.requests import PRESETS_STATED
-from moe_core.records import EpochFigures
+from moe_core.records import EpochFigures, StepPoint
 from moe_core.statistics import CONFIDENCE, confidence_label
 from store.models import Status
 
@@ -172,6 +172,16 @@ class MetricsRead(BaseModel):
     status: Status
     # The engine's own record of an epoch (moe_core.records), as the store keeps it.
     epochs: list[EpochFigures]
+
+
+class StepsRead(BaseModel):
+    experiment_id: int
+    every: int | None = Field(
+        description="a point every this many steps (so that a run keeps at most ~2,000); "
+        "null before a worker starts the run"
+    )
+    # The engine's own step point (moe_core.records), as the store keeps it.
+    points: list[StepPoint]
 
 
 class EpochLosses(BaseModel):

@@ -8,7 +8,6 @@ no label smoothing), so runs with different regularisers compare on model qualit
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,10 +56,45 @@ def generalisation_gap(metrics: Mapping[str, Any]) -> float | None:
     return pair[0] - pair[1] if len(pair) == 2 else None
 
 
+def _counted_epochs(metrics: Mapping[str, Any]) -> list[int]:
+    """0-based indices of the epochs whose speed counts: all but the first when there are
+    several (the first pays for warm-up: compilation, caches, allocator), else the one."""
+    n = len(metrics.get("tokens_per_sec") or [])
+    return list(range(1, n)) if n > 1 else list(range(n))
+
+
 def throughput(metrics: Mapping[str, Any]) -> float | None:
-    """Median training tokens/s over epochs: robust to the first epoch's warm-up."""
-    values = _finite(metrics.get("tokens_per_sec"))
-    return statistics.median(values) if values else None
+    """Training tokens/s of the run, its first epoch excluded when it has several (see
+    _counted_epochs): the tokens of the counted epochs over their seconds, that is each
+    epoch's tokens/s weighted by its steps (a step is the same number of tokens throughout
+    a run), not a mean of rates."""
+    speeds, steps = metrics.get("tokens_per_sec") or [], metrics.get("steps") or []
+    pairs = [
+        (steps[i] if i < len(steps) and steps[i] else 1, speeds[i])
+        for i in _counted_epochs(metrics)
+        if speeds[i] is not None and math.isfinite(speeds[i]) and speeds[i] > 0
+    ]
+    if not pairs:
+        return None
+    return sum(n for n, _ in pairs) / sum(n / tps for n, tps in pairs)
+
+
+def throughput_note(metrics: Mapping[str, Any]) -> str | None:
+    """Which epochs `throughput` counts, in words (None: the run has no epoch)."""
+    counted = _counted_epochs(metrics)
+    if not counted:
+        return None
+    if counted == [0]:
+        return "one epoch, its warm-up (compilation, caches) included"
+    epochs = "epoch 2" if len(counted) == 1 else f"epochs 2-{counted[-1] + 1}"
+    return f"{epochs}, the first (warm-up: compilation, caches) excluded"
+
+
+def _throughput_note(m: Mapping[str, Any], dm: Mapping[str, Any]) -> str | None:
+    note, dense_note = throughput_note(m), throughput_note(dm) if dm else None
+    if dense_note is None or dense_note == note:
+        return note
+    return f"{note}; dense run: {dense_note}"
 
 
 def _timing(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -179,6 +213,9 @@ def judge(
         "tokens_per_sec": tps,
         "dense_tokens_per_sec": dense_tps,
         "throughput_ratio": _ratio(tps, dense_tps),
+        # which epochs the tokens/s count (throughput): the first is warm-up when there
+        # are several
+        "throughput_note": _throughput_note(m, dm),
         "params": result.get("params"),
         "active_params": result.get("active_params"),
         "dense_params": dense_result.get("params") if dense_result is not None else None,
@@ -252,6 +289,11 @@ def judge_seeds(
     sec = [v["secondary"] for v in per_seed]
     secondary = {
         **{k: avg(k, sec) for k in ("tokens_per_sec", "dense_tokens_per_sec", "throughput_ratio")},
+        # the seeds' notes, once each (they agree unless the seeds ran different epochs)
+        "throughput_note": "; ".join(
+            dict.fromkeys(s["throughput_note"] for s in sec if s["throughput_note"])
+        )
+        or None,
         "params": sec[0]["params"],
         "active_params": sec[0]["active_params"],
         "dense_params": sec[0]["dense_params"],
@@ -355,7 +397,9 @@ def format_verdict(name: str, verdict: Mapping[str, Any]) -> str:
     params = "" if active is None else f"; params {s['params']:,} ({active:,} active per token)"
     lines.append(
         f"  · SECONDARY {_num(s['tokens_per_sec'], ',.0f')} tok/s vs dense {_num(s['dense_tokens_per_sec'], ',.0f')}"
-        f" (x{_num(s['throughput_ratio'], '.2f')}); time fwd/bwd/opt"
+        f" (x{_num(s['throughput_ratio'], '.2f')}"
+        + (f"; {s['throughput_note']}" if s.get("throughput_note") else "")
+        + "); time fwd/bwd/opt"
         f" {timing['forward_fraction']:.0%}/{timing['backward_fraction']:.0%}/{timing['optimizer_fraction']:.0%}"
         + params
     )

@@ -1,9 +1,9 @@
 """The records a training run produces, declared once: the epoch record the Trainer hands
 to `on_epoch_end` (its figures, EpochFigures, are what the store keeps and the API serves),
-the progress report it hands to `on_progress`, and the metrics history `get_metrics()`
-returns. Torch-free: the Trainer builds them, store.results keeps them in columns (its
-columns follow these keys), the API serves them as they are declared here (descriptions
-included), and the test factories build them; tests/moe_core/test_records.py holds every
+the progress report it hands to `on_progress`, the step points it hands to `on_steps`, and
+the metrics history `get_metrics()` returns. Torch-free: the Trainer builds them,
+store.results keeps them in columns (its columns follow these keys), the API serves them as
+they are declared here (descriptions included), and the test factories build them; tests/moe_core/test_records.py holds every
 one of those to these keys.
 """
 
@@ -133,6 +133,41 @@ class ProgressReport(TypedDict):
     step: int  # steps done in this epoch
     steps_per_epoch: int
     tokens: int  # trained on in this epoch
+
+
+class StepPoint(TypedDict):
+    """One training step's figures, taken every `every` steps (step_metrics_every): what
+    `Trainer.on_steps` receives, the store keeps (step_metrics) and the API serves
+    (GET /experiments/{id}/steps, the event stream's `steps` events)."""
+
+    step: Annotated[
+        int, Field(description="the run's optimizer steps after this one, from 1, across epochs")
+    ]
+    epoch: Annotated[int, Field(description="from 1")]
+    tokens: Annotated[int, Field(description="training tokens seen by the run so far")]
+    wall_time: Annotated[
+        float, Field(description="seconds of training since the run started (evaluation excluded)")
+    ]
+    loss: Annotated[float | None, Field(description="this step's objective")]
+    ce_loss: Annotated[float | None, Field(description="this step's cross-entropy")]
+    aux_loss: Annotated[float | None, Field(description="this step's weighted aux loss")]
+    learning_rate: float
+    grad_norm: Annotated[
+        float | None,
+        Field(description="the total gradient norm that clipping computed, before clipping"),
+    ]
+    tokens_per_sec: Annotated[
+        float | None, Field(description="training tokens/s since the previous point")
+    ]
+
+
+# A run keeps at most about this many step points, whatever its length.
+MAX_STEP_POINTS = 2000
+
+
+def step_metrics_every(total_steps: int, max_points: int = MAX_STEP_POINTS) -> int:
+    """Every how many steps a run of `total_steps` takes a point, to keep <= max_points."""
+    return max(1, math.ceil(total_steps / max_points))
 
 
 def keys(record_type: type) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from .data import Batches, TokenBlocks
 from .errors import CheckpointMismatch
 from .model import GPT, GPTConfig
 from .sizing import parameters
+from .step_points import StepsCallback
 from .trainer import EpochCallback, ProgressCallback, Trainer
 
 
@@ -100,6 +101,11 @@ def batches(
                       generator=generator)  # fmt: skip
 
 
+def steps_per_epoch(train_dataset: Dataset, batch_size: int) -> int:
+    """Training steps per epoch: full batches only (the last partial one is dropped)."""
+    return len(train_dataset) // batch_size
+
+
 def run_single_experiment(
     config: ExperimentConfig,
     train_dataset: Dataset,
@@ -110,6 +116,8 @@ def run_single_experiment(
     dense: bool = False,
     on_epoch_end: EpochCallback | None = None,
     on_progress: ProgressCallback | None = None,
+    on_steps: StepsCallback | None = None,
+    step_metrics_every: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_tag: str | None = None,
@@ -131,7 +139,9 @@ def run_single_experiment(
     `checkpoint_path` resumes from that file when it exists (mid-epoch too) and rewrites it
     every epoch and at a stop; with `checkpoint_tag`, only a checkpoint carrying the same
     tag is resumed from (another belongs to another run: training starts afresh).
-    `model_path` receives the final (best, under early stopping) weights. Raises
+    `model_path` receives the final (best, under early stopping) weights. `on_steps`
+    receives a StepPoint every `step_metrics_every` steps (None: so that the run takes at
+    most ~2,000). Raises
     `TrainingCancelled` when `should_stop` ends the run.
     """
     check_or_raise(config, base_config, dense=dense)
@@ -168,6 +178,8 @@ def run_single_experiment(
         label_smoothing=config.label_smoothing,
         on_epoch_end=on_epoch_end,
         on_progress=on_progress,
+        on_steps=on_steps,
+        step_metrics_every=step_metrics_every,
         should_stop=should_stop,
         checkpoint_path=checkpoint_path,
         checkpoint_tag=checkpoint_tag,

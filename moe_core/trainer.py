@@ -3,6 +3,7 @@ checkpoint/resume, for any model whose forward returns (logits, aux_loss).
 
 The service plugs in through hooks that the Trainer knows nothing about: `on_epoch_end`
 receives each finished epoch's complete record (moe_core.records.EpochRecord),
+`on_steps` a point of figures every `step_metrics_every` steps (moe_core.step_points),
 `on_progress` where training is after every step and as each evaluation starts (a
 ProgressReport: host values, no device sync), and `should_stop` is consulted before every
 training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
@@ -38,9 +39,11 @@ from .epoch import EpochProgress
 from .errors import CheckpointMismatch, TrainingCancelled, TrainingDiverged
 from .model import MoELayer
 from .records import HISTORY_FIELDS, EpochRecord, MetricsHistory, ProgressReport
+from .records import step_metrics_every as default_step_metrics_every
 from .reporting import ConsoleReporter
 from .routing_stats import EvalRouting, TrainingRouting
 from .step import LossStep, PhaseClock
+from .step_points import StepPoints, StepsCallback
 
 __all__ = ["Trainer", "TrainingCancelled", "TrainingDiverged", "CheckpointMismatch", "GRAD_CLIP"]
 
@@ -70,6 +73,8 @@ class Trainer:
         label_smoothing: float = 0.0,
         on_epoch_end: EpochCallback | None = None,
         on_progress: ProgressCallback | None = None,
+        on_steps: StepsCallback | None = None,
+        step_metrics_every: int | None = None,
         should_stop: Callable[[], bool] | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_tag: str | None = None,
@@ -92,6 +97,9 @@ class Trainer:
         self.label_smoothing = label_smoothing
         self.on_epoch_end = on_epoch_end
         self.on_progress = on_progress
+        # None: train() picks it so that the run takes at most ~2,000 points.
+        self.step_metrics_every = step_metrics_every
+        self.step_points = StepPoints(self.device, on_steps, step_metrics_every)
         self.should_stop = should_stop
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         # Names the run a checkpoint belongs to: one with another tag is not resumed from.
@@ -120,6 +128,15 @@ class Trainer:
         self.gating_temperature: float | None = None
         self.progress: EpochProgress | None = None  # the epoch in progress, if any
         self._trained: EpochProgress | None = None  # the last epoch train_epoch finished
+
+    @property
+    def on_steps(self) -> StepsCallback | None:
+        """The step-point hook (moe_core.step_points holds it, with the points' state)."""
+        return self.step_points.on_steps
+
+    @on_steps.setter
+    def on_steps(self, hook: StepsCallback | None) -> None:
+        self.step_points.on_steps = hook
 
     # ------------------------------------------------------------------ temperature
 
@@ -206,14 +223,22 @@ class Trainer:
             batches = self._resumed_batches(self.progress)
         progress = self.progress
         clocks = []  # per step: (start, forward done, backward done, optimizer done)
+        points = self.step_points
+        if points.every is None:  # train_epoch() on its own: points for this one epoch
+            points.every = self.step_metrics_every or default_step_metrics_every(
+                len(self.train_loader)
+            )
         self.clock.sync()
         segment_start = time.perf_counter()
+        points.begin_segment()
 
         def close_segment() -> None:
             # Fold this segment's clocks into the progress (one device sync).
             self.clock.sync()
             seconds = progress.seconds
-            seconds["wall"] += time.perf_counter() - segment_start
+            wall = time.perf_counter() - segment_start
+            seconds["wall"] += wall
+            points.close_segment(wall)  # the points still waiting, before any checkpoint
             seconds["forward"] += sum(self.clock.seconds(t0, t1) for t0, t1, _, _ in clocks)
             seconds["backward"] += sum(self.clock.seconds(t1, t2) for _, t1, t2, _ in clocks)
             seconds["optimizer"] += sum(self.clock.seconds(t2, t3) for _, _, t2, t3 in clocks)
@@ -235,8 +260,10 @@ class Trainer:
             t1 = self.clock.now()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+            # The total norm before clipping, kept on the device (a step point reads it).
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
             t2 = self.clock.now()
+            learning_rate = self.optimizer.param_groups[0]["lr"]  # the one this step uses
             self.optimizer.step()
             for layer, stats in zip(self.moe_layers, routing, strict=True):
                 layer.update_expert_bias(stats.counts)  # aux-loss-free balancing, if on
@@ -248,6 +275,9 @@ class Trainer:
             progress.steps += 1
             progress.tokens += y.numel()
             self.current_step += 1
+            points.after_step(step=self.current_step, epoch=self.epoch + 1, tokens=y.numel(),
+                              learning_rate=learning_rate, loss=loss, ce=ce, aux=aux,
+                              grad_norm=grad_norm)  # fmt: skip
             self._report("training", progress)
 
         close_segment()
@@ -375,6 +405,10 @@ class Trainer:
         checkpointing (the finished epochs were delivered to `on_epoch_end`).
         """
         h = self.history
+        if self.step_points.every is None:
+            self.step_points.every = self.step_metrics_every or default_step_metrics_every(
+                num_epochs * len(self.train_loader)
+            )
         while h.epoch < num_epochs and not h.stopped_early:
             epoch_index = h.epoch
             self._set_temperature(epoch_index)
@@ -468,6 +502,7 @@ class Trainer:
             "best_state": self.best_state,
             "progress": self.progress.state() if self.progress is not None else None,
             "history": self.history.state(),
+            "step_points": self.step_points.state(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -484,6 +519,7 @@ class Trainer:
         progress = state.get("progress")
         self.progress = EpochProgress.from_state(progress, self.device) if progress else None
         self.history = MetricsHistory.from_state(state["history"])
+        self.step_points.load_state(state.get("step_points"))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():

@@ -203,6 +203,12 @@ class Client:
     def metrics(self, experiment_id: int) -> dict:
         return self._json("GET", f"/experiments/{experiment_id}/metrics")
 
+    def steps(self, experiment_id: int, after_step: int | None = None) -> dict:
+        """The run's step points: {experiment_id, every, points} (the points after
+        `after_step`, when given)."""
+        params = {"after_step": after_step} if after_step is not None else None
+        return self._json("GET", f"/experiments/{experiment_id}/steps", params=params)
+
     def result(self, experiment_id: int) -> dict:
         return self._json("GET", f"/experiments/{experiment_id}/result")
 

@@ -219,8 +219,16 @@ def metrics(
     experiment_id: Annotated[int, typer.Argument(metavar="ID")],
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
     as_json: JsonOption = False,
+    steps: Annotated[
+        bool,
+        typer.Option("--steps", help="the step points (every K steps) instead of the epochs"),
+    ] = False,
 ) -> None:
-    """Per-epoch metrics: losses, throughput and the last MoE layer's routing."""
+    """Per-epoch metrics: losses, throughput and the last MoE layer's routing (--steps:
+    the step points, every K steps: loss, CE, aux, learning rate, gradient norm, tokens/s)."""
+    if steps:
+        _step_metrics(ctx, experiment_id, as_csv=as_csv, as_json=as_json)
+        return
     answer = api(ctx).metrics(experiment_id)
     if as_json:
         print_json(answer)
@@ -233,6 +241,23 @@ def metrics(
         return
     out = render.console()
     out.print(render.metrics_table(rows, title=f"experiment {experiment_id} ({answer['status']})"))
+
+
+def _step_metrics(ctx: typer.Context, experiment_id: int, *, as_csv: bool, as_json: bool) -> None:
+    answer = api(ctx).steps(experiment_id)
+    if as_json:
+        print_json(answer)
+        return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(render.STEPS_COLUMNS))
+        writer.writeheader()
+        writer.writerows(answer["points"])
+        return
+    every = {None: "no points yet", 1: "a point every step"}.get(
+        answer["every"], f"a point every {answer['every']} steps"
+    )
+    title = f"experiment {experiment_id}: {every}"
+    render.console().print(render.steps_table(answer["points"], title=title))
 
 
 @app.command()

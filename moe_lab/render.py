@@ -176,6 +176,29 @@ def metrics_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -
     return out
 
 
+STEPS_COLUMNS = {
+    "step": ("step", "d"),
+    "epoch": ("epoch", "d"),
+    "tokens": ("tokens", ",d"),
+    "wall_time": ("time s", ".1f"),
+    "loss": ("loss", ".4f"),
+    "ce_loss": ("CE", ".4f"),
+    "aux_loss": ("aux", ".4f"),
+    "learning_rate": ("lr", ".2e"),
+    "grad_norm": ("grad norm", ".3f"),
+    "tokens_per_sec": ("tokens/s", ",.0f"),
+}
+
+
+def steps_table(points: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
+    """One row per step point (moe_core.records.StepPoint), its keys as the columns."""
+    headers = [header for header, _ in STEPS_COLUMNS.values()]
+    out = table(*headers, title=title, right=headers)
+    for point in points:
+        out.add_row(*(num(point.get(key), spec) for key, (_, spec) in STEPS_COLUMNS.items()))
+    return out
+
+
 # --------------------------------------------------------------------------- compare
 
 
@@ -286,7 +309,9 @@ def verdict_table(verdict: Mapping[str, Any]) -> Table:
         "secondary",
         "speed",
         f"{num(s.get('tokens_per_sec'), ',.0f')} tok/s vs dense "
-        f"{num(s.get('dense_tokens_per_sec'), ',.0f')} (x{num(s.get('throughput_ratio'), '.2f')})"
+        f"{num(s.get('dense_tokens_per_sec'), ',.0f')} (x{num(s.get('throughput_ratio'), '.2f')}"
+        + (f"; {s['throughput_note']}" if s.get("throughput_note") else "")
+        + ")"
         + params,
     )
     layers = ", ".join(

@@ -23,11 +23,13 @@ from store.models import (
     Experiment,
     ExpertStats,
     Status,
+    StepMetrics,
     Study,
     Worker,
     utcnow,
 )
 from store.results import epoch_rows, finite, json_safe, result_columns
+from store.steps import step_rows
 
 
 class LostOwnership(Exception):
@@ -336,6 +338,26 @@ def record_epoch(
     _upsert(session, EpochMetrics, [metrics_row], ["experiment_id", "epoch"])
     if stats_rows:
         _upsert(session, ExpertStats, stats_rows, ["experiment_id", "epoch", "layer", "kind"])
+    session.commit()
+
+
+def record_steps(
+    *, session: Session, experiment_id: int, owner: str, every: int,
+    points: list[records.StepPoint],
+) -> None:  # fmt: skip
+    """Write step points, and the K they are taken every, in one transaction (committed).
+
+    Upserts on (experiment, step): a run resumed from an older checkpoint replays steps,
+    and their points are overwritten, never duplicated. Raises LostOwnership, writing
+    nothing, when another worker owns the run now."""
+    owned = session.execute(
+        _update_owned(experiment_id, owner).values(step_metrics_every=every)
+    ).rowcount
+    if owned != 1:
+        session.rollback()
+        raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")
+    if points:
+        _upsert(session, StepMetrics, step_rows(experiment_id, points), ["experiment_id", "step"])
     session.commit()
 
 

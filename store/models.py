@@ -180,6 +180,8 @@ class Experiment(Base):
     oom_handbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # bf16 or fp32: what it trains in, fixed when it first starts (null before).
     precision: Mapped[str | None] = mapped_column(String(10))
+    # Every how many steps its worker takes a step point (step_metrics); null before.
+    step_metrics_every: Mapped[int | None] = mapped_column(Integer)
     # When the run's task was last published (or, published with a delay, becomes due); a
     # run queued long after that, while a worker sat idle, lost its message and is
     # published again.
@@ -236,6 +238,28 @@ class EpochMetrics(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
+
+
+class StepMetrics(Base):
+    """A step point (moe_core.records.StepPoint), every `step_metrics_every` steps; a step
+    replayed after a resume overwrites its row."""
+
+    __tablename__ = "step_metrics"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    wall_time: Mapped[float] = mapped_column(Float)
+    # Null: not finite (a diverging step).
+    loss: Mapped[float | None] = mapped_column(Float)
+    ce_loss: Mapped[float | None] = mapped_column(Float)
+    aux_loss: Mapped[float | None] = mapped_column(Float)
+    learning_rate: Mapped[float] = mapped_column(Float)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    tokens_per_sec: Mapped[float | None] = mapped_column(Float)
 
 
 class StatsKind(enum.StrEnum):

@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     # An event stream (GET /experiments/{id}/events) looks at its run this often; one read
     # per interval per run and API process, however many streams follow it.
     event_poll_seconds: float = Field(1.0, gt=0)
-    # A running run's worker writes its progress (step, tokens/s, ETA) this often.
+    # A running run's worker writes its progress (step, tokens/s, ETA) and its new step
+    # points this often.
     progress_interval: float = Field(2.0, gt=0)
     # A worker whose database goes away at an epoch's end waits this long for it, retrying,
     # with training paused (the epoch's checkpoint follows its rows), instead of failing.

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from moe_core.config import base_config, get_experiment_configs
-from moe_core.records import EpochRecord, EvalLayerRouting, LayerRouting, Losses
+from moe_core.records import EpochRecord, EvalLayerRouting, LayerRouting, Losses, StepPoint
 from store import catalogue, leases
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status, utcnow
@@ -37,6 +37,14 @@ def new_experiment(database: str, name: str = "t") -> int:
         )
         session.commit()
         return experiment.id
+
+
+def step_point(step: int, *, epoch: int = 1, loss: float = 5.0) -> StepPoint:
+    """A step point as the Trainer's on_steps delivers it (moe_core.records.StepPoint):
+    512 tokens a step, 0.01 s a step."""
+    return {"step": step, "epoch": epoch, "tokens": 512 * step, "wall_time": 0.01 * step,
+            "loss": loss, "ce_loss": loss - 0.01, "aux_loss": 0.01, "learning_rate": 1e-3,
+            "grad_norm": 0.5 + step / 1000, "tokens_per_sec": 51200.0}  # fmt: skip
 
 
 def record(epoch: int, loss: float, layers: tuple[int, ...] = (2, 4)) -> EpochRecord:
@@ -105,6 +113,14 @@ def claim(
 def write(database: str, experiment_id: int, owner: str, rec: dict) -> None:
     with session_scope(database) as session:
         leases.record_epoch(session=session, experiment_id=experiment_id, owner=owner, record=rec)
+
+
+def write_steps(
+    database: str, experiment_id: int, owner: str, points: list, every: int = 1
+) -> None:
+    with session_scope(database) as session:
+        leases.record_steps(session=session, experiment_id=experiment_id, owner=owner,
+                            every=every, points=points)  # fmt: skip
 
 
 def counts(database: str, experiment_id: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ Any worker that takes the run resumes it from its checkpoint; epoch rows are ups
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from moe_core.records import EpochRecord, ProgressReport
+from moe_core.records import EpochRecord, ProgressReport, StepPoint
 from store import leases
 from store.db import session_scope
 from store.leases import Claim, LeaseState
@@ -173,6 +174,12 @@ class RunLease:
         self.attempt = 0
         self._state = LeaseState.held  # as the monitor last saw it
         self._pace = Pace()
+        # Step points not yet written, and every how many steps they come (worker.training
+        # sets it): the monitor writes them with the progress, the training thread at an
+        # epoch's end and at a stop, so that no checkpoint is ahead of its points.
+        self.step_metrics_every = 1
+        self._points: list[StepPoint] = []
+        self._points_lock = threading.Lock()
         self._stop = threading.Event()
         self._done = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -220,6 +227,39 @@ class RunLease:
         writes the latest with a heartbeat every `progress_interval` seconds."""
         self._pace.update(info)
 
+    def record_steps(self, points: list[StepPoint]) -> None:
+        """The Trainer's on_steps: kept in memory, written by the monitor with the next
+        progress report; at a stop, written now (the stop's checkpoint comes next)."""
+        with self._points_lock:
+            self._points.extend(points)
+        if self.should_stop():
+            self.write_steps()
+
+    def write_steps(self, *, patient: bool = True) -> None:
+        """Write the points kept so far (fenced: LostOwnership when the run is not ours),
+        waiting out a database outage unless not `patient` (the monitor, which tries again
+        at its next poll rather than stop heartbeating)."""
+        with self._points_lock:
+            points, self._points = self._points, []
+        if not points:
+            return
+
+        def write() -> None:
+            with self._session() as session:
+                leases.record_steps(session=session, experiment_id=self.experiment_id,
+                                    owner=self.owner, every=self.step_metrics_every,
+                                    points=points)  # fmt: skip
+
+        try:
+            if patient:
+                outlasting_outages(self.settings, f"{self!r} steps to {points[-1]['step']}", write)
+            else:
+                write()
+        except (OperationalError, InterfaceError):
+            with self._points_lock:  # kept for the next try
+                self._points[:0] = points
+            raise
+
     def preparing_data(self, *, epoch: int, num_epochs: int) -> None:
         self._pace.num_epochs = num_epochs
         self._pace.update({"phase": "preparing_data", "epoch": epoch, "step": 0,
@@ -250,6 +290,11 @@ class RunLease:
                             reported is None or now - last_report >= self.settings.progress_interval
                         )
                     )
+                    if due:
+                        try:
+                            self.write_steps(patient=False)
+                        except leases.LostOwnership:
+                            pass  # the lease's state, read below, stops the run
                     if now - last_beat >= beat_every or due:
                         leases.heartbeat(
                             session=session, experiment_id=self.experiment_id, owner=self.owner,
@@ -278,6 +323,7 @@ class RunLease:
         log.info("epoch %s: train loss %.4f, val CE %s, %.0f tokens/s, %.1f s", record["epoch"],
                  record["train"]["loss"], f"{val['ce_loss']:.4f}" if val else "-",
                  record["tokens_per_sec"], record.get("duration") or 0.0)  # fmt: skip
+        self.write_steps()  # the epoch's last points before the epoch (and its checkpoint)
 
         def write() -> None:
             with self._session() as session:
@@ -291,6 +337,9 @@ class RunLease:
     # ------------------------------------------------------------------ the end
 
     def finish(self, status: Status, *, error: str | None = None, result: Any = None) -> bool:
+        with contextlib.suppress(leases.LostOwnership):
+            self.write_steps()  # a failed epoch's points (a finished one's are written)
+
         def write() -> bool:
             with self._session() as session:
                 return leases.finish_experiment(

@@ -19,7 +19,13 @@ from moe_core.atomic import write_json_atomic
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
 from moe_core.errors import TrainingCancelled
-from moe_core.runner import resolve_device, resolve_precision, run_single_experiment
+from moe_core.records import step_metrics_every
+from moe_core.runner import (
+    resolve_device,
+    resolve_precision,
+    run_single_experiment,
+    steps_per_epoch,
+)
 from moe_core.sizing import GiB, memory_estimate
 from store import artifacts, catalogue, leases, results, workers
 from store.db import session_scope
@@ -110,6 +116,10 @@ def _train(
         data = _datasets(_with_data_settings(base, settings), lease.should_stop)
         log.info("data: %s training / %s validation blocks of %s tokens", len(data.train),
                  len(data.val), base.seq_len)  # fmt: skip
+        # A step point every K steps, K such that the run keeps at most ~2,000 of them.
+        lease.step_metrics_every = step_metrics_every(
+            base.num_epochs * steps_per_epoch(data.train, config.batch_size)
+        )
         result = run_single_experiment(
             config,
             data.train,
@@ -119,6 +129,8 @@ def _train(
             dense=dense,
             on_epoch_end=lease.record_epoch,
             on_progress=lease.report_progress,
+            on_steps=lease.record_steps,
+            step_metrics_every=lease.step_metrics_every,
             should_stop=lease.should_stop,
             checkpoint_path=directory / artifacts.CHECKPOINT,
             checkpoint_tag=run_key,

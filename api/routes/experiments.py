@@ -24,6 +24,7 @@ from api.schemas import (
     ExperimentRead,
     MetricsRead,
     ResultRead,
+    StepsRead,
     VerdictRead,
 )
 from api.submit import request_hash, store_once, submit
@@ -163,6 +164,28 @@ async def read_experiment_metrics(
 
 
 @router.get(
+    "/{experiment_id}/steps",
+    response_model=StepsRead,
+    responses={**conditional.NOT_MODIFIED, **error_responses(404, 422)},
+)
+async def read_experiment_steps(
+    *,
+    experiment_id: ExperimentId,
+    request: Request,
+    settings: SettingsDep,
+    after_step: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="only the points after this step")
+    ] = None,
+) -> Response:
+    """The run's step points (every `every` steps), in step order; cached like /metrics."""
+    cached = await live.steps_of(experiment_id, settings)
+    if after_step is None:
+        return conditional.answer(request, cached.body, cached.etag)
+    body = live.steps_body(experiment_id, cached.every, cached.after(after_step))
+    return conditional.answer(request, body)
+
+
+@router.get(
     "/{experiment_id}/result",
     response_model=ResultRead,
     responses=error_responses(404, 409, 422, e409="the run has not succeeded"),
@@ -248,8 +271,11 @@ def delete_experiment(
 _EVENT_SCHEMA = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["epoch", "progress", "status"]},
-        "id": {"type": "string", "description": "the last epoch delivered"},
+        "event": {"type": "string", "enum": ["epoch", "steps", "progress", "status"]},
+        "id": {
+            "type": "string",
+            "description": "the last epoch delivered, `E`, or `E:S` once step points were",
+        },
         "data": {"type": "string", "contentMediaType": "application/json"},
     },
     "required": ["event", "id", "data"],
@@ -261,10 +287,11 @@ _EVENT_SCHEMA = {
     response_class=EventSourceResponse,
     responses={
         200: {
-            "description": "server-sent events: `epoch` (an EpochFigures), `progress` (a "
-            "Progress), `status` ({status, error, current_epoch}); the stream ends after a "
-            "terminal status. Each id is the last epoch sent: reconnect with Last-Event-ID "
-            "to resume after it.",
+            "description": "server-sent events: `epoch` (an EpochFigures), `steps` "
+            "({points: [StepPoint]}), `progress` (a Progress), `status` ({status, error, "
+            "current_epoch}); the stream ends after a terminal status. Each id is the last "
+            "epoch sent, `E`, or with step points sent `E:S` (S the last point's step): "
+            "reconnect with Last-Event-ID to resume after it.",
             "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
         },
         **error_responses(404, 422),
@@ -276,11 +303,12 @@ async def follow_experiment(
     settings: SettingsDep,
     last_event_id: Annotated[
         str | None,
-        Header(alias="Last-Event-ID", max_length=20, description="resume after this event"),
+        Header(alias="Last-Event-ID", max_length=32, description="resume after this event"),
     ] = None,
 ) -> EventSourceResponse:
     await live.snapshot_of(experiment_id, settings)  # a 404 before the stream starts
-    stream = live.events(experiment_id, settings, after_epoch=live.last_epoch_sent(last_event_id))
+    epoch, step = live.resume_point(last_event_id)
+    stream = live.events(experiment_id, settings, after_epoch=epoch, after_step=step)
     # A comment every 15 s keeps proxies from closing a quiet stream (an epoch can be long).
     return EventSourceResponse(stream, ping=15)
 

@@ -18,7 +18,7 @@ from moe_core.presets import EXPERIMENT_PRESETS
 from store import catalogue, leases
 from store.db import session_scope
 from tests.environment import ROOT, unavailable
-from tests.factories import claim, fast_base, record, result, succeed
+from tests.factories import claim, fast_base, record, result, step_point, succeed
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
@@ -191,8 +191,10 @@ def test_a_study_over_seeds_shows_each_difference_with_its_interval_and_p_value(
     shot(page, "study-seeds")
 
 
-def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1, 2, 3, 4)):
-    """A finished MoE run of `epochs` epochs and 4 MoE layers, written as a worker would."""
+def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1, 2, 3, 4),
+                  steps_per_epoch: int = 10):  # fmt: skip
+    """A finished MoE run of `epochs` epochs and 4 MoE layers, written as a worker would,
+    with a step point every step (2,000 of them at the defaults: the most a run keeps)."""
     base = base_config("micro", num_epochs=epochs)
     with session_scope(database) as session:
         dense = catalogue.create_experiment(session=session, name="dense", base=base,
@@ -213,6 +215,10 @@ def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1
                     weights = [rng.random() + (2 if i == epoch % 8 else 0) for i in range(8)]
                     layer["usage"] = [100 * w / sum(weights) for w in weights]
             leases.record_epoch(session=session, experiment_id=run_id, owner="w", record=rec)
+        points = [step_point(s, epoch=1 + (s - 1) // steps_per_epoch, loss=1 + 4 * 0.999**s)
+                  for s in range(1, epochs * steps_per_epoch + 1)]  # fmt: skip
+        leases.record_steps(session=session, experiment_id=run_id, owner="w", every=1,
+                            points=points)  # fmt: skip
         for experiment_id, ce in ((dense_id, 3.0), (run_id, 2.9)):
             leases.finish_experiment(session=session, experiment_id=experiment_id, owner="w",
                                    status="succeeded", result=result(ce, dense=experiment_id == dense_id))  # fmt: skip

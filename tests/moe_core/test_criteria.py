@@ -11,7 +11,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from moe_core.config import ExperimentConfig, base_config
-from moe_core.criteria import format_p, format_table, format_verdict, judge, judge_seeds
+from moe_core.criteria import (
+    format_p,
+    format_table,
+    format_verdict,
+    judge,
+    judge_seeds,
+    throughput,
+)
 from moe_core.runner import build_model, build_optimizer, count_parameters
 from moe_core.statistics import CONFIDENCE, mean_se, paired_t_test, t_critical, t_p_value
 from moe_core.study import main
@@ -348,3 +355,44 @@ def test_a_two_seed_micro_study_reports_differences_with_error_bars(micro_base, 
     assert "95% CI of Δ" in out and format_p(saved_delta["p_value"]) in out
     assert saved["table"] == format_table(saved["runs"]["dense"], {"baseline": saved["runs"]["baseline"]},
                                           saved["verdicts"])  # fmt: skip
+
+
+def _speeds(tps: list[float], steps: list[int] | None = None) -> dict:
+    result = _result(val=[4.0] * len(tps), train=[3.9] * len(tps))
+    result["metrics"].update(tokens_per_sec=tps, steps=steps or [10] * len(tps))
+    return result
+
+
+def test_the_throughput_ratio_excludes_the_first_epoch_of_a_longer_run_and_says_so():
+    # The first epoch compiles and warms caches: a fifth of the speed, in both runs.
+    run, dense = _speeds([100.0, 500.0, 500.0, 500.0]), _speeds([50.0, 1000.0, 1000.0, 1000.0])
+    secondary = judge(run, dense)["secondary"]
+    assert secondary["tokens_per_sec"] == pytest.approx(500.0)
+    assert secondary["dense_tokens_per_sec"] == pytest.approx(1000.0)
+    assert secondary["throughput_ratio"] == pytest.approx(0.5)  # not (100+1500)/(50+3000)
+    note = secondary["throughput_note"]
+    assert note == "epochs 2-4, the first (warm-up: compilation, caches) excluded"
+    assert note in format_verdict("run", judge(run, dense))
+    # tokens over seconds of the counted epochs, not a mean of their rates
+    assert throughput(_speeds([1.0, 100.0, 300.0], steps=[10, 10, 10])["metrics"]) == (
+        pytest.approx(20 / (10 / 100 + 10 / 300))
+    )
+    assert throughput(_speeds([1.0, 100.0, 300.0], steps=[10, 30, 10])["metrics"]) == (
+        pytest.approx(40 / (30 / 100 + 10 / 300))
+    )
+    two = judge(_speeds([100.0, 400.0]), _speeds([100.0, 800.0]))["secondary"]
+    assert two["throughput_ratio"] == pytest.approx(0.5)
+    assert two["throughput_note"].startswith("epoch 2, the first (warm-up")
+
+
+def test_with_one_epoch_the_throughput_ratio_includes_warm_up_and_says_so():
+    secondary = judge(_speeds([300.0]), _speeds([600.0]))["secondary"]
+    assert secondary["throughput_ratio"] == pytest.approx(0.5)
+    assert secondary["throughput_note"] == ("one epoch, its warm-up (compilation, caches) included")
+    # a dense run of another length: each run's own rule, both said
+    mixed = judge(_speeds([300.0]), _speeds([100.0, 600.0]))["secondary"]
+    assert mixed["throughput_ratio"] == pytest.approx(0.5)
+    assert "dense run: epoch 2, the first" in mixed["throughput_note"]
+    seeds = judge_seeds([_speeds([300.0, 400.0])] * 2, [_speeds([300.0, 800.0])] * 2)
+    assert seeds["secondary"]["throughput_ratio"] == pytest.approx(0.5)
+    assert seeds["secondary"]["throughput_note"].startswith("epoch 2, the first (warm-up")

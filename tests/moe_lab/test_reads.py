@@ -212,6 +212,9 @@ def test_verdict_shows_each_criterion(cli, seeded):
     tertiary = next(line for line in text.splitlines() if "tertiary" in line)
     assert tertiary.split()[0] == "✓" and "min usage 12.5%" in tertiary
     assert "secondary" in text and "significance unknown" in text
+    # the speed ratio says which epochs it counts: two here, so the second alone
+    secondary = text[text.index("secondary") : text.index("tertiary")]
+    assert "epoch 2, the first (warm-up" in " ".join(secondary.split()), text
     assert json.loads(ok(cli("verdict", seeded.moe, "--json")))["passed"] is True
 
     none = cli("verdict", seeded.loner)

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from api.schemas import MetricsRead
+from api.schemas import MetricsRead, StepsRead
+from moe_core.records import step_metrics_every
 from tests.client import FINISHED, submit, wait_finished
 from tests.factories import fast_base
 from tests.waiting import wait_for
@@ -30,6 +31,7 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(cli
 
     seen: list[tuple[str, int]] = []  # (status, epochs in /metrics) at each poll
     progress: list[dict] = []  # GET /experiments/{id}'s progress while running
+    points_seen: list[tuple[int, int]] = []  # (epochs, step points) while running
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         metrics = client.get(f"/experiments/{run['id']}/metrics").json()
@@ -37,6 +39,9 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(cli
         shown = client.get(f"/experiments/{run['id']}").json()["progress"]
         if shown is not None and shown not in progress:
             progress.append(shown)
+        if metrics["status"] == "running":
+            points = client.get(f"/experiments/{run['id']}/steps").json()["points"]
+            points_seen.append((len(metrics["epochs"]), len(points)))
         if metrics["status"] in FINISHED:
             break
         time.sleep(0.03)
@@ -93,6 +98,21 @@ def test_a_run_goes_queued_running_succeeded_with_epochs_visible_as_they_end(cli
     assert all(0 <= p["step"] <= p["steps_per_epoch"] for p in training)
     assert any(p["tokens_per_sec"] and p["eta_seconds"] is not None for p in training)
     assert final["progress"] is None  # finished: no position
+    # Step points: every K steps of the whole run, each once, written while it ran.
+    steps = client.get(f"/experiments/{run['id']}/steps").json()
+    assert StepsRead.model_validate(steps).model_dump(mode="json") == steps
+    total = result["metrics"]["current_step"]
+    assert steps["every"] == step_metrics_every(total) == 1  # a short run: every step
+    points = steps["points"]
+    assert [p["step"] for p in points] == list(range(1, total + 1))
+    per_epoch = result["metrics"]["steps"][0]
+    assert [p["epoch"] for p in points] == [1 + (p["step"] - 1) // per_epoch for p in points]
+    assert all(p["grad_norm"] > 0 and p["loss"] > 0 and p["tokens_per_sec"] > 0 for p in points)
+    assert {p["learning_rate"] for p in points} == {final["base"]["learning_rate"]}
+    for key in ("tokens", "wall_time"):
+        values = [p[key] for p in points]
+        assert values == sorted(values) and len(set(values)) == total, key
+    assert any(0 < count < total and epochs < 4 for epochs, count in points_seen), points_seen
     # Every run keeps its final weights, its result and its log.
     listed = client.get(f"/experiments/{run['id']}/artifacts").json()["items"]
     assert {a["name"] for a in listed} == {"model.pt", "checkpoint.pt", "result.json", "run.log"}
