@@ -14,11 +14,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api import rules
 from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
@@ -292,3 +295,89 @@ class StudyCreate(BaseModel):
         if len(set(presets)) != len(presets):
             raise ValueError("experiments must not repeat a preset")
         return presets
+
+
+# A note is prose, a paragraph or a few: bounded so that a list of runs stays light.
+MAX_NOTE_CHARS = 4000
+# What PATCH /experiments/{id} changes; everything else about a run is immutable.
+MUTABLE = ("tags", "note")
+
+
+class TagChanges(BaseModel):
+    model_config = BODY
+
+    add: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="tags to add (present: kept)",
+        json_schema_extra={"uniqueItems": True},
+    )  # fmt: skip
+    remove: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="tags to remove (absent: fine)",
+        json_schema_extra={"uniqueItems": True},
+    )  # fmt: skip
+
+    @field_validator("add", "remove")
+    @classmethod
+    def _unique(cls, tags: list[str]) -> list[str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError("tags must not repeat")  # as at POST /experiments
+        return tags
+
+    @field_validator("remove")
+    @classmethod
+    def _not_both(cls, remove: list[str], info: ValidationInfo) -> list[str]:
+        both = sorted(set(remove) & set(info.data.get("add") or []))
+        if both:
+            raise ValueError(f"a tag is both added and removed: {', '.join(both)}")
+        return remove
+
+
+class ExperimentUpdate(BaseModel):
+    """`PATCH /experiments/{id}`: a run's tags and note, the only fields that change after
+    submission (its config, name and results are what was run, and stay so)."""
+
+    model_config = ConfigDict(
+        **BODY,
+        json_schema_extra={
+            "examples": [
+                {"tags": {"add": ["keep", "paper"], "remove": ["draft"]}},
+                {"note": "lr too high from epoch 3: see the spike"},
+                {"note": None},
+            ]
+        },
+    )
+
+    tags: TagChanges | None = Field(
+        None,
+        description=f"tags to add and remove, applied to the run's (at most {MAX_TAGS} after)",
+    )
+    note: Annotated[str, StringConstraints(max_length=MAX_NOTE_CHARS, pattern=NO_NUL)] | None = (
+        Field(
+            None, description=f"the run's note, up to {MAX_NOTE_CHARS} characters; null clears it"
+        )
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _immutable(cls, data: Any, handler: Any) -> ExperimentUpdate:
+        """A field other than tags and note is refused by name, as immutable (pydantic's
+        own word for an unknown field, "extra", would suggest a typo)."""
+        if isinstance(data, dict) and not data:
+            raise PydanticCustomError("nothing_to_change", "give tags, a note, or both")
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "immutable",
+                        "{field} is immutable: a run changes only its tags and note",
+                        {"field": str(error["loc"][-1])},
+                    ),
+                    loc=error["loc"],
+                    input=error["input"],
+                )
+                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1
+                else error
+                for error in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
