@@ -25,7 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api import rules
 from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
-from api.rules import Rule, stated
+from api.rules import MAX_TAGS, Rule, stated
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.presets import BASE_PRESETS, EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 
@@ -40,7 +40,6 @@ PRESETS_STATED = (
 
 # A label a researcher filters runs by (`?tag=`): short, and safe in a URL and a shell.
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
-MAX_TAGS = 20
 
 
 def _integral(value: Any) -> Any:
@@ -327,22 +326,33 @@ class TagChanges(BaseModel):
     def _not_both(cls, remove: list[str], info: ValidationInfo) -> list[str]:
         both = sorted(set(remove) & set(info.data.get("add") or []))
         if both:
-            raise ValueError(f"a tag is both added and removed: {', '.join(both)}")
+            raise rules.TAG_ADDED_AND_REMOVED.broken(
+                f"a tag is both added and removed: {', '.join(both)}"
+            )
         return remove
 
 
 class ExperimentUpdate(BaseModel):
-    """`PATCH /experiments/{id}`: a run's tags and note, the only fields that change after
-    submission (its config, name and results are what was run, and stay so)."""
+    __doc__ = (
+        "A run's tags and note, the only fields that change after submission (its config, "
+        "name and results are what was run, and stay so); any other field is refused as "
+        "immutable. "
+        + stated(
+            rules.NOTHING_TO_CHANGE,
+            rules.TAG_ADDED_AND_REMOVED,
+            rules.TOO_MANY_TAGS,
+            rules.TEXT_NOT_STORABLE,
+        )  # fmt: skip
+    )
 
     model_config = ConfigDict(
         **BODY,
         json_schema_extra={
+            "minProperties": 1,
             "examples": [
                 {"tags": {"add": ["keep", "paper"], "remove": ["draft"]}},
-                {"note": "lr too high from epoch 3: see the spike"},
-                {"note": None},
-            ]
+                {"note": "lr too high from epoch 3: see the spike", "tags": {"add": ["lr"]}},
+            ],
         },
     )
 
@@ -362,22 +372,29 @@ class ExperimentUpdate(BaseModel):
         """A field other than tags and note is refused by name, as immutable (pydantic's
         own word for an unknown field, "extra", would suggest a typo)."""
         if isinstance(data, dict) and not data:
-            raise PydanticCustomError("nothing_to_change", "give tags, a note, or both")
+            raise rules.NOTHING_TO_CHANGE.broken("give tags, a note, or both")
         try:
             return handler(data)
         except ValidationError as exc:
+            if not any(_is_unknown_field(error) for error in exc.errors()):
+                raise
+            # rebuilt whole: each error keeps its type, location and message
             errors = [
                 InitErrorDetails(
                     type=PydanticCustomError(
                         "immutable",
                         "{field} is immutable: a run changes only its tags and note",
                         {"field": str(error["loc"][-1])},
-                    ),
+                    )
+                    if _is_unknown_field(error)
+                    else PydanticCustomError(error["type"], "{msg}", {"msg": error["msg"]}),
                     loc=error["loc"],
                     input=error["input"],
                 )
-                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1
-                else error
                 for error in exc.errors()
             ]
             raise ValidationError.from_exception_data(exc.title, errors) from None
+
+
+def _is_unknown_field(error: Any) -> bool:
+    return error["type"] == "extra_forbidden" and len(error["loc"]) == 1

@@ -16,7 +16,7 @@ from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
 from api.plan import plan
 from api.requests import MAX_TAGS, ExperimentCreate, ExperimentPreset, ExperimentUpdate, Tag
-from api.resolve import MAX_ID, resolve_experiment
+from api.resolve import MAX_ID, check_values, resolve_experiment
 from api.schemas import (
     ArtifactList,
     ExperimentList,
@@ -163,6 +163,7 @@ def update_experiment(
 ) -> Experiment:
     """Add and remove a run's tags, set or clear its note; the rest of a run is what was
     run, and stays. The list's ETag changes with them (GET /experiments)."""
+    check_values(body.model_dump(exclude_unset=True))
     changes = body.tags
     try:
         experiment = catalogue.update_labels(
@@ -175,9 +176,12 @@ def update_experiment(
         )
     except catalogue.TooManyTags as exc:
         raise RequestValidationError(
-            [{"type": "too_long", "loc": ("body", "tags", "add"), "msg": str(exc),
-              "input": changes.add if changes else []}]
-        ) from None  # fmt: skip
+            [
+                rules.TOO_MANY_TAGS.error(
+                    ("body", "tags", "add"), str(exc), changes.add if changes else []
+                )
+            ]
+        ) from None
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
     return experiment

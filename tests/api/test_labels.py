@@ -3,6 +3,8 @@ does. Against real Postgres (tests/fixtures/services.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from api.requests import MAX_NOTE_CHARS, MAX_TAGS
@@ -78,12 +80,19 @@ def locs(response) -> list[tuple]:
         ({"note": "x" * (MAX_NOTE_CHARS + 1)}, ("body", "note")),
         ({"note": "a\x00b"}, ("body", "note")),
         ({"note": 5}, ("body", "note")),
+        ({"note": "lone \ud800"}, ("body", "note")),
         ({}, ("body",)),
     ],
 )
 def test_bad_labels_are_422s_naming_the_field_and_change_nothing(client, body, loc):
     run = submit(client, "bad-labels", tags=["kept"])
-    assert loc in locs(client.patch(f"/experiments/{run['id']}", json=body))
+    # as JSON text: a lone surrogate travels escaped, as a client in another language sends it
+    sent = client.patch(
+        f"/experiments/{run['id']}",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
+    assert loc in locs(sent)
     again = client.get(f"/experiments/{run['id']}").json()
     assert again["tags"] == ["kept"] and again["note"] is None
 
@@ -92,6 +101,7 @@ def test_tags_past_the_cap_are_refused(client):
     run = submit(client, "many-tags", tags=[f"t{i}" for i in range(MAX_TAGS - 1)])
     response = client.patch(f"/experiments/{run['id']}", json={"tags": {"add": ["a", "b"]}})
     assert locs(response) == [("body", "tags", "add")]
+    assert response.json()["detail"][0]["type"] == "too_many_tags"
     assert str(MAX_TAGS) in response.json()["detail"][0]["msg"]
     assert len(client.get(f"/experiments/{run['id']}").json()["tags"]) == MAX_TAGS - 1
 
