@@ -152,7 +152,9 @@ def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Expe
     "/{experiment_id}",
     response_model=ExperimentRead,
     responses=error_responses(
+        400,
         404,
+        413,
         422,
         e422="a bad tag or note, too many tags, or a field other than tags and note "
         "(every other field is immutable)",
