@@ -387,7 +387,7 @@ class ExperimentUpdate(BaseModel):
                         {"field": str(error["loc"][-1])},
                     )
                     if _is_unknown_field(error)
-                    else PydanticCustomError(error["type"], "{msg}", {"msg": error["msg"]}),
+                    else PydanticCustomError(error["type"], error["msg"], error.get("ctx")),
                     loc=error["loc"],
                     input=error["input"],
                 )

@@ -66,8 +66,11 @@ class GpuTelemetry:
             }
         except Exception as exc:  # no library, no driver, a lost GPU: no reading
             if self._handle is None:
-                self._unavailable = True  # NVML never started: do not try every beat
-            if not self._warned:
+                # NVML never started (a machine without an NVIDIA driver, where an unset
+                # MOE_DEVICE trains on the CPU): not worth a warning, nor a try every beat
+                self._unavailable = True
+                log.info("GPU telemetry: no NVML (%s); no GPU readings", exc)
+            elif not self._warned:
                 log.warning("GPU telemetry: NVML gives no reading (%s); shown as absent", exc)
                 self._warned = True
             return None

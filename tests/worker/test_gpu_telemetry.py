@@ -83,15 +83,39 @@ def test_a_gpu_without_power_readings_keeps_the_rest(nvml):
     assert reading["gpu_utilization"] == 87.0
 
 
-def test_nvml_failing_gives_no_reading_and_says_so_once(nvml, monkeypatch, caplog):
+def test_no_nvml_gives_no_reading_and_is_not_asked_again(nvml, monkeypatch, caplog):
     def no_driver():
+        nvml.init_calls += 1
         raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
 
     monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
     telemetry = GpuTelemetry("cuda:0", {})
+    with caplog.at_level(logging.INFO, logger="worker.gpu_telemetry"):
+        assert [telemetry.read() for _ in range(3)] == [None, None, None]
+    assert nvml.init_calls == 1
+    assert len([r for r in caplog.records if "NVML" in r.getMessage()]) == 1
+
+
+def test_nvml_erring_after_it_started_says_so_once(nvml, monkeypatch, caplog):
+    telemetry = GpuTelemetry("cuda:0", {})
+    assert telemetry.read() is not None
+
+    def lost(handle):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lost)
     with caplog.at_level(logging.WARNING, logger="worker.gpu_telemetry"):
         assert [telemetry.read() for _ in range(3)] == [None, None, None]
     assert len([r for r in caplog.records if "NVML" in r.getMessage()]) == 1
+    monkeypatch.undo()  # the GPU is back: so are the readings
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: "handle")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: "NVIDIA H200")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=50))
+    monkeypatch.setattr(
+        pynvml, "nvmlDeviceGetMemoryInfo", lambda h: SimpleNamespace(used=1, total=2)
+    )
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerUsage", lambda h: 100_000)
+    assert telemetry.read()["gpu_utilization"] == 50.0
 
 
 def test_a_cpu_worker_never_asks_nvml(nvml):
