@@ -11,7 +11,10 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from moe_lab.cli import app
+from moe_lab.client import Client
 from tests.client import make_client
 from tests.factories import claim, new_experiment
 from worker.agent import WorkerAgent
@@ -160,6 +163,8 @@ def test_the_heartbeat_carries_the_reading_to_workers_metrics_and_the_run(
         gpu_run = api.get(f"/experiments/{on_gpu}").json()
         cpu_run = api.get(f"/experiments/{on_cpu}").json()
         runs = {run["id"]: run for run in api.get("/experiments").json()["items"]}
+        shown = CliRunner().invoke(app, ["show", str(on_gpu)], obj=Client(http=api))
+        cpu_shown = CliRunner().invoke(app, ["show", str(on_cpu)], obj=Client(http=api))
 
     reading = listed["gpu0@node"]["gpu"]
     assert reading["name"] == "NVIDIA H200"
@@ -179,6 +184,9 @@ def test_the_heartbeat_carries_the_reading_to_workers_metrics_and_the_run(
     assert gpu_run["gpu"] == reading
     assert cpu_run["gpu"] is None
     assert runs[on_gpu]["gpu"] == reading and runs[on_cpu]["gpu"] is None
+    assert "NVIDIA H200: 87% busy, 60.0/141.0 GiB, 412 W" in shown.stdout
+    assert shown.exit_code == cpu_shown.exit_code == 0
+    assert not [line for line in cpu_shown.stdout.splitlines() if line.startswith("GPU")]
 
 
 @pytest.mark.services
