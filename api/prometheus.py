@@ -83,6 +83,26 @@ def metric_families(stats: ServiceStats) -> Iterator[Metric]:
         "Attempts after a run's first, for any reason (takeover, handback, retry).",
         value=stats.restarts,
     )
+    yield from gpu_families(stats.gpus)
+
+
+# Each worker's latest GPU reading: a series per worker that has one, none for a CPU worker
+# (absent, not zero, so that an average over GPUs is not dragged down by CPUs).
+GPU_GAUGES = (
+    ("moe_worker_gpu_utilization_percent", "utilization", "GPU busy, percent (NVML)."),
+    ("moe_worker_gpu_memory_used_bytes", "memory_used", "GPU memory in use, bytes."),
+    ("moe_worker_gpu_memory_total_bytes", "memory_total", "GPU memory, bytes."),
+    ("moe_worker_gpu_power_watts", "power_watts", "GPU power draw, watts."),
+)
+
+
+def gpu_families(gpus: dict[str, dict]) -> Iterator[Metric]:
+    for name, key, help_text in GPU_GAUGES:
+        family = GaugeMetricFamily(name, help_text, labels=["worker", "gpu"])
+        for worker, reading in gpus.items():
+            if reading.get(key) is not None:
+                family.add_metric([worker, reading.get("name") or ""], reading[key])
+        yield family
 
 
 def exposition(settings: Settings) -> bytes:

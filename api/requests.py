@@ -14,15 +14,18 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api import rules
 from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
-from api.rules import Rule, stated
+from api.rules import MAX_TAGS, Rule, stated
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.presets import BASE_PRESETS, EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 
@@ -37,7 +40,6 @@ PRESETS_STATED = (
 
 # A label a researcher filters runs by (`?tag=`): short, and safe in a URL and a shell.
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
-MAX_TAGS = 20
 
 
 def _integral(value: Any) -> Any:
@@ -292,3 +294,107 @@ class StudyCreate(BaseModel):
         if len(set(presets)) != len(presets):
             raise ValueError("experiments must not repeat a preset")
         return presets
+
+
+# A note is prose, a paragraph or a few: bounded so that a list of runs stays light.
+MAX_NOTE_CHARS = 4000
+# What PATCH /experiments/{id} changes; everything else about a run is immutable.
+MUTABLE = ("tags", "note")
+
+
+class TagChanges(BaseModel):
+    model_config = BODY
+
+    add: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="tags to add (present: kept)",
+        json_schema_extra={"uniqueItems": True},
+    )  # fmt: skip
+    remove: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="tags to remove (absent: fine)",
+        json_schema_extra={"uniqueItems": True},
+    )  # fmt: skip
+
+    @field_validator("add", "remove")
+    @classmethod
+    def _unique(cls, tags: list[str]) -> list[str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError("tags must not repeat")  # as at POST /experiments
+        return tags
+
+    @field_validator("remove")
+    @classmethod
+    def _not_both(cls, remove: list[str], info: ValidationInfo) -> list[str]:
+        both = sorted(set(remove) & set(info.data.get("add") or []))
+        if both:
+            raise rules.TAG_ADDED_AND_REMOVED.broken(
+                f"a tag is both added and removed: {', '.join(both)}"
+            )
+        return remove
+
+
+class ExperimentUpdate(BaseModel):
+    __doc__ = (
+        "A run's tags and note, the only fields that change after submission (its config, "
+        "name and results are what was run, and stay so); any other field is refused as "
+        "immutable. "
+        + stated(
+            rules.NOTHING_TO_CHANGE,
+            rules.TAG_ADDED_AND_REMOVED,
+            rules.TOO_MANY_TAGS,
+            rules.TEXT_NOT_STORABLE,
+        )  # fmt: skip
+    )
+
+    model_config = ConfigDict(
+        **BODY,
+        json_schema_extra={
+            "minProperties": 1,
+            "examples": [
+                {"tags": {"add": ["keep", "paper"], "remove": ["draft"]}},
+                {"note": "lr too high from epoch 3: see the spike", "tags": {"add": ["lr"]}},
+            ],
+        },
+    )
+
+    tags: TagChanges | None = Field(
+        None,
+        description=f"tags to add and remove, applied to the run's (at most {MAX_TAGS} after)",
+    )
+    note: Annotated[str, StringConstraints(max_length=MAX_NOTE_CHARS, pattern=NO_NUL)] | None = (
+        Field(
+            None, description=f"the run's note, up to {MAX_NOTE_CHARS} characters; null clears it"
+        )
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _immutable(cls, data: Any, handler: Any) -> ExperimentUpdate:
+        """A field other than tags and note is refused by name, as immutable (pydantic's
+        own word for an unknown field, "extra", would suggest a typo)."""
+        if isinstance(data, dict) and not data:
+            raise rules.NOTHING_TO_CHANGE.broken("give tags, a note, or both")
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not any(_is_unknown_field(error) for error in exc.errors()):
+                raise
+            # rebuilt whole: each error keeps its type, location and message
+            errors = [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "immutable",
+                        "{field} is immutable: a run changes only its tags and note",
+                        {"field": str(error["loc"][-1])},
+                    )
+                    if _is_unknown_field(error)
+                    else PydanticCustomError(error["type"], error["msg"], error.get("ctx")),
+                    loc=error["loc"],
+                    input=error["input"],
+                )
+                for error in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
+
+def _is_unknown_field(error: Any) -> bool:
+    return error["type"] == "extra_forbidden" and len(error["loc"]) == 1

@@ -68,6 +68,11 @@ DENSE_WITH_BASELINE = Rule("dense_with_baseline", "a dense run names no baseline
 BASELINE_NOT_DENSE = Rule(
     "baseline_not_dense", "baseline_id names a dense run (one naming no experiment is a 404)"
 )
+# PATCH /experiments/{id}: a run's tags and note.
+NOTHING_TO_CHANGE = Rule("nothing_to_change", "the body names tags, a note, or both")
+TAG_ADDED_AND_REMOVED = Rule("tag_added_and_removed", "no tag is both added and removed")
+MAX_TAGS = 20  # a run's tags (at POST and after a PATCH)
+TOO_MANY_TAGS = Rule("too_many_tags", f"the run has at most {MAX_TAGS} tags after the change")
 # What JSON text can carry but the store cannot keep.
 TEXT_NOT_STORABLE = Rule(
     "text_not_storable", "every string is valid Unicode (no lone surrogates) without NUL"

@@ -79,12 +79,24 @@ class Progress(BaseModel):
     updated_at: datetime
 
 
+class GpuReading(BaseModel):
+    """A worker's GPU as NVML last read it, with the worker's heartbeat."""
+
+    name: str | None = Field(description="the GPU's model, e.g. NVIDIA H200")
+    utilization: float | None = Field(description="percent of the last sample window busy")
+    memory_used: int | None = Field(description="bytes of GPU memory in use (all processes)")
+    memory_total: int | None = Field(description="bytes of GPU memory")
+    power_watts: float | None = Field(description="power draw; null where the GPU reports none")
+    read_at: datetime
+
+
 class ExperimentRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     name: str
     tags: list[str]
+    note: str | None = Field(description="the researcher's note (PATCH /experiments/{id})")
     preset: str | None
     base_preset: str | None
     dense: bool
@@ -131,6 +143,10 @@ class ExperimentRead(BaseModel):
     )
     oom_handbacks: int = Field(
         description="of those, times the GPU it shared ran out of memory (not a crash)"
+    )
+    gpu: GpuReading | None = Field(
+        description="while it runs on a GPU: its worker's latest reading of that GPU (shared "
+        "by every run of the worker); null on a CPU, where NVML gives none, or once finished"
     )
     run_key: str = Field(description="unique to the run; its artifacts live under it")
     error: str | None
@@ -395,6 +411,9 @@ class WorkerRead(BaseModel):
     idle_since: datetime | None = Field(
         description="since when it has had a free slot (one slot: held no run); null while "
         "every slot trains"
+    )
+    gpu: GpuReading | None = Field(
+        description="its GPU's latest reading (NVML, with the heartbeat); null on a CPU worker"
     )
 
 

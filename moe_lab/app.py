@@ -3,10 +3,14 @@ client it builds, and how every command reports an error (one line on stderr).""
 
 from __future__ import annotations
 
+import csv
 import functools
+import importlib.metadata
 import json
 import sys
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -25,7 +29,7 @@ app = typer.Typer(
     name="moe-lab",
     help="Submit, follow and compare Mixture-of-Experts experiments on a moe-lab API.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion, typer's own
     pretty_exceptions_show_locals=False,  # a traceback must never print the token
 )
 study_app = typer.Typer(
@@ -62,6 +66,21 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def version() -> str:
+    """The installed package's version; from a bare checkout, pyproject.toml's (its source)."""
+    try:
+        return importlib.metadata.version("moe-lab")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        sys.stdout.write(f"moe-lab {version()}\n")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -69,6 +88,12 @@ def main(
         str | None,
         typer.Option("--url", envvar="MOE_API_URL", help="the API (default http://127.0.0.1:8000)"),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
 ) -> None:
     """MOE_API_TOKEN, when set, is sent as a bearer token."""
     # A test (or a program embedding the CLI) may hand in its own Client as the context object.
@@ -86,4 +111,19 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def one_output(**flags: bool) -> None:
+    """Refuse two output formats at once (`--csv --json`), before anything is asked of the
+    API: which one wins would otherwise be an accident of the code."""
+    given = [f"--{name}" for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise UsageProblem(f"{' and '.join(given)} conflict: choose one output")
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON, for scripts")]
+CsvOption = Annotated[bool, typer.Option("--csv", help="CSV on stdout")]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import EllipsisType
 from typing import IO, Any
 
 import httpx
@@ -214,6 +215,23 @@ class Client:
 
     def verdict(self, experiment_id: int) -> dict:
         return self._json("GET", f"/experiments/{experiment_id}/verdict")
+
+    def update(
+        self,
+        experiment_id: int,
+        *,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        note: str | None | EllipsisType = ...,
+    ) -> dict:
+        """PATCH /experiments/{id}: add and remove tags, set the note (None clears it; left
+        out, it stays). The run as it is now. Safe to retry: the same change twice is one."""
+        body: dict[str, Any] = {}
+        if add_tags or remove_tags:
+            body["tags"] = {"add": list(add_tags), "remove": list(remove_tags)}
+        if note is not ...:
+            body["note"] = note
+        return self._json("PATCH", f"/experiments/{experiment_id}", json_body=body, retry=True)
 
     def cancel(self, experiment_id: int) -> dict:
         return self._json("POST", f"/experiments/{experiment_id}/cancel", retry=True)

@@ -1,9 +1,9 @@
 """`moe-lab submit | watch | ls | show | metrics | compare | verdict | cancel | logs |
-download | delete`: one experiment at a time (POST /experiments and its reads)."""
+download | delete`: one experiment at a time (POST /experiments and its reads); `tag` and
+`note` are moe_lab/label_commands.py."""
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +14,18 @@ import typer
 
 from moe_core.presets import EXPERIMENT_PRESETS
 from moe_lab import render
-from moe_lab.app import BASE_PRESETS_HELP, JsonOption, UsageProblem, api, app, handled, print_json
+from moe_lab.app import (
+    BASE_PRESETS_HELP,
+    CsvOption,
+    JsonOption,
+    UsageProblem,
+    api,
+    app,
+    handled,
+    one_output,
+    print_csv,
+    print_json,
+)
 from moe_lab.bodies import apply_sets, check_finite, load_body
 from moe_lab.client import FINISHED, ApiError, Client
 from moe_lab.follow import Follower
@@ -197,7 +208,7 @@ def show(
     experiment_id: Annotated[int, typer.Argument(metavar="ID")],
     as_json: JsonOption = False,
 ) -> None:
-    """An experiment's key fields and, while it runs, where it is."""
+    """An experiment's key fields, its hyper-parameters and, while it runs, where it is."""
     run = api(ctx).experiment(experiment_id)
     if as_json:
         print_json(run)
@@ -209,7 +220,10 @@ def show(
         grid.add_row(label, text)
     if run["status"] == "running" and run.get("progress"):
         grid.add_row("progress", render.progress_line(run["progress"], run["num_epochs"]))
+    if run.get("gpu"):
+        grid.add_row("GPU", render.gpu_line(run["gpu"]))
     out.print(grid)
+    out.print(render.hyperparameters_table(run))
 
 
 @app.command()
@@ -217,7 +231,7 @@ def show(
 def metrics(
     ctx: typer.Context,
     experiment_id: Annotated[int, typer.Argument(metavar="ID")],
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
+    as_csv: CsvOption = False,
     as_json: JsonOption = False,
     steps: Annotated[
         bool,
@@ -226,6 +240,7 @@ def metrics(
 ) -> None:
     """Per-epoch metrics: losses, throughput and the last MoE layer's routing (--steps:
     the step points, every K steps: loss, CE, aux, learning rate, gradient norm, tokens/s)."""
+    one_output(csv=as_csv, json=as_json)
     if steps:
         _step_metrics(ctx, experiment_id, as_csv=as_csv, as_json=as_json)
         return
@@ -235,9 +250,7 @@ def metrics(
         return
     rows = render.metrics_rows(answer["epochs"])
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(render.METRICS_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+        print_csv(rows, render.METRICS_COLUMNS)
         return
     out = render.console()
     out.print(render.metrics_table(rows, title=f"experiment {experiment_id} ({answer['status']})"))
@@ -265,9 +278,11 @@ def _step_metrics(ctx: typer.Context, experiment_id: int, *, as_csv: bool, as_js
 def compare(
     ctx: typer.Context,
     experiment_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="runs to compare")],
+    as_csv: CsvOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Runs side by side: validation CE, perplexity, speed, routing and Δ against dense."""
+    one_output(csv=as_csv, json=as_json)
     client = api(ctx)
     runs = [client.experiment(i) for i in experiment_ids]
     by_id = {run["id"]: run for run in runs}
@@ -283,6 +298,9 @@ def compare(
     rows = render.compare_rows(runs, epochs, by_id)
     if as_json:
         print_json(rows)
+        return
+    if as_csv:
+        print_csv(rows, render.COMPARE_COLUMNS)
         return
     render.console().print(render.compare_table(rows))
 

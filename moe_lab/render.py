@@ -6,6 +6,7 @@ print the same numbers the tables show.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -216,6 +217,11 @@ def _given(layers: Sequence[Mapping[str, Any]] | None, key: str) -> list[float]:
     return [layer[key] for layer in layers or [] if layer.get(key) is not None]
 
 
+# compare's columns, in compare_rows' order (compare --csv's header)
+COMPARE_COLUMNS = ("id", "name", "kind", "status", "val_ce", "perplexity", "tokens_per_sec",
+                   "min_usage_pct", "drop_pct", "imbalance", "delta_vs_dense", "dense_id")  # fmt: skip
+
+
 def compare_rows(
     runs: Sequence[Mapping[str, Any]],
     epochs_of: Mapping[int, Sequence[Mapping[str, Any]]],
@@ -342,6 +348,7 @@ def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("baseline", str(run["baseline_id"]) if run.get("baseline_id") else ""),
         ("study", str(run["study_id"]) if run.get("study_id") else ""),
         ("tags", ", ".join(run.get("tags") or [])),
+        ("note", run.get("note") or ""),
         ("best val CE", num(run.get("best_val_ce_loss"), ".4f")),
         ("best val loss", num(run.get("best_val_loss"), ".4f")),
         ("test CE", num(run.get("test_ce_loss"), ".4f")),
@@ -355,6 +362,28 @@ def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("finished", when(run.get("finished_at"))),
     ]  # fmt: skip
     return [(label, text) for label, text in pairs if text]
+
+
+def hyperparameters_table(run: Mapping[str, Any]) -> Table:
+    """The run's resolved configs, every field: what it was trained with."""
+    out = table("hyper-parameter", "value", title="hyper-parameters", wrap=("value",))
+    for section in ("config", "base"):
+        for key, value in (run.get(section) or {}).items():
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            out.add_row(f"{section}.{key}", text)
+    return out
+
+
+def gpu_line(gpu: Mapping[str, Any]) -> str:
+    """`NVIDIA H200: 87% busy, 60.0/141.0 GiB, 412 W`: a worker's GPU as NVML last read it."""
+    parts = []
+    if gpu.get("utilization") is not None:
+        parts.append(f"{gpu['utilization']:.0f}% busy")
+    if gpu.get("memory_used") is not None and gpu.get("memory_total"):
+        parts.append(f"{gpu['memory_used'] / 2**30:.1f}/{gpu['memory_total'] / 2**30:.1f} GiB")
+    if gpu.get("power_watts") is not None:
+        parts.append(f"{gpu['power_watts']:.0f} W")
+    return f"{gpu.get('name') or 'GPU'}: " + ", ".join(parts)
 
 
 def progress_line(progress: Mapping[str, Any] | None, num_epochs: int | None) -> str:

@@ -92,6 +92,47 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment | None
     return session.get(Experiment, experiment_id, populate_existing=True)
 
 
+class TooManyTags(ValueError):
+    pass
+
+
+# `note` left as it is (None would clear it)
+KEEP_NOTE = object()
+
+
+def update_labels(
+    *,
+    session: Session,
+    experiment_id: int,
+    add_tags: Sequence[str] = (),
+    remove_tags: Sequence[str] = (),
+    note: str | None | object = KEEP_NOTE,
+    max_tags: int,
+) -> Experiment | None:
+    """A run's tags and note, the only things that change after submission (committed);
+    None when there is no such run. The row is locked while the tags are rewritten, so two
+    concurrent changes both land. Added tags keep their order, after the run's own; adding
+    a present tag or removing an absent one changes nothing. Raises TooManyTags past
+    `max_tags`, changing nothing."""
+    experiment = session.get(
+        Experiment, experiment_id, with_for_update=True, populate_existing=True
+    )
+    if experiment is None:
+        return None
+    tags = [tag for tag in experiment.tags if tag not in set(remove_tags)]
+    for tag in add_tags:
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > max_tags:
+        session.rollback()
+        raise TooManyTags(f"the run would have {len(tags)} tags, over {max_tags}")
+    experiment.tags = tags  # a new list: the JSON column sees the change
+    if note is not KEEP_NOTE:
+        experiment.note = note  # type: ignore[assignment]
+    session.commit()
+    return get_experiment(session=session, experiment_id=experiment_id)
+
+
 class Order(enum.StrEnum):
     newest = "newest"  # by id, newest first
     val_ce = "val_ce"  # by best validation CE, lowest first; runs without one last

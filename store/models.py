@@ -131,6 +131,9 @@ class Experiment(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
     base: Mapped[dict[str, Any]] = mapped_column(JSONType)
     tags: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default="[]")
+    # A researcher's note on the run; with the tags, all that changes after submission
+    # (PATCH /experiments/{id}).
+    note: Mapped[str | None] = mapped_column(Text)
     # The client's Idempotency-Key: unique, so that concurrent retries of one POST store one
     # run (the database decides, not a check-then-insert); request_hash is the body's hash,
     # so that the same key with another body is refused rather than answered with this run.
@@ -200,6 +203,21 @@ class Experiment(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
+    # The worker that holds (or last held) its lease, for that worker's GPU reading; loaded
+    # with a list in one more query. No foreign key: workers come and go, runs stay.
+    worker_row: Mapped[Worker | None] = relationship(
+        primaryjoin="foreign(Experiment.worker_name) == Worker.name",
+        viewonly=True,
+        lazy="selectin",
+    )
+
+    @property
+    def gpu(self) -> dict[str, Any] | None:
+        """While it runs: its worker's latest GPU reading (null on a CPU, or once finished:
+        the worker's GPU then reads for other runs)."""
+        if self.status != Status.running or self.worker_row is None:
+            return None
+        return self.worker_row.gpu_reading()
 
     @property
     def tokens_per_sec(self) -> float | None:
@@ -318,3 +336,24 @@ class Worker(Base):
     stopping: Mapped[bool] = mapped_column(Boolean, default=False)
     # Runs it trains at once on its one device (MOE_RUNS_PER_GPU: its Celery pool's size).
     slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The latest NVML reading of its GPU, taken with the heartbeat (worker.gpu_telemetry);
+    # all null on a CPU worker, or where NVML could not be read: absent, never zero.
+    gpu_name: Mapped[str | None] = mapped_column(String(200))
+    gpu_utilization: Mapped[float | None] = mapped_column(Float)  # percent, over NVML's window
+    gpu_memory_used: Mapped[int | None] = mapped_column(BigInteger)  # bytes
+    gpu_memory_total: Mapped[int | None] = mapped_column(BigInteger)  # bytes
+    gpu_power_watts: Mapped[float | None] = mapped_column(Float)
+    gpu_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def gpu_reading(self) -> dict[str, Any] | None:
+        """The reading as the API shows it, or None when there is none."""
+        if self.gpu_read_at is None:
+            return None
+        return {
+            "name": self.gpu_name,
+            "utilization": self.gpu_utilization,
+            "memory_used": self.gpu_memory_used,
+            "memory_total": self.gpu_memory_total,
+            "power_watts": self.gpu_power_watts,
+            "read_at": self.gpu_read_at,
+        }

@@ -3,7 +3,7 @@ live, busy and stopping, epochs recorded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -37,6 +37,8 @@ class ServiceStats:
     takeovers: int
     handbacks: int
     restarts: int
+    # live workers' latest GPU readings (Worker.gpu_reading), by name; CPU workers absent
+    gpus: dict[str, dict] = field(default_factory=dict)
 
 
 def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats:
@@ -77,6 +79,15 @@ def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats
             func.coalesce(func.sum(Experiment.attempts - 1).filter(Experiment.attempts > 1), 0),
         )
     ).one()
+    gpus = {
+        worker.name: reading
+        for worker in session.scalars(
+            select(Worker)
+            .where(Worker.heartbeat_at >= alive_after, Worker.gpu_read_at.is_not(None))
+            .order_by(Worker.name)
+        )
+        if (reading := worker.gpu_reading()) is not None
+    }
     session.rollback()
     return ServiceStats(
         runs_by_status={status.value: int(by_status.get(status.value, 0)) for status in Status},
@@ -91,4 +102,5 @@ def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats
         takeovers=int(takeovers),
         handbacks=int(handbacks),
         restarts=int(restarts),
+        gpus=gpus,
     )

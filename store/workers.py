@@ -4,6 +4,7 @@ sweep and the autoscaler act on it) and what each one runs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,10 +30,18 @@ def register(
     session.commit()
 
 
-def beat(*, session: Session, name: str, stopping: bool = False) -> bool:
+# The columns of a GPU reading (worker.gpu_telemetry): all null when there is none.
+GPU_COLUMNS = ("gpu_name", "gpu_utilization", "gpu_memory_used", "gpu_memory_total",
+               "gpu_power_watts", "gpu_read_at")  # fmt: skip
+
+
+def beat(
+    *, session: Session, name: str, stopping: bool = False, gpu: Mapping[str, Any] | None = None
+) -> bool:
     """A heartbeat (committed); `idle_since` starts when the worker has a free slot (with one
-    slot: holds no run) and clears while every slot trains. False when the row is gone
-    (pruned): register again."""
+    slot: holds no run) and clears while every slot trains. `gpu`: the worker's GPU reading,
+    written whole, so that a worker whose reading failed shows none rather than an old one.
+    False when the row is gone (pruned): register again."""
     now = utcnow()
     running = (
         select(func.count())
@@ -46,6 +55,7 @@ def beat(*, session: Session, name: str, stopping: bool = False) -> bool:
         .values(
             heartbeat_at=now,
             stopping=stopping,
+            **{column: (gpu or {}).get(column) for column in GPU_COLUMNS},
             idle_since=case(
                 (busy, null()),
                 else_=func.coalesce(Worker.idle_since, literal(now, Worker.idle_since.type)),
@@ -107,6 +117,7 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
             "started_at": worker.started_at,
             "heartbeat_at": worker.heartbeat_at,
             "idle_since": worker.idle_since,
+            "gpu": worker.gpu_reading(),
         }
         for worker, run_ids in held.values()
     ]

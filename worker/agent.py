@@ -24,6 +24,7 @@ from store.db import session_scope
 from store.models import utcnow
 from store.queue import TrainingQueue
 from store.settings import Settings
+from worker.gpu_telemetry import GpuTelemetry
 from worker.lease import HOST, owner_is_dead
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class WorkerAgent(threading.Thread):
         # good contact is a silent run taken for dead, so a long database outage does not
         # end in every live run being re-queued.
         self._in_contact_since: float | None = None
+        self.gpu = GpuTelemetry(settings.device)  # read with each heartbeat
 
     def run(self) -> None:
         beat_every = self.settings.heartbeat_timeout / 6
@@ -98,8 +100,11 @@ class WorkerAgent(threading.Thread):
             )  # fmt: skip
 
     def _beat(self) -> bool:
+        reading = self.gpu.read()  # never raises: None on a CPU or when NVML fails
         with session_scope(self.settings.database_url) as session:
-            return workers.beat(session=session, name=self.worker_name, stopping=self.stopping)
+            return workers.beat(
+                session=session, name=self.worker_name, stopping=self.stopping, gpu=reading
+            )
 
     def release_dead_local_runs(self) -> list[int]:
         """Runs of this worker whose pool process died: back to the queue at once."""

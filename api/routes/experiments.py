@@ -15,8 +15,8 @@ from api.downloads import file_response
 from api.errors import error_responses
 from api.params import ExperimentId, IdempotencyKey, Offset
 from api.plan import plan
-from api.requests import ExperimentCreate, ExperimentPreset, Tag
-from api.resolve import MAX_ID, resolve_experiment
+from api.requests import MAX_TAGS, ExperimentCreate, ExperimentPreset, ExperimentUpdate, Tag
+from api.resolve import MAX_ID, check_values, resolve_experiment
 from api.schemas import (
     ArtifactList,
     ExperimentList,
@@ -147,6 +147,47 @@ def list_experiments(
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
 def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Experiment:
     return _get_or_404(session, experiment_id)
+
+
+@router.patch(
+    "/{experiment_id}",
+    response_model=ExperimentRead,
+    responses=error_responses(
+        400,
+        404,
+        413,
+        422,
+        e422="a bad tag or note, too many tags, or a field other than tags and note "
+        "(every other field is immutable)",
+    ),
+)
+def update_experiment(
+    *, experiment_id: ExperimentId, body: ExperimentUpdate, session: SessionDep
+) -> Experiment:
+    """Add and remove a run's tags, set or clear its note; the rest of a run is what was
+    run, and stays. The list's ETag changes with them (GET /experiments)."""
+    check_values(body.model_dump(exclude_unset=True))
+    changes = body.tags
+    try:
+        experiment = catalogue.update_labels(
+            session=session,
+            experiment_id=experiment_id,
+            add_tags=changes.add if changes else (),
+            remove_tags=changes.remove if changes else (),
+            note=body.note if "note" in body.model_fields_set else catalogue.KEEP_NOTE,
+            max_tags=MAX_TAGS,
+        )
+    except catalogue.TooManyTags as exc:
+        raise RequestValidationError(
+            [
+                rules.TOO_MANY_TAGS.error(
+                    ("body", "tags", "add"), str(exc), changes.add if changes else []
+                )
+            ]
+        ) from None
+    if experiment is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} not found")
+    return experiment
 
 
 @router.get(

@@ -129,6 +129,19 @@ def test_show_prints_the_key_fields(cli, seeded):
     assert (missing.exit_code, missing.stderr) == (1, "error: 404 experiment 999999 not found\n")
 
 
+def test_show_prints_the_hyperparameters(cli, seeded, http):
+    run = http.get(f"/experiments/{seeded.moe}").json()
+    text = ok(cli("show", seeded.moe))
+    assert "hyper-parameters" in text
+    lines = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.split()}
+    # every field of both resolved configs, each with its value
+    for section in ("config", "base"):
+        for key, value in run[section].items():
+            shown = " ".join(lines[f"{section}.{key}"])
+            assert shown == (json.dumps(value) if isinstance(value, list) else str(value))
+    assert lines["config.top_k"] == ["1"] and lines["base.moe_layers"] == ["[2,", "4]"]
+
+
 def test_show_says_where_a_running_run_is(cli, http, settings):
     run_id = http.post("/experiments", json={**MICRO, "name": "r-running"}).json()["id"]
     owner = "test-worker-running"
@@ -170,6 +183,14 @@ def test_metrics_csv_and_table_use_the_last_layer(cli, seeded):
     assert json.loads(ok(cli("metrics", seeded.moe, "--json")))["epochs"][1]["epoch"] == 2
 
 
+@pytest.mark.parametrize("command", ["metrics", "compare"])
+def test_two_output_formats_are_refused_in_one_line(cli, seeded, command):
+    refused = cli(command, seeded.moe, "--csv", "--json")
+    assert refused.exit_code == 2
+    assert refused.stderr == "error: --csv and --json conflict: choose one output\n"
+    assert refused.stdout == ""
+
+
 def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
     rows = json.loads(ok(cli("compare", seeded.dense, seeded.moe, seeded.loner, "--json")))
     dense, moe, loner = rows
@@ -188,6 +209,14 @@ def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
     assert alone["delta_vs_dense"] is None  # no baseline, no dense run given
     fetched = json.loads(ok(cli("compare", seeded.moe, "--json")))[0]
     assert fetched["delta_vs_dense"] == pytest.approx(-0.24)  # its baseline, fetched
+
+    as_csv = list(csv.DictReader(io.StringIO(ok(cli("compare", seeded.dense, seeded.moe,
+                                                       seeded.loner, "--csv")))))  # fmt: skip
+    assert [int(row["id"]) for row in as_csv] == [seeded.dense, seeded.moe, seeded.loner]
+    assert list(as_csv[1]) == list(moe)  # the same figures as --json, by the same names
+    assert float(as_csv[1]["delta_vs_dense"]) == pytest.approx(5.0 - 5.24)
+    assert float(as_csv[1]["drop_pct"]) == pytest.approx(30.0)
+    assert as_csv[1]["kind"] == "baseline" and as_csv[0]["delta_vs_dense"] == ""
 
     table = ok(cli("compare", seeded.dense, seeded.moe, seeded.loner))
     header = table.splitlines()[0]
