@@ -16,6 +16,7 @@ from store.models import (
     Worker,
     utcnow,
 )
+from store.tracking import sink_failures
 
 EPOCH_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -37,6 +38,8 @@ class ServiceStats:
     takeovers: int
     handbacks: int
     restarts: int
+    # the optional sinks' failures (worker.sinks), per sink
+    sink_failures: dict[str, int]
 
 
 def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats:
@@ -77,6 +80,7 @@ def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats
             func.coalesce(func.sum(Experiment.attempts - 1).filter(Experiment.attempts > 1), 0),
         )
     ).one()
+    failures = sink_failures(session=session)
     session.rollback()
     return ServiceStats(
         runs_by_status={status.value: int(by_status.get(status.value, 0)) for status in Status},
@@ -91,4 +95,5 @@ def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats
         takeovers=int(takeovers),
         handbacks=int(handbacks),
         restarts=int(restarts),
+        sink_failures=failures,
     )
