@@ -232,7 +232,7 @@ class MLflowSink:
         if verdict is not None:
             leaves = dict(_leaves(verdict, "verdict."))
             for key, value in leaves.items():
-                if isinstance(value, bool) or value is None or isinstance(value, str):
+                if isinstance(value, bool | str):  # numbers are metrics; None says nothing
                     self._client.set_tag(self.run_id, key, str(value).lower()[:5000])
             final.update({key.replace(".", "/"): value for key, value in leaves.items()})
         self._log((key, value, 0) for key, value in _finite(final).items())
