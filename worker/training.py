@@ -98,13 +98,16 @@ def run_experiment(
             remember_mlflow_run=lease.remember_mlflow_run,
             on_failure=lease.record_sink_failure,
         )
-        sinks.start(RunInfo(experiment_id=experiment_id, run_key=run_key, directory=directory,
-                            config=config.model_dump(mode="json"),
-                            base=base.model_dump(mode="json"), dense=dense,
-                            **described))  # fmt: skip
+        run_info = RunInfo(experiment_id=experiment_id, run_key=run_key, directory=directory,
+                           config=config.model_dump(mode="json"),
+                           base=base.model_dump(mode="json"), dense=dense,
+                           **described)  # fmt: skip
         lease.preparing_data(epoch=epochs_done + 1, num_epochs=base.num_epochs)
         try:
             with lease:
+                # under the lease's heartbeat: a tracking server slow to answer (or refuse)
+                # must not make the run look dead
+                sinks.start(run_info)
                 _train(lease, config, base, dense=dense, device=device, directory=directory,
                        run_key=run_key, settings=settings, sinks=sinks)  # fmt: skip
         finally:
