@@ -83,6 +83,15 @@ def metric_families(stats: ServiceStats) -> Iterator[Metric]:
         "Attempts after a run's first, for any reason (takeover, handback, retry).",
         value=stats.restarts,
     )
+    sinks = CounterMetricFamily(
+        "moe_sink_failures",
+        "Failures of the optional sinks (TensorBoard, MLflow) during a run's attempt; the "
+        "run goes on without the sink.",
+        labels=["sink"],
+    )
+    for sink, count in stats.sink_failures.items():
+        sinks.add_metric([sink], count)
+    yield sinks
     yield from gpu_families(stats.gpus)
 
 

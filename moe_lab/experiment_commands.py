@@ -262,9 +262,7 @@ def _step_metrics(ctx: typer.Context, experiment_id: int, *, as_csv: bool, as_js
         print_json(answer)
         return
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(render.STEPS_COLUMNS))
-        writer.writeheader()
-        writer.writerows(answer["points"])
+        print_csv(answer["points"], render.STEPS_COLUMNS)
         return
     every = {None: "no points yet", 1: "a point every step"}.get(
         answer["every"], f"a point every {answer['every']} steps"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,10 @@ MODEL = "model.pt"  # the final weights (the best epoch's under early stopping)
 RESULT = "result.json"  # what the engine's run_single_experiment returned
 LOG = "run.log"  # what the worker logged for the run, every attempt
 RUN_FILES = (MODEL, CHECKPOINT, RESULT, LOG)
+# TensorBoard's event files (worker.sinks, MOE_TENSORBOARD), one per attempt, listed and
+# served as tensorboard/<file>.
+TENSORBOARD = "tensorboard"
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.[A-Za-z0-9._-]+")
 RunFile = Literal["model.pt", "checkpoint.pt", "result.json", "run.log"]  # RUN_FILES
 
 
@@ -52,6 +57,30 @@ def run_listing(
         items.append({"name": name, "size": stat.st_size, "partial": partial,
                       "modified_at": datetime.fromtimestamp(stat.st_mtime, UTC)})  # fmt: skip
     return items
+
+
+def event_file_listing(
+    settings: Settings, run_key: str, *, partial: bool = False
+) -> list[dict[str, Any]]:
+    """The run's TensorBoard event files as run_listing lists files, named tensorboard/<file>;
+    none from a `tensorboard/` that leads out of the store (a symlink)."""
+    folder = f"{run_key}/{TENSORBOARD}"  # a run directory of its own, to run_listing
+    try:
+        names = sorted(p.name for p in run_dir(settings, folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    names = [name for name in names if EVENT_FILE.fullmatch(name)]
+    return [
+        {**item, "name": f"{TENSORBOARD}/{item['name']}"}
+        for item in run_listing(settings, folder, tuple(names), partial=partial)
+    ]
+
+
+def open_event_file(settings: Settings, run_key: str, filename: str) -> BinaryIO:
+    """One of the run's TensorBoard event files, opened as open_run_file opens a file."""
+    if not EVENT_FILE.fullmatch(filename):
+        raise FileNotFoundError(f"{filename} is not a TensorBoard event file")
+    return open_run_file(settings, f"{run_key}/{TENSORBOARD}", filename)
 
 
 def open_run_file(settings: Settings, run_key: str, name: str) -> BinaryIO:

@@ -190,6 +190,9 @@ class Experiment(Base):
     # published again.
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    # The MLflow run that mirrors this one (worker.sinks, MOE_MLFLOW_TRACKING_URI): kept so
+    # that an attempt after a crash, on any worker, goes on logging into the same run.
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -357,3 +360,18 @@ class Worker(Base):
             "power_watts": self.gpu_power_watts,
             "read_at": self.gpu_read_at,
         }
+
+
+class SinkFailure(Base):
+    """An optional sink (TensorBoard, MLflow: worker.sinks) that failed during a run's
+    attempt: one row per sink and attempt, counted on /metrics. The run itself goes on."""
+
+    __tablename__ = "sink_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    sink: Mapped[str] = mapped_column(String(20))
+    error: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

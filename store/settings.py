@@ -106,12 +106,22 @@ class Settings(BaseSettings):
     # How long a request waits for a database connection before it is answered 503 with
     # Retry-After (only when something else holds them, e.g. a slow database).
     db_pool_timeout: float = Field(10.0, gt=0)
+    # Optional sinks (worker.sinks), off by default: each run also written where researchers'
+    # own tools read it. A sink that fails is logged and counted on /metrics; the run goes on.
+    tensorboard: bool = Field(
+        False, description="TensorBoard event files per run, in its artifacts' tensorboard/"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="mirror each run into an MLflow run on this tracking server"
+    )
     # Embedded SQLite has no separate migrate step: the API and worker upgrade it at start.
     auto_migrate: bool = Field(
         None, description="`alembic upgrade head` at start; default: on for SQLite"
     )
 
-    @field_validator("data_dir", "api_token", "device", "gpu_lock_dir", mode="before")
+    @field_validator(
+        "data_dir", "api_token", "device", "gpu_lock_dir", "mlflow_tracking_uri", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # docker compose passes `MOE_API_TOKEN: ${MOE_API_TOKEN:-}` as "" when unset.

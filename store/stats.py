@@ -16,6 +16,7 @@ from store.models import (
     Worker,
     utcnow,
 )
+from store.tracking import sink_failures
 
 EPOCH_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -39,6 +40,8 @@ class ServiceStats:
     restarts: int
     # live workers' latest GPU readings (Worker.gpu_reading), by name; CPU workers absent
     gpus: dict[str, dict] = field(default_factory=dict)
+    # the optional sinks' failures (worker.sinks), per sink
+    sink_failures: dict[str, int] = field(default_factory=dict)
 
 
 def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats:
@@ -88,6 +91,7 @@ def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats
         )
         if (reading := worker.gpu_reading()) is not None
     }
+    failures = sink_failures(session=session)
     session.rollback()
     return ServiceStats(
         runs_by_status={status.value: int(by_status.get(status.value, 0)) for status in Status},
@@ -103,4 +107,5 @@ def service_stats(*, session: Session, heartbeat_timeout: float) -> ServiceStats
         handbacks=int(handbacks),
         restarts=int(restarts),
         gpus=gpus,
+        sink_failures=failures,
     )

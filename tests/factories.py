@@ -29,12 +29,24 @@ def request_body(name: str = "run", **fields: Any) -> dict[str, Any]:
     return {"name": name, "base_preset": "micro", "base": fast_base(), **fields}
 
 
-def new_experiment(database: str, name: str = "t") -> int:
-    base = base_config("micro")
+def new_experiment(
+    database: str,
+    name: str = "t",
+    *,
+    dense: bool = False,
+    baseline_id: int | None = None,
+    tags: tuple[str, ...] = (),
+    **base_overrides: Any,
+) -> int:
+    """A queued run of the micro base's `baseline` preset (`base_overrides`: BaseConfig
+    fields); `dense` for a dense baseline, `baseline_id` for the dense run it is judged by."""
+    base = base_config("micro", **base_overrides)
     with session_scope(database) as session:
         experiment = catalogue.create_experiment(
-            session=session, name=name, config=get_experiment_configs(base)["baseline"], base=base
-        )
+            session=session, name=name, config=get_experiment_configs(base)["baseline"],
+            base=base, preset=None if dense else "baseline", dense=dense,
+            baseline_id=baseline_id, tags=tags,
+        )  # fmt: skip
         session.commit()
         return experiment.id
 

@@ -16,7 +16,7 @@ import httpx
 
 from store.settings import Settings
 from tests.environment import ROOT
-from tests.servers import free_port
+from tests.servers import free_port, stop_session
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -135,13 +135,7 @@ class ApiProcess(ServiceProcess):
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_session(self.process)
         self.log.close()
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -118,3 +120,63 @@ class PostgresCluster:
         except Exception:
             pass
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class MlflowServer:
+    """A real `mlflow server` (the full `mlflow` package, a dev requirement) on its own port,
+    its SQLite backend and artifacts in `directory`; stopped with its workers."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.directory / "server.log", "ab")
+        mlflow = Path(sys.executable).parent / "mlflow"
+        self.process = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
+             "--artifacts-destination", str(self.directory / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            cwd=self.directory, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # uvicorn's worker goes with it at stop()
+        )  # fmt: skip
+        try:  # creating its schema and importing the server: ~20 s on a loaded machine
+            wait_for(self._healthy, timeout=timeout, interval=0.5, what="mlflow server")
+        except AssertionError:
+            self.stop()
+            raise AssertionError((self.directory / "server.log").read_text()[-3000:]) from None
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {self.process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                return b" 200 " in s.recv(64)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_session(self.process, timeout=20)
+        self.process = None
+        self.log.close()
+
+
+def stop_session(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM to a process started in a session of its own and its children, SIGKILL after
+    `timeout` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moe_core.records import EpochRecord, ProgressReport, StepPoint
-from store import leases
+from store import leases, tracking
 from store.db import session_scope
 from store.leases import Claim, LeaseState
 from store.models import Status, utcnow
@@ -333,6 +333,21 @@ class RunLease:
                 )  # fmt: skip
 
         outlasting_outages(self.settings, f"{self!r} epoch {record['epoch']}", write)
+
+    def remember_mlflow_run(self, run_id: str) -> None:
+        """The MLflow run that mirrors this one (worker.sinks), kept for later attempts."""
+        with self._session() as session:
+            tracking.set_mlflow_run_id(
+                session=session, experiment_id=self.experiment_id, owner=self.owner,
+                run_id=run_id,
+            )  # fmt: skip
+
+    def record_sink_failure(self, sink: str, error: str) -> None:
+        """A sink failed (worker.sinks): counted for GET /metrics; the run goes on."""
+        with self._session() as session:
+            tracking.record_sink_failure(
+                session=session, experiment_id=self.experiment_id, sink=sink, error=error
+            )
 
     # ------------------------------------------------------------------ the end
 

@@ -19,7 +19,7 @@ from moe_core.atomic import write_json_atomic
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
 from moe_core.errors import TrainingCancelled
-from moe_core.records import step_metrics_every
+from moe_core.records import EpochRecord, StepPoint, step_metrics_every
 from moe_core.runner import (
     resolve_device,
     resolve_precision,
@@ -30,11 +30,14 @@ from moe_core.sizing import GiB, memory_estimate
 from store import artifacts, catalogue, leases, results, workers
 from store.db import session_scope
 from store.leases import ClaimOutcome
-from store.models import Status
+from store.models import FINISHED, Status
 from store.queue import TrainingQueue
+from store.results import stored_result
 from store.settings import Settings
+from store.tracking import run_verdict
 from worker import gpu_memory, shutdown
 from worker.lease import RunLease
+from worker.sinks import RunInfo, Sinks, open_sinks
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ def run_experiment(
         base = BaseConfig.model_validate(experiment.base)
         dense, run_key = experiment.dense, experiment.run_key
         epochs_done = experiment.current_epoch
+        described = {"name": experiment.name, "preset": experiment.preset,
+                     "tags": list(experiment.tags or []), "mlflow_run_id": experiment.mlflow_run_id,
+                     "study": experiment.study.name if experiment.study else None}  # fmt: skip
         if worker_name is not None:
             workers.set_device(session=session, name=worker_name, device=str(device))
         # A study's members all train in the precision its first member resolved.
@@ -91,10 +97,49 @@ def run_experiment(
             log.warning("experiment %s: removing a checkpoint its first attempt did not "
                         "write", experiment_id)  # fmt: skip
             checkpoint.unlink()
+        sinks = open_sinks(
+            tensorboard=settings.tensorboard,
+            mlflow_tracking_uri=settings.mlflow_tracking_uri,
+            remember_mlflow_run=lease.remember_mlflow_run,
+            on_failure=lease.record_sink_failure,
+        )
+        run_info = RunInfo(experiment_id=experiment_id, run_key=run_key, directory=directory,
+                           config=config.model_dump(mode="json"),
+                           base=base.model_dump(mode="json"), dense=dense,
+                           **described)  # fmt: skip
         lease.preparing_data(epoch=epochs_done + 1, num_epochs=base.num_epochs)
-        with lease:
-            _train(lease, config, base, dense=dense, device=device, directory=directory,
-                   run_key=run_key, settings=settings)  # fmt: skip
+        try:
+            with lease:
+                # under the lease's heartbeat: a tracking server slow to answer (or refuse)
+                # must not make the run look dead
+                sinks.start(run_info)
+                _train(lease, config, base, dense=dense, device=device, directory=directory,
+                       run_key=run_key, settings=settings, sinks=sinks)  # fmt: skip
+        finally:
+            _end_sinks(sinks, lease, settings)
+
+
+def _end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
+    """Tell the sinks how the attempt ended, as the store of record has it: the run finished
+    by this attempt (its status, result and verdict), or left for another attempt."""
+    if not sinks:
+        return
+    try:
+        with session_scope(settings.database_url) as session:
+            run = catalogue.get_experiment(session=session, experiment_id=lease.experiment_id)
+            ended = run is not None and run.worker == lease.owner and run.status in FINISHED
+            if ended:
+                status = str(run.status)
+                result = stored_result(run) if run.status == Status.succeeded else None
+                verdict = run_verdict(session=session, run=run) if result else None
+    except Exception:  # the database is away: the sinks' ending is not worth waiting for
+        log.warning("experiment %s: the run's ending not read for its sinks",
+                    lease.experiment_id, exc_info=True)  # fmt: skip
+        ended = False
+    if ended:
+        sinks.finish(status, result, verdict)
+    else:
+        sinks.close()
 
 
 def _train(
@@ -107,9 +152,19 @@ def _train(
     directory: Path,
     run_key: str,
     settings: Settings,
+    sinks: Sinks,
 ) -> None:
     """The attempt under its lease, ending the run (or handing it back) however it goes."""
     experiment_id = lease.experiment_id
+
+    def epoch_end(record: EpochRecord) -> None:
+        lease.record_epoch(record)  # the store first: it raises if the run is not ours
+        sinks.epoch(record)
+
+    def steps(points: list[StepPoint]) -> None:
+        lease.record_steps(points)  # kept in memory; the lease's monitor writes them
+        sinks.steps(points)
+
     try:
         if device.type == "cuda":
             _share_the_gpu(config, base, dense=dense, device=device, settings=settings)
@@ -127,9 +182,9 @@ def _train(
             base,
             device,
             dense=dense,
-            on_epoch_end=lease.record_epoch,
+            on_epoch_end=epoch_end,
             on_progress=lease.report_progress,
-            on_steps=lease.record_steps,
+            on_steps=steps,
             step_metrics_every=lease.step_metrics_every,
             should_stop=lease.should_stop,
             checkpoint_path=directory / artifacts.CHECKPOINT,

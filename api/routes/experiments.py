@@ -402,12 +402,15 @@ MAX_LOG_READ = 1 << 20
 def list_artifacts(
     *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
 ) -> dict:
-    """The run's files: model.pt (final weights), checkpoint.pt, result.json, run.log. Until
+    """The run's files: model.pt (final weights), checkpoint.pt, result.json, run.log, and
+    with MOE_TENSORBOARD on its TensorBoard event files (tensorboard/<file>). Until
     the run has succeeded every one is `partial`: what it had written when it stopped (a
     failed run's checkpoint.pt is its last finished epoch's, not a final model)."""
     experiment = _get_or_404(session, experiment_id)
+    partial = _partial(experiment)
     return {
-        "items": artifacts.run_listing(settings, experiment.run_key, partial=_partial(experiment))
+        "items": artifacts.run_listing(settings, experiment.run_key, partial=partial)
+        + artifacts.event_file_listing(settings, experiment.run_key, partial=partial)
     }
 
 
@@ -466,6 +469,49 @@ def download_artifact(
         file,
         filename=f"experiment-{experiment_id}-{name}",
         media_type=media,
+        headers={"X-Artifact-Partial": str(_partial(experiment)).lower()},
+    )
+
+
+@router.get(
+    "/{experiment_id}/artifacts/tensorboard/{filename}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the event file",
+            "content": {"application/octet-stream": {}},
+            "headers": _PARTIAL_HEADER,
+        },
+        **error_responses(404, 422),
+    },
+)
+def download_event_file(
+    *,
+    experiment_id: ExperimentId,
+    filename: Annotated[
+        str,
+        Path(
+            pattern=artifacts.EVENT_FILE.pattern,
+            max_length=255,
+            description="one of the listed tensorboard/ names, without the folder",
+        ),
+    ],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    """One of the run's TensorBoard event files (MOE_TENSORBOARD): a run still going has
+    written what it had so far (`partial`)."""
+    experiment = _get_or_404(session, experiment_id)
+    try:
+        file = artifacts.open_event_file(settings, experiment.run_key, filename)
+    except FileNotFoundError:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"experiment {experiment_id} has no tensorboard/{filename}"
+        ) from None
+    return file_response(
+        file,
+        filename=f"experiment-{experiment_id}-{filename}",
+        media_type="application/octet-stream",
         headers={"X-Artifact-Partial": str(_partial(experiment)).lower()},
     )
 

@@ -7,7 +7,7 @@
   when it was read); all null on a CPU worker or where NVML cannot be read.
 
 Revision ID: 0008
-Revises: 0007 (the integrator re-chains it after 0007)
+Revises: 0007
 Create Date: 2026-12-04 16:00:00
 """
 

@@ -263,3 +263,35 @@ def test_files_are_never_served_through_a_symlink(client, settings, tmp_path):
     assert client.get(f"{base}/artifacts").json()["items"] == []
     assert client.get(f"{base}/artifacts/model.pt").status_code == 404
     assert client.get(f"{base}/logs").text == ""
+
+
+def test_tensorboard_event_files_are_listed_and_never_served_through_a_symlink(
+    client, settings, tmp_path
+):
+    run = submit(client)
+    succeed(settings.database_url, run["id"], result(3.0))
+    folder = artifacts.run_dir(settings, run["run_key"]) / artifacts.TENSORBOARD
+    folder.mkdir(parents=True)
+    event = "events.out.tfevents.1796399695.vm.2690.1"
+    (folder / event).write_bytes(b"event records")
+    (folder / "notes.txt").write_text("not an event file\n")
+    (folder / "events.out.tfevents.1.vm.1.1").symlink_to(folder / event)
+    base = f"/experiments/{run['id']}/artifacts"
+    listed = [a["name"] for a in client.get(base).json()["items"]]
+    assert listed == [f"tensorboard/{event}"]
+    served = client.get(f"{base}/tensorboard/{event}")
+    assert served.status_code == 200 and served.content == b"event records"
+    assert served.headers["x-artifact-partial"] == "false"
+    assert client.get(f"{base}/tensorboard/events.out.tfevents.1.vm.1.1").status_code == 404
+    assert client.get(f"{base}/tensorboard/notes.txt").status_code == 422  # only event files
+
+    # nor from a tensorboard/ that is a link out of the store
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / event).write_bytes(b"not this run's")
+    for name in os.listdir(folder):
+        (folder / name).unlink()
+    folder.rmdir()
+    folder.symlink_to(other, target_is_directory=True)
+    assert client.get(base).json()["items"] == []
+    assert client.get(f"{base}/tensorboard/{event}").status_code == 404

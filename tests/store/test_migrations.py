@@ -22,6 +22,7 @@ pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/ser
 TABLES = {
     "alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats", "workers",
     "step_metrics",
+    "sink_failures",
 }  # fmt: skip
 
 

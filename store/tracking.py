@@ -1,0 +1,61 @@
+"""What the worker's optional sinks (worker.sinks: TensorBoard, MLflow) keep in the store:
+the MLflow run that mirrors a run, and the sinks' failures, which /metrics counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from moe_core.criteria import judge
+from store.models import Experiment, SinkFailure, Status
+from store.results import stored_result
+
+SINKS = ("tensorboard", "mlflow")  # the names /metrics labels, each reported even at 0
+
+
+def set_mlflow_run_id(*, session: Session, experiment_id: int, owner: str, run_id: str) -> bool:
+    """Remember the MLflow run of a run `owner` still holds (committed); fenced like every
+    write of a worker, so a stale attempt cannot point the run at its own MLflow run."""
+    done = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.worker == owner,
+            Experiment.status == Status.running,
+        )
+        .values(mlflow_run_id=run_id)
+    ).rowcount
+    session.commit()
+    return done == 1
+
+
+def record_sink_failure(*, session: Session, experiment_id: int, sink: str, error: str) -> None:
+    """Count one sink's failure during an attempt (committed). Not fenced: a count of what
+    happened, whichever attempt it happened in."""
+    session.add(SinkFailure(experiment_id=experiment_id, sink=sink, error=error[:2000]))
+    session.commit()
+
+
+def sink_failures(*, session: Session) -> dict[str, int]:
+    """Failures per sink, every known sink present."""
+    counts = dict(
+        session.execute(select(SinkFailure.sink, func.count()).group_by(SinkFailure.sink)).all()
+    )
+    return {sink: int(counts.get(sink, 0)) for sink in sorted({*SINKS, *counts})}
+
+
+def run_verdict(*, session: Session, run: Experiment) -> dict[str, Any] | None:
+    """A succeeded run's verdict against its dense baseline, as GET /experiments/{id}/verdict
+    judges it, when the baseline has succeeded too; None when there is none to give yet (a
+    dense run, no baseline, a baseline not finished or failed)."""
+    if run.dense or run.baseline_id is None:
+        return None
+    baseline = session.get(Experiment, run.baseline_id)
+    if baseline is None or baseline.status != Status.succeeded:
+        return None
+    try:
+        return {"baseline_id": baseline.id, **judge(stored_result(run), stored_result(baseline))}
+    except ValueError:  # e.g. a baseline without a finite validation loss
+        return None
