@@ -200,6 +200,20 @@ class ResultRead(BaseModel):
     compile: str | None = Field(None, description="base.compile: off, default or graphs")
 
 
+class VerdictLine(BaseModel):
+    """One line of a verdict as people read it (moe_core.criteria.verdict_lines): the CLI
+    and the dashboard print these as they are, so both say the same."""
+
+    criterion: Literal["primary", "secondary", "tertiary", "passed"]
+    passed: bool | None = Field(description="null for secondary: reported, not judged")
+    summary: str = Field(description="the numbers the criterion was judged on")
+    rule: str = Field(description="what the criterion asks")
+    significance: str | None = Field(
+        description="the paired t-test of the deciding difference (primary only), or why "
+        "there is none"
+    )
+
+
 class VerdictRead(BaseModel):
     """moe_core.criteria.judge's verdict; each section carries its numbers as well."""
 
@@ -213,6 +227,7 @@ class VerdictRead(BaseModel):
         None, description="always null: one seed says nothing of noise (see a study's seeds)"
     )
     significance_note: str | None = None
+    lines: list[VerdictLine] = Field(description="the verdict in words, one line a criterion")
 
 
 class StudyMember(BaseModel):
@@ -310,6 +325,9 @@ class PresetVerdict(BaseModel):
     gap_delta: Delta | None = Field(description="val-train gap minus dense's, over seeds")
     per_seed: list[SeedVerdict]
     verdict: dict[str, Any] | None = Field(description="judge_seeds' verdict, whole")
+    lines: list[VerdictLine] = Field(
+        description="the verdict over the seeds in words, one line a criterion (empty until judged)"
+    )
     detail: str | None
 
 
