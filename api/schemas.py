@@ -373,9 +373,10 @@ class StudyList(BaseModel):
 
 class Presets(BaseModel):
     experiments: dict[str, dict[str, Any]] = Field(
-        description="every experiment preset, as full configs on the spec base: " + PRESETS_STATED
+        description="every experiment preset, as full configs on the base asked for (spec "
+        "unless ?base= names another): " + PRESETS_STATED
     )
-    dense: dict[str, Any] = Field(description="the dense baseline's config on the spec base")
+    dense: dict[str, Any] = Field(description="the dense baseline's config on that base")
     base: dict[str, dict[str, Any]] = Field(description="the base presets, as full configs")
 
 
