@@ -22,7 +22,7 @@ function curves(run, epochs) {
     charts.push(lineChart("Auxiliary loss", [line("train aux", (e) => e.train.aux_loss), line("val aux", (e) => e.val && e.val.aux_loss)]));
   }
   charts.push(lineChart("Tokens per second", [line("tokens/s", (e) => e.tokens_per_sec)]));
-  if (epochs.some((e) => e.gating_temperature !== null && e.gating_temperature !== undefined)) {
+  if (!run.dense && epochs.some((e) => e.gating_temperature !== null && e.gating_temperature !== undefined)) {
     charts.push(lineChart("Gating temperature", [line("temperature", (e) => e.gating_temperature)]));
   }
   return el("div", { class: "charts", id: "curves" }, charts);
