@@ -384,7 +384,7 @@ def verdict_lines(verdict: Mapping[str, Any]) -> list[dict[str, Any]]:
             if layer.get("entropy") is not None and layer.get("max_entropy")
             else ""
         )
-        + f" over capacity {100 * (layer.get('dropped') or 0):.1f}%"
+        + ("" if layer.get("dropped") is None else f" over capacity {100 * layer['dropped']:.1f}%")
         for layer in t.get("layers") or []
     )
     min_usage = t.get("min_usage")

@@ -234,7 +234,7 @@ def test_the_verdict_table_says_what_the_cli_says(deployment, start_api, page):
     )
     assert differ == [["config.dropout", "0.2", "0.1"], ["base.num_epochs", str(EPOCHS), "2"]]
     assert not page.locator("#configuration details[open]").count()  # the whole of it folded
-    docs_shot(page, "dashboard-run")
+    docs_shot(page, "dashboard-run-page")
 
 
 def test_a_study_draws_each_preset_as_its_mean_over_seeds_with_a_standard_error_band(
