@@ -19,6 +19,7 @@ from tests.fixtures.browser import inked, shot, wait_in_page
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
+
 def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api, start_worker,
                                                           page):  # fmt: skip
     settings = deployment(progress_interval=0.3)
