@@ -12,6 +12,7 @@ import math
 import random
 import re
 import statistics
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -72,6 +73,14 @@ def seed_pair(database: str) -> tuple[int, int]:
     return ids
 
 
+@pytest.fixture()
+def pair(deployment, start_api) -> SimpleNamespace:
+    """A dense and a top2 run (seed_pair) on an API of the test's own: `url`, `dense`, `moe`."""
+    settings = deployment()
+    dense_id, moe_id = seed_pair(settings.database_url)
+    return SimpleNamespace(url=start_api(settings).url, dense=dense_id, moe=moe_id)
+
+
 def ema(values: list[float], weight: float) -> list[float]:
     """TensorBoard's debiased exponential moving average."""
     last, out = 0.0, []
@@ -103,10 +112,8 @@ def redrawn(page, change: str) -> None:
                        ".every(b => b.dataset.drawn === '1')")  # fmt: skip
 
 
-def test_run_charts_switch_axis_smooth_log_zoom_hide_and_download(deployment, start_api, page):
-    settings = deployment()
-    dense_id, moe_id = seed_pair(settings.database_url)
-    api = start_api(settings)
+def test_run_charts_switch_axis_smooth_log_zoom_hide_and_download(pair, page):
+    api, dense_id, moe_id = pair, pair.dense, pair.moe
     epochs = httpx.get(f"{api.url}/experiments/{moe_id}/metrics").json()["epochs"]
     run = httpx.get(f"{api.url}/experiments/{moe_id}").json()
     val_ce = [e["val"]["ce_loss"] for e in epochs]
@@ -207,10 +214,8 @@ def cli_verdict_lines(url: str, experiment_id: int) -> tuple[list[list[str]], st
     return rows, lines[-1]
 
 
-def test_the_verdict_table_says_what_the_cli_says(deployment, start_api, page):
-    settings = deployment()
-    _, moe_id = seed_pair(settings.database_url)
-    api = start_api(settings)
+def test_the_verdict_table_says_what_the_cli_says(pair, page):
+    api, moe_id = pair, pair.moe
     page.goto(f"{api.url}/ui/#/run/{moe_id}")
     page.wait_for_selector("#verdict tr[data-criterion]")
     shown = page.eval_on_selector_all(
@@ -278,10 +283,8 @@ def test_a_study_draws_each_preset_as_its_mean_over_seeds_with_a_standard_error_
     docs_shot(page, "dashboard-study-band")
 
 
-def test_compare_diffs_hyper_parameters_and_sorts_columns(deployment, start_api, page):
-    settings = deployment()
-    dense_id, moe_id = seed_pair(settings.database_url)
-    api = start_api(settings)
+def test_compare_diffs_hyper_parameters_and_sorts_columns(pair, page):
+    api, dense_id, moe_id = pair, pair.dense, pair.moe
     page.goto(f"{api.url}/ui/#/compare?ids={moe_id},{dense_id}")
     page.wait_for_selector("#hparams tbody tr")
     runs = [httpx.get(f"{api.url}/experiments/{i}").json() for i in (moe_id, dense_id)]
@@ -308,10 +311,8 @@ def test_compare_diffs_hyper_parameters_and_sorts_columns(deployment, start_api,
     docs_shot(page, "dashboard-compare")
 
 
-def test_runs_table_columns_are_chosen_and_kept_in_the_url(deployment, start_api, page):
-    settings = deployment()
-    dense_id, moe_id = seed_pair(settings.database_url)
-    api = start_api(settings)
+def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
+    api, dense_id, moe_id = pair, pair.dense, pair.moe
     page.goto(f"{api.url}/ui/#/?cols=id,name,params")
     page.wait_for_selector(f'#runs tr[data-run="{moe_id}"]')
     heads = "[...document.querySelectorAll('#runs thead th')].map(t => t.dataset.column || '')"
@@ -333,10 +334,8 @@ def test_runs_table_columns_are_chosen_and_kept_in_the_url(deployment, start_api
 
 
 @pytest.mark.parametrize("where", ["runs", "run"])
-def test_nothing_overflows_a_phone_screen(deployment, start_api, browser, where):
-    settings = deployment()
-    _, moe_id = seed_pair(settings.database_url)
-    api = start_api(settings)
+def test_nothing_overflows_a_phone_screen(pair, browser, where):
+    api, moe_id = pair, pair.moe
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     page = context.new_page()
     try:
@@ -354,10 +353,8 @@ def test_nothing_overflows_a_phone_screen(deployment, start_api, browser, where)
         context.close()
 
 
-def test_dark_mode_follows_the_system(deployment, start_api, page):
-    settings = deployment()
-    _, moe_id = seed_pair(settings.database_url)
-    api = start_api(settings)
+def test_dark_mode_follows_the_system(pair, page):
+    api, moe_id = pair, pair.moe
     page.emulate_media(color_scheme="dark")
     page.goto(f"{api.url}/ui/#/run/{moe_id}")
     page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
