@@ -2,8 +2,8 @@
 //
 // A chart takes series from any source: each series is {label, x, y, color?, dash?, scale?,
 // band?}, where x holds one array per x-axis it can be drawn on ({epoch, tokens, time},
-// an axis left out or null where the source does not give it) and y the values (null: a
-// gap). band: {lo, hi}, a shaded interval around y (a study's mean ± 1 SE). epochAxes()
+// {step, epoch, tokens, time}, an axis left out or null where the source does not give it)
+// and y the values (null: a gap). band: {lo, hi}, a shaded interval around y (a study's mean ± 1 SE). epochAxes()
 // makes the x of a run's epochs; step points (GET /experiments/{id}/steps, on another
 // branch) need only their own x, e.g. {step, tokens, time} from each point, to join in.
 //
@@ -15,7 +15,7 @@
 import { el, duration } from "./dom.js";
 import { saveBlob } from "./http.js";
 
-export const AXES = { epoch: "epoch", tokens: "tokens", time: "wall time" };
+export const AXES = { step: "step", epoch: "epoch", tokens: "tokens", time: "wall time" };
 const SETTINGS_KEY = "moe-lab-charts";
 
 export const settings = { x: "epoch", smoothing: 0, logY: false,
@@ -44,9 +44,10 @@ export function chartControls() {
     el("label", {}, log, " log y"));
 }
 
-// The x of a run's epochs on each axis: the epoch; tokens trained so far (the epoch's steps
-// x the batch's tokens, batch_size x seq_len, from the run's config); wall time so far (the
-// sum of the epochs' durations). An axis is null where the run does not give it.
+// The x of a run's epochs on each axis: optimizer steps so far (each epoch's steps,
+// summed); the epoch; tokens trained so far (those steps x the batch's tokens, batch_size x
+// seq_len, from the run's config); wall time so far (the sum of the epochs' durations). An
+// axis is null where the run does not give it.
 export function epochAxes(epochs, run) {
   const batch = run && run.config && run.base ? run.config.batch_size * run.base.seq_len : null;
   const cumulative = (f) => {
@@ -61,6 +62,7 @@ export function epochAxes(epochs, run) {
     return out;
   };
   return {
+    step: cumulative((e) => e.steps),
     epoch: epochs.map((e) => e.epoch),
     tokens: batch ? cumulative((e) => e.steps * batch) : null,
     time: cumulative((e) => e.duration),
@@ -157,7 +159,7 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
     const axisStyle = { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
     const axes = [
       { ...axisStyle, label: AXES[axis], size: 40,
-        values: (u, splits) => splits.map((v) => axis === "time" ? duration(v) : axis === "tokens" ? compact(v) : String(v)),
+        values: (u, splits) => splits.map((v) => axis === "time" ? duration(v) : axis === "epoch" ? String(v) : compact(v)),
         ...(axis === "epoch" ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] } : {}) },
       { ...axisStyle, label: yLabel + (logY ? " (log)" : ""), scale: "y", size: 60, values: (u, splits) => splits.map((v) => v === null ? "" : compact(v)) },
     ];

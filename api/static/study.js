@@ -6,8 +6,8 @@ import { el, every, fill, fmt, mark, scopeSignal, scroller, sortable, statusTag,
 import { chartControls, epochAxes, lineChart, meanBand } from "./charts.js";
 
 // A study's runs drawn as one line per preset (dense too): at each epoch the mean over the
-// seeds whose run reached it, with a band of ± 1 standard error; on the tokens and wall-time
-// axes, x is the seeds' mean tokens and time at that epoch.
+// seeds whose run reached it, with a band of ± 1 standard error; on the step, tokens and
+// wall-time axes, x is the seeds' mean steps, tokens and time at that epoch.
 function presetGroups(study) {
   const groups = new Map();
   for (const m of study.members) {
@@ -26,12 +26,13 @@ export function meanOverSeeds(members, epochsOf, runs, f) {
     const axes = epochAxes(epochs, runs.get(m.id));
     const picked = epochs.map((e) => { const v = f(e); return v === undefined ? null : v; });
     return { y: aligned({ epochs: axes.epoch, at: picked }),
+      step: axes.step && aligned({ epochs: axes.epoch, at: axes.step }),
       tokens: axes.tokens && aligned({ epochs: axes.epoch, at: axes.tokens }),
       time: axes.time && aligned({ epochs: axes.epoch, at: axes.time }) };
   });
   const band = meanBand(per.map((p) => p.y));
   const axis = (key) => per.every((p) => p[key]) ? meanBand(per.map((p) => p[key])).mean : null;
-  const x = { epoch: epochNumbers, tokens: axis("tokens"), time: axis("time") };
+  const x = { step: axis("step"), epoch: epochNumbers, tokens: axis("tokens"), time: axis("time") };
   return { x, y: band.mean, band: members.length > 1 ? { lo: band.lo, hi: band.hi } : undefined };
 }
 

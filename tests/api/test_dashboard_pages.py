@@ -126,9 +126,14 @@ def test_run_charts_switch_axis_smooth_log_zoom_hide_and_download(pair, page):
     assert chart["labels"] == ["train CE", "val CE", "train CE (eval mode)"]
     assert chart["data"][2] == pytest.approx(val_ce)
 
-    # tokens: each epoch's steps x batch_size x seq_len, summed
     select = "const s = document.querySelector('select[name=x-axis]'); s.value = '{}';" \
              " s.dispatchEvent(new Event('change'))"  # fmt: skip
+    # step: each epoch's optimizer steps, summed
+    redrawn(page, select.format("step"))
+    chart = drawn(page, "Cross-entropy")
+    steps = [sum(e["steps"] for e in epochs[: i + 1]) for i in range(EPOCHS)]
+    assert chart["axis"] == "step" and chart["data"][0] == steps and steps[-1] == 8 * EPOCHS
+    # tokens: each epoch's steps x batch_size x seq_len, summed
     redrawn(page, select.format("tokens"))
     per_step = run["config"]["batch_size"] * run["base"]["seq_len"]
     tokens = [per_step * sum(e["steps"] for e in epochs[: i + 1]) for i in range(EPOCHS)]
