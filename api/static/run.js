@@ -30,7 +30,7 @@ function curves(run, epochs) {
 
 // The verdict's lines as the API words them (moe_core.criteria.verdict_lines): the same
 // lines `moe-lab verdict` prints.
-export function verdictTable(verdict) {
+export function verdictTable(verdict, { id = "verdict" } = {}) {
   const symbol = (passed) => passed === null ? el("span", { class: "muted" }, "·") : mark(passed);
   const rows = verdict.lines.flatMap((line) => [
     el("tr", { "data-criterion": line.criterion, class: line.criterion === "passed" ? "verdict-whole" : null },
@@ -39,7 +39,7 @@ export function verdictTable(verdict) {
     line.significance ? el("tr", { class: "significance", "data-significance": line.criterion },
       el("td"), el("td", { class: "muted" }, "significance"), el("td", { colspan: 2, class: "details" }, line.significance)) : null,
   ]);
-  return scroller(el("table", { id: "verdict", "data-passed": String(verdict.passed) },
+  return scroller(el("table", { id, class: "verdict", "data-passed": String(verdict.passed) },
     el("thead", {}, el("tr", {}, ...["", "criterion", "numbers", "rule"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows)));
 }

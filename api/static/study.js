@@ -4,6 +4,7 @@
 import { FINISHED, api, conditional, follow } from "./http.js";
 import { el, every, fill, fmt, mark, scopeSignal, scroller, sortable, statusTag, view } from "./dom.js";
 import { chartControls, epochAxes, lineChart, meanBand } from "./charts.js";
+import { verdictTable } from "./run.js";
 
 // A study's runs drawn as one line per preset (dense too): at each epoch the mean over the
 // seeds whose run reached it, with a band of ± 1 standard error; on the step, tokens and
@@ -88,7 +89,10 @@ export async function studyView(id) {
       tested ? el("p", { class: "muted footnote", id: "study-verdicts-note" },
         `Δ: mean ± standard error over the seeds, each run paired with its seed's dense run; ${ci}: Δ ± t·SE, Student's t with n − 1 degrees of freedom; `
         + `p: two-sided paired t-test. Significant: the deciding difference (Δ val CE; Δ gap where primary passes on the gap alone, marked (gap)) `
-        + `has p < ${+(1 - confidence).toFixed(3)}, its interval excludes 0.`) : null);
+        + `has p < ${+(1 - confidence).toFixed(3)}, its interval excludes 0.`) : null,
+      // each preset's verdict over its seeds in words: the lines `moe-lab verdict` prints for a run
+      study.preset_verdicts.filter((v) => v.lines.length).map((v) => el("details", { class: "preset-lines", "data-preset": v.preset },
+        el("summary", {}, `${v.preset}: what the verdict says`), verdictTable(v, { id: `verdict-${v.preset}` }))));
     fill(members, el("h2", {}, "Runs"), scroller(sortable(el("table", { id: "study-members" },
       el("thead", {}, el("tr", {}, ...["id", "name", "seed", "status", "epochs", "best val CE", "verdict"].map((h) => el("th", {}, h)))),
       el("tbody", {}, study.members.map((m) => {

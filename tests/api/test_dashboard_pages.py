@@ -285,6 +285,15 @@ def test_a_study_draws_each_preset_as_its_mean_over_seeds_with_a_standard_error_
             [m - s for m, s in zip(means, ses, strict=True)]
         )
         assert [at[f"{label} +1 SE"], at[f"{label} −1 SE"]] in chart["bands"]
+    # the preset's verdict over its seeds, in the API's words (its lines), folded under the table
+    lines = httpx.get(f"{api.url}/studies/{study['id']}").json()["preset_verdicts"][0]["lines"]
+    page.locator('details.preset-lines[data-preset="top2"] summary').click()
+    shown = page.eval_on_selector_all(
+        "#verdict-top2 tr[data-criterion]",
+        "rows => rows.map(r => [...r.cells].map(c => c.innerText))",
+    )
+    assert [row[1:] for row in shown] == [[x["criterion"], x["summary"], x["rule"]] for x in lines]
+    assert "over 3 seeds" in page.locator("#verdict-top2 tr[data-significance]").inner_text()
     docs_shot(page, "dashboard-study-band")
 
 
