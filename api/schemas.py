@@ -226,6 +226,20 @@ class ResultRead(BaseModel):
     compile: str | None = Field(None, description="base.compile: off, default or graphs")
 
 
+class VerdictLine(BaseModel):
+    """One line of a verdict as people read it (moe_core.criteria.verdict_lines): the CLI
+    and the dashboard print these as they are, so both say the same."""
+
+    criterion: Literal["primary", "secondary", "tertiary", "passed"]
+    passed: bool | None = Field(description="null for secondary: reported, not judged")
+    summary: str = Field(description="the numbers the criterion was judged on")
+    rule: str = Field(description="what the criterion asks")
+    significance: str | None = Field(
+        description="the paired t-test of the deciding difference (primary only), or why "
+        "there is none"
+    )
+
+
 class VerdictRead(BaseModel):
     """moe_core.criteria.judge's verdict; each section carries its numbers as well."""
 
@@ -239,6 +253,7 @@ class VerdictRead(BaseModel):
         None, description="always null: one seed says nothing of noise (see a study's seeds)"
     )
     significance_note: str | None = None
+    lines: list[VerdictLine] = Field(description="the verdict in words, one line a criterion")
 
 
 class StudyMember(BaseModel):
@@ -336,6 +351,9 @@ class PresetVerdict(BaseModel):
     gap_delta: Delta | None = Field(description="val-train gap minus dense's, over seeds")
     per_seed: list[SeedVerdict]
     verdict: dict[str, Any] | None = Field(description="judge_seeds' verdict, whole")
+    lines: list[VerdictLine] = Field(
+        description="the verdict over the seeds in words, one line a criterion (empty until judged)"
+    )
     detail: str | None
 
 
@@ -381,9 +399,10 @@ class StudyList(BaseModel):
 
 class Presets(BaseModel):
     experiments: dict[str, dict[str, Any]] = Field(
-        description="every experiment preset, as full configs on the spec base: " + PRESETS_STATED
+        description="every experiment preset, as full configs on the base asked for (spec "
+        "unless ?base= names another): " + PRESETS_STATED
     )
-    dense: dict[str, Any] = Field(description="the dense baseline's config on the spec base")
+    dense: dict[str, Any] = Field(description="the dense baseline's config on that base")
     base: dict[str, dict[str, Any]] = Field(description="the base presets, as full configs")
 
 

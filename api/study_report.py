@@ -140,6 +140,7 @@ def _preset_verdict(
         "gap_delta": None,
         "per_seed": [],
         "verdict": None,
+        "lines": [],
         "detail": None,
     }
     try:
@@ -170,6 +171,7 @@ def _preset_verdict(
             for member, single in zip(members, judged["per_seed"], strict=True)
         ],
         "verdict": judged,
+        "lines": judged["lines"],
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moe_core.criteria import judge, judge_seeds
+from moe_core.criteria import judge, judge_seeds, verdict_lines
 from store.models import Experiment, Status
 from store.results import stored_result
 
@@ -20,7 +20,7 @@ def verdict(experiment: Experiment, baseline: Experiment | None) -> dict[str, An
         judged = judge(stored_result(experiment), stored_result(baseline))
     except ValueError as exc:  # e.g. a baseline without a finite validation loss
         raise NoVerdict(f"experiment {experiment.id}: {exc}") from exc
-    return {"baseline_id": baseline.id, **judged}
+    return {"baseline_id": baseline.id, **judged, "lines": verdict_lines(judged)}
 
 
 def seeds_verdict(pairs: list[tuple[Experiment, Experiment | None]]) -> dict[str, Any]:
@@ -28,12 +28,13 @@ def seeds_verdict(pairs: list[tuple[Experiment, Experiment | None]]) -> dict[str
     (judge_seeds pairs results by position); raises NoVerdict while any pair can't be judged."""
     judged = [(run, _judgeable(run, baseline)) for run, baseline in pairs]
     try:
-        return judge_seeds(
+        over_seeds = judge_seeds(
             [stored_result(run) for run, _ in judged],
             [stored_result(baseline) for _, baseline in judged],
         )
     except ValueError as exc:
         raise NoVerdict(str(exc)) from exc
+    return {**over_seeds, "lines": verdict_lines(over_seeds)}
 
 
 def _judgeable(experiment: Experiment, baseline: Experiment | None) -> Experiment:

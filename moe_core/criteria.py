@@ -375,43 +375,99 @@ def _significance(verdict: Mapping[str, Any]) -> str:
     return f"NOT significant at {at} over {seeds} seeds (the interval includes 0: seed noise): {numbers}"
 
 
-def format_verdict(name: str, verdict: Mapping[str, Any]) -> str:
+RULES = {
+    "primary": "lower validation CE than dense, or the val−train gap reduced by "
+    f"≥ {100 * GAP_REDUCTION_TARGET:.0f}%",
+    "secondary": "reported, not judged: speed and size beside the dense run",
+    "tertiary": f"every expert of every MoE layer gets ≥ {MIN_USAGE_TARGET:.0f}% of the final "
+    "model's validation assignments",
+    "passed": "primary and tertiary both pass",
+}
+"""What each criterion asks, in words: the `rule` of its verdict line."""
+
+
+def verdict_lines(verdict: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A verdict as the lines people read: one per criterion and one for the whole, each
+    `{criterion, passed, summary, rule, significance}`. The one definition of what a verdict
+    says: the API serves these lines (`lines`), the CLI and the dashboard print them as they
+    are, and format_verdict prints them under the run's name. `passed` is None for
+    secondary (reported, not judged); `significance` is the paired t-test of the deciding
+    difference, on the primary line only. Verdicts stored before a field existed print
+    without it."""
     p, s, t = verdict["primary"], verdict["secondary"], verdict["tertiary"]
+    if p.get("gap_judged", True) and p.get("gap_reduction") is not None:
+        enough = p.get("gap_reduced_enough", p["gap_reduction"] >= GAP_REDUCTION_TARGET)
+        gap = f"reduced {100 * p['gap_reduction']:.1f}% ({_mark(enough)} ≥ {100 * GAP_REDUCTION_TARGET:.0f}%)"
+    else:
+        gap = p.get("gap_note") or "not judged"
+    primary = (
+        f"val CE {_num(p.get('val_loss'))} vs dense {_num(p.get('dense_val_loss'))}:"
+        f" Δ {_pm(p.get('val_loss_delta'))} ({_mark(p.get('beats_dense_loss'))} lower);"
+        f" gap {_num(p.get('val_gap'))} vs dense {_num(p.get('dense_val_gap'))}: {gap}"
+    )
+    secondary = (
+        f"{_num(s.get('tokens_per_sec'), ',.0f')} tok/s vs dense"
+        f" {_num(s.get('dense_tokens_per_sec'), ',.0f')} (x{_num(s.get('throughput_ratio'), '.2f')}"
+        + (f"; {s['throughput_note']}" if s.get("throughput_note") else "")  # which epochs
+        + ")"
+    )
+    timing = s.get("timing") or {}
+    if timing.get("forward_fraction") is not None:
+        secondary += (
+            f"; time fwd/bwd/opt {timing['forward_fraction']:.0%}/{timing['backward_fraction']:.0%}"
+            f"/{timing['optimizer_fraction']:.0%}"
+        )
+    if s.get("params") is not None:
+        secondary += f"; {s['params']:,} params"
+        if s.get("active_params") is not None:
+            secondary += f", {s['active_params']:,} active per token"
+    layers = ", ".join(
+        f"L{layer['layer']} min {layer['min_usage']:.1f}%"
+        + (
+            f" H {layer['entropy']:.2f}/{layer['max_entropy']:.2f}"
+            if layer.get("entropy") is not None and layer.get("max_entropy")
+            else ""
+        )
+        + ("" if layer.get("dropped") is None else f" over capacity {100 * layer['dropped']:.1f}%")
+        for layer in t.get("layers") or []
+    )
+    min_usage = t.get("min_usage")
+    tertiary = (
+        f"min usage {'n/a' if min_usage is None else f'{min_usage:.1f}%'}: {layers}"
+        if layers
+        else t.get("reason") or "no expert statistics"
+    )
+    if t.get("seeds_passed") is not None:
+        tertiary += f" (worst seed; {t['seeds_passed']} of {verdict.get('seeds', 1)} seeds pass)"
+    marks = f"primary {_mark(p.get('passed'))}, tertiary {_mark(t.get('passed'))}"
+    seeds = verdict.get("seeds", 1)
+    whole = marks + (f" ({seeds} seeds, the rule on the means)" if seeds > 1 else "")
+
+    def line(criterion: str, passed: bool | None, summary: str, significance: str | None = None):
+        return {"criterion": criterion, "passed": passed, "summary": summary,
+                "rule": RULES[criterion], "significance": significance}  # fmt: skip
+
+    return [
+        line("primary", p.get("passed"), primary, _significance(verdict)),
+        line("secondary", None, secondary),
+        line("tertiary", t.get("passed"), tertiary),
+        line("passed", verdict.get("passed"), whole),
+    ]
+
+
+def format_verdict(name: str, verdict: Mapping[str, Any]) -> str:
+    """The verdict_lines under the run's name, as the engine's study prints them."""
     seeds = verdict.get("seeds", 1)
     lines = [
         f"{_mark(verdict['passed'])} {name}" + (f" ({seeds} seeds, means)" if seeds > 1 else "")
     ]
-    if p.get("gap_judged", True) and p["gap_reduction"] is not None:
-        reduction = f"reduction {100 * p['gap_reduction']:.1f}%"
-    else:
-        reduction = p.get("gap_note") or "not judged"
-    lines.append(
-        f"  {_mark(p['passed'])} PRIMARY   val CE {_num(p['val_loss'])} vs dense {_num(p['dense_val_loss'])}:"
-        f" Δ {_pm(p['val_loss_delta'])} ({_mark(p['beats_dense_loss'])} lower);"
-        f" gap {_num(p['val_gap'])} vs dense {_num(p['dense_val_gap'])}"
-        f" ({reduction}, {_mark(p['gap_reduced_enough'])} >= {100 * GAP_REDUCTION_TARGET:.0f}%)"
-    )
-    lines.append(f"            {_significance(verdict)}")
-    timing = s["timing"]
-    active = s.get("active_params")
-    params = "" if active is None else f"; params {s['params']:,} ({active:,} active per token)"
-    lines.append(
-        f"  · SECONDARY {_num(s['tokens_per_sec'], ',.0f')} tok/s vs dense {_num(s['dense_tokens_per_sec'], ',.0f')}"
-        f" (x{_num(s['throughput_ratio'], '.2f')}"
-        + (f"; {s['throughput_note']}" if s.get("throughput_note") else "")
-        + "); time fwd/bwd/opt"
-        f" {timing['forward_fraction']:.0%}/{timing['backward_fraction']:.0%}/{timing['optimizer_fraction']:.0%}"
-        + params
-    )
-    detail = ", ".join(
-        f"L{layer['layer']} min {layer['min_usage']:.1f}% H {layer['entropy']:.2f}/{layer['max_entropy']:.2f}"
-        f" over capacity {100 * (layer.get('dropped') or 0):.1f}%"
-        for layer in t["layers"]
-    )
-    lines.append(
-        f"  {_mark(t['passed'])} TERTIARY  every expert >= {t['min_usage_target']:.0f}% of the final model's"
-        f" validation assignments: {detail or t.get('reason', '')}"
-    )
+    for row in verdict_lines(verdict):
+        if row["criterion"] == "passed":
+            continue
+        mark = "·" if row["passed"] is None else _mark(row["passed"])
+        lines.append(f"  {mark} {row['criterion'].upper():<9} {row['summary']}")
+        if row["significance"]:
+            lines.append(f"            {row['significance']}")
     return "\n".join(lines)
 
 

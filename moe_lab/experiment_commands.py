@@ -321,8 +321,7 @@ def verdict(
         + ("passed" if answer["passed"] else "not passed")
     )
     out.print(render.verdict_table(answer))
-    if answer.get("significance_note"):
-        out.print(answer["significance_note"])
+    out.print(render.verdict_significance(answer))
 
 
 @app.command()

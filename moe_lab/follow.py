@@ -107,6 +107,7 @@ class Follower:
                     + ("passed" if verdict["passed"] else "not passed")
                 )
                 self.console.print(render.verdict_table(verdict))
+                self.console.print(render.verdict_significance(verdict))
         return final
 
     def print_outcome(self, run: Mapping[str, Any]) -> None:

@@ -18,6 +18,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from moe_core.criteria import verdict_lines
+
 CHECK, CROSS, DOT = "✓", "✗", "·"
 
 
@@ -288,52 +290,24 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
 # --------------------------------------------------------------------------- verdicts
 
 
+def verdict_rows(verdict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The verdict's lines as the API serves them (moe_core.criteria.verdict_lines, the one
+    definition the dashboard prints too); an API from before `lines` gets them made here."""
+    return verdict.get("lines") or verdict_lines(verdict)
+
+
 def verdict_table(verdict: Mapping[str, Any]) -> Table:
-    """A verdict's three criteria, each with its mark and the numbers it rests on."""
-    p, s, t = verdict["primary"], verdict["secondary"], verdict["tertiary"]
-    out = table("", "criterion", "", "numbers", wrap=("numbers",))
-    if p.get("gap_judged", True) and p.get("gap_reduction") is not None:
-        gap = f"reduced {100 * p['gap_reduction']:.1f}% (needs ≥ 25%)"
-    else:
-        gap = p.get("gap_note") or "not judged"
-    out.add_row(
-        mark(p["passed"]),
-        "primary",
-        "quality",
-        f"val CE {num(p['val_loss'], '.4f')} vs dense {num(p['dense_val_loss'], '.4f')} "
-        f"(Δ {signed(p['val_loss_delta'], '.4f')}, {mark(p.get('beats_dense_loss'))} lower); "
-        f"gap {num(p.get('val_gap'), '.3f')} vs dense {num(p.get('dense_val_gap'), '.3f')}: "
-        f"{gap}",
-    )
-    params = ""
-    if s.get("params") is not None:
-        params = f"; {s['params']:,} params"
-        if s.get("active_params") is not None:
-            params += f", {s['active_params']:,} active per token"
-    out.add_row(
-        DOT,
-        "secondary",
-        "speed",
-        f"{num(s.get('tokens_per_sec'), ',.0f')} tok/s vs dense "
-        f"{num(s.get('dense_tokens_per_sec'), ',.0f')} (x{num(s.get('throughput_ratio'), '.2f')}"
-        + (f"; {s['throughput_note']}" if s.get("throughput_note") else "")
-        + ")"
-        + params,
-    )
-    layers = ", ".join(
-        f"L{layer['layer']} {layer['min_usage']:.1f}%" for layer in t.get("layers") or []
-    )
-    target = t.get("min_usage_target", 5)
-    out.add_row(
-        mark(t["passed"]),
-        "tertiary",
-        "experts",
-        f"min usage {pct(t.get('min_usage'))} (every expert ≥ {target:.0f}%): {layers}"
-        if layers
-        else t.get("reason", ""),
-    )
-    out.add_row(mark(verdict["passed"]), "passed", "", "primary and tertiary")
+    """A verdict's lines: mark, criterion, the numbers it rests on, the rule it applies."""
+    out = table("", "criterion", "numbers", "rule", wrap=("numbers", "rule"))
+    for line in verdict_rows(verdict):
+        out.add_row(DOT if line["passed"] is None else mark(line["passed"]), line["criterion"],
+                    line["summary"], line["rule"])  # fmt: skip
     return out
+
+
+def verdict_significance(verdict: Mapping[str, Any]) -> str:
+    """What the verdict's lines say of significance (the primary line's t-test, or why none)."""
+    return "; ".join(line["significance"] for line in verdict_rows(verdict) if line["significance"])
 
 
 def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:

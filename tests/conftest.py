@@ -3,7 +3,9 @@
 - tests/fixtures/data.py: the generated corpus and the session's tokenizer cache;
 - tests/fixtures/services.py: the machine's Postgres and Redis (MOE_TEST_POSTGRES_URL,
   MOE_TEST_REDIS_URL), stores migrated on them, deployments, the API in-process;
-- tests/fixtures/processes.py: real workers and API servers.
+- tests/fixtures/processes.py: real workers and API servers;
+- tests/fixtures/browser.py: chromium through Playwright, a page that fails on script
+  errors and CSP violations, screenshots (docs/img/ with MOE_DOCS_SCREENSHOTS=1).
 
 Helpers that tests import live beside them: tests/client.py (calling the API),
 tests/factories.py (test data), tests/processes.py, tests/servers.py (free ports,
@@ -15,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.services",
     "tests.fixtures.processes",
+    "tests.fixtures.browser",
 ]

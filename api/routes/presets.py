@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
 
 from api.schemas import Presets
 from moe_core.config import BASE_PRESETS, base_config, dense_config, get_experiment_configs
@@ -10,9 +12,21 @@ from moe_core.config import BASE_PRESETS, base_config, dense_config, get_experim
 router = APIRouter(prefix="/presets", tags=["presets"])
 
 
+BaseName = Literal[tuple(BASE_PRESETS)]  # type: ignore[valid-type]
+
+
 @router.get("", response_model=Presets)
-def read_presets() -> Presets:
-    spec = base_config("spec")
+def read_presets(
+    *,
+    base: Annotated[
+        BaseName,
+        Query(
+            description="the base preset the experiment and dense configs are built on (a "
+            "preset's expert width and sizes follow its base)"
+        ),
+    ] = "spec",
+) -> Presets:
+    spec = base_config(base)
     return Presets(
         experiments={
             name: config.model_dump(mode="json")

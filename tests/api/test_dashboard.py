@@ -4,11 +4,8 @@ test-artifacts/dashboard/ (MOE_TEST_ARTIFACTS overrides)."""
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,82 +14,10 @@ from moe_core.config import base_config, dense_config, get_experiment_configs
 from moe_core.presets import EXPERIMENT_PRESETS
 from store import catalogue, leases
 from store.db import session_scope
-from tests.environment import ROOT, unavailable
 from tests.factories import claim, fast_base, record, result, step_point, succeed
-from tests.waiting import wait_for
+from tests.fixtures.browser import inked, shot, wait_in_page
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
-
-ARTIFACTS = Path(os.environ.get("MOE_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = os.environ.get("MOE_CHROMIUM") or shutil.which("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        unavailable(f"playwright is not reachable: {exc}")
-    if chromium is None:
-        unavailable("chromium is not installed (apt-get install -y chromium)")
-    with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def page(browser, request):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # A 401 is how the page learns it needs the token (the token test): not an error.
-    page.on("console", lambda m: errors.append(m.text)
-            if m.type == "error" and "401" not in m.text else None)  # fmt: skip
-    # The pages run under the API's Content-Security-Policy (this origin only, nothing
-    # inline): every violation (a blocked script, style or request) is an error here too.
-    page.add_init_script(
-        "document.addEventListener('securitypolicyviolation', e => console.error("
-        "`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`))"
-    )
-    policies: list[str | None] = []
-    page.on("response", lambda r: policies.append(r.headers.get("content-security-policy"))
-            if r.request.resource_type == "document" else None)  # fmt: skip
-    yield page
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{request.node.name}-last.png", full_page=True)
-    context.close()
-    assert not errors, errors
-    assert policies and all(policy and "default-src 'self'" in policy for policy in policies)
-
-
-def wait_in_page(page, expression: str, timeout: float = 30.0) -> None:
-    """Until `expression` is true in the page. Not page.wait_for_function: its own polling
-    evaluates the expression in the page, which the pages' Content-Security-Policy (no
-    eval) refuses; evaluate() is allowed."""
-    wait_for(lambda: page.evaluate(expression), timeout=timeout, interval=0.01, what=expression)
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
-
-
-def inked(page, selector: str) -> list[int]:
-    """For each canvas under `selector`: how many of its pixels are not background."""
-    return page.eval_on_selector_all(
-        f"{selector} canvas",
-        """canvases => canvases.map(c => {
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let n = 0;
-            for (let i = 0; i < d.length; i += 4) {
-                if (d[i + 3] > 0 && (d[i] < 235 || d[i + 1] < 235 || d[i + 2] < 235)) n++;
-            }
-            return n;
-        })""",
-    )
 
 
 def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api, start_worker,

@@ -12,12 +12,14 @@ from torch.utils.data import DataLoader
 
 from moe_core.config import ExperimentConfig, base_config
 from moe_core.criteria import (
+    RULES,
     format_p,
     format_table,
     format_verdict,
     judge,
     judge_seeds,
     throughput,
+    verdict_lines,
 )
 from moe_core.runner import build_model, build_optimizer, count_parameters
 from moe_core.statistics import CONFIDENCE, mean_se, paired_t_test, t_critical, t_p_value
@@ -396,3 +398,32 @@ def test_with_one_epoch_the_throughput_ratio_includes_warm_up_and_says_so():
     seeds = judge_seeds([_speeds([300.0, 400.0])] * 2, [_speeds([300.0, 800.0])] * 2)
     assert seeds["secondary"]["throughput_ratio"] == pytest.approx(0.5)
     assert seeds["secondary"]["throughput_note"].startswith("epoch 2, the first (warm-up")
+
+
+def test_verdict_lines_say_each_criterion_its_numbers_its_rule_and_the_significance():
+    # one seed: a lower loss passes primary; one expert at 2% fails tertiary
+    verdict = judge(_result(val=[3.9], train=[3.0], usage=(2.0,) + (14.0,) * 7),
+                    _result(val=[4.0], train=[3.2], tps=200.0))  # fmt: skip
+    lines = {line["criterion"]: line for line in verdict_lines(verdict)}
+    assert list(lines) == ["primary", "secondary", "tertiary", "passed"]
+    assert [lines[c]["passed"] for c in lines] == [True, None, False, False]
+    assert lines["primary"]["summary"] == (
+        "val CE 3.9000 vs dense 4.0000: Δ -0.1000 (✓ lower); gap 0.9000 vs dense 0.8000: "
+        "reduced -12.5% (✗ ≥ 25%)"
+    )
+    assert lines["primary"]["significance"].startswith("one seed: significance unknown")
+    assert lines["secondary"]["summary"].startswith(
+        "100 tok/s vs dense 200 (x0.50; one epoch, its warm-up (compilation, caches) included)"
+    )
+    assert lines["tertiary"]["summary"].startswith("min usage 2.0%: L2 min 2.0%")
+    assert all(line["rule"] == RULES[c] for c, line in lines.items())
+    assert lines["passed"]["summary"] == "primary ✓, tertiary ✗"
+    assert [line["significance"] for line in lines.values()][1:] == [None, None, None]
+
+    # over seeds: the t-test of the deciding difference, the same sentence format_verdict prints
+    over = judge_seeds(*_seeded([-0.05, -0.04, -0.06]))
+    primary = verdict_lines(over)[0]
+    assert primary["summary"].startswith("val CE 3.9500 vs dense 4.0000: Δ -0.0500 ± 0.0058")
+    assert primary["significance"].startswith("significant at 95% over 3 seeds: Δ val CE -0.0500")
+    assert primary["significance"] in format_verdict("x", over)
+    assert primary["summary"] in format_verdict("x", over)

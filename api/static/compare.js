@@ -1,0 +1,81 @@
+// Compare runs: their figures side by side (Δ against dense), the hyper-parameters in which
+// they differ, and their curves on one chart each.
+
+import { api } from "./http.js";
+import { el, fill, fmt, fmtInt, mean, scopeSignal, scroller, sortable, view } from "./dom.js";
+import { chartControls, epochAxes, lineChart } from "./charts.js";
+
+// Every config and base field, flattened: "config.top_k", "base.seq_len", ...
+function fields(run) {
+  const out = new Map();
+  for (const [section, values] of [["config", run.config], ["base", run.base]]) {
+    for (const [key, value] of Object.entries(values || {})) out.set(`${section}.${key}`, value);
+  }
+  return out;
+}
+
+// The hyper-parameters that are not the same in every run: one row a field, one column a run.
+export function hyperParameterDiff(runs) {
+  const all = runs.map(fields);
+  const names = [...new Set(all.flatMap((f) => [...f.keys()]))];
+  const text = (v) => v === undefined ? "" : v === null ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v);
+  const differing = names.filter((name) => new Set(all.map((f) => text(f.get(name)))).size > 1);
+  if (!differing.length) return el("p", { id: "hparams-none" }, "The runs' configurations are the same.");
+  return scroller(sortable(el("table", { id: "hparams" },
+    el("thead", {}, el("tr", {}, el("th", {}, "field"), runs.map((r) => el("th", { class: "num", "data-run": r.id }, `${r.name} #${r.id}`)))),
+    el("tbody", {}, differing.map((name) => el("tr", { "data-field": name }, el("td", {}, name),
+      all.map((f) => el("td", { class: "num" }, text(f.get(name))))))))));
+}
+
+export async function compareView(ids) {
+  const signal = scopeSignal();
+  const input = el("input", { value: ids.join(","), placeholder: "run ids, e.g. 3,4,5", size: 24 });
+  const form = el("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); location.hash = `#/compare?ids=${input.value.replace(/\s/g, "")}`; } },
+    input, el("button", { type: "submit" }, "Compare"), el("span", { class: "muted" }, "or tick runs on the runs page"));
+  if (!ids.length) {
+    fill(view, el("h1", {}, "Compare runs"), form);
+    return;
+  }
+  const runs = await Promise.all(ids.map((id) => api(`/experiments/${id}`, { signal })));
+  const byId = new Map(runs.map((r) => [r.id, r]));
+  await Promise.all(runs.filter((r) => r.baseline_id !== null && !byId.has(r.baseline_id))
+    .map(async (r) => byId.set(r.baseline_id, await api(`/experiments/${r.baseline_id}`, { signal }))));
+  const epochsOf = new Map(await Promise.all(runs.map(async (r) => [r.id, (await api(`/experiments/${r.id}/metrics`, { signal })).epochs])));
+  const dense = runs.filter((r) => r.dense);
+  const rows = runs.map((run) => {
+    const epochs = epochsOf.get(run.id);
+    const last = epochs[epochs.length - 1];
+    const evaluated = [...epochs].reverse().find((e) => e.eval_expert_stats && e.eval_expert_stats.length);
+    const given = (key) => (last ? last.expert_stats.map((l) => l[key]).filter((v) => v !== null && v !== undefined) : []);
+    const drops = given("dropped"), loads = given("imbalance");
+    const reference = run.baseline_id !== null ? byId.get(run.baseline_id) : (!run.dense && dense.length === 1 ? dense[0] : null);
+    const ce = run.best_val_ce_loss;
+    return { run, ce, perplexity: ce === null ? null : Math.exp(ce), tokens: mean(epochs.map((e) => e.tokens_per_sec)),
+      minUsage: evaluated ? Math.min(...evaluated.eval_expert_stats.map((l) => l.min_usage)) : null,
+      drop: drops.length ? 100 * Math.max(...drops) : null,
+      imbalance: loads.length ? Math.max(...loads) : null,
+      delta: ce !== null && reference && reference.best_val_ce_loss !== null ? ce - reference.best_val_ce_loss : null,
+      reference };
+  });
+  const anyEpochs = runs.some((r) => epochsOf.get(r.id).length);
+  const series = (f) => runs.map((r) => {
+    const epochs = epochsOf.get(r.id);
+    return { label: `${r.name} #${r.id}`, x: epochAxes(epochs, r), y: epochs.map((e) => f(e) ?? null), dash: r.dense ? [8, 5] : undefined };
+  });
+  fill(view, el("h1", {}, "Compare runs"), form,
+    scroller(sortable(el("table", { id: "compare" },
+      el("thead", {}, el("tr", {}, ...["id", "name", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "imbalance", "Δ vs dense", "dense"].map((h, i) => el("th", { class: i && i !== 1 ? "num" : null }, h)))),
+      el("tbody", {}, rows.map((r) => el("tr", { "data-run": r.run.id },
+        el("td", { class: "num" }, r.run.id), el("td", {}, el("a", { href: `#/run/${r.run.id}` }, r.run.name)),
+        el("td", { class: "num" }, fmt(r.ce)), el("td", { class: "num" }, fmt(r.perplexity, 1)),
+        el("td", { class: "num" }, fmtInt(r.tokens)), el("td", { class: "num" }, r.minUsage === null ? "–" : `${r.minUsage.toFixed(1)}%`),
+        el("td", { class: "num" }, r.drop === null ? "–" : `${r.drop.toFixed(2)}%`),
+        el("td", { class: "num" }, fmt(r.imbalance, 2)),
+        el("td", { class: "num" }, r.delta === null ? "–" : (r.delta > 0 ? "+" : "") + fmt(r.delta)),
+        el("td", { class: "num" }, r.reference ? r.reference.id : "–"))))))),
+    el("h2", {}, "Hyper-parameters that differ"), hyperParameterDiff(runs),
+    anyEpochs ? [el("h2", {}, "Curves"), chartControls(), el("div", { class: "charts", id: "compare-curves" },
+      lineChart("Validation CE", series((e) => e.val && e.val.ce_loss), { yLabel: "nats" }),
+      lineChart("Training CE", series((e) => e.train.ce_loss), { yLabel: "nats" }),
+      lineChart("Tokens per second", series((e) => e.tokens_per_sec)))] : null);
+}

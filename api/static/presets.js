@@ -1,0 +1,31 @@
+// The engine's presets (GET /presets), read once a page per base preset: the names the runs
+// page filters on, and the defaults a run's configuration is compared with.
+
+import { api } from "./http.js";
+
+const cache = new Map();
+function presets(base = "spec") {
+  if (!cache.has(base)) {
+    const answer = api(`/presets?base=${encodeURIComponent(base)}`);
+    cache.set(base, answer);
+    answer.catch(() => cache.delete(base));  // asked again by the next view
+  }
+  return cache.get(base);
+}
+
+export const presetNames = () => presets().then((p) => Object.keys(p.experiments));
+
+// What a run would be with nothing changed: its preset's config (the dense config for a
+// dense run; the baseline preset for a custom one) and its base preset, both as the engine
+// builds them on that base (a preset's expert width follows the base's ffn_dim).
+export async function presetDefaults(run) {
+  const base = run.base_preset || "spec";
+  const p = await presets(base);
+  const name = run.dense ? "dense" : run.preset || "baseline";
+  return {
+    config: run.dense ? p.dense : p.experiments[name],
+    base: run.base_preset ? p.base[run.base_preset] : null,
+    label: `${run.dense ? "the dense config" : `preset ${name}${run.preset ? "" : " (a custom run: no preset of its own)"}`}`
+      + (run.base_preset ? ` on base ${run.base_preset}` : " on the spec base (a custom base: its own fields are not compared)"),
+  };
+}

@@ -1,0 +1,181 @@
+// One run: its figures, curves, experts (MoE runs only), verdict, log, configuration and
+// artifacts, following the run's event stream while it runs.
+
+import { FINISHED, api, download, follow, request } from "./http.js";
+import { el, every, fill, fmt, fmtInt, mark, progressCell, scopeSignal, scroller, sortable, statusTag, view } from "./dom.js";
+import { chartControls, epochAxes, lineChart } from "./charts.js";
+import { expertSection } from "./experts.js";
+import { presetDefaults } from "./presets.js";
+
+// The run's curves over its epochs. Step points (GET /experiments/{id}/steps) can join a
+// chart as more series: {label, x: {step, tokens, time}, y}.
+function curves(run, epochs) {
+  const x = epochAxes(epochs, run);
+  const pick = (f) => epochs.map((e) => { const v = f(e); return v === undefined ? null : v; });
+  const line = (label, f, extra = {}) => ({ label, x, y: pick(f), ...extra });
+  const charts = [
+    lineChart("Cross-entropy", [line("train CE", (e) => e.train.ce_loss), line("val CE", (e) => e.val && e.val.ce_loss),
+      line("train CE (eval mode)", (e) => e.train_eval && e.train_eval.ce_loss, { dash: [6, 4] })], { yLabel: "nats" }),
+    lineChart("Loss (CE + aux)", [line("train loss", (e) => e.train.loss), line("val loss", (e) => e.val && e.val.loss)], { yLabel: "nats" }),
+  ];
+  if (!run.dense) {  // MoE only: a dense run has no balance loss
+    charts.push(lineChart("Auxiliary loss", [line("train aux", (e) => e.train.aux_loss), line("val aux", (e) => e.val && e.val.aux_loss)]));
+  }
+  charts.push(lineChart("Tokens per second", [line("tokens/s", (e) => e.tokens_per_sec)]));
+  if (!run.dense && epochs.some((e) => e.gating_temperature !== null && e.gating_temperature !== undefined)) {
+    charts.push(lineChart("Gating temperature", [line("temperature", (e) => e.gating_temperature)]));
+  }
+  return el("div", { class: "charts", id: "curves" }, charts);
+}
+
+// The verdict's lines as the API words them (moe_core.criteria.verdict_lines): the same
+// lines `moe-lab verdict` prints.
+export function verdictTable(verdict, { id = "verdict" } = {}) {
+  const symbol = (passed) => passed === null ? el("span", { class: "muted" }, "·") : mark(passed);
+  const rows = verdict.lines.flatMap((line) => [
+    el("tr", { "data-criterion": line.criterion, class: line.criterion === "passed" ? "verdict-whole" : null },
+      el("td", {}, symbol(line.passed)), el("td", {}, line.criterion),
+      el("td", { class: "details" }, line.summary), el("td", { class: "muted details" }, line.rule)),
+    line.significance ? el("tr", { class: "significance", "data-significance": line.criterion },
+      el("td"), el("td", { class: "muted" }, "significance"), el("td", { colspan: 2, class: "details" }, line.significance)) : null,
+  ]);
+  return scroller(el("table", { id, class: "verdict", "data-passed": String(verdict.passed) },
+    el("thead", {}, el("tr", {}, ...["", "criterion", "numbers", "rule"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows)));
+}
+
+// The fields of the run's config and base that differ from its preset's defaults (on its
+// base preset), then the whole configuration, folded.
+function configSection(run, defaults) {
+  const rows = [];
+  const differ = (section, mine, theirs) => {
+    if (!theirs) return;
+    for (const key of Object.keys(mine)) {
+      if (JSON.stringify(mine[key]) !== JSON.stringify(theirs[key])) rows.push([`${section}.${key}`, mine[key], theirs[key]]);
+    }
+  };
+  differ("config", run.config, defaults.config);
+  differ("base", run.base, defaults.base);
+  const show = (v) => v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v);
+  return el("div", { id: "configuration" },
+    el("h2", {}, "Configuration"),
+    el("p", { class: "muted" }, `Against ${defaults.label}.`),
+    rows.length ? scroller(sortable(el("table", { id: "config-diff" },
+      el("thead", {}, el("tr", {}, el("th", {}, "field"), el("th", {}, "this run"), el("th", {}, "default"))),
+      el("tbody", {}, rows.map(([field, mine, theirs]) => el("tr", { "data-field": field },
+        el("td", {}, field), el("td", { class: "num" }, show(mine)), el("td", { class: "num muted" }, show(theirs))))))))
+      : el("p", { id: "config-diff-none" }, "Every field is the default."),
+    el("details", {}, el("summary", {}, "Full configuration"),
+      el("pre", { id: "config" }, JSON.stringify({ config: run.config, base: run.base }, null, 2))));
+}
+
+export async function runView(id) {
+  const signal = scopeSignal();
+  let [run, metrics] = await Promise.all([api(`/experiments/${id}`, { signal }), api(`/experiments/${id}/metrics`, { signal })]);
+  const epochs = metrics.epochs;
+  const header = el("div");
+  const curvesBox = el("div");
+  const experts = el("div");
+  const verdictBox = el("div");
+  const configBox = el("div");
+  const artifactsBox = el("div");
+  const log = el("pre", { id: "log" });
+  let logOffset = 0;
+
+  const renderHeader = () => fill(header,
+    el("h1", {}, `${run.name} `, el("span", { class: "muted" }, `#${run.id}`)),
+    el("div", { class: "summary" },
+      el("div", {}, el("span", {}, "status"), statusTag(run.status)),
+      el("div", {}, el("span", {}, "progress"), progressCell(run)),
+      el("div", {}, el("span", {}, "kind"), run.dense ? "dense" : `MoE, ${run.preset || "custom"}`),
+      el("div", {}, el("span", {}, "best val CE"), fmt(run.best_val_ce_loss)),
+      el("div", {}, el("span", {}, "test CE"), fmt(run.test_ce_loss)),
+      el("div", {}, el("span", {}, run.dense ? "params" : "params / active"), run.dense ? fmtInt(run.params) : `${fmtInt(run.params)} / ${fmtInt(run.active_params)}`),
+      el("div", {}, el("span", {}, "tokens/s"), fmtInt(run.tokens_per_sec)),
+      el("div", {}, el("span", {}, "worker"), run.worker_name || "–"),
+      run.study_id ? el("div", {}, el("span", {}, "study"), el("a", { href: `#/study/${run.study_id}` }, `study ${run.study_id}`)) : null,
+      run.baseline_id ? el("div", {}, el("span", {}, "baseline"), el("a", { href: `#/run/${run.baseline_id}` }, `run ${run.baseline_id}`)) : null,
+      run.tags.length ? el("div", {}, el("span", {}, "tags"), run.tags.join(", ")) : null),
+    run.error ? el("pre", { class: "error" }, run.error) : null,
+    FINISHED.has(run.status) ? null : el("button", { class: "danger", id: "cancel", onclick: async (e) => {
+      e.target.disabled = true;
+      try {
+        run = await api(`/experiments/${id}/cancel`, { method: "POST" });
+      } catch (error) {  // 409: it ended meanwhile
+        run = await api(`/experiments/${id}`);
+        alert(`Not cancelled: ${error.message}`);
+      }
+      renderHeader();
+    } }, run.cancel_requested ? "Cancelling…" : "Cancel run"));
+
+  const renderCurves = () => {
+    fill(curvesBox, el("h2", {}, "Curves"), epochs.length ? [chartControls(), curves(run, epochs)] : el("p", { class: "muted" }, "No epoch has finished yet."));
+    fill(experts, run.dense ? null : expertSection(epochs, epochAxes(epochs, run)));
+  };
+
+  const renderVerdict = async () => {
+    if (run.baseline_id === null) {
+      fill(verdictBox);
+      return;
+    }
+    let body;
+    try {
+      body = verdictTable(await api(`/experiments/${id}/verdict`, { signal }));
+    } catch (error) {
+      body = el("p", { class: "muted" }, error.message.replace(/^\d+: /, ""));
+    }
+    fill(verdictBox, el("h2", {}, "Verdict against ", el("a", { href: `#/run/${run.baseline_id}` }, `dense run ${run.baseline_id}`)), body);
+  };
+
+  const renderConfig = async () => fill(configBox, configSection(run, await presetDefaults(run)));
+
+  const renderArtifacts = async () => {
+    const list = await api(`/experiments/${id}/artifacts`, { signal });
+    fill(artifactsBox, el("h2", {}, "Artifacts"), list.items.length ? scroller(el("table", { id: "artifacts" }, el("tbody", {},
+      list.items.map((a) => el("tr", {}, el("td", {}, el("a", { href: "#", onclick: (e) => {
+        e.preventDefault();
+        download(`/experiments/${id}/artifacts/${a.name}`, `experiment-${id}-${a.name}`);
+      } }, a.name), a.partial ? el("span", { class: "muted", title: "the run has not succeeded: not its final output" }, " partial") : ""),
+      el("td", { class: "num" }, `${fmtInt(a.size)} bytes`),
+      el("td", { class: "muted" }, new Date(a.modified_at).toLocaleString())))))) : el("p", { class: "muted" }, "none yet"));
+  };
+
+  const readLog = async () => {
+    const response = await request(`/experiments/${id}/logs?offset=${logOffset}`, { signal });
+    if (!response.ok) return;
+    const text = await response.text();
+    logOffset = Number(response.headers.get("X-Log-Offset") || logOffset);
+    if (text) {
+      const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.append(text);
+      if (atEnd) log.scrollTop = log.scrollHeight;
+    }
+  };
+
+  fill(view, header, curvesBox, experts, verdictBox,
+    el("div", { class: "cols" }, el("div", {}, el("h2", {}, "Log"), log), configBox),
+    artifactsBox);
+  renderHeader();
+  renderCurves();
+  await Promise.all([renderVerdict(), renderConfig(), renderArtifacts(), readLog()]);
+
+  if (!FINISHED.has(run.status)) {
+    every(2000, () => readLog().catch(() => {}), signal);
+    follow(id, async (event, data) => {
+      if (event === "epoch") {
+        if (!epochs.some((e) => e.epoch === data.epoch)) epochs.push(data);
+        renderCurves();
+      } else if (event === "progress") {
+        run.progress = data;
+        run.status = "running";
+        renderHeader();
+      } else if (event === "status") {
+        run = await api(`/experiments/${id}`, { signal });
+        renderHeader();
+        if (FINISHED.has(run.status)) {
+          await Promise.all([renderVerdict(), renderArtifacts(), readLog()]);
+        }
+      }
+    }, signal);
+  }
+}

@@ -1,0 +1,389 @@
+"""The dashboard's pages as a researcher reads them, in a real browser (tests/fixtures/
+browser.py) against a real uvicorn and Postgres, on runs written as a worker would: the
+charts' plotted values on each x-axis, smoothed and on a log scale; a study's mean ± SE band;
+the verdict table, line for line what `moe-lab verdict` prints; the config and
+hyper-parameter diffs; the runs table's columns; dark mode; a phone's width."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import re
+import statistics
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from moe_core.config import base_config, dense_config, get_experiment_configs
+from moe_lab.cli import app as cli_app
+from moe_lab.client import Client
+from store import catalogue, leases
+from store.db import session_scope
+from store.models import Status
+from tests.factories import claim, record, result, write
+from tests.fixtures.browser import docs_shot, wait_in_page
+
+pytestmark = [pytest.mark.services, pytest.mark.browser]
+
+EPOCHS = 12
+
+
+def noisy_epochs(seed: int, *, dense: bool = False, offset: float = 0.0) -> list[dict]:
+    """Epoch records with a noisy falling loss (so smoothing has something to smooth) and
+    epoch durations that differ (so wall time is not the epoch)."""
+    rng = random.Random(seed)
+    records = []
+    for epoch in range(1, EPOCHS + 1):
+        rec = record(epoch, 3 + 2 * 0.8**epoch + offset + rng.uniform(-0.15, 0.15),
+                     layers=() if dense else (2, 4))  # fmt: skip
+        rec["val"] = {**rec["val"], "ce_loss": rec["val"]["ce_loss"] + rng.uniform(-0.1, 0.1)}
+        rec["duration"] = 1.0 + epoch % 3
+        records.append(rec)
+    return records
+
+
+def finish(database: str, experiment_id: int, epochs: list[dict], run_result: dict) -> None:
+    owner = f"pages-{experiment_id}"
+    assert claim(database, experiment_id, owner).outcome is leases.ClaimOutcome.claimed
+    for rec in epochs:
+        write(database, experiment_id, owner, rec)
+    with session_scope(database) as session:
+        assert leases.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
+                                        status=Status.succeeded, result=run_result)  # fmt: skip
+
+
+def seed_pair(database: str) -> tuple[int, int]:
+    """A dense run and a top2 run judged against it, both finished, with noisy epochs; the
+    top2 run with two fields off its preset's defaults (dropout) and its base's (epochs)."""
+    base = base_config("micro", num_epochs=EPOCHS)
+    config = get_experiment_configs(base)["top2"].model_copy(update={"dropout": 0.2})
+    with session_scope(database) as session:
+        dense = catalogue.create_experiment(session=session, name="dense", base=base,
+                                            config=dense_config(base), dense=True, base_preset="micro")  # fmt: skip
+        moe = catalogue.create_experiment(session=session, name="top2", base=base, config=config,
+                                          preset="top2", baseline_id=dense.id, base_preset="micro")  # fmt: skip
+        session.commit()
+        ids = dense.id, moe.id
+    finish(database, ids[0], noisy_epochs(1, dense=True), result(3.2, dense=True))
+    finish(database, ids[1], noisy_epochs(2), result(3.1))
+    return ids
+
+
+@pytest.fixture()
+def pair(deployment, start_api) -> SimpleNamespace:
+    """A dense and a top2 run (seed_pair) on an API of the test's own: `url`, `dense`, `moe`."""
+    settings = deployment()
+    dense_id, moe_id = seed_pair(settings.database_url)
+    return SimpleNamespace(url=start_api(settings).url, dense=dense_id, moe=moe_id)
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's debiased exponential moving average."""
+    last, out = 0.0, []
+    for n, value in enumerate(values, start=1):
+        last = last * weight + (1 - weight) * value
+        out.append(last / (1 - weight**n))
+    return out
+
+
+def drawn(page, title: str) -> dict:
+    """What a chart draws: its x-axis, the series' labels and the plotted data (uPlot's)."""
+    return page.evaluate(
+        """title => {
+            const box = document.querySelector(`[data-chart="${title}"]`);
+            return { axis: box.drawn.axis, labels: box.drawn.labels,
+                     data: box.plot.data.map(c => Array.from(c, v => v ?? null)),
+                     distr: box.plot.scales.y.distr,
+                     shown: box.plot.series.slice(1).map(s => s.show) };
+        }""",
+        title,
+    )
+
+
+def redrawn(page, change: str) -> None:
+    """Make a change to the page's chart settings, then wait for the charts' redraw."""
+    page.evaluate("document.querySelectorAll('[data-chart]').forEach(b => b.dataset.drawn = '')")
+    page.evaluate(change)
+    wait_in_page(page, "[...document.querySelectorAll('#curves [data-chart]')]"
+                       ".every(b => b.dataset.drawn === '1')")  # fmt: skip
+
+
+def test_run_charts_switch_axis_smooth_log_zoom_hide_and_download(pair, page):
+    api, dense_id, moe_id = pair, pair.dense, pair.moe
+    epochs = httpx.get(f"{api.url}/experiments/{moe_id}/metrics").json()["epochs"]
+    run = httpx.get(f"{api.url}/experiments/{moe_id}").json()
+    val_ce = [e["val"]["ce_loss"] for e in epochs]
+
+    page.goto(f"{api.url}/ui/#/run/{moe_id}")
+    page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
+    page.evaluate("sessionStorage.removeItem('moe-lab-charts')")
+    chart = drawn(page, "Cross-entropy")
+    assert chart["axis"] == "epoch" and chart["data"][0] == list(range(1, EPOCHS + 1))
+    assert chart["labels"] == ["train CE", "val CE", "train CE (eval mode)"]
+    assert chart["data"][2] == pytest.approx(val_ce)
+
+    select = "const s = document.querySelector('select[name=x-axis]'); s.value = '{}';" \
+             " s.dispatchEvent(new Event('change'))"  # fmt: skip
+    # step: each epoch's optimizer steps, summed
+    redrawn(page, select.format("step"))
+    chart = drawn(page, "Cross-entropy")
+    steps = [sum(e["steps"] for e in epochs[: i + 1]) for i in range(EPOCHS)]
+    assert chart["axis"] == "step" and chart["data"][0] == steps and steps[-1] == 8 * EPOCHS
+    # tokens: each epoch's steps x batch_size x seq_len, summed
+    redrawn(page, select.format("tokens"))
+    per_step = run["config"]["batch_size"] * run["base"]["seq_len"]
+    tokens = [per_step * sum(e["steps"] for e in epochs[: i + 1]) for i in range(EPOCHS)]
+    chart = drawn(page, "Cross-entropy")
+    assert chart["axis"] == "tokens" and chart["data"][0] == tokens
+    assert chart["data"][2] == pytest.approx(val_ce)  # the same values, at other x
+    # wall time: the epochs' durations, summed (1, 2, 3 s over and over: not the epoch)
+    redrawn(page, select.format("time"))
+    chart = drawn(page, "Cross-entropy")
+    times = [sum(e["duration"] for e in epochs[: i + 1]) for i in range(EPOCHS)]
+    assert chart["axis"] == "time" and chart["data"][0] == pytest.approx(times)
+    redrawn(page, select.format("epoch"))
+
+    # smoothing: each line its debiased EMA, the raw values beside it, faint
+    slider = "const r = document.querySelector('input[name=smoothing]'); r.value = '0.6';" \
+             " r.dispatchEvent(new Event('input'))"  # fmt: skip
+    redrawn(page, slider)
+    chart = drawn(page, "Cross-entropy")
+    labels = chart["labels"]
+    assert labels[:2] == ["train CE (raw)", "train CE"]
+    smoothed = chart["data"][1 + labels.index("val CE")]
+    assert smoothed == pytest.approx(ema(val_ce, 0.6))
+    assert smoothed != pytest.approx(val_ce)
+    assert chart["data"][1 + labels.index("val CE (raw)")] == pytest.approx(val_ce)
+    assert (
+        page.locator('[data-chart="Cross-entropy"] .u-legend .u-series:not(.legend-hidden)').count()
+        == 4
+    )  # x + 3
+    docs_shot(page, "dashboard-run-smoothed", full_page=False)
+    redrawn(page, slider.replace("0.6", "0"))
+
+    # log y: a logarithmic y scale, the same values
+    redrawn(page, "document.querySelector('input[name=log-y]').click()")
+    chart = drawn(page, "Cross-entropy")
+    assert chart["distr"] == 3 and chart["data"][2] == pytest.approx(val_ce)
+    redrawn(page, "document.querySelector('input[name=log-y]').click()")
+    assert drawn(page, "Cross-entropy")["distr"] == 1
+
+    # a click on a legend entry hides its series; zoom, then reset to every epoch
+    page.locator('[data-chart="Cross-entropy"] .u-legend .u-series').nth(2).click()
+    assert drawn(page, "Cross-entropy")["shown"] == [True, False, True]
+    page.evaluate(
+        "document.querySelector('[data-chart=\"Cross-entropy\"]').plot.setScale('x', {min: 3, max: 6})"
+    )
+    scale = "(() => { const s = document.querySelector('[data-chart=\"Cross-entropy\"]').plot.scales.x;" \
+            " return [s.min, s.max]; })()"  # fmt: skip
+    assert page.evaluate(scale) == [3, 6]
+    page.locator('[data-chart="Cross-entropy"] button[data-action=reset]').click()
+    assert page.evaluate(scale) == [1, EPOCHS]
+    assert drawn(page, "Cross-entropy")["shown"] == [True, False, True]  # still hidden
+
+    # CSV: what the chart draws, a column per series; PNG: an image of it
+    with page.expect_download() as download:
+        page.locator('[data-chart="Cross-entropy"] button[data-action=csv]').click()
+    assert download.value.suggested_filename == "cross-entropy.csv"
+    rows = list(csv.reader(io.StringIO(open(download.value.path()).read())))
+    assert rows[0] == ["epoch", "train CE", "val CE", "train CE (eval mode)"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(1, EPOCHS + 1))
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx(val_ce)
+    with page.expect_download() as download:
+        page.locator('[data-chart="Cross-entropy"] button[data-action=png]').click()
+    image = open(download.value.path(), "rb").read()
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 5000
+
+    # a dense run: no MoE-only panels (no aux loss, no experts)
+    page.goto(f"{api.url}/ui/#/run/{dense_id}")
+    wait_in_page(page, f"document.querySelector('h1').innerText.endsWith('#{dense_id}') &&"
+                       " document.querySelector('#curves [data-chart][data-drawn=\"1\"]') !== null")  # fmt: skip
+    charts = page.eval_on_selector_all("#curves [data-chart]", "bs => bs.map(b => b.dataset.chart)")
+    assert charts == ["Cross-entropy", "Loss (CE + aux)", "Tokens per second"]
+    assert page.locator("#experts").count() == 0
+
+
+def cli_verdict_lines(url: str, experiment_id: int) -> tuple[list[list[str]], str]:
+    """`moe-lab verdict ID` as a shell on a wide terminal prints it: the table's rows as
+    cells (mark, criterion, numbers, rule), and the significance line under it."""
+    out = CliRunner().invoke(cli_app, ["verdict", str(experiment_id)], obj=Client(url),
+                             env={"COLUMNS": "400"})  # fmt: skip
+    assert out.exit_code == 0, out.output
+    lines = [line.rstrip() for line in out.stdout.splitlines() if line.strip()]
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["criterion"])
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[header + 2 : -1]]
+    return rows, lines[-1]
+
+
+def test_the_verdict_table_says_what_the_cli_says(pair, page):
+    api, moe_id = pair, pair.moe
+    page.goto(f"{api.url}/ui/#/run/{moe_id}")
+    page.wait_for_selector("#verdict tr[data-criterion]")
+    shown = page.eval_on_selector_all(
+        "#verdict tr[data-criterion]",
+        "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))",
+    )
+    significance = page.locator("#verdict tr[data-significance] td").nth(2).inner_text()
+
+    cli_rows, cli_significance = cli_verdict_lines(api.url, moe_id)
+    assert shown == cli_rows
+    assert significance == cli_significance
+    # and both are the API's lines, word for word
+    lines = httpx.get(f"{api.url}/experiments/{moe_id}/verdict").json()["lines"]
+    assert [row[1:] for row in shown] == [[x["criterion"], x["summary"], x["rule"]] for x in lines]
+    assert [row[0] for row in shown] == ["✓", "·", "✓", "✓"]
+    assert significance.startswith("one seed: significance unknown")
+
+    # the config: the fields that differ from the preset's defaults on the run's base preset
+    differ = page.eval_on_selector_all(
+        "#config-diff tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
+    )
+    assert differ == [["config.dropout", "0.2", "0.1"], ["base.num_epochs", str(EPOCHS), "2"]]
+    assert not page.locator("#configuration details[open]").count()  # the whole of it folded
+    docs_shot(page, "dashboard-run-page")
+
+
+def test_a_study_draws_each_preset_as_its_mean_over_seeds_with_a_standard_error_band(
+    deployment, start_api, page
+):
+    settings = deployment()
+    api = start_api(settings)
+    study = httpx.post(f"{api.url}/studies", json={"name": "band", "base_preset": "micro",
+                       "seeds": 3, "experiments": ["top2"], "base": {"num_epochs": EPOCHS}}).json()  # fmt: skip
+    for i, member in enumerate(study["members"]):
+        finish(settings.database_url, member["id"],
+               noisy_epochs(10 + i, dense=member["dense"], offset=0.0 if member["dense"] else -0.2),
+               result(3.2 if member["dense"] else 3.0, dense=member["dense"]))  # fmt: skip
+    page.goto(f"{api.url}/ui/#/study/{study['id']}")
+    page.wait_for_selector('#study-curves [data-chart="Validation CE"][data-drawn="1"]')
+    chart = page.evaluate(
+        """() => { const box = document.querySelector('#study-curves [data-chart="Validation CE"]');
+                  return { labels: box.drawn.labels, data: box.plot.data.map(c => Array.from(c)),
+                           bands: box.plot.bands.map(b => b.series) }; }"""
+    )
+    assert chart["data"][0] == list(range(1, EPOCHS + 1))
+    for name, dense in (("top2", False), ("dense", True)):
+        runs = [m for m in study["members"] if m["dense"] == dense]
+        values = [[e["val"]["ce_loss"] for e in httpx.get(
+            f"{api.url}/experiments/{m['id']}/metrics").json()["epochs"]] for m in runs]  # fmt: skip
+        means = [statistics.fmean(at) for at in zip(*values, strict=True)]
+        ses = [statistics.stdev(at) / math.sqrt(len(at)) for at in zip(*values, strict=True)]
+        label = f"{name} (3 seeds)"
+        at = {
+            key: 1 + chart["labels"].index(key)
+            for key in (label, f"{label} +1 SE", f"{label} −1 SE")
+        }
+        assert chart["data"][at[label]] == pytest.approx(means)
+        assert chart["data"][at[f"{label} +1 SE"]] == pytest.approx(
+            [m + s for m, s in zip(means, ses, strict=True)]
+        )
+        assert chart["data"][at[f"{label} −1 SE"]] == pytest.approx(
+            [m - s for m, s in zip(means, ses, strict=True)]
+        )
+        assert [at[f"{label} +1 SE"], at[f"{label} −1 SE"]] in chart["bands"]
+    # the preset's verdict over its seeds, in the API's words (its lines), folded under the table
+    lines = httpx.get(f"{api.url}/studies/{study['id']}").json()["preset_verdicts"][0]["lines"]
+    page.locator('details.preset-lines[data-preset="top2"] summary').click()
+    shown = page.eval_on_selector_all(
+        "#verdict-top2 tr[data-criterion]",
+        "rows => rows.map(r => [...r.cells].map(c => c.innerText))",
+    )
+    assert [row[1:] for row in shown] == [[x["criterion"], x["summary"], x["rule"]] for x in lines]
+    assert "over 3 seeds" in page.locator("#verdict-top2 tr[data-significance]").inner_text()
+    docs_shot(page, "dashboard-study-band")
+
+
+def test_compare_diffs_hyper_parameters_and_sorts_columns(pair, page):
+    api, dense_id, moe_id = pair, pair.dense, pair.moe
+    page.goto(f"{api.url}/ui/#/compare?ids={moe_id},{dense_id}")
+    page.wait_for_selector("#hparams tbody tr")
+    runs = [httpx.get(f"{api.url}/experiments/{i}").json() for i in (moe_id, dense_id)]
+    expected = {
+        f"{section}.{key}": [str(r[section][key]) for r in runs]
+        for section in ("config", "base")
+        for key in runs[0][section]
+        if runs[0][section][key] != runs[1][section][key]
+    }
+    rows = page.eval_on_selector_all(
+        "#hparams tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
+    )
+    assert {row[0]: row[1:] for row in rows} == expected
+    assert expected["config.top_k"] == ["2", "1"] and expected["config.dropout"] == ["0.2", "0.1"]
+    assert len(rows) == len(expected)
+
+    # sortable: val CE ascending puts the MoE run (3.1 < 3.2) first, again: descending
+    header = page.locator("#compare thead th", has_text="val CE")
+    header.click()
+    order = "document.querySelectorAll('#compare tbody tr')[0].dataset.run"
+    assert page.evaluate(order) == str(moe_id)
+    header.click()
+    assert page.evaluate(order) == str(dense_id)
+    docs_shot(page, "dashboard-compare")
+
+
+def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
+    api, dense_id, moe_id = pair, pair.dense, pair.moe
+    page.goto(f"{api.url}/ui/#/?cols=id,name,params")
+    page.wait_for_selector(f'#runs tr[data-run="{moe_id}"]')
+    heads = "[...document.querySelectorAll('#runs thead th')].map(t => t.dataset.column || '')"
+    assert page.evaluate(heads) == ["", "id", "name", "params"]
+    page.locator("#columns summary").click()
+    page.locator("#columns input[name=seed]").check()
+    assert page.evaluate(heads) == ["", "id", "name", "params", "seed"]
+    assert page.evaluate("location.hash") == "#/?cols=id,name,params,seed"
+    page.reload()
+    page.wait_for_selector(f'#runs tr[data-run="{moe_id}"]')
+    assert page.evaluate(heads) == ["", "id", "name", "params", "seed"]
+    cells = page.locator(f'#runs tr[data-run="{moe_id}"] td').all_inner_texts()
+    assert cells[1:] == [str(moe_id), "top2", "1,000", "1337"]
+    # sorted by id, descending on the second click; the study-less runs only
+    page.locator("#runs thead th", has_text="id").click()
+    page.locator("#runs thead th", has_text="id").click()
+    ids = page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
+    assert ids == [str(moe_id), str(dense_id)]
+
+
+@pytest.mark.parametrize("where", ["runs", "run"])
+def test_nothing_overflows_a_phone_screen(pair, browser, where):
+    api, moe_id = pair, pair.moe
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
+    try:
+        if where == "runs":
+            page.goto(f"{api.url}/ui/#/?cols=id,name,status,progress,preset,val_ce,test_ce,"
+                      "tokens_per_sec,params,active_params,tags,created")  # fmt: skip
+            page.wait_for_selector(f'#runs tr[data-run="{moe_id}"]')
+        else:
+            page.goto(f"{api.url}/ui/#/run/{moe_id}")
+            page.wait_for_selector("#experts [data-heatmap][data-drawn]")
+            page.wait_for_selector("#verdict")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        docs_shot(page, f"dashboard-{where}-390px", full_page=False)
+    finally:
+        context.close()
+
+
+def test_dark_mode_follows_the_system(pair, page):
+    api, moe_id = pair, pair.moe
+    page.emulate_media(color_scheme="dark")
+    page.goto(f"{api.url}/ui/#/run/{moe_id}")
+    page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
+    colours = page.evaluate(
+        """() => { const plot = document.querySelector('[data-chart="Cross-entropy"]').plot;
+                  return { page: getComputedStyle(document.documentElement).backgroundColor,
+                           text: getComputedStyle(document.body).color,
+                           axis: plot.axes[0].stroke(plot, 0), series: plot.series[1].stroke(plot, 1) }; }"""
+    )
+    assert colours == {"page": "rgb(13, 17, 23)", "text": "rgb(230, 237, 243)",
+                       "axis": "#e6edf3", "series": "#4493f8"}  # fmt: skip
+    docs_shot(page, "dashboard-run-dark")
+    page.emulate_media(color_scheme="light")
+    page.reload()
+    page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
+    assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == (
+        "rgb(255, 255, 255)"
+    )
