@@ -21,6 +21,7 @@ pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/ser
 
 TABLES = {
     "alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats", "workers",
+    "sweeps", "sweep_trials",
 }  # fmt: skip
 
 
