@@ -17,6 +17,7 @@ holds nothing that cannot be rebuilt from the trials told so far.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -103,7 +104,7 @@ class SweepConfig(BaseModel):
     trials: int | None = Field(None, ge=1, description="the budget; grid: default every point")
     seeds: int = Field(2, ge=1, le=10, description="runs per trial, paired with dense by seed")
     sampler_seed: int = 0
-    objective: Literal["delta_val_ce", "val_ce"] = "delta_val_ce"
+    objective: Literal["delta_val_ce", "delta_val_ce_at_equal_time", "val_ce"] = "delta_val_ce"
     prune: bool = Field(True, description="Optuna's median pruner on each trial's val CE")
 
     @model_validator(mode="after")
@@ -271,14 +272,55 @@ def rank(trials: list[dict[str, Any]]) -> list[int]:
     return [t["number"] for t in sorted(eligible, key=lambda t: t["objective"]["mean"])]
 
 
+def training_seconds(result: Mapping[str, Any], seq_len: int) -> list[float]:
+    """Seconds of training up to the end of each epoch: each epoch's tokens over its
+    tokens/s (evaluation excluded), summed."""
+    m = result["metrics"]
+    tokens = [steps * result["config"]["batch_size"] * seq_len for steps in m["steps"]]
+    return list(
+        itertools.accumulate(t / tps for t, tps in zip(tokens, m["tokens_per_sec"], strict=True))
+    )
+
+
+def val_ce_within(result: Mapping[str, Any], seconds: float, seq_len: int) -> float | None:
+    """The best validation CE a run had reached after `seconds` of training: of the
+    evaluated epochs that ended by then, or its first evaluated epoch's if none had (a run
+    slower than that is judged on what it first reached)."""
+    m = result["metrics"]
+    ends = training_seconds(result, seq_len)
+    evaluated = list(zip(m.get("val_epochs") or range(1, len(m["val_ce_losses"]) + 1),
+                         m["val_ce_losses"], strict=False))  # fmt: skip
+    reached = [
+        ce for epoch, ce in evaluated if ce is not None and ends[epoch - 1] <= seconds * (1 + 1e-9)
+    ]
+    if reached:
+        return min(reached)
+    first = [ce for _, ce in evaluated if ce is not None]
+    return first[0] if first else None
+
+
 def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> dict[str, Any]:
     """The trial's objective over its seeds: mean, SE, the paired test's interval, p and
-    significance (for delta_val_ce: the difference from dense, paired by seed)."""
+    significance (for the differences from dense, paired by seed).
+
+    - `delta_val_ce`: best val CE minus the dense run's (same seed);
+    - `delta_val_ce_at_equal_time`: the best val CE the trial had reached within the dense
+      run's training time, minus the dense run's best; a trial slower per token pays for
+      it (it has seen fewer tokens by then);
+    - `val_ce`: the trial's own best val CE.
+    """
     from .criteria import best_val_loss
     from .statistics import paired_t_test
 
-    values = [best_val_loss(r["metrics"]) for r in runs]
-    if sweep.objective == "delta_val_ce":
+    seq_len = sweep.base_config().seq_len
+    if sweep.objective == "delta_val_ce_at_equal_time":
+        values = [
+            val_ce_within(r, training_seconds(d, seq_len)[-1], seq_len)
+            for r, d in zip(runs, dense, strict=True)
+        ]
+    else:
+        values = [best_val_loss(r["metrics"]) for r in runs]
+    if sweep.objective != "val_ce":
         dense_values = [best_val_loss(d["metrics"]) for d in dense]
         values = [
             None if v is None or d is None else v - d

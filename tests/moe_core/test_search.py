@@ -165,3 +165,24 @@ def test_a_stored_running_trial_is_pruned_against_the_stored_complete_ones():
     good = Proposer(config, [*done, Told(2, {"aux_weight": 0.05}, "running", None, {1: 5.0, 2: 4.7})])
     bad = Proposer(config, [*done, Told(2, {"aux_weight": 0.05}, "running", None, {1: 5.0, 2: 5.9})])
     assert good.prune(2) is False and bad.prune(2) is True
+
+
+def _run(steps, tps, val_ce, batch_size=16):
+    return {"config": {"batch_size": batch_size},
+            "metrics": {"steps": steps, "tokens_per_sec": tps, "val_ce_losses": val_ce,
+                        "val_epochs": list(range(1, len(val_ce) + 1)), "best_val_ce_loss": min(val_ce)}}  # fmt: skip
+
+
+def test_at_equal_time_a_trial_slower_per_token_is_judged_on_what_it_reached_in_the_dense_runs_time():
+    from moe_core.search import objective_of
+
+    config = sweep(method="grid", seeds=1, objective="delta_val_ce_at_equal_time",
+                   space={"top_k": {"choices": [1]}})  # fmt: skip
+    seq = config.base_config().seq_len
+    tokens = 10 * 16 * seq  # per epoch
+    dense = _run([10, 10, 10], [tokens / 1.0] * 3, [5.0, 4.8, 4.7])  # 1 s an epoch: 3 s in all
+    slow = _run([10, 10, 10], [tokens / 1.5] * 3, [4.9, 4.6, 4.5])  # 1.5 s an epoch
+    (value,) = objective_of(config, [slow], [dense])["values"]
+    assert value == pytest.approx(4.6 - 4.7)  # by 3 s it had finished 2 epochs
+    plain = sweep(method="grid", seeds=1, space={"top_k": {"choices": [1]}})
+    assert objective_of(plain, [slow], [dense])["values"] == [pytest.approx(4.5 - 4.7)]
