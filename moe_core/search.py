@@ -16,9 +16,12 @@ holds nothing that cannot be rebuilt from the trials told so far.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -101,7 +104,7 @@ class SweepConfig(BaseModel):
     trials: int | None = Field(None, ge=1, description="the budget; grid: default every point")
     seeds: int = Field(2, ge=1, le=10, description="runs per trial, paired with dense by seed")
     sampler_seed: int = 0
-    objective: Literal["delta_val_ce", "val_ce"] = "delta_val_ce"
+    objective: Literal["delta_val_ce", "delta_val_ce_at_equal_time", "val_ce"] = "delta_val_ce"
     prune: bool = Field(True, description="Optuna's median pruner on each trial's val CE")
 
     @model_validator(mode="after")
@@ -255,27 +258,121 @@ def _first_line(exc: Exception) -> str:
     return " ".join(lines[:3])
 
 
+# ------------------------------------------------------------------------ judging
+
+
+def rank(trials: list[dict[str, Any]]) -> list[int]:
+    """Numbers of the trials that can be best, best first: completed, every seed's router
+    healthy (tertiary), a finite objective; ordered by the objective's mean."""
+    eligible = [
+        t for t in trials
+        if t["state"] == "complete" and t["objective"]["mean"] is not None
+        and math.isfinite(t["objective"]["mean"])
+    ]  # fmt: skip
+    return [t["number"] for t in sorted(eligible, key=lambda t: t["objective"]["mean"])]
+
+
+def training_seconds(result: Mapping[str, Any], seq_len: int) -> list[float]:
+    """Seconds of training up to the end of each epoch: each epoch's tokens over its
+    tokens/s (evaluation excluded), summed."""
+    m = result["metrics"]
+    tokens = [steps * result["config"]["batch_size"] * seq_len for steps in m["steps"]]
+    return list(
+        itertools.accumulate(t / tps for t, tps in zip(tokens, m["tokens_per_sec"], strict=True))
+    )
+
+
+def val_ce_within(result: Mapping[str, Any], seconds: float, seq_len: int) -> float | None:
+    """The best validation CE a run had reached after `seconds` of training: of the
+    evaluated epochs that ended by then, or its first evaluated epoch's if none had (a run
+    slower than that is judged on what it first reached)."""
+    m = result["metrics"]
+    ends = training_seconds(result, seq_len)
+    evaluated = list(zip(m.get("val_epochs") or range(1, len(m["val_ce_losses"]) + 1),
+                         m["val_ce_losses"], strict=False))  # fmt: skip
+    reached = [
+        ce for epoch, ce in evaluated if ce is not None and ends[epoch - 1] <= seconds * (1 + 1e-9)
+    ]
+    if reached:
+        return min(reached)
+    first = [ce for _, ce in evaluated if ce is not None]
+    return first[0] if first else None
+
+
+def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> dict[str, Any]:
+    """The trial's objective over its seeds: mean, SE, the paired test's interval, p and
+    significance (for the differences from dense, paired by seed).
+
+    - `delta_val_ce`: best val CE minus the dense run's (same seed);
+    - `delta_val_ce_at_equal_time`: the best val CE the trial had reached within the dense
+      run's training time, minus the dense run's best; a trial slower per token pays for
+      it (it has seen fewer tokens by then);
+    - `val_ce`: the trial's own best val CE.
+    """
+    from .criteria import best_val_loss
+    from .statistics import paired_t_test
+
+    seq_len = sweep.base_config().seq_len
+    if sweep.objective == "delta_val_ce_at_equal_time":
+        values = [
+            val_ce_within(r, training_seconds(d, seq_len)[-1], seq_len)
+            for r, d in zip(runs, dense, strict=True)
+        ]
+    else:
+        values = [best_val_loss(r["metrics"]) for r in runs]
+    if sweep.objective != "val_ce":
+        dense_values = [best_val_loss(d["metrics"]) for d in dense]
+        values = [
+            None if v is None or d is None else v - d
+            for v, d in zip(values, dense_values, strict=True)
+        ]
+    test = paired_t_test(values)
+    if test["mean"] is None:  # one seed: the mean alone
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        test["mean"] = sum(finite) / len(finite) if finite else None
+    return {"name": sweep.objective, "values": values, **test}  # fmt: skip
+
+
 # ------------------------------------------------------------------------- proposals
+
+
+@dataclass
+class Told:
+    """A trial as a store keeps it, to rebuild a Proposer from: its values, how it ended
+    (`running` while it trains) and its objective; `intermediate` is the val CE after each
+    epoch of its first seed's run (what the pruner compares)."""
+
+    number: int
+    params: dict[str, Any]
+    state: Literal["running", "complete", "pruned", "failed"]
+    value: float | None = None
+    intermediate: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
 class Proposer:
     """Asks Optuna for trials and tells it how they ended. Grid proposals are the grid's
     points in order; random and TPE sample the space (conditional fields only where their
     condition holds). Optuna's categorical values must be scalars: a list choice (e.g.
-    moe_layers) is proposed by its JSON text and decoded."""
+    moe_layers) is proposed by its JSON text and decoded.
 
-    def __init__(self, sweep: SweepConfig) -> None:
+    `told` rebuilds the proposer from trials kept elsewhere (a service's database): the
+    Optuna study lives in memory and holds nothing the trials do not. The sampler's seed is
+    then `sampler_seed` plus the number of trials told, so the same history always
+    proposes the same next trial."""
+
+    def __init__(self, sweep: SweepConfig, told: list[Told] | None = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep = sweep
+        seed = sweep.sampler_seed + (len(told) if told is not None else 0)
         if sweep.method == "tpe":
             # constant_liar: trials asked before earlier ones are told (side by side) are
             # spread out rather than proposed alike.
-            sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed, constant_liar=True,
+            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True,
                                                  n_startup_trials=max(2, min(10, (sweep.trials or 10) // 3)))  # fmt: skip
         else:
-            sampler = optuna.samplers.RandomSampler(seed=sweep.sampler_seed)
+            sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = (
             # a trial stops when its val CE at an epoch is worse than the median of the
             # earlier trials' at that epoch; not before 2 trials finished, nor in epoch 1
@@ -285,42 +382,79 @@ class Proposer:
             else optuna.pruners.NopPruner()
         )
         self.study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
-        self._grid: Iterator[dict[str, Any]] = iter(
-            grid_points(sweep.space) if sweep.method == "grid" else ()
-        )
+        self._grid = grid_points(sweep.space) if sweep.method == "grid" else []
+        self._next_grid = 0
         self._trials: dict[int, Any] = {}
+        for trial in told or []:
+            self._add(trial)
+
+    def _distributions(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        import optuna.distributions as d
+
+        out = {}
+        for name in params:
+            param = self.sweep.space[name]
+            if isinstance(param, Choice) or self.sweep.method == "grid":
+                values = param.choices if isinstance(param, Choice) else param.grid(name)
+                out[name] = d.CategoricalDistribution([json.dumps(v) for v in values])
+            elif param.integer:
+                out[name] = d.IntDistribution(int(param.low), int(param.high), log=param.log)
+            else:
+                out[name] = d.FloatDistribution(param.low, param.high, log=param.log)
+        return out
+
+    def _encode(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        distributions = self._distributions(params)
+        return {name: json.dumps(v) if type(distributions[name]).__name__ == "CategoricalDistribution"
+                else v for name, v in params.items()}  # fmt: skip
+
+    def _add(self, told: Told) -> None:
+        import optuna
+
+        if told.number != len(self.study.trials):
+            raise ValueError(
+                f"trial {told.number} told out of order (expected {len(self.study.trials)})"
+            )
+        states = {"running": optuna.trial.TrialState.RUNNING, "complete": optuna.trial.TrialState.COMPLETE,
+                  "pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}  # fmt: skip
+        self.study.add_trial(optuna.trial.create_trial(
+            params=self._encode(told.params), distributions=self._distributions(told.params),
+            value=told.value if told.state == "complete" else None, state=states[told.state],
+            intermediate_values=told.intermediate,
+        ))  # fmt: skip
+        if self.sweep.method == "grid":
+            self._next_grid = told.number + 1
 
     def ask(self) -> tuple[int, dict[str, Any]] | None:
         """The next trial's number and values; None when the grid is exhausted."""
         if self.sweep.method == "grid":
-            point = next(self._grid, None)
-            if point is None:
+            if self._next_grid >= len(self._grid):
                 return None
+            point = self._grid[self._next_grid]
+            self._next_grid += 1
             # Enqueued, then suggested over the field's whole grid: Optuna records the point
             # (for importance) with one distribution per field across trials.
-            self.study.enqueue_trial({field: json.dumps(v) for field, v in point.items()})
+            self.study.enqueue_trial(self._encode(point))
             trial = self.study.ask()
-            for field in point:
-                param = self.sweep.space[field]
-                values = param.choices if isinstance(param, Choice) else param.grid(field)
-                trial.suggest_categorical(field, [json.dumps(v) for v in values])
+            for name, distribution in self._distributions(point).items():
+                trial.suggest_categorical(name, distribution.choices)
             self._trials[trial.number] = trial
             return trial.number, point
         trial = self.study.ask()
         point: dict[str, Any] = {}
-        for field in _order(self.sweep.space):
-            param = self.sweep.space[field]
+        for name in _order(self.sweep.space):
+            param = self.sweep.space[name]
             if not _active(param, point):
                 continue
             if isinstance(param, Choice):
                 encoded = [json.dumps(v) for v in param.choices]
-                point[field] = json.loads(trial.suggest_categorical(field, encoded))
+                point[name] = json.loads(trial.suggest_categorical(name, encoded))
             elif param.integer:
-                point[field] = trial.suggest_int(
-                    field, int(param.low), int(param.high), log=param.log
+                point[name] = trial.suggest_int(
+                    name, int(param.low), int(param.high), log=param.log
                 )
             else:
-                point[field] = trial.suggest_float(field, param.low, param.high, log=param.log)
+                point[name] = trial.suggest_float(name, param.low, param.high, log=param.log)
         self._trials[trial.number] = trial
         return trial.number, point
 
@@ -329,6 +463,11 @@ class Proposer:
         trial = self._trials[number]
         trial.report(value, epoch)
         return bool(trial.should_prune())
+
+    def prune(self, number: int) -> bool:
+        """Whether a told running trial (its intermediate values so far) is to be pruned."""
+        trial = self.study.trials[number]
+        return bool(self.study.pruner.prune(self.study, trial))
 
     def tell(self, number: int, state: Literal["complete", "pruned", "failed"],
              value: float | None = None) -> None:  # fmt: skip
@@ -353,4 +492,4 @@ class Proposer:
             found = optuna.importance.get_param_importances(self.study, evaluator=evaluator)
         except (RuntimeError, ValueError):  # e.g. no field that varies in every trial
             return {}
-        return {field: float(share) for field, share in found.items()}
+        return {name: float(share) for name, share in found.items()}

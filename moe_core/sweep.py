@@ -19,7 +19,6 @@ sweep keeps what it finished.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -32,44 +31,13 @@ from .config import check_or_raise, dense_config
 from .criteria import MIN_USAGE_TARGET, judge_seeds
 from .errors import TrainingCancelled
 from .runner import resolve_device, resolve_precision, run_single_experiment
-from .search import Proposer, SweepConfig, check_sweep
-from .statistics import paired_t_test
+from .search import Proposer, SweepConfig, check_sweep, objective_of, rank  # noqa: F401
 
 RESULTS = "sweep_results.json"
 
 
 class SweepRefused(ValueError):
     """The sweep cannot run as given; the message lists every problem."""
-
-
-def rank(trials: list[dict[str, Any]]) -> list[int]:
-    """Numbers of the trials that can be best, best first: completed, every seed's router
-    healthy (tertiary), a finite objective; ordered by the objective's mean."""
-    eligible = [
-        t for t in trials
-        if t["state"] == "complete" and t["objective"]["mean"] is not None
-        and math.isfinite(t["objective"]["mean"])
-    ]  # fmt: skip
-    return [t["number"] for t in sorted(eligible, key=lambda t: t["objective"]["mean"])]
-
-
-def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> dict[str, Any]:
-    """The trial's objective over its seeds: mean, SE, the paired test's interval, p and
-    significance (for delta_val_ce: the difference from dense, paired by seed)."""
-    from .criteria import best_val_loss
-
-    values = [best_val_loss(r["metrics"]) for r in runs]
-    if sweep.objective == "delta_val_ce":
-        dense_values = [best_val_loss(d["metrics"]) for d in dense]
-        values = [
-            None if v is None or d is None else v - d
-            for v, d in zip(values, dense_values, strict=True)
-        ]
-    test = paired_t_test(values)
-    if test["mean"] is None:  # one seed: the mean alone
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        test["mean"] = sum(finite) / len(finite) if finite else None
-    return {"name": sweep.objective, "values": values, **test}  # fmt: skip
 
 
 def run_sweep(

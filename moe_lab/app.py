@@ -37,6 +37,11 @@ study_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
+sweep_app = typer.Typer(
+    help="Sweeps: a design space searched (grid, random, TPE), each trial judged against dense.",
+    no_args_is_help=True,
+)
+app.add_typer(sweep_app, name="sweep")
 
 
 class UsageProblem(Exception):

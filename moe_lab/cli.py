@@ -11,7 +11,12 @@ error of the API is one line on stderr and exit status 1; read commands take --j
 from __future__ import annotations
 
 # The commands register themselves on the app as their modules are imported.
-from moe_lab import experiment_commands, label_commands, study_commands  # noqa: F401
+from moe_lab import (  # noqa: F401
+    experiment_commands,
+    label_commands,
+    study_commands,
+    sweep_commands,
+)
 from moe_lab.app import app
 
 __all__ = ["app"]

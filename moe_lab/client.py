@@ -293,6 +293,22 @@ class Client:
     def download_study(self, study_id: int, name: str, dest: Path | str | IO[bytes]) -> int:
         return self._download(f"/studies/{study_id}/artifacts/{name}", dest)
 
+    # ------------------------------------------------------------------ sweeps
+
+    def create_sweep(self, body: Mapping[str, Any], *, dry_run: bool = False) -> dict:
+        # No retry: a sweep has no Idempotency-Key, and a second POST is a second sweep.
+        return self._json("POST", "/sweeps", params={"dry_run": "true"} if dry_run else None,
+                          json_body=dict(body))  # fmt: skip
+
+    def list_sweeps(self, *, limit: int | None = None, offset: int | None = None) -> dict:
+        return self._json("GET", "/sweeps", params={"limit": limit, "offset": offset})
+
+    def sweep(self, sweep_id: int) -> dict:
+        return self._json("GET", f"/sweeps/{sweep_id}")
+
+    def cancel_sweep(self, sweep_id: int) -> dict:
+        return self._json("POST", f"/sweeps/{sweep_id}/cancel")
+
     # ------------------------------------------------------------------ files
 
     def _download(self, path: str, dest: Path | str | IO[bytes]) -> int:

@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import timedelta
 
-from store import leases, workers
+from store import catalogue, leases, sweeps, workers
 from store.db import session_scope
 from store.models import utcnow
 from store.queue import TrainingQueue
@@ -133,7 +133,22 @@ class WorkerAgent(threading.Thread):
             workers.prune(session=session, silent_before=utcnow() - FORGET_WORKERS_AFTER)
         self._publish(requeued, "its worker stopped sending heartbeats")
         self._publish(lost, "its message was lost (queued beside an idle worker)")
+        self.advance_sweeps()
         return requeued, lost
+
+    def advance_sweeps(self) -> list[int]:
+        """Each running sweep settled and advanced: what a worker that died between ending
+        a run and advancing its sweep left undone (idempotent otherwise)."""
+        created = []
+        with session_scope(self.settings.database_url) as session:
+            for sweep_id in sweeps.running_sweeps(session=session):
+                created += sweeps.advance(session=session, sweep_id=sweep_id)
+        if created:
+            log.info("sweeps: publishing new trials' runs %s", created)
+            self.queue.enqueue(created)
+            with session_scope(self.settings.database_url) as session:
+                catalogue.mark_published(session=session, experiment_ids=created)
+        return created
 
     def _publish(self, ids: list[int], why: str) -> None:
         if ids:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moe_core.records import EpochRecord, ProgressReport, StepPoint
-from store import leases, tracking
+from store import catalogue, leases, sweeps, tracking
 from store.db import session_scope
 from store.leases import Claim, LeaseState
 from store.models import Status, utcnow
@@ -333,6 +333,36 @@ class RunLease:
                 )  # fmt: skip
 
         outlasting_outages(self.settings, f"{self!r} epoch {record['epoch']}", write)
+        if self._sweep_prunes():
+            log.info("experiment %s: pruned by its sweep after epoch %s", self.experiment_id,
+                     record["epoch"])  # fmt: skip
+            self._stop.set()  # the trial's runs are flagged cancelled: settle_stop ends this one
+
+    # ------------------------------------------------------------------ sweeps
+
+    def _sweep_prunes(self) -> bool:
+        """Whether this run's sweep (if any) prunes its trial after the epoch just recorded.
+        A failure here never fails the run: the trial then trains on unpruned."""
+        try:
+            with self._session() as session:
+                return sweeps.consider_pruning(session=session, experiment_id=self.experiment_id)
+        except Exception:
+            log.warning("experiment %s: the sweep's pruning check failed", self.experiment_id,
+                        exc_info=True)  # fmt: skip
+            return False
+
+    def _advance_sweep(self) -> None:
+        """The run ended: its sweep (if any) settles the trial and proposes the next ones,
+        published here. A failure is logged: the agents' periodic pass does it later."""
+        try:
+            with self._session() as session:
+                ids = sweeps.after_run(session=session, experiment_id=self.experiment_id)
+                if ids:
+                    self.queue.enqueue(ids)
+                    catalogue.mark_published(session=session, experiment_ids=ids)
+        except Exception:
+            log.warning("experiment %s: advancing its sweep failed; the agents will",
+                        self.experiment_id, exc_info=True)  # fmt: skip
 
     def remember_mlflow_run(self, run_id: str) -> None:
         """The MLflow run that mirrors this one (worker.sinks), kept for later attempts."""
@@ -365,6 +395,8 @@ class RunLease:
         done = outlasting_outages(self.settings, f"{self!r} finish", write)
         if not done:
             log.info("%r: no longer ours to finish (%s)", self, status)
+        else:
+            self._advance_sweep()
         return done
 
     def hand_back(

@@ -128,3 +128,69 @@ def test_importance_names_the_field_that_moves_the_objective():
     importance = proposer.importance()
     assert set(importance) == {"aux_weight", "router_z_loss"}
     assert importance["aux_weight"] > 0.8
+
+
+def test_a_proposer_rebuilt_from_stored_trials_proposes_the_same_next_trial():
+    from moe_core.search import Told
+
+    config = sweep(method="tpe", trials=10, sampler_seed=3, space=SPACE)
+    history = []
+    for number in range(6):  # as a service proposes: each from the trials stored so far
+        proposer = Proposer(config, history)
+        asked, point = proposer.ask()
+        assert asked == number
+        history.append(Told(number, point, "complete", point["aux_weight"]))
+    # the same history, rebuilt again, proposes the same 7th trial; a running trial counts
+    assert Proposer(config, history).ask() == Proposer(config, history).ask()
+    running = [*history, Told(6, Proposer(config, history).ask()[1], "running")]
+    number, point = Proposer(config, running).ask()
+    assert number == 7 and point != running[6].params
+
+
+def test_a_rebuilt_grid_goes_on_from_the_next_point_and_ends():
+    from moe_core.search import Told
+
+    config = sweep(
+        method="grid", space={"top_k": {"choices": [1, 2]}, "aux_weight": {"choices": [0.01, 0.1]}}
+    )
+    told = [Told(0, {"top_k": 1, "aux_weight": 0.01}, "complete", 1.0)]
+    assert Proposer(config, told).ask() == (1, {"top_k": 1, "aux_weight": 0.1})
+    told += [Told(i, p, "complete", 1.0) for i, p in enumerate(grid_points(config.space)[1:], 1)]
+    assert Proposer(config, told).ask() is None
+
+
+def test_a_stored_running_trial_is_pruned_against_the_stored_complete_ones():
+    from moe_core.search import Told
+
+    config = sweep(method="random", trials=5, space={"aux_weight": {"low": 0.001, "high": 0.1}})
+    done = [
+        Told(i, {"aux_weight": 0.01 * (i + 1)}, "complete", 4.5, {1: 5.0, 2: 4.8}) for i in range(2)
+    ]
+    good = Proposer(
+        config, [*done, Told(2, {"aux_weight": 0.05}, "running", None, {1: 5.0, 2: 4.7})]
+    )
+    bad = Proposer(
+        config, [*done, Told(2, {"aux_weight": 0.05}, "running", None, {1: 5.0, 2: 5.9})]
+    )
+    assert good.prune(2) is False and bad.prune(2) is True
+
+
+def _run(steps, tps, val_ce, batch_size=16):
+    return {"config": {"batch_size": batch_size},
+            "metrics": {"steps": steps, "tokens_per_sec": tps, "val_ce_losses": val_ce,
+                        "val_epochs": list(range(1, len(val_ce) + 1)), "best_val_ce_loss": min(val_ce)}}  # fmt: skip
+
+
+def test_at_equal_time_a_trial_slower_per_token_is_judged_on_what_it_reached_in_the_dense_runs_time():
+    from moe_core.search import objective_of
+
+    config = sweep(method="grid", seeds=1, objective="delta_val_ce_at_equal_time",
+                   space={"top_k": {"choices": [1]}})  # fmt: skip
+    seq = config.base_config().seq_len
+    tokens = 10 * 16 * seq  # per epoch
+    dense = _run([10, 10, 10], [tokens / 1.0] * 3, [5.0, 4.8, 4.7])  # 1 s an epoch: 3 s in all
+    slow = _run([10, 10, 10], [tokens / 1.5] * 3, [4.9, 4.6, 4.5])  # 1.5 s an epoch
+    (value,) = objective_of(config, [slow], [dense])["values"]
+    assert value == pytest.approx(4.6 - 4.7)  # by 3 s it had finished 2 epochs
+    plain = sweep(method="grid", seeds=1, space={"top_k": {"choices": [1]}})
+    assert objective_of(plain, [slow], [dense])["values"] == [pytest.approx(4.5 - 4.7)]

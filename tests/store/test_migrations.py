@@ -23,6 +23,7 @@ TABLES = {
     "alembic_version", "studies", "experiments", "epoch_metrics", "expert_stats", "workers",
     "step_metrics",
     "sink_failures",
+    "sweeps", "sweep_trials",
 }  # fmt: skip
 
 

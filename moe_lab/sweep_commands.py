@@ -1,0 +1,137 @@
+"""`moe-lab sweep submit | show | ls | cancel`: a design space searched as one call
+(POST /sweeps and its reads)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from moe_lab import render
+from moe_lab.app import JsonOption, api, handled, print_json, sweep_app
+from moe_lab.bodies import check_finite, load_body
+
+SweepId = Annotated[int, typer.Argument(metavar="ID", help="the sweep's id")]
+
+
+@sweep_app.command("submit")
+@handled
+def sweep_submit(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="the sweep as YAML or JSON (docs/sweeps.md)")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="check and size it; store nothing")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="wait for it to end, then rank")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit a sweep (POST /sweeps): checked whole before anything is stored."""
+    body = load_body(file)
+    check_finite(body)
+    client = api(ctx)
+    out = render.console()
+    sweep = client.create_sweep(body, dry_run=dry_run)
+    if dry_run:
+        if as_json:
+            print_json(sweep)
+        else:
+            grid = f", a grid of {sweep['grid_points']} points" if sweep["grid_points"] else ""
+            out.print(
+                f"{sweep['trials']} trials{grid}: {sweep['runs']} runs (at most {sweep['max_runs']})"
+            )
+        return
+    if not wait:
+        if as_json:
+            print_json(sweep)
+        else:
+            out.print(
+                f"submitted sweep {sweep['id']} {sweep['name']!r}; follow it: moe-lab sweep show {sweep['id']}"
+            )
+        return
+    while sweep["status"] == "running":
+        time.sleep(2)
+        sweep = client.sweep(sweep["id"])
+    if as_json:
+        print_json(sweep)
+    else:
+        print_sweep(out, sweep)
+    raise typer.Exit(0 if sweep["status"] == "finished" else 1)
+
+
+@sweep_app.command("show")
+@handled
+def sweep_show(ctx: typer.Context, sweep_id: SweepId, as_json: JsonOption = False) -> None:
+    """A sweep's trials, best first, with each objective ± SE and its verdict."""
+    sweep = api(ctx).sweep(sweep_id)
+    if as_json:
+        print_json(sweep)
+    else:
+        print_sweep(render.console(), sweep)
+
+
+@sweep_app.command("ls")
+@handled
+def sweep_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Sweeps, newest first."""
+    sweeps = api(ctx).list_sweeps()
+    if as_json:
+        print_json(sweeps)
+        return
+    rows = render.table("id", "name", "status", "trials", "best", right=("id", "trials", "best"))
+    for s in sweeps["items"]:
+        rows.add_row(str(s["id"]), s["name"], s["status"], str(len(s["trials"])),
+                     "" if s["best_trial"] is None else str(s["best_trial"]))  # fmt: skip
+    render.console().print(rows)
+
+
+@sweep_app.command("cancel")
+@handled
+def sweep_cancel(ctx: typer.Context, sweep_id: SweepId, as_json: JsonOption = False) -> None:
+    """Cancel a sweep: no more trials; its queued runs end, its running ones stop."""
+    sweep = api(ctx).cancel_sweep(sweep_id)
+    if as_json:
+        print_json(sweep)
+    else:
+        render.console().print(f"sweep {sweep['id']}: {sweep['status']}")
+
+
+def ranked(sweep: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The trials that can be best, best first, then the rest in the order proposed."""
+    by_number = {t["number"]: t for t in sweep["trials"]}
+    first = [by_number[n] for n in sweep["ranking"]]
+    return first + [t for t in sweep["trials"] if t["number"] not in sweep["ranking"]]
+
+
+def print_sweep(out: Any, sweep: Mapping[str, Any]) -> None:
+    config = sweep["config"]
+    out.print(f"sweep {sweep['id']} {sweep['name']!r}: {sweep['status']}, {config['method']}, "
+              f"{len(sweep['trials'])} trial(s) x {config['seeds']} seed(s), objective "
+              f"{config['objective']}; dense runs {', '.join(map(str, sweep['dense_run_ids']))}")  # fmt: skip
+    rows = render.table("#", "state", "objective ± SE", "95% CI", "p", "verdict", "params", "runs",
+                        right=("#", "objective ± SE", "p"), wrap=("params",))  # fmt: skip
+    for t in ranked(sweep):
+        o = t["objective"] or {}
+        value = render.signed(o.get("mean"), ".4f")
+        if value and o.get("se") is not None:
+            value += f" ± {o['se']:.4f}"
+        state = t["state"] + (f" (epoch {t['pruned_at_epoch']})" if t["state"] == "pruned" else "")
+        params = ", ".join(f"{k}={render.num(v, '.3g') if isinstance(v, float) else v}"
+                           for k, v in t["params"].items())  # fmt: skip
+        rows.add_row(str(t["number"]), state, value, render.interval(o.get("ci_low"), o.get("ci_high")),
+                     render.p_value(o.get("p_value")), render.mark(t["passed"]) if t["state"] in
+                     ("complete", "tertiary_failed") else "", params, ", ".join(map(str, t["run_ids"])))  # fmt: skip
+    out.print(rows)
+    if sweep["best_trial"] is not None:
+        out.print(
+            f"best: trial {sweep['best_trial']} (a trial whose router collapsed is never best)"
+        )
+    if sweep.get("importance"):
+        shares = ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(sweep["importance"].items(), key=lambda kv: -kv[1])
+        )
+        out.print(f"importance (fANOVA): {shares}")

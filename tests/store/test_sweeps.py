@@ -1,0 +1,56 @@
+"""The store's side of a sweep: trials proposed once whoever advances, and a cancel that
+ends its runs and proposes nothing more."""
+
+from __future__ import annotations
+
+from moe_core.search import SweepConfig
+from store import sweeps
+from store.db import session_scope
+from store.models import Experiment, Status
+
+
+def grid(**fields):
+    return SweepConfig(base_preset="micro", method="grid", seeds=2,
+                       space={"learning_rate": {"choices": [0.003, 0.002, 0.001]}}, **fields)  # fmt: skip
+
+
+def test_a_sweep_starts_with_a_dense_run_per_seed_and_parallel_trials_each_proposed_once(database):
+    config = grid()
+    with session_scope(database) as session:
+        sweep, runs = sweeps.create_sweep(
+            session=session, config=config, base=config.base_config(), parallel=2
+        )
+        session.commit()
+        sweep_id = sweep.id
+        assert [(r.trial_number, r.base["seed"], r.dense) for r in runs] == [
+            (None, 1337, True), (None, 1338, True), (0, 1337, False), (0, 1338, False),
+            (1, 1337, False), (1, 1338, False),
+        ]  # fmt: skip
+        dense = {r.base["seed"]: r.id for r in runs if r.dense}
+        assert all(r.baseline_id == dense[r.base["seed"]] for r in runs if not r.dense)
+        assert [r.base["learning_rate"] for r in runs if r.trial_number == 1] == [0.002, 0.002]
+    for _ in range(2):  # nothing ended: advancing again and again proposes nothing
+        with session_scope(database) as session:
+            assert sweeps.advance(session=session, sweep_id=sweep_id) == []
+    with session_scope(database) as session:
+        assert [t.number for t in session.get(sweeps.Sweep, sweep_id).trials] == [0, 1]
+
+
+def test_a_cancelled_sweep_ends_its_runs_and_proposes_nothing_more(database):
+    config = grid()
+    with session_scope(database) as session:
+        sweep, _ = sweeps.create_sweep(
+            session=session, config=config, base=config.base_config(), parallel=1
+        )
+        session.commit()
+        sweep_id = sweep.id
+    with session_scope(database) as session:
+        cancelled = sweeps.cancel(session=session, sweep_id=sweep_id)
+        assert cancelled.status == "cancelled" and [t.state for t in cancelled.trials] == [
+            "cancelled"
+        ]
+    with session_scope(database) as session:
+        assert sweeps.advance(session=session, sweep_id=sweep_id) == []
+        statuses = session.query(Experiment.status).filter(Experiment.sweep_id == sweep_id).all()
+        assert {s for (s,) in statuses} == {Status.cancelled}
+        assert len(session.get(sweeps.Sweep, sweep_id).trials) == 1
