@@ -139,6 +139,8 @@ class Sweep(Base):
     name: Mapped[str] = mapped_column(String(200))
     # The SweepConfig as submitted, and the base its runs share (resolved).
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # The space's fields in the order the user gave them (JSONB reorders an object's keys).
+    fields: Mapped[list[str]] = mapped_column(JSONType)
     base: Mapped[dict[str, Any]] = mapped_column(JSONType)
     parallel: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default=SweepStatus.running)

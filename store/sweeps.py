@@ -53,7 +53,7 @@ def create_sweep(
 ) -> tuple[Sweep, list[Experiment]]:
     """The sweep, a dense run per seed and its first `parallel` trials (flushed, not
     committed); returns the sweep and the runs to publish."""
-    sweep = Sweep(name=config.name, config=config.model_dump(mode="json"),
+    sweep = Sweep(name=config.name, config=config.model_dump(mode="json"), fields=list(config.space),
                   base=base.model_dump(mode="json"), parallel=parallel,
                   status=SweepStatus.running, idempotency_key=idempotency_key,
                   request_hash=request_hash)  # fmt: skip

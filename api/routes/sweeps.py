@@ -46,6 +46,7 @@ class SweepRead(BaseModel):
     status: Literal["running", "finished", "cancelled"]
     parallel: int
     config: dict[str, Any]
+    fields: list[str] = Field(description="the space's fields, in the order submitted")
     dense_run_ids: list[int]
     trials: list[TrialRead] = Field(description="in the order proposed")
     ranking: list[int] = Field(description="trial numbers that can be best, best first")
@@ -70,8 +71,9 @@ class SweepList(BaseModel):
 def sweep_read(session, sweep: Sweep) -> dict[str, Any]:
     runs = list(session.query(Experiment.id, Experiment.trial_number)
                 .filter(Experiment.sweep_id == sweep.id).order_by(Experiment.id))  # fmt: skip
+    order = {name: i for i, name in enumerate(sweep.fields)}
     trials = [{
-        "number": t.number, "params": t.params, "state": t.state, "objective": t.objective,
+        "number": t.number, "params": dict(sorted(t.params.items(), key=lambda kv: order.get(kv[0], len(order)))), "state": t.state, "objective": t.objective,
         "passed": (t.verdict or {}).get("passed"), "pruned_at_epoch": t.pruned_at_epoch,
         "run_ids": [i for i, n in runs if n == t.number], "finished_at": t.finished_at,
     } for t in sweep.trials]  # fmt: skip
@@ -81,7 +83,8 @@ def sweep_read(session, sweep: Sweep) -> dict[str, Any]:
     )  # fmt: skip
     return {
         "id": sweep.id, "name": sweep.name, "status": sweep.status, "parallel": sweep.parallel,
-        "config": sweep.config, "dense_run_ids": [i for i, n in runs if n is None],
+        "config": sweep.config, "fields": sweep.fields,
+        "dense_run_ids": [i for i, n in runs if n is None],
         "trials": trials, "ranking": [t["number"] for t in ranked], "best_trial": sweep.best_trial,
         "importance": sweep.importance, "created_at": sweep.created_at,
         "finished_at": sweep.finished_at,

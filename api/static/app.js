@@ -2,18 +2,21 @@
 // curl), following running runs on their event streams. Plain ES modules, no build step:
 // http.js (the API, ETags, event streams), dom.js (helpers, formats, sortable tables),
 // charts.js (uPlot line charts, bands, heatmaps), and a module per page: runs.js, run.js
-// (with experts.js), study.js, compare.js.
+// (with experts.js), study.js, compare.js, sweep.js.
 
 import { el, fill, newScope, view } from "./dom.js";
 import { runsView, studiesView } from "./runs.js";
 import { runView } from "./run.js";
 import { studyView } from "./study.js";
 import { compareView } from "./compare.js";
+import { sweepView, sweepsView } from "./sweep.js";
 
 const routes = [
   [/^#\/run\/(\d+)$/, (m) => runView(Number(m[1]))],
   [/^#\/study\/(\d+)$/, (m) => studyView(Number(m[1]))],
   [/^#\/studies$/, () => studiesView()],
+  [/^#\/sweep\/(\d+)$/, (m) => sweepView(Number(m[1]))],
+  [/^#\/sweeps$/, () => sweepsView()],
   [/^#\/compare(?:\?ids=([\d,]*))?$/, (m) => compareView((m[1] || "").split(",").filter(Boolean).map(Number))],
   [/^#?\/?(?:\?(.*))?$/, (m) => runsView(new URLSearchParams(m[1] || ""))],
 ];

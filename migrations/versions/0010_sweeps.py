@@ -1,6 +1,7 @@
 """Sweeps (issue 20): a search of a design space, its trials, and which runs belong to it.
 
-- sweeps: the SweepConfig as submitted, the base its runs share, how many trials run at
+- sweeps: the SweepConfig as submitted (and its space's fields in the order given: JSONB
+  keeps an object's keys in an order of its own), the base its runs share, how many trials run at
   once, its status, the best trial and each field's importance.
 - sweep_trials: each trial's values, state (running, complete, pruned, failed,
   tertiary_failed, cancelled), objective over its seeds and verdict.
@@ -32,6 +33,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("config", JSON, nullable=False),
+        sa.Column("fields", JSON, nullable=False),
         sa.Column("base", JSON, nullable=False),
         sa.Column("parallel", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
