@@ -43,11 +43,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("experiment_id", "step", name=op.f("pk_step_metrics")),
     )
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("step_metrics_every", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_column("step_metrics_every")
     op.drop_table("step_metrics")

@@ -23,7 +23,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("note", sa.Text(), nullable=True))
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("gpu_name", sa.String(length=200), nullable=True))
@@ -39,5 +40,6 @@ def downgrade() -> None:
         for column in ("gpu_read_at", "gpu_power_watts", "gpu_memory_total",
                        "gpu_memory_used", "gpu_utilization", "gpu_name"):  # fmt: skip
             batch.drop_column(column)
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_column("note")

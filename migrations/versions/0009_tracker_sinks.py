@@ -22,7 +22,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("mlflow_run_id", sa.String(length=64), nullable=True))
     op.create_table(
         "sink_failures",
@@ -47,5 +48,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_sink_failures_experiment_id"), table_name="sink_failures")
     op.drop_table("sink_failures")
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_column("mlflow_run_id")

@@ -71,7 +71,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("sweep_id", "number", name=op.f("pk_sweep_trials")),
     )  # fmt: skip
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("sweep_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("trial_number", sa.Integer(), nullable=True))
         batch.create_foreign_key(
@@ -82,7 +83,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("experiments") as batch:
+    # SQLite rebuilds the table for some changes: it stays AUTOINCREMENT (ids never reused)
+    with op.batch_alter_table("experiments", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_index(batch.f("ix_experiments_sweep_id"))
         batch.drop_constraint(batch.f("fk_experiments_sweep_id_sweeps"), type_="foreignkey")
         batch.drop_column("trial_number")
