@@ -82,3 +82,20 @@ NUMBER_NOT_FINITE = Rule("number_not_finite", "every number is finite (no NaN or
 
 # Every rule by its type: the engine's check (moe_core.config.check) names its problems so.
 BY_TYPE = {rule.type: rule for rule in list(globals().values()) if isinstance(rule, Rule)}
+
+# Sweeps (POST /sweeps): the space and its points, as moe_core.search checks them.
+SWEEP_CONSISTENT = Rule(
+    "value_error",
+    "the sweep is consistent: a range's low below its high (above 0 when log, whole numbers "
+    "when integer), only searchable fields, a `when` that names another field, a known "
+    "preset and base preset, a budget of `trials` for random and tpe, and a grid of at most "
+    "10,000 points",
+)
+SWEEP_TOO_LARGE = Rule(
+    "too_many_runs", "its trials x seeds plus one dense run per seed are at most 400 runs"
+)
+SWEEP_POINT_REFUSED = Rule(
+    "sweep_point_refused",
+    "every point of the space (each grid point; for random and tpe each choice and each "
+    "range's ends), with the base and overrides, is a run the engine accepts",
+)

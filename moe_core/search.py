@@ -22,9 +22,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from .config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig, ExperimentConfig
 
@@ -37,6 +37,7 @@ SEARCHABLE = tuple(f for f in ExperimentConfig.model_fields if f not in NOT_SEAR
     f for f in BASE_FIELDS if f not in ExperimentConfig.model_fields
 )
 MAX_RUNS = 400  # trials x seeds + the dense runs: more is a 422 / an error saying how many
+MAX_GRID = 10_000  # points a grid may expand to (each is checked before anything runs)
 
 Value = bool | int | float | str | list[int] | None
 
@@ -78,11 +79,24 @@ class Range(BaseModel):
         else:
             step = self.step
         n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        if n > MAX_GRID:
+            raise ValueError(f"space.{field}: a grid of {n:,} values; at most {MAX_GRID:,}")
         values = [self.low + i * step for i in range(n)]
         return [int(round(v)) for v in values] if self.integer else values
 
 
-Param = Choice | Range
+def _param_kind(value: Any) -> str:
+    # A Choice lists `choices`; anything else is read as a Range (its errors then say why).
+    return (
+        "choice"
+        if isinstance(value, dict | Choice) and (not isinstance(value, dict) or "choices" in value)
+        else "range"
+    )
+
+
+Param = Annotated[
+    Annotated[Choice, Tag("choice")] | Annotated[Range, Tag("range")], Discriminator(_param_kind)
+]
 
 
 class SweepConfig(BaseModel):
@@ -183,6 +197,11 @@ def _order(space: Mapping[str, Param]) -> list[str]:
 def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
     """Every point of a grid, in order: the product of each field's values, a conditional
     field only where its condition holds (and absent elsewhere), without repeats."""
+    sizes = [len(p.choices) if isinstance(p, Choice) else len(p.grid(f)) for f, p in space.items()]
+    if math.prod(sizes) > MAX_GRID:  # conditional fields count in full: an upper bound
+        raise ValueError(
+            f"space: a grid of up to {math.prod(sizes):,} points; at most {MAX_GRID:,}"
+        )
     points: list[dict[str, Any]] = [{}]
     for field in _order(space):
         param = space[field]

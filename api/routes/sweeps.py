@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from api import rules
 from api.deps import QueueDep, SessionDep
 from api.errors import error_responses
 from api.resolve import MAX_ID, ConfigRefused
@@ -22,7 +23,32 @@ SweepId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class SweepCreate(SweepConfig):
-    """A sweep (moe_core.search.SweepConfig) and how many of its trials train at once."""
+    __doc__ = (
+        "A sweep (moe_core.search.SweepConfig: docs/sweeps.md) and how many of its trials "
+        "train at once. "
+        + rules.stated(
+            rules.SWEEP_CONSISTENT,
+            rules.SWEEP_TOO_LARGE,
+            rules.SWEEP_POINT_REFUSED,
+            rules.TEXT_NOT_STORABLE,
+            rules.NUMBER_NOT_FINITE,
+        )  # fmt: skip
+    )
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "capacity",
+                    "base_preset": "micro",
+                    "space": {"capacity_factor": {"choices": [1.0, 2.0]}},
+                    "method": "grid",
+                    "seeds": 1,
+                    "parallel": 2,
+                }
+            ]
+        },
+    )
 
     parallel: int = Field(2, ge=1, le=64, description="trials training at once")
 
@@ -105,7 +131,9 @@ def _refuse(problems: list[str]) -> ConfigRefused:
     response_model=SweepRead,
     responses={
         200: {"model": SweepPlan, "description": "with dry_run=true: what the sweep would run"},
-        **error_responses(422, 503, e503="the task broker is unreachable; nothing was stored"),
+        **error_responses(
+            400, 413, 422, 503, e503="the task broker is unreachable; nothing was stored"
+        ),
     },
 )
 def create_sweep(
