@@ -24,36 +24,41 @@ export function gpuCell(gpu) {
 // message. Rendered apart from the header, which progress events redraw: an edit in
 // progress is not wiped by the next event.
 export function labelsEditor(run, onChange) {
-  const box = el("div", { class: "labels", id: "labels" });
   const error = el("p", { class: "error", id: "labels-error" });
+  // The fields are made once and kept across redraws: what is typed in one survives the
+  // answer to a change made with the other.
+  const tag = el("input", { name: "tag", placeholder: "add a tag", "aria-label": "new tag", size: 14 });
+  const note = el("textarea", { name: "note", rows: 2, placeholder: "a note on this run", "aria-label": "note" });
+  note.value = run.note || "";
   const patch = async (body) => {
     error.textContent = "";
     try {
       onChange(await api(`/experiments/${run.id}`, { method: "PATCH", body }));
+      return true;
     } catch (failure) {
       error.textContent = failure.message.replace(/^\d+: /, "");
+      return false;
     }
   };
-  const render = (current) => {
-    run = current;
-    const tag = el("input", { name: "tag", placeholder: "add a tag", "aria-label": "new tag", size: 14 });
-    const note = el("textarea", { name: "note", rows: 2, placeholder: "a note on this run", "aria-label": "note" }, run.note || "");
-    fill(box,
-      el("div", { class: "tags" }, el("span", { class: "muted" }, "tags"),
-        run.tags.map((t) => el("span", { class: "tag", "data-tag": t }, t,
-          el("button", { type: "button", title: `remove ${t}`, "aria-label": `remove tag ${t}`,
-            onclick: () => patch({ tags: { remove: [t] } }) }, "×"))),
-        el("form", { id: "tag-form", onsubmit: (e) => {
-          e.preventDefault();
-          if (tag.value.trim()) patch({ tags: { add: [tag.value.trim()] } });
-        } }, tag, el("button", { type: "submit" }, "add"))),
-      el("form", { id: "note-form", class: "note", onsubmit: (e) => {
+  const chips = el("span", { class: "tags" });
+  const box = el("div", { class: "labels", id: "labels" },
+    el("div", { class: "tags" }, el("span", { class: "muted" }, "tags"), chips,
+      el("form", { id: "tag-form", onsubmit: async (e) => {
         e.preventDefault();
-        patch({ note: note.value.trim() ? note.value : null });
-      } }, note, el("button", { type: "submit" }, "save note")),
-      error);
+        const wanted = tag.value.trim();
+        if (wanted && await patch({ tags: { add: [wanted] } }) && tag.value.trim() === wanted) tag.value = "";
+      } }, tag, el("button", { type: "submit" }, "add"))),
+    el("form", { id: "note-form", class: "note", onsubmit: (e) => {
+      e.preventDefault();
+      patch({ note: note.value.trim() ? note.value : null });
+    } }, note, el("button", { type: "submit" }, "save note")),
+    error);
+  box.update = (current) => {
+    run = current;
+    fill(chips, run.tags.map((t) => el("span", { class: "tag", "data-tag": t }, t,
+      el("button", { type: "button", title: `remove ${t}`, "aria-label": `remove tag ${t}`,
+        onclick: () => patch({ tags: { remove: [t] } }) }, "×"))));
   };
-  box.update = render;
-  render(run);
+  box.update(run);
   return box;
 }
