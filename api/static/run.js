@@ -183,11 +183,14 @@ export async function runView(id) {
     }, signal);
     follow(id, async (event, data) => {
       if (event === "epoch") {
-        if (!epochs.some((e) => e.epoch === data.epoch)) epochs.push(data);
+        if (epochs.some((e) => e.epoch === data.epoch)) return;  // sent again on a (re)connect
+        epochs.push(data);
         renderCurves();
         renderExperts();
       } else if (event === "steps") {
-        points = mergePoints(points, data.points);
+        const merged = mergePoints(points, data.points);
+        if (merged === points) return;
+        points = merged;
         renderCurves();
       } else if (event === "progress") {
         run.progress = data;

@@ -2,12 +2,14 @@
 // kept in step order, one per step, and their x on each chart axis.
 
 // Points merged by step: a run resumed from an older checkpoint replays steps, and the
-// store overwrites their points, so a point for a step already held replaces it.
+// store overwrites their points, so a point for a step already held replaces it. The same
+// array when nothing changed (a stream that reconnects sends the points again): no redraw.
 export function mergePoints(points, incoming) {
-  if (!incoming.length) return points;
   const last = points.length ? points[points.length - 1].step : -Infinity;
-  if (incoming.every((p) => p.step > last)) return points.concat(incoming);  // the usual case
+  if (incoming.every((p) => p.step > last)) return incoming.length ? points.concat(incoming) : points;  // the usual case
   const byStep = new Map(points.map((p) => [p.step, p]));
+  const same = (a, b) => a && Object.keys(b).every((k) => a[k] === b[k]);
+  if (incoming.every((p) => same(byStep.get(p.step), p))) return points;
   for (const p of incoming) byStep.set(p.step, p);
   return [...byStep.values()].sort((a, b) => a.step - b.step);
 }
