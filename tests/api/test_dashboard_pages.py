@@ -48,19 +48,23 @@ def noisy_epochs(seed: int, *, dense: bool = False, offset: float = 0.0) -> list
     return records
 
 
-def finish(database: str, experiment_id: int, epochs: list[dict], run_result: dict) -> None:
+def finish(database: str, experiment_id: int, epochs: list[dict], run_result: dict,
+           points: list[dict] = ()) -> None:  # fmt: skip
     owner = f"pages-{experiment_id}"
     assert claim(database, experiment_id, owner).outcome is leases.ClaimOutcome.claimed
     for rec in epochs:
         write(database, experiment_id, owner, rec)
+    if points:
+        write_steps(database, experiment_id, owner, list(points))
     with session_scope(database) as session:
         assert leases.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
                                         status=Status.succeeded, result=run_result)  # fmt: skip
 
 
-def seed_pair(database: str) -> tuple[int, int]:
+def seed_pair(database: str, *, steps: bool = False) -> tuple[int, int]:
     """A dense run and a top2 run judged against it, both finished, with noisy epochs; the
-    top2 run with two fields off its preset's defaults (dropout) and its base's (epochs)."""
+    top2 run with two fields off its preset's defaults (dropout) and its base's (epochs),
+    and with `steps` a step point every step (8 an epoch) as well."""
     base = base_config("micro", num_epochs=EPOCHS)
     config = get_experiment_configs(base)["top2"].model_copy(update={"dropout": 0.2})
     with session_scope(database) as session:
@@ -71,7 +75,10 @@ def seed_pair(database: str) -> tuple[int, int]:
         session.commit()
         ids = dense.id, moe.id
     finish(database, ids[0], noisy_epochs(1, dense=True), result(3.2, dense=True))
-    finish(database, ids[1], noisy_epochs(2), result(3.1))
+    rng = random.Random(5)
+    points = [step_point(s, epoch=1 + (s - 1) // 8, loss=3 + 2 * 0.8 ** (s / 8) + rng.uniform(-0.3, 0.3))
+              for s in range(1, 8 * EPOCHS + 1)] if steps else []  # fmt: skip
+    finish(database, ids[1], noisy_epochs(2), result(3.1), points)
     return ids
 
 
@@ -80,6 +87,14 @@ def pair(deployment, start_api) -> SimpleNamespace:
     """A dense and a top2 run (seed_pair) on an API of the test's own: `url`, `dense`, `moe`."""
     settings = deployment()
     dense_id, moe_id = seed_pair(settings.database_url)
+    return SimpleNamespace(url=start_api(settings).url, dense=dense_id, moe=moe_id)
+
+
+@pytest.fixture()
+def stepped_pair(deployment, start_api) -> SimpleNamespace:
+    """The pair, its top2 run with step points: the run page as the documentation shows it."""
+    settings = deployment()
+    dense_id, moe_id = seed_pair(settings.database_url, steps=True)
     return SimpleNamespace(url=start_api(settings).url, dense=dense_id, moe=moe_id)
 
 
@@ -221,8 +236,8 @@ def cli_verdict_lines(url: str, experiment_id: int) -> tuple[list[list[str]], st
     return rows, lines[-1]
 
 
-def test_the_verdict_table_says_what_the_cli_says(pair, page):
-    api, moe_id = pair, pair.moe
+def test_the_verdict_table_says_what_the_cli_says(stepped_pair, page):
+    api, moe_id = stepped_pair, stepped_pair.moe
     page.goto(f"{api.url}/ui/#/run/{moe_id}")
     page.wait_for_selector("#verdict tr[data-criterion]")
     shown = page.eval_on_selector_all(
@@ -246,6 +261,9 @@ def test_the_verdict_table_says_what_the_cli_says(pair, page):
     )
     assert differ == [["config.dropout", "0.2", "0.1"], ["base.num_epochs", str(EPOCHS), "2"]]
     assert not page.locator("#configuration details[open]").count()  # the whole of it folded
+    page.wait_for_selector(
+        '#curves[data-step-points="96"] [data-chart="Gradient norm"][data-drawn="1"]'
+    )
     docs_shot(page, "dashboard-run-page")
 
 
@@ -350,8 +368,8 @@ def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
 
 
 @pytest.mark.parametrize("where", ["runs", "run"])
-def test_nothing_overflows_a_phone_screen(pair, browser, where):
-    api, moe_id = pair, pair.moe
+def test_nothing_overflows_a_phone_screen(stepped_pair, browser, where):
+    api, moe_id = stepped_pair, stepped_pair.moe
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     page = context.new_page()
     try:
@@ -363,14 +381,15 @@ def test_nothing_overflows_a_phone_screen(pair, browser, where):
             page.goto(f"{api.url}/ui/#/run/{moe_id}")
             page.wait_for_selector("#experts [data-heatmap][data-drawn]")
             page.wait_for_selector("#verdict")
+            page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         docs_shot(page, f"dashboard-{where}-390px", full_page=False)
     finally:
         context.close()
 
 
-def test_dark_mode_follows_the_system(pair, page):
-    api, moe_id = pair, pair.moe
+def test_dark_mode_follows_the_system(stepped_pair, page):
+    api, moe_id = stepped_pair, stepped_pair.moe
     page.emulate_media(color_scheme="dark")
     page.goto(f"{api.url}/ui/#/run/{moe_id}")
     page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
@@ -382,6 +401,7 @@ def test_dark_mode_follows_the_system(pair, page):
     )
     assert colours == {"page": "rgb(13, 17, 23)", "text": "rgb(230, 237, 243)",
                        "axis": "#e6edf3", "series": "#4493f8"}  # fmt: skip
+    page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
     docs_shot(page, "dashboard-run-dark")
     page.emulate_media(color_scheme="light")
     page.reload()
@@ -441,6 +461,8 @@ def test_step_curves_follow_a_running_run_on_every_axis(deployment, start_api, p
     page.wait_for_selector(
         '#curves[data-step-points="15"] [data-chart="Learning rate"][data-drawn="1"]'
     )
+    settled = "[...document.querySelectorAll('#curves [data-chart]')].every(b => b.dataset.drawn)"
+    wait_in_page(page, settled)
     chart = drawn(page, "Cross-entropy")
     assert chart["axis"] == "epoch"
     x, y = plotted(chart, "train CE per step")
@@ -491,7 +513,7 @@ def test_step_curves_follow_a_running_run_on_every_axis(deployment, start_api, p
     more = noisy_points(range(16, 31), seed=4)
     write_steps(database, run_id, owner, more)
     wait_in_page(page, "document.querySelector('#curves').dataset.stepPoints === '30'")
-    page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
+    wait_in_page(page, settled)
     x, norms = plotted(drawn(page, "Gradient norm"), "grad norm per step")
     assert x == list(range(1, 31))
     assert norms == pytest.approx([p["grad_norm"] for p in points + more])
