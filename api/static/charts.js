@@ -4,8 +4,7 @@
 // band?}, where x holds one array per x-axis it can be drawn on ({epoch, tokens, time},
 // {step, epoch, tokens, time}, an axis left out or null where the source does not give it)
 // and y the values (null: a gap). band: {lo, hi}, a shaded interval around y (a study's mean ± 1 SE). epochAxes()
-// makes the x of a run's epochs; step points (GET /experiments/{id}/steps, on another
-// branch) need only their own x, e.g. {step, tokens, time} from each point, to join in.
+// makes the x of a run's epochs; steps.js stepAxes that of its step points.
 //
 // One settings bar per page (x-axis, EMA smoothing, log y) redraws every chart on it; each
 // chart has reset zoom (or double-click), CSV of what it draws, and PNG; a click on a
@@ -139,7 +138,8 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
       const color = s.color ? (s.color.startsWith("--") ? css(s.color) : s.color) : colors[i % colors.length];
       const smoothing = settings.smoothing;
       const smooth = (values) => (smoothing > 0 ? ema(values, smoothing) : values).map(positive);
-      const common = { scale: s.scale || "y", spanGaps: true, points: { show: points <= 40 } };
+      // markers on a series of few points (epochs), none on a dense one (step points)
+      const common = { scale: s.scale || "y", spanGaps: true, points: { show: s.y.length <= 40 } };
       let edges = null;
       if (s.band) {  // a mean's band, smoothed as the mean is; no raw line
         tables.push([x, smooth(s.band.hi)], [x, smooth(s.band.lo)]);

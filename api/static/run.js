@@ -6,26 +6,39 @@ import { el, every, fill, fmt, fmtInt, mark, progressCell, scopeSignal, scroller
 import { chartControls, epochAxes, lineChart } from "./charts.js";
 import { expertSection } from "./experts.js";
 import { presetDefaults } from "./presets.js";
+import { gpuCell, labelsEditor } from "./labels.js";
+import { mergePoints, stepAxes } from "./steps.js";
 
-// The run's curves over its epochs. Step points (GET /experiments/{id}/steps) can join a
-// chart as more series: {label, x: {step, tokens, time}, y}.
-function curves(run, epochs) {
+// The run's curves over its epochs and, where the run has step points, over those too:
+// each step figure a series of its own beside the epoch's (a faint line of many points),
+// learning rate and gradient norm on charts of their own.
+function curves(run, epochs, points) {
   const x = epochAxes(epochs, run);
+  const xs = stepAxes(points, epochs, run);
   const pick = (f) => epochs.map((e) => { const v = f(e); return v === undefined ? null : v; });
   const line = (label, f, extra = {}) => ({ label, x, y: pick(f), ...extra });
+  const perStep = (label, key, extra = {}) => points.length
+    ? [{ label: `${label} per step`, x: xs, y: points.map((p) => p[key] ?? null), ...extra }] : [];
   const charts = [
     lineChart("Cross-entropy", [line("train CE", (e) => e.train.ce_loss), line("val CE", (e) => e.val && e.val.ce_loss),
-      line("train CE (eval mode)", (e) => e.train_eval && e.train_eval.ce_loss, { dash: [6, 4] })], { yLabel: "nats" }),
-    lineChart("Loss (CE + aux)", [line("train loss", (e) => e.train.loss), line("val loss", (e) => e.val && e.val.loss)], { yLabel: "nats" }),
+      line("train CE (eval mode)", (e) => e.train_eval && e.train_eval.ce_loss, { dash: [6, 4] }),
+      ...perStep("train CE", "ce_loss", { color: "--c7" })], { yLabel: "nats" }),
+    lineChart("Loss (CE + aux)", [line("train loss", (e) => e.train.loss), line("val loss", (e) => e.val && e.val.loss),
+      ...perStep("train loss", "loss", { color: "--c7" })], { yLabel: "nats" }),
   ];
   if (!run.dense) {  // MoE only: a dense run has no balance loss
-    charts.push(lineChart("Auxiliary loss", [line("train aux", (e) => e.train.aux_loss), line("val aux", (e) => e.val && e.val.aux_loss)]));
+    charts.push(lineChart("Auxiliary loss", [line("train aux", (e) => e.train.aux_loss), line("val aux", (e) => e.val && e.val.aux_loss),
+      ...perStep("train aux", "aux_loss", { color: "--c7" })]));
   }
-  charts.push(lineChart("Tokens per second", [line("tokens/s", (e) => e.tokens_per_sec)]));
+  charts.push(lineChart("Tokens per second", [line("tokens/s", (e) => e.tokens_per_sec), ...perStep("tokens/s", "tokens_per_sec", { color: "--c7" })]));
+  if (points.length) {
+    charts.push(lineChart("Learning rate", perStep("learning rate", "learning_rate")),
+      lineChart("Gradient norm", perStep("grad norm", "grad_norm"), { yLabel: "L2, before clipping" }));
+  }
   if (!run.dense && epochs.some((e) => e.gating_temperature !== null && e.gating_temperature !== undefined)) {
     charts.push(lineChart("Gating temperature", [line("temperature", (e) => e.gating_temperature)]));
   }
-  return el("div", { class: "charts", id: "curves" }, charts);
+  return el("div", { class: "charts", id: "curves", "data-step-points": points.length }, charts);
 }
 
 // The verdict's lines as the API words them (moe_core.criteria.verdict_lines): the same
@@ -71,9 +84,12 @@ function configSection(run, defaults) {
 
 export async function runView(id) {
   const signal = scopeSignal();
-  let [run, metrics] = await Promise.all([api(`/experiments/${id}`, { signal }), api(`/experiments/${id}/metrics`, { signal })]);
+  let [run, metrics, steps] = await Promise.all([api(`/experiments/${id}`, { signal }),
+    api(`/experiments/${id}/metrics`, { signal }), api(`/experiments/${id}/steps`, { signal })]);
   const epochs = metrics.epochs;
+  let points = steps.points;
   const header = el("div");
+  const labels = labelsEditor(run, (changed) => { run = changed; renderHeader(); labels.update(run); });
   const curvesBox = el("div");
   const experts = el("div");
   const verdictBox = el("div");
@@ -92,10 +108,10 @@ export async function runView(id) {
       el("div", {}, el("span", {}, "test CE"), fmt(run.test_ce_loss)),
       el("div", {}, el("span", {}, run.dense ? "params" : "params / active"), run.dense ? fmtInt(run.params) : `${fmtInt(run.params)} / ${fmtInt(run.active_params)}`),
       el("div", {}, el("span", {}, "tokens/s"), fmtInt(run.tokens_per_sec)),
+      run.status === "running" ? gpuCell(run.gpu) : null,
       el("div", {}, el("span", {}, "worker"), run.worker_name || "–"),
       run.study_id ? el("div", {}, el("span", {}, "study"), el("a", { href: `#/study/${run.study_id}` }, `study ${run.study_id}`)) : null,
-      run.baseline_id ? el("div", {}, el("span", {}, "baseline"), el("a", { href: `#/run/${run.baseline_id}` }, `run ${run.baseline_id}`)) : null,
-      run.tags.length ? el("div", {}, el("span", {}, "tags"), run.tags.join(", ")) : null),
+      run.baseline_id ? el("div", {}, el("span", {}, "baseline"), el("a", { href: `#/run/${run.baseline_id}` }, `run ${run.baseline_id}`)) : null),
     run.error ? el("pre", { class: "error" }, run.error) : null,
     FINISHED.has(run.status) ? null : el("button", { class: "danger", id: "cancel", onclick: async (e) => {
       e.target.disabled = true;
@@ -108,10 +124,9 @@ export async function runView(id) {
       renderHeader();
     } }, run.cancel_requested ? "Cancelling…" : "Cancel run"));
 
-  const renderCurves = () => {
-    fill(curvesBox, el("h2", {}, "Curves"), epochs.length ? [chartControls(), curves(run, epochs)] : el("p", { class: "muted" }, "No epoch has finished yet."));
-    fill(experts, run.dense ? null : expertSection(epochs, epochAxes(epochs, run)));
-  };
+  const renderCurves = () => fill(curvesBox, el("h2", {}, "Curves"), epochs.length || points.length
+    ? [chartControls(), curves(run, epochs, points)] : el("p", { class: "muted" }, "No step has been recorded yet."));
+  const renderExperts = () => fill(experts, run.dense ? null : expertSection(epochs, epochAxes(epochs, run)));
 
   const renderVerdict = async () => {
     if (run.baseline_id === null) {
@@ -152,18 +167,30 @@ export async function runView(id) {
     }
   };
 
-  fill(view, header, curvesBox, experts, verdictBox,
+  fill(view, header, labels, curvesBox, experts, verdictBox,
     el("div", { class: "cols" }, el("div", {}, el("h2", {}, "Log"), log), configBox),
     artifactsBox);
   renderHeader();
   renderCurves();
+  renderExperts();
   await Promise.all([renderVerdict(), renderConfig(), renderArtifacts(), readLog()]);
 
   if (!FINISHED.has(run.status)) {
     every(2000, () => readLog().catch(() => {}), signal);
+    // the GPU reading comes with the run (its worker's heartbeat), not on the stream
+    every(5000, async () => {
+      try { run = await api(`/experiments/${id}`, { signal }); renderHeader(); } catch (_) { /* next time */ }
+    }, signal);
     follow(id, async (event, data) => {
       if (event === "epoch") {
-        if (!epochs.some((e) => e.epoch === data.epoch)) epochs.push(data);
+        if (epochs.some((e) => e.epoch === data.epoch)) return;  // sent again on a (re)connect
+        epochs.push(data);
+        renderCurves();
+        renderExperts();
+      } else if (event === "steps") {
+        const merged = mergePoints(points, data.points);
+        if (merged === points) return;
+        points = merged;
         renderCurves();
       } else if (event === "progress") {
         run.progress = data;

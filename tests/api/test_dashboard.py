@@ -135,6 +135,7 @@ def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1
     with session_scope(database) as session:
         for epoch in range(1, epochs + 1):
             rec = record(epoch, 1 + 4 * 0.99**epoch, layers=layers)
+            rec["steps"] = steps_per_epoch  # as many as the epoch's step points
             for kind in ("expert_stats", "eval_expert_stats"):
                 for layer in rec[kind]:
                     weights = [rng.random() + (2 if i == epoch % 8 else 0) for i in range(8)]
@@ -168,12 +169,20 @@ def test_a_run_of_200_epochs_and_4_layers_loads_in_under_a_second(deployment, st
         wait_in_page(
             page,
             "document.querySelectorAll('#experts [data-heatmap][data-drawn]').length === 8 &&"
-            " document.querySelectorAll('#curves [data-chart][data-drawn]').length >= 4",
+            " document.querySelector('#curves[data-step-points=\"2000\"]') &&"
+            " [...document.querySelectorAll('#curves [data-chart]')].every(c => c.dataset.drawn)"
+            " && document.querySelectorAll('#curves [data-chart]').length >= 6",
         )
         times.append(time.perf_counter() - started)
-    print(f"run page with 200 epochs x 4 layers drawn in {min(times):.3f} s (of {times})")
+    print(f"run page (200 epochs, 4 layers, 2,000 step points) drawn in {min(times):.3f} s {times}")
     assert min(times) < 1.0, times
     assert page.locator("#experts [data-heatmap]").first.get_attribute("data-cells") == str(200 * 8)
+    # the step charts draw every one of the 2,000 points
+    steps = page.evaluate(
+        "(() => { const b = document.querySelector('[data-chart=\"Gradient norm\"]');"
+        " return [b.drawn.axis, b.plot.data[1].filter(v => v !== null).length]; })()"
+    )
+    assert steps == ["epoch", 2000]
     shot(page, "run-200-epochs")
 
     # The runs page: the run with its tags, best CE and speed; and the compare view.

@@ -12,6 +12,7 @@ import math
 import random
 import re
 import statistics
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import httpx
@@ -21,11 +22,12 @@ from typer.testing import CliRunner
 from moe_core.config import base_config, dense_config, get_experiment_configs
 from moe_lab.cli import app as cli_app
 from moe_lab.client import Client
-from store import catalogue, leases
+from store import catalogue, leases, workers
 from store.db import session_scope
 from store.models import Status
-from tests.factories import claim, record, result, write
+from tests.factories import claim, record, result, step_point, write, write_steps
 from tests.fixtures.browser import docs_shot, wait_in_page
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -46,19 +48,23 @@ def noisy_epochs(seed: int, *, dense: bool = False, offset: float = 0.0) -> list
     return records
 
 
-def finish(database: str, experiment_id: int, epochs: list[dict], run_result: dict) -> None:
+def finish(database: str, experiment_id: int, epochs: list[dict], run_result: dict,
+           points: list[dict] = ()) -> None:  # fmt: skip
     owner = f"pages-{experiment_id}"
     assert claim(database, experiment_id, owner).outcome is leases.ClaimOutcome.claimed
     for rec in epochs:
         write(database, experiment_id, owner, rec)
+    if points:
+        write_steps(database, experiment_id, owner, list(points))
     with session_scope(database) as session:
         assert leases.finish_experiment(session=session, experiment_id=experiment_id, owner=owner,
                                         status=Status.succeeded, result=run_result)  # fmt: skip
 
 
-def seed_pair(database: str) -> tuple[int, int]:
+def seed_pair(database: str, *, steps: bool = False) -> tuple[int, int]:
     """A dense run and a top2 run judged against it, both finished, with noisy epochs; the
-    top2 run with two fields off its preset's defaults (dropout) and its base's (epochs)."""
+    top2 run with two fields off its preset's defaults (dropout) and its base's (epochs),
+    and with `steps` a step point every step (8 an epoch) as well."""
     base = base_config("micro", num_epochs=EPOCHS)
     config = get_experiment_configs(base)["top2"].model_copy(update={"dropout": 0.2})
     with session_scope(database) as session:
@@ -69,7 +75,10 @@ def seed_pair(database: str) -> tuple[int, int]:
         session.commit()
         ids = dense.id, moe.id
     finish(database, ids[0], noisy_epochs(1, dense=True), result(3.2, dense=True))
-    finish(database, ids[1], noisy_epochs(2), result(3.1))
+    rng = random.Random(5)
+    points = [step_point(s, epoch=1 + (s - 1) // 8, loss=3 + 2 * 0.8 ** (s / 8) + rng.uniform(-0.3, 0.3))
+              for s in range(1, 8 * EPOCHS + 1)] if steps else []  # fmt: skip
+    finish(database, ids[1], noisy_epochs(2), result(3.1), points)
     return ids
 
 
@@ -78,6 +87,14 @@ def pair(deployment, start_api) -> SimpleNamespace:
     """A dense and a top2 run (seed_pair) on an API of the test's own: `url`, `dense`, `moe`."""
     settings = deployment()
     dense_id, moe_id = seed_pair(settings.database_url)
+    return SimpleNamespace(url=start_api(settings).url, dense=dense_id, moe=moe_id)
+
+
+@pytest.fixture()
+def stepped_pair(deployment, start_api) -> SimpleNamespace:
+    """The pair, its top2 run with step points: the run page as the documentation shows it."""
+    settings = deployment()
+    dense_id, moe_id = seed_pair(settings.database_url, steps=True)
     return SimpleNamespace(url=start_api(settings).url, dense=dense_id, moe=moe_id)
 
 
@@ -219,8 +236,8 @@ def cli_verdict_lines(url: str, experiment_id: int) -> tuple[list[list[str]], st
     return rows, lines[-1]
 
 
-def test_the_verdict_table_says_what_the_cli_says(pair, page):
-    api, moe_id = pair, pair.moe
+def test_the_verdict_table_says_what_the_cli_says(stepped_pair, page):
+    api, moe_id = stepped_pair, stepped_pair.moe
     page.goto(f"{api.url}/ui/#/run/{moe_id}")
     page.wait_for_selector("#verdict tr[data-criterion]")
     shown = page.eval_on_selector_all(
@@ -244,6 +261,9 @@ def test_the_verdict_table_says_what_the_cli_says(pair, page):
     )
     assert differ == [["config.dropout", "0.2", "0.1"], ["base.num_epochs", str(EPOCHS), "2"]]
     assert not page.locator("#configuration details[open]").count()  # the whole of it folded
+    page.wait_for_selector(
+        '#curves[data-step-points="96"] [data-chart="Gradient norm"][data-drawn="1"]'
+    )
     docs_shot(page, "dashboard-run-page")
 
 
@@ -348,8 +368,8 @@ def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
 
 
 @pytest.mark.parametrize("where", ["runs", "run"])
-def test_nothing_overflows_a_phone_screen(pair, browser, where):
-    api, moe_id = pair, pair.moe
+def test_nothing_overflows_a_phone_screen(stepped_pair, browser, where):
+    api, moe_id = stepped_pair, stepped_pair.moe
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     page = context.new_page()
     try:
@@ -361,14 +381,15 @@ def test_nothing_overflows_a_phone_screen(pair, browser, where):
             page.goto(f"{api.url}/ui/#/run/{moe_id}")
             page.wait_for_selector("#experts [data-heatmap][data-drawn]")
             page.wait_for_selector("#verdict")
+            page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         docs_shot(page, f"dashboard-{where}-390px", full_page=False)
     finally:
         context.close()
 
 
-def test_dark_mode_follows_the_system(pair, page):
-    api, moe_id = pair, pair.moe
+def test_dark_mode_follows_the_system(stepped_pair, page):
+    api, moe_id = stepped_pair, stepped_pair.moe
     page.emulate_media(color_scheme="dark")
     page.goto(f"{api.url}/ui/#/run/{moe_id}")
     page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
@@ -380,6 +401,7 @@ def test_dark_mode_follows_the_system(pair, page):
     )
     assert colours == {"page": "rgb(13, 17, 23)", "text": "rgb(230, 237, 243)",
                        "axis": "#e6edf3", "series": "#4493f8"}  # fmt: skip
+    page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
     docs_shot(page, "dashboard-run-dark")
     page.emulate_media(color_scheme="light")
     page.reload()
@@ -387,3 +409,178 @@ def test_dark_mode_follows_the_system(pair, page):
     assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == (
         "rgb(255, 255, 255)"
     )
+
+
+def plotted(chart: dict, label: str) -> tuple[list, list]:
+    """One series as drawn: its x and y where it has a value (uPlot joins every series'
+    x into one, leaving gaps where a series has no point)."""
+    column = chart["data"][1 + chart["labels"].index(label)]
+    pairs = [(x, y) for x, y in zip(chart["data"][0], column, strict=True) if y is not None]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def seed_running(database: str, *, name: str, worker: str | None = None) -> int:
+    """A top2 run on the micro base, claimed (running) by `worker` (or no worker row)."""
+    base = base_config("micro", num_epochs=4)
+    with session_scope(database) as session:
+        run = catalogue.create_experiment(session=session, name=name, base=base,
+                                          config=get_experiment_configs(base)["top2"],
+                                          preset="top2", base_preset="micro", tags=["first"])  # fmt: skip
+        session.commit()
+        run_id = run.id
+    claim(database, run_id, f"live-{run_id}", worker_name=worker)
+    return run_id
+
+
+def noisy_points(steps: range, seed: int) -> list[dict]:
+    """Step points with a noisy falling loss, 10 steps an epoch; step 5's aux loss is 0 (a
+    log scale leaves it out)."""
+    rng = random.Random(seed)
+    points = []
+    for s in steps:
+        point = step_point(s, epoch=1 + (s - 1) // 10, loss=3 + 2 * 0.9**s + rng.uniform(-0.2, 0.2))
+        point["learning_rate"] = 1e-3 * min(1, s / 5)  # a warm-up
+        point["aux_loss"] = 0.0 if s == 5 else 0.01 + rng.uniform(0, 0.01)
+        points.append(point)
+    return points
+
+
+def test_step_curves_follow_a_running_run_on_every_axis(deployment, start_api, page):
+    settings = deployment()
+    database = settings.database_url
+    api = start_api(settings)
+    run_id = seed_running(database, name="live steps")
+    owner = f"live-{run_id}"
+    first = record(1, 3.5)
+    first["steps"] = 10
+    write(database, run_id, owner, first)
+    points = noisy_points(range(1, 16), seed=3)
+    write_steps(database, run_id, owner, points)
+
+    page.goto(f"{api.url}/ui/#/run/{run_id}")
+    page.wait_for_selector(
+        '#curves[data-step-points="15"] [data-chart="Learning rate"][data-drawn="1"]'
+    )
+    settled = "[...document.querySelectorAll('#curves [data-chart]')].every(b => b.dataset.drawn)"
+    wait_in_page(page, settled)
+    chart = drawn(page, "Cross-entropy")
+    assert chart["axis"] == "epoch"
+    x, y = plotted(chart, "train CE per step")
+    # the fractional epoch: epoch − 1 + the point's place in its epoch of 10 steps
+    assert x == pytest.approx([(s - 1) // 10 + ((s - 1) % 10 + 1) / 10 for s in range(1, 16)])
+    assert y == pytest.approx([p["ce_loss"] for p in points])
+    assert plotted(chart, "val CE")[0] == [1]  # the epoch's own beside it, at its end
+    _, lr = plotted(drawn(page, "Learning rate"), "learning rate per step")
+    assert lr == pytest.approx([p["learning_rate"] for p in points])
+    _, norms = plotted(drawn(page, "Gradient norm"), "grad norm per step")
+    assert norms == pytest.approx([p["grad_norm"] for p in points])
+    _, speed = plotted(drawn(page, "Tokens per second"), "tokens/s per step")
+    assert speed == pytest.approx([p["tokens_per_sec"] for p in points])
+
+    # step, tokens and wall time: each the point's own
+    select = "const s = document.querySelector('select[name=x-axis]'); s.value = '{}';" \
+             " s.dispatchEvent(new Event('change'))"  # fmt: skip
+    for axis, key in (("step", "step"), ("tokens", "tokens"), ("time", "wall_time")):
+        redrawn(page, select.format(axis))
+        chart = drawn(page, "Loss (CE + aux)")
+        x, y = plotted(chart, "train loss per step")
+        assert chart["axis"] == axis and x == pytest.approx([p[key] for p in points])
+        assert y == pytest.approx([p["loss"] for p in points])
+    redrawn(page, select.format("step"))
+
+    # smoothing: the step series' debiased EMA, its raw values beside it
+    slider = "const r = document.querySelector('input[name=smoothing]'); r.value = '0.6';" \
+             " r.dispatchEvent(new Event('input'))"  # fmt: skip
+    redrawn(page, slider)
+    chart = drawn(page, "Cross-entropy")
+    ce = [p["ce_loss"] for p in points]
+    assert plotted(chart, "train CE per step")[1] == pytest.approx(ema(ce, 0.6))
+    assert plotted(chart, "train CE per step (raw)")[1] == pytest.approx(ce)
+    redrawn(page, slider.replace("0.6", "0"))
+
+    # log y: a logarithmic scale, and the aux loss of 0 left out
+    redrawn(page, "const c = document.querySelector('input[name=log-y]'); c.checked = true;"
+                  " c.dispatchEvent(new Event('change'))")  # fmt: skip
+    chart = drawn(page, "Auxiliary loss")
+    x, y = plotted(chart, "train aux per step")
+    assert chart["distr"] == 3 and 5 not in x and len(x) == 14
+    redrawn(page, "const c = document.querySelector('input[name=log-y]'); c.checked = false;"
+                  " c.dispatchEvent(new Event('change'))")  # fmt: skip
+    assert 5 in plotted(drawn(page, "Auxiliary loss"), "train aux per step")[0]
+
+    # live: points the worker writes now reach the charts on the run's stream, no reload
+    page.evaluate("document.querySelector('#view').dataset.loaded = 'once'")
+    more = noisy_points(range(16, 31), seed=4)
+    write_steps(database, run_id, owner, more)
+    wait_in_page(page, "document.querySelector('#curves').dataset.stepPoints === '30'")
+    wait_in_page(page, settled)
+    x, norms = plotted(drawn(page, "Gradient norm"), "grad norm per step")
+    assert x == list(range(1, 31))
+    assert norms == pytest.approx([p["grad_norm"] for p in points + more])
+    assert page.evaluate("document.querySelector('#view').dataset.loaded") == "once"  # no reload
+    docs_shot(page, "dashboard-run-steps", full_page=False)
+
+
+@pytest.mark.console_allows("status of 422")  # the refused tag
+def test_tags_and_note_are_edited_in_the_header(deployment, start_api, page):
+    settings = deployment()
+    api = start_api(settings)
+    run_id = seed_running(settings.database_url, name="labelled")
+    page.goto(f"{api.url}/ui/#/run/{run_id}")
+    page.wait_for_selector('#labels [data-tag="first"]')
+
+    page.fill("#labels textarea[name=note]", "lr too high? compare with #12")
+    page.click("#note-form button[type=submit]")
+    page.fill("#labels input[name=tag]", "ablation")
+    page.click("#tag-form button[type=submit]")
+    page.wait_for_selector('#labels [data-tag="ablation"]')
+    page.click('#labels [data-tag="first"] button')
+    wait_in_page(page, "!document.querySelector('#labels [data-tag=\"first\"]')")
+    note = wait_for(lambda: httpx.get(f"{api.url}/experiments/{run_id}").json()["note"], timeout=10)
+    assert note == "lr too high? compare with #12"
+    assert httpx.get(f"{api.url}/experiments/{run_id}").json()["tags"] == ["ablation"]
+
+    # a tag the API refuses: its message, as the API words it, and nothing changed
+    refused = httpx.patch(f"{api.url}/experiments/{run_id}", json={"tags": {"add": ["no spaces"]}})
+    assert refused.status_code == 422
+    message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                        for e in refused.json()["detail"])  # fmt: skip
+    page.fill("#labels input[name=tag]", "no spaces")
+    page.click("#tag-form button[type=submit]")
+    wait_in_page(page, "document.querySelector('#labels-error').textContent !== ''")
+    assert page.inner_text("#labels-error") == message
+    assert httpx.get(f"{api.url}/experiments/{run_id}").json()["tags"] == ["ablation"]
+
+    # a cleared note is null again
+    page.fill("#labels textarea[name=note]", "")
+    page.click("#note-form button[type=submit]")
+    wait_in_page(page, "document.querySelector('#labels-error').textContent === ''")
+    wait_for(
+        lambda: httpx.get(f"{api.url}/experiments/{run_id}").json()["note"] is None, timeout=10
+    )
+
+
+def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, start_api, page):
+    settings = deployment()
+    database = settings.database_url
+    reading = {"gpu_name": "NVIDIA H200", "gpu_utilization": 87.0,
+               "gpu_memory_used": 40 * 2**30, "gpu_memory_total": 140 * 2**30,
+               "gpu_power_watts": 412.0, "gpu_read_at": datetime.now(UTC)}  # fmt: skip
+    with session_scope(database) as session:
+        workers.register(session=session, name="gpu0@node", host="node", pid=7, device="cuda:0")
+        workers.register(session=session, name="cpu0@node", host="node", pid=8, device="cpu")
+    on_gpu = seed_running(database, name="on a gpu", worker="gpu0@node")
+    on_cpu = seed_running(database, name="on a cpu", worker="cpu0@node")
+    with session_scope(database) as session:
+        assert workers.beat(session=session, name="gpu0@node", gpu=reading)
+        assert workers.beat(session=session, name="cpu0@node")
+    api = start_api(settings)
+
+    page.goto(f"{api.url}/ui/#/run/{on_gpu}")
+    page.wait_for_selector("#gpu")
+    assert page.inner_text("#gpu").split("\n")[-1] == "NVIDIA H200 · 87% · 40.0 / 140.0 GiB · 412 W"
+    page.goto(f"{api.url}/ui/#/run/{on_cpu}")
+    page.wait_for_selector('h1:has-text("on a cpu")')
+    page.wait_for_selector("#labels")
+    assert page.locator("#gpu").count() == 0
+    assert "tokens/s" in page.inner_text(".summary")
