@@ -14,7 +14,7 @@ from api import rules
 from api.deps import QueueDep, SessionDep
 from api.errors import error_responses
 from api.resolve import MAX_ID, ConfigRefused
-from moe_core.search import MAX_RUNS, SweepConfig, check_sweep, grid_points
+from moe_core.search import MAX_RUNS, SweepConfig, check_sweep, grid_points, rank
 from store import catalogue, sweeps
 from store.models import Experiment, Sweep
 
@@ -103,15 +103,11 @@ def sweep_read(session, sweep: Sweep) -> dict[str, Any]:
         "passed": (t.verdict or {}).get("passed"), "pruned_at_epoch": t.pruned_at_epoch,
         "run_ids": [i for i, n in runs if n == t.number], "finished_at": t.finished_at,
     } for t in sweep.trials]  # fmt: skip
-    ranked = sorted(
-        (t for t in trials if t["state"] == "complete" and (t["objective"] or {}).get("mean") is not None),
-        key=lambda t: t["objective"]["mean"],
-    )  # fmt: skip
     return {
         "id": sweep.id, "name": sweep.name, "status": sweep.status, "parallel": sweep.parallel,
         "config": sweep.config, "fields": sweep.fields,
         "dense_run_ids": [i for i, n in runs if n is None],
-        "trials": trials, "ranking": [t["number"] for t in ranked], "best_trial": sweep.best_trial,
+        "trials": trials, "ranking": rank(trials), "best_trial": sweep.best_trial,
         "importance": sweep.importance, "created_at": sweep.created_at,
         "finished_at": sweep.finished_at,
     }  # fmt: skip
