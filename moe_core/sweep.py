@@ -30,8 +30,9 @@ from .atomic import write_json_atomic
 from .config import check_or_raise, dense_config
 from .criteria import MIN_USAGE_TARGET, judge_seeds
 from .errors import TrainingCancelled
+from .proposals import Proposer
 from .runner import resolve_device, resolve_precision, run_single_experiment
-from .search import Proposer, SweepConfig, check_sweep, objective_of, rank  # noqa: F401
+from .search import SweepConfig, check_sweep, objective_of, rank  # noqa: F401 (rank: re-exported)
 
 RESULTS = "sweep_results.json"
 

@@ -17,7 +17,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from moe_core.config import BaseConfig, dense_config
-from moe_core.search import Proposer, SweepConfig, Told, objective_of, rank
+from moe_core.proposals import Proposer, Told
+from moe_core.search import SweepConfig, objective_of, rank
 from store import catalogue, results
 from store.models import (
     FINISHED,

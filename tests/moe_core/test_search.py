@@ -6,7 +6,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from moe_core.search import MAX_RUNS, Proposer, SweepConfig, check_sweep, grid_points
+from moe_core.proposals import Proposer
+from moe_core.search import MAX_RUNS, SweepConfig, check_sweep, grid_points
 
 
 def sweep(**fields):
@@ -131,7 +132,7 @@ def test_importance_names_the_field_that_moves_the_objective():
 
 
 def test_a_proposer_rebuilt_from_stored_trials_proposes_the_same_next_trial():
-    from moe_core.search import Told
+    from moe_core.proposals import Told
 
     config = sweep(method="tpe", trials=10, sampler_seed=3, space=SPACE)
     history = []
@@ -148,7 +149,7 @@ def test_a_proposer_rebuilt_from_stored_trials_proposes_the_same_next_trial():
 
 
 def test_a_rebuilt_grid_goes_on_from_the_next_point_and_ends():
-    from moe_core.search import Told
+    from moe_core.proposals import Told
 
     config = sweep(
         method="grid", space={"top_k": {"choices": [1, 2]}, "aux_weight": {"choices": [0.01, 0.1]}}
@@ -160,7 +161,7 @@ def test_a_rebuilt_grid_goes_on_from_the_next_point_and_ends():
 
 
 def test_a_stored_running_trial_is_pruned_against_the_stored_complete_ones():
-    from moe_core.search import Told
+    from moe_core.proposals import Told
 
     config = sweep(method="random", trials=5, space={"aux_weight": {"low": 0.001, "high": 0.1}})
     done = [
