@@ -84,13 +84,17 @@ class FlakyServer:
                 request = b""
                 while b"\r\n\r\n" not in request:
                     request += conn.recv(4096)
-                headers = dict(
-                    line.split(": ", 1)
-                    for line in request.decode().split("\r\n")[1:]
-                    if ": " in line
-                )
-                headers = {k.lower(): v for k, v in headers.items()}
-                self.requests.append((request.decode().split("\r\n")[0], headers))
+                head, _, body = request.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                headers = {
+                    k.lower(): v
+                    for k, v in (line.split(": ", 1) for line in lines[1:] if ": " in line)
+                }
+                # read the whole body: closing a socket with unread bytes sends a reset
+                # instead of a clean close, and the client would see that, not the answer
+                while len(body) < int(headers.get("content-length", 0)):
+                    body += conn.recv(4096)
+                self.requests.append((lines[0], headers))
                 last = headers.get("last-event-id")
                 self.seen.append(last)
                 answer = self.script(last)
