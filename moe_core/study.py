@@ -44,7 +44,7 @@ def evaluate_success_criteria(
     return verdicts
 
 
-def _commit() -> str | None:
+def source_commit() -> str | None:
     """The source's git commit (with '-dirty' for uncommitted changes), when it is a checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
@@ -121,7 +121,7 @@ def main(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    commit = _commit()  # at the start: the code that runs, whatever changes meanwhile
+    commit = source_commit()  # at the start: the code that runs, whatever changes meanwhile
 
     data = build_datasets(base)  # the seed changes initialisation and order, not the data
     threads = torch.get_num_threads()

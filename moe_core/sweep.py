@@ -33,6 +33,7 @@ from .errors import TrainingCancelled
 from .proposals import Proposer
 from .runner import resolve_device, resolve_precision, run_single_experiment
 from .search import SweepConfig, check_sweep, objective_of, rank  # noqa: F401 (rank: re-exported)
+from .study import source_commit
 
 RESULTS = "sweep_results.json"
 
@@ -76,8 +77,13 @@ def run_sweep(
                                      on_epoch_end=on_epoch_end, should_stop=should_stop,
                                      test_dataset=data.test, verbose=False)  # fmt: skip
 
+    # What ran, so the record can be rerun: the code, torch and the threads it had.
     report: dict[str, Any] = {"sweep": sweep.model_dump(mode="json"), "base": base.model_dump(mode="json"),
-                              "device": str(device), "dense": [], "trials": []}  # fmt: skip
+                              "device": str(device), "torch": torch.__version__,
+                              "threads": torch.get_num_threads(), "commit": source_commit(),
+                              "data": {"tokenizer": data.tokenizer_key, "train_tokens": data.train.num_tokens,
+                                       "val_tokens": data.val.num_tokens},
+                              "dense": [], "trials": []}  # fmt: skip
 
     def write() -> None:
         order = rank(report["trials"])
