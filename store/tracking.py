@@ -59,3 +59,29 @@ def run_verdict(*, session: Session, run: Experiment) -> dict[str, Any] | None:
         return {"baseline_id": baseline.id, **judge(stored_result(run), stored_result(baseline))}
     except ValueError:  # e.g. a baseline without a finite validation loss
         return None
+
+
+def verdicts_left_waiting(
+    *, session: Session, dense: Experiment
+) -> list[tuple[str, dict[str, Any]]]:
+    """(MLflow run id, verdict) of each succeeded run judged against `dense` that ended
+    before it did: when those ended there was no verdict to mirror, and now there is. A
+    run that ended after `dense` mirrored its own verdict as it ended."""
+    if not dense.dense or dense.status != Status.succeeded or dense.finished_at is None:
+        return []
+    waiting = session.scalars(
+        select(Experiment)
+        .where(
+            Experiment.baseline_id == dense.id,
+            Experiment.status == Status.succeeded,
+            Experiment.mlflow_run_id.is_not(None),
+            Experiment.finished_at <= dense.finished_at,
+        )
+        .order_by(Experiment.id)
+    )
+    found = []
+    for run in waiting:
+        verdict = run_verdict(session=session, run=run)
+        if verdict is not None:
+            found.append((run.mlflow_run_id, verdict))
+    return found

@@ -62,6 +62,8 @@ class Sink(Protocol):
     def finish(
         self, status: str, result: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None
     ) -> None: ...
+    # a dense run that succeeded: (MLflow run id, verdict) of runs that ended before it
+    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None: ...
     def close(self) -> None: ...  # the attempt ends unfinished (handed back, taken over)
 
 
@@ -140,6 +142,9 @@ class TensorBoardSink:
             self._writer.add_text("verdict", f"```\n{json.dumps(verdict, indent=1)}\n```")
         self.close()
 
+    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        pass  # another run's event files are written only while it trains
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -207,13 +212,13 @@ class MLflowSink:
         )
         return runs[0].info.run_id if runs else None
 
-    def _log(self, scalars: Iterator[tuple[str, float, int]]) -> None:
+    def _log(self, scalars: Iterator[tuple[str, float, int]], run_id: str | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, step) for key, value, step in scalars]
         for at in range(0, len(metrics), _BATCH):
-            self._client.log_batch(self.run_id, metrics=metrics[at : at + _BATCH])
+            self._client.log_batch(run_id or self.run_id, metrics=metrics[at : at + _BATCH])
 
     def steps(self, points: Sequence[StepPoint]) -> None:
         self._log(
@@ -230,14 +235,26 @@ class MLflowSink:
     ) -> None:
         final = _result_metrics(result)
         if verdict is not None:
-            leaves = dict(_leaves(verdict, "verdict."))
-            for key, value in leaves.items():
-                if isinstance(value, bool | str):  # numbers are metrics; None says nothing
-                    self._client.set_tag(self.run_id, key, str(value).lower()[:5000])
-            final.update({key.replace(".", "/"): value for key, value in leaves.items()})
+            final.update(self._verdict_tags(self.run_id, verdict))
         self._log((key, value, 0) for key, value in _finite(final).items())
         self._client.set_tag(self.run_id, "moe_lab.status", status)
         self._client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
+
+    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """This dense run has succeeded: the verdicts of the runs judged against it that
+        ended before it, into their own (finished) MLflow runs."""
+        for run_id, verdict in verdicts:
+            metrics = _finite(self._verdict_tags(run_id, verdict))
+            self._log(((key, value, 0) for key, value in metrics.items()), run_id)
+
+    def _verdict_tags(self, run_id: str, verdict: Mapping[str, Any]) -> dict[str, Any]:
+        """Set the verdict's yes/no and words as tags of `run_id`; return its numbers, to
+        be logged as metrics."""
+        leaves = dict(_leaves(verdict, "verdict."))
+        for key, value in leaves.items():
+            if isinstance(value, bool | str):  # numbers are metrics; None says nothing
+                self._client.set_tag(run_id, key, str(value).lower()[:5000])
+        return {key.replace(".", "/"): value for key, value in leaves.items()}
 
     def close(self) -> None:
         pass  # the MLflow run stays RUNNING: the next attempt goes on with it
@@ -334,6 +351,12 @@ class Sinks:
         self, status: str, result: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None
     ) -> None:
         self._call("finish", status, result, verdict)
+
+    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Verdicts of other runs that waited on this (dense) one, for the sinks that can
+        write into another run's record (MLflow; TensorBoard's files are each run's own)."""
+        if verdicts:
+            self._call("late_verdicts", verdicts)
 
     def close(self) -> None:
         self._call("close")

@@ -34,7 +34,7 @@ from store.models import FINISHED, Status
 from store.queue import TrainingQueue
 from store.results import stored_result
 from store.settings import Settings
-from store.tracking import run_verdict
+from store.tracking import run_verdict, verdicts_left_waiting
 from worker import gpu_memory, shutdown
 from worker.lease import RunLease
 from worker.sinks import RunInfo, Sinks, open_sinks
@@ -132,12 +132,15 @@ def _end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
                 status = str(run.status)
                 result = stored_result(run) if run.status == Status.succeeded else None
                 verdict = run_verdict(session=session, run=run) if result else None
+                # runs judged against this dense one that ended first had no verdict then
+                late = verdicts_left_waiting(session=session, dense=run) if result else []
     except Exception:  # the database is away: the sinks' ending is not worth waiting for
         log.warning("experiment %s: the run's ending not read for its sinks",
                     lease.experiment_id, exc_info=True)  # fmt: skip
         ended = False
     if ended:
         sinks.finish(status, result, verdict)
+        sinks.late_verdicts(late)
     else:
         sinks.close()
 

@@ -51,10 +51,14 @@ def _stored_epochs(database: str, experiment_id: int) -> list[EpochMetrics]:
         )
 
 
-def _mlflow_run(client: MlflowClient, experiment_id: int):
+def _mlflow_run(client: MlflowClient, database: str, experiment_id: int):
+    """The MLflow run tagged with the run's id and key (each test's deployment numbers its
+    runs from 1, and they share the MLflow server)."""
     experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    key = run_row(database, experiment_id).run_key
     runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`moe_lab.id` = '{experiment_id}'"
+        [experiment.experiment_id],
+        filter_string=f"tags.`moe_lab.id` = '{experiment_id}' and tags.`moe_lab.run_key` = '{key}'",
     )
     assert len(runs) == 1, runs
     return runs[0]
@@ -71,7 +75,7 @@ def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, m
     assert row.status == "succeeded" and row.mlflow_run_id
 
     mlflow = MlflowClient(mlflow_server.url)
-    run = _mlflow_run(mlflow, moe)
+    run = _mlflow_run(mlflow, database, moe)
     assert run.info.run_id == row.mlflow_run_id and run.info.status == "FINISHED"
     assert run.info.run_name == "top1"
     # params: the resolved ExperimentConfig and BaseConfig, every field
@@ -106,7 +110,7 @@ def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, m
     assert run.data.metrics["result/best_val_ce_loss"] == pytest.approx(row.best_val_ce_loss)
     assert tags["moe_lab.status"] == "succeeded"
     # the dense run has no verdict to log
-    dense_run = _mlflow_run(mlflow, dense)
+    dense_run = _mlflow_run(mlflow, database, dense)
     assert dense_run.data.tags["moe_lab.dense"] == "true"
     assert not any(key.startswith("verdict") for key in dense_run.data.tags)
 
@@ -130,6 +134,36 @@ def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, m
         assert served.content == (directory / files[0].split("/", 1)[1]).read_bytes()
         # only event files are served from there
         assert api.get(f"/experiments/{moe}/artifacts/tensorboard/run.log").status_code == 422
+
+
+def test_a_run_that_ends_before_its_dense_run_gets_its_verdict_when_dense_ends(
+    deployment, mlflow_server
+):
+    settings = deployment(mlflow_tracking_uri=mlflow_server.url)
+    database = settings.database_url
+    dense = new_experiment(database, "dense", dense=True, **FAST)
+    moe = new_experiment(database, "early", baseline_id=dense, **FAST)
+    _attempt(settings, moe)  # the MoE run ends first: no verdict to give yet
+    mlflow = MlflowClient(mlflow_server.url)
+    early = _mlflow_run(mlflow, database, moe)
+    assert early.info.status == "FINISHED"
+    assert not any(key.startswith("verdict") for key in early.data.tags)
+
+    _attempt(settings, dense)  # now there is one, and it reaches the MoE run's MLflow run
+    late = mlflow.get_run(early.info.run_id)
+    with make_client(settings) as api:
+        verdict = api.get(f"/experiments/{moe}/verdict").json()
+    assert late.data.tags["verdict.passed"] == str(verdict["passed"]).lower()
+    assert late.data.tags["verdict.primary.passed"] == str(verdict["primary"]["passed"]).lower()
+    assert late.data.metrics["verdict/baseline_id"] == dense
+    assert late.data.metrics["verdict/primary/val_loss"] == pytest.approx(
+        verdict["primary"]["val_loss"]
+    )
+    assert late.info.status == "FINISHED" and late.data.tags["moe_lab.status"] == "succeeded"
+    # logged once, not again by anything after
+    assert len(mlflow.get_metric_history(late.info.run_id, "verdict/baseline_id")) == 1
+    dense_run = _mlflow_run(mlflow, database, dense)
+    assert not any(key.startswith("verdict") for key in dense_run.data.tags)
 
 
 def test_a_failing_sink_fails_no_run_and_is_counted_on_metrics(deployment, monkeypatch):
