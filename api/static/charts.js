@@ -8,7 +8,8 @@
 //
 // One settings bar per page (x-axis, EMA smoothing, log y) redraws every chart on it; each
 // chart has reset zoom (or double-click), CSV of what it draws, and PNG; a click on a
-// legend entry hides that series. Each chart box carries its uPlot instance as `.plot`
+// legend entry hides that series. Zoom and hidden series outlive redraws and a live page's
+// rebuilt charts. Each chart box carries its uPlot instance as `.plot`
 // and what it draws as `.drawn` ({axis, labels, data}), for tests to read the values.
 
 import { el, duration } from "./dom.js";
@@ -20,6 +21,15 @@ const SETTINGS_KEY = "moe-lab-charts";
 export const settings = { x: "epoch", smoothing: 0, logY: false,
   ...JSON.parse(sessionStorage.getItem(SETTINGS_KEY) || "{}") };
 const charts = new Set();
+// What a person did to a chart that a redraw must keep, by page and chart title: its zoom
+// ({axis, min, max}) and the series hidden from its legend. A live page builds its charts
+// anew with each epoch or batch of step points; without this each would undo the zoom.
+const kept = new Map();
+function keptFor(title) {
+  const key = `${location.hash}|${title}`;
+  if (!kept.has(key)) kept.set(key, { zoom: null, hidden: new Set() });
+  return kept.get(key);
+}
 
 function changed() {
   sessionStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
@@ -114,10 +124,12 @@ const compact = (v) => Math.abs(v) >= 1e9 ? `${+(v / 1e9).toPrecision(3)}G` : Ma
 export function lineChart(title, series, { yLabel = "", height = 220, y2 = null } = {}) {
   const points = Math.max(0, ...series.map((s) => s.y.length));
   const box = el("div", { class: "chart", "data-chart": title, "data-series": series.length, "data-points": points });
-  const hidden = new Set();
+  const memory = keptFor(title);
+  const hidden = memory.hidden;
   let plot = null;
   const toolbar = el("span", { class: "chart-tools" },
-    el("button", { type: "button", "data-action": "reset", title: "reset zoom (or double-click the chart)", onclick: () => box.redraw() }, "reset"),
+    el("button", { type: "button", "data-action": "reset", title: "reset zoom (or double-click the chart)",
+      onclick: () => { memory.zoom = null; box.redraw(); } }, "reset"),
     el("button", { type: "button", "data-action": "csv", onclick: () => saveBlob(new Blob([box.csv()], { type: "text/csv" }), `${slug(title)}.csv`) }, "CSV"),
     el("button", { type: "button", "data-action": "png", onclick: () => png().then((b) => saveBlob(b, `${slug(title)}.png`)) }, "PNG"));
   box.append(el("div", { class: "chart-head" }, el("h3", {}, title), toolbar));
@@ -130,6 +142,7 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
     const colors = palette();
     const logY = settings.logY;
     const positive = (v) => (logY && !(v > 0) ? null : v);
+    let ready = false;  // set once uPlot has drawn: scale changes before it are its own
     const tables = [];
     const specs = [];
     const bands = [];
@@ -175,6 +188,20 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
         ...specs.map((s) => ({ ...s, show: !hidden.has(s.of || s.label),
           value: (u, v) => v === null || v === undefined ? "–" : Number(v).toPrecision(5) }))],
       hooks: {
+        // A zoom kept from before the redraw, on the same x-axis, is put back: after uPlot's
+        // first draw has ended (a scale set within its `ready` is dropped with that draw's
+        // pending changes).
+        ready: [(u) => queueMicrotask(() => {
+          if (memory.zoom && memory.zoom.axis === axis) u.setScale("x", { min: memory.zoom.min, max: memory.zoom.max });
+          ready = true;
+        })],
+        // A person's zoom (a drag; a double-click zooms out to all the data) is kept.
+        setScale: [(u, key) => {
+          if (key !== "x" || !ready) return;
+          const xs = u.data[0].filter((v) => v !== null && v !== undefined);
+          const { min, max } = u.scales.x;
+          memory.zoom = xs.length && (min > xs[0] || max < xs[xs.length - 1]) ? { axis, min, max } : null;
+        }],
         // A series hidden by its legend entry takes its faint raw line and its band along.
         setSeries: [(u, i) => {
           if (i === null || !specs[i - 1] || !specs[i - 1].main) return;

@@ -121,7 +121,12 @@ export async function follow(experimentId, onEvent, signal) {
             if (event.data !== undefined) {
               if (event.id !== undefined) lastId = event.id;
               const data = JSON.parse(event.data);
-              onEvent(event.event || "message", data);
+              // an async handler that fetches: its failure once the view is gone (aborted)
+              // is no error; another is a hiccup the view's polling gets over
+              const name = event.event || "message";
+              Promise.resolve(onEvent(name, data)).catch((error) => {
+                if (!signal.aborted) console.warn(`${name} event of run ${experimentId}:`, error);
+              });
               if (event.event === "status" && (FINISHED.has(data.status) || data.status === "deleted")) return;
             }
             event = {};

@@ -508,8 +508,15 @@ def test_step_curves_follow_a_running_run_on_every_axis(deployment, start_api, p
                   " c.dispatchEvent(new Event('change'))")  # fmt: skip
     assert 5 in plotted(drawn(page, "Auxiliary loss"), "train aux per step")[0]
 
-    # live: points the worker writes now reach the charts on the run's stream, no reload
+    # live: points the worker writes now reach the charts on the run's stream, no reload;
+    # a zoom and a hidden series stay as they were though the charts are built anew
     page.evaluate("document.querySelector('#view').dataset.loaded = 'once'")
+    page.evaluate(
+        "document.querySelector('[data-chart=\"Gradient norm\"]').plot.setScale('x', {min: 3, max: 12})"
+    )
+    page.locator('[data-chart="Cross-entropy"] .u-legend .u-series').nth(1).click()
+    hidden = drawn(page, "Cross-entropy")["shown"]
+    assert hidden.count(False) == 1
     more = noisy_points(range(16, 31), seed=4)
     write_steps(database, run_id, owner, more)
     wait_in_page(page, "document.querySelector('#curves').dataset.stepPoints === '30'")
@@ -518,6 +525,14 @@ def test_step_curves_follow_a_running_run_on_every_axis(deployment, start_api, p
     assert x == list(range(1, 31))
     assert norms == pytest.approx([p["grad_norm"] for p in points + more])
     assert page.evaluate("document.querySelector('#view').dataset.loaded") == "once"  # no reload
+    scale = "(() => { const s = document.querySelector('[data-chart=\"Gradient norm\"]').plot.scales.x;" \
+            " return [s.min, s.max]; })()"  # fmt: skip
+    assert page.evaluate(scale) == [3, 12]
+    assert drawn(page, "Cross-entropy")["shown"] == hidden
+    page.locator('[data-chart="Gradient norm"] button[data-action=reset]').click()
+    assert page.evaluate(scale) == [1, 30]
+    page.locator('[data-chart="Cross-entropy"] .u-legend .u-series').nth(1).click()
+    assert all(drawn(page, "Cross-entropy")["shown"])
     docs_shot(page, "dashboard-run-steps", full_page=False)
 
 
