@@ -2,7 +2,7 @@
 // curl), following running runs on their event streams. Plain ES modules, no build step:
 // http.js (the API, ETags, event streams), dom.js (helpers, formats, sortable tables),
 // charts.js (uPlot line charts, bands, heatmaps), and a module per page: runs.js, run.js
-// (with experts.js), study.js, compare.js, sweep.js.
+// (with experts.js), study.js, compare.js, sweep.js, workers.js.
 
 import { el, fill, newScope, view } from "./dom.js";
 import { runsView, studiesView } from "./runs.js";
@@ -10,6 +10,7 @@ import { runView } from "./run.js";
 import { studyView } from "./study.js";
 import { compareView } from "./compare.js";
 import { sweepView, sweepsView } from "./sweep.js";
+import { workersView } from "./workers.js";
 
 const routes = [
   [/^#\/run\/(\d+)$/, (m) => runView(Number(m[1]))],
@@ -17,6 +18,7 @@ const routes = [
   [/^#\/studies$/, () => studiesView()],
   [/^#\/sweep\/(\d+)$/, (m) => sweepView(Number(m[1]))],
   [/^#\/sweeps$/, () => sweepsView()],
+  [/^#\/workers$/, () => workersView()],
   [/^#\/compare(?:\?ids=([\d,]*))?$/, (m) => compareView((m[1] || "").split(",").filter(Boolean).map(Number))],
   [/^#?\/?(?:\?(.*))?$/, (m) => runsView(new URLSearchParams(m[1] || ""))],
 ];

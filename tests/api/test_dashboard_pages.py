@@ -599,3 +599,37 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
     page.wait_for_selector("#labels")
     assert page.locator("#gpu").count() == 0
     assert "tokens/s" in page.inner_text(".summary")
+
+    # the workers page: each live worker, what it trains, and its GPU (none on the CPU one)
+    page.goto(f"{api.url}/ui/#/workers")
+    page.wait_for_selector("#workers[data-loaded]")
+    cells = page.eval_on_selector_all(
+        "#workers tbody tr",
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.worker,"
+        " [...r.cells].map(c => c.innerText.trim())]))",
+    )
+    heads = page.eval_on_selector_all("#workers thead th", "hs => hs.map(h => h.innerText.trim())")
+    gpu, cpu = (dict(zip(heads, cells[name], strict=True)) for name in ("gpu0@node", "cpu0@node"))
+    assert (gpu["device"], gpu["state"], gpu["slots"], gpu["runs"]) == (
+        "cuda:0",
+        "busy",
+        "1/1",
+        f"#{on_gpu}",
+    )
+    assert (gpu["GPU"], gpu["utilization"], gpu["memory"], gpu["power"]) == (
+        "NVIDIA H200",
+        "87%",
+        "40.0 / 140.0 GiB",
+        "412 W",
+    )
+    assert (cpu["device"], cpu["runs"], cpu["GPU"], cpu["utilization"], cpu["memory"]) == (
+        "cpu",
+        f"#{on_cpu}",
+        "–",
+        "–",
+        "–",
+    )
+    assert page.inner_text("#workers-summary") == "2 live workers, 2 of 2 slots training"
+    docs_shot(page, "dashboard-workers", full_page=False)
+    page.click(f'#workers a[href="#/run/{on_gpu}"]')
+    page.wait_for_selector("#gpu")
