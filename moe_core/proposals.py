@@ -52,9 +52,10 @@ class Proposer:
             sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = (
             # a trial stops when its val CE at an epoch is worse than the median of the
-            # earlier trials' at that epoch; not before 2 trials finished, nor in epoch 1
-            # (steps are 1-based epochs; Optuna prunes from step n_warmup_steps on)
-            optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+            # earlier trials' at that epoch (by more than prune_margin); not before 2
+            # trials finished, nor in epoch 1 (steps are 1-based epochs; Optuna prunes from
+            # step n_warmup_steps on)
+            _pruner(sweep.prune_margin, n_startup_trials=2, n_warmup_steps=2)
             if sweep.prune
             else optuna.pruners.NopPruner()
         )
@@ -170,3 +171,38 @@ class Proposer:
         except (RuntimeError, ValueError):  # e.g. no field that varies in every trial
             return {}
         return {name: float(share) for name, share in found.items()}
+
+
+def _pruner(margin: float, *, n_startup_trials: int, n_warmup_steps: int) -> Any:
+    """Optuna's median pruner, which prunes a trial worse than the median at all, or, with
+    a margin, one worse than the median by more than `margin` (nats): where trials differ
+    by less than a seed's noise, the median alone stops half of them on that noise."""
+    import optuna
+
+    median = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials,
+                                         n_warmup_steps=n_warmup_steps)  # fmt: skip
+    if margin <= 0:
+        return median
+
+    class MarginPruner(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            if not median.prune(study, trial):
+                return False
+            step = trial.last_step
+            others = [
+                t.intermediate_values[step]
+                for t in study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+                )
+                if step in t.intermediate_values
+            ]
+            if not others:
+                return False
+            others.sort()
+            middle = len(others) // 2
+            median_value = (
+                others[middle] if len(others) % 2 else (others[middle - 1] + others[middle]) / 2
+            )
+            return trial.intermediate_values[step] > median_value + margin
+
+    return MarginPruner()

@@ -116,6 +116,12 @@ class SweepConfig(BaseModel):
     sampler_seed: int = 0
     objective: Literal["delta_val_ce", "delta_val_ce_at_equal_time", "val_ce"] = "delta_val_ce"
     prune: bool = Field(True, description="Optuna's median pruner on each trial's val CE")
+    prune_margin: float = Field(
+        0.0, ge=0, le=10,
+        description="nats: prune only a trial worse than the median by more than this (0: "
+        "worse at all, Optuna's median pruner); about a seed's noise keeps the pruner off "
+        "differences noise makes",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:

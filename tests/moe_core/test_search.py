@@ -120,6 +120,32 @@ def test_the_median_pruner_stops_a_trial_worse_than_the_earlier_ones_at_the_same
     assert proposer.report(number, 6.0, 2) is True
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.02])
+def test_a_margin_keeps_the_pruner_off_differences_smaller_than_it(margin):
+    from moe_core.proposals import Told
+
+    config = sweep(method="random", trials=6, prune_margin=margin,
+                   space={"aux_weight": {"low": 0.001, "high": 0.1}})  # fmt: skip
+    # three trials done: at epoch 2, 4.800, 4.810 and 4.820 (the median 4.810)
+    done = [
+        Told(i, {"aux_weight": 0.01}, "complete", 4.5, {1: 5.0, 2: 4.80 + i / 100})
+        for i in range(3)
+    ]
+
+    def pruned(value: float) -> bool:
+        running = Told(3, {"aux_weight": 0.05}, "running", None, {1: 5.0, 2: value})
+        return Proposer(config, [*done, running]).prune(3)
+
+    assert pruned(4.805) is False  # better than the median: never
+    assert pruned(4.815) is (margin == 0)  # worse by 0.005: only without a margin
+    assert pruned(4.835) is True  # worse by 0.025: clearly, with either
+    # and through report(), as the engine's sweep asks
+    proposer = Proposer(config, done)
+    number, _ = proposer.ask()
+    assert proposer.report(number, 5.0, 1) is False
+    assert proposer.report(number, 4.815, 2) is (margin == 0)
+
+
 def test_importance_names_the_field_that_moves_the_objective():
     proposer = Proposer(sweep(method="random", trials=30, space={
         "aux_weight": {"low": 0.001, "high": 0.1}, "router_z_loss": {"low": 0.0, "high": 0.01}}))  # fmt: skip
