@@ -13,6 +13,7 @@ final model's least used expert over the validation set.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,28 @@ def _dense_ce(sweep: dict[str, Any]) -> list[float | None]:
     return [best_val_loss(run["metrics"]) for run in sweep["dense"]]
 
 
-def _state(trial: Trial, dense_runs: list[dict[str, Any]] | None = None) -> str:
+def _state(trial: Trial, sweep: dict[str, Any] | None = None) -> str:
     if trial["state"] == "pruned":
         said = f"pruned after epoch {trial['pruned_at_epoch']}"
         epochs = trial.get("epochs") or []
         ce = (epochs[-1].get("val") or {}).get("ce_loss") if epochs else None
-        if ce is None or not dense_runs:
+        if ce is None or sweep is None:
             return said
-        # what the pruner saw: the first seed's val CE then, beside dense's at that epoch
-        dense_ce = dense_runs[0]["metrics"]["val_ce_losses"][len(epochs) - 1]
-        return f"{said} (val CE {ce:.4f}, dense {dense_ce:.4f})"
+        # what the pruner saw: the first seed's val CE then, against the median of the
+        # trials complete before it at that epoch (and dense's, for scale)
+        at = len(epochs) - 1
+        earlier = [
+            t["runs"][0]["metrics"]["val_ce_losses"][at]
+            for t in sweep["trials"]
+            if t["number"] < trial["number"] and t["state"] in ("complete", "tertiary_failed")
+            and len(t["runs"][0]["metrics"]["val_ce_losses"]) > at
+        ]  # fmt: skip
+        median = statistics.median(earlier) if earlier else None
+        dense_ce = sweep["dense"][0]["metrics"]["val_ce_losses"][at]
+        return (
+            f"{said} (val CE {ce:.4f}; median of the earlier complete trials "
+            f"{_f(median, '.4f')}, dense {dense_ce:.4f})"
+        )
     if trial["state"] == "tertiary_failed":
         return "router collapsed"
     return trial["state"]
@@ -76,7 +89,7 @@ def trials(sweep: dict[str, Any]) -> str:
         mark = "" if verdict is None else "✓" if verdict["passed"] else "✗"
         p = o.get("p_value")
         rows.append(
-            f"| {trial['number']} | {params} | {_state(trial, sweep['dense'])} | {_pm(o) if o.get('mean') is not None else '-'} "
+            f"| {trial['number']} | {params} | {_state(trial, sweep)} | {_pm(o) if o.get('mean') is not None else '-'} "
             f"| {seeds or '-'} | {_f(p, '.3f')} | {_f(_mean(ratios), '.2f')} "
             f"| {_pct(_mean(_given(stats, 'dropped')), scale=100)} "
             f"| {_pct(min(_given(stats, 'final_min_use'), default=None), '.1f')} | {mark} |"

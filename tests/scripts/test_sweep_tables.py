@@ -1,6 +1,7 @@
 """scripts/sweep_tables.py on the committed sweep: its numbers are the sweep's own."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,17 @@ def test_each_trial_row_is_the_trials_own_objective_and_state():
     fields = list(sweep["sweep"]["space"])
     dense = [best_val_loss(d["metrics"]) for d in sweep["dense"]]
     for row, trial in zip(rows, sweep["trials"], strict=True):
-        assert row[1 : 1 + len(fields)] == [
-            sweep_tables._value(trial["params"][f]) for f in fields
-        ]
+        assert row[1 : 1 + len(fields)] == [sweep_tables._value(trial["params"][f]) for f in fields]
         o = trial["objective"]
         state, delta, per_seed = row[1 + len(fields) : 4 + len(fields)]
         if trial["state"] == "pruned":
             assert state.startswith(f"pruned after epoch {trial['pruned_at_epoch']} (val CE ")
             assert delta == per_seed == "-"
+            # the median pruner's rule, in the row: worse than the earlier trials' median
+            # by more than the margin
+            shown, median = (float(v) for v in re.findall(r"\d+\.\d{4}", state)[:2])
+            assert shown == pytest.approx(trial["epochs"][-1]["val"]["ce_loss"], abs=5e-5)
+            assert shown > median + sweep["sweep"].get("prune_margin", 0.0)
             continue
         assert delta.startswith(f"{o['mean']:+.4f} ± {o['se']:.4f}")
         assert delta.endswith("*") is bool(o["significant"])
