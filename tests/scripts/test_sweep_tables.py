@@ -9,7 +9,9 @@ import pytest
 from moe_core.criteria import best_val_loss
 from scripts import sweep_tables
 
-SWEEP = Path(__file__).parents[2] / "docs/results/sweep-small/sweep_results.json"
+RESULTS = Path(__file__).parents[2] / "docs/results/sweep-small"
+# the committed sweep's two runs: the median pruner's, and prune_margin's
+SWEEPS = [RESULTS / "sweep_results.json", RESULTS / "margin/sweep_results.json"]
 
 
 def _rows(table: str) -> list[list[str]]:
@@ -29,8 +31,9 @@ def test_spearman_ranks_ties_together_and_refuses_too_few_pairs():
     assert sweep_tables.spearman([5, 5, 5], [1, 2, 3]) is None
 
 
-def test_each_trial_row_is_the_trials_own_objective_and_state():
-    sweep = json.loads(SWEEP.read_text())
+@pytest.mark.parametrize("path", SWEEPS, ids=["median", "margin"])
+def test_each_trial_row_is_the_trials_own_objective_and_state(path):
+    sweep = json.loads(path.read_text())
     rows = _rows(sweep_tables.trials(sweep))
     assert [int(r[0]) for r in rows] == [t["number"] for t in sweep["trials"]]
     fields = list(sweep["sweep"]["space"])
@@ -56,8 +59,9 @@ def test_each_trial_row_is_the_trials_own_objective_and_state():
         assert state == ("router collapsed" if trial["state"] == "tertiary_failed" else "complete")
 
 
-def test_the_ranking_is_the_sweeps_and_never_holds_a_pruned_or_collapsed_trial():
-    sweep = json.loads(SWEEP.read_text())
+@pytest.mark.parametrize("path", SWEEPS, ids=["median", "margin"])
+def test_the_ranking_is_the_sweeps_and_never_holds_a_pruned_or_collapsed_trial(path):
+    sweep = json.loads(path.read_text())
     table = sweep_tables.ranking(sweep)
     ranked = [int(r[1]) for r in _rows(table)]
     assert ranked == sweep["ranking"] and ranked[0] == sweep["best"]
