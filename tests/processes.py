@@ -90,12 +90,16 @@ class WorkerProcess(ServiceProcess):
 
     @property
     def pool_pids(self) -> list[int]:
-        """The pool processes (children) of the worker's main process."""
-        pid = self.process.pid
-        try:
-            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except FileNotFoundError:
-            return []
+        """The pool processes (children) of the worker's main process. A child is listed
+        under the thread that forked it: Celery replaces a dead pool process from its pool
+        supervisor's thread, so every thread's children are read, not the main one's."""
+        children: set[int] = set()
+        for task in Path(f"/proc/{self.process.pid}/task").glob("*"):
+            try:
+                children.update(int(p) for p in (task / "children").read_text().split())
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile
+        return sorted(children)
 
     def terminate(self) -> None:
         """SIGTERM to the main process only, as Docker and Kubernetes send it to PID 1."""
