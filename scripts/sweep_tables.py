@@ -39,27 +39,37 @@ def _dense_ce(sweep: dict[str, Any]) -> list[float | None]:
     return [best_val_loss(run["metrics"]) for run in sweep["dense"]]
 
 
+def pruner_saw(trial: Trial, sweep: dict[str, Any]) -> dict[str, float | None] | None:
+    """What the median pruner saw when it stopped `trial`: the first seed's val CE then,
+    against the median of the trials complete before it at that epoch (and dense's, for
+    scale). None for a trial not pruned, or pruned before its val CE was kept."""
+    epochs = trial.get("epochs") or []
+    ce = (epochs[-1].get("val") or {}).get("ce_loss") if epochs else None
+    if trial["state"] != "pruned" or ce is None:
+        return None
+    at = len(epochs) - 1
+    earlier = [
+        t["runs"][0]["metrics"]["val_ce_losses"][at]
+        for t in sweep["trials"]
+        if t["number"] < trial["number"] and t["state"] in ("complete", "tertiary_failed")
+        and len(t["runs"][0]["metrics"]["val_ce_losses"]) > at
+    ]  # fmt: skip
+    return {
+        "val_ce": ce,
+        "median": statistics.median(earlier) if earlier else None,
+        "dense": sweep["dense"][0]["metrics"]["val_ce_losses"][at],
+    }
+
+
 def _state(trial: Trial, sweep: dict[str, Any] | None = None) -> str:
     if trial["state"] == "pruned":
         said = f"pruned after epoch {trial['pruned_at_epoch']}"
-        epochs = trial.get("epochs") or []
-        ce = (epochs[-1].get("val") or {}).get("ce_loss") if epochs else None
-        if ce is None or sweep is None:
+        saw = None if sweep is None else pruner_saw(trial, sweep)
+        if saw is None:
             return said
-        # what the pruner saw: the first seed's val CE then, against the median of the
-        # trials complete before it at that epoch (and dense's, for scale)
-        at = len(epochs) - 1
-        earlier = [
-            t["runs"][0]["metrics"]["val_ce_losses"][at]
-            for t in sweep["trials"]
-            if t["number"] < trial["number"] and t["state"] in ("complete", "tertiary_failed")
-            and len(t["runs"][0]["metrics"]["val_ce_losses"]) > at
-        ]  # fmt: skip
-        median = statistics.median(earlier) if earlier else None
-        dense_ce = sweep["dense"][0]["metrics"]["val_ce_losses"][at]
         return (
-            f"{said} (val CE {ce:.4f}; median of the earlier complete trials "
-            f"{_f(median, '.4f')}, dense {dense_ce:.4f})"
+            f"{said} (val CE {saw['val_ce']:.4f}; median of the earlier complete trials "
+            f"{_f(saw['median'], '.4f')}, dense {saw['dense']:.4f})"
         )
     if trial["state"] == "tertiary_failed":
         return "router collapsed"
