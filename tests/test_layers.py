@@ -5,6 +5,8 @@ import statement, lazy ones too) and on what a process really loads."""
 from __future__ import annotations
 
 import ast
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +64,18 @@ def test_what_each_process_loads(entry, absent):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_api_names_the_engine_modules_it_loads():
+    # api/main.py's opening docstring says which moe_core modules the API process loads
+    code = "import json, sys, api.main; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    loaded = {m.split(".")[1] for m in json.loads(result.stdout) if m.startswith("moe_core.")}
+    docstring = ast.get_docstring(ast.parse((ROOT / "api" / "main.py").read_text())) or ""
+    named = {
+        name
+        for name in re.findall(r"`(?:moe_core\.)?(\w+)`", docstring)
+        if (ROOT / "moe_core" / f"{name}.py").exists()
+    }
+    assert named == loaded
