@@ -111,3 +111,15 @@ def test_the_readmes_links_resolve():
     assert targets
     missing = [target for target in targets if not (ROOT / target).exists()]
     assert missing == []
+
+
+def test_the_engine_page_lists_every_module_of_moe_core():
+    # docs/engine.md's first table: one row per module, so a module added is a row to write
+    page = (ROOT / "docs" / "engine.md").read_text()
+    table = page.split("| module | what |")[1].split("\n\n")[0]
+    listed = re.findall(r"^\| `([^`]+)` \|", table, flags=re.MULTILINE)
+    modules = sorted(
+        path.relative_to(ROOT / "moe_core").as_posix() for path in (ROOT / "moe_core").rglob("*.py")
+    )
+    assert sorted(listed) == modules
+    assert len(listed) == len(set(listed))
