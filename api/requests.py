@@ -1,33 +1,44 @@
-"""The HTTP API's request bodies: an experiment, a study, and the overrides of the
-engine's configs they carry (generated from ExperimentConfig and BaseConfig, so that a
-field is declared once), strict to their JSON types and stating every rule they meet."""
+"""The HTTP API's request bodies: an experiment, a study, a sweep, and a run's labels. The
+engine's configs they carry are overridden through api.overrides (each field declared there,
+with the API's bounds); every body is strict to its JSON types and states every rule it
+meets (api.rules), so that a body valid against /openapi.json is accepted or refused only by
+a rule the schema states (tests/api/test_fuzz.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
+from pydantic import Tag as Arm
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api import rules
-from api.resolve import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY
-from api.rules import MAX_TAGS, Rule, stated
-from moe_core.config import BaseConfig, ExperimentConfig
+from api.limits import DEFAULT_BASE_PRESET, LIMITS, MAX_ID
+from api.overrides import (
+    BODY,
+    NO_NUL,
+    BaseOverrides,
+    ConfigOverrides,
+    JsonInt,
+    Layers,
+    Whole,
+    no_default,
+)
+from api.rules import MAX_TAGS, stated
+from moe_core.config import ExperimentConfig
 from moe_core.presets import BASE_PRESETS, EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
+from moe_core.search import BASE_FIELDS, MAX_RUNS, SweepConfig
 
 # The presets' names, from the engine's registry (moe_core.presets).
 ExperimentPreset = Literal[tuple(EXPERIMENT_PRESETS)]  # type: ignore[valid-type]
@@ -40,136 +51,6 @@ PRESETS_STATED = (
 
 # A label a researcher filters runs by (`?tag=`): short, and safe in a URL and a shell.
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
-
-
-def _integral(value: Any) -> Any:
-    # JSON Schema's integer is any number without a fraction part: 2.0 is the integer 2.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def json_int(*constraints: Any) -> Any:
-    """An integer as JSON Schema has it: 2 or 2.0, never "2" or true (body models are
-    strict). The constraints go on the integer itself, where the schema shows them."""
-    value = Annotated[int, *constraints] if constraints else int
-    return Annotated[value, BeforeValidator(_integral)]
-
-
-# Request bodies take the JSON types their schema names, and nothing else: strict, so that
-# every body the API accepts is valid against /openapi.json ("2" is not an integer).
-BODY = ConfigDict(extra="forbid", strict=True)
-
-
-def _json_typed(annotation: Any, constraints: Sequence[Any] = ()) -> Any:
-    """`annotation` as a body takes it, with `constraints` on its value (not on null): ints
-    as json_int, models as strict copies."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if annotation is int:
-        return json_int(*constraints)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _body_model(annotation)
-    if origin in (Union, UnionType):
-        arms = [arm if arm is type(None) else _json_typed(arm, constraints) for arm in args]
-        return Union[tuple(arms)]  # noqa: UP007 (built from parts)
-    if origin is list:
-        annotation = list[_json_typed(args[0])]
-    return Annotated[annotation, *constraints] if constraints else annotation
-
-
-def _body_model(model: type[BaseModel]) -> type[BaseModel]:
-    """A strict copy of an engine model (GatingTempSchedule), its fields and constraints kept."""
-    fields = {
-        name: (
-            _json_typed(info.annotation, info.metadata),
-            Field(info.default, description=info.description),
-        )
-        for name, info in model.model_fields.items()
-    }
-    return create_model(model.__name__, __config__=BODY, __doc__=model.__doc__, **fields)
-
-
-def _no_default(schema: dict[str, Any]) -> None:
-    # A field left out keeps the preset's value; its own default (None) is not a value a
-    # client may send, so the schema names none.
-    schema.pop("default", None)
-
-
-def _overrides_of(
-    model: type[BaseModel], name: str, doc: str, rules: dict[str, tuple[Rule, ...]]
-) -> type[BaseModel]:
-    """`model`'s fields, each optional with its constraints and description kept, unknown
-    ones rejected: generated, so a request body cannot drift from the engine's config.
-    Sizes get the API's bounds (resolve.LIMITS), strings and lists a maximum length; the
-    worker's own paths (resolve.WORKER_ONLY) are not a client's to give. A field takes null
-    only where the engine's value may be null (num_experts: the base's; max_train_tokens:
-    no cap): elsewhere null would mean nothing, so the schema does not offer it.
-    `rules` adds to a field's description the rules beyond its schema (api.rules)."""
-    fields: dict[str, Any] = {}
-    for field_name, info in model.model_fields.items():
-        if field_name in WORKER_ONLY:
-            continue
-        bounds: dict[str, Any] = {}
-        if field_name in LIMITS:
-            bounds["le"] = LIMITS[field_name]
-        if field_name in LOWER_LIMITS:
-            bounds["ge"] = LOWER_LIMITS[field_name]
-        if info.annotation in (str, str | None):
-            # Postgres text holds no NUL character: said in the schema, not found on a worker
-            bounds["pattern"] = NO_NUL
-            if not _has_max_length(info):
-                bounds["max_length"] = 200
-        if field_name == "moe_layers":
-            bounds["max_length"] = LIMITS["num_layers"]
-        constraints = [*info.metadata, Field(**bounds)] if bounds else info.metadata
-        annotation = _json_typed(info.annotation, constraints)
-        extra: Any = None
-        if field_name == "moe_layers":
-            # indices of layers, each once (within num_layers: a rule across fields)
-            layer = json_int(Field(ge=0, lt=LIMITS["num_layers"]))
-            annotation = Annotated[list[layer], *constraints]
-            extra = {"uniqueItems": True}
-        elif type(None) not in get_args(info.annotation):
-            extra = _no_default
-        default = info.get_default(call_default_factory=True)
-        description = info.description or ""
-        if not info.is_required() and (default is not None or info.default_factory is not None):
-            description = f"{description} (spec default: {default!r})".lstrip()
-        if field_name in rules:
-            said = stated(*rules[field_name])
-            description = f"{description.rstrip('.')}. {said}" if description else said
-        fields[field_name] = (
-            annotation,
-            Field(None, description=description, json_schema_extra=extra),
-        )
-    return create_model(name, __config__=BODY, __doc__=doc, **fields)
-
-
-def _has_max_length(info: FieldInfo) -> bool:
-    return any(getattr(item, "max_length", None) is not None for item in info.metadata)
-
-
-# No NUL character (Postgres text cannot hold one): a pattern a JSON Schema validator checks.
-NO_NUL = r"^[^\x00]*$"
-
-ConfigOverrides = _overrides_of(
-    ExperimentConfig,
-    "ConfigOverrides",
-    "ExperimentConfig fields over the preset's (or the spec defaults); any field left out "
-    "keeps its preset value. expert_dim follows the base's ffn_dim unless given. "
-    + stated(rules.TOP_K_OVER_EXPERTS),
-    {"top_k": (rules.TOP_K_OVER_EXPERTS,), "num_shared_experts": (rules.SHARED_EXPERTS_WIDTH,)},
-)
-BaseOverrides = _overrides_of(
-    BaseConfig,
-    "BaseOverrides",
-    "BaseConfig fields over the base preset's; any field left out keeps the preset's value. "
-    "data_dir and cache_dir are the worker's (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's. "
-    + stated(rules.HIDDEN_DIM_HEADS, rules.MOE_LAYERS_RANGE),
-    {
-        "batch_size": (rules.BASE_BATCH_SIZE_UNUSED,),
-        "max_train_tokens": (rules.TRAIN_TOKENS_UNDER_BATCH,),
-        "max_val_tokens": (rules.VAL_TOKENS_UNDER_BLOCK,),
-    },
-)
 
 
 class ExperimentCreate(BaseModel):
@@ -195,11 +76,11 @@ class ExperimentCreate(BaseModel):
     preset: ExperimentPreset | None = Field(
         None, description=f"start from a preset: {PRESETS_STATED}"
     )
-    config: ConfigOverrides = Field(  # type: ignore[valid-type]
+    config: ConfigOverrides = Field(
         default_factory=ConfigOverrides,
         description="ExperimentConfig fields overriding the preset (or the spec defaults)",
     )
-    base: BaseOverrides = Field(  # type: ignore[valid-type]
+    base: BaseOverrides = Field(
         default_factory=BaseOverrides, description="BaseConfig fields overriding the base preset"
     )
     base_preset: BasePreset = Field(
@@ -210,7 +91,7 @@ class ExperimentCreate(BaseModel):
         False,
         description="a dense baseline run (no MoE layers). " + stated(rules.DENSE_WITH_PRESET),
     )
-    baseline_id: json_int(Field(ge=1, le=MAX_ID)) | None = Field(  # type: ignore[valid-type]
+    baseline_id: Whole[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
         None,
         description="the dense experiment this one's verdict is judged against. "
         + stated(rules.DENSE_WITH_BASELINE, rules.BASELINE_NOT_DENSE),
@@ -266,7 +147,7 @@ class StudyCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
-    base: BaseOverrides = Field(  # type: ignore[valid-type]
+    base: BaseOverrides = Field(
         default_factory=BaseOverrides,
         description="BaseConfig fields overriding the base preset. "
         + stated(rules.BASE_BATCH_SIZE_UNUSED),
@@ -282,7 +163,7 @@ class StudyCreate(BaseModel):
         + stated(rules.TOP_K_OVER_EXPERTS),
         json_schema_extra={"uniqueItems": True},
     )
-    seeds: json_int(Field(ge=1, le=10)) = Field(  # type: ignore[valid-type]
+    seeds: Whole[Annotated[int, Field(ge=1, le=10)]] = Field(
         1,
         description="run the dense baseline and each preset once per seed (base.seed, "
         "base.seed + 1, ...); each preset's verdict then reports mean ± SE over the seeds",
@@ -294,6 +175,214 @@ class StudyCreate(BaseModel):
         if len(set(presets)) != len(presets):
             raise ValueError("experiments must not repeat a preset")
         return presets
+
+
+# ---------------------------------------------------------------------------------- sweeps
+
+# The fields a `when` may name: a searched field or any ExperimentConfig field.
+WhenField = Literal[tuple(dict.fromkeys([*ExperimentConfig.model_fields, *BASE_FIELDS]))]  # type: ignore[valid-type]  # a Literal of the engine's field names, built at import
+WhenValue = (
+    bool
+    | JsonInt
+    | float
+    | Annotated[str, Field(max_length=200, pattern=NO_NUL)]
+    | list[JsonInt]
+    | None
+)
+When = Annotated[
+    dict[WhenField, Annotated[list[WhenValue], Field(min_length=1, max_length=100)]],
+    Field(description="only where each named field takes one of these values"),
+]
+MAX_CHOICES = 100  # values one field lists
+
+
+class IntChoice(BaseModel):
+    """Listed whole numbers."""
+
+    model_config = BODY
+    choices: list[JsonInt] = Field(min_length=1, max_length=MAX_CHOICES)
+    when: When | None = None
+
+
+class FloatChoice(BaseModel):
+    """Listed numbers."""
+
+    model_config = BODY
+    choices: list[float] = Field(min_length=1, max_length=MAX_CHOICES)
+    when: When | None = None
+
+
+class BoolChoice(BaseModel):
+    """true, false or both."""
+
+    model_config = BODY
+    choices: list[bool] = Field(min_length=1, max_length=2)
+    when: When | None = None
+
+
+class LayersChoice(BaseModel):
+    """Listed sets of MoE layer indices."""
+
+    model_config = BODY
+    choices: list[Layers] = Field(min_length=1, max_length=MAX_CHOICES)
+    when: When | None = None
+
+
+class IntRange(BaseModel):
+    """Whole numbers from `low` to `high` (a field of whole numbers is sampled as such)."""
+
+    model_config = BODY
+    low: JsonInt
+    high: JsonInt
+    log: bool = Field(False, description="log-uniform (low > 0)")
+    integer: Literal[True] = True
+    step: Whole[Annotated[int, Field(ge=1)]] | None = Field(None, description="a grid's spacing")
+    when: When | None = None
+
+
+class FloatRange(BaseModel):
+    """Numbers from `low` to `high`, uniform or log-uniform."""
+
+    model_config = BODY
+    low: float
+    high: float
+    log: bool = Field(False, description="log-uniform (low > 0)")
+    integer: bool = Field(False, description="whole numbers only (integer bounds)")
+    step: Annotated[float, Field(gt=0)] | None = Field(None, description="a grid's spacing")
+    when: When | None = None
+
+
+def _param_kind(value: Any) -> str:
+    # `choices` makes a Choice; anything else is read as a range (its errors then say why)
+    listed = "choices" in value if isinstance(value, dict) else hasattr(value, "choices")
+    return "choice" if listed else "range"
+
+
+IntParam = Annotated[
+    Annotated[IntChoice, Arm("choice")] | Annotated[IntRange, Arm("range")],
+    Discriminator(_param_kind),
+]
+FloatParam = Annotated[
+    Annotated[FloatChoice, Arm("choice")] | Annotated[FloatRange, Arm("range")],
+    Discriminator(_param_kind),
+]
+
+
+def _searched(kind: str) -> Any:
+    # Left out: not searched. Null is not offered (a field is searched or absent).
+    return Field(None, description=f"{kind}; absent: the preset's (or overrides') value",
+                 json_schema_extra=no_default)  # fmt: skip
+
+
+class SweepSpace(BaseModel):
+    __doc__ = (
+        "What a sweep varies: each field a choice (`choices`: listed values) or a range "
+        "(`low`..`high`; `log`, `step` for a grid), optionally only `when` other fields take "
+        "given values. Every ExperimentConfig field but name and gating_temp_schedule, and "
+        f"the base's {', '.join(BASE_FIELDS)}; each value within that field's bounds in "
+        "ConfigOverrides or BaseOverrides. "
+        + stated(rules.SWEEP_POINT_REFUSED, rules.SWEEP_CONSISTENT)
+    )
+    model_config = ConfigDict(**BODY, json_schema_extra={"minProperties": 1})
+    # The fields in the order the client gave them: the sweep's tables and axes follow it.
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    expert_dim: IntParam = _searched("each expert's FFN width")
+    top_k: IntParam = _searched("experts each token is routed to")
+    aux_weight: FloatParam = _searched("load-balancing loss weight")
+    capacity_factor: FloatParam = _searched("expert capacity factor")
+    num_experts: IntParam = _searched("routed experts per MoE layer")
+    dropless: BoolChoice = _searched("no expert capacity in training")
+    router_z_loss: FloatParam = _searched("router z-loss weight")
+    router_jitter: FloatParam = _searched("router input noise")
+    num_shared_experts: IntParam = _searched("shared experts")
+    aux_free_bias_rate: FloatParam = _searched("aux-loss-free balancing rate")
+    dropout: FloatParam = _searched("dropout")
+    weight_decay: FloatParam = _searched("weight decay")
+    label_smoothing: FloatParam = _searched("label smoothing")
+    batch_size: IntParam = _searched("a trial's batch size")
+    early_stopping_patience: IntParam = _searched("early-stopping patience")
+    moe_layers: LayersChoice = _searched("the base's MoE layers")
+    learning_rate: FloatParam = _searched("the base's learning rate")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: Any) -> SweepSpace:
+        space = handler(data)
+        if not space.model_fields_set:
+            raise ValueError("the space names no field: give at least one")
+        given = list(data) if isinstance(data, dict) else list(space.model_fields_set)
+        space._order = [field for field in given if field in space.model_fields_set]
+        return space
+
+    def params(self) -> dict[str, dict[str, Any]]:
+        """The space as the engine reads it (moe_core.search.SweepConfig.space), in the
+        client's order."""
+        return {field: getattr(self, field).model_dump(exclude_none=True) for field in self._order}
+
+
+def _sweep(name: str) -> str | None:
+    return SweepConfig.model_fields[name].description
+
+
+class SweepCreate(BaseModel):
+    __doc__ = (
+        "A sweep (docs/sweeps.md): a design space searched on one base, each trial run once "
+        "per seed and judged against the sweep's dense run of that seed; `parallel` trials "
+        "train at once. "
+        + stated(
+            rules.SWEEP_CONSISTENT,
+            rules.SWEEP_TOO_LARGE,
+            rules.SWEEP_POINT_REFUSED,
+            rules.TEXT_NOT_STORABLE,
+            rules.NUMBER_NOT_FINITE,
+        )  # fmt: skip
+    )
+    model_config = ConfigDict(
+        **BODY,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "capacity",
+                    "base_preset": "micro",
+                    "space": {"capacity_factor": {"choices": [1.0, 2.0]}},
+                    "method": "grid",
+                    "seeds": 1,
+                    "parallel": 2,
+                }
+            ]
+        },
+    )
+
+    # A trial's run is named "{name} trial {n} (seed {s})", within a run name's 200
+    name: str = Field("sweep", min_length=1, max_length=100, pattern=NO_NUL)
+    base_preset: BasePreset = Field("small", description="the base every run shares")
+    base: BaseOverrides = Field(
+        default_factory=BaseOverrides,
+        description="BaseConfig fields over the base preset's, shared by every run (the "
+        "dense baselines' too). " + stated(rules.BASE_BATCH_SIZE_UNUSED),
+    )
+    preset: ExperimentPreset = Field("baseline", description=_sweep("preset"))
+    overrides: ConfigOverrides = Field(
+        default_factory=ConfigOverrides, description=_sweep("overrides")
+    )
+    space: SweepSpace
+    method: Literal["grid", "random", "tpe"] = "tpe"
+    trials: Whole[Annotated[int, Field(ge=1, le=MAX_RUNS)]] | None = Field(
+        None, description=_sweep("trials")
+    )
+    seeds: Whole[Annotated[int, Field(ge=1, le=10)]] = Field(2, description=_sweep("seeds"))
+    sampler_seed: Whole[Annotated[int, Field(ge=0, le=LIMITS["seed"])]] = Field(
+        0, description="the proposals' random seed"
+    )
+    objective: Literal["delta_val_ce", "delta_val_ce_at_equal_time", "val_ce"] = "delta_val_ce"
+    prune: bool = Field(True, description=_sweep("prune"))
+    prune_margin: Annotated[float, Field(ge=0, le=10)] = Field(
+        0.0, description=_sweep("prune_margin")
+    )
+    parallel: Whole[Annotated[int, Field(ge=1, le=64)]] = Field(
+        2, description="trials training at once"
+    )
 
 
 # A note is prose, a paragraph or a few: bounded so that a list of runs stays light.

@@ -7,7 +7,7 @@ problem a 422 located in the body."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -23,39 +23,15 @@ from moe_core.config import (
     get_experiment_configs,
     study_runs,
 )
+from moe_core.search import SweepConfig, check_sweep
 
-if TYPE_CHECKING:  # api.requests states LIMITS in its models: it imports this module
-    from api.requests import ExperimentCreate, StudyCreate
+if TYPE_CHECKING:  # api.requests' models state the rules this module checks
+    from api.requests import ExperimentCreate, StudyCreate, SweepCreate
 
-# The largest value a request may give each size: generous for research on one GPU, but a
-# valid-looking body cannot ask a worker for a model or a run it could never finish.
-# The README's "HTTP API" section states them.
-LIMITS: dict[str, int | float] = {
-    "hidden_dim": 4096,
-    "seq_len": 4096,
-    "num_layers": 48,
-    "num_heads": 64,
-    "ffn_dim": 16384,
-    "expert_dim": 16384,
-    "num_experts": 64,
-    "vocab_size": 65536,
-    "num_epochs": 1000,
-    "batch_size": 1024,
-    "num_shared_experts": 8,
-    "router_z_loss": 1.0,  # ST-MoE uses 1e-3
-    "aux_free_bias_rate": 0.1,  # DeepSeek-V3 uses 1e-3
-    # numpy's seeds are 32-bit unsigned; a study's seeds run up to base.seed + 9
-    "seed": 2**31 - 1,
-}
-# The smallest value a request may give: a negative seed would fail on a worker (numpy).
-LOWER_LIMITS: dict[str, int | float] = {"seed": 0}
-# The base a request without `base_preset` gets: the same as `python -m moe_core`'s, a
-# 4-epoch run that a CPU worker finishes in minutes (the spec's 20-epoch run is asked for).
-DEFAULT_BASE_PRESET = "tiny"
-# Paths on a worker are the worker's to choose (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's.
-WORKER_ONLY = ("data_dir", "cache_dir")
-# The largest id a path or body may name: the database's ids are 32-bit.
-MAX_ID = 2**31 - 1
+# Re-exported: the README, the docs and the tests name them as api.resolve's.
+from api.limits import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY  # noqa: E402
+
+__all__ = ["DEFAULT_BASE_PRESET", "LIMITS", "LOWER_LIMITS", "MAX_ID", "WORKER_ONLY"]
 
 
 class ConfigRefused(ValueError):
@@ -81,9 +57,11 @@ def resolve_config(
     preset: str | None = None,
     dense: bool = False,
     overrides: dict[str, Any],
+    field: str = "config",
 ) -> ExperimentConfig:
     """An experiment's config: the dense defaults, a preset, or the spec defaults, then the
-    request's fields. expert_dim follows the base's ffn_dim unless given."""
+    request's fields (the body's `field`). expert_dim follows the base's ffn_dim unless
+    given."""
     if dense:
         start = dense_config(base)
     elif preset is not None:
@@ -93,15 +71,30 @@ def resolve_config(
     try:
         return ExperimentConfig.model_validate({**start.model_dump(), "name": name, **overrides})
     except ValidationError as exc:
-        raise ConfigRefused(_located(exc, "config")) from exc
+        raise ConfigRefused(_located(exc, field)) from exc
 
 
-def _located(exc: ValidationError, field: str) -> list[dict[str, Any]]:
+def _located(exc: ValidationError, *field: str | int) -> list[dict[str, Any]]:
     # Report errors where they are in the request body, as FastAPI does for its own.
     return [
-        {**error, "loc": ("body", field, *error["loc"])}
+        {**error, "loc": ("body", *field, *error["loc"])}
         for error in exc.errors(include_url=False, include_context=False)
     ]
+
+
+def check_dataset(*, base: BaseConfig, offered: Sequence[str]) -> None:
+    """The text a run names is one the deployment offers (MOE_DATASETS): a worker fetches
+    nothing from a hub on a client's word."""
+    named = f"{base.dataset_name}/{base.dataset_config}"
+    if named not in offered:
+        raise ConfigRefused([
+            rules.DATASET_NOT_OFFERED.error(
+                ("body", "base", "dataset_name"),
+                f"dataset {named!r} is not offered here; this deployment offers "
+                f"{', '.join(offered) or 'none'} (MOE_DATASETS)",
+                base.dataset_name,
+            )
+        ])  # fmt: skip
 
 
 def check_run(
@@ -186,7 +179,9 @@ def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple,
             yield from _bad_values(item, (*loc, index))
 
 
-def resolve_experiment(body: ExperimentCreate) -> tuple[ExperimentConfig, BaseConfig]:
+def resolve_experiment(
+    body: ExperimentCreate, *, datasets: Sequence[str]
+) -> tuple[ExperimentConfig, BaseConfig]:
     """POST /experiments' run as the engine will train it, checked as a whole; raises
     ConfigRefused (a 422 naming every problem) otherwise. The baseline_id, a question for
     the store, is the route's."""
@@ -194,13 +189,14 @@ def resolve_experiment(body: ExperimentCreate) -> tuple[ExperimentConfig, BaseCo
     base_overrides = body.base.model_dump(exclude_unset=True)
     check_base_batch_size(base_overrides=base_overrides, applies=body.dense)
     base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
+    check_dataset(base=base, offered=datasets)
     config = resolve_config(name=body.name, base=base, preset=body.preset, dense=body.dense,
                             overrides=body.config.model_dump(exclude_unset=True))  # fmt: skip
     check_run(config=config, base=base, dense=body.dense)
     return config, base
 
 
-def resolve_study(body: StudyCreate) -> list[StudyRun]:
+def resolve_study(body: StudyCreate, *, datasets: Sequence[str]) -> list[StudyRun]:
     """POST /studies' runs, as the engine's study expands them (moe_core.config.study_runs:
     each seed's dense run, then its presets), checked as a whole; raises ConfigRefused."""
     check_values(body.model_dump(exclude_unset=True))
@@ -208,8 +204,69 @@ def resolve_study(body: StudyCreate) -> list[StudyRun]:
     # a study's MoE runs keep their presets' batch sizes: base.batch_size would not apply
     check_base_batch_size(base_overrides=base_overrides, applies=False)
     base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
+    check_dataset(base=base, offered=datasets)
     runs = study_runs(base, list(body.experiments), body.seeds)
     for run in runs[: len(runs) // body.seeds]:  # the seeds' runs differ only in their seed
         check_run(config=run.config, base=run.base, dense=run.dense,
                   config_loc=("body", "config") if run.dense else ("body", "experiments"))  # fmt: skip
     return runs
+
+
+def resolve_sweep(body: SweepCreate, *, datasets: Sequence[str]) -> SweepConfig:
+    """POST /sweeps' sweep as the engine will run it, checked as a whole, by the rules of
+    every other body: the base and the overrides as /experiments checks them, each value
+    of the space within its field's bounds, then the engine's own check of the sweep
+    (moe_core.search.check_sweep: its size, and every grid point or each choice and range
+    end as a run). Raises ConfigRefused."""
+    check_values(body.model_dump(exclude_unset=True))
+    base_overrides = body.base.model_dump(exclude_unset=True)
+    # a trial's batch size is its config's (overrides or space): base.batch_size would not apply
+    check_base_batch_size(base_overrides=base_overrides, applies=False)
+    base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
+    check_dataset(base=base, offered=datasets)
+    overrides = body.overrides.model_dump(exclude_unset=True)
+    config = resolve_config(name=body.name, base=base, preset=body.preset,
+                            overrides=overrides, field="overrides")  # fmt: skip
+    check_run(config=config, base=base, dense=False, config_loc=("body", "overrides"))
+    _check_space_values(body.space.params())
+    fields = body.model_dump(exclude_unset=True, exclude={"parallel", "space", "base", "overrides"})
+    try:
+        sweep = SweepConfig(**fields, base=base_overrides, overrides=overrides,
+                            space=body.space.params())  # fmt: skip
+    except ValidationError as exc:
+        raise ConfigRefused(_located(exc)) from exc
+    problems = check_sweep(sweep)
+    if problems:
+        raise ConfigRefused([
+            (rules.SWEEP_TOO_LARGE if " runs (" in p else rules.SWEEP_POINT_REFUSED).error(
+                ("body", "space"), p, None
+            )
+            for p in problems
+        ])  # fmt: skip
+    return sweep
+
+
+def _check_space_values(space: dict[str, dict[str, Any]]) -> None:
+    """Each choice and each range end of the space, as the field's override takes it (the
+    API's bounds: a sweep reaches no size /experiments would refuse)."""
+    from api.overrides import BaseOverrides, ConfigOverrides
+
+    errors = []
+    for field, param in space.items():
+        model = ConfigOverrides if field in ConfigOverrides.model_fields else BaseOverrides
+        values = (
+            [(("choices", i), v) for i, v in enumerate(param["choices"])]
+            if "choices" in param
+            else [(("low",), param["low"]), (("high",), param["high"])]
+        )
+        for where, value in values:
+            try:
+                model.model_validate({field: value})
+            except ValidationError as exc:
+                problem = exc.errors(include_url=False)[0]
+                errors.append(rules.SWEEP_POINT_REFUSED.error(
+                    ("body", "space", field, *where),
+                    f"space.{field}: {value!r} is refused: {problem['msg']}", value,
+                ))  # fmt: skip
+    if errors:
+        raise ConfigRefused(errors)

@@ -78,6 +78,13 @@ TEXT_NOT_STORABLE = Rule(
     "text_not_storable", "every string is valid Unicode (no lone surrogates) without NUL"
 )
 NUMBER_NOT_FINITE = Rule("number_not_finite", "every number is finite (no NaN or Infinity)")
+# The text a worker trains on is the operator's choice (MOE_DATASETS), never fetched from a
+# hub on a client's word.
+DATASET_NOT_OFFERED = Rule(
+    "dataset_not_offered",
+    "dataset_name/dataset_config is one this deployment offers (its operator's MOE_DATASETS, "
+    "by default only wikitext/wikitext-2-v1; the refusal lists them)",
+)
 
 
 # Every rule by its type: the engine's check (moe_core.config.check) names its problems so.
@@ -97,5 +104,6 @@ SWEEP_TOO_LARGE = Rule(
 SWEEP_POINT_REFUSED = Rule(
     "sweep_point_refused",
     "every point of the space (each grid point; for random and tpe each choice and each "
-    "range's ends), with the base and overrides, is a run the engine accepts",
+    "range's ends), with the base and overrides, is a run the engine accepts and within the "
+    "bounds the field has in ConfigOverrides or BaseOverrides",
 )

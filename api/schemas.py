@@ -439,3 +439,44 @@ class WorkerRead(BaseModel):
 class WorkerList(BaseModel):
     items: list[WorkerRead]
     total: int
+
+
+class TrialRead(BaseModel):
+    number: int
+    params: dict[str, Any] = Field(description="the trial's values, in the space's field order")
+    state: Literal["running", "complete", "pruned", "failed", "tertiary_failed", "cancelled"]
+    objective: dict[str, Any] | None = Field(
+        description="over the seeds: name, mean, se, ci_low, ci_high, p_value, significant"
+    )
+    passed: bool | None = Field(description="the spec's verdict over the seeds (null: none)")
+    pruned_at_epoch: int | None
+    run_ids: list[int]
+    finished_at: datetime | None
+
+
+class SweepRead(BaseModel):
+    id: int
+    name: str
+    status: Literal["running", "finished", "cancelled"]
+    parallel: int
+    config: dict[str, Any] = Field(description="the sweep as the engine runs it (SweepConfig)")
+    fields: list[str] = Field(description="the space's fields, in the order submitted")
+    dense_run_ids: list[int]
+    trials: list[TrialRead] = Field(description="in the order proposed")
+    ranking: list[int] = Field(description="trial numbers that can be best, best first")
+    best_trial: int | None
+    importance: dict[str, float] | None = Field(description="fANOVA share of each field")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepPlan(BaseModel):
+    trials: int = Field(description="the budget: trials the sweep runs at most")
+    runs: int = Field(description="trials x seeds + one dense run per seed")
+    max_runs: int
+    grid_points: int | None
+
+
+class SweepList(BaseModel):
+    items: list[SweepRead]
+    total: int

@@ -15,13 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from store import catalogue
-from store.models import Experiment, Study
+from store.models import Experiment, Study, Sweep
 from store.queue import TrainingQueue
 
 # Seconds a client should wait before retrying a submission the broker refused.
 BROKER_RETRY_AFTER = 5
 
-Stored = TypeVar("Stored", Experiment, Study)
+Stored = TypeVar("Stored", Experiment, Study, Sweep)
 
 
 def request_hash(body: BaseModel) -> str:
@@ -39,15 +39,14 @@ def original_of(
     original = catalogue.find_submission(
         session=session, model=model, idempotency_key=idempotency_key
     )
-    members = (
-        [original] if isinstance(original, Experiment) else original.members if original else []
+    unpublished = original is not None and not catalogue.submission_published(
+        session=session, submission=original
     )
-    unpublished = any(not member.published for member in members)
     # End the read: the connection goes back to the pool now, not when the response is out
     # (the row stays loaded: sessions do not expire on commit).
     session.commit()
     if original is not None and original.request_hash != digest:
-        what = "experiment" if model is Experiment else "study"
+        what = {Experiment: "experiment", Study: "study", Sweep: "sweep"}[model]
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"Idempotency-Key {idempotency_key!r} was used for {what} {original.id} with "
@@ -104,6 +103,7 @@ def submit(
     queue: TrainingQueue,
     experiments: list[Experiment],
     study: Study | None = None,
+    sweep: Sweep | None = None,
 ) -> None:
     """Commit the session, then enqueue one task per experiment.
 
@@ -118,7 +118,8 @@ def submit(
     except Exception as exc:  # kombu raises transport-specific errors
         try:
             catalogue.withdraw(session=session, experiment_ids=ids,
-                          study_id=study.id if study else None)  # fmt: skip
+                               study_id=study.id if study else None,
+                               sweep_id=sweep.id if sweep else None)  # fmt: skip
             outcome = "nothing was stored"
         except Exception:  # the database too: the sweep publishes them once all is back
             outcome = "the run is stored and will be queued once the broker is back"

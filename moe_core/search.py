@@ -163,7 +163,8 @@ class SweepConfig(BaseModel):
         base_part = {k: v for k, v in params.items() if k not in ExperimentConfig.model_fields}
         config = ExperimentConfig(**{**start, **self.overrides, **experiment,
                                      "name": f"{self.name} trial {number}"})  # fmt: skip
-        return config, base.model_copy(update=base_part)
+        # validated, not copied: a searched moe_layers must fit the base's num_layers
+        return config, BaseConfig.model_validate({**base.model_dump(), **base_part})
 
     def runs(self) -> int:
         """Runs the sweep trains at most: trials x seeds, and one dense run per seed."""

@@ -20,6 +20,7 @@ from store.models import (
     Experiment,
     Status,
     Study,
+    Sweep,
     utcnow,
 )
 
@@ -192,13 +193,23 @@ def _has_tag(session: Session, tag: str):
 
 
 def find_submission(
-    *, session: Session, model: type[Experiment] | type[Study], idempotency_key: str
-) -> Experiment | Study | None:
-    """The run or study an earlier POST with this Idempotency-Key stored."""
+    *, session: Session, model: type[Experiment] | type[Study] | type[Sweep], idempotency_key: str
+) -> Experiment | Study | Sweep | None:
+    """The run, study or sweep an earlier POST with this Idempotency-Key stored."""
     session.rollback()  # after a failed insert, and to see the winner's commit
     return session.scalars(
         select(model).where(model.idempotency_key == idempotency_key)
     ).one_or_none()
+
+
+def submission_published(*, session: Session, submission: Experiment | Study | Sweep) -> bool:
+    """Whether every run a submission stored has reached the broker: until then a replay
+    of its POST cannot be answered (its broker may still fail and take the runs back)."""
+    if isinstance(submission, Experiment):
+        return submission.published
+    owner = Experiment.study_id if isinstance(submission, Study) else Experiment.sweep_id
+    unpublished = select(Experiment.id).where(owner == submission.id, ~Experiment.published)
+    return not session.scalar(select(unpublished.exists()))
 
 
 def delete_experiment(*, session: Session, experiment_id: int) -> bool:
@@ -282,10 +293,16 @@ def mark_published(*, session: Session, experiment_ids: list[int]) -> None:
     session.commit()
 
 
-def withdraw(*, session: Session, experiment_ids: list[int], study_id: int | None) -> None:
-    """Delete runs (and their study) whose tasks the broker refused (committed): the POST
-    that stored them fails, so they must not exist. Runs already claimed stay: their
-    message did get through."""
+def withdraw(
+    *,
+    session: Session,
+    experiment_ids: list[int],
+    study_id: int | None,
+    sweep_id: int | None = None,
+) -> None:
+    """Delete runs (and their study or sweep) whose tasks the broker refused (committed):
+    the POST that stored them fails, so they must not exist. Runs already claimed stay:
+    their message did get through."""
     session.execute(
         delete(Experiment).where(
             Experiment.id.in_(experiment_ids), Experiment.status == Status.queued
@@ -294,4 +311,7 @@ def withdraw(*, session: Session, experiment_ids: list[int], study_id: int | Non
     if study_id is not None:
         members = select(Experiment.id).where(Experiment.study_id == study_id).exists()
         session.execute(delete(Study).where(Study.id == study_id, ~members))
+    if sweep_id is not None:
+        runs = select(Experiment.id).where(Experiment.sweep_id == sweep_id).exists()
+        session.execute(delete(Sweep).where(Sweep.id == sweep_id, ~runs))
     session.commit()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from store.db import is_sqlite
 
@@ -45,6 +46,13 @@ class Settings(BaseSettings):
         None,
         description="directory with train.txt/valid.txt/test.txt for experiments whose base "
         "names no data_dir; unset: the hub's WikiText-2",
+    )
+    # The texts a run may name (BaseConfig's dataset_name/dataset_config), as "name/config":
+    # the operator's list, never a hub dataset fetched on a client's word. With data_dir set
+    # a worker trains on that directory's text whatever the run names.
+    datasets: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["wikitext/wikitext-2-v1"],
+        description="comma-separated name/config pairs a run may name (MOE_DATASETS)",
     )
     api_token: SecretStr | None = Field(
         None, description="when set, the API needs this bearer token"
@@ -127,6 +135,13 @@ class Settings(BaseSettings):
         # docker compose passes `MOE_API_TOKEN: ${MOE_API_TOKEN:-}` as "" when unset.
         return None if value == "" else value
 
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         if self.database_url is None:
@@ -149,6 +164,8 @@ class Settings(BaseSettings):
                 continue
             if hasattr(value, "get_secret_value"):
                 value = value.get_secret_value()
+            if isinstance(value, list):
+                value = ",".join(value)
             env[f"MOE_{name.upper()}"] = (
                 str(value).lower() if isinstance(value, bool) else str(value)
             )

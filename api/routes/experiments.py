@@ -65,6 +65,7 @@ def create_experiment(
     body: ExperimentCreate,
     session: SessionDep,
     queue: QueueDep,
+    settings: SettingsDep,
     response: Response,
     dry_run: Annotated[
         bool,
@@ -72,7 +73,7 @@ def create_experiment(
     ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> Experiment | Response:
-    config, base = resolve_experiment(body)
+    config, base = resolve_experiment(body, datasets=settings.datasets)
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id)
     if dry_run:
@@ -284,7 +285,10 @@ def cancel_experiment(
     "/{experiment_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(
-        404, 409, 422, e409="the run is queued or running (cancel it first), or a study's"
+        404,
+        409,
+        422,
+        e409="the run is queued or running (cancel it first), or a study's or a sweep's",
     ),
 )
 def delete_experiment(
@@ -296,6 +300,13 @@ def delete_experiment(
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"experiment {experiment_id} belongs to study {experiment.study_id}; delete the study",
+        )
+    if experiment.sweep_id is not None:
+        # a sweep judges its trials against its dense runs: a run goes with its sweep only
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} belongs to sweep {experiment.sweep_id}; delete the "
+            "sweep once it has ended",
         )
     run_key = experiment.run_key
     if not catalogue.delete_experiment(session=session, experiment_id=experiment_id):

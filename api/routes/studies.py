@@ -52,6 +52,7 @@ def create_study(
     body: StudyCreate,
     session: SessionDep,
     queue: QueueDep,
+    settings: SettingsDep,
     response: Response,
     dry_run: Annotated[
         bool,
@@ -59,7 +60,7 @@ def create_study(
     ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> dict | Response:
-    runs = resolve_study(body)
+    runs = resolve_study(body, datasets=settings.datasets)
     base = runs[0].base  # the first seed's: the study's base
     if dry_run:
         # each seed's runs differ only in their seed: one plan per preset (and dense)

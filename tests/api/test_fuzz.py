@@ -51,6 +51,10 @@ def test_no_server_error_and_the_schema_is_the_contract(deployment):
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
+    # every body and every write is fuzzed, /sweeps' included
+    labels = {operation.label for operation in operations}
+    assert {"POST /experiments", "POST /studies", "POST /sweeps", "DELETE /sweeps/{sweep_id}",
+            "POST /sweeps/{sweep_id}/cancel", "PATCH /experiments/{experiment_id}"} <= labels  # fmt: skip
 
     for operation, mode in itertools.product(operations, GenerationMode):
         # positive cases follow the schema; negative ones break it (wrong types, out of

@@ -103,3 +103,29 @@ def test_cancelling_a_sweep_cancels_its_queued_and_running_trials(client):
     statuses = wait_for(all_ended, timeout=120, interval=0.5, what="the sweep's runs")
     assert "cancelled" in statuses
     assert len(client.get(f"/sweeps/{sweep['id']}").json()["trials"]) == 2  # nothing new proposed
+
+
+def test_a_sweeps_runs_are_deleted_only_with_it_once_it_has_ended(client):
+    sweep = client.post("/sweeps", json=body(
+        method="random", trials=3, seeds=1, parallel=1, base=fast_base(num_epochs=30),
+        space={"aux_weight": {"low": 0.001, "high": 0.1}},
+    )).json()  # fmt: skip
+    dense, (trial_run,) = sweep["dense_run_ids"][0], sweep["trials"][0]["run_ids"]
+    # its dense run judges every trial: deleting it would stall the sweep
+    for run_id in (dense, trial_run):
+        refused = client.delete(f"/experiments/{run_id}")
+        assert refused.status_code == 409, refused.text
+        assert f"sweep {sweep['id']}" in refused.json()["detail"]
+    assert client.delete(f"/sweeps/{sweep['id']}").status_code == 409  # still running
+    client.post(f"/sweeps/{sweep['id']}/cancel")
+    ids = [dense, trial_run]
+
+    def all_ended():
+        runs = [client.get(f"/experiments/{i}").json()["status"] for i in ids]
+        return runs if all(s in ("cancelled", "succeeded", "failed") for s in runs) else None
+
+    wait_for(all_ended, timeout=120, interval=0.5, what="the sweep's runs")
+    assert client.delete(f"/experiments/{dense}").status_code == 409  # a sweep's, even now
+    assert client.delete(f"/sweeps/{sweep['id']}").status_code == 204
+    assert client.get(f"/sweeps/{sweep['id']}").status_code == 404
+    assert [client.get(f"/experiments/{i}").status_code for i in ids] == [404, 404]
