@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from moe_core.config import BaseConfig, dense_config
@@ -117,6 +118,8 @@ def _propose(session: Session, sweep: Sweep) -> list[Experiment]:
         return []
     runs = _runs(session, sweep.id)
     dense = _dense_by_seed(runs)
+    if set(seeds_of(sweep)) - set(dense):
+        return []  # a dense run is gone: no trial could be judged, so none is proposed
     base = BaseConfig.model_validate(sweep.base)
     created = []
     while (
@@ -160,7 +163,12 @@ def _settle(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> None:
         mine = [r for r in runs if r.trial_number == trial.number]
         if not all(r.status in FINISHED for r in mine):
             continue
-        if any(r.status == Status.failed for r in mine):
+        gone = _gone(config, mine, dense)
+        if gone:
+            # A run removed under the sweep (by hand, in the database): the trial cannot be
+            # judged, and the sweep goes on without it rather than stalling.
+            trial.state, trial.objective = TrialState.failed, {"error": gone}
+        elif any(r.status == Status.failed for r in mine):
             failed = next(r for r in mine if r.status == Status.failed)
             trial.state, trial.objective = TrialState.failed, {"error": failed.error}
         elif any(r.status == Status.cancelled for r in mine):
@@ -181,6 +189,15 @@ def _settle(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> None:
                 passed = trial.verdict["tertiary"]["passed"]
                 trial.state = TrialState.complete if passed else TrialState.tertiary_failed
         trial.finished_at = utcnow()
+
+
+def _gone(config: SweepConfig, mine: Sequence[Experiment], dense: dict[int, Experiment]) -> str:
+    """Why a trial's runs, or the dense runs they are judged against, are not all there
+    ("" when they are)."""
+    if len(mine) < config.seeds:
+        return f"{config.seeds - len(mine)} of the trial's {config.seeds} runs are gone"
+    missing = sorted({r.base["seed"] for r in mine} - set(dense))
+    return f"the dense run of seed {', '.join(map(str, missing))} is gone" if missing else ""
 
 
 def _summarise(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> None:
@@ -282,6 +299,46 @@ def cancel(*, session: Session, sweep_id: int) -> Sweep | None:
         _cancel_runs(session, [r.id for r in _runs(session, sweep.id) if r.status not in FINISHED])
     session.commit()
     return sweep
+
+
+def get_sweep(*, session: Session, sweep_id: int) -> Sweep | None:
+    return session.get(Sweep, sweep_id, populate_existing=True)
+
+
+def list_sweeps(*, session: Session, limit: int, offset: int) -> tuple[list[Sweep], int]:
+    """Newest first, and how many there are."""
+    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+    items = session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset))
+    return list(items), total
+
+
+def run_ids(*, session: Session, sweep_id: int) -> list[tuple[int, int | None]]:
+    """(run id, trial number) of each of the sweep's runs, in id order; a dense run's
+    trial number is None."""
+    rows = session.execute(
+        select(Experiment.id, Experiment.trial_number)
+        .where(Experiment.sweep_id == sweep_id).order_by(Experiment.id)
+    )  # fmt: skip
+    return [(run_id, number) for run_id, number in rows]
+
+
+def delete(*, session: Session, sweep_id: int) -> list[tuple[int, str]] | None:
+    """Delete a sweep that has ended, with its trials and runs (committed); the (id,
+    run_key) of each run deleted, whose files the caller removes. None while it runs or
+    any of its runs is queued or running (a worker might still write to it)."""
+    unfinished = (
+        select(Experiment.id)
+        .where(Experiment.sweep_id == sweep_id, Experiment.status.not_in(FINISHED))
+        .exists()
+    )
+    runs = [(run.id, run.run_key) for run in _runs(session, sweep_id)]
+    deleted = session.execute(
+        sa_delete(Sweep).where(
+            Sweep.id == sweep_id, Sweep.status != SweepStatus.running, ~unfinished
+        )
+    ).rowcount
+    session.commit()
+    return runs if deleted == 1 else None
 
 
 def running_sweeps(*, session: Session) -> list[int]:

@@ -142,7 +142,15 @@ class WorkerAgent(threading.Thread):
         created = []
         with session_scope(self.settings.database_url) as session:
             for sweep_id in sweeps.running_sweeps(session=session):
-                created += sweeps.advance(session=session, sweep_id=sweep_id)
+                try:
+                    created += sweeps.advance(session=session, sweep_id=sweep_id)
+                except Exception:
+                    # One sweep's fault is that sweep's: it must not read as a lost database
+                    # (which resets contact and delays every takeover) nor stop the others.
+                    session.rollback()
+                    log.exception(
+                        "sweeps: could not advance sweep %s; trying again later", sweep_id
+                    )
         if created:
             log.info("sweeps: publishing new trials' runs %s", created)
             self.queue.enqueue(created)

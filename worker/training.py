@@ -292,11 +292,20 @@ def run_log(path: Path, experiment_id: int) -> Iterator[None]:
 
 
 def _with_data_settings(base: BaseConfig, settings: Settings) -> BaseConfig:
-    """Where this worker finds text and keeps its tokenizer cache, unless the run says."""
+    """Where this worker finds text and keeps its tokenizer cache: its own settings, always.
+    A stored run's paths are never a client's to choose (the API refuses them, and a row
+    stored before it did is not trusted either). Without a data directory the text comes
+    from the hub: only a dataset the operator offers (MOE_DATASETS) is fetched."""
+    named = f"{base.dataset_name}/{base.dataset_config}"
+    if settings.data_dir is None and named not in settings.datasets:
+        raise ValueError(
+            f"dataset {named!r} is not offered by this deployment (MOE_DATASETS: "
+            f"{', '.join(settings.datasets)}); nothing was fetched"
+        )
     return base.model_copy(
         update={
-            "data_dir": base.data_dir or (str(settings.data_dir) if settings.data_dir else None),
-            "cache_dir": base.cache_dir or str(settings.cache_dir),
+            "data_dir": str(settings.data_dir) if settings.data_dir else None,
+            "cache_dir": str(settings.cache_dir),
         }
     )
 

@@ -51,3 +51,22 @@ def test_cancel_during_data_preparation(deployment, tmp_path):
     assert took < 3, f"the cancel took {took:.1f} s to land"
     log = (artifacts.run_dir(settings, run.run_key) / artifacts.LOG).read_text()
     assert "during data preparation" in log
+
+
+def test_a_worker_reads_and_writes_only_where_its_settings_say(tmp_path):
+    from moe_core.config import base_config
+    from store.settings import Settings
+    from worker.training import _with_data_settings
+
+    settings = Settings(home=tmp_path, data_dir=tmp_path / "text", cache_dir=tmp_path / "cache")
+    # a row stored before the API refused a client's paths (a sweep's base could carry them)
+    planted = base_config("micro", data_dir="/srv/planted", cache_dir="/srv/cache")
+    used = _with_data_settings(planted, settings)
+    assert (used.data_dir, used.cache_dir) == (str(tmp_path / "text"), str(tmp_path / "cache"))
+    # no text of its own: only the operator's datasets are fetched from the hub
+    hub = Settings(home=tmp_path, datasets=["wikitext/wikitext-2-v1"])
+    assert _with_data_settings(base_config("micro"), hub).data_dir is None
+    with pytest.raises(ValueError, match="'imdb/plain_text' is not offered"):
+        _with_data_settings(
+            base_config("micro", dataset_name="imdb", dataset_config="plain_text"), hub
+        )

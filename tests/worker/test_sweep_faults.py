@@ -60,3 +60,61 @@ def test_a_worker_sigkilled_mid_sweep_costs_no_trial_and_counts_none_twice(
             )
         assert epoch_rows(settings.database_url, ids[0]) == [1, 2, 3, 4]
         assert len(read["ranking"]) == 4 and read["best_trial"] == read["ranking"][0]
+
+
+def test_a_sweep_whose_dense_run_vanished_ends_and_slows_no_takeover(deployment, start_worker):
+    """One sweep's fault is its own: a running sweep whose dense run is gone ends with its
+    trials failed, and the workers' passes over the store, where dead workers' runs are
+    taken over, go on as before (the fault once read as a lost database and held every
+    takeover back)."""
+    from moe_core.search import SweepConfig
+    from store import sweeps
+    from store.db import session_scope
+    from store.models import Experiment, Status
+
+    settings = deployment()
+    config = SweepConfig(base_preset="micro", method="grid", seeds=1,
+                         space={"learning_rate": {"choices": [0.003, 0.002]}})  # fmt: skip
+    with session_scope(settings.database_url) as session:
+        broken, runs = sweeps.create_sweep(
+            session=session, config=config, base=config.base_config(), parallel=1
+        )
+        session.flush()
+        dense = next(r.id for r in runs if r.dense)
+        # its trial's run ended (never queued) and its dense run removed under it
+        session.query(Experiment).filter(Experiment.sweep_id == broken.id).update(
+            {"status": Status.cancelled, "published": True}, synchronize_session=False
+        )
+        session.query(Experiment).filter(Experiment.id == dense).delete()
+        session.commit()
+        broken_id = broken.id
+
+    with make_client(settings) as api:
+        pool = {name: start_worker(settings, name=name) for name in ("left", "right")}
+        run = api.post("/experiments", json={"name": "lost", "base_preset": "micro",
+                                             "base": fast_base(num_epochs=8, max_train_tokens=8192)}).json()  # fmt: skip
+
+        def two_epochs():
+            read = api.get(f"/experiments/{run['id']}").json()
+            return read if read["current_epoch"] >= 2 else None
+
+        first = wait_for(two_epochs, timeout=90, interval=0.2, what="two epochs")
+        owner = first["worker_name"].partition("@")[0]
+        pool[owner].kill()
+
+        def taken_over():
+            read = api.get(f"/experiments/{run['id']}").json()
+            return read if read["attempts"] == 2 else None
+
+        # a takeover needs heartbeat_timeout of good contact: a fault read as a lost
+        # database resets it at every pass, and no takeover would come at all
+        resumed = wait_for(taken_over, timeout=60, interval=0.2, what="the takeover")
+        assert resumed["restarts"] == 1
+        ended = wait_for(
+            lambda: (s := api.get(f"/sweeps/{broken_id}").json())["status"] != "running" and s,
+            timeout=30, interval=0.2, what="the broken sweep's end",
+        )  # fmt: skip
+        assert ended["status"] == "finished"
+        assert [t["state"] for t in ended["trials"]] == ["failed"]
+        rescuer = next(w for name, w in pool.items() if name != owner)
+        assert "lost the database or broker" not in rescuer.output()
