@@ -295,10 +295,23 @@ class Client:
 
     # ------------------------------------------------------------------ sweeps
 
-    def create_sweep(self, body: Mapping[str, Any], *, dry_run: bool = False) -> dict:
-        # No retry: a sweep has no Idempotency-Key, and a second POST is a second sweep.
-        return self._json("POST", "/sweeps", params={"dry_run": "true"} if dry_run else None,
-                          json_body=dict(body))  # fmt: skip
+    def create_sweep(
+        self,
+        body: Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """POST /sweeps, sent again after a dropped connection or a 503: the Idempotency-Key
+        (a new uuid4 unless given) makes a retry return the sweep the first stored."""
+        return self._json(
+            "POST",
+            "/sweeps",
+            params={"dry_run": "true"} if dry_run else None,
+            json_body=dict(body),
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+            retry=True,
+        )
 
     def list_sweeps(self, *, limit: int | None = None, offset: int | None = None) -> dict:
         return self._json("GET", "/sweeps", params={"limit": limit, "offset": offset})
@@ -308,6 +321,9 @@ class Client:
 
     def cancel_sweep(self, sweep_id: int) -> dict:
         return self._json("POST", f"/sweeps/{sweep_id}/cancel")
+
+    def delete_sweep(self, sweep_id: int) -> None:
+        self._json("DELETE", f"/sweeps/{sweep_id}")
 
     # ------------------------------------------------------------------ files
 

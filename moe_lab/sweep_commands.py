@@ -1,4 +1,4 @@
-"""`moe-lab sweep submit | show | ls | cancel`: a design space searched as one call
+"""`moe-lab sweep submit | show | ls | cancel | delete`: a design space searched as one call
 (POST /sweeps and its reads)."""
 
 from __future__ import annotations
@@ -98,6 +98,23 @@ def sweep_cancel(ctx: typer.Context, sweep_id: SweepId, as_json: JsonOption = Fa
         print_json(sweep)
     else:
         render.console().print(f"sweep {sweep['id']}: {sweep['status']}")
+
+
+@sweep_app.command("delete")
+@handled
+def sweep_delete(
+    ctx: typer.Context,
+    sweep_id: SweepId,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Delete a sweep that has ended, with its trials and all its runs."""
+    client = api(ctx)
+    if not yes:
+        sweep = client.sweep(sweep_id)
+        runs = len(sweep["dense_run_ids"]) + sum(len(t["run_ids"]) for t in sweep["trials"])
+        typer.confirm(f"delete sweep {sweep_id} {sweep['name']!r} and its {runs} runs?", abort=True)
+    client.delete_sweep(sweep_id)
+    render.console().print(f"deleted sweep {sweep_id}")
 
 
 def ranked(sweep: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -64,3 +64,13 @@ def test_sweep_submit_wait_ranks_the_trials_and_show_and_cancel_read_it(
     )
     cancelled = moe_lab(server, "sweep", "cancel", "1")
     assert cancelled.returncode == 0 and cancelled.stdout.strip() == "sweep 1: finished"
+
+    # a worker's paths are not a YAML's to choose: one line, naming the field
+    paths = tmp_path / "paths.yaml"
+    paths.write_text(SWEEP.replace("num_epochs: 2}", "num_epochs: 2, data_dir: /srv/data}"))
+    refused = moe_lab(server, "sweep", "submit", str(paths))
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert "base.data_dir" in refused.stderr, refused.stderr
+    deleted = moe_lab(server, "sweep", "delete", "1", "--yes")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted sweep 1"
+    assert moe_lab(server, "sweep", "show", "1").returncode == 1
