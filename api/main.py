@@ -28,7 +28,7 @@ from api.docs import add_docs
 from api.errors import error_responses, method_not_allowed, validation_error
 from api.params import known_query_only
 from api.resolve import ConfigRefused
-from api.routes import experiments, health, operations, presets, studies, sweeps
+from api.routes import experiments, health, operations, presets, run_files, studies, sweeps
 from api.security import SecurityHeaders, TokenBeforeRouting
 from store.migrate import auto_migrate
 from store.settings import Settings, get_settings
@@ -97,7 +97,7 @@ def create_app() -> FastAPI:
     )
     add_docs(app)
     app.add_middleware(BodySizeLimit)
-    guarded_modules = (presets, experiments, studies, sweeps, operations)
+    guarded_modules = (presets, experiments, run_files, studies, sweeps, operations)
     app.add_middleware(
         TokenBeforeRouting,
         prefixes={

@@ -1,10 +1,12 @@
 """Request bodies from the command line: a YAML or JSON file, `--set a.b=value` on top,
-checked before anything is sent (a non-finite number, an empty file)."""
+checked before anything is sent (an empty file, a value JSON has not: a non-finite number,
+a YAML date, bytes or set)."""
 
 from __future__ import annotations
 
 import json
 import math
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +54,46 @@ def load_body(file: Path) -> dict[str, Any]:
         raise UsageProblem(
             f"{file} must hold an object (the request body), not {type(body).__name__}"
         )
+    try:
+        check_json(body)
+    except UsageProblem as exc:
+        raise UsageProblem(f"{file}: {exc}") from None
     return body
 
 
-def check_finite(value: Any, where: str = "") -> None:
-    """Every number in the body finite: JSON has no NaN or Infinity (`--set x=NaN`, `1e309`,
-    YAML's `.inf` all parse as such), so the request could not even be sent."""
+def check_json(value: Any, where: str = "") -> None:
+    """Every value in the body one that JSON has, so that the request can be sent at all:
+    every number finite (`--set x=NaN`, `1e309`, YAML's `.inf` parse as NaN or Infinity,
+    which JSON has not), and nothing else YAML makes (a date, `!!binary` bytes, a `!!set`,
+    a key that is not text); UsageProblem names the first one's place."""
     if isinstance(value, float) and not math.isfinite(value):
         raise UsageProblem(f"{where}: {value} is not a finite number (JSON has none)")
     if isinstance(value, dict):
         for key, item in value.items():
-            check_finite(item, f"{where}.{key}" if where else str(key))
+            if not isinstance(key, str):
+                raise UsageProblem(
+                    f"{where + ': ' if where else ''}the key {key} is not text (JSON's keys are)"
+                    "; quote it"
+                )
+            check_json(item, f"{where}.{key}" if where else key)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            check_finite(item, f"{where}[{index}]")
+            check_json(item, f"{where}[{index}]")
+    elif not isinstance(value, str | int | float | None):  # bool is an int
+        raise UsageProblem(f"{where}: {_not_json(value)}")
+
+
+def _not_json(value: Any) -> str:
+    # YAML's own types, worded as the YAML that made them reads
+    if isinstance(value, datetime):
+        return f"{value} is a date and time, which JSON has not; quote it to send text"
+    if isinstance(value, date):
+        return f"{value} is a date, which JSON has not; quote it to send text"
+    if isinstance(value, bytes):
+        return "binary data (!!binary), which JSON has not"
+    if isinstance(value, set | frozenset):
+        return "a set (!!set), which JSON has not; write a list"
+    return f"a {type(value).__name__}, which JSON has not"
 
 
 def split_list(values: list[str]) -> list[str]:

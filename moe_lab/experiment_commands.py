@@ -26,7 +26,7 @@ from moe_lab.app import (
     print_csv,
     print_json,
 )
-from moe_lab.bodies import apply_sets, check_finite, load_body
+from moe_lab.bodies import apply_sets, check_json, load_body
 from moe_lab.client import FINISHED, ApiError, Client
 from moe_lab.follow import Follower
 
@@ -86,7 +86,7 @@ def submit(
     apply_sets(body, sets or [], ("config", "base"))
     if not body.get("name"):
         raise UsageProblem("give the run a NAME (or a file with a name)")
-    check_finite(body)
+    check_json(body)
     client = api(ctx)
     out = render.console()
     answer = client.create_experiment(body, dry_run=dry_run, idempotency_key=idempotency_key)

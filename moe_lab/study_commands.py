@@ -12,7 +12,7 @@ import typer
 from moe_core.presets import EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 from moe_lab import render
 from moe_lab.app import BASE_PRESETS_HELP, JsonOption, api, handled, print_json, study_app
-from moe_lab.bodies import apply_sets, check_finite, split_list
+from moe_lab.bodies import apply_sets, check_json, split_list
 from moe_lab.experiment_commands import fetch_artifact, print_plan, wait_quietly
 from moe_lab.follow import Follower
 
@@ -58,7 +58,7 @@ def study_submit(
     if seeds is not None:
         body["seeds"] = seeds
     apply_sets(body, sets or [], ("base",))
-    check_finite(body)
+    check_json(body)
     client = api(ctx)
     out = render.console()
     study = client.create_study(body, dry_run=dry_run, idempotency_key=idempotency_key)

@@ -12,7 +12,7 @@ import typer
 
 from moe_lab import render
 from moe_lab.app import JsonOption, api, handled, print_json, sweep_app
-from moe_lab.bodies import check_finite, load_body
+from moe_lab.bodies import load_body
 
 SweepId = Annotated[int, typer.Argument(metavar="ID", help="the sweep's id")]
 
@@ -32,7 +32,6 @@ def sweep_submit(
 ) -> None:
     """Submit a sweep (POST /sweeps): checked whole before anything is stored."""
     body = load_body(file)
-    check_finite(body)
     client = api(ctx)
     out = render.console()
     sweep = client.create_sweep(body, dry_run=dry_run)

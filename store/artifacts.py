@@ -11,7 +11,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TextIO
 
 from store.settings import Settings
 
@@ -41,8 +41,8 @@ def run_listing(
     settings: Settings, run_key: str, names: tuple[str, ...] = RUN_FILES, *, partial: bool = False
 ) -> list[dict[str, Any]]:
     """The run's files of `names` as open_run_file would serve them: plain files (not a
-    symlink), none from a run directory that leads out of the store; with their size and
-    time, each marked `partial` as given."""
+    symlink, nor a hard link), none from a run directory that leads out of the store; with
+    their size and time, each marked `partial` as given."""
     if not _in_store(settings, run_key):
         return []
     directory = run_dir(settings, run_key)
@@ -52,7 +52,7 @@ def run_listing(
             stat = (directory / name).stat(follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if not S_ISREG(stat.st_mode):
+        if not _plain(stat):
             continue
         items.append({"name": name, "size": stat.st_size, "partial": partial,
                       "modified_at": datetime.fromtimestamp(stat.st_mtime, UTC)})  # fmt: skip
@@ -83,28 +83,62 @@ def open_event_file(settings: Settings, run_key: str, filename: str) -> BinaryIO
     return open_run_file(settings, f"{run_key}/{TENSORBOARD}", filename)
 
 
+class NotAPlainFile(FileNotFoundError):
+    """What lies at a run file's path is not a plain file the worker wrote: a symlink, a
+    directory, a FIFO, a socket, a device, or a hard link to a file elsewhere."""
+
+
 def open_run_file(settings: Settings, run_key: str, name: str) -> BinaryIO:
     """A run's file, open for reading and never through a symlink: a link planted in the
     artifact store (run.log -> /etc/passwd) is not followed, for the file itself
     (O_NOFOLLOW) nor for the directories under the store (their resolved path must be
-    where run_dir puts them). FileNotFoundError when there is no such plain file."""
+    where run_dir puts them), and only a regular file of one link (a hard link planted there
+    names a file elsewhere). FileNotFoundError (NotAPlainFile for what was refused) when
+    there is no such plain file; a refused file's descriptor is closed again."""
     directory = run_dir(settings, run_key)
     if not _in_store(settings, run_key):
         raise FileNotFoundError(f"{directory} is not a directory of the artifact store")
-    path = directory / name
     # O_NONBLOCK: a FIFO planted there must not hang the request (no effect on a file)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = _open_plain(directory / name, os.O_RDONLY | os.O_NONBLOCK)
+    return os.fdopen(fd, "rb")
+
+
+def open_run_log(path: Path) -> TextIO:
+    """A run's log, open for appending (created if absent) as open_run_file opens a file:
+    never through a symlink, never a hard link's other name; NotAPlainFile otherwise."""
+    # O_NONBLOCK: a FIFO with no reader is refused at once rather than waited on
+    fd = _open_plain(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def _open_plain(path: Path, flags: int) -> int:
+    """The descriptor of the plain file at `path`, opened with `flags` and O_NOFOLLOW; what
+    was opened is checked (fstat), not the path, and closed again when refused."""
+    flags |= os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags, 0o666)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EMLINK):
+        # ELOOP: a symlink; ENXIO: a socket, or a FIFO with no reader; EISDIR: a directory
+        # opened for writing
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EMLINK):
+            raise NotAPlainFile(f"{path} is not a plain file") from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise FileNotFoundError(f"{path}: no such plain file") from exc
         raise
-    file = os.fdopen(fd, "rb")
-    if not S_ISREG(os.fstat(fd).st_mode):
-        file.close()
-        raise FileNotFoundError(f"{path} is not a plain file")
-    return file
+    try:
+        if not _plain(os.fstat(fd)):
+            raise NotAPlainFile(f"{path} is not a plain file of one link")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _plain(stat: os.stat_result) -> bool:
+    # More than one link: the same file has a name elsewhere, which a planted hard link
+    # (model.pt -> a file outside the run) would serve. None is a file replaced (os.replace)
+    # after it was opened: still the one the run wrote.
+    return S_ISREG(stat.st_mode) and stat.st_nlink <= 1
 
 
 def _in_store(settings: Settings, run_key: str) -> bool:

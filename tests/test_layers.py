@@ -79,3 +79,14 @@ def test_the_api_names_the_engine_modules_it_loads():
         if (ROOT / "moe_core" / f"{name}.py").exists()
     }
     assert named == loaded
+
+
+# A router is a room with one job, read in one sitting: the experiments' CRUD and a run's
+# file downloads grew into one 543-line module before they were split (api.routes.run_files).
+ROUTER_MAX_LINES = 450
+
+
+def test_each_router_is_readable_in_one_sitting():
+    sizes = {path.name: len(path.read_text().splitlines())
+             for path in (ROOT / "api" / "routes").glob("*.py")}  # fmt: skip
+    assert {name: n for name, n in sizes.items() if n > ROUTER_MAX_LINES} == {}

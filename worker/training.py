@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -276,7 +277,15 @@ def run_log(path: Path, experiment_id: int) -> Iterator[None]:
     """What this thread and the run's lease monitor log during the block (warnings
     included) is appended to the run's log, which GET /experiments/{id}/logs serves: every
     attempt, on any worker."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        handler = _RunLogHandler(path)
+    except artifacts.NotAPlainFile as exc:
+        # Planted by someone who can write the store: written through by no one, and left
+        # in place for the operator to find; the run trains without its log file.
+        log.warning("experiment %s: no run log: %s (%s); its lines go to this worker's log "
+                    "only", experiment_id, exc, _planted(path))  # fmt: skip
+        yield
+        return
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     thread, monitor = threading.get_ident(), f"lease-{experiment_id}"
@@ -289,6 +298,26 @@ def run_log(path: Path, experiment_id: int) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+class _RunLogHandler(logging.FileHandler):
+    """A FileHandler that opens the run's log as store.artifacts.open_run_log does: never
+    through a symlink, never a hard link's other name."""
+
+    def _open(self) -> Any:
+        return artifacts.open_run_log(Path(self.baseFilename))
+
+
+def _planted(path: Path) -> str:
+    """What lies at `path`, in words, for the warning."""
+    if path.is_symlink():
+        return f"a symlink to {os.readlink(path)}"
+    if path.is_dir():
+        return "a directory"
+    with contextlib.suppress(OSError):
+        if path.stat(follow_symlinks=False).st_nlink > 1:
+            return "a hard link to a file elsewhere"
+    return "not a regular file"
 
 
 def _with_data_settings(base: BaseConfig, settings: Settings) -> BaseConfig:

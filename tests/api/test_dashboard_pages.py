@@ -12,11 +12,12 @@ import math
 import random
 import re
 import statistics
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import httpx
 import pytest
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from moe_core.config import base_config, dense_config, get_experiment_configs
@@ -24,7 +25,7 @@ from moe_lab.cli import app as cli_app
 from moe_lab.client import Client
 from store import catalogue, leases, workers
 from store.db import session_scope
-from store.models import Status
+from store.models import Status, Worker
 from tests.factories import claim, record, result, step_point, write, write_steps
 from tests.fixtures.browser import docs_shot, wait_in_page
 from tests.waiting import wait_for
@@ -576,7 +577,10 @@ def test_tags_and_note_are_edited_in_the_header(deployment, start_api, page):
 
 
 def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, start_api, page):
-    settings = deployment()
+    # A worker is live while its heartbeat is younger than heartbeat_timeout: 3 s in the
+    # tests' deployment, which a busy machine outlasts between seeding and reading the page.
+    # The window is an hour here and the heartbeats a minute old, whatever the machine's pace.
+    settings = deployment(heartbeat_timeout=3600.0)
     database = settings.database_url
     reading = {"gpu_name": "NVIDIA H200", "gpu_utilization": 87.0,
                "gpu_memory_used": 40 * 2**30, "gpu_memory_total": 140 * 2**30,
@@ -589,6 +593,10 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
     with session_scope(database) as session:
         assert workers.beat(session=session, name="gpu0@node", gpu=reading)
         assert workers.beat(session=session, name="cpu0@node")
+        session.execute(
+            update(Worker).values(heartbeat_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+        session.commit()
     api = start_api(settings)
 
     page.goto(f"{api.url}/ui/#/run/{on_gpu}")

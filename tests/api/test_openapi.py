@@ -237,3 +237,16 @@ def test_a_query_parameter_given_twice_is_a_422(client):
     response = client.get("/experiments?status=failed&status=queued")
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["query", "status"]
+
+
+def test_a_runs_files_keep_their_paths_ids_and_tag(openapi):
+    # served by api.routes.run_files since it left api.routes.experiments: same schema
+    served = {
+        "/experiments/{experiment_id}/logs": "read_logs",
+        "/experiments/{experiment_id}/artifacts": "list_artifacts",
+        "/experiments/{experiment_id}/artifacts/{name}": "download_artifact",
+        "/experiments/{experiment_id}/artifacts/tensorboard/{filename}": "download_event_file",
+    }
+    for path, operation_id in served.items():
+        operation = openapi["paths"][path]["get"]
+        assert (operation["operationId"], operation["tags"]) == (operation_id, ["experiments"])

@@ -169,6 +169,35 @@ def test_an_empty_or_non_mapping_or_non_finite_file_submits_nothing(
     assert total(api) == before
 
 
+@pytest.mark.parametrize("command", [("submit", "--file"), ("sweep", "submit")])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("base: {seed: 2024-01-01}\n",
+         "base.seed: 2024-01-01 is a date, which JSON has not; quote it to send text"),
+        ("name: 2024-01-01 10:30:00\n", "name: 2024-01-01 10:30:00 is a date and time"),
+        ("name: !!binary aGVsbG8=\n", "name: binary data (!!binary), which JSON has not"),
+        ("tags: !!set {a, b}\n", "tags: a set (!!set), which JSON has not; write a list"),
+        ("space: {top_k: {choices: [1, 2024-01-01]}}\n", "space.top_k.choices[1]: 2024-01-01"),
+        ("config: {1: 2}\n", "config: the key 1 is not text (JSON's keys are)"),
+        ("2024-01-01: x\n", "the key 2024-01-01 is not text"),
+        ("base: {null: 1}\n", "base: the key None is not text"),
+    ],
+)  # fmt: skip
+def test_a_yaml_value_json_has_not_is_one_line_and_submits_nothing(
+    cli, api, tmp_path, command, text, message
+):
+    # A date, !!binary or !!set could not be sent: a traceback of the JSON encoder before.
+    before = total(api), api.list_sweeps()["total"]
+    path = tmp_path / "body.yaml"
+    path.write_text(f"name: a\n{text}" if not text.startswith("name:") else text)
+    result = cli(*command, path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {path}: "), result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert (total(api), api.list_sweeps()["total"]) == before
+
+
 @pytest.mark.parametrize(
     ("command", "value", "shown"),
     [
