@@ -94,7 +94,9 @@ class ExperimentCreate(BaseModel):
     baseline_id: Whole[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
         None,
         description="the dense experiment this one's verdict is judged against. "
-        + stated(rules.DENSE_WITH_BASELINE, rules.BASELINE_NOT_DENSE),
+        + stated(
+            rules.DENSE_WITH_BASELINE, rules.BASELINE_NOT_DENSE, rules.BASELINE_NOT_COMPARABLE
+        ),
     )
     tags: list[Tag] = Field(
         default_factory=list,

@@ -68,6 +68,11 @@ DENSE_WITH_BASELINE = Rule("dense_with_baseline", "a dense run names no baseline
 BASELINE_NOT_DENSE = Rule(
     "baseline_not_dense", "baseline_id names a dense run (one naming no experiment is a 404)"
 )
+BASELINE_NOT_COMPARABLE = Rule(
+    "baseline_not_comparable",
+    "the baseline's cross-entropy is measured as this run's: the same dataset_name, "
+    "dataset_config, vocab_size, seq_len and max_val_tokens (moe_core.comparable)",
+)
 # PATCH /experiments/{id}: a run's tags and note.
 NOTHING_TO_CHANGE = Rule("nothing_to_change", "the body names tags, a note, or both")
 TAG_ADDED_AND_REMOVED = Rule("tag_added_and_removed", "no tag is both added and removed")

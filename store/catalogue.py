@@ -14,6 +14,7 @@ from sqlalchemy import Select, delete, func, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from moe_core import comparable
 from moe_core.config import BaseConfig, ExperimentConfig
 from store.models import (
     FINISHED,
@@ -41,7 +42,13 @@ def create_experiment(
     request_hash: str | None = None,
 ) -> Experiment:
     """Add a queued experiment (flushed, not committed). With an `idempotency_key` taken
-    already, the flush raises IntegrityError: see `find_submission`."""
+    already, the flush raises IntegrityError: see `find_submission`. A baseline whose
+    cross-entropy does not compare with this run's raises NotComparable: no path stores a
+    verdict that would mean nothing (the API refuses it first, with a 422)."""
+    if baseline_id is not None:
+        baseline = session.get(Experiment, baseline_id)
+        if baseline is not None:
+            comparable.check(base.model_dump(), baseline.base, f"dense run {baseline_id}")
     experiment = Experiment(
         name=name,
         tags=list(tags),

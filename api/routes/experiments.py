@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +28,7 @@ from api.schemas import (
 )
 from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
+from moe_core import comparable
 from store import artifacts, catalogue, leases, results
 from store.catalogue import ExperimentFilter, Order
 from store.models import Experiment, Status
@@ -74,7 +75,7 @@ def create_experiment(
 ) -> Experiment | Response:
     config, base = resolve_experiment(body, datasets=settings.datasets)
     if body.baseline_id is not None:
-        _check_baseline(session, body.baseline_id)
+        _check_baseline(session, body.baseline_id, base=base.model_dump())
     if dry_run:
         answer = ExperimentPlan.model_validate(plan(config, base, dense=body.dense))
         return JSONResponse(answer.model_dump(mode="json"))
@@ -364,20 +365,29 @@ async def follow_experiment(
     return EventSourceResponse(stream, ping=15)
 
 
-def _check_baseline(session: SessionDep, baseline_id: int) -> None:
+def _check_baseline(session: SessionDep, baseline_id: int, *, base: dict[str, Any]) -> None:
+    """The baseline exists, is a dense run, and its cross-entropy compares with this run's
+    (moe_core.comparable): a verdict against another base's dense run means nothing."""
     baseline = catalogue.get_experiment(session=session, experiment_id=baseline_id)
     if baseline is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"baseline {baseline_id} not found")
     if not baseline.dense:
-        raise RequestValidationError(
-            [
-                rules.BASELINE_NOT_DENSE.error(
-                    ("body", "baseline_id"),
-                    f"experiment {baseline.id} is not a dense run",
-                    baseline_id,
-                )  # fmt: skip
-            ]
-        )
+        raise RequestValidationError([
+            rules.BASELINE_NOT_DENSE.error(
+                ("body", "baseline_id"), f"experiment {baseline.id} is not a dense run", baseline_id
+            )
+        ])  # fmt: skip
+    differing = comparable.differences(base, baseline.base)
+    if differing:
+        raise RequestValidationError([
+            rules.BASELINE_NOT_COMPARABLE.error(
+                ("body", "baseline_id"),
+                f"dense run {baseline.id} is not comparable with this run: "
+                f"{comparable.describe(differing)} (this run's first); its base must have the "
+                f"same {', '.join(differing)}",
+                baseline_id,
+            )
+        ])  # fmt: skip
 
 
 def _get_or_404(session: SessionDep, experiment_id: int) -> Experiment:

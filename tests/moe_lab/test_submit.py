@@ -261,3 +261,17 @@ def test_study_submit_with_presets_seeds_and_base_sets(cli, api):
     assert result.exit_code == 2 and "--set takes base.FIELD=VALUE" in result.stderr
     result = cli("study", "submit", "bad", "--seeds", "11")
     assert result.exit_code == 1 and result.stderr.startswith("error: 422 seeds: ")
+
+
+def test_a_baseline_of_another_base_is_refused_in_one_line_naming_what_differs(cli, api):
+    dense = created(cli("submit", "dense-micro", "--dense", *MICRO, "--json"))
+    before = total(api)
+    refused = cli("submit", "live-top2", "--preset", "top2", "--base-preset", "tiny",
+                  "--baseline", dense["id"])  # fmt: skip
+    assert refused.exit_code == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert "baseline_id" in line and "vocab_size 4096 vs 512" in line and "seq_len 64 vs 32" in line
+    assert total(api) == before  # nothing stored
+    same = created(cli("submit", "top2-micro", "--preset", "top2", *MICRO,
+                       "--baseline", dense["id"], "--json"))  # fmt: skip
+    assert same["baseline_id"] == dense["id"]
