@@ -18,6 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from moe_core import comparable
 from moe_core.criteria import verdict_lines
 
 CHECK, CROSS, DOT = "✓", "✗", "·"
@@ -230,7 +231,8 @@ def compare_rows(
     baselines: Mapping[int, Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
     """One row per run. `baselines` holds every run named by a baseline_id; Δ vs dense is
-    best val CE minus the baseline's, else minus the one dense run among `runs`."""
+    best val CE minus the baseline's, else minus the one dense run among `runs`, and none
+    when that dense run's cross-entropy does not compare (moe_core.comparable)."""
     dense_given = [run for run in runs if run.get("dense")]
     rows = []
     for run in runs:
@@ -245,7 +247,11 @@ def compare_rows(
             reference = baselines.get(run["baseline_id"])
         elif not run.get("dense") and len(dense_given) == 1:
             reference = dense_given[0]
-        ref_ce = reference.get("best_val_ce_loss") if reference else None
+        # a dense run of another base (text, tokens, blocks) is no reference: no Δ at all
+        incomparable = reference is not None and bool(
+            comparable.differences(run.get("base") or {}, reference.get("base") or {})
+        )
+        ref_ce = reference.get("best_val_ce_loss") if reference and not incomparable else None
         rows.append(
             {
                 "id": run["id"],
@@ -262,6 +268,7 @@ def compare_rows(
                 "imbalance": max(loads) if loads else None,
                 "delta_vs_dense": None if ce is None or ref_ce is None else ce - ref_ce,
                 "dense_id": reference["id"] if reference else None,
+                "dense_comparable": not incomparable,
             }
         )
     return rows
@@ -282,7 +289,11 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             pct(row["drop_pct"]),
             num(row["imbalance"], ".2f"),
             signed(row["delta_vs_dense"], ".4f"),
-            str(row["dense_id"]) if row["delta_vs_dense"] is not None else "",
+            str(row["dense_id"])
+            if row["delta_vs_dense"] is not None
+            else f"{row['dense_id']}: another base"
+            if not row.get("dense_comparable", True)
+            else "",
         )
     return out
 

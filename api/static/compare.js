@@ -5,6 +5,13 @@ import { api } from "./http.js";
 import { el, fill, fmt, fmtInt, mean, scopeSignal, scroller, sortable, view } from "./dom.js";
 import { chartControls, epochAxes, lineChart } from "./charts.js";
 
+// What makes two runs' cross-entropies comparable (moe_core.comparable.COMPARABLE_FIELDS;
+// tests/api/test_dashboard_pages.py holds this list to it): a dense run of another base is
+// no reference, and no Δ is drawn against it.
+export const COMPARABLE_FIELDS = ["dataset_name", "dataset_config", "vocab_size", "seq_len", "max_val_tokens"];
+const comparable = (a, b) => COMPARABLE_FIELDS.every((f) =>
+  JSON.stringify((a.base || {})[f] ?? null) === JSON.stringify((b.base || {})[f] ?? null));
+
 // Every config and base field, flattened: "config.top_k", "base.seq_len", ...
 function fields(run) {
   const out = new Map();
@@ -50,12 +57,13 @@ export async function compareView(ids) {
     const drops = given("dropped"), loads = given("imbalance");
     const reference = run.baseline_id !== null ? byId.get(run.baseline_id) : (!run.dense && dense.length === 1 ? dense[0] : null);
     const ce = run.best_val_ce_loss;
+    const another = reference !== null && reference !== undefined && !comparable(run, reference);
     return { run, ce, perplexity: ce === null ? null : Math.exp(ce), tokens: mean(epochs.map((e) => e.tokens_per_sec)),
       minUsage: evaluated ? Math.min(...evaluated.eval_expert_stats.map((l) => l.min_usage)) : null,
       drop: drops.length ? 100 * Math.max(...drops) : null,
       imbalance: loads.length ? Math.max(...loads) : null,
-      delta: ce !== null && reference && reference.best_val_ce_loss !== null ? ce - reference.best_val_ce_loss : null,
-      reference };
+      delta: ce !== null && reference && !another && reference.best_val_ce_loss !== null ? ce - reference.best_val_ce_loss : null,
+      reference, another };
   });
   const anyEpochs = runs.some((r) => epochsOf.get(r.id).length);
   const series = (f) => runs.map((r) => {
@@ -72,7 +80,8 @@ export async function compareView(ids) {
         el("td", { class: "num" }, r.drop === null ? "–" : `${r.drop.toFixed(2)}%`),
         el("td", { class: "num" }, fmt(r.imbalance, 2)),
         el("td", { class: "num" }, r.delta === null ? "–" : (r.delta > 0 ? "+" : "") + fmt(r.delta)),
-        el("td", { class: "num" }, r.reference ? r.reference.id : "–"))))))),
+        el("td", { class: "num", title: r.another ? "another base: its cross-entropy is measured on other text, tokens or blocks" : null },
+          r.reference ? (r.another ? `${r.reference.id}: another base` : r.reference.id) : "–"))))))),
     el("h2", {}, "Hyper-parameters that differ"), hyperParameterDiff(runs),
     anyEpochs ? [el("h2", {}, "Curves"), chartControls(), el("div", { class: "charts", id: "compare-curves" },
       lineChart("Validation CE", series((e) => e.val && e.val.ce_loss), { yLabel: "nats" }),

@@ -641,3 +641,30 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
     docs_shot(page, "dashboard-workers", full_page=False)
     page.click(f'#workers a[href="#/run/{on_gpu}"]')
     page.wait_for_selector("#gpu")
+
+
+def test_compare_draws_no_delta_against_a_dense_run_of_another_base(deployment, start_api, page):
+    from moe_core.comparable import COMPARABLE_FIELDS
+
+    settings = deployment()
+    dense_id, moe_id = seed_pair(settings.database_url)
+    tiny = base_config("tiny", num_epochs=EPOCHS)
+    with session_scope(settings.database_url) as session:
+        other = catalogue.create_experiment(session=session, name="tiny-top2", base=tiny,
+                                            config=get_experiment_configs(tiny)["top2"],
+                                            preset="top2", base_preset="tiny").id  # fmt: skip
+        session.commit()
+    finish(settings.database_url, other, noisy_epochs(3), result(2.9))
+    api = start_api(settings)
+    page.goto(f"{api.url}/ui/#/compare?ids={dense_id},{moe_id},{other}")
+    page.wait_for_selector("#compare tbody tr")
+    cells = page.eval_on_selector_all(
+        "#compare tbody tr",
+        "rows => rows.map(r => [r.dataset.run, ...[...r.cells].map(c => c.innerText)])",
+    )
+    by_run = {int(row[0]): row[1:] for row in cells}
+    assert by_run[moe_id][-2:] == ["-0.1000", str(dense_id)]
+    assert by_run[other][-2:] == ["–", f"{dense_id}: another base"]
+    # the page's list is the engine's
+    listed = page.evaluate("import('./compare.js').then(m => m.COMPARABLE_FIELDS)")
+    assert listed == list(COMPARABLE_FIELDS)
