@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from api.limits import LIMITS, LOWER_LIMITS, WORKER_ONLY
 from api.overrides import BaseOverrides, ConfigOverrides, GatingTempScheduleBody
-from api.requests import SweepCreate, SweepSpace
+from api.requests import SweepCreate
+from api.space import SweepSpace
 from moe_core.config import BaseConfig, ExperimentConfig, GatingTempSchedule
 from moe_core.search import SEARCHABLE, SweepConfig
 
