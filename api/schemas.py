@@ -16,6 +16,7 @@ from pydantic import (
 from api.requests import PRESETS_STATED
 from moe_core.records import EpochFigures, StepPoint
 from moe_core.statistics import CONFIDENCE, confidence_label
+from moe_core.verdict_records import PairedTest, ServedSeedsVerdict, ServedVerdict, VerdictLine
 from store.models import Status
 
 
@@ -226,34 +227,9 @@ class ResultRead(BaseModel):
     compile: str | None = Field(None, description="base.compile: off, default or graphs")
 
 
-class VerdictLine(BaseModel):
-    """One line of a verdict as people read it (moe_core.criteria.verdict_lines): the CLI
-    and the dashboard print these as they are, so both say the same."""
-
-    criterion: Literal["primary", "secondary", "tertiary", "passed"]
-    passed: bool | None = Field(description="null for secondary: reported, not judged")
-    summary: str = Field(description="the numbers the criterion was judged on")
-    rule: str = Field(description="what the criterion asks")
-    significance: str | None = Field(
-        description="the paired t-test of the deciding difference (primary only), or why "
-        "there is none"
-    )
-
-
-class VerdictRead(BaseModel):
-    """moe_core.criteria.judge's verdict; each section carries its numbers as well."""
-
-    baseline_id: int
-    primary: dict[str, Any]
-    secondary: dict[str, Any]
-    tertiary: dict[str, Any]
-    passed: bool
-    seeds: int = Field(1, description="one run against one dense run")
-    significant: bool | None = Field(
-        None, description="always null: one seed says nothing of noise (see a study's seeds)"
-    )
-    significance_note: str | None = None
-    lines: list[VerdictLine] = Field(description="the verdict in words, one line a criterion")
+# A verdict is the engine's record (moe_core.verdict_records), served as declared there:
+# the OpenAPI schema names its types (ServedVerdict, PairedTest, ...).
+VerdictRead = ServedVerdict
 
 
 class StudyMember(BaseModel):
@@ -288,34 +264,6 @@ class VerdictRow(BaseModel):
     detail: str | None
 
 
-class Delta(BaseModel):
-    """A difference against dense, paired by seed: mean and standard error over the seeds,
-    and its two-sided paired t-test (moe_core.statistics.paired_t_test). The test and the
-    interval are at one confidence level, `confidence`; all null but mean and n with one
-    seed."""
-
-    mean: float | None
-    se: float | None = Field(description="standard error of the mean; null with one seed")
-    n: int | None
-    df: int | None = Field(description="degrees of freedom of the t-test: n - 1")
-    t: float | None = Field(
-        description="mean / se; null with one seed, and where se is 0 (every seed alike)"
-    )
-    t_critical: float | None = Field(
-        description=f"Student's t with df degrees of freedom beyond which the test rejects at "
-        f"{confidence_label()} (12.706 for 1, 4.303 for 2)"
-    )
-    p_value: float | None = Field(description="two-sided p-value of the paired t-test")
-    ci_low: float | None = Field(
-        description=f"the {confidence_label()} confidence interval's low end: mean - t_critical x se"
-    )
-    ci_high: float | None = Field(description="its high end: mean + t_critical x se")
-    confidence: float = Field(description=f"the confidence level: {CONFIDENCE}")
-    significant: bool | None = Field(
-        description=f"p < {1 - CONFIDENCE:.2g}: the interval excludes 0; null with one seed"
-    )
-
-
 class SeedVerdict(BaseModel):
     seed: int
     experiment_id: int
@@ -347,10 +295,10 @@ class PresetVerdict(BaseModel):
         "primary passes on the gap alone"
     )
     significance_note: str | None
-    val_loss_delta: Delta | None = Field(description="best val CE minus dense's, over seeds")
-    gap_delta: Delta | None = Field(description="val-train gap minus dense's, over seeds")
+    val_loss_delta: PairedTest | None = Field(description="best val CE minus dense's, over seeds")
+    gap_delta: PairedTest | None = Field(description="val-train gap minus dense's, over seeds")
     per_seed: list[SeedVerdict]
-    verdict: dict[str, Any] | None = Field(description="judge_seeds' verdict, whole")
+    verdict: ServedSeedsVerdict | None = Field(description="judge_seeds' verdict, whole")
     lines: list[VerdictLine] = Field(
         description="the verdict over the seeds in words, one line a criterion (empty until judged)"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.verdicts import NoVerdict, seeds_verdict, verdict
+from moe_core.verdict_records import ServedVerdict
 from store.models import FINISHED, Experiment, Status, Study
 from store.results import stored_result
 
@@ -102,7 +103,7 @@ def _member(member: Experiment) -> dict[str, Any]:
 
 def _member_verdict(member: Experiment, baseline: Experiment | None) -> dict[str, Any]:
     try:
-        judged: dict[str, Any] | None = verdict(member, baseline)
+        judged: ServedVerdict | None = verdict(member, baseline)
         detail = None
     except NoVerdict as exc:
         judged, detail = None, str(exc)

@@ -1,40 +1,34 @@
-"""Success criteria of experiments against their dense baselines (moe_core.criteria)."""
+"""Success criteria of experiments against their dense baselines: which runs can be judged
+yet, and why not (the verdicts themselves are store.verdicts')."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from moe_core.criteria import judge, judge_seeds, verdict_lines
+from moe_core.verdict_records import ServedSeedsVerdict, ServedVerdict
 from store.models import Experiment, Status
-from store.results import stored_result
+from store.verdicts import served_seeds_verdict, served_verdict
 
 
 class NoVerdict(Exception):
     """Why an experiment cannot be judged yet (or at all): the 409's message."""
 
 
-def verdict(experiment: Experiment, baseline: Experiment | None) -> dict[str, Any]:
-    """The criteria's verdict, with the baseline's id; raises NoVerdict."""
+def verdict(experiment: Experiment, baseline: Experiment | None) -> ServedVerdict:
+    """The criteria's verdict, with the baseline's id and its lines; raises NoVerdict."""
     baseline = _judgeable(experiment, baseline)
     try:
-        judged = judge(stored_result(experiment), stored_result(baseline))
+        return served_verdict(experiment, baseline)
     except ValueError as exc:  # e.g. a baseline without a finite validation loss
         raise NoVerdict(f"experiment {experiment.id}: {exc}") from exc
-    return {"baseline_id": baseline.id, **judged, "lines": verdict_lines(judged)}
 
 
-def seeds_verdict(pairs: list[tuple[Experiment, Experiment | None]]) -> dict[str, Any]:
+def seeds_verdict(pairs: list[tuple[Experiment, Experiment | None]]) -> ServedSeedsVerdict:
     """One preset over several seeds: each run paired with its seed's dense baseline
     (judge_seeds pairs results by position); raises NoVerdict while any pair can't be judged."""
     judged = [(run, _judgeable(run, baseline)) for run, baseline in pairs]
     try:
-        over_seeds = judge_seeds(
-            [stored_result(run) for run, _ in judged],
-            [stored_result(baseline) for _, baseline in judged],
-        )
+        return served_seeds_verdict(judged)
     except ValueError as exc:
         raise NoVerdict(str(exc)) from exc
-    return {**over_seeds, "lines": verdict_lines(over_seeds)}
 
 
 def _judgeable(experiment: Experiment, baseline: Experiment | None) -> Experiment:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from .config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig, ExperimentConfig
+from .verdict_records import Objective
 
 # BaseConfig fields a sweep may vary: the model's MoE layout and the optimiser's rate. The
 # rest of the base (sizes, data, epochs) is the sweep's, shared with its dense baselines.
@@ -321,7 +322,7 @@ def val_ce_within(result: Mapping[str, Any], seconds: float, seq_len: int) -> fl
     return first[0] if first else None
 
 
-def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> dict[str, Any]:
+def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> Objective:
     """The trial's objective over its seeds: mean, SE, the paired test's interval, p and
     significance (for the differences from dense, paired by seed).
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the records import CONFIDENCE from here, for their descriptions
+    from .verdict_records import MeanSE, PairedTest
 
 
 def _finite(values: list[float | None] | None) -> list[float]:
@@ -22,7 +25,7 @@ which is when its interval (mean ± t·SE, Student's t with n - 1 degrees of fre
 excludes 0."""
 
 
-def mean_se(values: list[float | None]) -> dict[str, float | int | None]:
+def mean_se(values: list[float | None]) -> MeanSE:
     """Mean and standard error of the mean (sample SD / sqrt(n)); SE needs n >= 2."""
     xs = _finite(values)
     n = len(xs)
@@ -104,9 +107,7 @@ def t_critical(df: int, confidence: float = CONFIDENCE) -> float:
             high = mid
 
 
-def paired_t_test(
-    differences: list[float | None], confidence: float = CONFIDENCE
-) -> dict[str, Any]:
+def paired_t_test(differences: list[float | None], confidence: float = CONFIDENCE) -> PairedTest:
     """Differences paired by seed (each run minus the dense run of its seed), tested for a
     mean of 0: a two-sided one-sample t-test with n - 1 degrees of freedom (None and
     non-finite differences left out).
@@ -117,33 +118,25 @@ def paired_t_test(
     1 - confidence). With fewer than 2 differences there is no SE: all of these are None.
     """
     stat = mean_se(differences)
-    test: dict[str, Any] = {
-        **stat,
-        "df": None,
-        "t": None,
-        "t_critical": None,
-        "p_value": None,
-        "ci_low": None,
-        "ci_high": None,
-        "confidence": confidence,
-        "significant": None,
-    }
     mean, se = stat["mean"], stat["se"]
     if mean is None or se is None:
-        return test
-    df = int(stat["n"]) - 1
+        return {**stat, "df": None, "t": None, "t_critical": None, "p_value": None,
+                "ci_low": None, "ci_high": None, "confidence": confidence,
+                "significant": None}  # fmt: skip
+    df = stat["n"] - 1
     critical = t_critical(df, confidence)
     t = mean / se if se > 0 else None
-    test.update(
-        df=df,
-        t=t,
-        t_critical=critical,
-        p_value=t_p_value(t, df) if t is not None else float(mean == 0),
-        ci_low=mean - critical * se,
-        ci_high=mean + critical * se,
-        significant=abs(mean) > critical * se,
-    )
-    return test
+    return {
+        **stat,
+        "df": df,
+        "t": t,
+        "t_critical": critical,
+        "p_value": t_p_value(t, df) if t is not None else float(mean == 0),
+        "ci_low": mean - critical * se,
+        "ci_high": mean + critical * se,
+        "confidence": confidence,
+        "significant": abs(mean) > critical * se,
+    }
 
 
 def confidence_label(confidence: float = CONFIDENCE) -> str:

@@ -22,16 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from moe_core.criteria import (
-    best_val_loss,
-    format_p,
-    format_table,
-    format_verdict,
-    generalisation_gap,
-    judge_seeds,
-    throughput,
-)
+from moe_core.criteria import best_val_loss, generalisation_gap, judge_seeds, throughput
 from moe_core.statistics import CONFIDENCE, confidence_label, mean_se, paired_t_test
+from moe_core.verdict_records import SeedsVerdict
+from moe_core.verdict_words import format_p, format_table, format_verdict
 
 Run = dict[str, Any]
 
@@ -99,7 +93,7 @@ def _paired(
     return paired_t_test([x - y for x, y in pairs if x is not None and y is not None])
 
 
-def verdicts(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def verdicts(study: dict[str, Any]) -> dict[str, SeedsVerdict]:
     """Each configuration's verdict by today's criteria: judge_seeds over the seeds whose
     run and dense run both finished (none without one)."""
     runs: dict[str, list[Run | None]] = study["runs"]
@@ -109,6 +103,10 @@ def verdicts(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if name != "dense" and pairs:
             judged[name] = judge_seeds([r for r, _ in pairs], [d for _, d in pairs])
     return judged
+
+
+def _by_gap_only(verdict: SeedsVerdict) -> bool:
+    return verdict["primary"]["passed"] and not verdict["primary"]["beats_dense_loss"]
 
 
 def summary(study: dict[str, Any]) -> str:
@@ -139,6 +137,8 @@ def summary(study: dict[str, Any]) -> str:
             if verdict is None
             else ("✓" if verdict["passed"] else "✗")
             + (" sig" if verdict.get("significant") else "")
+            # a pass the gap rule alone gave, with a loss no lower than dense's: said here too
+            + (" (gap rule only)" if _by_gap_only(verdict) else "")
         )
 
         avg = {k: _mean(_given(stats, k)) for k in ("imbalance", "dropped", "z_loss")}

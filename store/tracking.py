@@ -3,14 +3,12 @@ the MLflow run that mirrors a run, and the sinks' failures, which /metrics count
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from moe_core.criteria import judge
+from moe_core.verdict_records import ServedVerdict
 from store.models import Experiment, SinkFailure, Status
-from store.results import stored_result
+from store.verdicts import served_verdict
 
 SINKS = ("tensorboard", "mlflow")  # the names /metrics labels, each reported even at 0
 
@@ -46,7 +44,7 @@ def sink_failures(*, session: Session) -> dict[str, int]:
     return {sink: int(counts.get(sink, 0)) for sink in sorted({*SINKS, *counts})}
 
 
-def run_verdict(*, session: Session, run: Experiment) -> dict[str, Any] | None:
+def run_verdict(*, session: Session, run: Experiment) -> ServedVerdict | None:
     """A succeeded run's verdict against its dense baseline, as GET /experiments/{id}/verdict
     judges it, when the baseline has succeeded too; None when there is none to give yet (a
     dense run, no baseline, a baseline not finished or failed)."""
@@ -56,14 +54,14 @@ def run_verdict(*, session: Session, run: Experiment) -> dict[str, Any] | None:
     if baseline is None or baseline.status != Status.succeeded:
         return None
     try:
-        return {"baseline_id": baseline.id, **judge(stored_result(run), stored_result(baseline))}
+        return served_verdict(run, baseline)
     except ValueError:  # e.g. a baseline without a finite validation loss
         return None
 
 
 def verdicts_left_waiting(
     *, session: Session, dense: Experiment
-) -> list[tuple[str, dict[str, Any]]]:
+) -> list[tuple[str, ServedVerdict]]:
     """(MLflow run id, verdict) of each succeeded run judged against `dense` that ended
     before it did: when those ended there was no verdict to mirror, and now there is. A
     run that ended after `dense` mirrored its own verdict as it ended."""
@@ -79,9 +77,9 @@ def verdicts_left_waiting(
         )
         .order_by(Experiment.id)
     )
-    found = []
+    found: list[tuple[str, ServedVerdict]] = []
     for run in waiting:
         verdict = run_verdict(session=session, run=run)
-        if verdict is not None:
+        if verdict is not None and run.mlflow_run_id is not None:  # the query's own filter
             found.append((run.mlflow_run_id, verdict))
     return found

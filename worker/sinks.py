@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moe_core.records import EpochRecord
+from moe_core.verdict_records import ServedVerdict
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ class Sink(Protocol):
     def steps(self, points: Sequence[StepPoint]) -> None: ...
     def epoch(self, record: EpochRecord) -> None: ...
     def finish(
-        self, status: str, result: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None
+        self, status: str, result: Mapping[str, Any] | None, verdict: ServedVerdict | None
     ) -> None: ...
     # a dense run that succeeded: (MLflow run id, verdict) of runs that ended before it
-    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None: ...
+    def late_verdicts(self, verdicts: Sequence[tuple[str, ServedVerdict]]) -> None: ...
     def close(self) -> None: ...  # the attempt ends unfinished (handed back, taken over)
 
 
@@ -135,14 +136,14 @@ class TensorBoardSink:
         self._writer.flush()  # readable while the run goes on
 
     def finish(
-        self, status: str, result: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None
+        self, status: str, result: Mapping[str, Any] | None, verdict: ServedVerdict | None
     ) -> None:
         self._writer.add_text("status", status)
         if verdict is not None:
             self._writer.add_text("verdict", f"```\n{json.dumps(verdict, indent=1)}\n```")
         self.close()
 
-    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def late_verdicts(self, verdicts: Sequence[tuple[str, ServedVerdict]]) -> None:
         pass  # another run's event files are written only while it trains
 
     def close(self) -> None:
@@ -231,7 +232,7 @@ class MLflowSink:
         self._log((key, value, record["epoch"]) for key, value in epoch_scalars(record).items())
 
     def finish(
-        self, status: str, result: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None
+        self, status: str, result: Mapping[str, Any] | None, verdict: ServedVerdict | None
     ) -> None:
         final = _result_metrics(result)
         if verdict is not None:
@@ -240,20 +241,25 @@ class MLflowSink:
         self._client.set_tag(self.run_id, "moe_lab.status", status)
         self._client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
 
-    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def late_verdicts(self, verdicts: Sequence[tuple[str, ServedVerdict]]) -> None:
         """This dense run has succeeded: the verdicts of the runs judged against it that
         ended before it, into their own (finished) MLflow runs."""
         for run_id, verdict in verdicts:
             metrics = _finite(self._verdict_tags(run_id, verdict))
             self._log(((key, value, 0) for key, value in metrics.items()), run_id)
 
-    def _verdict_tags(self, run_id: str, verdict: Mapping[str, Any]) -> dict[str, Any]:
-        """Set the verdict's yes/no and words as tags of `run_id`; return its numbers, to
-        be logged as metrics."""
+    def _verdict_tags(self, run_id: str, verdict: ServedVerdict) -> dict[str, Any]:
+        """Set the verdict's yes/no and words as tags of `run_id` (its lines as the API
+        serves them: `verdict.lines.primary`, ...); return its numbers, to be logged as
+        metrics."""
         leaves = dict(_leaves(verdict, "verdict."))
         for key, value in leaves.items():
             if isinstance(value, bool | str):  # numbers are metrics; None says nothing
                 self._client.set_tag(run_id, key, str(value).lower()[:5000])
+        for line in verdict["lines"]:
+            self._client.set_tag(
+                run_id, f"verdict.lines.{line['criterion']}", line["summary"][:5000]
+            )
         return {key.replace(".", "/"): value for key, value in leaves.items()}
 
     def close(self) -> None:
@@ -348,11 +354,11 @@ class Sinks:
         self._call("epoch", record)
 
     def finish(
-        self, status: str, result: Mapping[str, Any] | None, verdict: Mapping[str, Any] | None
+        self, status: str, result: Mapping[str, Any] | None, verdict: ServedVerdict | None
     ) -> None:
         self._call("finish", status, result, verdict)
 
-    def late_verdicts(self, verdicts: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def late_verdicts(self, verdicts: Sequence[tuple[str, ServedVerdict]]) -> None:
         """Verdicts of other runs that waited on this (dense) one, for the sinks that can
         write into another run's record (MLflow; TensorBoard's files are each run's own)."""
         if verdicts:

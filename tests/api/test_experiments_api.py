@@ -13,10 +13,12 @@ from moe_core.config import (
     BaseConfig,
     base_config,
 )
+from moe_core.verdict_records import ServedVerdict
 from store.db import session_scope
 from store.models import Experiment, Study
 from tests.client import submit
 from tests.factories import fast_base, queued_messages, request_body, result, succeed
+from tests.record_check import assert_is
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
@@ -292,3 +294,26 @@ def test_a_baseline_without_a_validation_loss_is_a_409_not_a_500(client, service
     response = client.get(f"/experiments/{judged['id']}/verdict")
     assert response.status_code == 409
     assert "no validation loss" in response.json()["detail"]
+
+
+def test_a_verdict_passed_on_an_inverted_gap_says_so_and_is_the_declared_record(
+    client, service_settings
+):
+    """Issue 28's run: val CE 0.3628 worse than dense, its gap below 0. The spec's rule
+    passes it (a reduction of more than 100%); the verdict says the gap inverted and that
+    only the gap rule passed it, with the loss it did not beat."""
+    dense = submit(client, dense=True)
+    judged = submit(client, baseline_id=dense["id"])
+    database = service_settings.database_url
+    succeed(database, dense["id"], result(4.0, train_eval_ce=3.8739, dense=True))
+    succeed(database, judged["id"], result(4.3628, train_eval_ce=4.4581))
+    verdict = client.get(f"/experiments/{judged['id']}/verdict").json()
+    assert_is(verdict, ServedVerdict)
+    primary = verdict["primary"]
+    assert primary["passed"] is True and primary["beats_dense_loss"] is False
+    assert primary["gap_outcome"] == "inverted" and primary["loss_worse"] == "noise_unknown"
+    line = verdict["lines"][0]
+    assert line["criterion"] == "primary" and line["passed"] is True
+    assert "gap -0.0953 vs dense 0.1261: inverted, val CE below train CE" in line["summary"]
+    assert "✓ by the gap rule only: val CE +0.3628 worse than dense" in line["summary"]
+    assert "175.6" not in line["summary"]

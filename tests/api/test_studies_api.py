@@ -7,7 +7,9 @@ import math
 
 import pytest
 
+from moe_core.verdict_records import PairedTest, ServedSeedsVerdict, ServedVerdict
 from tests.factories import queued_messages, result, succeed
+from tests.record_check import assert_is
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 
@@ -89,6 +91,11 @@ def test_a_presets_verdict_pairs_each_seed_with_its_own_dense_run(client, servic
         pytest.approx(-0.09),
     ]
     assert row["verdict"]["seeds"] == 2 and len(row["verdict"]["per_seed"]) == 2
+    # served as declared (moe_core.verdict_records), every key and no other
+    assert_is(row["verdict"], ServedSeedsVerdict)
+    assert_is(row["val_loss_delta"], PairedTest)
+    assert_is(row["gap_delta"], PairedTest)
+    assert row["lines"] == row["verdict"]["lines"]
     # the per-run table still judges each run, against its own seed's dense run
     for member_row in body["verdicts"]:
         verdict = member_row["verdict"]
@@ -99,6 +106,7 @@ def test_a_presets_verdict_pairs_each_seed_with_its_own_dense_run(client, servic
         )
         single = client.get(f"/experiments/{member_row['experiment_id']}/verdict").json()
         assert single == verdict
+        assert_is(single, ServedVerdict)
 
 
 def test_a_presets_verdict_over_seeds_keeps_tertiary_failing_when_one_seed_collapses(

@@ -409,7 +409,7 @@ def test_verdict_lines_say_each_criterion_its_numbers_its_rule_and_the_significa
     assert [lines[c]["passed"] for c in lines] == [True, None, False, False]
     assert lines["primary"]["summary"] == (
         "val CE 3.9000 vs dense 4.0000: Δ -0.1000 (✓ lower); gap 0.9000 vs dense 0.8000: "
-        "reduced -12.5% (✗ ≥ 25%)"
+        "widened 12.5% (✗ reduced ≥ 25%)"
     )
     assert lines["primary"]["significance"].startswith("one seed: significance unknown")
     assert lines["secondary"]["summary"].startswith(
@@ -427,3 +427,77 @@ def test_verdict_lines_say_each_criterion_its_numbers_its_rule_and_the_significa
     assert primary["significance"].startswith("significant at 95% over 3 seeds: Δ val CE -0.0500")
     assert primary["significance"] in format_verdict("x", over)
     assert primary["summary"] in format_verdict("x", over)
+
+
+# The spec's rule passes a run whose gap changed sign (validation CE under training CE) as a
+# reduction of more than 100%, whatever its loss: issue 28's run, val CE 0.3628 worse than
+# dense, read "reduced 175.6% (✓ ≥ 25%)". The rule stays; the words say what happened.
+def test_an_inverted_gap_passes_by_the_spec_s_rule_and_says_it_inverted_and_the_loss_is_worse():
+    run = _result(val=[4.3628], train=[4.4581])  # gap -0.0953
+    dense = _result(val=[4.0], train=[3.8739])  # gap 0.1261
+    verdict = judge(run, dense)
+    primary = verdict["primary"]
+    assert primary["passed"] and not primary["beats_dense_loss"]  # the spec's rule, kept
+    assert primary["gap_reduction"] == pytest.approx(0.2214 / 0.1261)  # its 175.6%
+    assert primary["gap_outcome"] == "inverted"
+    assert primary["loss_worse"] == "noise_unknown"  # worse; one seed: no noise estimate
+    line = verdict_lines(verdict)[0]
+    assert line["passed"] is True
+    assert line["summary"] == (
+        "val CE 4.3628 vs dense 4.0000: Δ +0.3628 (✗ lower); gap -0.0953 vs dense 0.1261: "
+        "inverted, val CE below train CE (✓ reduced ≥ 25% by the spec's rule); "
+        "✓ by the gap rule only: val CE +0.3628 worse than dense (one seed: no noise estimate)"
+    )
+    assert "175.6" not in format_verdict("x", verdict)
+    whole = verdict_lines(verdict)[-1]
+    assert whole["summary"] == "primary ✓ (by the gap rule only), tertiary ✓"
+    assert "sig ? (gap)" in format_table(dense, {"x": run}, {"x": verdict})
+    assert "(gap): a pass on the gap alone, val CE no lower than dense" in format_table(
+        dense, {"x": run}, {"x": verdict}
+    )
+
+
+def test_a_gap_closed_to_zero_is_said_closed_and_one_that_grew_widened():
+    dense = _result(val=[4.0], train=[3.8])
+    closed = judge(_result(val=[4.1], train=[4.1]), dense)["primary"]
+    assert closed["gap_outcome"] == "closed" and closed["gap_reduction"] == 1.0
+    assert closed["passed"]
+    summary = verdict_lines(judge(_result(val=[4.1], train=[4.1]), dense))[0]["summary"]
+    assert "closed, val CE = train CE (✓ reduced ≥ 25% by the spec's rule)" in summary
+    assert "reduced 100.0%" not in summary
+    widened = judge(_result(val=[3.9], train=[3.5]), dense)["primary"]
+    assert widened["gap_outcome"] == "widened" and widened["loss_worse"] is None
+    reduced = judge(_result(val=[4.1], train=[4.0]), dense)
+    assert reduced["primary"]["gap_outcome"] == "reduced"
+    assert (
+        "gap 0.1000 vs dense 0.2000: reduced 50.0% (✓ ≥ 25%); ✓ by the gap rule only: "
+        "val CE +0.1000 worse than dense" in verdict_lines(reduced)[0]["summary"]
+    )
+    # a dense run without a gap: nothing to reduce, no outcome
+    flat = judge(_result(val=[4.1], train=[4.0]), _result(val=[4.0], train=[4.0]))["primary"]
+    assert flat["gap_outcome"] is None and not flat["gap_judged"]
+
+
+def test_over_seeds_a_loss_worse_beyond_noise_is_said_on_the_primary_line():
+    verdict = judge_seeds(*_seeded([0.30, 0.35, 0.40], gap=-0.1, dense_gap=0.12))
+    primary = verdict["primary"]
+    assert primary["passed"] and primary["gap_outcome"] == "inverted"
+    assert primary["val_loss_delta"]["ci_low"] > 0 and primary["loss_worse"] == "beyond_noise"
+    summary = verdict_lines(verdict)[0]["summary"]
+    delta = primary["val_loss_delta"]
+    assert summary.endswith(
+        "gap -0.1000 vs dense 0.1200: inverted, val CE below train CE (✓ reduced ≥ 25% by the "
+        "spec's rule); ✓ by the gap rule only: val CE +0.3500 ± 0.0289 worse than dense, beyond "
+        f"seed noise (95% CI [{delta['ci_low']:+.4f}, {delta['ci_high']:+.4f}])"
+    )
+    # worse on the mean, but the interval holds 0: said so, on the same line
+    noisy = judge_seeds(*_seeded([0.05, -0.04, 0.02], gap=-0.1, dense_gap=0.12))
+    assert noisy["primary"]["passed"] and noisy["primary"]["loss_worse"] == "within_noise"
+    assert "worse than dense, within seed noise (95% CI [" in verdict_lines(noisy)[0]["summary"]
+    # each seed's own verdict says it without a noise estimate
+    assert {v["primary"]["loss_worse"] for v in verdict["per_seed"]} == {"noise_unknown"}
+    # a lower loss is never called worse, whatever the gap did
+    better = judge_seeds(*_seeded([-0.05, -0.04, -0.06], gap=-0.1, dense_gap=0.12))
+    assert better["primary"]["loss_worse"] is None
+    assert "by the gap rule only" not in verdict_lines(better)[0]["summary"]
+    assert "inverted" in verdict_lines(better)[0]["summary"]

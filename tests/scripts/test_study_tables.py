@@ -126,3 +126,26 @@ def test_a_run_that_did_not_finish_is_said_and_left_out_of_its_pairs():
     assert "| 1338 | top2 | did not finish |" in study_tables.per_seed(study)
     study["runs"]["top2"] = [None, None, None]
     assert "| top2 | no finished run |" in study_tables.summary(study)
+
+
+def _inverted(run: dict, worse_by: float, dense: dict) -> None:
+    """`run` made worse than `dense` by `worse_by` at its best epoch, its gap below 0."""
+    m = run["metrics"]
+    best = m["val_epochs"].index(m["best_epoch"])
+    ce = dense["metrics"]["best_val_ce_loss"] + worse_by
+    m["best_val_ce_loss"] = m["val_ce_losses"][best] = ce
+    m["train_eval_ce_losses"][best] = ce + 0.05  # validation CE below training CE
+
+
+def test_a_pass_on_an_inverted_gap_says_so_in_the_tables_and_the_verdicts():
+    study = json.loads(STUDY.read_text())
+    for run, dense in zip(study["runs"]["top2"], study["runs"]["dense"], strict=True):
+        _inverted(run, 0.3, dense)
+    judged = study_tables.verdicts(study)["top2"]
+    assert judged["passed"] and judged["primary"]["gap_outcome"] == "inverted"
+    assert judged["primary"]["loss_worse"] == "beyond_noise"
+    assert _row(study_tables.summary(study), "top2")[-1] == "✓ sig (gap rule only)"
+    block = study_tables.verdict_block(study)
+    assert "inverted, val CE below train CE (✓ reduced ≥ 25% by the spec's rule)" in block
+    assert "✓ by the gap rule only: val CE +0.3000 ± 0.0000 worse than dense, beyond seed" in block
+    assert "sig ✓ (gap)" in block

@@ -9,12 +9,14 @@ import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from moe_core.verdict_records import ServedVerdict
 from store import artifacts
 from store.db import session_scope
 from store.models import EpochMetrics
 from store.queue import TrainingQueue
 from tests.client import make_client
 from tests.factories import new_experiment, record, run_row
+from tests.record_check import assert_is, leaf_paths
 from tests.servers import MlflowServer, free_port
 from worker.sinks import (
     MLFLOW_EXPERIMENT,
@@ -64,6 +66,33 @@ def _mlflow_run(client: MlflowClient, database: str, experiment_id: int):
     return runs[0]
 
 
+def _leaves(tree: dict, prefix: str = "verdict.") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else
+                   {f"{prefix}{key}": value})  # fmt: skip
+    return out
+
+
+def assert_mirrors(verdict: dict, tags: dict, metrics: dict) -> None:
+    """The MLflow run holds the API's verdict (a declared ServedVerdict, so every tag and
+    metric names a declared field): each yes/no and text as a tag, each number as a metric,
+    and each of its lines' words."""
+    assert_is(verdict, ServedVerdict)
+    leaves = _leaves(verdict)
+    assert {key for key in tags if key.startswith("verdict.") and ".lines." not in key} == {
+        key for key, value in leaves.items() if isinstance(value, bool | str)
+    }
+    numbers = {
+        key for key, v in leaves.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    assert {key.replace("/", ".") for key in metrics if key.startswith("verdict/")} == numbers
+    assert "verdict.passed" in tags and "verdict.primary.val_loss" in numbers
+    assert {key.removeprefix("verdict.") for key in numbers} <= leaf_paths(ServedVerdict)
+    for line in verdict["lines"]:
+        assert tags[f"verdict.lines.{line['criterion']}"] == line["summary"]
+
+
 def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, mlflow_server):
     settings = deployment(tensorboard=True, mlflow_tracking_uri=mlflow_server.url)
     database = settings.database_url
@@ -107,6 +136,7 @@ def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, m
     assert tags["verdict.passed"] == str(verdict["passed"]).lower()
     assert tags["verdict.primary.passed"] == str(verdict["primary"]["passed"]).lower()
     assert run.data.metrics["verdict/baseline_id"] == dense
+    assert_mirrors(verdict, tags, run.data.metrics)
     assert run.data.metrics["result/best_val_ce_loss"] == pytest.approx(row.best_val_ce_loss)
     assert tags["moe_lab.status"] == "succeeded"
     # the dense run has no verdict to log
@@ -159,6 +189,7 @@ def test_a_run_that_ends_before_its_dense_run_gets_its_verdict_when_dense_ends(
     assert late.data.metrics["verdict/primary/val_loss"] == pytest.approx(
         verdict["primary"]["val_loss"]
     )
+    assert_mirrors(verdict, late.data.tags, late.data.metrics)
     assert late.info.status == "FINISHED" and late.data.tags["moe_lab.status"] == "succeeded"
     # logged once, not again by anything after
     assert len(mlflow.get_metric_history(late.info.run_id, "verdict/baseline_id")) == 1
