@@ -26,7 +26,7 @@ COPY store store
 COPY api api
 # Only the engine's torch-free modules: the config it validates, the success criteria and
 # the sizes a dry run reports, the records it serves.
-COPY moe_core/__init__.py moe_core/comparable.py moe_core/config.py moe_core/presets.py moe_core/criteria.py moe_core/sizing.py moe_core/records.py moe_core/statistics.py moe_core/search.py moe_core/proposals.py moe_core/
+COPY moe_core/__init__.py moe_core/comparable.py moe_core/config.py moe_core/presets.py moe_core/criteria.py moe_core/sizing.py moe_core/records.py moe_core/statistics.py moe_core/search.py moe_core/proposals.py moe_core/measures.py moe_core/verdict_records.py moe_core/verdict_words.py moe_core/
 USER moe
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \

@@ -1,9 +1,10 @@
 """The FastAPI application: `uvicorn api.main:app`.
 
 The API process never imports torch: its image ships without it. Of the engine it loads
-only torch-free modules: `moe_core.comparable`, `config`, `criteria`, `presets`,
-`proposals`, `records`, `search`, `sizing` and `statistics`, its own imports and the
-store's (tests/test_layers.py holds this list to what the process loads).
+only torch-free modules: `moe_core.comparable`, `config`, `criteria`, `measures`,
+`presets`, `proposals`, `records`, `search`, `sizing`, `statistics`, `verdict_records` and
+`verdict_words`, its own imports and the store's (tests/test_layers.py holds this list to
+what the process loads).
 """
 
 from __future__ import annotations
