@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from . import comparable
 from .measures import best_val_loss, generalisation_gap, throughput, throughput_note
 from .statistics import CONFIDENCE, mean_se, paired_t_test  # noqa: F401 (CONFIDENCE: docs cite it here)
 from .verdict_records import (
@@ -164,7 +165,11 @@ def judge(
     dense_result: Mapping[str, Any] | None = None,
     dense_baseline_loss: float | None = None,
 ) -> Verdict:
-    """Verdict of one MoE run against the dense baseline (its result, or just its loss)."""
+    """Verdict of one MoE run against the dense baseline (its result, or just its loss).
+    Raises NotComparable (a ValueError) when both results carry their base and the dense
+    run's cross-entropy does not compare with this run's (moe_core.comparable)."""
+    if dense_result is not None and result.get("base") and dense_result.get("base"):
+        comparable.check(result["base"], dense_result["base"], "the dense baseline")
     m = result["metrics"]
     dm = dense_result["metrics"] if dense_result is not None else {}
     if dense_baseline_loss is None:

@@ -169,6 +169,7 @@ def stored_result(run: Experiment) -> dict[str, Any]:
         "active_params": run.active_params,
         "test": test,
         "evaluation": evaluation,
+        "base": run.base,  # what the criteria check a baseline's comparability on
         "seed": run.base.get("seed"),
         "device": run.device,
         "precision": run.precision,

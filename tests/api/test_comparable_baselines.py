@@ -65,3 +65,35 @@ def test_the_store_records_no_incomparable_baseline(database):
                 session=session, name="t", config=get_experiment_configs(tiny)["top2"],
                 base=tiny, baseline_id=dense.id,
             )  # fmt: skip
+
+
+def test_a_pair_stored_before_the_check_gets_no_verdict_but_a_409_saying_why(client, settings):
+    from sqlalchemy import update
+
+    from store.models import Experiment
+    from tests.factories import new_experiment, result, succeed
+
+    dense = new_experiment(settings.database_url, "dense-micro", dense=True)
+    moe = new_experiment(settings.database_url, "top2-tiny", seq_len=64, vocab_size=4096)
+    with session_scope(settings.database_url) as session:  # as an older API stored it
+        session.execute(update(Experiment).where(Experiment.id == moe).values(baseline_id=dense))
+        session.commit()
+    succeed(settings.database_url, dense, result(5.0, dense=True))
+    succeed(settings.database_url, moe, result(5.4, train_eval_ce=5.5))
+    response = client.get(f"/experiments/{moe}/verdict")
+    assert response.status_code == 409, response.text
+    assert "not comparable" in response.json()["detail"]
+    assert "vocab_size 4096 vs 512" in response.json()["detail"]
+
+
+def test_the_criteria_refuse_to_judge_results_of_other_bases():
+    from moe_core.criteria import judge, judge_seeds
+    from tests.factories import result
+
+    micro, tiny = base_config("micro").model_dump(), base_config("tiny").model_dump()
+    run, dense = {**result(5.4), "base": tiny}, {**result(5.0, dense=True), "base": micro}
+    with pytest.raises(NotComparable, match="seq_len 64 vs 32"):
+        judge(run, dense)
+    with pytest.raises(NotComparable):
+        judge_seeds([run], [dense])
+    assert judge({**run, "base": micro}, dense)["primary"]["val_loss_delta"] is not None
