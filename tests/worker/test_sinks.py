@@ -9,13 +9,13 @@ import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from local_deployment.servers import MlflowServer, free_port
 from store import artifacts
 from store.db import session_scope
 from store.models import EpochMetrics
 from store.queue import TrainingQueue
 from tests.client import make_client
 from tests.factories import new_experiment, record, run_row
-from tests.servers import MlflowServer, free_port
 from worker.sinks import (
     MLFLOW_EXPERIMENT,
     TENSORBOARD_DIR,
