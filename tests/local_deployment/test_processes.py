@@ -14,9 +14,7 @@ STAND_IN = "tests.local_deployment.stand_in_api"
 
 
 @pytest.mark.parametrize("started", [1, 2])
-def test_an_api_of_two_workers_is_ready_only_when_both_have_started(
-    started, tmp_path, monkeypatch
-):
+def test_an_api_of_two_workers_is_ready_only_when_both_have_started(started, tmp_path, monkeypatch):
     monkeypatch.setenv("STAND_IN_STARTED", str(started))
     api = ApiProcess(Settings(home=tmp_path), tmp_path / "api.log", workers=2, entry=STAND_IN)
     try:
