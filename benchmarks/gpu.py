@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -214,6 +212,7 @@ def embedded_worker(ctx: Context, slots: int, tmp: Path, cache: Path) -> Iterato
     """A real `celery worker` of `slots` pool processes on the embedded store (SQLite and
     the SQL broker under `tmp`: no servers), training on `ctx.device`; yields its
     Settings. The worker is stopped (SIGTERM, then SIGKILL) at the end."""
+    from local_deployment.processes import StartedProcesses
     from store.migrate import upgrade_database
     from store.settings import Settings
 
@@ -221,29 +220,15 @@ def embedded_worker(ctx: Context, slots: int, tmp: Path, cache: Path) -> Iterato
                         device=str(ctx.device), runs_per_gpu=slots, progress_interval=5.0)  # fmt: skip
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
-    env.update(settings.as_env(), PYTHONUNBUFFERED="1")
-    if ctx.device.type == "cpu":
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // slots)))
-    log_path = tmp / f"worker-{slots}.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
-             "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
-             "--loglevel", "INFO", "--hostname", f"bench{slots}@%h"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    # On the CPU the slots share the cores; on a GPU torch keeps its own default.
+    threads = max(1, (os.cpu_count() or 1) // slots) if ctx.device.type == "cpu" else None
+    with StartedProcesses(tmp, tails=False) as started:
+        worker = started.worker(settings, f"bench{slots}", wait=False, threads=threads)
+        worker.wait_ready(timeout=120)
         try:
-            _wait(lambda: " ready." in log_path.read_text(errors="replace"), 120,
-                  "the worker", worker, log_path)  # fmt: skip
             yield settings
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, 9)
-                worker.wait()
+            worker.shutdown(timeout=60)
 
 
 def _wait(predicate, timeout: float, what: str, process=None, log: Path | None = None) -> Any:

@@ -13,13 +13,14 @@ import datetime as dt
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from moe_core.provenance import source_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,21 +97,6 @@ def times_summary(samples: Mapping[str, list[float]]) -> dict[str, dict[str, flo
     return {name: summarize(xs) for name, xs in samples.items()}
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-            timeout=10, check=True,
-        )  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "moe_core", "benchmarks"], cwd=ROOT,
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -131,7 +117,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     """What a figure depends on: machine, device, torch build, threads, load, commit."""
     env: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": source_commit(),
         "device": str(device),
         "device_name": device_name(device),
         "torch": torch.__version__,

@@ -13,86 +13,75 @@ Each figure is the median of several kills, each on a fresh worker beside an idl
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from local_deployment.servers import wait_until
 
 from .context import Context
+from .deployment import Deployment, deployment, unavailable
 from .harness import summarize
-from .service import _stop, _unavailable, deployment, start_worker
 
 FULL = dict(kill_default=3, kill_short=5, term=5)
 SMOKE = dict(kill_default=0, kill_short=1, term=1)
 
-
-def _wait(predicate, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+if TYPE_CHECKING:
+    from local_deployment.processes import WorkerProcess
 
 
-def _trials(dep: dict[str, Any], count: int, signum: int) -> dict[str, list[float]]:
+def _trials(dep: Deployment, count: int, signum: int) -> dict[str, list[float]]:
     """`count` times: two workers, a long run on one of them, `signum` to its owner."""
     import httpx
 
     figures: dict[str, list[float]] = {"resume": [], "handback": [], "exit": []}
-    workers = {}
+    workers: dict[str, WorkerProcess] = {}  # left, right -> a live worker
     body = {"name": "bench-recovery", "base_preset": "micro",
             "base": {"max_train_tokens": 8192, "max_val_tokens": 1024, "num_epochs": 500}}  # fmt: skip
-    with httpx.Client(base_url=dep["base_url"], timeout=30) as api:
-        try:
-            for trial in range(count):
-                for side in ("left", "right"):
-                    if side not in workers:
-                        node = f"{side}{trial}"
-                        workers[side] = (*start_worker(dep, node), node)
-                run = api.post("/experiments", json=body).json()
-                path = f"/experiments/{run['id']}"
-                owner = _wait(lambda p=path: (r := api.get(p).json())["current_epoch"] >= 1
-                              and r["worker_name"], 120, "the first epoch")  # fmt: skip
-                side = next(s for s, w in workers.items() if w[2] == owner.partition("@")[0])
-                victim, log, _ = workers.pop(side)
-                t0 = time.monotonic()
-                if signum == signal.SIGKILL:
-                    os.killpg(victim.pid, signal.SIGKILL)
-                    _wait(lambda p=path: api.get(p).json()["attempts"] == 2, 300, "the resume")
-                    figures["resume"].append(time.monotonic() - t0)
-                else:
-                    victim.send_signal(signal.SIGTERM)
-                    # each moment as it happens, in one loop: they may come in any order
-                    seen: dict[str, float] = {}
-                    while len(seen) < 3 and time.monotonic() - t0 < 120:
-                        run = api.get(path).json()
-                        now = time.monotonic() - t0
-                        if run["handbacks"] == 1:
-                            seen.setdefault("handback", now)
-                        if run["attempts"] == 2:
-                            seen.setdefault("resume", now)
-                        if victim.poll() is not None:
-                            seen.setdefault("exit", now)
-                        time.sleep(0.01)
-                    if len(seen) < 3:
-                        raise RuntimeError(f"after SIGTERM only {sorted(seen)} within 120 s")
-                    for what, seconds in seen.items():
-                        figures[what].append(seconds)
-                _stop(victim, signal.SIGKILL)
-                log.close()
-                api.post(f"{path}/cancel")
-                _wait(lambda p=path: api.get(p).json()["status"] == "cancelled", 60, "the cancel")
-        finally:
-            for process, log, _ in workers.values():
-                _stop(process, signal.SIGKILL)
-                log.close()
+    with httpx.Client(base_url=dep.base_url, timeout=30) as api:
+        for trial in range(count):
+            for side in ("left", "right"):
+                if side not in workers:
+                    workers[side] = dep.worker(f"{side}{trial}")
+            run = api.post("/experiments", json=body).json()
+            path = f"/experiments/{run['id']}"
+            owner = wait_until(lambda p=path: (r := api.get(p).json())["current_epoch"] >= 1
+                               and r["worker_name"], timeout=120, what="the first epoch")  # fmt: skip
+            side = next(s for s, w in workers.items() if w.name == owner.partition("@")[0])
+            victim = workers.pop(side)
+            t0 = time.monotonic()
+            if signum == signal.SIGKILL:
+                victim.kill()  # the whole worker, as when its node dies
+                wait_until(lambda p=path: api.get(p).json()["attempts"] == 2, timeout=300,
+                           what="the resume")  # fmt: skip
+                figures["resume"].append(time.monotonic() - t0)
+            else:
+                victim.terminate()  # its main process, as at scale-in
+                # each moment as it happens, in one loop: they may come in any order
+                seen: dict[str, float] = {}
+                while len(seen) < 3 and time.monotonic() - t0 < 120:
+                    run = api.get(path).json()
+                    now = time.monotonic() - t0
+                    if run["handbacks"] == 1:
+                        seen.setdefault("handback", now)
+                    if run["attempts"] == 2:
+                        seen.setdefault("resume", now)
+                    if victim.process.poll() is not None:
+                        seen.setdefault("exit", now)
+                    time.sleep(0.01)
+                if len(seen) < 3:
+                    raise RuntimeError(f"after SIGTERM only {sorted(seen)} within 120 s")
+                for what, seconds in seen.items():
+                    figures[what].append(seconds)
+            victim.kill()
+            api.post(f"{path}/cancel")
+            wait_until(lambda p=path: api.get(p).json()["status"] == "cancelled", timeout=60,
+                       what="the cancel")  # fmt: skip
     return {k: v for k, v in figures.items() if v}
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    reason = _unavailable()
+    reason = unavailable()
     if reason:
         return {"skipped": reason}
     n = SMOKE if ctx.smoke else FULL
@@ -107,7 +96,7 @@ def run(ctx: Context) -> dict[str, Any]:
         if not count:
             continue
         with deployment(**overrides) as dep:
-            settings = dep["settings"]
+            settings = dep.settings
             figures = _trials(dep, count, signum)
         params = {
             "heartbeat_timeout": settings.heartbeat_timeout,

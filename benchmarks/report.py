@@ -36,13 +36,22 @@ class Target:
         except KeyError:  # a figure this device does not give (MFU on the CPU)
             entry.update(value=None, met=None, status="not measured")
             return entry
-        met = value >= self.bound if self.higher_is_better else value <= self.bound
-        entry.update(value=value, met=met, status="met" if met else "missed")
-        if not met:  # how far past the bound, relative to it
-            entry["by"] = (
-                1 - value / self.bound if self.higher_is_better else value / self.bound - 1
-            )
-        return entry
+        return target_entry(self.name, value, self.bound, higher_is_better=self.higher_is_better)
+
+
+def target_entry(name: str, value: float, bound: float, *, higher_is_better: bool = False,
+                 bound_text: str | None = None, met: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """A target checked: target, bound, value, met, status, and by how far past the bound
+    (relative to it) when missed. `met` given: the target has conditions besides the bound
+    (`bound_text` says them)."""
+    op = ">=" if higher_is_better else "<="
+    if met is None:
+        met = value >= bound if higher_is_better else value <= bound
+    entry = {"target": name, "bound": bound_text or f"{op} {bound:g}", "value": value,
+             "met": met, "status": "met" if met else "missed"}  # fmt: skip
+    if not met and (value < bound if higher_is_better else value > bound):
+        entry["by"] = 1 - value / bound if higher_is_better else value / bound - 1
+    return entry
 
 
 def _layer(tokens: int, top_k: int, cf: float):

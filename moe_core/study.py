@@ -10,7 +10,6 @@ import concurrent.futures
 import multiprocessing
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from .atomic import write_json_atomic
 from .config import BaseConfig, StudyRun, check_or_raise, study_runs
 from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
+from .provenance import source_commit
 from .runner import resolve_device, resolve_precision, run_single_experiment
 
 
@@ -42,19 +42,6 @@ def evaluate_success_criteria(
         if verbose:
             print(format_verdict(name, verdicts[name]), flush=True)
     return verdicts
-
-
-def source_commit() -> str | None:
-    """The source's git commit (with '-dirty' for uncommitted changes), when it is a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty.strip() else "")
 
 
 def _model_path(out: Path, run: StudyRun, first_seed: int) -> Path | None:

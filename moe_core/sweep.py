@@ -31,9 +31,9 @@ from .config import check_or_raise, dense_config
 from .criteria import MIN_USAGE_TARGET, judge_seeds
 from .errors import TrainingCancelled
 from .proposals import Proposer
+from .provenance import source_commit
 from .runner import resolve_device, resolve_precision, run_single_experiment
 from .search import SweepConfig, check_sweep, objective_of, rank  # noqa: F401 (rank: re-exported)
-from .study import source_commit
 
 RESULTS = "sweep_results.json"
 

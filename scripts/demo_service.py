@@ -3,10 +3,11 @@
     .venv/bin/python scripts/demo_service.py                  # embedded: SQLite, no servers
     .venv/bin/python scripts/demo_service.py --base-preset tiny --experiments baseline top2
 
-It starts `uvicorn api.main:app` and one `celery -A worker.celery_app worker`, submits a
-study (a dense baseline plus MoE experiments) through the Python client (moe_lab.client,
-what the `moe-lab` CLI uses), follows each run on its event stream as `moe-lab submit
---wait` does, prints the verdict table and stops both processes. With MOE_DATABASE_URL /
+It starts `uvicorn api.main:app` and one `celery -A worker.celery_app worker` (through
+local_deployment, as the tests and benchmarks start them), submits a study (a dense
+baseline plus MoE experiments) through the Python client (moe_lab.client, what the
+`moe-lab` CLI uses), follows each run on its event stream as `moe-lab submit --wait`
+does, prints the verdict table and stops both processes. With MOE_DATABASE_URL /
 MOE_BROKER_URL set, the same happens against Postgres and Redis (run `alembic upgrade head`
 first there).
 """
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: moe_lab, moe_core importable
 
+from local_deployment.processes import StartedProcesses  # noqa: E402
 from moe_lab import render  # noqa: E402
 from moe_lab.client import ApiError, Client  # noqa: E402
 from moe_lab.follow import Follower  # noqa: E402
+from store.settings import Settings  # noqa: E402
 
 
 def wait_ready(api: Client, timeout: float = 60) -> None:
@@ -40,22 +41,6 @@ def wait_ready(api: Client, timeout: float = 60) -> None:
             pass
         time.sleep(0.5)
     raise SystemExit(f"the API at {api.base_url} did not become ready")
-
-
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    print(f"$ {' '.join(command)}   (log: {log})")
-    return subprocess.Popen(
-        command, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()  # the main process only: a warm shutdown stops its children
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def print_verdict_table(api: Client, study: dict) -> None:
@@ -99,47 +84,46 @@ def main() -> int:
     if "MOE_DATA_DIR" not in os.environ and (shared / "train.txt").is_file():
         os.environ["MOE_DATA_DIR"] = str(shared)
 
+    settings = Settings()  # this shell's MOE_ variables: the embedded default unless set
     logs = Path(tempfile.mkdtemp(prefix="moe-demo-"))
-    base_url = f"http://127.0.0.1:{args.port}"
-    python = sys.executable
-    server = start(
-        [python, "-m", "uvicorn", "api.main:app", "--port", str(args.port)], logs / "api.log"
+    with StartedProcesses(logs, tails=False) as started:
+        # The worker imports torch meanwhile; a study submitted first waits in the queue.
+        # Torch's own thread count: the demo trains as a deployed worker does.
+        worker = started.worker(settings, "demo", wait=False, threads=None)
+        try:
+            server = started.api(settings, port=args.port)
+            print(f"API at {server.url}, worker {worker.name} (logs: {logs})")
+            return run_study(Client(server.url), args)
+        except (ApiError, RuntimeError) as error:  # RuntimeError: a process did not start
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        finally:
+            worker.shutdown(timeout=30)  # warm: its run handed back, as at scale-in
+
+
+def run_study(api: Client, args: argparse.Namespace) -> int:
+    """Submit the study, follow each run to its end, print the verdicts; the exit code."""
+    wait_ready(api)
+    base = {"num_epochs": args.epochs} if args.epochs else {}
+    study = api.create_study(
+        {
+            "name": "demo",
+            "base_preset": args.base_preset,
+            "base": base,
+            "experiments": args.experiments,
+        }
     )
-    worker = start(
-        [python, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu",
-         "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"],
-        logs / "worker.log",
-    )  # fmt: skip
-    api = Client(base_url)
-    try:
-        wait_ready(api)
-        base = {"num_epochs": args.epochs} if args.epochs else {}
-        study = api.create_study(
-            {
-                "name": "demo",
-                "base_preset": args.base_preset,
-                "base": base,
-                "experiments": args.experiments,
-            }
-        )
-        print(f"study {study['id']}: dense run {study['dense_id']} + {', '.join(args.experiments)}")
-        # One worker trains the members in turn, dense first: follow each to its end.
-        console = render.console()
-        follower = Follower(api, console)
-        for member in sorted(study["members"], key=lambda m: m["id"]):
-            console.rule(f"{member['name']} (experiment {member['id']})")
-            follower.follow(api.experiment(member["id"]), show_verdict=False)
-        study = api.study(study["id"])
-        print(f"\nstudy {study['id']} {study['status']}\n")
-        print_verdict_table(api, study)
-        return 0 if study["status"] == "succeeded" else 1
-    except ApiError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        stop(worker)
-        stop(server)
-        print(f"logs: {logs}")
+    print(f"study {study['id']}: dense run {study['dense_id']} + {', '.join(args.experiments)}")
+    # One worker trains the members in turn, dense first: follow each to its end.
+    console = render.console()
+    follower = Follower(api, console)
+    for member in sorted(study["members"], key=lambda m: m["id"]):
+        console.rule(f"{member['name']} (experiment {member['id']})")
+        follower.follow(api.experiment(member["id"]), show_verdict=False)
+    study = api.study(study["id"])
+    print(f"\nstudy {study['id']} {study['status']}\n")
+    print_verdict_table(api, study)
+    return 0 if study["status"] == "succeeded" else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The layers: moe_core (engine) → store (settings, db, models, runs, migrate, queue) →
-api and worker side by side, which never import each other. Checked on the source (every
-import statement, lazy ones too) and on what a process really loads."""
+api and worker side by side, which never import each other; local_deployment (what starts
+the service on this machine for the tests and benchmarks) beside them, starting the API and
+workers as processes, never importing them, and imported by nothing of the service. Checked
+on the source (every import statement, lazy ones too) and on what a process really loads."""
 
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from tests.environment import ROOT
 
 # package -> the project packages it must never import
 FORBIDDEN = {
-    "moe_core": {"api", "worker", "store", "benchmarks"},
-    "store": {"api", "worker", "benchmarks"},
-    "api": {"worker", "benchmarks"},
-    "worker": {"api", "benchmarks"},
+    "moe_core": {"api", "worker", "store", "benchmarks", "local_deployment"},
+    "store": {"api", "worker", "benchmarks", "local_deployment"},
+    "api": {"worker", "benchmarks", "local_deployment"},
+    "worker": {"api", "benchmarks", "local_deployment"},
+    "local_deployment": {"api", "worker", "benchmarks", "moe_core"},
 }
 
 
@@ -51,6 +54,7 @@ def test_no_layer_imports_sideways_or_up(package):
         ("worker.tasks", ("api",)),
         ("store.queue", ("api", "worker", "torch")),
         ("migrations_env", ("api", "worker", "torch")),
+        ("local_deployment.processes, local_deployment.databases", ("api", "worker", "torch")),
     ],
 )
 def test_what_each_process_loads(entry, absent):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.services
 
 @pytest.fixture(scope="module")
 def section():
-    reason = service._unavailable()
+    reason = service.unavailable()
     if reason:
         pytest.skip(reason)
     return service.run(Context(device=torch.device("cpu"), smoke=True, repeats=1, warmup=1))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from moe_core.provenance import source_commit
 from moe_core.study import evaluate_success_criteria, main
 from tests.moe_core.test_criteria import _result
 
@@ -43,7 +44,7 @@ def test_main_writes_results_and_dense_model(micro_base, tmp_path):
     # what a reader needs to trace the numbers
     assert saved["seeds"] == [base.seed] and saved["device"] == "cpu"
     assert saved["data"]["tokenizer"].startswith("bpe-") and saved["data"]["test_tokens"] > 0
-    assert saved["commit"] is None or len(saved["commit"].split("-")[0]) == 40
+    assert saved["commit"] == source_commit()  # the one stamp (tests/moe_core/test_provenance.py)
     for run in [saved["dense"], *saved["experiments"].values()]:
         assert math.isfinite(run["test"]["ce_loss"]) and run["test"]["epoch"] >= 1
         assert run["metrics"]["best_val_ce_loss"] is not None

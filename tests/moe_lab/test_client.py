@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from local_deployment.servers import free_port
 from moe_lab.client import ApiError, Client
 from moe_lab.errors import describe_detail
 from moe_lab.events import Event, parse_sse, stream_events
-from tests.servers import free_port
 
 
 def test_an_error_detail_is_one_line():

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from local_deployment.servers import free_port
 from moe_lab.client import Client
-from tests.servers import free_port
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 

@@ -11,11 +11,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from local_deployment.processes import settings_env
 from store.migrate import alembic_config, upgrade_database
 from store.models import Base
 from store.settings import Settings
 from tests.environment import ROOT
-from tests.processes import settings_env
 
 pytestmark = pytest.mark.services  # real Postgres/Redis (see tests/fixtures/services.py)
 

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
+from local_deployment.servers import PostgresCluster, RedisServer
 from store.queue import TrainingQueue, create_celery
 from tests.client import make_client, read_run, submit, wait_finished, wait_for_run
 from tests.factories import assert_one_row_per_epoch, epoch_rows, fast_base
-from tests.servers import PostgresCluster, RedisServer
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.services  # real Postgres/Redis and workers (see tests/fixtures/)

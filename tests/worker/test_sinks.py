@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from local_deployment.servers import MlflowServer, free_port
 from moe_core.verdict_records import ServedVerdict
 from store import artifacts
 from store.db import session_scope
@@ -17,7 +18,6 @@ from store.queue import TrainingQueue
 from tests.client import make_client
 from tests.factories import new_experiment, record, run_row
 from tests.record_check import assert_is, leaf_paths
-from tests.servers import MlflowServer, free_port
 from worker.sinks import (
     MLFLOW_EXPERIMENT,
     TENSORBOARD_DIR,

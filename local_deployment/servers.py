@@ -1,6 +1,6 @@
-"""Free ports, and throwaway servers for fault tests: a `redis-server` and a Postgres cluster
-of the test's own, on their own ports in temporary folders, that a test may stop and start
-at will. The shared servers of the machine are never touched."""
+"""Free ports, and throwaway servers: a `redis-server` and a Postgres cluster of one's own, on
+their own ports in temporary folders, that a fault test may stop and start at will, and an
+`mlflow server`. The shared servers of the machine are never touched."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-
-from tests.waiting import wait_for
+from typing import Any
 
 
 def free_port() -> int:
@@ -22,6 +23,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll until `predicate()` is truthy and return its value; TimeoutError after
+    `timeout` seconds. A server cannot tell us it is up: we look."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or predicate}")
 
 
 def _listening(port: int) -> bool:
@@ -33,8 +48,20 @@ def _listening(port: int) -> bool:
 
 
 def _wait_port(port: int, up: bool, timeout: float = 20) -> None:
-    wait_for(lambda: _listening(port) is up, timeout=timeout,
-             what=f"port {port} to go {'up' if up else 'down'}")  # fmt: skip
+    wait_until(lambda: _listening(port) is up, timeout=timeout,
+               what=f"port {port} to go {'up' if up else 'down'}")  # fmt: skip
+
+
+def stop_session(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM to a process started in a session of its own and its children, SIGKILL after
+    `timeout` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 class RedisServer:
@@ -147,15 +174,16 @@ class MlflowServer:
             start_new_session=True,  # uvicorn's worker goes with it at stop()
         )  # fmt: skip
         try:  # creating its schema and importing the server: ~20 s on a loaded machine
-            wait_for(self._healthy, timeout=timeout, interval=0.5, what="mlflow server")
-        except AssertionError:
+            wait_until(self._healthy, timeout=timeout, interval=0.5, what="mlflow server")
+        except (TimeoutError, RuntimeError) as exc:
             self.stop()
-            raise AssertionError((self.directory / "server.log").read_text()[-3000:]) from None
+            log = (self.directory / "server.log").read_text()[-3000:]
+            raise RuntimeError(f"{exc}\n{log}") from None
         return self
 
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {self.process.returncode}")
+            raise RuntimeError(f"mlflow server exited: {self.process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                 s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
@@ -168,15 +196,3 @@ class MlflowServer:
             stop_session(self.process, timeout=20)
         self.process = None
         self.log.close()
-
-
-def stop_session(process: subprocess.Popen, timeout: float = 10) -> None:
-    """SIGTERM to a process started in a session of its own and its children, SIGKILL after
-    `timeout` seconds."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
