@@ -17,8 +17,9 @@ RUN useradd --create-home --uid 1000 moe \
 
 # ---------------------------------------------------------------- api: no torch
 FROM base AS api
-COPY requirements/api.txt requirements/api.txt
-RUN pip install -r requirements/api.txt
+# The lock (./run lock): every package pinned and hashed, so an image built later is the same.
+COPY requirements/api.lock requirements/api.lock
+RUN pip install --require-hashes -r requirements/api.lock
 COPY alembic.ini ./
 COPY migrations migrations
 # The store of record and the queue; the API enqueues by task name, so no worker code.
@@ -39,9 +40,9 @@ FROM base AS worker
 # The NVIDIA runtime mounts only what these name (unset: utility alone, i.e. nvidia-smi but
 # no libcuda, so torch would see no GPU); NVIDIA's CUDA images set the same.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
-COPY requirements/api.txt requirements/worker.txt requirements/
-# torch is pinned in worker.txt; on x86_64 Linux this is the CUDA build, for GPU nodes.
-RUN pip install -r requirements/worker.txt
+COPY requirements/worker.lock requirements/worker.lock
+# worker.lock holds PyPI's torch, on x86_64 Linux the CUDA build, and its nvidia-* packages.
+RUN pip install --require-hashes -r requirements/worker.lock
 # Migrations too: a worker on the embedded SQLite store upgrades it at start.
 COPY alembic.ini ./
 COPY migrations migrations

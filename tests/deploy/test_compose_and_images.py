@@ -128,17 +128,20 @@ def test_neither_image_copies_the_others_code(stage, other):
 
 def test_the_api_image_has_no_torch():
     api = stage_body("api")
-    installed = re.findall(r"pip install -r (\S+)", api)
-    assert installed == ["requirements/api.txt"]
+    installed = re.findall(r"pip install --require-hashes -r (\S+)", api)
+    assert installed == ["requirements/api.lock"]
     requirements = (ROOT / "requirements/api.txt").read_text()
     assert not re.search(r"^(torch|numpy|datasets|tokenizers)\b", requirements, re.M)
+    # nor does anything they depend on pull torch in
+    assert not re.search(r"^torch==", (ROOT / "requirements/api.lock").read_text(), re.M)
     copied = " ".join(re.findall(r"^COPY\s+(.+)$", api, re.MULTILINE))
     for module in re.findall(r"moe_core/(\w+)\.py", copied):
         source = (ROOT / "moe_core" / f"{module}.py").read_text()
         assert not re.search(
             r"^\s*(import|from) (torch|numpy|datasets|tokenizers)", source, re.M
         ), module
-    assert re.findall(r"pip install -r (\S+)", stage_body("worker")) == ["requirements/worker.txt"]
+    worker = re.findall(r"pip install --require-hashes -r (\S+)", stage_body("worker"))
+    assert worker == ["requirements/worker.lock"]
 
 
 @pytest.mark.parametrize("path", [".venv", "runs", ".git"])
