@@ -17,6 +17,7 @@ _EXPORTS = {
     "base_config": "config",
     "get_experiment_configs": "config",
     "MoEConfig": "config",
+    "RoutingConfig": "config",
     "Trainer": "trainer",
     "TrainingCancelled": "errors",
     "TrainingDiverged": "errors",
