@@ -19,6 +19,8 @@ _EXPORTS = {
     "MoEConfig": "config",
     "RoutingConfig": "config",
     "Trainer": "trainer",
+    "TrainerHooks": "hooks",
+    "Checkpointing": "checkpoint",
     "TrainingCancelled": "errors",
     "TrainingDiverged": "errors",
     "GPT": "model",
