@@ -17,7 +17,7 @@ import torch
 
 from moe_core.config import base_config, get_experiment_configs
 from moe_core.runner import build_model, build_optimizer
-from moe_core.trainer import GRAD_CLIP, Trainer
+from moe_core.trainer import GRAD_CLIP, Trainer, TrainerHooks
 
 from .context import Context
 from .harness import ratio_samples, summarize, times_summary
@@ -41,7 +41,8 @@ def run(ctx: Context) -> dict[str, Any]:
     records: list[str] = []
     trainer = Trainer(
         model, batches, val, optimizer, ctx.device, model_name="bench",
-        on_epoch_end=lambda record: records.append(json.dumps(record)), verbose=False,
+        hooks=TrainerHooks(on_epoch_end=lambda record: records.append(json.dumps(record))),
+        verbose=False,
         amp_dtype=ctx.amp_dtype, compile=ctx.compile,
     )  # fmt: skip
     # The Trainer's own (compiled or not) forward-and-losses on both sides: what is timed is

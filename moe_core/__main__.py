@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_validation_message(err, "experiment config"), file=sys.stderr)
         return 2
 
+    from .checkpoint import Checkpointing
     from .criteria import format_verdict, judge
     from .data import build_datasets
     from .runner import run_single_experiment
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     data = build_datasets(base)
     result = run_single_experiment(
         config, data.train, data.val, base, args.device, dense=args.dense,
-        checkpoint_path=out / "checkpoint.pt", model_path=out / "model.pt", test_dataset=data.test,
-        verbose=not args.quiet,
+        checkpointing=Checkpointing(out / "checkpoint.pt"), model_path=out / "model.pt",
+        test_dataset=data.test, verbose=not args.quiet,
     )  # fmt: skip
     result["dense"] = args.dense
     write_json_atomic(out / "result.json", result)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from .presets import BASE_PRESETS, EXPERIMENT_PRESETS, FINE_GRAINED_SPLIT, SPEC_EXPERIMENTS
@@ -32,16 +32,15 @@ class GatingTempSchedule(BaseModel):
         return self.start + (self.end - self.start) * progress
 
 
-class ExperimentConfig(BaseModel):
-    """One experiment's MoE, regularisation and training settings (the spec's fields and defaults)."""
+class RoutingConfig(BaseModel):
+    """How an MoE layer routes its tokens, declared once: ExperimentConfig and MoEConfig
+    both extend it. The expert count is not here: an experiment may leave it to its base
+    (None), a layer always has one."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid")
 
-    # Identification
-    name: str = Field(min_length=1, max_length=200)
     # Model architecture: each expert's FFN hidden size
     expert_dim: int = Field(gt=0)
-    # MoE
     top_k: int = Field(1, ge=1, description="experts each token is routed to")
     aux_weight: float = Field(
         0.01, ge=0, description="load-balancing loss weight"
@@ -49,9 +48,6 @@ class ExperimentConfig(BaseModel):
     capacity_factor: float = Field(1.25, gt=0)  # Switch Transformer uses 1.0-1.25 in training
     # Routing options (docs/routing-options.md): each off by default, so the spec's presets
     # and results are unchanged.
-    num_experts: int | None = Field(
-        None, ge=1, description="routed experts per MoE layer; None: the base's num_experts"
-    )  # fine-grained experts (DeepSeekMoE, sec. 3.1): more, narrower ones at equal active size
     dropless: bool = Field(
         False, description="no expert capacity in training: nothing is dropped"
     )  # MegaBlocks (Gale et al. 2022): variable-size expert groups; capacity_factor unused
@@ -67,6 +63,24 @@ class ExperimentConfig(BaseModel):
     aux_free_bias_rate: float = Field(
         0.0, ge=0, description="auxiliary-loss-free balancing bias update rate; 0 disables"
     )  # DeepSeek-V3, sec. 2.1.2: gamma = 1e-3
+
+
+# The fields an MoE layer is built from, besides its expert count.
+ROUTING_FIELDS = tuple(RoutingConfig.model_fields)
+
+
+class ExperimentConfig(RoutingConfig):
+    """One experiment's MoE, regularisation and training settings (the spec's fields and
+    defaults): the routing (RoutingConfig's fields, first) and the rest."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Identification
+    name: str = Field(min_length=1, max_length=200)
+    # A routing option whose None defers to the base, so an MoE layer's is its own field
+    num_experts: int | None = Field(
+        None, ge=1, description="routed experts per MoE layer; None: the base's num_experts"
+    )  # fine-grained experts (DeepSeekMoE, sec. 3.1): more, narrower ones at equal active size
     # Regularisation
     dropout: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -169,13 +183,6 @@ class BaseConfig(BaseModel):
         return self.model_dump()
 
 
-# The ExperimentConfig fields an MoE layer is built from, besides its expert count.
-ROUTING_FIELDS = (
-    "expert_dim", "top_k", "capacity_factor", "aux_weight", "router_z_loss", "dropless",
-    "router_jitter", "num_shared_experts", "aux_free_bias_rate",
-)  # fmt: skip
-
-
 def _check_top_k(top_k: int, num_experts: int, where: str = "num_experts") -> None:
     """The one statement of the rule (a token picks top_k distinct experts). A typed error:
     the API tells its clients each rule by its type (api/rules.py)."""
@@ -187,30 +194,20 @@ def _check_top_k(top_k: int, num_experts: int, where: str = "num_experts") -> No
         )
 
 
-class _MoEConfigBase(BaseModel):
+class MoEConfig(RoutingConfig):
+    """What GPTConfig hands whole to each MoELayer: the routing fields (RoutingConfig), the
+    expert count resolved against the base, and the evaluation capacity factor."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    num_experts: int = Field(BaseConfig.model_fields["num_experts"].default, ge=1)
+    # None: evaluation drops nothing (so its losses do not depend on how it is batched)
+    eval_capacity_factor: float | None = Field(None, gt=0)
+
     @model_validator(mode="after")
-    def _check_routing(self) -> _MoEConfigBase:
+    def _check_routing(self) -> MoEConfig:
         _check_top_k(self.top_k, self.num_experts)
         return self
-
-
-# What GPTConfig hands whole to each MoELayer: ExperimentConfig's routing fields (their
-# defaults, bounds and sources declared once, there), the resolved expert count, and the
-# evaluation capacity (None: evaluation drops nothing).
-MoEConfig = create_model(
-    "MoEConfig",
-    __base__=_MoEConfigBase,
-    __doc__="An MoE layer's configuration: ExperimentConfig's routing fields, the expert "
-    "count resolved against the base, and the evaluation capacity factor.",
-    num_experts=(int, Field(BaseConfig.model_fields["num_experts"].default, ge=1)),
-    eval_capacity_factor=(float | None, Field(None, gt=0)),
-    **{
-        name: (ExperimentConfig.model_fields[name].annotation, ExperimentConfig.model_fields[name])
-        for name in ROUTING_FIELDS
-    },
-)
 
 
 def check(config: ExperimentConfig, base: BaseConfig, *, dense: bool = False) -> list[Problem]:

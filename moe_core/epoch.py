@@ -3,6 +3,8 @@ shuffle came from; a checkpoint written mid-epoch carries it."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,7 @@ class EpochProgress:
     totals: torch.Tensor  # loss, ce, aux summed over steps (no per-step device sync)
     routing: TrainingRouting
     # The state, at the epoch's start, of the generator the train loader draws from (see
-    # Trainer._loader_generator): the epoch's base seed and shuffle are drawn from it when
+    # loader_generator): the epoch's base seed and shuffle are drawn from it when
     # its iterator is made and first read, so a resume remakes the same order and skips ahead.
     loader_state: torch.Tensor
     steps: int = 0
@@ -30,6 +32,19 @@ class EpochProgress:
     )
     # Set once every step is done: a stop during evaluation resumes with evaluation.
     train_stats: dict[str, float] | None = None
+
+    def remaining_batches(self, loader: Iterable) -> Iterator:
+        """The epoch's batches from where a restored epoch stands: the iterator remade from
+        the epoch's start state, so the same shuffle, and the batches already trained
+        skipped (cheap: a gather each). This holds at step 0 too: the loader's generator has
+        moved on since the epoch began."""
+        stop_point = torch.get_rng_state()  # restored by the checkpoint: dropout goes on from it
+        loader_generator(loader).set_state(self.loader_state)
+        batches = iter(loader)
+        for _ in itertools.islice(batches, self.steps):
+            pass
+        torch.set_rng_state(stop_point)  # a no-op unless the loader drew from the global RNG
+        return batches
 
     def state(self) -> dict[str, Any]:
         return {"totals": self.totals.cpu(), **self.routing.state(),
@@ -43,3 +58,11 @@ class EpochProgress:
                    loader_state=state["loader_state"], steps=state["steps"],
                    tokens=state["tokens"], seconds=dict(state["seconds"]),
                    train_stats=state["train_stats"])  # fmt: skip
+
+
+def loader_generator(loader: Iterable) -> torch.Generator:
+    """The generator a new iterator of `loader` draws from: a DataLoader (and data.Batches)
+    draws its base seed and (shuffling) its order from its own generator, else from torch's
+    global one."""
+    generator = getattr(loader, "generator", None)
+    return generator if generator is not None else torch.default_generator

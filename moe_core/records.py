@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar, overload
 
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12 too
@@ -218,6 +218,76 @@ class MetricsHistory:
         out["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return out
 
+    def add_training(self, stats: dict[str, float], steps: int) -> None:
+        """A trained epoch's figures: `stats` has Trainer.train_epoch's keys."""
+        self.train_losses.append(stats["loss"])
+        self.train_ce_losses.append(stats["ce_loss"])
+        self.train_aux_losses.append(stats["aux_loss"])
+        self.tokens_per_sec.append(stats["tokens_per_sec"])
+        self.steps.append(steps)
+        for phase, times in self.timing_breakdown.items():
+            times.append(stats[f"{phase}_time"])
+
+    def add_evaluation(self, epoch: int, val: dict[str, float], train_ce: float | None,
+                       layers: list[EvalLayerRouting] | None) -> None:  # fmt: skip
+        """An evaluation of `epoch`'s weights: the validation losses, the eval-mode training
+        CE (None: not measured) and the validation routing (None: a dense model)."""
+        self.val_losses.append(val["loss"])
+        self.val_ce_losses.append(val["ce_loss"])
+        self.val_aux_losses.append(val["aux_loss"])
+        self.val_epochs.append(epoch)
+        self.train_eval_ce_losses.append(train_ce)
+        if layers is not None:
+            self.eval_expert_stats_history.append({"epoch": epoch, "layers": layers})
+
+    def judge(self, val: dict[str, float], epoch: int, patience: int) -> bool:
+        """Early stopping, after an evaluation of `epoch`: True when it is the best so far;
+        stopped once `patience` (0: never) evaluations in a row were not."""
+        if val["loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_val_ce_loss = val["loss"], val["ce_loss"]
+            self.best_epoch, self.patience_counter = epoch, 0
+            return True
+        self.patience_counter += 1
+        if patience > 0 and self.patience_counter >= patience:
+            self.stopped_early = True
+        return False
+
+    def finish_epoch(self, train: dict[str, float], val: dict[str, float] | None, *,
+                     model_name: str, layers: list[LayerRouting] | None, duration: float,
+                     gating_temperature: float | None) -> EpochRecord:  # fmt: skip
+        """Close the epoch after the last one completed, its training (`train`, already
+        added) and evaluation (`val`, None: not evaluated) done: its routing in training
+        (`layers`, None: a dense model) joins the history; returns its record."""
+        self.epoch += 1
+        if layers is not None:
+            self.expert_stats_history.append({"epoch": self.epoch, "layers": layers,
+                                              "gating_temperature": gating_temperature})  # fmt: skip
+        evaluated = val is not None
+        train_ce = self.train_eval_ce_losses[-1] if evaluated else None
+        return {
+            "epoch": self.epoch,
+            "model_name": model_name,
+            "train": {k: train[k] for k in ("loss", "ce_loss", "aux_loss")},
+            "val": val,
+            "tokens_per_sec": train["tokens_per_sec"],
+            "steps": self.steps[-1],
+            "forward_time": train["forward_time"],
+            "backward_time": train["backward_time"],
+            "optimizer_time": train["optimizer_time"],
+            "duration": duration,
+            "gating_temperature": gating_temperature,
+            "expert_stats": layers or [],
+            "train_eval": {"ce_loss": train_ce} if train_ce is not None else None,
+            "eval_expert_stats": self.eval_expert_stats_history[-1]["layers"]
+            if evaluated and layers is not None
+            else [],
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "best_val_ce_loss": self.best_val_ce_loss,
+            "best_epoch": self.best_epoch,
+            "patience_counter": self.patience_counter,
+            "stopped_early": self.stopped_early,
+        }
+
     def state(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -225,6 +295,32 @@ class MetricsHistory:
     def from_state(cls, state: dict[str, Any]) -> MetricsHistory:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in state.items() if k in known})
+
+
+class _HasHistory(Protocol):
+    history: MetricsHistory
+
+
+T = TypeVar("T")
+
+
+class HistoryField(Generic[T]):
+    """An attribute that is the field of the same name of its owner's `history`, read and
+    written through: the Trainer's spec attributes (one object holds them, which a
+    checkpoint stores whole)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, owner: None, owner_type: type) -> HistoryField[T]: ...
+    @overload
+    def __get__(self, owner: _HasHistory, owner_type: type) -> T: ...
+    def __get__(self, owner: _HasHistory | None, owner_type: type) -> T | HistoryField[T]:
+        return self if owner is None else getattr(owner.history, self.name)
+
+    def __set__(self, owner: _HasHistory, value: T) -> None:
+        setattr(owner.history, self.name, value)
 
 
 HISTORY_FIELDS = tuple(f.name for f in fields(MetricsHistory))

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -17,13 +15,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import atomic
 from .atomic import torch_save_atomic
+from .checkpoint import Checkpointing
 from .config import BaseConfig, ExperimentConfig, check_or_raise
 from .data import Batches, TokenBlocks
 from .errors import CheckpointMismatch
+from .hooks import TrainerHooks
 from .model import GPT, GPTConfig
 from .sizing import parameters
-from .step_points import StepsCallback
-from .trainer import EpochCallback, ProgressCallback, Trainer
+from .trainer import Trainer
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -114,13 +113,8 @@ def run_single_experiment(
     device: torch.device | str | None,
     *,
     dense: bool = False,
-    on_epoch_end: EpochCallback | None = None,
-    on_progress: ProgressCallback | None = None,
-    on_steps: StepsCallback | None = None,
-    step_metrics_every: int | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_tag: str | None = None,
+    hooks: TrainerHooks | None = None,
+    checkpointing: Checkpointing | None = None,
     model_path: str | os.PathLike | None = None,
     test_dataset: Dataset | None = None,
     verbose: bool = True,
@@ -136,14 +130,14 @@ def run_single_experiment(
     last partial batch is dropped every epoch (as the spec's DataLoader does); evaluation
     counts every token.
 
-    `checkpoint_path` resumes from that file when it exists (mid-epoch too) and rewrites it
-    every epoch and at a stop; with `checkpoint_tag`, only a checkpoint carrying the same
-    tag is resumed from (another belongs to another run: training starts afresh).
-    `model_path` receives the final (best, under early stopping) weights. `on_steps`
-    receives a StepPoint every `step_metrics_every` steps (None: so that the run takes at
-    most ~2,000). Raises
-    `TrainingCancelled` when `should_stop` ends the run.
+    `hooks` go to the Trainer whole (moe_core.hooks). `checkpointing.path` resumes from that
+    file when it exists (mid-epoch too) and is rewritten every epoch and at a stop; with
+    `checkpointing.tag`, only a checkpoint carrying the same tag is resumed from (another
+    belongs to another run: training starts afresh). `model_path` receives the final
+    (best, under early stopping) weights. Raises `TrainingCancelled` when
+    `hooks.should_stop` ends the run.
     """
+    checkpointing = checkpointing or Checkpointing()
     check_or_raise(config, base_config, dense=dense)
     device = resolve_device(device)
     precision = resolve_precision(base_config.precision, device)
@@ -165,7 +159,7 @@ def run_single_experiment(
     # Room for the run's files before its first step: a checkpoint (weights, AdamW's two
     # moments, the best weights) twice while it is replaced, and the final weights.
     weights = atomic.tensor_bytes(model.state_dict())
-    atomic.ensure_room_for({checkpoint_path: 8 * weights, model_path: weights})
+    atomic.ensure_room_for({checkpointing.path: 8 * weights, model_path: weights})
     trainer = Trainer(
         model,
         train_loader,
@@ -176,28 +170,23 @@ def run_single_experiment(
         early_stopping_patience=config.early_stopping_patience,
         gating_temp_schedule=None if dense else config.gating_temp_schedule,
         label_smoothing=config.label_smoothing,
-        on_epoch_end=on_epoch_end,
-        on_progress=on_progress,
-        on_steps=on_steps,
-        step_metrics_every=step_metrics_every,
-        should_stop=should_stop,
-        checkpoint_path=checkpoint_path,
-        checkpoint_tag=checkpoint_tag,
+        hooks=hooks,
+        checkpointing=checkpointing,
         train_eval_loader=batches(train_subset, bs, device),
         verbose=verbose,
         amp_dtype=torch.bfloat16 if precision == "bf16" else None,
         compile=base_config.compile,
     )
     resumed = False
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+    if checkpointing.path is not None and checkpointing.path.is_file():
         try:
-            done = trainer.load_checkpoint(checkpoint_path)
+            done = trainer.load_checkpoint(checkpointing.path)
             resumed = True
             if verbose:
                 within = (
                     f", {trainer.progress.steps} steps into the next" if trainer.progress else ""
                 )
-                print(f"[{config.name}] resumed from {checkpoint_path} after epoch {done}{within}",
+                print(f"[{config.name}] resumed from {checkpointing.path} after epoch {done}{within}",
                       flush=True)  # fmt: skip
         except CheckpointMismatch as exc:
             warnings.warn(f"not resuming: {exc}; training from scratch", stacklevel=2)

@@ -15,6 +15,7 @@ from .config import CompileMode
 from .model import RoutingStats
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[RoutingStats]]
+Mark = float | torch.cuda.Event  # a point in time (PhaseClock.now)
 
 
 class LossStep:
@@ -91,7 +92,7 @@ class PhaseClock:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def now(self) -> float | torch.cuda.Event:
+    def now(self) -> Mark:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -103,3 +104,10 @@ class PhaseClock:
         if isinstance(start, float):
             return end - start
         return start.elapsed_time(end) / 1e3
+
+    def add_phases(self, marks: list[tuple[Mark, Mark, Mark, Mark]],
+                   seconds: dict[str, float]) -> None:  # fmt: skip
+        """Add the steps' phase times to `seconds`, from each step's four marks: start,
+        forward done, backward done, optimizer done (once the device is synced)."""
+        for i, phase in enumerate(("forward", "backward", "optimizer")):
+            seconds[phase] += sum(self.seconds(m[i], m[i + 1]) for m in marks)

@@ -21,15 +21,14 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .hooks import StepsCallback
 from .records import StepPoint
-
-StepsCallback = Callable[[list[StepPoint]], None]
+from .records import step_metrics_every as default_every
 
 
 @dataclass
@@ -45,11 +44,12 @@ class _Pending:
 
 
 class StepPoints:
-    def __init__(self, device: torch.device, on_steps: StepsCallback | None,
-                 every: int | None) -> None:  # fmt: skip
+    """A run's step points: taken, timed and delivered to the `on_steps` hook each call
+    names (TrainerHooks.on_steps, read where it is used); None takes none."""
+
+    def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.on_steps = on_steps
-        self.every = every  # None until the Trainer knows the run's length
+        self.every: int | None = None  # set by plan(), once the run's length is known
         # The run so far, as of the last closed segment (checkpointed): training seconds,
         # and the last point's (step, wall time, tokens) for the next one's tokens/s.
         self.seconds = 0.0
@@ -57,6 +57,12 @@ class StepPoints:
         self.last: tuple[int, float, int] = (0, 0.0, 0)
         self._pending: deque[_Pending] = deque()
         self._start: torch.cuda.Event | float = 0.0
+
+    def plan(self, every: int | None, total_steps: int) -> None:
+        """Every `every` steps, else as often as keeps a run of `total_steps` at ~2,000
+        points; once: what train() plans holds for each of its epochs."""
+        if self.every is None:
+            self.every = every or default_every(total_steps)
 
     def begin_segment(self) -> None:
         """Steps start (after the Trainer's device sync): the clock of the points."""
@@ -66,13 +72,13 @@ class StepPoints:
         else:
             self._start = time.perf_counter()
 
-    def after_step(self, *, step: int, epoch: int, tokens: int, learning_rate: float,
-                   loss: torch.Tensor, ce: torch.Tensor, aux: torch.Tensor,
-                   grad_norm: torch.Tensor) -> None:  # fmt: skip
+    def after_step(self, on_steps: StepsCallback | None, *, step: int, epoch: int, tokens: int,
+                   learning_rate: float, loss: torch.Tensor, ce: torch.Tensor,
+                   aux: torch.Tensor, grad_norm: torch.Tensor) -> None:  # fmt: skip
         """Every step: count its tokens, take a point on every `every`-th step, deliver
-        the points whose values have arrived."""
+        the points whose values have arrived to `on_steps`."""
         self.tokens += tokens
-        if self.on_steps is None:
+        if on_steps is None:
             return
         if step % (self.every or 1) == 0:
             values = torch.stack([loss.detach().float(), ce.detach().float(),
@@ -92,15 +98,15 @@ class StepPoints:
                 ready += 1
             else:
                 break  # events complete in order
-        self._deliver(ready)
+        self._deliver(ready, on_steps)
 
-    def close_segment(self, seconds: float) -> None:
+    def close_segment(self, seconds: float, on_steps: StepsCallback | None) -> None:
         """The segment's steps are done and the device synced: deliver every waiting point,
         then add the segment's `seconds` (the Trainer's wall clock of it) to the run's."""
-        self._deliver(len(self._pending))
+        self._deliver(len(self._pending), on_steps)
         self.seconds += seconds
 
-    def _deliver(self, n: int) -> None:
+    def _deliver(self, n: int, on_steps: StepsCallback | None) -> None:
         if n == 0:
             return
         points: list[StepPoint] = []
@@ -120,8 +126,8 @@ class StepPoints:
                 "tokens_per_sec": (p.tokens - tokens_then) / elapsed if elapsed > 0 else None,
             })  # fmt: skip
             self.last = (p.step, wall, p.tokens)
-        assert self.on_steps is not None
-        self.on_steps(points)
+        assert on_steps is not None, "points taken for a hook that is gone"
+        on_steps(points)
 
     def state(self) -> dict[str, Any]:
         assert not self._pending, "checkpointed with points undelivered"

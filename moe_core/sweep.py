@@ -30,6 +30,7 @@ from .atomic import write_json_atomic
 from .config import check_or_raise, dense_config
 from .criteria import MIN_USAGE_TARGET, judge_seeds
 from .errors import TrainingCancelled
+from .hooks import TrainerHooks
 from .proposals import Proposer
 from .provenance import source_commit
 from .runner import resolve_device, resolve_precision, run_single_experiment
@@ -72,10 +73,9 @@ def run_sweep(
     seeds = list(range(base.seed, base.seed + sweep.seeds))
     started = time.perf_counter()
 
-    def train(config, run_base, *, dense=False, on_epoch_end=None, should_stop=None):
+    def train(config, run_base, *, dense=False, hooks=None):
         return run_single_experiment(config, data.train, data.val, run_base, device, dense=dense,
-                                     on_epoch_end=on_epoch_end, should_stop=should_stop,
-                                     test_dataset=data.test, verbose=False)  # fmt: skip
+                                     hooks=hooks, test_dataset=data.test, verbose=False)  # fmt: skip
 
     # What ran, so the record can be rerun: the code, torch and the threads it had.
     report: dict[str, Any] = {"sweep": sweep.model_dump(mode="json"), "base": base.model_dump(mode="json"),
@@ -133,7 +133,8 @@ def _run_trial(sweep, proposer, number, params, base, seeds, dense, train) -> di
         # Pruning reads the first seed's curve: the others run only once it survived.
         watch = _PruneWatch(proposer, number, report=sweep.prune and i == 0)
         try:
-            result = train(config, trial_base, on_epoch_end=watch, should_stop=watch.should_stop)
+            result = train(config, trial_base,
+                           hooks=TrainerHooks(on_epoch_end=watch, should_stop=watch.should_stop))  # fmt: skip
         except TrainingCancelled:
             trial.update(state="pruned", pruned_at_epoch=len(watch.epochs), epochs=watch.epochs)
             break

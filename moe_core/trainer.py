@@ -1,17 +1,15 @@
 """The Trainer: epochs, evaluation, early stopping, gating-temperature annealing and
 checkpoint/resume, for any model whose forward returns (logits, aux_loss).
 
-The service plugs in through hooks that the Trainer knows nothing about: `on_epoch_end`
-receives each finished epoch's complete record (moe_core.records.EpochRecord),
-`on_steps` a point of figures every `step_metrics_every` steps (moe_core.step_points),
-`on_progress` where training is after every step and as each evaluation starts (a
-ProgressReport: host values, no device sync), and `should_stop` is consulted before every
-training step and evaluation batch. When it fires, the Trainer writes a checkpoint at that
-step boundary (with the epoch in progress, so that a resume continues it exactly: same
-batches, same dropout masks, same losses) and raises `TrainingCancelled`. Printing is one
-more such callback (moe_core.reporting), routing statistics are summed by
-moe_core.routing_stats from what each MoE layer returns, and the histories are one
-object, `self.history` (moe_core.records.MetricsHistory).
+The caller plugs in through hooks that the Trainer knows nothing about, passed whole as
+one TrainerHooks (moe_core.hooks: each epoch's record, step points, progress, and
+`should_stop`, consulted before every training step and evaluation batch). When a stop
+comes, the Trainer writes its checkpoint (Checkpointing, moe_core.checkpoint) at that step
+boundary, with the epoch in progress, so that a resume continues it exactly, and raises
+`TrainingCancelled`. Printing is one more such callback (moe_core.reporting), routing
+statistics are summed by moe_core.routing_stats from what each MoE layer returns, and the
+histories are one object, `self.history` (moe_core.records.MetricsHistory), whose fields
+are the spec's attributes.
 
 A training step reads nothing back from the device: losses and routing statistics are
 summed on it and read once per epoch. `compile` turns the forward and its losses into one
@@ -20,45 +18,63 @@ compiled graph (its shapes are the same every step: see MoELayer.forward).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .atomic import torch_save_atomic
+from .checkpoint import Checkpointing, read_checkpoint, restore_rng, rng_state
 from .config import CompileMode, GatingTempSchedule
-from .epoch import EpochProgress
+from .epoch import EpochProgress, loader_generator
 from .errors import CheckpointMismatch, TrainingCancelled, TrainingDiverged
+from .hooks import TrainerHooks
 from .model import MoELayer
-from .records import HISTORY_FIELDS, EpochRecord, MetricsHistory, ProgressReport
-from .records import step_metrics_every as default_step_metrics_every
+from .records import HistoryField, MetricsHistory, ProgressReport
 from .reporting import ConsoleReporter
 from .routing_stats import EvalRouting, TrainingRouting
 from .step import LossStep, PhaseClock
-from .step_points import StepPoints, StepsCallback
+from .step_points import StepPoints
 
-__all__ = ["Trainer", "TrainingCancelled", "TrainingDiverged", "CheckpointMismatch", "GRAD_CLIP"]
+__all__ = ["Trainer", "TrainerHooks", "Checkpointing", "TrainingCancelled", "TrainingDiverged",
+           "CheckpointMismatch", "GRAD_CLIP"]  # fmt: skip
 
-EpochCallback = Callable[[EpochRecord], None]
-ProgressCallback = Callable[[ProgressReport], None]
 GRAD_CLIP = 1.0  # max gradient norm, as the spec requires
 
 
-def _history_attribute(name: str) -> property:
-    return property(lambda self: getattr(self.history, name),
-                    lambda self, value: setattr(self.history, name, value),
-                    doc=f"`self.history.{name}`")  # fmt: skip
-
-
 class Trainer:
+    """The spec's Trainer: `Trainer(model, train_loader, val_loader, optimizer, device,
+    model_name, early_stopping_patience, gating_temp_schedule)`, and ours keyword-only
+    beside them, the caller's hooks and checkpointing each passed whole."""
+
+    # The spec's attributes: loss tracking, performance, timing, early stopping, experts
+    train_losses = HistoryField[list[float]]()
+    val_losses = HistoryField[list[float]]()
+    train_ce_losses = HistoryField[list[float]]()
+    val_ce_losses = HistoryField[list[float]]()
+    train_aux_losses = HistoryField[list[float]]()
+    val_aux_losses = HistoryField[list[float]]()
+    tokens_per_sec = HistoryField[list[float]]()
+    steps = HistoryField[list[int]]()  # per epoch
+    current_step = HistoryField[int]()  # the run's optimizer steps so far
+    timing_breakdown = HistoryField[dict[str, list[float]]]()  # forward, backward, optimizer
+    best_val_loss = HistoryField[float]()
+    patience_counter = HistoryField[int]()
+    stopped_early = HistoryField[bool]()
+    expert_stats_history = HistoryField[list[dict[str, Any]]]()
+    # Ours: per evaluation its epoch, eval-mode training CE and validation routing; the
+    # best epoch and its CE; the epochs completed.
+    val_epochs = HistoryField[list[int]]()
+    train_eval_ce_losses = HistoryField[list[float | None]]()
+    eval_expert_stats_history = HistoryField[list[dict[str, Any]]]()
+    best_val_ce_loss = HistoryField[float | None]()
+    best_epoch = HistoryField[int | None]()
+    epoch = HistoryField[int]()
+
     def __init__(
         self,
         model: nn.Module,
@@ -71,13 +87,8 @@ class Trainer:
         gating_temp_schedule: Mapping[str, Any] | GatingTempSchedule | None = None,
         *,
         label_smoothing: float = 0.0,
-        on_epoch_end: EpochCallback | None = None,
-        on_progress: ProgressCallback | None = None,
-        on_steps: StepsCallback | None = None,
-        step_metrics_every: int | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        checkpoint_path: str | os.PathLike | None = None,
-        checkpoint_tag: str | None = None,
+        hooks: TrainerHooks | None = None,
+        checkpointing: Checkpointing | None = None,
         train_eval_loader: Iterable | None = None,
         log_interval: int = 50,
         verbose: bool = True,
@@ -95,15 +106,9 @@ class Trainer:
             gating_temp_schedule = GatingTempSchedule(**gating_temp_schedule)
         self.gating_temp_schedule = gating_temp_schedule
         self.label_smoothing = label_smoothing
-        self.on_epoch_end = on_epoch_end
-        self.on_progress = on_progress
-        # None: train() picks it so that the run takes at most ~2,000 points.
-        self.step_metrics_every = step_metrics_every
-        self.step_points = StepPoints(self.device, on_steps, step_metrics_every)
-        self.should_stop = should_stop
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        # Names the run a checkpoint belongs to: one with another tag is not resumed from.
-        self.checkpoint_tag = checkpoint_tag
+        self.hooks = hooks or TrainerHooks()
+        self.checkpointing = checkpointing or Checkpointing()
+        self.step_points = StepPoints(self.device)
         # A fixed slice of the training set, evaluated like the validation set at every
         # evaluation: the generalisation gap compares the two in the same mode (no dropout,
         # no smoothing, no capacity drops), not against the epoch's training-mode average.
@@ -129,15 +134,6 @@ class Trainer:
         self.progress: EpochProgress | None = None  # the epoch in progress, if any
         self._trained: EpochProgress | None = None  # the last epoch train_epoch finished
 
-    @property
-    def on_steps(self) -> StepsCallback | None:
-        """The step-point hook (moe_core.step_points holds it, with the points' state)."""
-        return self.step_points.on_steps
-
-    @on_steps.setter
-    def on_steps(self, hook: StepsCallback | None) -> None:
-        self.step_points.on_steps = hook
-
     # ------------------------------------------------------------------ temperature
 
     def temperature_for_epoch(self, epoch_index: int) -> float | None:
@@ -161,7 +157,7 @@ class Trainer:
                                   "step": progress.steps,
                                   "steps_per_epoch": len(self.train_loader),
                                   "tokens": progress.tokens}  # fmt: skip
-        for hook in (self.reporter and self.reporter.on_progress, self.on_progress):
+        for hook in (self.reporter and self.reporter.on_progress, self.hooks.on_progress):
             if hook is not None:
                 hook(report)
 
@@ -169,44 +165,22 @@ class Trainer:
         p = self.progress
         return (p.totals[0] / max(p.steps, 1)).item() if p is not None else math.nan
 
-    def _stop_requested(self) -> bool:
-        return self.should_stop is not None and bool(self.should_stop())
-
     def _stop(self, where: str) -> NoReturn:
         """Checkpoint at this step boundary (the epoch in progress with it) and raise."""
         steps = self.progress.steps if self.progress is not None else 0
-        if self.checkpoint_path is not None:
-            self.save_checkpoint(self.checkpoint_path)
+        path = self.checkpointing.path
+        if path is not None:
+            self.save_checkpoint(path)
         message = (
             f"{self.model_name}: stopped {where} of epoch {self.epoch + 1}, after step "
             f"{steps}/{len(self.train_loader)} (global step {self.current_step})"
         )
         if self.reporter is not None:
-            saved = f"; checkpoint {self.checkpoint_path}" if self.checkpoint_path else ""
+            saved = f"; checkpoint {path}" if path is not None else ""
             self.reporter.say(message + saved)
         raise TrainingCancelled(message, epoch=self.epoch + 1, step=steps)
 
     # ------------------------------------------------------------------ epochs
-
-    def _loader_generator(self) -> torch.Generator:
-        """The generator a new train-loader iterator draws from: a DataLoader (and
-        data.Batches) draws its base seed and (shuffling) its order from its own
-        generator, else from torch's global one."""
-        generator = getattr(self.train_loader, "generator", None)
-        return generator if generator is not None else torch.default_generator
-
-    def _resumed_batches(self, progress: EpochProgress) -> Iterator:
-        """The epoch's batches from where a restored `progress` stands: the iterator remade
-        from the epoch's start state, so the same shuffle, and the batches already trained
-        skipped (cheap: a gather each). This holds at step 0 too: the loader's generator has
-        moved on since the epoch began."""
-        stop_point = torch.get_rng_state()  # restored by load_state_dict: dropout goes on from it
-        self._loader_generator().set_state(progress.loader_state)
-        batches = iter(self.train_loader)
-        for _ in itertools.islice(batches, progress.steps):
-            pass
-        torch.set_rng_state(stop_point)  # a no-op unless the loader drew from the global RNG
-        return batches
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training data (or the rest of one, after a mid-epoch resume);
@@ -216,18 +190,15 @@ class Trainer:
             self.progress = EpochProgress(
                 totals=torch.zeros(3, device=self.device),
                 routing=TrainingRouting([m.num_experts for m in self.moe_layers], self.device),
-                loader_state=self._loader_generator().get_state(),
+                loader_state=loader_generator(self.train_loader).get_state(),
             )
             batches = iter(self.train_loader)
         else:  # restored from a checkpoint written mid-epoch
-            batches = self._resumed_batches(self.progress)
-        progress = self.progress
+            batches = self.progress.remaining_batches(self.train_loader)
+        progress, points, on_steps = self.progress, self.step_points, self.hooks.on_steps
         clocks = []  # per step: (start, forward done, backward done, optimizer done)
-        points = self.step_points
-        if points.every is None:  # train_epoch() on its own: points for this one epoch
-            points.every = self.step_metrics_every or default_step_metrics_every(
-                len(self.train_loader)
-            )
+        # (train() planned the run's points; train_epoch() on its own plans this epoch's.)
+        points.plan(self.hooks.step_metrics_every, len(self.train_loader))
         self.clock.sync()
         segment_start = time.perf_counter()
         points.begin_segment()
@@ -235,19 +206,16 @@ class Trainer:
         def close_segment() -> None:
             # Fold this segment's clocks into the progress (one device sync).
             self.clock.sync()
-            seconds = progress.seconds
             wall = time.perf_counter() - segment_start
-            seconds["wall"] += wall
-            points.close_segment(wall)  # the points still waiting, before any checkpoint
-            seconds["forward"] += sum(self.clock.seconds(t0, t1) for t0, t1, _, _ in clocks)
-            seconds["backward"] += sum(self.clock.seconds(t1, t2) for _, t1, t2, _ in clocks)
-            seconds["optimizer"] += sum(self.clock.seconds(t2, t3) for _, _, t2, t3 in clocks)
+            progress.seconds["wall"] += wall
+            points.close_segment(wall, on_steps)  # the points still waiting, before a checkpoint
+            self.clock.add_phases(clocks, progress.seconds)
 
         while True:
             # Consulted before the fetch, so that at a stop the iterator has fetched exactly the
             # trained batches, as a resume's replay does: a fetch can draw from the global RNG
             # (a DataLoader without a generator seeds its shuffle at the first one).
-            if self._stop_requested():
+            if self.hooks.stop_requested():
                 close_segment()
                 self._stop("during training")
             batch = next(batches, None)
@@ -275,9 +243,9 @@ class Trainer:
             progress.steps += 1
             progress.tokens += y.numel()
             self.current_step += 1
-            points.after_step(step=self.current_step, epoch=self.epoch + 1, tokens=y.numel(),
-                              learning_rate=learning_rate, loss=loss, ce=ce, aux=aux,
-                              grad_norm=grad_norm)  # fmt: skip
+            points.after_step(on_steps, step=self.current_step, epoch=self.epoch + 1,
+                              tokens=y.numel(), learning_rate=learning_rate, loss=loss, ce=ce,
+                              aux=aux, grad_norm=grad_norm)  # fmt: skip
             self._report("training", progress)
 
         close_segment()
@@ -295,27 +263,19 @@ class Trainer:
                 " (the run diverged: try a lower learning_rate)"
             )
         seconds = progress.seconds
-        tokens_per_sec = progress.tokens / seconds["wall"]
-        h = self.history
-        h.train_losses.append(loss)
-        h.train_ce_losses.append(ce)
-        h.train_aux_losses.append(aux)
-        h.tokens_per_sec.append(tokens_per_sec)
-        h.steps.append(n_steps)
-        for phase in ("forward", "backward", "optimizer"):
-            h.timing_breakdown[phase].append(seconds[phase])
-        # Done with the steps: detached from the trainer, so that a train_epoch() of its own
-        # leaves no epoch in progress; train() keeps it until the epoch is evaluated.
-        self.progress, self._trained = None, progress
         progress.train_stats = {
             "loss": loss,
             "ce_loss": ce,
             "aux_loss": aux,
-            "tokens_per_sec": tokens_per_sec,
+            "tokens_per_sec": progress.tokens / seconds["wall"],
             "forward_time": seconds["forward"],
             "backward_time": seconds["backward"],
             "optimizer_time": seconds["optimizer"],
         }
+        self.history.add_training(progress.train_stats, n_steps)
+        # Done with the steps: detached from the trainer, so that a train_epoch() of its own
+        # leaves no epoch in progress; train() keeps it until the epoch is evaluated.
+        self.progress, self._trained = None, progress
         return dict(progress.train_stats)
 
     @torch.no_grad()
@@ -340,7 +300,7 @@ class Trainer:
         # the resumed run repeats draws the same.
         rng = torch.get_rng_state()
         for x, y in loader:
-            if self._stop_requested():
+            if self.hooks.stop_requested():
                 torch.set_rng_state(rng)
                 self._stop(f"during {what}")  # the partial evaluation is discarded
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -385,15 +345,9 @@ class Trainer:
         train_ce = None
         if self.train_eval_loader is not None:
             train_ce = self.evaluate_loader(self.train_eval_loader, "evaluation")[0]["ce_loss"]
-        # Appended only once every pass is done: a stop above leaves no partial entry.
-        epoch, h = self._weights_epoch(), self.history
-        h.val_losses.append(val["loss"])
-        h.val_ce_losses.append(val["ce_loss"])
-        h.val_aux_losses.append(val["aux_loss"])
-        h.val_epochs.append(epoch)
-        h.train_eval_ce_losses.append(train_ce)
-        if self.moe_layers:
-            h.eval_expert_stats_history.append({"epoch": epoch, "layers": layers})
+        # Added only once every pass is done: a stop above leaves no partial entry.
+        self.history.add_evaluation(self._weights_epoch(), val, train_ce,
+                                    layers if self.moe_layers else None)  # fmt: skip
         return val
 
     # ------------------------------------------------------------------ the loop
@@ -401,14 +355,11 @@ class Trainer:
     def train(self, num_epochs: int, eval_every: int = 1) -> dict[str, Any]:
         """Train until `num_epochs` epochs are done (counting resumed ones) or early stopping.
 
-        Returns `get_metrics()`. When `should_stop` fires, raises `TrainingCancelled` after
-        checkpointing (the finished epochs were delivered to `on_epoch_end`).
+        Returns `get_metrics()`. When `hooks.should_stop` fires, raises `TrainingCancelled`
+        after checkpointing (the finished epochs were delivered to `hooks.on_epoch_end`).
         """
         h = self.history
-        if self.step_points.every is None:
-            self.step_points.every = self.step_metrics_every or default_step_metrics_every(
-                num_epochs * len(self.train_loader)
-            )
+        self.step_points.plan(self.hooks.step_metrics_every, num_epochs * len(self.train_loader))
         while h.epoch < num_epochs and not h.stopped_early:
             epoch_index = h.epoch
             self._set_temperature(epoch_index)
@@ -416,77 +367,33 @@ class Trainer:
             if self.progress is None or self.progress.train_stats is None:
                 self.train_epoch()
                 self.progress = self._trained  # a stop during evaluation keeps it
-            train_stats = dict(self.progress.train_stats)
-            val_stats = None
+            progress, val_stats = self.progress, None
             eval_start = time.perf_counter()
             if (epoch_index + 1) % eval_every == 0 or epoch_index + 1 == num_epochs:
                 val_stats = self.evaluate()
-                self._early_stopping(val_stats, epoch_index + 1)
-            h.epoch = epoch_index + 1
-            duration = self.progress.seconds["wall"] + time.perf_counter() - eval_start
-            layers = (
-                self.progress.routing.summary(self.moe_layer_ids, self.progress.steps)
-                if self.moe_layers
-                else []
-            )
+                best = h.judge(val_stats, epoch_index + 1, self.early_stopping_patience)
+                if best and self.early_stopping_patience > 0:
+                    self.best_state = {k: v.detach().clone()
+                                       for k, v in self.model.state_dict().items()}  # fmt: skip
+            layers = (progress.routing.summary(self.moe_layer_ids, progress.steps)
+                      if self.moe_layers else None)  # fmt: skip
             self.progress = None  # the epoch is whole: the checkpoint below is at its end
-            if self.moe_layers:
-                h.expert_stats_history.append({"epoch": h.epoch, "layers": layers,
-                                               "gating_temperature": self.gating_temperature})  # fmt: skip
-            record = self._epoch_record(train_stats, val_stats, layers, duration)
+            record = h.finish_epoch(
+                dict(progress.train_stats), val_stats, model_name=self.model_name, layers=layers,
+                duration=progress.seconds["wall"] + time.perf_counter() - eval_start,
+                gating_temperature=self.gating_temperature,
+            )  # fmt: skip
             if self.reporter is not None:
                 self.reporter.on_epoch_end(record, num_epochs)
             # The callback runs before the checkpoint: a crash between the two replays this
             # epoch, so a consumer that upserts by epoch sees every epoch at least once.
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(record)
-            if self.checkpoint_path is not None:
-                self.save_checkpoint(self.checkpoint_path)
+            if self.hooks.on_epoch_end is not None:
+                self.hooks.on_epoch_end(record)
+            if self.checkpointing.path is not None:
+                self.save_checkpoint(self.checkpointing.path)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)  # early stopping keeps the best model
         return self.get_metrics()
-
-    def _early_stopping(self, val_stats: dict[str, float], epoch: int) -> None:
-        h, patience = self.history, self.early_stopping_patience
-        if val_stats["loss"] < h.best_val_loss:
-            h.best_val_loss, h.best_val_ce_loss = val_stats["loss"], val_stats["ce_loss"]
-            h.best_epoch, h.patience_counter = epoch, 0
-            if patience > 0:
-                self.best_state = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
-        else:
-            h.patience_counter += 1
-            if patience > 0 and h.patience_counter >= patience:
-                h.stopped_early = True
-
-    def _epoch_record(self, train_stats, val_stats, layers, duration) -> EpochRecord:
-        h, evaluated = self.history, val_stats is not None
-        return {
-            "epoch": h.epoch,
-            "model_name": self.model_name,
-            "train": {k: train_stats[k] for k in ("loss", "ce_loss", "aux_loss")},
-            "val": val_stats,
-            "tokens_per_sec": train_stats["tokens_per_sec"],
-            "steps": h.steps[-1],
-            "forward_time": train_stats["forward_time"],
-            "backward_time": train_stats["backward_time"],
-            "optimizer_time": train_stats["optimizer_time"],
-            "duration": duration,
-            "gating_temperature": self.gating_temperature,
-            "expert_stats": layers,
-            "train_eval": {"ce_loss": h.train_eval_ce_losses[-1]}
-            if evaluated and h.train_eval_ce_losses[-1] is not None
-            else None,
-            "eval_expert_stats": h.eval_expert_stats_history[-1]["layers"]
-            if evaluated and self.moe_layers
-            else [],
-            "best_val_loss": h.best_val_loss if math.isfinite(h.best_val_loss) else None,
-            "best_val_ce_loss": h.best_val_ce_loss,
-            "best_epoch": h.best_epoch,
-            "patience_counter": h.patience_counter,
-            "stopped_early": h.stopped_early,
-        }
 
     def get_metrics(self) -> dict[str, Any]:
         return self.history.metrics()
@@ -494,22 +401,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        generator = getattr(self.train_loader, "generator", None)
         return {
-            "tag": self.checkpoint_tag,
+            "tag": self.checkpointing.tag,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "best_state": self.best_state,
             "progress": self.progress.state() if self.progress is not None else None,
             "history": self.history.state(),
             "step_points": self.step_points.state(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "loader": generator.get_state() if generator is not None else None,
-            },
+            "rng": rng_state(self.train_loader),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -520,15 +420,7 @@ class Trainer:
         self.progress = EpochProgress.from_state(progress, self.device) if progress else None
         self.history = MetricsHistory.from_state(state["history"])
         self.step_points.load_state(state.get("step_points"))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        generator = getattr(self.train_loader, "generator", None)
-        if generator is not None and rng["loader"] is not None:
-            generator.set_state(rng["loader"])
+        restore_rng(state["rng"], self.train_loader)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Everything needed to resume from here (an epoch's end, or a step boundary within
@@ -537,19 +429,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
         """Restore from `path`; returns the number of completed epochs (the next is +1, or
-        the one in progress). Raises CheckpointMismatch, restoring nothing, when this Trainer
-        has a `checkpoint_tag` and the checkpoint carries another."""
-        # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if self.checkpoint_tag is not None and state.get("tag") != self.checkpoint_tag:
-            raise CheckpointMismatch(
-                f"{path} belongs to {state.get('tag')!r}, not {self.checkpoint_tag!r}"
-            )
-        self.load_state_dict(state)
+        the one in progress). Raises CheckpointMismatch, restoring nothing, when
+        `checkpointing.tag` is set and the checkpoint carries another."""
+        self.load_state_dict(read_checkpoint(path, self.checkpointing.tag))
         return self.epoch
-
-
-# The spec's attributes (train_losses, val_losses, ..., stopped_early, expert_stats_history)
-# and ours beside them are the history's fields, read and written through.
-for _name in HISTORY_FIELDS:
-    setattr(Trainer, _name, _history_attribute(_name))

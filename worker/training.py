@@ -17,9 +17,11 @@ from datasets import disable_progress_bars
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moe_core.atomic import write_json_atomic
+from moe_core.checkpoint import Checkpointing
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
 from moe_core.errors import TrainingCancelled
+from moe_core.hooks import TrainerHooks
 from moe_core.records import EpochRecord, StepPoint, step_metrics_every
 from moe_core.runner import (
     resolve_device,
@@ -186,13 +188,14 @@ def _train(
             base,
             device,
             dense=dense,
-            on_epoch_end=epoch_end,
-            on_progress=lease.report_progress,
-            on_steps=steps,
-            step_metrics_every=lease.step_metrics_every,
-            should_stop=lease.should_stop,
-            checkpoint_path=directory / artifacts.CHECKPOINT,
-            checkpoint_tag=run_key,
+            hooks=TrainerHooks(
+                on_epoch_end=epoch_end,
+                on_progress=lease.report_progress,
+                on_steps=steps,
+                step_metrics_every=lease.step_metrics_every,
+                should_stop=lease.should_stop,
+            ),
+            checkpointing=Checkpointing(directory / artifacts.CHECKPOINT, tag=run_key),
             # Every run keeps its final weights (a study's dense run's are the spec's
             # dense_model.pt): the checkpoint alone would need the engine to read.
             model_path=directory / artifacts.MODEL,

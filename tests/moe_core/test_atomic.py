@@ -15,7 +15,9 @@ import torch
 
 from moe_core import atomic
 from moe_core.atomic import StorageError, torch_save_atomic, write_json_atomic
+from moe_core.checkpoint import Checkpointing
 from moe_core.config import get_experiment_configs
+from moe_core.hooks import TrainerHooks
 from moe_core.runner import run_single_experiment
 
 Usage = namedtuple("Usage", "total used free")
@@ -113,9 +115,11 @@ def test_a_run_without_room_for_its_files_stops_before_its_first_step(
             micro_data.val,
             micro_base,
             "cpu",
-            checkpoint_path=tmp_path / "run" / "checkpoint.pt",
+            checkpointing=Checkpointing(tmp_path / "run" / "checkpoint.pt"),
             model_path=tmp_path / "run" / "model.pt",
-            on_epoch_end=lambda record: pytest.fail("trained without room for its files"),
+            hooks=TrainerHooks(
+                on_epoch_end=lambda record: pytest.fail("trained without room for its files")
+            ),
             verbose=False,
         )
     assert str(raised.value).startswith(f"no space left on {tmp_path / 'run'}: need ")

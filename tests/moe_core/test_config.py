@@ -10,6 +10,8 @@ from moe_core.config import (
     BaseConfig,
     ExperimentConfig,
     GatingTempSchedule,
+    MoEConfig,
+    RoutingConfig,
     base_config,
     dense_config,
     get_experiment_configs,
@@ -38,6 +40,32 @@ def test_experiment_config_has_exactly_the_spec_fields_and_defaults():
         "num_shared_experts": 0,
         "aux_free_bias_rate": 0.0,
     }
+
+
+def test_the_routing_fields_are_declared_once_and_an_moe_layer_has_exactly_the_experiments():
+    """MoEConfig (what each MoE layer is built from) and ExperimentConfig extend one class,
+    RoutingConfig: a routing field redeclared, dropped or bounded otherwise in either fails."""
+    assert issubclass(ExperimentConfig, RoutingConfig) and issubclass(MoEConfig, RoutingConfig)
+    routing = set(RoutingConfig.model_fields)
+    assert routing == {"expert_dim", "top_k", "capacity_factor", "aux_weight", "router_z_loss",
+                       "dropless", "router_jitter", "num_shared_experts", "aux_free_bias_rate"}  # fmt: skip
+    assert set(MoEConfig.model_fields) - routing == {"num_experts", "eval_capacity_factor"}
+    assert routing <= set(ExperimentConfig.model_fields)
+    for name in routing:
+        ours, theirs = MoEConfig.model_fields[name], ExperimentConfig.model_fields[name]
+        assert ours.annotation == theirs.annotation, name
+        assert ours.default == theirs.default, name
+        assert ours.metadata == theirs.metadata, name  # the bounds (gt, ge, lt)
+        assert ours.description == theirs.description, name
+    # What an experiment hands its layers: its routing fields, the count resolved on the base
+    config = ExperimentConfig(name="x", expert_dim=64, top_k=2, router_jitter=0.01)
+    moe = config.moe(BaseConfig(num_experts=4))
+    assert moe.model_dump(include=routing) == config.model_dump(include=routing)
+    assert (moe.num_experts, moe.eval_capacity_factor) == (4, None)
+    with pytest.raises(ValidationError, match="frozen"):
+        moe.top_k = 1
+    with pytest.raises(ValidationError, match="top_k_over_experts"):
+        MoEConfig(num_experts=1, expert_dim=8, top_k=2)
 
 
 def test_base_config_holds_the_spec_main_hyperparameters():

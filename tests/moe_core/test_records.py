@@ -2,6 +2,7 @@
 the test factories build, have exactly their keys, so a key added in one place only fails
 here (the store's side: tests/store/test_results.py; the API serves the types themselves)."""
 
+from moe_core.hooks import TrainerHooks
 from moe_core.records import (
     METRICS_KEYS,
     EpochRecord,
@@ -33,7 +34,7 @@ def test_the_trainer_hands_out_exactly_the_declared_records():
     from tests.moe_core.test_trainer import random_blocks
 
     epochs, reports = [], []
-    trainer = make_trainer(on_epoch_end=epochs.append, on_progress=reports.append,
+    trainer = make_trainer(hooks=TrainerHooks(on_epoch_end=epochs.append, on_progress=reports.append),
                            train_eval_loader=DataLoader(random_blocks(8), batch_size=8))  # fmt: skip
     metrics = trainer.train(1)
     assert_is_epoch_record(epochs[0])

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from moe_core.checkpoint import Checkpointing
 from moe_core.config import (
     EXPERIMENT_PRESETS,
     ExperimentConfig,
@@ -13,6 +14,7 @@ from moe_core.config import (
     get_experiment_configs,
 )
 from moe_core.errors import TrainingCancelled
+from moe_core.hooks import TrainerHooks
 from moe_core.model import GPT, GPTConfig, MoELayer
 from moe_core.runner import build_model, build_optimizer
 from moe_core.sizing import parameters
@@ -279,7 +281,7 @@ ROUTING_KEYS = {"imbalance", "max_imbalance", "pad_ratio", "z_loss"}
 
 def test_every_epoch_records_the_imbalance_metrics():
     seen = []
-    option_trainer({}, on_epoch_end=seen.append).train(2)
+    option_trainer({}, hooks=TrainerHooks(on_epoch_end=seen.append)).train(2)
     for record in seen:
         for s in record["expert_stats"]:
             assert ROUTING_KEYS <= set(s)
@@ -295,13 +297,13 @@ def test_every_epoch_records_the_imbalance_metrics():
 
 def test_dropless_training_records_no_drops_and_no_padding():
     seen = []
-    option_trainer(OPTIONS["dropless"], on_epoch_end=seen.append).train(1)
+    option_trainer(OPTIONS["dropless"], hooks=TrainerHooks(on_epoch_end=seen.append)).train(1)
     for s in seen[0]["expert_stats"]:
         assert s["dropped"] == 0 and s["pad_ratio"] == 0
 
 
 def test_the_trainer_moves_the_bias_and_the_checkpoint_holds_it(tmp_path):
-    trainer = option_trainer(OPTIONS["aux_free"], checkpoint_path=tmp_path / "c.pt")
+    trainer = option_trainer(OPTIONS["aux_free"], checkpointing=Checkpointing(tmp_path / "c.pt"))
     trainer.train(1)
     bias = trainer.moe_layers[0].expert_bias
     assert bias.abs().sum() > 0  # 4 steps at 1e-2 each: every expert has moved
@@ -326,8 +328,9 @@ def test_a_run_with_each_option_resumes_exactly(tmp_path, option):
     full.train(3)
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(TrainingCancelled):
-        option_trainer(OPTIONS[option], should_stop=StopAt(8), checkpoint_path=checkpoint).train(3)
-    resumed = option_trainer(OPTIONS[option], checkpoint_path=checkpoint)
+        option_trainer(OPTIONS[option], hooks=TrainerHooks(should_stop=StopAt(8)),
+                       checkpointing=Checkpointing(checkpoint)).train(3)  # fmt: skip
+    resumed = option_trainer(OPTIONS[option], checkpointing=Checkpointing(checkpoint))
     torch.manual_seed(987)
     resumed.load_checkpoint(checkpoint)
     resumed.train(3)

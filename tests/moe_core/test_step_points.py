@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from moe_core import records
+from moe_core.checkpoint import Checkpointing
 from moe_core.config import ExperimentConfig, base_config
 from moe_core.errors import TrainingCancelled
+from moe_core.hooks import TrainerHooks
 from moe_core.runner import run_single_experiment, steps_per_epoch
 from tests.moe_core.test_trainer import StopAt, make_trainer
 
@@ -43,7 +45,7 @@ class Recording:
 def test_points_every_k_steps_carry_the_steps_own_figures(monkeypatch):
     monkeypatch.setattr("moe_core.trainer.GRAD_CLIP", 0.1)  # so that clipping clips
     calls = []
-    trainer = make_trainer(on_steps=calls.append, step_metrics_every=3)
+    trainer = make_trainer(hooks=TrainerHooks(on_steps=calls.append, step_metrics_every=3))
     seen = Recording(trainer, monkeypatch)
     trainer.train(3)  # 4 steps an epoch: 12 steps
     points = [p for call in calls for p in call]
@@ -71,8 +73,7 @@ def test_without_a_k_a_run_takes_at_most_2000_points():
     assert records.step_metrics_every(200 * 1000) == 100
     calls = []
     trainer = make_trainer()
-    trainer.on_steps = calls.append  # an attribute, like the other hooks
-    assert trainer.on_steps == calls.append
+    trainer.hooks.on_steps = calls.append  # read where it is used, like the other hooks
     trainer.train(2)
     assert [p["step"] for call in calls for p in call] == list(range(1, 9))
 
@@ -83,10 +84,11 @@ def test_points_continue_after_a_mid_epoch_resume_without_duplicates(micro_data,
     per_epoch = steps_per_epoch(micro_data.train, 8)
     assert per_epoch >= 6
 
-    def run(points, **kw):
+    def run(points, checkpoint=None, stop=None):
+        hooks = TrainerHooks(on_steps=points.extend, step_metrics_every=2, should_stop=stop)
         return run_single_experiment(config, micro_data.train, micro_data.val, base, "cpu",
-                                     on_steps=points.extend, step_metrics_every=2,
-                                     verbose=False, **kw)  # fmt: skip
+                                     hooks=hooks, checkpointing=Checkpointing(checkpoint),
+                                     verbose=False)  # fmt: skip
 
     whole: list = []
     run(whole)
@@ -96,11 +98,11 @@ def test_points_continue_after_a_mid_epoch_resume_without_duplicates(micro_data,
     # one per evaluation batch of the validation set and of the training subset).
     val_batches = -(-len(micro_data.val) // 8)
     with pytest.raises(TrainingCancelled):
-        run(parts, checkpoint_path=ckpt, should_stop=StopAt(per_epoch + 1 + 2 * val_batches + 6))
+        run(parts, ckpt, StopAt(per_epoch + 1 + 2 * val_batches + 6))
     stopped_at = parts[-1]["step"]
     assert per_epoch < stopped_at <= per_epoch + 5  # points up to the stop, in epoch 2
     torch.manual_seed(99)  # another process
-    run(parts, checkpoint_path=ckpt)
+    run(parts, ckpt)
     steps = [p["step"] for p in parts]
     assert steps == list(range(2, 2 * per_epoch + 1, 2))  # continuing, none twice
     assert [p["tokens"] for p in parts] == [p["tokens"] for p in whole]
@@ -132,7 +134,7 @@ def test_on_a_gpu_points_arrive_without_a_sync_per_step(monkeypatch):
     trainer = Trainer(model, DataLoader(random_blocks(64), batch_size=8, shuffle=True),
                       DataLoader(random_blocks(8, seed=1), batch_size=8),
                       build_optimizer(model, config, base), "cuda", verbose=False,
-                      on_steps=calls.append, step_metrics_every=1)  # fmt: skip
+                      hooks=TrainerHooks(on_steps=calls.append, step_metrics_every=1))  # fmt: skip
     trainer.train(2)
     points = [p for call in calls for p in call]
     assert [p["step"] for p in points] == list(range(1, 17))

@@ -1,9 +1,15 @@
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from moe_core.checkpoint import Checkpointing
 from moe_core.config import ExperimentConfig, base_config
 from moe_core.errors import TrainingCancelled, TrainingDiverged
+from moe_core.hooks import TrainerHooks
+from moe_core.records import HISTORY_FIELDS, HistoryField
 from moe_core.runner import build_model, build_optimizer, run_single_experiment
 from moe_core.trainer import Trainer
 
@@ -53,6 +59,47 @@ def test_trainer_has_every_spec_attribute():
     assert set(trainer.timing_breakdown) == {"forward", "backward", "optimizer"}
 
 
+SPEC_PARAMETERS = ["model", "train_loader", "val_loader", "optimizer", "device", "model_name",
+                   "early_stopping_patience", "gating_temp_schedule"]  # fmt: skip
+
+
+def test_the_spec_constructor_works_as_the_spec_shows_it_and_the_rest_is_two_objects():
+    parameters = inspect.signature(Trainer).parameters
+    assert list(parameters)[: len(SPEC_PARAMETERS)] == SPEC_PARAMETERS
+    assert [parameters[n].default for n in SPEC_PARAMETERS[5:]] == ["model", 0, None]
+    ours = list(parameters.values())[len(SPEC_PARAMETERS) :]
+    assert all(p.kind is p.KEYWORD_ONLY for p in ours)
+    # The hooks and the checkpointing travel whole, not as keywords of their own
+    assert {"hooks", "checkpointing"} <= set(parameters)
+    assert not {"on_epoch_end", "should_stop", "checkpoint_path"} & set(parameters)
+    base = base_config("micro", seq_len=16)
+    config = ExperimentConfig(name="t", expert_dim=64, batch_size=8)
+    model = build_model(config, base)
+    schedule = {"start": 1.0, "end": 0.5, "epochs": 5}
+    trainer = Trainer(model, DataLoader(random_blocks(16), batch_size=8),
+                      DataLoader(random_blocks(8), batch_size=8),
+                      build_optimizer(model, config, base), "cpu", "named", 2, schedule)  # fmt: skip
+    assert (trainer.model_name, trainer.early_stopping_patience) == ("named", 2)
+    assert trainer.gating_temp_schedule.model_dump() == schedule
+    assert trainer.hooks == TrainerHooks() and trainer.checkpointing == Checkpointing()
+    assert Checkpointing("run/c.pt").path == Path("run/c.pt")
+
+
+def test_every_history_field_is_an_attribute_written_out_and_read_and_written_through():
+    declared = {name for name, value in vars(Trainer).items() if isinstance(value, HistoryField)}
+    assert declared == set(HISTORY_FIELDS)  # a field added to the history only fails here
+    trainer = make_trainer()
+    trainer.train(1)
+    for name in HISTORY_FIELDS:
+        assert getattr(trainer, name) == getattr(trainer.history, name), name
+    assert (trainer.epoch, trainer.current_step) == (1, 4)
+    trainer.current_step = 41
+    trainer.patience_counter = 2
+    assert (trainer.history.current_step, trainer.history.patience_counter) == (41, 2)
+    trainer.train_losses.append(9.0)
+    assert trainer.history.train_losses[-1] == 9.0
+
+
 def test_train_epoch_evaluate_and_get_metrics_return_exactly_the_spec_keys():
     trainer = make_trainer()
     stats = trainer.train_epoch()
@@ -93,7 +140,8 @@ def test_dense_model_has_no_expert_stats():
 def test_gating_temperature_follows_the_schedule_per_epoch():
     seen = []
     trainer = make_trainer(
-        schedule={"start": 1.0, "end": 0.5, "epochs": 5}, on_epoch_end=seen.append
+        schedule={"start": 1.0, "end": 0.5, "epochs": 5},
+        hooks=TrainerHooks(on_epoch_end=seen.append),
     )
     trainer.train(7)
     temps = [round(r["gating_temperature"], 6) for r in seen]
@@ -110,7 +158,7 @@ def test_early_stopping_after_patience_epochs_without_improvement_keeps_best_mod
         if record["epoch"] == 1:
             first.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
 
-    trainer.on_epoch_end = remember
+    trainer.hooks.on_epoch_end = remember
     trainer.val_loader = DataLoader(random_blocks(8, seed=1), batch_size=8)
     # Make later evaluations worse than the first, deterministically.
     original = trainer.evaluate
@@ -142,7 +190,7 @@ def test_no_early_stopping_when_patience_is_zero():
 
 def test_eval_every_skips_evaluations_but_always_evaluates_the_last_epoch():
     seen = []
-    trainer = make_trainer(on_epoch_end=seen.append)
+    trainer = make_trainer(hooks=TrainerHooks(on_epoch_end=seen.append))
     trainer.train(5, eval_every=2)
     assert [r["val"] is not None for r in seen] == [False, True, False, True, True]
     assert len(trainer.val_losses) == 3
@@ -150,7 +198,7 @@ def test_eval_every_skips_evaluations_but_always_evaluates_the_last_epoch():
 
 def test_epoch_record_is_complete():
     seen = []
-    make_trainer(on_epoch_end=seen.append).train(1)
+    make_trainer(hooks=TrainerHooks(on_epoch_end=seen.append)).train(1)
     (r,) = seen
     assert {"epoch", "train", "val", "tokens_per_sec", "steps", "forward_time", "backward_time",
             "optimizer_time", "gating_temperature", "expert_stats"} <= set(r)  # fmt: skip
@@ -165,9 +213,9 @@ def test_stop_check_cancels_within_a_step_and_keeps_finished_epochs():
         steps["n"] += 1
 
     seen = []
-    trainer = make_trainer(on_epoch_end=seen.append)
+    trainer = make_trainer(hooks=TrainerHooks(on_epoch_end=seen.append))
     trainer.model.register_forward_hook(count_steps)  # forward passes, training and eval
-    trainer.should_stop = lambda: steps["n"] >= 7  # epoch 1: 4 steps + 1 eval batch
+    trainer.hooks.should_stop = lambda: steps["n"] >= 7  # epoch 1: 4 steps + 1 eval batch
     with pytest.raises(TrainingCancelled) as stopped:
         trainer.train(5)
     assert [r["epoch"] for r in seen] == [1]
@@ -178,7 +226,7 @@ def test_stop_check_cancels_within_a_step_and_keeps_finished_epochs():
 
 def test_an_epoch_record_carries_its_duration():
     seen = []
-    make_trainer(on_epoch_end=seen.append).train(2)
+    make_trainer(hooks=TrainerHooks(on_epoch_end=seen.append)).train(2)
     assert all(r["duration"] > 0 for r in seen)
 
 
@@ -211,11 +259,12 @@ def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(micro_data, tmp_
     ckpt = tmp_path / "ckpt.pt"
     seen = []
     first = run_single_experiment(config, micro_data.train, micro_data.val, base_config("micro", num_epochs=2),
-                                  "cpu", checkpoint_path=ckpt, verbose=False)  # fmt: skip
+                                  "cpu", checkpointing=Checkpointing(ckpt), verbose=False)  # fmt: skip
     assert len(first["metrics"]["train_losses"]) == 2 and ckpt.is_file()
     torch.manual_seed(12345)  # a resumed process starts with other RNG state
     resumed = run_single_experiment(config, micro_data.train, micro_data.val, full_base, "cpu",
-                                    checkpoint_path=ckpt, on_epoch_end=seen.append, verbose=False)  # fmt: skip
+                                    checkpointing=Checkpointing(ckpt),
+                                    hooks=TrainerHooks(on_epoch_end=seen.append), verbose=False)  # fmt: skip
     assert [r["epoch"] for r in seen] == [3, 4]  # continues at epoch k + 1
     for key in ("train_losses", "val_losses", "train_ce_losses", "val_aux_losses", "steps"):
         assert resumed["metrics"][key] == full["metrics"][key], key
@@ -236,12 +285,13 @@ def test_a_diverged_epoch_raises_and_records_nothing():
 # ---------------------------------------------------------------------------- exact resume
 
 
-def resumable_run(micro_data, base, checkpoint=None, stop=None, **kw):
+def resumable_run(micro_data, base, checkpoint=None, stop=None, on_epoch_end=None, tag=None):
     config = ExperimentConfig(name="exact", expert_dim=64, batch_size=8, dropout=0.2,
                               gating_temp_schedule={"start": 1.5, "end": 0.5, "epochs": 2})  # fmt: skip
     return run_single_experiment(config, micro_data.train, micro_data.val, base, "cpu",
-                                 checkpoint_path=checkpoint, should_stop=stop, verbose=False,
-                                 **kw)  # fmt: skip
+                                 hooks=TrainerHooks(on_epoch_end=on_epoch_end, should_stop=stop),
+                                 checkpointing=Checkpointing(checkpoint, tag=tag),
+                                 verbose=False)  # fmt: skip
 
 
 class StopAt:
@@ -350,8 +400,9 @@ def test_a_loader_without_a_generator_of_its_own_resumes_exactly(tmp_path, n):
     full.train(3)
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(TrainingCancelled):
-        trainer(should_stop=StopAt(n), checkpoint_path=checkpoint).train(3)
-    resumed = trainer(checkpoint_path=checkpoint)
+        trainer(hooks=TrainerHooks(should_stop=StopAt(n)),
+                checkpointing=Checkpointing(checkpoint)).train(3)  # fmt: skip
+    resumed = trainer(checkpointing=Checkpointing(checkpoint))
     torch.manual_seed(987)
     resumed.load_checkpoint(checkpoint)
     resumed.train(3)
@@ -363,16 +414,16 @@ def test_a_loader_without_a_generator_of_its_own_resumes_exactly(tmp_path, n):
 def test_a_checkpoint_with_another_tag_is_not_resumed(micro_data, tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     two = base_config("micro", num_epochs=2)
-    resumable_run(micro_data, two, checkpoint, checkpoint_tag="run-a")
+    resumable_run(micro_data, two, checkpoint, tag="run-a")
     seen = []
     with pytest.warns(UserWarning, match="not resuming"):
         other = resumable_run(micro_data, base_config("micro", num_epochs=3), checkpoint,
-                              checkpoint_tag="run-b", on_epoch_end=seen.append)  # fmt: skip
+                              tag="run-b", on_epoch_end=seen.append)  # fmt: skip
     assert [r["epoch"] for r in seen] == [1, 2, 3]  # from scratch
     assert torch.load(checkpoint, weights_only=False)["tag"] == "run-b"
     seen.clear()
     resumable_run(micro_data, base_config("micro", num_epochs=4), checkpoint,
-                  checkpoint_tag="run-b", on_epoch_end=seen.append)  # fmt: skip
+                  tag="run-b", on_epoch_end=seen.append)  # fmt: skip
     assert [r["epoch"] for r in seen] == [4]  # its own checkpoint: resumed
     assert len(other["metrics"]["train_losses"]) == 3
 
@@ -432,7 +483,7 @@ def test_every_evaluation_records_eval_mode_training_ce_and_validation_routing()
         dropout=0.5, train_eval_loader=DataLoader(random_blocks(8), batch_size=8)
     )
     seen = []
-    trainer.on_epoch_end = seen.append
+    trainer.hooks.on_epoch_end = seen.append
     trainer.train(3, eval_every=2)  # evaluates epochs 2 and 3
     m = trainer.get_metrics()
     assert m["val_epochs"] == [2, 3] and len(m["train_eval_ce_losses"]) == 2
