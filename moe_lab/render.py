@@ -222,7 +222,8 @@ def _given(layers: Sequence[Mapping[str, Any]] | None, key: str) -> list[float]:
 
 # compare's columns, in compare_rows' order (compare --csv's header)
 COMPARE_COLUMNS = ("id", "name", "kind", "status", "val_ce", "perplexity", "tokens_per_sec",
-                   "min_usage_pct", "drop_pct", "imbalance", "delta_vs_dense", "dense_id")  # fmt: skip
+                   "min_usage_pct", "drop_pct", "imbalance", "delta_vs_dense", "dense_id",
+                   "dense_comparable")  # fmt: skip
 
 
 def compare_rows(

@@ -29,7 +29,7 @@ def test_flags_and_set_values_become_the_request_body(cli, api):
         cli("submit", "flags", "--preset", "top2", *MICRO,
             "--set", "config.dropout=0.25", "--set", "config.top_k=1",
             "--set", "config.aux_weight=1e-3", "--set", "base.num_epochs=3",
-            "--set", "base.dataset_config=wikitext-2-raw-v1", "--set", "base.moe_layers=[1]",
+            "--set", "base.dataset_config=wikitext-2-v1", "--set", "base.moe_layers=[1]",
             "--set", 'config.gating_temp_schedule={"start": 2.0, "end": 0.5, "epochs": 2}',
             "--tag", "sweep", "--tag", "t-1", "--json")
     )  # fmt: skip
@@ -42,7 +42,7 @@ def test_flags_and_set_values_become_the_request_body(cli, api):
     assert config["top_k"] == 1 and isinstance(config["top_k"], int)
     assert config["dropout"] == 0.25 and config["aux_weight"] == 0.001
     assert stored["base"]["moe_layers"] == [1]
-    assert stored["base"]["dataset_config"] == "wikitext-2-raw-v1"
+    assert stored["base"]["dataset_config"] == "wikitext-2-v1"
     assert config["gating_temp_schedule"] == {"start": 2.0, "end": 0.5, "epochs": 2}
     assert stored["num_epochs"] == 3 and stored["base"]["max_train_tokens"] == 4096
 

@@ -64,7 +64,7 @@ def test_a_worker_reads_and_writes_only_where_its_settings_say(tmp_path):
     used = _with_data_settings(planted, settings)
     assert (used.data_dir, used.cache_dir) == (str(tmp_path / "text"), str(tmp_path / "cache"))
     # no text of its own: only the operator's datasets are fetched from the hub
-    hub = Settings(home=tmp_path, datasets=["wikitext/wikitext-2-v1"])
+    hub = Settings(home=tmp_path, data_dir=None, datasets=["wikitext/wikitext-2-v1"])
     assert _with_data_settings(base_config("micro"), hub).data_dir is None
     with pytest.raises(ValueError, match="'imdb/plain_text' is not offered"):
         _with_data_settings(
