@@ -23,6 +23,8 @@ LIMITS: dict[str, int | float] = {
     "aux_free_bias_rate": 0.1,  # DeepSeek-V3 uses 1e-3
     # numpy's seeds are 32-bit unsigned; a study's seeds run up to base.seed + 9
     "seed": 2**31 - 1,
+    # ranks one run spans: a node's GPUs (MOE_MAX_GPUS_PER_RUN bounds it per deployment)
+    "gpus": 64,
 }
 # The smallest value a request may give: a negative seed would fail on a worker (numpy).
 LOWER_LIMITS: dict[str, int | float] = {"seed": 0}

@@ -144,7 +144,12 @@ class BaseOverrides(BaseModel):
         "BaseConfig fields over the base preset's; any field left out keeps the preset's value. "
         "data_dir and cache_dir are the worker's (MOE_DATA_DIR, MOE_CACHE_DIR), not a client's; "
         "the text is the deployment's, one of its MOE_DATASETS. "
-        + stated(rules.HIDDEN_DIM_HEADS, rules.MOE_LAYERS_RANGE, rules.DATASET_NOT_OFFERED)
+        + stated(
+            rules.HIDDEN_DIM_HEADS,
+            rules.MOE_LAYERS_RANGE,
+            rules.DATASET_NOT_OFFERED,
+            rules.EXPERT_PARALLEL_LAYOUT,
+        )
     )
     model_config = BODY
 
@@ -164,6 +169,12 @@ class BaseOverrides(BaseModel):
     dense_patience: Whole[Annotated[int, Field(ge=0)]] = _base("dense_patience")
     precision: Precision = _base("precision")
     compile: Compile = _base("compile")
+    gpus: Whole[Annotated[int, Field(ge=1, le=LIMITS["gpus"])]] = _base(
+        "gpus", rules.GPUS_OVER_DEPLOYMENT, rules.BATCH_OVER_RANKS
+    )
+    expert_parallel: Whole[Annotated[int, Field(ge=1, le=LIMITS["gpus"])]] = _base(
+        "expert_parallel", rules.EXPERT_PARALLEL_LAYOUT, rules.EXPERTS_OVER_RANKS
+    )
     dataset_name: Text = _base("dataset_name", rules.DATASET_NOT_OFFERED)
     dataset_config: Text = _base("dataset_config", rules.DATASET_NOT_OFFERED)
     max_train_tokens: Whole[Annotated[int, Field(ge=2)]] | None = _base(

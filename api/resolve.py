@@ -7,7 +7,7 @@ problem a 422 located in the body."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -27,6 +27,7 @@ from moe_core.search import SweepConfig, check_sweep
 
 if TYPE_CHECKING:  # api.requests' models state the rules this module checks
     from api.requests import ExperimentCreate, StudyCreate, SweepCreate
+    from store.settings import Settings
 
 # Re-exported: the README, the docs and the tests name them as api.resolve's.
 from api.limits import DEFAULT_BASE_PRESET, LIMITS, LOWER_LIMITS, MAX_ID, WORKER_ONLY  # noqa: E402
@@ -82,19 +83,29 @@ def _located(exc: ValidationError, *field: str | int) -> list[dict[str, Any]]:
     ]
 
 
-def check_dataset(*, base: BaseConfig, offered: Sequence[str]) -> None:
-    """The text a run names is one the deployment offers (MOE_DATASETS): a worker fetches
-    nothing from a hub on a client's word."""
-    named = f"{base.dataset_name}/{base.dataset_config}"
+def check_deployment(*, base: BaseConfig, settings: Settings) -> None:
+    """What the deployment has: the text a run names is one it offers (MOE_DATASETS: a
+    worker fetches nothing from a hub on a client's word), and the GPUs a run asks for are
+    what one of its workers has (MOE_MAX_GPUS_PER_RUN: a run no worker can take would wait
+    in the queue for ever)."""
+    errors = []
+    named, offered = f"{base.dataset_name}/{base.dataset_config}", settings.datasets
     if named not in offered:
-        raise ConfigRefused([
-            rules.DATASET_NOT_OFFERED.error(
-                ("body", "base", "dataset_name"),
-                f"dataset {named!r} is not offered here; this deployment offers "
-                f"{', '.join(offered) or 'none'} (MOE_DATASETS)",
-                base.dataset_name,
-            )
-        ])  # fmt: skip
+        errors.append(rules.DATASET_NOT_OFFERED.error(
+            ("body", "base", "dataset_name"),
+            f"dataset {named!r} is not offered here; this deployment offers "
+            f"{', '.join(offered) or 'none'} (MOE_DATASETS)",
+            base.dataset_name,
+        ))  # fmt: skip
+    if base.gpus > settings.max_gpus_per_run:
+        errors.append(rules.GPUS_OVER_DEPLOYMENT.error(
+            ("body", "base", "gpus"),
+            f"the run asks for {base.gpus} GPUs; a worker of this deployment has at most "
+            f"{settings.max_gpus_per_run} (MOE_MAX_GPUS_PER_RUN)",
+            base.gpus,
+        ))  # fmt: skip
+    if errors:
+        raise ConfigRefused(errors)
 
 
 def check_run(
@@ -180,7 +191,7 @@ def _bad_values(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple,
 
 
 def resolve_experiment(
-    body: ExperimentCreate, *, datasets: Sequence[str]
+    body: ExperimentCreate, *, settings: Settings
 ) -> tuple[ExperimentConfig, BaseConfig]:
     """POST /experiments' run as the engine will train it, checked as a whole; raises
     ConfigRefused (a 422 naming every problem) otherwise. The baseline_id, a question for
@@ -189,14 +200,14 @@ def resolve_experiment(
     base_overrides = body.base.model_dump(exclude_unset=True)
     check_base_batch_size(base_overrides=base_overrides, applies=body.dense)
     base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
-    check_dataset(base=base, offered=datasets)
+    check_deployment(base=base, settings=settings)
     config = resolve_config(name=body.name, base=base, preset=body.preset, dense=body.dense,
                             overrides=body.config.model_dump(exclude_unset=True))  # fmt: skip
     check_run(config=config, base=base, dense=body.dense)
     return config, base
 
 
-def resolve_study(body: StudyCreate, *, datasets: Sequence[str]) -> list[StudyRun]:
+def resolve_study(body: StudyCreate, *, settings: Settings) -> list[StudyRun]:
     """POST /studies' runs, as the engine's study expands them (moe_core.config.study_runs:
     each seed's dense run, then its presets), checked as a whole; raises ConfigRefused."""
     check_values(body.model_dump(exclude_unset=True))
@@ -204,7 +215,7 @@ def resolve_study(body: StudyCreate, *, datasets: Sequence[str]) -> list[StudyRu
     # a study's MoE runs keep their presets' batch sizes: base.batch_size would not apply
     check_base_batch_size(base_overrides=base_overrides, applies=False)
     base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
-    check_dataset(base=base, offered=datasets)
+    check_deployment(base=base, settings=settings)
     runs = study_runs(base, list(body.experiments), body.seeds)
     for run in runs[: len(runs) // body.seeds]:  # the seeds' runs differ only in their seed
         check_run(config=run.config, base=run.base, dense=run.dense,
@@ -212,7 +223,7 @@ def resolve_study(body: StudyCreate, *, datasets: Sequence[str]) -> list[StudyRu
     return runs
 
 
-def resolve_sweep(body: SweepCreate, *, datasets: Sequence[str]) -> SweepConfig:
+def resolve_sweep(body: SweepCreate, *, settings: Settings) -> SweepConfig:
     """POST /sweeps' sweep as the engine will run it, checked as a whole, by the rules of
     every other body: the base and the overrides as /experiments checks them, each value
     of the space within its field's bounds, then the engine's own check of the sweep
@@ -223,7 +234,7 @@ def resolve_sweep(body: SweepCreate, *, datasets: Sequence[str]) -> SweepConfig:
     # a trial's batch size is its config's (overrides or space): base.batch_size would not apply
     check_base_batch_size(base_overrides=base_overrides, applies=False)
     base = resolve_base(base_preset=body.base_preset, overrides=base_overrides)
-    check_dataset(base=base, offered=datasets)
+    check_deployment(base=base, settings=settings)
     overrides = body.overrides.model_dump(exclude_unset=True)
     config = resolve_config(name=body.name, base=base, preset=body.preset,
                             overrides=overrides, field="overrides")  # fmt: skip

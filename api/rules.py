@@ -37,6 +37,14 @@ def stated(*rules: Rule) -> str:
 
 # The engine's own (moe_core.config raises them with these types).
 HIDDEN_DIM_HEADS = Rule("hidden_dim_heads", "hidden_dim is a multiple of num_heads")
+# A run on several ranks (docs/distributed.md): its layout fits its model and its batch.
+EXPERT_PARALLEL_LAYOUT = Rule("expert_parallel_layout", "expert_parallel divides gpus")
+EXPERTS_OVER_RANKS = Rule(
+    "experts_over_ranks", "expert_parallel divides the experts per MoE layer (num_experts)"
+)
+BATCH_OVER_RANKS = Rule(
+    "batch_over_ranks", "gpus divides the batch size (each rank trains an equal share)"
+)
 MOE_LAYERS_RANGE = Rule(
     "moe_layers_range", "every moe_layers index is below num_layers (the preset's values count)"
 )
@@ -83,6 +91,13 @@ TEXT_NOT_STORABLE = Rule(
     "text_not_storable", "every string is valid Unicode (no lone surrogates) without NUL"
 )
 NUMBER_NOT_FINITE = Rule("number_not_finite", "every number is finite (no NaN or Infinity)")
+# The deployment's largest worker (MOE_MAX_GPUS_PER_RUN): with workers scaled from zero none
+# may be registered yet, so the API's operator says what one will have.
+GPUS_OVER_DEPLOYMENT = Rule(
+    "gpus_over_deployment",
+    "gpus is at most the GPUs one worker of this deployment has (MOE_MAX_GPUS_PER_RUN; the "
+    "refusal says how many)",
+)
 # The text a worker trains on is the operator's choice (MOE_DATASETS), never fetched from a
 # hub on a client's word.
 DATASET_NOT_OFFERED = Rule(

@@ -46,8 +46,9 @@ class ExperimentPlan(BaseModel):
     num_epochs: int
     gpu_memory: GpuMemory = Field(
         description="the run's estimated peak GPU memory at its batch and sequence length, "
-        "in bf16 unless base.precision is fp32 (moe_core.sizing); a worker refuses a run "
-        "whose estimate exceeds its GPU's memory"
+        "in bf16 unless base.precision is fp32 (moe_core.sizing), per GPU: on several "
+        "(base.gpus) each holds its share of the experts and of each batch; a worker refuses "
+        "a run whose estimate exceeds its GPU's memory"
     )
 
 

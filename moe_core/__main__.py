@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from .atomic import write_json_atomic
 from .config import (
     BASE_PRESETS,
     EXPERIMENT_PRESETS,
+    BaseConfig,
     ExperimentConfig,
     base_config,
     dense_config,
@@ -155,10 +159,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from .study import main as run_study
 
-        summary = run_study(base, args.out, experiments=args.experiments, device=args.device,
-                            verbose=not args.quiet, seeds=args.seeds,
-                            parallel=args.parallel)  # fmt: skip
-        if args.quiet:
+        ranks = _ranks(base, args.device)
+        if ranks is False:
+            return 2
+        try:
+            summary = run_study(base, args.out, experiments=args.experiments, device=args.device,
+                                verbose=not args.quiet, seeds=args.seeds,
+                                parallel=args.parallel, ranks=ranks or None)  # fmt: skip
+        finally:
+            if ranks:
+                ranks.stop()
+        if args.quiet and (not ranks or ranks.main):
             print(summary["table"])
         return 0
 
@@ -174,18 +185,51 @@ def main(argv: list[str] | None = None) -> int:
         print(_validation_message(err, "experiment config"), file=sys.stderr)
         return 2
 
-    from .checkpoint import Checkpointing
+    return _train(args, base, config)
+
+
+def _train(args: argparse.Namespace, base: BaseConfig, config: ExperimentConfig) -> int:
+    """One experiment; under torchrun (base.gpus ranks) every rank runs this, and rank 0
+    writes the files."""
+    from .checkpoint import Checkpointing, newest
     from .criteria import format_verdict, judge
     from .data import build_datasets
+    from .errors import TrainingCancelled
+    from .hooks import TrainerHooks
     from .runner import run_single_experiment
 
     out = Path(args.out)
-    data = build_datasets(base)
-    result = run_single_experiment(
-        config, data.train, data.val, base, args.device, dense=args.dense,
-        checkpointing=Checkpointing(out / "checkpoint.pt"), model_path=out / "model.pt",
-        test_dataset=data.test, verbose=not args.quiet,
-    )  # fmt: skip
+    parallel = _ranks(base, args.device)
+    if parallel is False:
+        return 2
+    parallel = parallel or None
+    try:
+        # the tokenizer and dataset caches are written once, by rank 0, then read
+        data = (parallel.main_first if parallel else _call)(lambda: build_datasets(base))
+        # one process writes a file, several a DCP directory; either resumes from the newer
+        # of the two (a run restarted on another number of ranks)
+        pt, dcp = out / "checkpoint.pt", out / "checkpoint.dcp"
+        checkpointing = Checkpointing(dcp if parallel else pt, resume_from=newest(pt, dcp))
+        # SIGTERM (a preempted node; torchrun passes it to every rank): checkpoint at the
+        # next step, every rank at the same one, and stop; run the command again to resume
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        result = run_single_experiment(
+            config, data.train, data.val, base, args.device, dense=args.dense,
+            checkpointing=checkpointing, model_path=out / "model.pt",
+            test_dataset=data.test, verbose=not args.quiet, parallel=parallel,
+            hooks=TrainerHooks(should_stop=stop.is_set),
+        )  # fmt: skip
+    except TrainingCancelled as stopped:
+        if parallel is None or parallel.main:
+            print(f"{stopped}; checkpoint in {out}: run the same command to resume",
+                  file=sys.stderr)  # fmt: skip
+        return 128 + signal.SIGTERM
+    finally:
+        if parallel is not None:
+            parallel.stop()
+    if parallel is not None and not parallel.main:
+        return 0
     result["dense"] = args.dense
     write_json_atomic(out / "result.json", result)
     print(f"wrote {out / 'result.json'} and {out / 'model.pt'}")
@@ -193,6 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         dense = json.loads(Path(args.judge_against).read_text())
         print(format_verdict(config.name, judge(result, dense)))
     return 0
+
+
+def _ranks(base: BaseConfig, device: str | None) -> Any:
+    """This process's rank in a torchrun launch of base.gpus (moe_core.parallel.Parallel);
+    None on one process; False (after saying why) when the run asks for ranks it was not
+    launched with."""
+    from .parallel import Parallel, launched, local_device
+
+    if base.gpus == 1 and not launched():
+        return None
+    if not launched():
+        print(f"error: base.gpus is {base.gpus}: launch the run with torchrun, e.g. "
+              f"torchrun --standalone --nproc-per-node {base.gpus} -m moe_core ...",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return Parallel.start(gpus=base.gpus, expert_parallel=base.expert_parallel,
+                          device=local_device(device))  # fmt: skip
+
+
+def _call(make: Callable[[], Any]) -> Any:
+    return make()  # what Parallel.main_first does, on one process
 
 
 def _sweep(args: argparse.Namespace) -> int:

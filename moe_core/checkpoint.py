@@ -26,10 +26,32 @@ class Checkpointing:
 
     path: Path | None = None
     tag: str | None = None
+    # Where to resume from when not `path`: a run that changed its number of ranks resumes
+    # from the other kind of checkpoint (a DCP directory or one file: `newest`).
+    resume_from: Path | None = None
 
     def __post_init__(self) -> None:
         if self.path is not None:
             self.path = Path(self.path)  # a str or another PathLike too
+        if self.resume_from is not None:
+            self.resume_from = Path(self.resume_from)
+
+    @property
+    def source(self) -> Path | None:
+        return self.resume_from or self.path
+
+
+def newest(*paths: Path) -> Path | None:
+    """The most recently written of the checkpoints that exist at `paths` (a file, or a DCP
+    directory, dated by its metadata), or None."""
+
+    def written(path: Path) -> float | None:
+        marker = path / ".metadata" if path.is_dir() else path
+        return marker.stat().st_mtime if marker.is_file() else None
+
+    dated = [(written(p), p) for p in paths]
+    dated = [(t, p) for t, p in dated if t is not None]
+    return max(dated)[1] if dated else None
 
 
 def rng_state(loader: Iterable) -> dict[str, Any]:

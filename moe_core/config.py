@@ -144,6 +144,20 @@ class BaseConfig(BaseModel):
         "(inductor's fused kernels); graphs (the same, replayed as CUDA graphs: "
         "mode='reduce-overhead'; on the CPU the same as default)",
     )
+    # The run's parallel layout (docs/distributed.md): `gpus` processes launched by torchrun,
+    # each MoE layer's experts split over `expert_parallel` of them, the rest data parallel.
+    gpus: int = Field(
+        1,
+        ge=1,
+        description="processes the run trains on, one per GPU (on a CPU worker, processes on "
+        "gloo); above 1 the run is launched by torchrun and its global batch split between them",
+    )
+    expert_parallel: int = Field(
+        1,
+        ge=1,
+        description="ranks each MoE layer's experts are split over (all-to-all between them); "
+        "divides gpus and the experts per layer; gpus / expert_parallel replicas of each expert",
+    )
 
     # Data: the hub's wikitext-2-v1 unless `data_dir` holds train.txt/valid.txt/test.txt
     dataset_name: str = "wikitext"
@@ -170,6 +184,12 @@ class BaseConfig(BaseModel):
                 "moe_layers_range",
                 "moe_layers {bad} outside 0..{last} (num_layers)",
                 {"bad": str(bad), "last": self.num_layers - 1},
+            )
+        if self.gpus % self.expert_parallel:
+            raise PydanticCustomError(
+                "expert_parallel_layout",
+                "expert_parallel ({expert_parallel}) must divide gpus ({gpus})",
+                {"expert_parallel": self.expert_parallel, "gpus": self.gpus},
             )
         if len(set(self.moe_layers)) != len(self.moe_layers):
             raise PydanticCustomError(
@@ -221,6 +241,24 @@ def check(config: ExperimentConfig, base: BaseConfig, *, dense: bool = False) ->
             _check_top_k(config.top_k, config.experts(base), where)
         except PydanticCustomError as exc:
             problems.append(Problem(exc.type, "config.top_k", str(exc), config.top_k))
+        experts = config.experts(base)
+        if experts % base.expert_parallel:
+            where = "config.num_experts" if config.num_experts is not None else "base.num_experts"
+            problems.append(Problem(
+                "experts_over_ranks",
+                "base.expert_parallel",
+                f"expert_parallel ({base.expert_parallel}) must divide the experts per layer "
+                f"({where} = {experts})",
+                base.expert_parallel,
+            ))  # fmt: skip
+    if config.batch_size % base.gpus:
+        problems.append(Problem(
+            "batch_over_ranks",
+            "base.gpus",
+            f"gpus ({base.gpus}) must divide the batch size ({config.batch_size}): each rank "
+            "trains an equal share of every batch",
+            base.gpus,
+        ))  # fmt: skip
     batch_tokens = config.batch_size * (base.seq_len + 1)
     if base.max_train_tokens is not None and base.max_train_tokens < batch_tokens:
         problems.append(Problem(

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MoEConfig
+
+if TYPE_CHECKING:  # torch.distributed only where a run is parallel
+    from .expert_parallel import ExpertDispatch
 
 
 class Router(nn.Module):
@@ -169,6 +172,10 @@ class MoELayer(nn.Module):
         else:
             self.expert_bias = None
         self.dropout = nn.Dropout(dropout)
+        # Set by moe_core.parallel.parallelize when the run spans several ranks: the layer
+        # then sums its routing over them and, if its experts are split, sends rows to the
+        # rank holding each expert (moe_core.expert_parallel). None: one process, all here.
+        self.parallel: ExpertDispatch | None = None
 
     def capacity(self, num_tokens: int, capacity_factor: float | None = None) -> int:
         # Switch Transformer: expert capacity = capacity_factor * tokens / experts.
@@ -184,13 +191,16 @@ class MoELayer(nn.Module):
             return self.capacity(num_tokens, self.config.eval_capacity_factor)
         return None
 
-    def balance_loss(self, counts: torch.Tensor, prob_sum: torch.Tensor) -> torch.Tensor:
+    def balance_loss(
+        self, counts: torch.Tensor, prob_sum: torch.Tensor, tokens: int | None = None
+    ) -> torch.Tensor:
         """Load-balancing loss, Switch Transformer eq. (4)-(6): E * sum_e f_e * P_e, where
         f_e is the fraction of assignments routed to expert e and P_e the mean router
-        probability for e, from counts and probability sums over any number of tokens.
-        It is 1.0 at perfect balance and E when all go to one expert."""
+        probability for e, from counts and probability sums over any number of tokens
+        (`tokens`: those prob_sum is over; by default those of counts). It is 1.0 at
+        perfect balance and E when all go to one expert."""
         f = counts.to(prob_sum.dtype) / counts.sum()  # [E]
-        P = prob_sum / (counts.sum() / self.top_k)  # [E], over tokens
+        P = prob_sum / (counts.sum() / self.top_k if tokens is None else tokens)  # [E]
         return self.num_experts * torch.sum(f * P)
 
     @torch.no_grad()
@@ -257,7 +267,12 @@ class MoELayer(nn.Module):
         if kept is not None:
             # The dropped rows' gradient comes back through no expert: make it zero here
             rows = torch.where(kept.unsqueeze(1), rows, 0.0)
-        expert_out = self.experts(rows, offsets)  # [k*N, C]
+        ep = self.parallel
+        if ep is not None and ep.splits_experts:  # the rows go where their experts are
+            expert_of_row = sort_key.index_select(0, order)  # [k*N], E for dropped rows
+            expert_out = ep.run_experts(self.experts, rows, expert_of_row, kept_counts, cap)
+        else:
+            expert_out = self.experts(rows, offsets)  # [k*N, C]
         if kept is not None:
             # A dropped assignment contributes nothing: its token passes through the
             # block's residual connection unchanged (plus the shared experts' output). Its
@@ -274,18 +289,32 @@ class MoELayer(nn.Module):
         # ST-MoE eq. (5): the mean over tokens of the squared log-sum-exp of the router
         # logits. Always computed (it is a statistic too); in the graph only in training.
         z_logits = logits if self.training else logits.detach()
+        z_loss = torch.logsumexp(z_logits, dim=-1).square().mean()
         train_cap = N if self.config.dropless else self.capacity(N)
+        over = (counts - counts.clamp(max=train_cap)).sum()
+        local_prob_sum, ranks = prob_sum, 1
+        if ep is not None and self.training:
+            # This rank's tokens are a shard of the batch: the statistics are the batch's,
+            # summed over the ranks. The balance loss takes the batch's expert fractions and
+            # this shard's probabilities: averaged over the ranks (as their gradients are),
+            # it is the whole batch's loss, value and gradient. The z-loss reads as the
+            # batch's mean; its gradient stays this shard's.
+            counts, kept_counts, over, prob_sum, z_sum = ep.reduce(
+                counts, kept_counts, over, prob_sum, z_loss
+            )
+            z_loss = z_loss + (z_sum / ep.world_size - z_loss).detach()
+            ranks = ep.world_size
         stats = RoutingStats(
-            balance_loss=self.balance_loss(counts, prob_sum),
-            z_loss=torch.logsumexp(z_logits, dim=-1).square().mean(),
+            balance_loss=self.balance_loss(counts, local_prob_sum, tokens=N),
+            z_loss=z_loss,
             counts=counts.detach(),
             dropped=(counts - kept_counts).sum().detach(),
-            over_capacity=(counts - counts.clamp(max=train_cap)).sum().detach(),
+            over_capacity=over.detach(),
             prob_sum=prob_sum.detach(),
             # Capacity slots (E x cap) left unused; dropless groups have no slots to leave.
             pad_ratio=torch.zeros((), device=x.device)
             if cap is None
-            else 1.0 - kept_counts.sum().detach() / (E * cap),
+            else 1.0 - kept_counts.sum().detach() / (E * cap * ranks),
         )
         return self.dropout(out.to(x.dtype)).view(B, T, C), stats
 

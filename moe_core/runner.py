@@ -3,10 +3,11 @@ model is, train it with the Trainer, and evaluate the kept weights on the test s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .hooks import TrainerHooks
 from .model import GPT, GPTConfig
 from .sizing import parameters
 from .trainer import Trainer
+
+if TYPE_CHECKING:  # torch.distributed only where a run is parallel
+    from .parallel import Parallel
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -118,6 +122,7 @@ def run_single_experiment(
     model_path: str | os.PathLike | None = None,
     test_dataset: Dataset | None = None,
     verbose: bool = True,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train one configuration for `base_config.num_epochs`; returns config, metrics, params
     (the spec's keys) and `active_params`, `test` (the kept weights on `test_dataset`,
@@ -136,10 +141,19 @@ def run_single_experiment(
     belongs to another run: training starts afresh). `model_path` receives the final
     (best, under early stopping) weights. Raises `TrainingCancelled` when
     `hooks.should_stop` ends the run.
+
+    With `parallel` (moe_core.parallel: this process is one rank of a torchrun launch of
+    base_config.gpus), the run is that rank's part: the experts split, its share of each
+    batch, evaluation whole on every rank, `checkpointing.path` a DCP directory every rank
+    writes; a stop seen by any rank stops all; rank 0 alone prints, writes `model_path`
+    (the whole model, its experts gathered) and has its hooks called with each epoch.
     """
     checkpointing = checkpointing or Checkpointing()
     check_or_raise(config, base_config, dense=dense)
-    device = resolve_device(device)
+    device = parallel.device if parallel is not None else resolve_device(device)
+    if parallel is not None:
+        verbose = verbose and parallel.main
+        hooks = _rank_hooks(hooks or TrainerHooks(), parallel)
     precision = resolve_precision(base_config.precision, device)
     seed_everything(base_config.seed)  # every run starts from the same initialisation
     # The loader's own generator makes the shuffle order part of the checkpoint.
@@ -159,7 +173,13 @@ def run_single_experiment(
     # Room for the run's files before its first step: a checkpoint (weights, AdamW's two
     # moments, the best weights) twice while it is replaced, and the final weights.
     weights = atomic.tensor_bytes(model.state_dict())
-    atomic.ensure_room_for({checkpointing.path: 8 * weights, model_path: weights})
+    if parallel is None or parallel.main:
+        atomic.ensure_room_for({checkpointing.path: 8 * weights, model_path: weights})
+    if parallel is not None:
+        parallel.parallelize(model)  # before the optimizer: the experts become this rank's
+        train_loader = parallel.shard(train_loader)
+        if parallel.rank:  # each rank its own dropout masks (rank 0 goes on as one process)
+            torch.manual_seed(base_config.seed * 1_000_003 + parallel.rank)
     trainer = Trainer(
         model,
         train_loader,
@@ -176,17 +196,19 @@ def run_single_experiment(
         verbose=verbose,
         amp_dtype=torch.bfloat16 if precision == "bf16" else None,
         compile=base_config.compile,
+        parallel=parallel,
     )
     resumed = False
-    if checkpointing.path is not None and checkpointing.path.is_file():
+    source = checkpointing.source
+    if source is not None and source.exists():
         try:
-            done = trainer.load_checkpoint(checkpointing.path)
+            done = trainer.load_checkpoint(source)
             resumed = True
             if verbose:
                 within = (
                     f", {trainer.progress.steps} steps into the next" if trainer.progress else ""
                 )
-                print(f"[{config.name}] resumed from {checkpointing.path} after epoch {done}{within}",
+                print(f"[{config.name}] resumed from {source} after epoch {done}{within}",
                       flush=True)  # fmt: skip
         except CheckpointMismatch as exc:
             warnings.warn(f"not resuming: {exc}; training from scratch", stacklevel=2)
@@ -223,10 +245,26 @@ def run_single_experiment(
         "device": str(device),
         "precision": precision,
         "compile": base_config.compile,
+        # what the run's cross-entropy is measured on (moe_core.comparable) and its layout
+        "base": base_config.model_dump(),
+        "parallel": {"gpus": base_config.gpus, "expert_parallel": base_config.expert_parallel},
     }
-    if model_path is not None:
+    if parallel is not None:
+        whole = parallel.full_state_dict(trainer.model)  # a collective: every rank calls it
+        if model_path is not None and parallel.main:
+            torch_save_atomic(model_path, whole)
+    elif model_path is not None:
         save_model(trainer.model, model_path)
     return result
+
+
+def _rank_hooks(hooks: TrainerHooks, parallel: Parallel) -> TrainerHooks:
+    """A rank's hooks: a stop agreed by all ranks at the same step; the rest on rank 0 only
+    (the others train, rank 0 reports)."""
+    agreed = parallel.agreed(hooks.should_stop)
+    if parallel.main:
+        return dataclasses.replace(hooks, should_stop=agreed)
+    return TrainerHooks(should_stop=agreed, step_metrics_every=hooks.step_metrics_every)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:

@@ -50,21 +50,27 @@ def memory_estimate(
     two moments, bf16 copies of the matmul weights under autocast, and one step's saved
     activations (with fused attention: no T x T scores). An estimate, meant to refuse a run
     that cannot fit and to place runs side by side, not to budget to the last MiB; it errs
-    high (the allocator's caching and fragmentation are counted as 10%)."""
+    high (the allocator's caching and fragmentation are counted as 10%).
+
+    Per rank when the run spans several (base.gpus, base.expert_parallel): each holds the
+    dense parameters, its share of the experts and its share of each batch."""
     total, _ = parameters(config, base, dense=dense)
+    moe_layers = 0 if dense else len(base.moe_layers)
+    experts = config.experts(base)
+    # The routed experts' two matrices per MoE layer, split over the expert-parallel ranks.
+    expert_params = moe_layers * experts * 2 * base.hidden_dim * config.expert_dim
+    total -= expert_params - expert_params // base.expert_parallel
     weights = 4 * total
     state = 12 * total  # float32 gradients, and AdamW's exp_avg and exp_avg_sq
     half = 2 if precision == "bf16" else 4
     casts = 2 * total if precision == "bf16" else 0  # autocast's cached bf16 weights
-    n = config.batch_size * base.seq_len  # tokens per step
+    n = config.batch_size // base.gpus * base.seq_len  # tokens per step, on this rank
     c = base.hidden_dim
     # Saved for the backward, in values per token per block (Korthikanti et al. 2022,
     # table 2, without the attention scores): attention's inputs, Q, K, V, its output,
     # and a dropout mask; then the FFN's input, hidden pre- and post-GELU, and its mask.
     attention = 6 * c
     mlp = 2 * c + 2 * base.ffn_dim
-    experts = config.experts(base)
-    moe_layers = 0 if dense else len(base.moe_layers)
     # MoE: the router's logits and probabilities, the k gathered rows and their hidden
     # activations, the weighted outputs, and the shared experts' hidden units.
     width = config.expert_dim
@@ -72,6 +78,10 @@ def memory_estimate(
     per_token = base.num_layers * attention + (base.num_layers - moe_layers) * mlp
     per_token += moe_layers * moe
     activations = n * per_token * half
+    if base.expert_parallel > 1 and moe_layers:
+        # The all-to-all's buffers, padded to the capacity: sent, received and sent back.
+        capacity = -(-config.capacity_factor * n // experts) if not config.dropless else n
+        activations += moe_layers * 3 * int(experts * capacity) * c * half
     # float32 logits, their log-softmax and its gradient
     logits = 3 * 4 * n * base.vocab_size
     subtotal = weights + state + casts + activations + logits

@@ -38,8 +38,12 @@ class LossStep:
         routed: bool,
         amp_dtype: torch.dtype | None = None,
         compile: CompileMode = "off",
+        mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model, self.device, self.routed, self.amp_dtype = model, device, routed, amp_dtype
+        # On several ranks (moe_core.parallel): each rank's losses are its shard's; they are
+        # reported as the batch's (their mean over the ranks), the gradient left the shard's.
+        self.mean = mean
         self.graphs = compile == "graphs" and device.type == "cuda"
         self.compiled: Callable[..., StepResult] = self.eager
         if compile != "off":
@@ -69,7 +73,14 @@ class LossStep:
             else:
                 ce = F.cross_entropy(logits, y)
                 objective = ce
-        return objective + aux, ce, aux, routing
+        objective = objective + aux
+        # (a DDP wrapper keeps a training flag of its own: its module's is the Trainer's)
+        if self.mean is not None and getattr(self.model, "module", self.model).training:
+            own = torch.stack([objective.detach(), ce.detach(), aux.detach()])
+            batch = self.mean(own)
+            objective = objective + (batch[0] - own[0])  # the value moves, not the gradient
+            ce, aux = batch[1], batch[2]
+        return objective, ce, aux, routing
 
     def autocast(self):
         if self.amp_dtype is None:

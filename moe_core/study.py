@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,9 @@ from .config import BaseConfig, StudyRun, check_or_raise, study_runs
 from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
 from .provenance import source_commit
 from .runner import resolve_device, resolve_precision, run_single_experiment
+
+if TYPE_CHECKING:  # torch.distributed only where a study is parallel
+    from .parallel import Parallel
 
 
 def evaluate_success_criteria(
@@ -84,6 +87,7 @@ def main(
     verbose: bool = True,
     seeds: int = 1,
     parallel: int = 1,
+    ranks: Parallel | None = None,
 ) -> dict[str, Any]:
     """The spec's pipeline: dense baseline (early stopping), the spec's four experiments (or
     `experiments`, any of EXPERIMENT_PRESETS), evaluation,
@@ -92,14 +96,17 @@ def main(
     With `seeds` > 1 the dense baseline and every experiment run once per seed (base.seed,
     base.seed + 1, ...) and each experiment is judged on its differences from the dense run
     of the same seed: means, standard errors and whether they are significant. With
-    `parallel` > 1, that many runs train at once, each in a process of its own.
+    `parallel` > 1, that many runs train at once, each in a process of its own. With
+    `ranks` (moe_core.parallel: this process is one rank of a torchrun launch), every run
+    trains on all the launch's ranks, one after another, and rank 0 writes the files.
     """
     from .data import build_datasets  # here, so importing the study needs no `datasets`
 
-    if parallel < 1:
-        raise ValueError(f"parallel must be at least 1, got {parallel}")
+    if parallel < 1 or (ranks is not None and parallel > 1):
+        raise ValueError(f"parallel must be 1 on several ranks, at least 1 otherwise: {parallel}")
     base = base_config or BaseConfig()
-    device = resolve_device(device)
+    device = ranks.device if ranks is not None else resolve_device(device)
+    verbose = verbose and (ranks is None or ranks.main)
     # One precision for every run, resolved here, so that verdicts compare like with like.
     base = base.model_copy(update={"precision": resolve_precision(base.precision, device)})
     plan = study_runs(base, experiments, seeds)
@@ -110,7 +117,8 @@ def main(
     started = time.perf_counter()
     commit = source_commit()  # at the start: the code that runs, whatever changes meanwhile
 
-    data = build_datasets(base)  # the seed changes initialisation and order, not the data
+    # the seed changes initialisation and order, not the data; its caches written once
+    data = ranks.main_first(lambda: build_datasets(base)) if ranks else build_datasets(base)
     threads = torch.get_num_threads()
     if verbose:
         print(
@@ -133,6 +141,7 @@ def main(
                 model_path=path,
                 test_dataset=data.test,
                 verbose=verbose,
+                parallel=ranks,
             )  # fmt: skip
             for run, path in zip(plan, paths, strict=True)
         ]
@@ -200,6 +209,10 @@ def main(
         "verdicts": verdicts,
         "table": table,
     }
+    if ranks is not None:
+        summary["ranks"] = {"gpus": ranks.world_size, "expert_parallel": ranks.expert_parallel}
+        if not ranks.main:
+            return summary  # rank 0 writes
     write_json_atomic(out / "experiment_results.json", summary)
     if verbose:
         print(f"\nwrote {out / 'experiment_results.json'} and {out / 'dense_model.pt'}"

@@ -1,15 +1,12 @@
 """The Trainer: epochs, evaluation, early stopping, gating-temperature annealing and
 checkpoint/resume, for any model whose forward returns (logits, aux_loss).
 
-The caller plugs in through hooks that the Trainer knows nothing about, passed whole as
-one TrainerHooks (moe_core.hooks: each epoch's record, step points, progress, and
-`should_stop`, consulted before every training step and evaluation batch). When a stop
-comes, the Trainer writes its checkpoint (Checkpointing, moe_core.checkpoint) at that step
-boundary, with the epoch in progress, so that a resume continues it exactly, and raises
-`TrainingCancelled`. Printing is one more such callback (moe_core.reporting), routing
-statistics are summed by moe_core.routing_stats from what each MoE layer returns, and the
-histories are one object, `self.history` (moe_core.records.MetricsHistory), whose fields
-are the spec's attributes.
+The caller plugs in through one TrainerHooks (moe_core.hooks: epoch records, step points,
+progress, and `should_stop`, consulted before every step and evaluation batch). At a stop the
+Trainer checkpoints at that step boundary (moe_core.checkpoint), so a resume continues the
+epoch exactly, and raises `TrainingCancelled`. Printing is one more callback
+(moe_core.reporting); the histories are `self.history` (moe_core.records.MetricsHistory),
+whose fields are the spec's attributes.
 
 A training step reads nothing back from the device: losses and routing statistics are
 summed on it and read once per epoch. `compile` turns the forward and its losses into one
@@ -22,11 +19,13 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import torch.nn as nn
 
+from . import sharded_checkpoint
 from .atomic import torch_save_atomic
 from .checkpoint import Checkpointing, read_checkpoint, restore_rng, rng_state
 from .config import CompileMode, GatingTempSchedule
@@ -39,6 +38,9 @@ from .reporting import ConsoleReporter
 from .routing_stats import EvalRouting, TrainingRouting
 from .step import LossStep, PhaseClock
 from .step_points import StepPoints
+
+if TYPE_CHECKING:  # torch.distributed only where a run is parallel
+    from .parallel import Parallel
 
 __all__ = ["Trainer", "TrainerHooks", "Checkpointing", "TrainingCancelled", "TrainingDiverged",
            "CheckpointMismatch", "GRAD_CLIP"]  # fmt: skip
@@ -94,6 +96,7 @@ class Trainer:
         verbose: bool = True,
         amp_dtype: torch.dtype | None = None,
         compile: CompileMode | bool = "off",
+        parallel: Parallel | None = None,
     ):
         self.model = model
         self.train_loader = train_loader
@@ -109,19 +112,22 @@ class Trainer:
         self.hooks = hooks or TrainerHooks()
         self.checkpointing = checkpointing or Checkpointing()
         self.step_points = StepPoints(self.device)
-        # A fixed slice of the training set, evaluated like the validation set at every
-        # evaluation: the generalisation gap compares the two in the same mode (no dropout,
-        # no smoothing, no capacity drops), not against the epoch's training-mode average.
+        # A fixed training slice evaluated like the validation set: the generalisation gap
+        # compares the two in one mode (no dropout, smoothing or drops).
         self.train_eval_loader = train_eval_loader
         self.reporter = (
             ConsoleReporter(model_name, self._running_loss, log_interval) if verbose else None
         )
         moe = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
         self.moe_layers = [m for _, m in moe]
-        # bf16 autocast is for GPUs (moe_core.runner.resolve_precision); the router and the
-        # losses stay float32 under it. compile: moe_core.step.LossStep.
-        self.loss_step = LossStep(model, self.device, routed=bool(self.moe_layers), amp_dtype=amp_dtype,
-                             compile={True: "default", False: "off"}.get(compile, compile))  # fmt: skip
+        # bf16 autocast: GPUs only (moe_core.runner); compile: moe_core.step.LossStep. On
+        # several ranks (moe_core.parallel): the whole batch's losses, norm and tokens.
+        self.parallel = parallel
+        self.ranks = parallel.world_size if parallel is not None else 1
+        self.loss_step = LossStep(parallel.forward if parallel else model, self.device,
+                                  routed=bool(self.moe_layers), amp_dtype=amp_dtype,
+                                  compile={True: "default", False: "off"}.get(compile, compile),
+                                  mean=parallel.mean if parallel else None)  # fmt: skip
         self.clock = PhaseClock(self.device)
         # The layer each reports as: the first index in its module path ("blocks.2.ffn" -> 2).
         self.moe_layer_ids = [
@@ -138,9 +144,8 @@ class Trainer:
 
     def temperature_for_epoch(self, epoch_index: int) -> float | None:
         """Gating temperature for the 0-based epoch (None without a schedule)."""
-        if self.gating_temp_schedule is None:
-            return None
-        return self.gating_temp_schedule.temperature(epoch_index)
+        schedule = self.gating_temp_schedule
+        return schedule.temperature(epoch_index) if schedule is not None else None
 
     def _set_temperature(self, epoch_index: int) -> None:
         t = self.temperature_for_epoch(epoch_index)
@@ -153,8 +158,7 @@ class Trainer:
     # ------------------------------------------------------------------ reports and stops
 
     def _report(self, phase: str, progress: EpochProgress) -> None:
-        report: ProgressReport = {"phase": phase, "epoch": self.epoch + 1,
-                                  "step": progress.steps,
+        report: ProgressReport = {"phase": phase, "epoch": self.epoch + 1, "step": progress.steps,
                                   "steps_per_epoch": len(self.train_loader),
                                   "tokens": progress.tokens}  # fmt: skip
         for hook in (self.reporter and self.reporter.on_progress, self.hooks.on_progress):
@@ -171,10 +175,8 @@ class Trainer:
         path = self.checkpointing.path
         if path is not None:
             self.save_checkpoint(path)
-        message = (
-            f"{self.model_name}: stopped {where} of epoch {self.epoch + 1}, after step "
-            f"{steps}/{len(self.train_loader)} (global step {self.current_step})"
-        )
+        message = (f"{self.model_name}: stopped {where} of epoch {self.epoch + 1}, after step "
+                   f"{steps}/{len(self.train_loader)} (global step {self.current_step})")  # fmt: skip
         if self.reporter is not None:
             saved = f"; checkpoint {path}" if path is not None else ""
             self.reporter.say(message + saved)
@@ -229,7 +231,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # The total norm before clipping, kept on the device (a step point reads it).
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+            grad_norm = self._clip()
             t2 = self.clock.now()
             learning_rate = self.optimizer.param_groups[0]["lr"]  # the one this step uses
             self.optimizer.step()
@@ -241,19 +243,18 @@ class Trainer:
             progress.totals += torch.stack([loss.detach(), ce.detach(), aux.detach()])
             progress.routing.add(routing)
             progress.steps += 1
-            progress.tokens += y.numel()
+            tokens = y.numel() * self.ranks  # the whole batch, over every rank
+            progress.tokens += tokens
             self.current_step += 1
             points.after_step(on_steps, step=self.current_step, epoch=self.epoch + 1,
-                              tokens=y.numel(), learning_rate=learning_rate, loss=loss, ce=ce,
-                              aux=aux, grad_norm=grad_norm)  # fmt: skip
+                              tokens=tokens, learning_rate=learning_rate,
+                              loss=loss, ce=ce, aux=aux, grad_norm=grad_norm)  # fmt: skip
             self._report("training", progress)
 
         close_segment()
         n_steps = progress.steps
         if n_steps == 0:
-            raise ValueError(
-                "the training loader yielded no batches (dataset smaller than a batch?)"
-            )
+            raise ValueError("the training loader yielded no batches (dataset under a batch?)")
         loss, ce, aux = (progress.totals / n_steps).tolist()
         # Checked once per epoch from the sums already kept: a per-step check would cost a
         # device sync every step.
@@ -327,8 +328,7 @@ class Trainer:
         return losses, routing.summary(self.moe_layer_ids)
 
     def _weights_epoch(self) -> int:
-        """The epoch whose weights the model holds: the one in progress once its steps are
-        done (evaluation inside train()), else the last completed one."""
+        """The epoch whose weights the model holds: the one in progress once trained."""
         trained = self.progress is not None and self.progress.train_stats is not None
         return self.epoch + 1 if trained else self.epoch
 
@@ -398,6 +398,11 @@ class Trainer:
     def get_metrics(self) -> dict[str, Any]:
         return self.history.metrics()
 
+    def _clip(self) -> torch.Tensor:
+        if self.parallel is not None:  # the norm of the whole model, experts on every rank
+            return self.parallel.clip_grad_norm_(self.model, GRAD_CLIP)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
@@ -416,20 +421,29 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_state = state["best_state"]
+        self.restore(state)
+        restore_rng(state["rng"], self.train_loader)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The epoch in progress, the histories, the step points."""
         progress = state.get("progress")
         self.progress = EpochProgress.from_state(progress, self.device) if progress else None
         self.history = MetricsHistory.from_state(state["history"])
         self.step_points.load_state(state.get("step_points"))
-        restore_rng(state["rng"], self.train_loader)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Everything needed to resume from here (an epoch's end, or a step boundary within
-        one), written atomically."""
-        torch_save_atomic(path, self.state_dict())  # after checking the disk has room
+        """Everything needed to resume from here (an epoch's end, or a step boundary), written
+        atomically: one file, or on several ranks a DCP directory (moe_core.sharded_checkpoint)."""
+        if self.parallel is not None:
+            sharded_checkpoint.save(Path(path), self, self.parallel)
+        else:
+            torch_save_atomic(path, self.state_dict())  # after checking the disk has room
 
     def load_checkpoint(self, path: str | os.PathLike) -> int:
-        """Restore from `path`; returns the number of completed epochs (the next is +1, or
-        the one in progress). Raises CheckpointMismatch, restoring nothing, when
-        `checkpointing.tag` is set and the checkpoint carries another."""
-        self.load_state_dict(read_checkpoint(path, self.checkpointing.tag))
+        """Restore from `path` (a file, or a DCP directory of any world size); returns the
+        completed epochs. Raises CheckpointMismatch, restoring nothing, on another tag."""
+        if Path(path).is_dir():
+            return sharded_checkpoint.load(Path(path), self, self.parallel)
+        state = read_checkpoint(path, self.checkpointing.tag)
+        self.load_state_dict(sharded_checkpoint.slice_whole(state, self, self.parallel))
         return self.epoch

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         default_factory=lambda: ["wikitext/wikitext-2-v1"],
         description="comma-separated name/config pairs a run may name (MOE_DATASETS)",
     )
+    # GPUs (on a CPU worker: processes) one run may span: the largest worker's, which the
+    # API checks a run against before queueing it (with workers scaled from zero, none may
+    # be registered to ask).
+    max_gpus_per_run: int = Field(1, ge=1, le=64)
+    # This worker's GPUs (on a CPU worker: slots for processes on gloo); a run asking for k
+    # of them holds k of its slots and is launched by torchrun. Unset: the devices it sees,
+    # or runs_per_gpu on a CPU.
+    gpus_per_worker: int | None = Field(None, ge=1, le=64)
     api_token: SecretStr | None = Field(
         None, description="when set, the API needs this bearer token"
     )

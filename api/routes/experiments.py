@@ -73,7 +73,7 @@ def create_experiment(
     ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> Experiment | Response:
-    config, base = resolve_experiment(body, datasets=settings.datasets)
+    config, base = resolve_experiment(body, settings=settings)
     if body.baseline_id is not None:
         _check_baseline(session, body.baseline_id, base=base.model_dump())
     if dry_run:

@@ -60,7 +60,7 @@ def create_study(
     ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> dict | Response:
-    runs = resolve_study(body, datasets=settings.datasets)
+    runs = resolve_study(body, settings=settings)
     base = runs[0].base  # the first seed's: the study's base
     if dry_run:
         # each seed's runs differ only in their seed: one plan per preset (and dense)

@@ -85,7 +85,7 @@ def create_sweep(
     a run, its size against the limit), then store it with a dense run per seed and its
     first `parallel` trials, and queue them. Workers propose the next trials as earlier
     ones end."""
-    config = resolve_sweep(body, datasets=settings.datasets)
+    config = resolve_sweep(body, settings=settings)
     if dry_run:
         grid = len(grid_points(config.space)) if config.method == "grid" else None
         plan = SweepPlan(
