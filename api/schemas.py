@@ -226,6 +226,11 @@ class ResultRead(BaseModel):
     device: str | None = Field(None, description="the torch device it trained on")
     precision: str | None = Field(None, description="bf16 or fp32: what it trained in")
     compile: str | None = Field(None, description="base.compile: off, default or graphs")
+    parallel: dict[str, int] | None = Field(
+        None,
+        description="its ranks: gpus (processes) and expert_parallel (ranks the experts "
+        "are split over); one process: gpus 1",
+    )
 
 
 # A verdict is the engine's record (moe_core.verdict_records), served as declared there:

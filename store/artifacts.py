@@ -19,6 +19,9 @@ CHECKPOINT = "checkpoint.pt"  # enough to resume: model, optimizer, RNG, histori
 MODEL = "model.pt"  # the final weights (the best epoch's under early stopping)
 RESULT = "result.json"  # what the engine's run_single_experiment returned
 LOG = "run.log"  # what the worker logged for the run, every attempt
+# A run on several GPUs checkpoints as a torch.distributed.checkpoint directory (each rank
+# writes its part; moe_core.sharded_checkpoint): resumable, not served (a folder of shards).
+SHARDED_CHECKPOINT = "checkpoint.dcp"
 RUN_FILES = (MODEL, CHECKPOINT, RESULT, LOG)
 # TensorBoard's event files (worker.sinks, MOE_TENSORBOARD), one per attempt, listed and
 # served as tensorboard/<file>.

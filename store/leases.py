@@ -269,11 +269,14 @@ def hand_back(
     owner: str,
     out_of_memory: bool = False,
     due_in: float = 0.0,
+    restart: bool = False,
 ) -> bool:
     """Return a run that `owner` holds to the queue, not as a failure (committed); the
     caller publishes it, due in `due_in` seconds (its `queued_at` is then, so that no sweep
     takes the wait for a lost message). `out_of_memory`: because the GPU it shared ran out
-    of memory (counted in oom_handbacks). False when `owner` no longer holds it."""
+    of memory (counted in oom_handbacks). `restart`: its processes died, as a takeover
+    after a crash (counted in restarts, not handbacks). False when `owner` no longer
+    holds it."""
     returned = session.execute(
         _update_owned(experiment_id, owner).values(
             status=Status.queued,
@@ -281,7 +284,8 @@ def hand_back(
             worker_name=None,
             heartbeat_at=None,
             progress=None,
-            handbacks=Experiment.handbacks + 1,
+            handbacks=Experiment.handbacks + (0 if restart else 1),
+            restarts=Experiment.restarts + (1 if restart else 0),
             oom_handbacks=Experiment.oom_handbacks + (1 if out_of_memory else 0),
             queued_at=utcnow() + timedelta(seconds=due_in),
         )

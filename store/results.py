@@ -174,6 +174,11 @@ def stored_result(run: Experiment) -> dict[str, Any]:
         "device": run.device,
         "precision": run.precision,
         "compile": run.base.get("compile", "off"),
+        # its ranks, as the engine's result records them (runs before gpus existed: one)
+        "parallel": {
+            "gpus": run.base.get("gpus", 1),
+            "expert_parallel": run.base.get("expert_parallel", 1),
+        },  # fmt: skip
     }
 
 

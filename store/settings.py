@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # of them holds k of its slots and is launched by torchrun. Unset: the devices it sees,
     # or runs_per_gpu on a CPU.
     gpus_per_worker: int | None = Field(None, ge=1, le=64)
+    # When a rank of such a run dies, torchrun restarts all its ranks in place (from the
+    # last checkpoint) this many times before the worker hands the run back as a restart.
+    rank_restarts: int = Field(0, ge=0, le=10)
     api_token: SecretStr | None = Field(
         None, description="when set, the API needs this bearer token"
     )

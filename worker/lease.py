@@ -164,13 +164,16 @@ class RunLease:
         queue: TrainingQueue,
         worker_name: str | None,
         device: str,
+        owner: str | None = None,
     ) -> None:
         self.experiment_id = experiment_id
         self.settings = settings
         self.queue = queue
         self.worker_name = worker_name
         self.device = device
-        self.owner = new_owner_id()
+        # `owner`: a lease claimed by another process of this attempt (rank 0 of a run on
+        # several GPUs reports under the claim its worker's pool process made: worker.launch)
+        self.owner = owner or new_owner_id()
         self.attempt = 0
         self._state = LeaseState.held  # as the monitor last saw it
         self._pace = Pace()
@@ -268,6 +271,10 @@ class RunLease:
     def should_stop(self) -> bool:
         """Checked by the training loop every step: a flag read, no I/O."""
         return self._stop.is_set() or shutdown.requested()
+
+    def lost(self) -> bool:
+        """Whether the monitor last saw the run held by another attempt (a takeover)."""
+        return self._state is LeaseState.lost
 
     def _watch(self) -> None:
         """Beside the training loop: reads the lease every `cancel_poll_seconds` and writes
@@ -405,15 +412,17 @@ class RunLease:
         *,
         out_of_memory: bool = False,
         countdown: float | None = None,
+        restart: bool = False,
     ) -> bool:
         """Return the run to the queue (this worker is stopping, or its GPU ran out of
-        memory) and publish it, at once or after `countdown` seconds."""
+        memory) and publish it, at once or after `countdown` seconds. `restart`: its
+        training processes died (a rank of a run on several GPUs): counted as a restart."""
 
         def write() -> bool:
             with self._session() as session:
                 return leases.hand_back(
                     session=session, experiment_id=self.experiment_id, owner=self.owner,
-                    out_of_memory=out_of_memory, due_in=countdown or 0.0,
+                    out_of_memory=out_of_memory, due_in=countdown or 0.0, restart=restart,
                 )  # fmt: skip
 
         if not outlasting_outages(self.settings, f"{self!r} hand back", write):

@@ -7,17 +7,18 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from datasets import disable_progress_bars
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from moe_core.atomic import write_json_atomic
-from moe_core.checkpoint import Checkpointing
+from moe_core.checkpoint import Checkpointing, newest
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.data import build_datasets
 from moe_core.errors import TrainingCancelled
@@ -38,9 +39,12 @@ from store.queue import TrainingQueue
 from store.results import stored_result
 from store.settings import Settings
 from store.tracking import run_verdict, verdicts_left_waiting
-from worker import gpu_memory, shutdown
+from worker import gpu_memory, launch, shutdown, slots
 from worker.lease import RunLease
 from worker.sinks import RunInfo, Sinks, open_sinks
+
+if TYPE_CHECKING:  # torch.distributed only in a run's ranks
+    from moe_core.parallel import Parallel
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,9 @@ def run_experiment(
     worker_name: str | None = None,
 ) -> None:
     """Run (or resume) one experiment until it finishes or this worker stops; returns
-    quietly when the run is not this worker's to run (finished, or held by a live worker)."""
+    quietly when the run is not this worker's to run (finished, or held by a live worker).
+    A run on several GPUs is trained by processes of its own (worker.launch), under the
+    lease this process claims."""
     device = resolve_device(settings.device)
     lease = RunLease(
         experiment_id, settings=settings, queue=queue, worker_name=worker_name, device=str(device)
@@ -66,60 +72,135 @@ def run_experiment(
     if claim.outcome not in (ClaimOutcome.claimed, ClaimOutcome.took_over):
         log.info("experiment %s: nothing to do (%s)", experiment_id, claim.outcome)
         return
+    run = prepare(lease, settings=settings, worker_name=worker_name, device=device)
+    if run is None:
+        log.info("experiment %s: taken over before it started", experiment_id)
+        return
+    with run_log(run.directory / artifacts.LOG, experiment_id):
+        log.info("experiment %s: attempt %s (%s) on %s, %s", experiment_id, claim.attempt,
+                 claim.outcome, worker_name or lease.owner, device)  # fmt: skip
+        if shutdown.requested():  # told to stop before training began
+            lease.hand_back()
+            return
+        if claim.attempt == 1:
+            _remove_foreign_checkpoints(run.directory, experiment_id)
+        held = _take_slots(lease, run.base, settings=settings, worker_name=worker_name,
+                           device=device)  # fmt: skip
+        if held is None:
+            return
+        with slots.holding(held):
+            if run.base.gpus > 1:
+                launch.train_on_ranks(lease, run, gpus=held.indices, settings=settings,
+                                      worker_name=worker_name)  # fmt: skip
+            else:
+                attempt(lease, run, settings=settings, device=device)
+
+
+class Prepared(NamedTuple):
+    """A claimed run, as its attempt trains it."""
+
+    config: ExperimentConfig
+    base: BaseConfig  # its precision pinned
+    dense: bool
+    run_key: str
+    directory: Path
+    epochs_done: int
+    described: dict[str, Any]
+
+
+def prepare(
+    lease: RunLease, *, settings: Settings, worker_name: str | None, device: torch.device
+) -> Prepared | None:
+    """Read the claimed run and pin its precision; None when it was taken over meanwhile."""
     with session_scope(settings.database_url) as session:
-        experiment = catalogue.get_experiment(session=session, experiment_id=experiment_id)
+        experiment = catalogue.get_experiment(session=session, experiment_id=lease.experiment_id)
         assert experiment is not None  # claimed just now; rows are never deleted under a run
         config = ExperimentConfig.model_validate(experiment.config)
         base = BaseConfig.model_validate(experiment.base)
-        dense, run_key = experiment.dense, experiment.run_key
-        epochs_done = experiment.current_epoch
         described = {"name": experiment.name, "preset": experiment.preset,
                      "tags": list(experiment.tags or []), "mlflow_run_id": experiment.mlflow_run_id,
                      "study": experiment.study.name if experiment.study else None}  # fmt: skip
         if worker_name is not None:
             workers.set_device(session=session, name=worker_name, device=str(device))
         # A study's members all train in the precision its first member resolved.
-        precision = leases.pin_precision(session=session, experiment_id=experiment_id,
+        precision = leases.pin_precision(session=session, experiment_id=lease.experiment_id,
                                        owner=lease.owner,
                                        resolved=resolve_precision(base.precision, device))  # fmt: skip
-    if precision is None:
-        log.info("experiment %s: taken over before it started", experiment_id)
-        return
-    base = base.model_copy(update={"precision": precision})
-    directory = artifacts.run_dir(settings, run_key)
-    directory.mkdir(parents=True, exist_ok=True)
-    with run_log(directory / artifacts.LOG, experiment_id):
-        log.info("experiment %s: attempt %s (%s) on %s, %s", experiment_id, claim.attempt,
-                 claim.outcome, worker_name or lease.owner, device)  # fmt: skip
-        if shutdown.requested():  # told to stop before training began
-            lease.hand_back()
-            return
-        checkpoint = directory / artifacts.CHECKPOINT
-        if claim.attempt == 1 and checkpoint.exists():
-            # A first attempt has no past to resume; whatever lies there is not this run's.
-            log.warning("experiment %s: removing a checkpoint its first attempt did not "
-                        "write", experiment_id)  # fmt: skip
-            checkpoint.unlink()
-        sinks = open_sinks(
-            tensorboard=settings.tensorboard,
-            mlflow_tracking_uri=settings.mlflow_tracking_uri,
-            remember_mlflow_run=lease.remember_mlflow_run,
-            on_failure=lease.record_sink_failure,
-        )
-        run_info = RunInfo(experiment_id=experiment_id, run_key=run_key, directory=directory,
-                           config=config.model_dump(mode="json"),
-                           base=base.model_dump(mode="json"), dense=dense,
-                           **described)  # fmt: skip
-        lease.preparing_data(epoch=epochs_done + 1, num_epochs=base.num_epochs)
-        try:
-            with lease:
-                # under the lease's heartbeat: a tracking server slow to answer (or refuse)
-                # must not make the run look dead
-                sinks.start(run_info)
-                _train(lease, config, base, dense=dense, device=device, directory=directory,
-                       run_key=run_key, settings=settings, sinks=sinks)  # fmt: skip
-        finally:
-            _end_sinks(sinks, lease, settings)
+        if precision is None:
+            return None
+        run = Prepared(config, base.model_copy(update={"precision": precision}),
+                       experiment.dense, experiment.run_key,
+                       artifacts.run_dir(settings, experiment.run_key), experiment.current_epoch,
+                       described)  # fmt: skip
+    run.directory.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _remove_foreign_checkpoints(directory: Path, experiment_id: int) -> None:
+    # A first attempt has no past to resume; whatever lies there is not this run's.
+    for name in (artifacts.CHECKPOINT, artifacts.SHARDED_CHECKPOINT):
+        path = directory / name
+        if path.exists() or path.is_symlink():
+            log.warning("experiment %s: removing a %s its first attempt did not write",
+                        experiment_id, name)  # fmt: skip
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+# A run whose slots are busy (another run holds the worker's GPUs) is offered again after
+# this long: to this worker once they free, or to another.
+SLOTS_BUSY_DELAY = 5.0
+
+
+def _take_slots(
+    lease: RunLease, base: BaseConfig, *, settings: Settings, worker_name: str | None,
+    device: torch.device,
+) -> slots.Held | None:  # fmt: skip
+    """The worker's slots the run needs (worker.slots), or None after handing it back (they
+    are busy) or failing it (it asks more GPUs than this worker has)."""
+    on_gpu = device.type == "cuda"
+    count = slots.slot_count(settings, cuda_devices=torch.cuda.device_count() if on_gpu else 0)
+    try:
+        held = slots.take(slots.folder(settings, worker_name), count=count, gpus=base.gpus,
+                          on_gpu=on_gpu, gpu_index=device.index or 0)  # fmt: skip
+    except ValueError as exc:
+        log.error("experiment %s: %s", lease.experiment_id, exc)
+        lease.finish(Status.failed, error=str(exc))
+        return None
+    if held is None:
+        lease.hand_back(f"{base.gpus} of this worker's {count} GPU slots are not free",
+                        countdown=SLOTS_BUSY_DELAY)  # fmt: skip
+    return held
+
+
+def attempt(
+    lease: RunLease, run: Prepared, *, settings: Settings, device: torch.device,
+    parallel: Parallel | None = None,
+) -> None:  # fmt: skip
+    """Train the claimed run (on several ranks: rank 0's part, which reports) under its lease,
+    with its sinks, and end it or hand it back."""
+    sinks = open_sinks(
+        tensorboard=settings.tensorboard,
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        remember_mlflow_run=lease.remember_mlflow_run,
+        on_failure=lease.record_sink_failure,
+    )
+    run_info = RunInfo(experiment_id=lease.experiment_id, run_key=run.run_key,
+                       directory=run.directory, config=run.config.model_dump(mode="json"),
+                       base=run.base.model_dump(mode="json"), dense=run.dense,
+                       **run.described)  # fmt: skip
+    lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
+    try:
+        with lease:
+            # under the lease's heartbeat: a tracking server slow to answer (or refuse)
+            # must not make the run look dead
+            sinks.start(run_info)
+            _train(lease, run, device=device, settings=settings, sinks=sinks,
+                   parallel=parallel)  # fmt: skip
+    finally:
+        _end_sinks(sinks, lease, settings)
 
 
 def _end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
@@ -150,18 +231,16 @@ def _end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
 
 def _train(
     lease: RunLease,
-    config: ExperimentConfig,
-    base: BaseConfig,
+    run: Prepared,
     *,
-    dense: bool,
     device: torch.device,
-    directory: Path,
-    run_key: str,
     settings: Settings,
     sinks: Sinks,
+    parallel: Parallel | None,
 ) -> None:
     """The attempt under its lease, ending the run (or handing it back) however it goes."""
     experiment_id = lease.experiment_id
+    config, base = run.config, run.base
 
     def epoch_end(record: EpochRecord) -> None:
         lease.record_epoch(record)  # the store first: it raises if the run is not ours
@@ -172,36 +251,34 @@ def _train(
         sinks.steps(points)
 
     try:
-        if device.type == "cuda":
-            _share_the_gpu(config, base, dense=dense, device=device, settings=settings)
-        data = _datasets(_with_data_settings(base, settings), lease.should_stop)
+        if device.type == "cuda" and parallel is None:  # ranks hold their GPUs alone
+            _share_the_gpu(config, base, dense=run.dense, device=device, settings=settings)
+        data, every = training_data(run, settings, lease.should_stop, parallel)
         log.info("data: %s training / %s validation blocks of %s tokens", len(data.train),
                  len(data.val), base.seq_len)  # fmt: skip
-        # A step point every K steps, K such that the run keeps at most ~2,000 of them.
-        lease.step_metrics_every = step_metrics_every(
-            base.num_epochs * steps_per_epoch(data.train, config.batch_size)
-        )
+        lease.step_metrics_every = every
         result = run_single_experiment(
             config,
             data.train,
             data.val,
             base,
             device,
-            dense=dense,
+            dense=run.dense,
             hooks=TrainerHooks(
                 on_epoch_end=epoch_end,
                 on_progress=lease.report_progress,
                 on_steps=steps,
-                step_metrics_every=lease.step_metrics_every,
+                step_metrics_every=every,
                 should_stop=lease.should_stop,
             ),
-            checkpointing=Checkpointing(directory / artifacts.CHECKPOINT, tag=run_key),
+            checkpointing=checkpointing(run),
             # Every run keeps its final weights (a study's dense run's are the spec's
             # dense_model.pt): the checkpoint alone would need the engine to read.
-            model_path=directory / artifacts.MODEL,
+            model_path=run.directory / artifacts.MODEL,
             # The kept weights on the test split: the result's `test`.
             test_dataset=data.test,
             verbose=False,
+            parallel=parallel,
         )
     except TrainingCancelled as stop:
         lease.settle_stop(str(stop))  # cancelled, taken over, or this worker is stopping
@@ -217,16 +294,73 @@ def _train(
         # task's autoretry (worker.tasks) resumes it from its checkpoint once it is back.
         raise
     except Exception as exc:
+        if parallel is not None and _peer_lost(exc):
+            # Another rank died under a collective: not this run's failure. The ranks end,
+            # and the pool process that launched them puts it back as a restart.
+            log.warning("experiment %s: a rank was lost (%s)", experiment_id, exc)
+            raise
         log.exception("experiment %s failed", experiment_id)
         lease.finish(Status.failed, error=f"{type(exc).__name__}: {exc}")
     else:
         try:  # a copy beside the weights; the store holds the result either way
-            write_json_atomic(directory / artifacts.RESULT, results.json_safe(result))
+            write_json_atomic(run.directory / artifacts.RESULT, results.json_safe(result))
         except OSError:
             log.warning("experiment %s: result.json not written", experiment_id, exc_info=True)
         lease.finish(Status.succeeded, result=result)
         log.info("experiment %s succeeded: best val CE %s", experiment_id,
                  result["metrics"].get("best_val_ce_loss"))  # fmt: skip
+
+
+def follow(run: Prepared, *, settings: Settings, parallel: Parallel) -> None:
+    """A rank other than 0 of a run on several GPUs (worker.ranks): its part of the training,
+    reporting nothing (rank 0 does); it stops at the step every rank agrees on."""
+    data, every = training_data(run, settings, shutdown.requested, parallel)
+    try:
+        run_single_experiment(
+            run.config, data.train, data.val, run.base, parallel.device, dense=run.dense,
+            hooks=TrainerHooks(should_stop=shutdown.requested, step_metrics_every=every),
+            checkpointing=checkpointing(run), model_path=run.directory / artifacts.MODEL,
+            test_dataset=data.test, verbose=False, parallel=parallel,
+        )  # fmt: skip
+    except TrainingCancelled:
+        pass  # rank 0 settles the stop (cancel, handback or takeover)
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether a collective failed because a peer rank went away (gloo and NCCL raise a
+    RuntimeError naming their transport; torch's own DistError otherwise)."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and ("gloo" in text or "NCCL" in text)
+    )
+
+
+def training_data(
+    run: Prepared, settings: Settings, should_stop: Callable[[], bool], parallel: Parallel | None
+) -> tuple[Any, int]:
+    """The run's data and how often it keeps a step point (every K steps, K such that the
+    run keeps at most ~2,000): the same on every rank. On several ranks rank 0 prepares the
+    data first (the tokenizer and dataset caches are written once, then read)."""
+
+    def make() -> Any:
+        return _datasets(_with_data_settings(run.base, settings), should_stop)
+
+    data = parallel.main_first(make) if parallel is not None else make()
+    every = step_metrics_every(
+        run.base.num_epochs * steps_per_epoch(data.train, run.config.batch_size)
+    )
+    return data, every
+
+
+def checkpointing(run: Prepared) -> Checkpointing:
+    """One process writes checkpoint.pt, several ranks a DCP directory; an attempt resumes
+    from the newer of the two, so a run resumes whatever its number of ranks was."""
+    single, sharded = (run.directory / name
+                       for name in (artifacts.CHECKPOINT, artifacts.SHARDED_CHECKPOINT))  # fmt: skip
+    return Checkpointing(sharded if run.base.gpus > 1 else single, tag=run.run_key,
+                         resume_from=newest(single, sharded))  # fmt: skip
 
 
 def _share_the_gpu(
