@@ -365,6 +365,11 @@ class Health(BaseModel):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
+class GpuHolder(BaseModel):
+    experiment_id: int
+    gpus: int = Field(description="the run's base.gpus: its ranks, one GPU each")
+
+
 class WorkerRead(BaseModel):
     name: str = Field(description="the Celery node name, e.g. gpu0@node-7")
     host: str
@@ -379,6 +384,12 @@ class WorkerRead(BaseModel):
     experiment_id: int | None = Field(
         description="the run it trains, if any (with several slots: the first of them)"
     )
+    gpus: int = Field(
+        description="its GPUs (MOE_GPUS_PER_WORKER, or those it sees; a CPU worker: process "
+        "slots): a run on k GPUs holds k of them"
+    )
+    gpus_in_use: int = Field(description="GPUs its runs hold now")
+    gpu_holders: list[GpuHolder] = Field(description="which runs hold how many of its GPUs")
     started_at: datetime
     heartbeat_at: datetime
     idle_since: datetime | None = Field(

@@ -15,17 +15,27 @@ from store.models import Experiment, Status, Worker, utcnow
 
 
 def register(
-    *, session: Session, name: str, host: str, pid: int, device: str | None, slots: int = 1
+    *,
+    session: Session,
+    name: str,
+    host: str,
+    pid: int,
+    device: str | None,
+    slots: int = 1,
+    gpus: int = 1,
 ) -> None:
     """Add this worker (or renew the row of an earlier process of the same name) (committed);
-    `slots`: the runs it trains at once."""
+    `slots`: the runs it trains at once; `gpus`: its GPUs (a CPU worker's process slots),
+    which a run on several holds several of (worker.slots)."""
     now = utcnow()
     row = session.get(Worker, name)
     if row is None:
         session.add(Worker(name=name, host=host, pid=pid, device=device, started_at=now,
-                           heartbeat_at=now, idle_since=now, stopping=False, slots=slots))  # fmt: skip
+                           heartbeat_at=now, idle_since=now, stopping=False, slots=slots,
+                           gpus=gpus))  # fmt: skip
     else:
         row.host, row.pid, row.device, row.stopping, row.slots = host, pid, device, False, slots
+        row.gpus = gpus
         row.started_at = row.heartbeat_at = row.idle_since = now
     session.commit()
 
@@ -33,6 +43,11 @@ def register(
 # The columns of a GPU reading (worker.gpu_telemetry): all null when there is none.
 GPU_COLUMNS = ("gpu_name", "gpu_utilization", "gpu_memory_used", "gpu_memory_total",
                "gpu_power_watts", "gpu_read_at")  # fmt: skip
+
+
+def run_gpus() -> Any:
+    """A run's GPUs as SQL: its base's `gpus` (a run stored before it existed: 1)."""
+    return func.coalesce(Experiment.base["gpus"].as_integer(), 1)
 
 
 def beat(
@@ -48,7 +63,14 @@ def beat(
         .where(Experiment.worker_name == name, Experiment.status == Status.running)
         .scalar_subquery()
     )
-    busy = running >= Worker.slots
+    # GPUs held alone by runs on several (one-GPU runs share theirs: MOE_RUNS_PER_GPU)
+    held = (
+        select(func.coalesce(func.sum(case((run_gpus() > 1, run_gpus()), else_=0)), 0))
+        .where(Experiment.worker_name == name, Experiment.status == Status.running)
+        .scalar_subquery()
+    )
+    # every pool process trains, or runs on several GPUs hold them all
+    busy = (running >= Worker.slots) | (held >= Worker.gpus)
     done = session.execute(
         update(Worker)
         .where(Worker.name == name)
@@ -89,7 +111,7 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
     while it trains any, `slots_in_use` of its `slots`)."""
     alive_after = utcnow() - timedelta(seconds=heartbeat_timeout)
     rows = session.execute(
-        select(Worker, Experiment.id)
+        select(Worker, Experiment.id, run_gpus())
         .outerjoin(
             Experiment,
             (Experiment.worker_name == Worker.name) & (Experiment.status == Status.running),
@@ -97,11 +119,12 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
         .where(Worker.heartbeat_at >= alive_after)
         .order_by(Worker.name, Experiment.id)
     ).all()
-    held: dict[str, tuple[Worker, list[int]]] = {}
-    for worker, run_id in rows:
-        runs = held.setdefault(worker.name, (worker, []))[1]
+    held: dict[str, tuple[Worker, list[int], list[int]]] = {}
+    for worker, run_id, gpus in rows:
+        _, runs, run_gpus_held = held.setdefault(worker.name, (worker, [], []))
         if run_id is not None:
             runs.append(run_id)
+            run_gpus_held.append(gpus)
     return [
         {
             "name": worker.name,
@@ -114,10 +137,15 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
             "experiment_ids": run_ids,
             # the run it holds, for a worker of one slot (the first, for several)
             "experiment_id": run_ids[0] if run_ids else None,
+            "gpus": worker.gpus,
+            "gpus_in_use": min(worker.gpus, sum(gpus)),  # one-GPU runs may share one
+            "gpu_holders": [
+                {"experiment_id": i, "gpus": g} for i, g in zip(run_ids, gpus, strict=True)
+            ],
             "started_at": worker.started_at,
             "heartbeat_at": worker.heartbeat_at,
             "idle_since": worker.idle_since,
             "gpu": worker.gpu_reading(),
         }
-        for worker, run_ids in held.values()
+        for worker, run_ids, gpus in held.values()
     ]

@@ -24,6 +24,7 @@ from store.db import session_scope
 from store.models import utcnow
 from store.queue import TrainingQueue
 from store.settings import Settings
+from worker import slots
 from worker.gpu_telemetry import GpuTelemetry
 from worker.lease import HOST, owner_is_dead
 
@@ -97,6 +98,8 @@ class WorkerAgent(threading.Thread):
             workers.register(
                 session=session, name=self.worker_name, host=HOST, pid=os.getpid(),
                 device=self.settings.device, slots=self.settings.runs_per_gpu,
+                gpus=slots.slot_count(self.settings, on_gpu=self.settings.device in
+                                      (None, "auto") or self.settings.device.startswith("cuda")),
             )  # fmt: skip
 
     def _beat(self) -> bool:

@@ -15,20 +15,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from store.settings import Settings
+from worker.gpu_slot import count_gpus
 
 
-def slot_count(settings: Settings, *, cuda_devices: int) -> int:
+@functools.cache
+def visible_gpus() -> int:
+    """The GPUs this process may use (CUDA_VISIBLE_DEVICES, else what nvidia-smi lists),
+    read without initialising CUDA (the worker forks its pool after this)."""
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if seen is not None:
+        return len([n for n in seen.split(",") if n.strip() and n.strip() != "-1"])
+    return count_gpus()
+
+
+def slot_count(settings: Settings, *, on_gpu: bool) -> int:
     """This worker's slots: MOE_GPUS_PER_WORKER, else the GPUs it sees, else (a CPU worker)
     the runs its pool trains at once."""
     if settings.gpus_per_worker is not None:
         return settings.gpus_per_worker
-    return cuda_devices if cuda_devices > 0 else settings.runs_per_gpu
+    gpus = visible_gpus() if on_gpu else 0
+    return gpus if gpus > 0 else settings.runs_per_gpu
 
 
 def folder(settings: Settings, worker_name: str | None) -> Path:

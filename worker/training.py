@@ -161,7 +161,7 @@ def _take_slots(
     """The worker's slots the run needs (worker.slots), or None after handing it back (they
     are busy) or failing it (it asks more GPUs than this worker has)."""
     on_gpu = device.type == "cuda"
-    count = slots.slot_count(settings, cuda_devices=torch.cuda.device_count() if on_gpu else 0)
+    count = slots.slot_count(settings, on_gpu=on_gpu)
     try:
         held = slots.take(slots.folder(settings, worker_name), count=count, gpus=base.gpus,
                           on_gpu=on_gpu, gpu_index=device.index or 0)  # fmt: skip

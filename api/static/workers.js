@@ -1,4 +1,5 @@
-// The live workers (GET /workers): what each one trains, its slots, how fresh its heartbeat
+// The live workers (GET /workers): what each one trains, its slots and GPUs (which runs
+// hold them), how fresh its heartbeat
 // is, and its GPU as NVML last read it (a CPU worker shows none, not a zero). Read again
 // every 5 seconds while the page is open.
 
@@ -6,8 +7,17 @@ import { api } from "./http.js";
 import { duration, el, every, fill, fmtInt, scopeSignal, scroller, sortRows, sortable, view } from "./dom.js";
 
 const GIB = 1024 ** 3;
-const HEADS = ["name", "host", "device", "state", "slots", "runs", "heartbeat", "idle for",
-  "GPU", "utilization", "memory", "power"];
+const HEADS = ["name", "host", "device", "state", "slots", "GPUs", "runs", "heartbeat",
+  "idle for", "GPU", "utilization", "memory", "power"];
+
+// "2/2: #7 ×2": GPUs held of the worker's, and by which runs (a run on several holds several)
+function gpusCell(w) {
+  const holders = w.gpu_holders.filter((h) => h.gpus > 1);
+  return el("td", { class: "num", "data-gpus": w.gpus_in_use, "data-sort": w.gpus_in_use },
+    `${w.gpus_in_use}/${w.gpus}`,
+    holders.length ? [": ", ...holders.flatMap((h, i) =>
+      [i ? ", " : "", el("a", { href: `#/run/${h.experiment_id}` }, `#${h.experiment_id}`), ` ×${h.gpus}`])] : []);
+}
 
 const ago = (at, now) => (at ? (now - new Date(at)) / 1000 : null);
 
@@ -23,6 +33,7 @@ function row(w, now) {
     el("td", {}, w.device || "–"),
     el("td", {}, el("span", { class: `status ${w.state === "busy" ? "running" : w.state === "stopping" ? "cancelled" : "queued"}` }, w.state)),
     el("td", { class: "num", "data-sort": w.slots_in_use }, `${w.slots_in_use}/${w.slots}`),
+    gpusCell(w),
     el("td", { "data-sort": w.experiment_ids.length }, w.experiment_ids.length
       ? w.experiment_ids.flatMap((id, i) => [i ? ", " : "", el("a", { href: `#/run/${id}` }, `#${id}`)]) : "–"),
     el("td", { class: "num", "data-sort": beat, title: new Date(w.heartbeat_at).toLocaleString() }, `${duration(beat)} ago`),
@@ -46,8 +57,10 @@ export async function workersView() {
     const now = Date.now();
     const busy = list.items.reduce((n, w) => n + w.slots_in_use, 0);
     const slots = list.items.reduce((n, w) => n + w.slots, 0);
+    const held = list.items.reduce((n, w) => n + w.gpus_in_use, 0);
+    const gpus = list.items.reduce((n, w) => n + w.gpus, 0);
     fill(summary, list.total
-      ? `${list.total} live worker${list.total === 1 ? "" : "s"}, ${busy} of ${slots} slots training`
+      ? `${list.total} live worker${list.total === 1 ? "" : "s"}, ${busy} of ${slots} slots training, ${held} of ${gpus} GPUs held`
       : "No live worker: queued runs wait until one starts (a worker is live while its heartbeat is fresh).");
     fill(body, list.items.map((w) => row(w, now)));
     sortRows(table);  // keep the column the user sorted by

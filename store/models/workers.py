@@ -36,6 +36,9 @@ class Worker(Base):
     stopping: Mapped[bool] = mapped_column(Boolean, default=False)
     # Runs it trains at once on its one device (MOE_RUNS_PER_GPU: its Celery pool's size).
     slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Its GPUs (MOE_GPUS_PER_WORKER, or those it sees; a CPU worker: its process slots): a
+    # run on k GPUs holds k of them while its ranks train (worker.slots).
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # The latest NVML reading of its GPU, taken with the heartbeat (worker.gpu_telemetry);
     # all null on a CPU worker, or where NVML could not be read: absent, never zero.
     gpu_name: Mapped[str | None] = mapped_column(String(200))

@@ -420,9 +420,10 @@ def plotted(chart: dict, label: str) -> tuple[list, list]:
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
-def seed_running(database: str, *, name: str, worker: str | None = None) -> int:
-    """A top2 run on the micro base, claimed (running) by `worker` (or no worker row)."""
-    base = base_config("micro", num_epochs=4)
+def seed_running(database: str, *, name: str, worker: str | None = None, gpus: int = 1) -> int:
+    """A top2 run on the micro base (on `gpus` ranks), claimed (running) by `worker` (or no
+    worker row)."""
+    base = base_config("micro", num_epochs=4, gpus=gpus, expert_parallel=gpus)
     with session_scope(database) as session:
         run = catalogue.create_experiment(session=session, name=name, base=base,
                                           config=get_experiment_configs(base)["top2"],
@@ -588,11 +589,15 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
     with session_scope(database) as session:
         workers.register(session=session, name="gpu0@node", host="node", pid=7, device="cuda:0")
         workers.register(session=session, name="cpu0@node", host="node", pid=8, device="cpu")
+        workers.register(session=session, name="pair@node", host="node", pid=9, device="cuda",
+                         slots=2, gpus=2)  # fmt: skip
     on_gpu = seed_running(database, name="on a gpu", worker="gpu0@node")
     on_cpu = seed_running(database, name="on a cpu", worker="cpu0@node")
+    on_two = seed_running(database, name="on two gpus", worker="pair@node", gpus=2)
     with session_scope(database) as session:
         assert workers.beat(session=session, name="gpu0@node", gpu=reading)
         assert workers.beat(session=session, name="cpu0@node")
+        assert workers.beat(session=session, name="pair@node")
         session.execute(
             update(Worker).values(heartbeat_at=datetime.now(UTC) - timedelta(minutes=1))
         )
@@ -617,7 +622,11 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
         " [...r.cells].map(c => c.innerText.trim())]))",
     )
     heads = page.eval_on_selector_all("#workers thead th", "hs => hs.map(h => h.innerText.trim())")
-    gpu, cpu = (dict(zip(heads, cells[name], strict=True)) for name in ("gpu0@node", "cpu0@node"))
+    gpu, cpu, pair = (dict(zip(heads, cells[name], strict=True))
+                      for name in ("gpu0@node", "cpu0@node", "pair@node"))  # fmt: skip
+    # a run on two GPUs holds both of its worker's, though one of its two pool slots trains
+    assert (pair["state"], pair["slots"], pair["GPUs"]) == ("busy", "1/2", f"2/2: #{on_two} ×2")
+    assert gpu["GPUs"] == "1/1"
     assert (gpu["device"], gpu["state"], gpu["slots"], gpu["runs"]) == (
         "cuda:0",
         "busy",
@@ -637,7 +646,7 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
         "–",
         "–",
     )
-    assert page.inner_text("#workers-summary") == "2 live workers, 2 of 2 slots training"
+    assert page.inner_text("#workers-summary") == "3 live workers, 3 of 4 slots training, 4 of 4 GPUs held"
     docs_shot(page, "dashboard-workers", full_page=False)
     page.click(f'#workers a[href="#/run/{on_gpu}"]')
     page.wait_for_selector("#gpu")

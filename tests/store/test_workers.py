@@ -117,3 +117,28 @@ def test_a_worker_of_two_slots_shows_both_runs_and_has_a_free_slot_when_one_ends
     worker = live(own_database)[0]
     assert (worker["state"], worker["experiment_ids"]) == ("busy", [second])
     assert worker["idle_since"] is not None  # free since: a lost message would show now
+
+
+def test_a_run_on_two_gpus_holds_both_of_a_workers_gpus(own_database):
+    with session_scope(own_database) as session:
+        workers.register(session=session, name="g@h", host="h", pid=10, device="cuda",
+                         slots=2, gpus=2)  # fmt: skip
+    (idle,) = live(own_database)
+    assert (idle["gpus"], idle["gpus_in_use"], idle["gpu_holders"]) == (2, 0, [])
+    ranked = new_experiment(own_database, "ranked", gpus=2, expert_parallel=2)
+    claim(own_database, ranked, "h:11:x", worker_name="g@h")
+    with session_scope(own_database) as session:
+        assert workers.beat(session=session, name="g@h")
+    (worker,) = live(own_database)
+    # one pool process of two trains, but the run holds both GPUs: no slot is free
+    assert (worker["state"], worker["slots_in_use"], worker["idle_since"]) == ("busy", 1, None)
+    assert (worker["gpus_in_use"], worker["gpu_holders"]) == (
+        2, [{"experiment_id": ranked, "gpus": 2}],
+    )  # fmt: skip
+    with session_scope(own_database) as session:
+        leases.finish_experiment(session=session, experiment_id=ranked, owner="h:11:x",
+                               status=Status.succeeded)  # fmt: skip
+        assert workers.beat(session=session, name="g@h")
+    (worker,) = live(own_database)
+    assert (worker["gpus_in_use"], worker["state"]) == (0, "idle")
+    assert worker["idle_since"] is not None
