@@ -646,7 +646,10 @@ def test_a_run_on_a_gpu_shows_its_reading_and_one_on_a_cpu_none(deployment, star
         "–",
         "–",
     )
-    assert page.inner_text("#workers-summary") == "3 live workers, 3 of 4 slots training, 4 of 4 GPUs held"
+    assert (
+        page.inner_text("#workers-summary")
+        == "3 live workers, 3 of 4 slots training, 4 of 4 GPUs held"
+    )
     docs_shot(page, "dashboard-workers", full_page=False)
     page.click(f'#workers a[href="#/run/{on_gpu}"]')
     page.wait_for_selector("#gpu")
