@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .presets import BASE_PRESETS, EXPERIMENT_PRESETS, FINE_GRAINED_SPLIT, SPEC_EXPERIMENTS
@@ -170,6 +170,19 @@ class BaseConfig(BaseModel):
     )
     seed: int = 1337
 
+    @field_validator("expert_parallel")
+    @classmethod
+    def _expert_parallel_layout(cls, value: int, info: ValidationInfo) -> int:
+        # a field's own check, so that a refusal names expert_parallel (gpus comes before it)
+        gpus = info.data.get("gpus")
+        if gpus is not None and gpus % value:
+            raise PydanticCustomError(
+                "expert_parallel_layout",
+                "expert_parallel ({expert_parallel}) must divide gpus ({gpus})",
+                {"expert_parallel": value, "gpus": gpus},
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_shapes(self) -> BaseConfig:
         if self.hidden_dim % self.num_heads:
@@ -184,12 +197,6 @@ class BaseConfig(BaseModel):
                 "moe_layers_range",
                 "moe_layers {bad} outside 0..{last} (num_layers)",
                 {"bad": str(bad), "last": self.num_layers - 1},
-            )
-        if self.gpus % self.expert_parallel:
-            raise PydanticCustomError(
-                "expert_parallel_layout",
-                "expert_parallel ({expert_parallel}) must divide gpus ({gpus})",
-                {"expert_parallel": self.expert_parallel, "gpus": self.gpus},
             )
         if len(set(self.moe_layers)) != len(self.moe_layers):
             raise PydanticCustomError(

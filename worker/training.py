@@ -257,6 +257,10 @@ def _train(
         log.info("data: %s training / %s validation blocks of %s tokens", len(data.train),
                  len(data.val), base.seq_len)  # fmt: skip
         lease.step_metrics_every = every
+        saved = checkpointing(run)
+        if saved.source is not None and saved.source.exists():
+            log.info("resuming from %s (%s)", saved.source.name,
+                     "several ranks'" if saved.source.is_dir() else "one process's")  # fmt: skip
         result = run_single_experiment(
             config,
             data.train,
@@ -271,7 +275,7 @@ def _train(
                 step_metrics_every=every,
                 should_stop=lease.should_stop,
             ),
-            checkpointing=checkpointing(run),
+            checkpointing=saved,
             # Every run keeps its final weights (a study's dense run's are the spec's
             # dense_model.pt): the checkpoint alone would need the engine to read.
             model_path=run.directory / artifacts.MODEL,

@@ -112,3 +112,29 @@ def test_a_killed_rank_costs_one_restart(deployment, start_worker):
     assert_one_row_per_epoch(settings.database_url, final)
     with session_scope(settings.database_url) as session:
         assert session.get(Experiment, run["id"]).handbacks == 0
+
+
+def test_a_run_checkpointed_on_two_ranks_finishes_on_one(deployment, start_worker):
+    """The checkpoint of a run on several ranks is a DCP directory that any number of ranks
+    reads (moe_core.sharded_checkpoint): here an operator moved a handed-back run to one
+    GPU (its row's layout edited, as no request may), and one process finishes it."""
+    settings = deployment(runs_per_gpu=2, max_gpus_per_run=2)
+    with make_client(settings) as api:
+        first = start_worker(settings, name="two")
+        run = submit(api, "ranked-to-one", base=ranked_base(num_epochs=3), **TOP2)
+        wait_for_run(api, run["id"], lambda r: r["current_epoch"] >= 1, timeout=180,
+                     what="an epoch on two ranks")  # fmt: skip
+        first.terminate()
+        first.process.wait(timeout=60)
+        assert read_run(api, run["id"])["status"] == "queued"
+        with session_scope(settings.database_url) as session:
+            row = session.get(Experiment, run["id"])
+            row.base = {**row.base, "gpus": 1, "expert_parallel": 1}
+            session.commit()
+        start_worker(settings.model_copy(update={"runs_per_gpu": 1}), name="one")
+        final = wait_finished(api, run["id"], timeout=240)
+        log = api.get(f"/experiments/{run['id']}/logs").text
+    assert final["status"] == "succeeded", final["error"]
+    assert (final["attempts"], final["current_epoch"]) == (2, 3)
+    assert "resuming from checkpoint.dcp (several ranks')" in log
+    assert_one_row_per_epoch(settings.database_url, final)
