@@ -35,9 +35,14 @@ def test_run_single_experiment_returns_config_metrics_params(micro_data, micro_b
         "device",
         "precision",
         "compile",
+        "parallel",
+        "base",
     }
-    # how it ran: precision auto is float32 on the CPU, compile off by default
+    # how it ran: precision auto is float32 on the CPU, compile off by default, one process
     assert (result["device"], result["precision"], result["compile"]) == ("cpu", "fp32", "off")
+    assert result["parallel"] == {"gpus": 1, "expert_parallel": 1}
+    # the base it ran on: what a verdict checks a baseline's comparability against
+    assert result["base"] == micro_base.model_dump(mode="json")
     assert result["config"] == config.to_dict()
     assert len(result["metrics"]["train_losses"]) == micro_base.num_epochs
     assert result["params"] > 0
