@@ -39,9 +39,10 @@ def offline_env(tmp_path) -> dict[str, str]:
     if not SHARED_TEXT.is_file():
         unavailable(f"no offline WikiText-2 beside the checkout ({SHARED_TEXT})")
     # Nothing of the tests' deployment: the embedded default under a home of its own, and
-    # the hub unreachable (its offline switches), so a worker that reached for it fails.
+    # the hub unreachable (its offline switches, no cache of it), so a worker that reached for
+    # it fails.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
-    return {**env, "MOE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+    return {**env, "MOE_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1"}  # fmt: skip
 
 
