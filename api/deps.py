@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, a database session, the task queue, the token guard."""
+"""FastAPI dependencies: settings, a database session, the task queue (the caller: api.auth)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, HTTPException, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
@@ -58,34 +57,10 @@ def get_queue(settings: SettingsDep) -> TrainingQueue:
 
 QueueDep = Annotated[TrainingQueue, Depends(get_queue)]
 
-# auto_error off: a missing header is our 401 (with the scheme), not FastAPI's 403.
-_bearer = HTTPBearer(auto_error=False)
-
-
-async def require_token(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """With MOE_API_TOKEN set, every guarded route needs `Authorization: Bearer <token>`.
-
-    async: it does no I/O, so it runs on the event loop instead of a thread-pool hop.
-    """
-    # (HTTPBearer gives credentials for the Bearer scheme only)
-    authorization = f"Bearer {credentials.credentials}" if credentials is not None else None
-    if not token_accepted(settings, authorization):
-        raise unauthorized()
-
-
-def unauthorized() -> HTTPException:
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail="missing or wrong bearer token",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
 
 def token_accepted(settings: Settings, authorization: str | None) -> bool:
-    """Whether an Authorization header's value carries the token (any does without one)."""
+    """Whether an Authorization header's value carries MOE_API_TOKEN, the bootstrap admin's
+    (any does without one): what /readyz tells its details to."""
     if settings.api_token is None:
         return True
     scheme, token = get_authorization_scheme_param(authorization)

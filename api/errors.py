@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -10,21 +11,45 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 
 from api.body_limit import MAX_BODY_BYTES
 from api.schemas import ErrorDetail
 
+log = logging.getLogger(__name__)
+
 _MEANING = {
     400: "the body could not be read as JSON text (not UTF-8, say)",
-    401: "missing or wrong bearer token (only when MOE_API_TOKEN is set)",
+    401: "missing or wrong bearer token (a revoked or expired one, a disabled user's); "
+    "without MOE_API_TOKEN set, only a user's token that is not accepted",
+    403: "the caller's role or ownership does not allow this (the detail says whose it is)",
+    429: "over the caller's quota (the detail names the limit and the count); nothing stored",
     404: "no such experiment, study or baseline",
     409: "the run is not in a state that allows this",
     413: f"the request body is over {MAX_BODY_BYTES // 1024} KiB",
     422: "a bad request: one entry per bad field, located by `loc`",
     503: "the database is unreachable; retry after the Retry-After header's seconds",
 }
+
+
+# The database being away (a restart, a failover, a full pool): a moment to wait out.
+DATABASE_AWAY = (OperationalError, InterfaceError, PoolTimeout)
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unreachable_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    # whatever the request was writing is rolled back with its session
+    log.warning("%s %s: 503, database unreachable: %s", method, path,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
+    return JSONResponse(
+        {"detail": "the database is unreachable; retry shortly"},
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
 
 
 def error_responses(*codes: int, **meanings: str) -> dict[int | str, dict[str, Any]]:

@@ -9,28 +9,39 @@ what the process loads).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Request, Response, status
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import Scope
 
+from api.auth import current_caller
 from api.body_limit import BodySizeLimit
 from api.dashboard import add_dashboard
-from api.deps import require_token
 from api.docs import add_docs
-from api.errors import error_responses, method_not_allowed, validation_error
+from api.errors import (
+    DATABASE_AWAY,
+    database_unreachable_response,
+    error_responses,
+    method_not_allowed,
+    validation_error,
+)
 from api.params import known_query_only
 from api.resolve import ConfigRefused
-from api.routes import experiments, health, operations, presets, run_files, studies, sweeps
-from api.security import SecurityHeaders, TokenBeforeRouting
+from api.routes import (
+    experiments,
+    health,
+    operations,
+    presets,
+    run_files,
+    studies,
+    sweeps,
+    users,
+)
+from api.security import Authentication, SecurityHeaders
 from store.migrate import auto_migrate
 from store.settings import Settings, get_settings
 
@@ -52,22 +63,9 @@ async def _config_refused(request: Request, exc: Exception) -> Response:
     return await validation_error(request, RequestValidationError(exc.errors))
 
 
-log = logging.getLogger(__name__)
-
-# Seconds a client should wait before retrying while the database is unreachable.
-DATABASE_RETRY_AFTER = 5
-
-
 async def _database_unreachable(request: Request, exc: Exception) -> Response:
-    # A restart or failover of the database is a moment to wait out, not a server error;
-    # whatever the request was writing is rolled back with its session.
-    log.warning("%s %s: 503, database unreachable: %s", request.method, request.url.path,
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
-    return JSONResponse(
-        {"detail": "the database is unreachable; retry shortly"},
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
-    )
+    # A restart or failover of the database is a moment to wait out, not a server error.
+    return database_unreachable_response(request.method, request.url.path, exc)
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -98,30 +96,32 @@ def create_app() -> FastAPI:
     )
     add_docs(app)
     app.add_middleware(BodySizeLimit)
-    guarded_modules = (presets, experiments, run_files, studies, sweeps, operations)
+    guarded_routers = [
+        module.router
+        for module in (presets, experiments, run_files, studies, sweeps, operations, users)
+    ]
+    guarded_routers.append(users.audit_router)
     app.add_middleware(
-        TokenBeforeRouting,
-        prefixes={
-            _first_segment(route.path)
-            for module in guarded_modules
-            for route in module.router.routes
-        },  # fmt: skip
+        Authentication,
+        prefixes={_first_segment(route.path) for router in guarded_routers
+                  for route in router.routes},
         settings=_settings_of,
-    )
+    )  # fmt: skip
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, a 401 or 413 too
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ConfigRefused, _config_refused)
     app.add_exception_handler(405, method_not_allowed)
-    for error in (OperationalError, InterfaceError, PoolTimeout):
+    for error in DATABASE_AWAY:
         app.add_exception_handler(error, _database_unreachable)
     # Every route: a query parameter it does not take is a 422 (api.params).
     app.router.dependencies.append(Depends(known_query_only))
     app.include_router(health.router)
     add_dashboard(app)
-    guarded = [Depends(require_token)]
+    guarded = [Depends(current_caller)]
     app.include_router(presets.router, dependencies=guarded, responses=error_responses(401))
-    for module in guarded_modules[1:]:  # these read the database
-        app.include_router(module.router, dependencies=guarded, responses=error_responses(401, 503))
+    for router in guarded_routers[1:]:  # these read the database (a user's token too)
+        app.include_router(router, dependencies=guarded,
+                           responses=error_responses(401, 403, 503))  # fmt: skip
     return app
 
 

@@ -90,3 +90,15 @@ def _takes_many(annotation: Any) -> bool:
     if get_origin(annotation) in (Union, UnionType):
         return any(_takes_many(arm) for arm in get_args(annotation))
     return get_origin(annotation) in (list, set, tuple, frozenset)
+
+
+# ?owner=me (the caller) or a user's name: the runs, studies or sweeps they submitted.
+OwnerQuery = Annotated[
+    str | None,
+    Query(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+          description="`me` (whoever asks) or a user's name: only what they submitted"),
+]  # fmt: skip
+
+
+def owner_named(owner: str | None, caller: Any) -> str | None:
+    return caller.name if owner == "me" else owner

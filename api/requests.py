@@ -278,8 +278,9 @@ class TagChanges(BaseModel):
 
 class ExperimentUpdate(BaseModel):
     __doc__ = (
-        "A run's tags and note, the only fields that change after submission (its config, "
-        "name and results are what was run, and stay so); any other field is refused as "
+        "A run's tags and note (its owner's or an admin's to change) and its priority in the "
+        "queue (an admin's), the only fields that change after submission (its config, name "
+        "and results are what was run, and stay so); any other field is refused as "
         "immutable. "
         + stated(
             rules.NOTHING_TO_CHANGE,
@@ -310,13 +311,19 @@ class ExperimentUpdate(BaseModel):
         )
     )
 
+    priority: Whole[Annotated[int, Field(ge=-1000, le=1000)]] | None = Field(
+        None,
+        description="admins only: the run's place among equals in the fair queue "
+        "(higher first; null resets it to 0)",
+    )
+
     @model_validator(mode="wrap")
     @classmethod
     def _immutable(cls, data: Any, handler: Any) -> ExperimentUpdate:
-        """A field other than tags and note is refused by name, as immutable (pydantic's
+        """A field other than tags, note and priority is refused by name, as immutable (pydantic's
         own word for an unknown field, "extra", would suggest a typo)."""
         if isinstance(data, dict) and not data:
-            raise rules.NOTHING_TO_CHANGE.broken("give tags, a note, or both")
+            raise rules.NOTHING_TO_CHANGE.broken("give tags, a note, a priority, or more")
         try:
             return handler(data)
         except ValidationError as exc:
@@ -327,7 +334,7 @@ class ExperimentUpdate(BaseModel):
                 InitErrorDetails(
                     type=PydanticCustomError(
                         "immutable",
-                        "{field} is immutable: a run changes only its tags and note",
+                        "{field} is immutable: a run changes only its tags, note and priority",
                         {"field": str(error["loc"][-1])},
                     )
                     if _is_unknown_field(error)

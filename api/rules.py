@@ -82,7 +82,9 @@ BASELINE_NOT_COMPARABLE = Rule(
     "dataset_config, vocab_size, seq_len and max_val_tokens (moe_core.comparable)",
 )
 # PATCH /experiments/{id}: a run's tags and note.
-NOTHING_TO_CHANGE = Rule("nothing_to_change", "the body names tags, a note, or both")
+NOTHING_TO_CHANGE = Rule(
+    "nothing_to_change", "the body names tags, a note or a priority (one or more)"
+)
 TAG_ADDED_AND_REMOVED = Rule("tag_added_and_removed", "no tag is both added and removed")
 MAX_TAGS = 20  # a run's tags (at POST and after a PATCH)
 TOO_MANY_TAGS = Rule("too_many_tags", f"the run has at most {MAX_TAGS} tags after the change")

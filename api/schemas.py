@@ -97,6 +97,8 @@ class ExperimentRead(BaseModel):
 
     id: int
     name: str
+    owner: str = Field(description="who submitted it: only they or an admin change it")
+    priority: int = Field(description="an admin's word in the queue's order: higher first")
     tags: list[str]
     note: str | None = Field(description="the researcher's note (PATCH /experiments/{id})")
     preset: str | None
@@ -314,6 +316,7 @@ class PresetVerdict(BaseModel):
 class StudyRead(BaseModel):
     id: int
     name: str
+    owner: str = Field(description="who submitted it: only they or an admin delete it")
     base_preset: str | None
     base: dict[str, Any]
     experiments: list[str]
@@ -334,6 +337,7 @@ class StudyRead(BaseModel):
 class StudySummary(BaseModel):
     id: int
     name: str
+    owner: str = Field(description="who submitted it: only they or an admin delete it")
     status: Status
     seeds: int
     precision: str | None = Field(
@@ -422,6 +426,7 @@ class TrialRead(BaseModel):
 class SweepRead(BaseModel):
     id: int
     name: str
+    owner: str = Field(description="who submitted it: only they or an admin cancel it")
     status: Literal["running", "finished", "cancelled"]
     parallel: int
     config: dict[str, Any] = Field(description="the sweep as the engine runs it (SweepConfig)")

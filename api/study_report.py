@@ -27,6 +27,7 @@ def study_summary(study: Study) -> dict[str, Any]:
     return {
         "id": study.id,
         "name": study.name,
+        "owner": study.owner,
         "status": study_status(study.members),
         "seeds": study.seeds,
         "precision": study.precision,

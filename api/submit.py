@@ -32,10 +32,11 @@ def request_hash(body: BaseModel) -> str:
 
 
 def original_of(
-    *, session: Session, model: type[Stored], idempotency_key: str, digest: str
+    *, session: Session, model: type[Stored], idempotency_key: str, digest: str, owner: str
 ) -> Stored | None:
-    """What an earlier POST with this key stored, or None; 409 when it came with another
-    body (a key names one request, not a slot to overwrite)."""
+    """What an earlier POST of `owner` with this key stored, or None; 409 when it came with
+    another body (a key names one request, not a slot to overwrite), or from another user
+    (whose submission a key must neither return nor reveal)."""
     original = catalogue.find_submission(
         session=session, model=model, idempotency_key=idempotency_key
     )
@@ -45,6 +46,11 @@ def original_of(
     # End the read: the connection goes back to the pool now, not when the response is out
     # (the row stays loaded: sessions do not expire on commit).
     session.commit()
+    if original is not None and original.owner != owner:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"Idempotency-Key {idempotency_key!r} was used by another user; use a new key",
+        )
     if original is not None and original.request_hash != digest:
         what = {Experiment: "experiment", Study: "study", Sweep: "sweep"}[model]
         raise HTTPException(
@@ -74,13 +80,15 @@ def store_once(
     idempotency_key: str | None,
     digest: str,
     add: Callable[[], Stored],
+    owner: str,
 ) -> tuple[Stored, bool]:
     """`add()` the rows (flushed, not committed) unless this key stored them already:
     (the row, True) for a new one, (the original, False) for a replay."""
     if idempotency_key is not None:
         original = original_of(
-            session=session, model=model, idempotency_key=idempotency_key, digest=digest
-        )
+            session=session, model=model, idempotency_key=idempotency_key, digest=digest,
+            owner=owner,
+        )  # fmt: skip
         if original is not None:
             return original, False
     try:
@@ -90,8 +98,9 @@ def store_once(
         if idempotency_key is None:
             raise
         original = original_of(
-            session=session, model=model, idempotency_key=idempotency_key, digest=digest
-        )
+            session=session, model=model, idempotency_key=idempotency_key, digest=digest,
+            owner=owner,
+        )  # fmt: skip
         if original is None:  # it rolled back (its broker failed): nothing to replay
             raise _in_progress(idempotency_key) from None
         return original, False

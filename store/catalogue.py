@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from moe_core import comparable
 from moe_core.config import BaseConfig, ExperimentConfig
 from store.models import (
+    BOOTSTRAP_ADMIN,
     FINISHED,
     Experiment,
     Status,
@@ -40,8 +41,11 @@ def create_experiment(
     tags: Sequence[str] = (),
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    owner: str = BOOTSTRAP_ADMIN,
 ) -> Experiment:
-    """Add a queued experiment (flushed, not committed). With an `idempotency_key` taken
+    """Add a queued experiment of `owner` (flushed, not committed; a caller with no user,
+    a test or the engine's tools, stores it as the bootstrap admin's, as every run stored
+    before users existed). With an `idempotency_key` taken
     already, the flush raises IntegrityError: see `find_submission`. A baseline whose
     cross-entropy does not compare with this run's raises NotComparable: no path stores a
     verdict that would mean nothing (the API refuses it first, with a 422)."""
@@ -64,6 +68,7 @@ def create_experiment(
         status=Status.queued,
         num_epochs=base.num_epochs,
         queued_at=utcnow(),
+        owner=owner,
     )
     session.add(experiment)
     session.flush()
@@ -80,10 +85,13 @@ def create_study(
     seeds: int = 1,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    owner: str = BOOTSTRAP_ADMIN,
 ) -> Study:
-    """Add a study row (flushed, not committed); its members are added by the caller."""
+    """Add a study row of `owner` (flushed, not committed); its members are added by the
+    caller, with the same owner."""
     study = Study(
         name=name,
+        owner=owner,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         base_preset=base_preset,
@@ -156,6 +164,7 @@ class ExperimentFilter:
     study_id: int | None = None
     preset: str | None = None
     dense: bool | None = None
+    owner: str | None = None  # a user's name
 
 
 def list_experiments(
@@ -180,6 +189,8 @@ def list_experiments(
         query = query.where(Experiment.preset == where.preset)
     if where.dense is not None:
         query = query.where(Experiment.dense.is_(where.dense))
+    if where.owner is not None:
+        query = query.where(Experiment.owner == where.owner)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if order is Order.val_ce:
         ordering = (Experiment.best_val_ce_loss.is_(None), Experiment.best_val_ce_loss,
@@ -259,9 +270,15 @@ def get_study(*, session: Session, study_id: int) -> Study | None:
     return session.get(Study, study_id, populate_existing=True)
 
 
-def list_studies(*, session: Session, limit: int, offset: int) -> tuple[Sequence[Study], int]:
-    total = session.scalar(select(func.count()).select_from(Study)) or 0
-    items = session.scalars(select(Study).order_by(Study.id.desc()).limit(limit).offset(offset))
+def list_studies(
+    *, session: Session, limit: int, offset: int, owner: str | None = None
+) -> tuple[Sequence[Study], int]:
+    """Studies newest first (of `owner`'s only, when given), and how many there are."""
+    mine = [Study.owner == owner] if owner is not None else []
+    total = session.scalar(select(func.count()).select_from(Study).where(*mine)) or 0
+    items = session.scalars(
+        select(Study).where(*mine).order_by(Study.id.desc()).limit(limit).offset(offset)
+    )
     return items.all(), total
 
 

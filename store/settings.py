@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     # When a rank of such a run dies, torchrun restarts all its ranks in place (from the
     # last checkpoint) this many times before the worker hands the run back as a restart.
     rank_restarts: int = Field(0, ge=0, le=10)
+    # Per-user quotas (an admin may set a user's own, store.models.users): runs waiting in
+    # the queue (a submission past it is a 429) and GPUs in use (the user's next run waits).
+    # Unset: no limit.
+    max_queued_runs_per_user: int | None = Field(None, ge=0)
+    max_gpus_per_user: int | None = Field(None, ge=0)
     api_token: SecretStr | None = Field(
         None, description="when set, the API needs this bearer token"
     )

@@ -22,6 +22,7 @@ from moe_core.proposals import Proposer, Told
 from moe_core.search import SweepConfig, objective_of, rank
 from store import catalogue, results
 from store.models import (
+    BOOTSTRAP_ADMIN,
     FINISHED,
     TRIAL_DONE,
     EpochMetrics,
@@ -31,6 +32,7 @@ from store.models import (
     SweepStatus,
     SweepTrial,
     TrialState,
+    User,
     utcnow,
 )
 
@@ -52,13 +54,14 @@ def create_sweep(
     parallel: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    owner: str = BOOTSTRAP_ADMIN,
 ) -> tuple[Sweep, list[Experiment]]:
     """The sweep, a dense run per seed and its first `parallel` trials (flushed, not
     committed); returns the sweep and the runs to publish."""
     sweep = Sweep(name=config.name, config=config.model_dump(mode="json"), fields=list(config.space),
                   base=base.model_dump(mode="json"), parallel=parallel,
                   status=SweepStatus.running, idempotency_key=idempotency_key,
-                  request_hash=request_hash)  # fmt: skip
+                  request_hash=request_hash, owner=owner)  # fmt: skip
     session.add(sweep)
     session.flush()
     runs = []
@@ -67,6 +70,7 @@ def create_sweep(
         dense = catalogue.create_experiment(
             session=session, name=f"{config.name} dense (seed {seed})",
             config=dense_config(seeded), base=seeded, base_preset=config.base_preset, dense=True,
+            owner=owner,
         )  # fmt: skip
         dense.sweep_id = sweep.id
         runs.append(dense)
@@ -111,9 +115,13 @@ def _told(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> list[To
     ]  # fmt: skip
 
 
-def _propose(session: Session, sweep: Sweep) -> list[Experiment]:
-    """New trials while fewer than `parallel` run and the budget allows; their runs."""
+def _propose(session: Session, sweep: Sweep, max_queued: int | None = None) -> list[Experiment]:
+    """New trials while fewer than `parallel` run and the budget allows, and while its owner
+    has room in the queue (`max_queued`, the deployment's default for a user without their
+    own: the next trials wait rather than refuse); their runs."""
     config = config_of(sweep)
+    owner = session.get(User, _user_id(session, sweep.owner))
+    limit = owner.max_queued_runs if owner and owner.max_queued_runs is not None else max_queued
     if sweep.status != SweepStatus.running:
         return []
     runs = _runs(session, sweep.id)
@@ -126,6 +134,8 @@ def _propose(session: Session, sweep: Sweep) -> list[Experiment]:
         sum(t.state == TrialState.running for t in sweep.trials) < sweep.parallel
         and len(sweep.trials) < config.budget()
     ):
+        if limit is not None and _queued(session, sweep.owner) + config.seeds > limit:
+            break  # proposed again at the next advance, once the owner's queue has room
         asked = Proposer(config, _told(session, sweep, runs)).ask()
         if asked is None:
             break
@@ -141,13 +151,23 @@ def _propose(session: Session, sweep: Sweep) -> list[Experiment]:
             run = catalogue.create_experiment(
                 session=session, name=f"{config.name} trial {number}" + (f" (seed {seed})" if config.seeds > 1 else ""),
                 config=experiment, base=trial_base, preset=config.preset,
-                base_preset=config.base_preset, baseline_id=dense[seed].id,
+                base_preset=config.base_preset, baseline_id=dense[seed].id, owner=sweep.owner,
             )  # fmt: skip
             run.sweep_id, run.trial_number = sweep.id, number
             created.append(run)
         session.flush()
         runs = _runs(session, sweep.id)
     return created  # fmt: skip
+
+
+def _user_id(session: Session, name: str) -> int | None:
+    return session.scalar(select(User.id).where(User.name == name))
+
+
+def _queued(session: Session, owner: str) -> int:
+    return session.scalar(
+        select(func.count()).where(Experiment.owner == owner, Experiment.status == Status.queued)
+    ) or 0  # fmt: skip
 
 
 def _settle(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> None:
@@ -208,10 +228,11 @@ def _summarise(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> No
     sweep.importance = Proposer(config_of(sweep), _told(session, sweep, runs)).importance() or None
 
 
-def advance(*, session: Session, sweep_id: int) -> list[int]:
-    """Settle what ended, propose what the budget allows, finish the sweep once every trial
-    has ended (committed); the ids of the new runs to publish. Idempotent: a second call
-    with nothing new to settle does nothing."""
+def advance(*, session: Session, sweep_id: int, max_queued: int | None = None) -> list[int]:
+    """Settle what ended, propose what the budget (and the owner's queue quota,
+    `max_queued` by default) allows, finish the sweep once every trial has ended
+    (committed); the ids of the new runs to publish. Idempotent: a second call with nothing
+    new to settle does nothing."""
     sweep = session.scalars(
         select(Sweep).where(Sweep.id == sweep_id).with_for_update()
     ).one_or_none()
@@ -221,7 +242,7 @@ def advance(*, session: Session, sweep_id: int) -> list[int]:
     runs = _runs(session, sweep.id)
     before = {t.number: t.state for t in sweep.trials}
     _settle(session, sweep, runs)
-    created = _propose(session, sweep)
+    created = _propose(session, sweep, max_queued)
     if any(before.get(t.number) != t.state for t in sweep.trials) or created:
         _summarise(session, sweep, _runs(session, sweep.id))
     # Nothing proposed while no trial runs: the budget (or the grid) is spent.
@@ -236,11 +257,13 @@ def advance(*, session: Session, sweep_id: int) -> list[int]:
     return ids
 
 
-def after_run(*, session: Session, experiment_id: int) -> list[int]:
+def after_run(*, session: Session, experiment_id: int, max_queued: int | None = None) -> list[int]:
     """A run ended: advance its sweep, if it has one."""
     sweep_id = session.scalar(select(Experiment.sweep_id).where(Experiment.id == experiment_id))
     session.rollback()
-    return [] if sweep_id is None else advance(session=session, sweep_id=sweep_id)
+    if sweep_id is None:
+        return []
+    return advance(session=session, sweep_id=sweep_id, max_queued=max_queued)
 
 
 def consider_pruning(*, session: Session, experiment_id: int) -> bool:
@@ -305,10 +328,15 @@ def get_sweep(*, session: Session, sweep_id: int) -> Sweep | None:
     return session.get(Sweep, sweep_id, populate_existing=True)
 
 
-def list_sweeps(*, session: Session, limit: int, offset: int) -> tuple[list[Sweep], int]:
-    """Newest first, and how many there are."""
-    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
-    items = session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset))
+def list_sweeps(
+    *, session: Session, limit: int, offset: int, owner: str | None = None
+) -> tuple[list[Sweep], int]:
+    """Newest first (of `owner`'s only, when given), and how many there are."""
+    mine = [Sweep.owner == owner] if owner is not None else []
+    total = session.scalar(select(func.count()).select_from(Sweep).where(*mine)) or 0
+    items = session.scalars(
+        select(Sweep).where(*mine).order_by(Sweep.id.desc()).limit(limit).offset(offset)
+    )
     return list(items), total
 
 

@@ -146,7 +146,10 @@ class WorkerAgent(threading.Thread):
         with session_scope(self.settings.database_url) as session:
             for sweep_id in sweeps.running_sweeps(session=session):
                 try:
-                    created += sweeps.advance(session=session, sweep_id=sweep_id)
+                    created += sweeps.advance(
+                        session=session, sweep_id=sweep_id,
+                        max_queued=self.settings.max_queued_runs_per_user,
+                    )  # fmt: skip
                 except Exception:
                     # One sweep's fault is that sweep's: it must not read as a lost database
                     # (which resets contact and delays every takeover) nor stop the others.

@@ -363,7 +363,8 @@ class RunLease:
         published here. A failure is logged: the agents' periodic pass does it later."""
         try:
             with self._session() as session:
-                ids = sweeps.after_run(session=session, experiment_id=self.experiment_id)
+                ids = sweeps.after_run(session=session, experiment_id=self.experiment_id,
+                                       max_queued=self.settings.max_queued_runs_per_user)  # fmt: skip
                 if ids:
                     self.queue.enqueue(ids)
                     catalogue.mark_published(session=session, experiment_ids=ids)

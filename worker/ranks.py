@@ -19,6 +19,7 @@ from store.queue import TrainingQueue
 from store.settings import get_settings
 from worker import launch, shutdown, training
 from worker.lease import RunLease
+from worker.run_log import run_log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                                   device=device)  # fmt: skip
         try:
             if parallel.main:
-                with training.run_log(run.directory / artifacts.LOG, args.experiment_id):
+                with run_log(run.directory / artifacts.LOG, args.experiment_id):
                     training.attempt(lease, run, settings=settings, device=device,
                                      parallel=parallel)  # fmt: skip
             else:

@@ -3,13 +3,10 @@ record every epoch, and finish it or hand it back (worker.lease tells the whole 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import os
 import shutil
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,16 +28,17 @@ from moe_core.runner import (
     steps_per_epoch,
 )
 from moe_core.sizing import GiB, memory_estimate
-from store import artifacts, catalogue, leases, results, workers
+from store import artifacts, catalogue, leases, queue_order, results, workers
 from store.db import session_scope
 from store.leases import ClaimOutcome
-from store.models import FINISHED, Status
+from store.models import FINISHED, Status, utcnow
 from store.queue import TrainingQueue
 from store.results import stored_result
 from store.settings import Settings
 from store.tracking import run_verdict, verdicts_left_waiting
 from worker import gpu_memory, launch, shutdown, slots
 from worker.lease import RunLease
+from worker.run_log import run_log
 from worker.sinks import RunInfo, Sinks, open_sinks
 
 if TYPE_CHECKING:  # torch.distributed only in a run's ranks
@@ -65,6 +63,10 @@ def run_experiment(
     A run on several GPUs is trained by processes of its own (worker.launch), under the
     lease this process claims."""
     device = resolve_device(settings.device)
+    chosen = _fairest(experiment_id, settings=settings, queue=queue)
+    if chosen is None:
+        return
+    experiment_id = chosen
     lease = RunLease(
         experiment_id, settings=settings, queue=queue, worker_name=worker_name, device=str(device)
     )
@@ -94,6 +96,32 @@ def run_experiment(
                                       worker_name=worker_name)  # fmt: skip
             else:
                 attempt(lease, run, settings=settings, device=device)
+
+
+# A delivery that found no run allowed to start (their owners at their GPU limit) comes
+# back after this long.
+QUOTA_WAIT = 10.0
+
+
+def _fairest(experiment_id: int, *, settings: Settings, queue: TrainingQueue) -> int | None:
+    """The run this delivery takes (store.queue_order: fair across users), or None when none
+    may start now. A delivered run left queued gets its wake-up again."""
+    with session_scope(settings.database_url) as session:
+        choice = queue_order.choose(session=session, hint=experiment_id, now=utcnow(),
+                                    default_gpus=settings.max_gpus_per_user)  # fmt: skip
+    again = choice.republish if choice.run is not None else experiment_id
+    if again is not None:
+        try:
+            queue.enqueue([again], countdown=None if choice.run is not None else QUOTA_WAIT)
+        except Exception:  # the broker is away: the agent publishes it again later
+            log.warning("experiment %s: its wake-up not published again", again, exc_info=True)
+    if choice.run is None:
+        log.info("experiment %s: no queued run may start now (GPU quotas); again in %.0f s",
+                 experiment_id, QUOTA_WAIT)  # fmt: skip
+    elif choice.run != experiment_id:
+        log.info("delivery of experiment %s takes experiment %s, the fairest", experiment_id,
+                 choice.run)  # fmt: skip
+    return choice.run
 
 
 class Prepared(NamedTuple):
@@ -405,60 +433,6 @@ def _out_of_memory(lease: RunLease, exc: BaseException, settings: Settings) -> N
     log.warning("experiment %s: out of GPU memory (%s); handing it back, offered again in "
                 "%.0f s", lease.experiment_id, exc, delay)  # fmt: skip
     lease.hand_back("out of GPU memory", out_of_memory=True, countdown=delay)
-
-
-# The run's own story goes to its log whatever the console's level (Celery's --loglevel),
-# and so do Python's warnings (logged as py.warnings).
-logging.getLogger("worker").setLevel(logging.INFO)
-logging.captureWarnings(True)
-
-
-@contextlib.contextmanager
-def run_log(path: Path, experiment_id: int) -> Iterator[None]:
-    """What this thread and the run's lease monitor log during the block (warnings
-    included) is appended to the run's log, which GET /experiments/{id}/logs serves: every
-    attempt, on any worker."""
-    try:
-        handler = _RunLogHandler(path)
-    except artifacts.NotAPlainFile as exc:
-        # Planted by someone who can write the store: written through by no one, and left
-        # in place for the operator to find; the run trains without its log file.
-        log.warning("experiment %s: no run log: %s (%s); its lines go to this worker's log "
-                    "only", experiment_id, exc, _planted(path))  # fmt: skip
-        yield
-        return
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    thread, monitor = threading.get_ident(), f"lease-{experiment_id}"
-    # Not another run's lines, in a threaded pool: this thread's and this run's monitor's.
-    handler.addFilter(lambda record: record.thread == thread or record.threadName == monitor)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-class _RunLogHandler(logging.FileHandler):
-    """A FileHandler that opens the run's log as store.artifacts.open_run_log does: never
-    through a symlink, never a hard link's other name."""
-
-    def _open(self) -> Any:
-        return artifacts.open_run_log(Path(self.baseFilename))
-
-
-def _planted(path: Path) -> str:
-    """What lies at `path`, in words, for the warning."""
-    if path.is_symlink():
-        return f"a symlink to {os.readlink(path)}"
-    if path.is_dir():
-        return "a directory"
-    with contextlib.suppress(OSError):
-        if path.stat(follow_symlinks=False).st_nlink > 1:
-            return "a hard link to a file elsewhere"
-    return "not a regular file"
 
 
 def _with_data_settings(base: BaseConfig, settings: Settings) -> BaseConfig:

@@ -11,10 +11,12 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from api import conditional, live, rules
+from api.auth import CallerDep, MemberDep, authorize_change, forbidden
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.params import ExperimentId, IdempotencyKey, Offset
+from api.params import ExperimentId, IdempotencyKey, Offset, OwnerQuery, owner_named
 from api.plan import plan
+from api.quota import check_queue_room
 from api.requests import MAX_TAGS, ExperimentCreate, ExperimentPreset, ExperimentUpdate, Tag
 from api.resolve import MAX_ID, check_values, resolve_experiment
 from api.schemas import (
@@ -29,7 +31,7 @@ from api.schemas import (
 from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
 from moe_core import comparable
-from store import artifacts, catalogue, leases, results
+from store import artifacts, audit, catalogue, leases, results
 from store.catalogue import ExperimentFilter, Order
 from store.models import Experiment, Status
 
@@ -52,9 +54,10 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
             409,
             413,
             422,
+            429,
             503,
             e404="the baseline_id names no experiment",
-            e409="the Idempotency-Key was used with another body",
+            e409="the Idempotency-Key was used with another body, or by another user",
             e503="the database or the task broker is unreachable, or busy; nothing was "
             "stored: retry after Retry-After seconds",
         ),
@@ -63,6 +66,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 def create_experiment(
     *,
     body: ExperimentCreate,
+    caller: MemberDep,
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
@@ -80,25 +84,24 @@ def create_experiment(
         answer = ExperimentPlan.model_validate(plan(config, base, dense=body.dense))
         return JSONResponse(answer.model_dump(mode="json"))
     digest = request_hash(body)
+
+    def add() -> Experiment:
+        check_queue_room(session=session, settings=settings, caller=caller, adding=1)
+        experiment = catalogue.create_experiment(
+            session=session, name=body.name, config=config, base=base, preset=body.preset,
+            base_preset=body.base_preset, dense=body.dense, baseline_id=body.baseline_id,
+            tags=body.tags, idempotency_key=idempotency_key, request_hash=digest,
+            owner=caller.name,
+        )  # fmt: skip
+        audit.record(session=session, actor=caller.name, action="experiment.create",
+                     target=f"experiment {experiment.id}",
+                     detail={"name": body.name, "preset": body.preset, "dense": body.dense})  # fmt: skip
+        return experiment
+
     experiment, new = store_once(
-        session=session,
-        model=Experiment,
-        idempotency_key=idempotency_key,
-        digest=digest,
-        add=lambda: catalogue.create_experiment(
-            session=session,
-            name=body.name,
-            config=config,
-            base=base,
-            preset=body.preset,
-            base_preset=body.base_preset,
-            dense=body.dense,
-            baseline_id=body.baseline_id,
-            tags=body.tags,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-        ),
-    )
+        session=session, model=Experiment, idempotency_key=idempotency_key, digest=digest,
+        add=add, owner=caller.name,
+    )  # fmt: skip
     if new:
         submit(session=session, queue=queue, experiments=[experiment])
     else:
@@ -130,6 +133,8 @@ def list_experiments(
     study_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     preset: ExperimentPreset | None = None,
     dense: Annotated[bool | None, Query(description="dense baselines only, or MoE only")] = None,
+    owner: OwnerQuery = None,
+    caller: CallerDep,
     order: Annotated[
         Order, Query(description="newest first, or by best validation CE, lowest first")
     ] = Order.newest,
@@ -137,7 +142,7 @@ def list_experiments(
     offset: Offset = 0,
 ) -> Response:
     where = ExperimentFilter(status=status, name=name, tag=tag, study_id=study_id,
-                             preset=preset, dense=dense)  # fmt: skip
+                             preset=preset, dense=dense, owner=owner_named(owner, caller))  # fmt: skip
     items, total = catalogue.list_experiments(
         session=session, where=where, order=order, limit=limit, offset=offset
     )
@@ -163,11 +168,21 @@ def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Expe
     ),
 )
 def update_experiment(
-    *, experiment_id: ExperimentId, body: ExperimentUpdate, session: SessionDep
+    *, experiment_id: ExperimentId, body: ExperimentUpdate, caller: CallerDep, session: SessionDep
 ) -> Experiment:
-    """Add and remove a run's tags, set or clear its note; the rest of a run is what was
-    run, and stays. The list's ETag changes with them (GET /experiments)."""
+    """Add and remove a run's tags, set or clear its note (its owner or an admin), set its
+    priority in the queue (an admin); the rest of a run is what was run, and stays. The
+    list's ETag changes with them (GET /experiments)."""
     check_values(body.model_dump(exclude_unset=True))
+    run = _get_or_404(session, experiment_id)
+    authorize_change(caller, run.owner, f"experiment {experiment_id}", "change")
+    if "priority" in body.model_fields_set:
+        if not caller.admin:
+            raise forbidden(f"{caller.name} is a {caller.role}: only an admin sets a priority")
+        run.priority = body.priority or 0
+    audit.record(session=session, actor=caller.name, action="experiment.update",
+                 target=f"experiment {experiment_id}",
+                 detail=body.model_dump(mode="json", exclude_unset=True))  # fmt: skip
     changes = body.tags
     try:
         experiment = catalogue.update_labels(
@@ -266,13 +281,16 @@ def read_verdict(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
     responses=error_responses(404, 409, 422, e409="the run already succeeded or failed"),
 )
 def cancel_experiment(
-    *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
+    *, experiment_id: ExperimentId, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> Experiment:
     experiment = _get_or_404(session, experiment_id)
+    authorize_change(caller, experiment.owner, f"experiment {experiment_id}", "cancel")
     if experiment.status in (Status.succeeded, Status.failed):
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"experiment {experiment_id} already {experiment.status}"
         )
+    audit.record(session=session, actor=caller.name, action="experiment.cancel",
+                 target=f"experiment {experiment_id}")  # fmt: skip
     catalogue.request_cancel(
         session=session,
         experiment_id=experiment_id,
@@ -292,10 +310,11 @@ def cancel_experiment(
     ),
 )
 def delete_experiment(
-    *, experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep
+    *, experiment_id: ExperimentId, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    """Remove a finished run: its rows and its files."""
+    """Remove a finished run: its rows and its files (its owner or an admin)."""
     experiment = _get_or_404(session, experiment_id)
+    authorize_change(caller, experiment.owner, f"experiment {experiment_id}", "delete")
     if experiment.study_id is not None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -309,6 +328,8 @@ def delete_experiment(
             "sweep once it has ended",
         )
     run_key = experiment.run_key
+    audit.record(session=session, actor=caller.name, action="experiment.delete",
+                 target=f"experiment {experiment_id}", detail={"name": experiment.name})  # fmt: skip
     if not catalogue.delete_experiment(session=session, experiment_id=experiment_id):
         raise HTTPException(
             status.HTTP_409_CONFLICT,

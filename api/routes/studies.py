@@ -9,17 +9,19 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import JSONResponse
 
 from api import conditional, live
+from api.auth import CallerDep, MemberDep, authorize_change
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.downloads import file_response
 from api.errors import error_responses
-from api.params import IdempotencyKey, Offset, StudyId
+from api.params import IdempotencyKey, Offset, OwnerQuery, StudyId, owner_named
 from api.plan import plan
+from api.quota import check_queue_room
 from api.requests import StudyCreate
 from api.resolve import resolve_study
 from api.schemas import ArtifactList, StudyList, StudyPlan, StudyRead
 from api.study_report import study_read, study_results, study_summary
 from api.submit import request_hash, store_once, submit
-from store import artifacts, catalogue
+from store import artifacts, audit, catalogue
 from store.models import Experiment, Status, Study
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -40,8 +42,9 @@ router = APIRouter(prefix="/studies", tags=["studies"])
             409,
             413,
             422,
+            429,
             503,
-            e409="the Idempotency-Key was used with another body",
+            e409="the Idempotency-Key was used with another body, or by another user",
             e503="the database or the task broker is unreachable, or busy; nothing was "
             "stored: retry after Retry-After seconds",
         ),
@@ -50,6 +53,7 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 def create_study(
     *,
     body: StudyCreate,
+    caller: MemberDep,
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
@@ -74,6 +78,7 @@ def create_study(
     experiments = []
 
     def add() -> Study:
+        check_queue_room(session=session, settings=settings, caller=caller, adding=len(runs))
         study = catalogue.create_study(
             session=session,
             name=body.name,
@@ -83,13 +88,17 @@ def create_study(
             seeds=body.seeds,
             idempotency_key=idempotency_key,
             request_hash=digest,
+            owner=caller.name,
         )
+        audit.record(session=session, actor=caller.name, action="study.create",
+                     target=f"study {study.id}",
+                     detail={"name": body.name, "runs": len(runs)})  # fmt: skip
         dense_of: dict[int, int] = {}  # seed -> its dense run, each seed's first
         for run in runs:
             member = catalogue.create_experiment(
                 session=session, name=run.name, config=run.config, base=run.base,
                 base_preset=body.base_preset, study=study, dense=run.dense,
-                preset=run.preset, baseline_id=dense_of.get(run.seed),
+                preset=run.preset, baseline_id=dense_of.get(run.seed), owner=caller.name,
             )  # fmt: skip
             if run.dense:
                 dense_of[run.seed] = member.id
@@ -97,8 +106,9 @@ def create_study(
         return study
 
     study, new = store_once(
-        session=session, model=Study, idempotency_key=idempotency_key, digest=digest, add=add
-    )
+        session=session, model=Study, idempotency_key=idempotency_key, digest=digest, add=add,
+        owner=caller.name,
+    )  # fmt: skip
     if new:
         # Each seed's dense run first: with one worker, a baseline is known before its runs.
         submit(session=session, queue=queue, experiments=experiments, study=study)
@@ -116,10 +126,13 @@ def create_study(
 def list_studies(
     *,
     session: SessionDep,
+    caller: CallerDep,
+    owner: OwnerQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> dict:
-    items, total = catalogue.list_studies(session=session, limit=limit, offset=offset)
+    items, total = catalogue.list_studies(session=session, limit=limit, offset=offset,
+                                          owner=owner_named(owner, caller))  # fmt: skip
     return {"items": [study_summary(study) for study in items], "total": total}
 
 
@@ -138,10 +151,16 @@ def read_study(*, study_id: StudyId, request: Request, session: SessionDep) -> R
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404, 409, 422, e409="a member is queued or running"),
 )
-def delete_study(*, study_id: StudyId, session: SessionDep, settings: SettingsDep) -> Response:
-    """Remove a finished study: its runs, their rows and their files."""
+def delete_study(
+    *, study_id: StudyId, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """Remove a finished study: its runs, their rows and their files (its owner or an
+    admin)."""
     study = _get_or_404(session, study_id)
+    authorize_change(caller, study.owner, f"study {study_id}", "delete")
     members = [(member.id, member.run_key) for member in study.members]
+    audit.record(session=session, actor=caller.name, action="study.delete",
+                 target=f"study {study_id}", detail={"name": study.name})  # fmt: skip
     if not catalogue.delete_study(session=session, study_id=study_id):
         raise HTTPException(
             status.HTTP_409_CONFLICT,

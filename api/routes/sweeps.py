@@ -13,16 +13,18 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api import live
+from api.auth import CallerDep, MemberDep, authorize_change
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.limits import MAX_ID
-from api.params import IdempotencyKey, Offset
+from api.params import IdempotencyKey, Offset, OwnerQuery, owner_named
+from api.quota import check_queue_room
 from api.requests import SweepCreate
 from api.resolve import resolve_sweep
 from api.schemas import SweepList, SweepPlan, SweepRead
 from api.submit import request_hash, store_once, submit
 from moe_core.search import MAX_RUNS, grid_points, rank
-from store import artifacts, sweeps
+from store import artifacts, audit, sweeps
 from store.models import Experiment, Sweep
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -39,7 +41,8 @@ def sweep_read(session: Session, sweep: Sweep) -> dict[str, Any]:
         "run_ids": [i for i, n in runs if n == t.number], "finished_at": t.finished_at,
     } for t in sweep.trials]  # fmt: skip
     return {
-        "id": sweep.id, "name": sweep.name, "status": sweep.status, "parallel": sweep.parallel,
+        "id": sweep.id, "name": sweep.name, "owner": sweep.owner, "status": sweep.status,
+        "parallel": sweep.parallel,
         "config": sweep.config, "fields": sweep.fields,
         "dense_run_ids": [i for i, n in runs if n is None],
         "trials": trials, "ranking": rank(trials), "best_trial": sweep.best_trial,
@@ -63,8 +66,9 @@ def sweep_read(session: Session, sweep: Sweep) -> dict[str, Any]:
             409,
             413,
             422,
+            429,
             503,
-            e409="the Idempotency-Key was used with another body",
+            e409="the Idempotency-Key was used with another body, or by another user",
             e503="the database or the task broker is unreachable, or busy; nothing was "
             "stored: retry after Retry-After seconds",
         ),
@@ -73,6 +77,7 @@ def sweep_read(session: Session, sweep: Sweep) -> dict[str, Any]:
 def create_sweep(
     *,
     body: SweepCreate,
+    caller: MemberDep,
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
@@ -96,16 +101,23 @@ def create_sweep(
     runs: list[Experiment] = []
 
     def add() -> Sweep:
+        # what it queues now: a dense run per seed and its first trials (later trials wait
+        # while their owner is at the limit: store.sweeps)
+        first = config.seeds * (1 + min(body.parallel, config.budget()))
+        check_queue_room(session=session, settings=settings, caller=caller, adding=first)
         sweep, created = sweeps.create_sweep(
             session=session, config=config, base=config.base_config(), parallel=body.parallel,
-            idempotency_key=idempotency_key, request_hash=digest,
+            idempotency_key=idempotency_key, request_hash=digest, owner=caller.name,
         )  # fmt: skip
+        audit.record(session=session, actor=caller.name, action="sweep.create",
+                     target=f"sweep {sweep.id}", detail={"name": config.name})  # fmt: skip
         runs.extend(created)
         return sweep
 
     sweep, new = store_once(
-        session=session, model=Sweep, idempotency_key=idempotency_key, digest=digest, add=add
-    )
+        session=session, model=Sweep, idempotency_key=idempotency_key, digest=digest, add=add,
+        owner=caller.name,
+    )  # fmt: skip
     if new:
         submit(session=session, queue=queue, experiments=runs, sweep=sweep)
     else:
@@ -116,9 +128,11 @@ def create_sweep(
 
 @router.get("", response_model=SweepList, responses=error_responses(422))
 def list_sweeps(
-    *, session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Offset = 0
-) -> dict:
-    items, total = sweeps.list_sweeps(session=session, limit=limit, offset=offset)
+    *, session: SessionDep, caller: CallerDep, owner: OwnerQuery = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Offset = 0,
+) -> dict:  # fmt: skip
+    items, total = sweeps.list_sweeps(session=session, limit=limit, offset=offset,
+                                      owner=owner_named(owner, caller))  # fmt: skip
     return {"items": [sweep_read(session, s) for s in items], "total": total}
 
 
@@ -128,8 +142,12 @@ def read_sweep(*, sweep_id: SweepId, session: SessionDep) -> dict:
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepRead, responses=error_responses(404, 422))
-def cancel_sweep(*, sweep_id: SweepId, session: SessionDep) -> dict:
-    """No more trials; queued runs end, running ones stop within a step or two."""
+def cancel_sweep(*, sweep_id: SweepId, caller: CallerDep, session: SessionDep) -> dict:
+    """No more trials; queued runs end, running ones stop within a step or two (its owner
+    or an admin)."""
+    authorize_change(caller, _get_or_404(session, sweep_id).owner, f"sweep {sweep_id}", "cancel")
+    audit.record(session=session, actor=caller.name, action="sweep.cancel",
+                 target=f"sweep {sweep_id}")  # fmt: skip
     sweep = sweeps.cancel(session=session, sweep_id=sweep_id)
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found")
@@ -141,10 +159,15 @@ def cancel_sweep(*, sweep_id: SweepId, session: SessionDep) -> dict:
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404, 409, 422, e409="the sweep or one of its runs is still going"),
 )
-def delete_sweep(*, sweep_id: SweepId, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_sweep(
+    *, sweep_id: SweepId, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> Response:
     """Remove a sweep that has ended (finished or cancelled): its trials, its runs, their
-    rows and their files. A sweep's runs are deleted only with it."""
-    _get_or_404(session, sweep_id)
+    rows and their files (its owner or an admin). A sweep's runs are deleted only with it."""
+    sweep = _get_or_404(session, sweep_id)
+    authorize_change(caller, sweep.owner, f"sweep {sweep_id}", "delete")
+    audit.record(session=session, actor=caller.name, action="sweep.delete",
+                 target=f"sweep {sweep_id}", detail={"name": sweep.name})  # fmt: skip
     runs = sweeps.delete(session=session, sweep_id=sweep_id)
     if runs is None:
         raise HTTPException(

@@ -8,12 +8,16 @@ from store.models.experiments import FINISHED, Experiment, SinkFailure, Status, 
 from store.models.metrics import EpochMetrics, ExpertStats, StatsKind, StepMetrics
 from store.models.studies import Study
 from store.models.sweeps import TRIAL_DONE, Sweep, SweepStatus, SweepTrial, TrialState
+from store.models.users import BOOTSTRAP_ADMIN, ApiToken, AuditEvent, Role, User
 from store.models.workers import Worker
 
 __all__ = [
+    "BOOTSTRAP_ADMIN",
     "FINISHED",
     "NAMING_CONVENTION",
     "TRIAL_DONE",
+    "ApiToken",
+    "AuditEvent",
     "Base",
     "EpochMetrics",
     "Experiment",
@@ -21,6 +25,7 @@ __all__ = [
     "JSONType",
     "SinkFailure",
     "StatsKind",
+    "Role",
     "Status",
     "StepMetrics",
     "Study",
@@ -29,6 +34,7 @@ __all__ = [
     "SweepTrial",
     "TrialState",
     "UTCDateTime",
+    "User",
     "Worker",
     "new_run_key",
     "utcnow",

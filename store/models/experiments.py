@@ -112,6 +112,10 @@ class Experiment(Base):
     # Unique to this run, never reused (unlike the id after a database reset): its
     # artifacts live under it, and a checkpoint is resumed only if it names it.
     run_key: Mapped[str] = mapped_column(String(32), unique=True, default=new_run_key)
+    # Who submitted it (store.models.users): only they or an admin change or delete it.
+    owner: Mapped[str] = mapped_column(String(64), ForeignKey("users.name"), index=True)
+    # An admin's word on the fair queue's order among equals (store.queue_order): higher first.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The lease: the owner's unique id (fencing: every write of a worker is conditional on
     # it), the Celery node it runs in, and its last heartbeat.
     worker: Mapped[str | None] = mapped_column(String(200))

@@ -5,10 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import (
-    Integer,
-    String,
-)
+from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from store.models.base import Base, JSONType, UTCDateTime, utcnow
@@ -38,6 +35,8 @@ class Study(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who submitted it (store.models.users): only they or an admin change or delete it.
+    owner: Mapped[str] = mapped_column(String(64), ForeignKey("users.name"), index=True)
 
     members: Mapped[list[Experiment]] = relationship(
         back_populates="study", order_by="Experiment.id", lazy="selectin"

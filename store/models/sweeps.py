@@ -59,6 +59,8 @@ class Sweep(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who submitted it (store.models.users): only they or an admin change or delete it.
+    owner: Mapped[str] = mapped_column(String(64), ForeignKey("users.name"), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     trials: Mapped[list[SweepTrial]] = relationship(

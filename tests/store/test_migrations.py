@@ -24,6 +24,7 @@ TABLES = {
     "step_metrics",
     "sink_failures",
     "sweeps", "sweep_trials",
+    "users", "api_tokens", "audit_events",
 }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from worker.training import run_log
+from worker.run_log import run_log
 
 log = logging.getLogger("worker.training")
 
