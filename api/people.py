@@ -5,15 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from api.overrides import BODY, NO_NUL, Whole
+
+
+def _not_me(name: str) -> str:
+    if name == "me":
+        raise PydanticCustomError("name_reserved", "`me` names whoever asks (/users/me, ?owner=me)")
+    return name
+
 
 UserName = Annotated[
     str,
     Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
           description="lower case letters, digits and _.- (at most 64), starting with a "
-          "letter or digit", examples=["ada"]),
+          "letter or digit; not `me`, which /users/me and ?owner=me mean (`name_reserved`)",
+          examples=["ada"]),
+    AfterValidator(_not_me),
 ]  # fmt: skip
 RoleName = Literal["admin", "member", "viewer"]  # store.models.Role's values
 Quota = Whole[Annotated[int, Field(ge=0, le=100_000)]]
@@ -40,7 +50,8 @@ class UserUpdate(BaseModel):
     """An admin's change to a user: role, disabled (their tokens stop working at once,
     their runs stay theirs), quotas (null: the deployment's)."""
 
-    model_config = ConfigDict(**BODY, json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(**BODY, json_schema_extra={
+        "minProperties": 1, "examples": [{"max_gpus": 8}, {"disabled": True}]})  # fmt: skip
 
     role: RoleName | None = None
     disabled: bool | None = None

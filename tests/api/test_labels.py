@@ -112,7 +112,7 @@ def test_every_other_field_is_immutable(client, field):
     response = client.patch(f"/experiments/{run['id']}", json={field: "changed", "note": "with it"})
     assert ("body", field) in locs(response)
     (error,) = [e for e in response.json()["detail"] if e["loc"] == ["body", field]]
-    assert error["msg"] == f"{field} is immutable: a run changes only its tags and note"
+    assert error["msg"] == f"{field} is immutable: a run changes only its tags, note and priority"
     assert client.get(f"/experiments/{run['id']}").json() == run  # the note did not land
 
 

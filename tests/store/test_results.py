@@ -114,8 +114,10 @@ def test_a_finished_run_keeps_its_result_whole(database, experiment_id):
     assert (run.best_val_loss, run.best_val_ce_loss) == (4.2, 4.19)  # the engine's final word
     assert run.evaluation["test_epoch"] == 2
     rebuilt = results.stored_result(run)
-    # (the factory's run has a full config; the store adds the base the run trained on)
-    assert rebuilt == {**whole, "config": run.config, "base": run.base}
+    # (the factory's run has a full config; the store adds the base the run trained on and
+    # its ranks, one process here)
+    assert rebuilt == {**whole, "config": run.config, "base": run.base,
+                       "parallel": {"gpus": 1, "expert_parallel": 1}}  # fmt: skip
 
     # A run without a test split (or stored before there was one) has no `test`.
     other = new_experiment(database)
