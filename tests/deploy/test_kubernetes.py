@@ -17,28 +17,21 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
-import kubernetes_validate.utils
 import pytest
 import yaml
-from referencing import Registry, Resource
 from sqlalchemy import create_engine, text, update
 
 from store.db import session_scope
 from store.models import Experiment
 from store.settings import Settings
+from tests.deploy.schemas import LATEST, documents, strict_registry
 from tests.environment import ROOT
 from tests.factories import new_experiment
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
 # The newest Kubernetes kubernetes-validate ships, and one a year older, as clusters lag.
-LATEST = kubernetes_validate.utils.latest_version()
 KUBERNETES_VERSIONS = ["1.33.0", LATEST]
-
-
-def documents(path: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
 
 MANIFESTS = {path.name: documents(path) for path in sorted(KUBERNETES.glob("*.yaml"))}
 RESOURCES = [doc for name in KUSTOMIZATION["resources"] for doc in MANIFESTS[name]]
@@ -62,14 +55,7 @@ def containers() -> list[tuple[str, dict]]:
 # KEDA's objects against KEDA's CRD fields (keda_schema.yaml says how that schema was made);
 # the HPA behavior inside a ScaledObject against Kubernetes' own strict schema.
 KEDA_SCHEMA = yaml.safe_load((Path(__file__).parent / "keda_schema.yaml").read_text())
-KEDA_REGISTRY = Registry().with_resources(
-    (resource.id(), resource)
-    for resource in (
-        Resource.from_contents(kubernetes_validate.utils.schema_contents(
-            f"kubernetes-json-schema/v{LATEST}-local-strict/{name}.json", LATEST))
-        for name in ("horizontalpodautoscalerbehavior-autoscaling-v2", "_definitions")
-    )
-)  # fmt: skip
+KEDA_REGISTRY = strict_registry("horizontalpodautoscalerbehavior-autoscaling-v2")
 
 
 def validate_keda(resource: dict) -> None:

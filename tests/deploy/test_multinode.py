@@ -23,26 +23,19 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
-import kubernetes_validate.utils
 import pytest
 import yaml
-from referencing import Registry, Resource
 
 from local_deployment.servers import free_port, stop_session
 from moe_core.__main__ import _parse_assignments
 from moe_core.__main__ import main as moe_core_main
 from moe_core.config import EXPERIMENT_PRESETS, base_config, check, get_experiment_configs
+from tests.deploy.schemas import LATEST, documents, strict_registry
 from tests.environment import ROOT
 from tests.moe_core.test_parallel import assert_exact
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 MULTINODE = KUBERNETES / "multinode"
-LATEST = kubernetes_validate.utils.latest_version()
-
-
-def documents(path: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
 
 EVERY_DOCUMENT = {f"{path.relative_to(KUBERNETES)}#{i}": doc
                   for path in sorted(KUBERNETES.rglob("*.yaml"))
@@ -62,15 +55,9 @@ TRAINER_ENV = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_
 # The Trainer's objects against the fields of its CRDs, with the Kubernetes types they
 # embed resolved to kubernetes-validate's strict schemas.
 TRAINER_SCHEMA = yaml.safe_load((Path(__file__).parent / "trainer_schema.yaml").read_text())
-TRAINER_REGISTRY = Registry().with_resources(
-    (resource.id(), resource)
-    for resource in (
-        Resource.from_contents(kubernetes_validate.utils.schema_contents(
-            f"kubernetes-json-schema/v{LATEST}-local-strict/{name}.json", LATEST))
-        for name in ("jobtemplatespec-batch-v1", "envvar-v1", "resourcerequirements-v1",
-                     "_definitions")
-    )
-)  # fmt: skip
+TRAINER_REGISTRY = strict_registry(
+    "jobtemplatespec-batch-v1", "envvar-v1", "resourcerequirements-v1"
+)
 # Where each kind of document is checked: the Trainer's here, the rest in test_kubernetes.py.
 CHECKED_ELSEWHERE = {"keda.sh/v1alpha1"}
 
