@@ -88,14 +88,44 @@ def test_every_setting_named_is_a_setting():
                 assert variable in fields, f"{name}: {variable}"
 
 
+def interpolate(value: str, host: dict[str, str]) -> str:
+    """Compose's `${VAR:-default}` (nested defaults too) with `host` as the shell's variables:
+    the forms this file uses, and a failure on any other."""
+    while match := re.search(r"\$\{(\w+):-([^${}]*)\}", value):
+        name, default = match.groups()
+        value = value[: match.start()] + (host.get(name) or default) + value[match.end() :]
+    assert "$" not in value, f"a form this helper does not know: {value}"
+    return value
+
+
+@pytest.mark.parametrize(
+    ("host", "per_worker", "per_run"),
+    [({}, "1", "1"), ({"MOE_GPUS_PER_WORKER": "4"}, "4", "4"),
+     ({"MOE_GPUS_PER_WORKER": "4", "MOE_MAX_GPUS_PER_RUN": "2"}, "4", "2")],
+    ids=["default", "four-per-worker", "runs-capped-lower"],
+)  # fmt: skip
+def test_the_gpus_per_worker_reach_the_worker_and_the_apis_limit(host, per_worker, per_run):
+    """One variable on the host: each worker claims that many GPUs (worker.gpu_slot reads
+    MOE_GPUS_PER_WORKER) and the API refuses runs larger than a worker."""
+    worker, api = SERVICES["worker"]["environment"], SERVICES["api"]["environment"]
+    assert interpolate(worker["MOE_GPUS_PER_WORKER"], host) == per_worker
+    assert interpolate(api["MOE_MAX_GPUS_PER_RUN"], host) == per_run
+    assert interpolate(worker["MOE_MAX_GPUS_PER_RUN"], host) == per_run
+    settings = Settings(gpus_per_worker=interpolate(worker["MOE_GPUS_PER_WORKER"], host),
+                        max_gpus_per_run=interpolate(api["MOE_MAX_GPUS_PER_RUN"], host))  # fmt: skip
+    assert settings.max_gpus_per_run <= settings.gpus_per_worker == int(per_worker)
+
+
 def test_workers_scale_and_each_claims_a_gpu_of_its_own():
     worker = SERVICES["worker"]
     # `--scale worker=N` needs replicas without a fixed name or host port
     assert "container_name" not in worker and "ports" not in worker
-    # every replica sees every GPU; worker.gpu_slot gives each its own, through locks on a
-    # volume they share (tests/worker/test_gpu_slot.py shows it)
+    # every replica sees every GPU (a reservation's count is not exclusive between
+    # replicas); worker.gpu_slot gives each MOE_GPUS_PER_WORKER of its own, through locks on
+    # a volume they share (tests/worker/test_gpu_slot.py shows it)
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["count"] == "all"
+    assert worker["command"][:3] == ["python", "-m", "worker.gpu_slot"]
     volumes = dict(volume.split(":")[:2] for volume in worker["volumes"])
     assert volumes["gpu-locks"] == worker["environment"]["MOE_GPU_LOCK_DIR"]
     assert "gpu-locks" in COMPOSE["volumes"]

@@ -1,8 +1,10 @@
 """deploy/kubernetes, checked without a cluster: every manifest against the Kubernetes
 schemas (kubernetes-validate, strict) and KEDA's objects against the fields of KEDA's CRDs
-(tests/deploy/keda_schema.yaml); the KEDA query counts what it should on a real migrated
-database; and every name a manifest uses (commands, settings, Secrets, the scale target,
-files) exists."""
+(tests/deploy/keda_schema.yaml); the KEDA query sums the GPUs runs ask for on a real
+migrated database; the GPUs of a worker are one setting that kustomize copies where it is
+needed; and every name a manifest uses (commands, settings, Secrets, the scale target,
+files) exists. The multi-node manifests (deploy/kubernetes/multinode) are
+tests/deploy/test_multinode.py's."""
 
 from __future__ import annotations
 
@@ -15,28 +17,21 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
-import kubernetes_validate.utils
 import pytest
 import yaml
-from referencing import Registry, Resource
 from sqlalchemy import create_engine, text, update
 
 from store.db import session_scope
 from store.models import Experiment
 from store.settings import Settings
+from tests.deploy.schemas import LATEST, documents, strict_registry
 from tests.environment import ROOT
 from tests.factories import new_experiment
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
 # The newest Kubernetes kubernetes-validate ships, and one a year older, as clusters lag.
-LATEST = kubernetes_validate.utils.latest_version()
 KUBERNETES_VERSIONS = ["1.33.0", LATEST]
-
-
-def documents(path: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
 
 MANIFESTS = {path.name: documents(path) for path in sorted(KUBERNETES.glob("*.yaml"))}
 RESOURCES = [doc for name in KUSTOMIZATION["resources"] for doc in MANIFESTS[name]]
@@ -60,14 +55,7 @@ def containers() -> list[tuple[str, dict]]:
 # KEDA's objects against KEDA's CRD fields (keda_schema.yaml says how that schema was made);
 # the HPA behavior inside a ScaledObject against Kubernetes' own strict schema.
 KEDA_SCHEMA = yaml.safe_load((Path(__file__).parent / "keda_schema.yaml").read_text())
-KEDA_REGISTRY = Registry().with_resources(
-    (resource.id(), resource)
-    for resource in (
-        Resource.from_contents(kubernetes_validate.utils.schema_contents(
-            f"kubernetes-json-schema/v{LATEST}-local-strict/{name}.json", LATEST))
-        for name in ("horizontalpodautoscalerbehavior-autoscaling-v2", "_definitions")
-    )
-)  # fmt: skip
+KEDA_REGISTRY = strict_registry("horizontalpodautoscalerbehavior-autoscaling-v2")
 
 
 def validate_keda(resource: dict) -> None:
@@ -83,15 +71,18 @@ POSTGRESQL_METADATA = {"query", "targetQueryValue", "activationTargetQueryValue"
 POSTGRESQL_AUTH = {"connection", "password", "host", "port", "userName", "dbName", "sslmode"}
 # The fields of kustomize's Kustomization that we use, and of its `images` entries.
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images",
-                        "secretGenerator", "configMapGenerator", "patches"}  # fmt: skip
+                        "secretGenerator", "configMapGenerator", "patches",
+                        "replacements"}  # fmt: skip
 KUSTOMIZE_IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}
 
 
 def test_the_kustomization_lists_every_file_and_nothing_missing():
     assert KUSTOMIZATION["kind"] == "Kustomization"
     assert set(KUSTOMIZATION) <= KUSTOMIZATION_FIELDS
-    files = {path.name for path in KUBERNETES.iterdir()} - {"kustomization.yaml"}
-    assert sorted(KUSTOMIZATION["resources"]) == sorted(files)
+    # multinode/ is applied on its own (a cluster with the Kubeflow Trainer)
+    files = {path.name for path in KUBERNETES.iterdir() if path.is_file()}
+    assert sorted(KUSTOMIZATION["resources"]) == sorted(files - {"kustomization.yaml"})
+    assert {path.name for path in KUBERNETES.iterdir() if path.is_dir()} == {"multinode"}
     names = kinds_and_names(RESOURCES)
     assert len(names) == len(set(names))
     for image in KUSTOMIZATION["images"]:
@@ -101,13 +92,22 @@ def test_the_kustomization_lists_every_file_and_nothing_missing():
     assert used == images == {"moe-lab-api", "moe-lab-worker"}
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (its kustomize)")
+def kustomize(directory: Path) -> list[dict]:
+    """What `kubectl apply -k directory` would apply."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
+                                   reason="needs kubectl (its kustomize)")  # fmt: skip
+
+
+@needs_kubectl
 def test_kustomize_renders_what_we_check():
     """`kubectl apply -k` applies what kustomize renders: the same objects, each in the
     namespace, with the images' tags, and still valid (labels added)."""
-    rendered = subprocess.run(["kubectl", "kustomize", str(KUBERNETES)], capture_output=True,
-                              text=True, timeout=60, check=True).stdout  # fmt: skip
-    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    objects = kustomize(KUBERNETES)
     assert kinds_and_names(objects) == kinds_and_names(RESOURCES)
     namespace = KUSTOMIZATION["namespace"]
     for obj in objects:
@@ -121,6 +121,43 @@ def test_kustomize_renders_what_we_check():
     images = {c["image"] for o in objects if "template" in o.get("spec", {})
               for c in o["spec"]["template"]["spec"]["containers"]}  # fmt: skip
     assert images == {f"{name}:{tag}" for name, tag in tags.items()}
+
+
+def worker_gpus(resources: list[dict]) -> tuple[str, str]:
+    """(the worker's nvidia.com/gpu limit, KEDA's GPUs per worker) among `resources`."""
+    (worker,) = [r for r in resources if r["kind"] == "Deployment"
+                 and r["metadata"]["name"] == "moe-lab-worker"]  # fmt: skip
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    (scaled,) = [r for r in resources if r["kind"] == "ScaledObject"]
+    (trigger,) = scaled["spec"]["triggers"]
+    return str(container["resources"]["limits"]["nvidia.com/gpu"]), trigger["metadata"][
+        "targetQueryValue"
+    ]
+
+
+def test_a_workers_gpus_are_one_setting_written_alike_everywhere():
+    """`kubectl apply -f` of the files themselves gets what kustomize would write too."""
+    settings = find("ConfigMap", "moe-lab-settings")["data"]
+    gpus = settings["MOE_GPUS_PER_WORKER"]
+    assert worker_gpus(RESOURCES) == (gpus, gpus)
+    # no run may ask for more than one worker has: it would wait in the queue for good
+    assert 1 <= int(settings["MOE_MAX_GPUS_PER_RUN"]) <= int(gpus)
+
+
+@needs_kubectl
+def test_kustomize_copies_the_gpus_per_worker_into_the_limit_and_kedas_target(tmp_path):
+    """An operator with 8-GPU workers edits settings.yaml alone."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, copy)
+    settings = copy / "settings.yaml"
+    text_before = settings.read_text()
+    assert 'MOE_GPUS_PER_WORKER: "1"' in text_before
+    settings.write_text(text_before.replace('MOE_GPUS_PER_WORKER: "1"', 'MOE_GPUS_PER_WORKER: "8"'))
+    objects = kustomize(copy)
+    assert worker_gpus(objects) == ("8", "8")
+    (worker,) = [o for o in objects if o["kind"] == "Deployment"
+                 and o["metadata"]["name"] == "moe-lab-worker"]  # fmt: skip
+    kubernetes_validate.validate(worker, LATEST, strict=True)  # still a quantity
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -179,9 +216,9 @@ def test_keda_scales_the_worker_deployment_from_zero_on_a_postgres_query():
     assert 0 < scaled["spec"]["pollingInterval"] <= 60 and scaled["spec"]["cooldownPeriod"] > 0
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "postgresql" and set(trigger["metadata"]) <= POSTGRESQL_METADATA
-    # a worker per MOE_RUNS_PER_GPU runs: the runs each one trains at once
+    # a worker per MOE_GPUS_PER_WORKER GPUs asked for: the GPUs each one has
     settings = find("ConfigMap", "moe-lab-settings")["data"]
-    assert float(trigger["metadata"]["targetQueryValue"]) == int(settings["MOE_RUNS_PER_GPU"])
+    assert float(trigger["metadata"]["targetQueryValue"]) == int(settings["MOE_GPUS_PER_WORKER"])
     auth = find("TriggerAuthentication", trigger["authenticationRef"]["name"])
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["parameter"] in POSTGRESQL_AUTH
@@ -191,7 +228,7 @@ def test_keda_scales_the_worker_deployment_from_zero_on_a_postgres_query():
 
 
 @pytest.mark.services
-def test_the_keda_query_counts_queued_and_running_runs(empty_postgres):
+def test_the_keda_query_sums_the_gpus_of_queued_and_running_runs(empty_postgres):
     from store.migrate import upgrade_database
 
     url = empty_postgres()
@@ -201,15 +238,24 @@ def test_the_keda_query_counts_queued_and_running_runs(empty_postgres):
     try:
         with engine.connect() as connection:
             assert connection.execute(query).scalar() == 0  # nothing to do: zero workers
-        statuses = ["queued", "queued", "running", "succeeded", "failed", "cancelled", "running"]
-        for status in statuses:
-            experiment_id = new_experiment(url)  # store.catalogue.create_experiment
+        # (status, GPUs the run asks for): only queued and running runs count
+        runs = [("queued", 1), ("queued", 2), ("running", 1), ("running", 4), ("succeeded", 2),
+                ("failed", 1), ("cancelled", 2), ("queued", 1)]  # fmt: skip
+        for status, gpus in runs:
+            experiment_id = new_experiment(url, gpus=gpus)  # store.catalogue.create_experiment
             with session_scope(url) as session:
                 session.execute(update(Experiment).where(Experiment.id == experiment_id)
                                 .values(status=status))  # fmt: skip
                 session.commit()
         with engine.connect() as connection:
-            assert connection.execute(query).scalar() == 4
+            assert connection.execute(query).scalar() == 1 + 2 + 1 + 4 + 1
+        # a run stored before bases had `gpus` (the last, a queued one) asks for one GPU
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE experiments SET base = base - 'gpus' "
+                                    "WHERE id = (SELECT max(id) FROM experiments)"))  # fmt: skip
+            assert connection.execute(text("SELECT count(*) FROM experiments "
+                                           "WHERE base ? 'gpus'")).scalar() == len(runs) - 1  # fmt: skip
+            assert connection.execute(query).scalar() == 1 + 2 + 1 + 4 + 1  # not 0, not NULL
     finally:
         engine.dispose()
 
@@ -217,7 +263,7 @@ def test_the_keda_query_counts_queued_and_running_runs(empty_postgres):
 def test_every_setting_named_is_a_setting_and_every_reference_exists():
     fields = {f"MOE_{name.upper()}" for name in Settings.model_fields}
     # any MOE_ name anywhere in the manifests, comments too: Secret and ConfigMap keys, env
-    text_of_all = "".join(path.read_text() for path in KUBERNETES.iterdir())
+    text_of_all = "".join(path.read_text() for path in KUBERNETES.rglob("*") if path.is_file())
     named = set(re.findall(r"\bMOE_[A-Z0-9_]+", text_of_all))
     assert named and named <= fields, named - fields
     config = find("ConfigMap", "moe-lab-settings")["data"]
@@ -275,7 +321,8 @@ def test_every_command_names_code_that_exists_and_the_worker_is_everywhere_the_s
 def test_workers_get_a_gpu_each_a_grace_for_the_handback_and_shared_artifacts():
     spec = find("Deployment", "moe-lab-worker")["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    gpus = find("ConfigMap", "moe-lab-settings")["data"]["MOE_GPUS_PER_WORKER"]
+    assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == gpus
     assert spec["terminationGracePeriodSeconds"] >= 30
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     mounts = {m["mountPath"] for m in container["volumeMounts"]}

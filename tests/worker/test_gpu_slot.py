@@ -1,4 +1,5 @@
-"""worker.gpu_slot: N workers on one host get N different GPUs, for as long as they live."""
+"""worker.gpu_slot: N workers on one host get N different GPUs (or N different sets of
+MOE_GPUS_PER_WORKER), for as long as they live."""
 
 from __future__ import annotations
 
@@ -6,16 +7,23 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.environment import ROOT
+from worker.gpu_slot import NoFreeGPU, claim
 
 SHOW = ["sh", "-c", 'echo "visible=$CUDA_VISIBLE_DEVICES"; exec sleep 60']
 
 
-def launch(lock_dir, *, gpus: int | None = 2, command=SHOW, path=None) -> subprocess.Popen:
+def launch(
+    lock_dir, *, gpus: int | None = 2, command=SHOW, path=None, per_worker: int | None = None
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MOE_") and k != "CUDA_VISIBLE_DEVICES"}  # fmt: skip
     if lock_dir is not None:
         env["MOE_GPU_LOCK_DIR"] = str(lock_dir)
+    if per_worker is not None:
+        env["MOE_GPUS_PER_WORKER"] = str(per_worker)
     if path is not None:
         env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
     count = [] if gpus is None else ["--gpus", str(gpus)]
@@ -66,6 +74,37 @@ def test_each_worker_gets_a_gpu_of_its_own_until_it_dies(tmp_path):
             stop(replacement)
     finally:
         stop(*launchers)
+
+
+def test_a_worker_of_several_gpus_gets_as_many_of_its_own(tmp_path):
+    # compose's MOE_GPUS_PER_WORKER=2 on a 4-GPU host: two workers, two GPUs each
+    launchers = [launch(tmp_path, gpus=4, per_worker=2) for _ in range(3)]
+    try:
+        seen = {process.pid: visible(process) for process in launchers}
+        assert sorted(filter(None, seen.values())) == ["0,1", "2,3"]
+        (refused,) = [process for process in launchers if seen[process.pid] is None]
+        assert refused.wait(timeout=30) == 2
+        message = refused.stderr.read()
+        assert "all 4 GPUs are taken" in message and "2 GPUs per worker" in message
+    finally:
+        stop(*launchers)
+
+
+def test_a_claim_is_all_or_none(tmp_path):
+    """A worker that finds fewer free GPUs than it needs keeps none of them: the one free
+    GPU stays free for a worker that needs one."""
+    first = claim(tmp_path, 3, 2)
+    try:
+        assert sorted(first) == [0, 1]
+        with pytest.raises(NoFreeGPU, match="only 1 of 3 GPUs are free"):
+            claim(tmp_path, 3, 2)
+        last = claim(tmp_path, 3, 1)  # flock: a second open of the file is another holder
+        assert list(last) == [2]
+        for fd in last.values():
+            os.close(fd)
+    finally:
+        for fd in first.values():
+            os.close(fd)
 
 
 def test_the_gpus_are_counted_with_nvidia_smi(tmp_path):
