@@ -30,13 +30,17 @@ def login(
     token: Annotated[
         str | None,
         typer.Option(
-            "--token", help="the token (else asked for, hidden; a shell's history keeps --token)"
+            "--token",
+            help="the token (else read from stdin, or asked for, hidden: a shell's history "
+            "keeps --token)",
         ),
     ] = None,
 ) -> None:
     """Keep a token for this API (checked with GET /users/me) in your config file, 0600."""
     client = api(ctx)
-    if token is None:
+    if token is None and not sys.stdin.isatty():  # piped: `moe-lab login < file`
+        token = sys.stdin.readline()
+    elif token is None:
         token = typer.prompt(f"token for {client.base_url}", hide_input=True, err=True)
     token = token.strip()
     if not token:
@@ -92,9 +96,9 @@ def token_origin(source: str | None) -> str:
     return f"kept by moe-lab login in {source}"
 
 
-def limit(value: int | None) -> str:
+def limit(value: int | None, default: str = "the deployment's") -> str:
     """A user's quota as the API gives it: null is the deployment's default."""
-    return "the deployment's" if value is None else str(value)
+    return default if value is None else str(value)
 
 
 @token_app.command("create")

@@ -85,8 +85,9 @@ def user_ls(ctx: typer.Context, as_json: JsonOption = False) -> None:
     for user in users["items"]:
         grid.add_row(
             user["name"], user["role"], "disabled" if user["disabled"] else "active",
-            str(user["queued_runs"]), limit(user["max_queued_runs"]), str(user["gpus_in_use"]),
-            limit(user["max_gpus"]), render.when(user["created_at"]),
+            str(user["queued_runs"]), limit(user["max_queued_runs"], "default"),
+            str(user["gpus_in_use"]), limit(user["max_gpus"], "default"),
+            render.when(user["created_at"]),
         )  # fmt: skip
     render.console().print(grid)
 

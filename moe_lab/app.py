@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from moe_core.presets import BASE_PRESETS
@@ -75,7 +74,7 @@ def handled(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            render.stderr_line(f"error: {exc}{_whose_token(exc)}")
+            render.stderr_line(f"error: {exc}{_whose_token(exc, kwargs.get('ctx'))}")
             raise typer.Exit(1) from None
         except UsageProblem as exc:
             render.stderr_line(f"error: {exc}")
@@ -87,12 +86,11 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _whose_token(error: ApiError) -> str:
+def _whose_token(error: ApiError, ctx: typer.Context | None) -> str:
     """After a 401: which token was refused, or that none was sent (and how to send one)."""
     if error.status != 401:
         return ""
-    context = click.get_current_context(silent=True)
-    client = context.find_object(Client) if context else None
+    client = ctx.find_object(Client) if ctx is not None else None
     source = client.token_source if client else None
     if source is None:
         return " (no token was sent: moe-lab login, or MOE_API_TOKEN)"

@@ -66,14 +66,13 @@ def test_login_checks_the_token_and_keeps_it_owner_only_without_printing_it(cli,
     assert "nothing was kept" in wrong.stderr
     assert not credentials.config_path().exists()
 
-    logged = cli("login", input=f"{secret}\n", client=anonymous)  # asked for, hidden
+    logged = cli("login", input=f"{secret}\n", client=anonymous)  # piped: read from stdin
     path = credentials.config_path()
-    # (CliRunner writes the end of a hidden prompt's line to stdout; a terminal, to the tty)
-    assert [line for line in ok(logged).splitlines() if line.strip()] == [
+    assert ok(logged).splitlines() == [
         f"logged in to http://testserver as {name} (member)",
         f"the token is kept in {path} (readable by you only)",
     ]
-    assert logged.stderr == "token for http://testserver:"  # the prompt; no echo
+    assert logged.stderr == ""
     assert secret not in logged.stdout + logged.stderr
     assert path == Path(os.environ["XDG_CONFIG_HOME"], "moe-lab", "config.toml")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -88,6 +87,14 @@ def test_login_checks_the_token_and_keeps_it_owner_only_without_printing_it(cli,
     assert who.splitlines()[0] == f"{name} (member) at http://testserver"
     assert f"kept by moe-lab login in {path}" in who
     assert secret not in who
+
+    # revoked: the next command says which token was refused, and what to do
+    laptop = next(t for t in admin.tokens(user=name)["items"] if t["name"] == "laptop")
+    admin.revoke_token(laptop["id"], user=name)
+    assert one_line_error(cli("whoami", client=Client(http=http))) == (
+        "error: 401 revoked token: missing or wrong bearer token (the token moe-lab login "
+        f"kept in {path}: moe-lab login again)\n"
+    )
 
     assert ok(cli("logout")).strip() == f"logged out: {path} removed"
     assert not path.exists()
@@ -154,15 +161,8 @@ def test_admin_adds_lists_changes_disables_and_enables_users(cli, admin, member,
 
     listed = ok(cli("admin", "user", "ls", client=admin))
     row = next(line.split() for line in listed.splitlines() if line.startswith(f"{name} "))
-    assert row[:7] == [
-        name,
-        "viewer",
-        "active",
-        "0",
-        "3",
-        "0",
-        "the",
-    ]  # GPU limit: the deployment's
+    # queued 0 of 3; GPUs 0 of the deployment's limit
+    assert row[:7] == [name, "viewer", "active", "0", "3", "0", "default"]
 
     assert one_line_error(cli("admin", "user", "ls", client=viewer)) == (
         f"error: 403 {name} is a viewer: only an admin may do this\n"
