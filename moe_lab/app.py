@@ -7,6 +7,7 @@ import csv
 import functools
 import importlib.metadata
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,7 +18,8 @@ import typer
 
 from moe_core.presets import BASE_PRESETS
 from moe_lab import render
-from moe_lab.client import ApiError, Client
+from moe_lab.client import DEFAULT_URL, ApiError, Client
+from moe_lab.credentials import LoginFileError
 
 # The presets' names, from the engine's registry (moe_core.presets: plain data, no
 # pydantic or torch, so the client needs neither). tiny is the API's default base.
@@ -42,6 +44,19 @@ sweep_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(sweep_app, name="sweep")
+token_app = typer.Typer(
+    help="Your API tokens (an admin's --user: another's): create, list, revoke.",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
+admin_app = typer.Typer(
+    help="For admins: the lab's users, the audit trail, a run's priority.", no_args_is_help=True
+)
+app.add_typer(admin_app, name="admin")
+admin_user_app = typer.Typer(
+    help="Users: add, list, change, disable and enable.", no_args_is_help=True
+)
+admin_app.add_typer(admin_user_app, name="user")
 
 
 class UsageProblem(Exception):
@@ -59,7 +74,7 @@ def handled(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            render.stderr_line(f"error: {exc}")
+            render.stderr_line(f"error: {exc}{_whose_token(exc, kwargs.get('ctx'))}")
             raise typer.Exit(1) from None
         except UsageProblem as exc:
             render.stderr_line(f"error: {exc}")
@@ -69,6 +84,21 @@ def handled(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _whose_token(error: ApiError, ctx: typer.Context | None) -> str:
+    """After a 401: which token was refused, or that none was sent (and how to send one)."""
+    if error.status != 401:
+        return ""
+    client = ctx.find_object(Client) if ctx is not None else None
+    source = client.token_source if client else None
+    if source is None:
+        return " (no token was sent: moe-lab login, or MOE_API_TOKEN)"
+    if source == "MOE_API_TOKEN":
+        return " (the token in MOE_API_TOKEN)"
+    if source == "argument":
+        return ""
+    return f" (the token moe-lab login kept in {source}: moe-lab login again)"
 
 
 def version() -> str:
@@ -100,10 +130,18 @@ def main(
         ),
     ] = False,
 ) -> None:
-    """MOE_API_TOKEN, when set, is sent as a bearer token."""
+    """MOE_API_TOKEN, when set, is sent as a bearer token; else the token `moe-lab login`
+    kept for this URL."""
     # A test (or a program embedding the CLI) may hand in its own Client as the context object.
-    if not isinstance(ctx.obj, Client):
+    if isinstance(ctx.obj, Client):
+        return
+    try:
         ctx.obj = Client(url)
+    except LoginFileError as exc:
+        if ctx.invoked_subcommand not in ("login", "logout"):  # they replace the file
+            render.stderr_line(f"error: {exc}")
+            raise typer.Exit(2) from None
+        ctx.obj = Client(url or os.environ.get("MOE_API_URL") or DEFAULT_URL, token="")
 
 
 def api(ctx: typer.Context) -> Client:
@@ -132,3 +170,14 @@ def one_output(**flags: bool) -> None:
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON, for scripts")]
 CsvOption = Annotated[bool, typer.Option("--csv", help="CSV on stdout")]
+
+
+MineOption = Annotated[bool, typer.Option("--mine", help="only yours (?owner=me)")]
+OwnerOption = Annotated[str | None, typer.Option("--owner", help="only this user's")]
+
+
+def owner_filter(mine: bool, owner: str | None) -> str | None:
+    """The `owner` a list asks for: `me` with --mine, else --owner's user (not both)."""
+    if mine and owner is not None:
+        raise UsageProblem("--mine and --owner conflict: choose one")
+    return "me" if mine else owner

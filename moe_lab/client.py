@@ -2,7 +2,7 @@
 
     from moe_lab.client import Client
 
-    api = Client()                                   # MOE_API_URL, MOE_API_TOKEN
+    api = Client()                                   # MOE_API_URL, MOE_API_TOKEN, moe-lab login
     run = api.create_experiment({"name": "top2", "preset": "top2", "base_preset": "tiny"})
     for event in api.events(run["id"]):              # status, progress and epoch events
         ...
@@ -22,9 +22,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import EllipsisType
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
+from moe_lab import credentials
 from moe_lab.errors import ApiError, error_of
 from moe_lab.events import Event, stream_events
 
@@ -34,12 +36,24 @@ FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 __all__ = ["DEFAULT_URL", "FINISHED", "ApiError", "Client", "Event"]
 
 
+def segment(text: str) -> str:
+    """`text` as one path segment: a name given on a command line (`--user ../x`) names a
+    user, never another route (dots alone are encoded too, or they would be a step up)."""
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if not quoted.strip(".") else quoted
+
+
 class Client:
     """The moe-lab API over HTTP.
 
-    `base_url` and `token` default to MOE_API_URL (http://127.0.0.1:8000) and MOE_API_TOKEN.
-    `http` may be any httpx.Client to send the requests through (starlette's TestClient of
-    the app, say); without one the client makes its own on `base_url`.
+    `base_url` defaults to MOE_API_URL, else the URL `moe-lab login` kept, else
+    http://127.0.0.1:8000. `token` defaults to MOE_API_TOKEN, else the token `moe-lab login`
+    kept (moe_lab.credentials), if it was kept for this same URL: a client pointed at another
+    API sends it nothing. `token=""` sends none. `token_source` says where the token came
+    from ("argument", "MOE_API_TOKEN", the login file's path), or None. `http` may be any
+    httpx.Client to send the requests through (starlette's TestClient of the app, say);
+    without one the client makes its own on `base_url`. A login file that cannot be used
+    is a credentials.LoginFileError.
     """
 
     def __init__(
@@ -53,12 +67,29 @@ class Client:
     ) -> None:
         if http is not None and base_url is None:
             base_url = str(http.base_url).rstrip("/")
-        self.base_url = (base_url or os.environ.get("MOE_API_URL") or DEFAULT_URL).rstrip("/")
-        self.token = token if token is not None else os.environ.get("MOE_API_TOKEN") or None
+        base_url = base_url or os.environ.get("MOE_API_URL")
+        env_token = os.environ.get("MOE_API_TOKEN") or None
+        # the file is read only when it has something to say
+        saved = None if base_url and (token is not None or env_token) else credentials.load()
+        self.base_url = (base_url or (saved and saved.url) or DEFAULT_URL).rstrip("/")
+        self.token_source: str | None = None
+        if token is not None:
+            self.token = token or None
+            self.token_source = "argument" if token else None
+        elif env_token:
+            self.token, self.token_source = env_token, "MOE_API_TOKEN"
+        elif saved is not None and saved.url == self.base_url:
+            self.token, self.token_source = saved.token, str(credentials.config_path())
+        else:
+            self.token = None
         self.http = http or httpx.Client(
             base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0)
         )
         self.retries = retries
+
+    def with_token(self, token: str) -> Client:
+        """A client of the same API, through the same connection, as `token`'s user."""
+        return Client(self.base_url, token=token, http=self.http, retries=self.retries)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -180,12 +211,15 @@ class Client:
         study_id: int | None = None,
         preset: str | None = None,
         dense: bool | None = None,
+        owner: str | None = None,
         order: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
     ) -> dict:
-        """GET /experiments: `{"items": [...], "total": n}`; only the filters given are sent."""
+        """GET /experiments: `{"items": [...], "total": n}`; only the filters given are sent.
+        `owner`: "me" (whoever the token says) or a user's name."""
         params = {
+            "owner": owner,
             "status": status,
             "name": name,
             "tag": tag,
@@ -223,14 +257,18 @@ class Client:
         add_tags: Sequence[str] = (),
         remove_tags: Sequence[str] = (),
         note: str | None | EllipsisType = ...,
+        priority: int | None = None,
     ) -> dict:
         """PATCH /experiments/{id}: add and remove tags, set the note (None clears it; left
-        out, it stays). The run as it is now. Safe to retry: the same change twice is one."""
+        out, it stays), set its priority in the queue (admins; higher goes first). The run
+        as it is now. Safe to retry: the same change twice is one."""
         body: dict[str, Any] = {}
         if add_tags or remove_tags:
             body["tags"] = {"add": list(add_tags), "remove": list(remove_tags)}
         if note is not ...:
             body["note"] = note
+        if priority is not None:
+            body["priority"] = priority
         return self._json("PATCH", f"/experiments/{experiment_id}", json_body=body, retry=True)
 
     def cancel(self, experiment_id: int) -> dict:
@@ -278,8 +316,12 @@ class Client:
             retry=True,
         )
 
-    def list_studies(self, *, limit: int | None = None, offset: int | None = None) -> dict:
-        return self._json("GET", "/studies", params={"limit": limit, "offset": offset})
+    def list_studies(
+        self, *, owner: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> dict:
+        """GET /studies, newest first; `owner`: "me" or a user's name."""
+        params = {"owner": owner, "limit": limit, "offset": offset}
+        return self._json("GET", "/studies", params=params)
 
     def study(self, study_id: int) -> dict:
         return self._json("GET", f"/studies/{study_id}")
@@ -313,8 +355,12 @@ class Client:
             retry=True,
         )
 
-    def list_sweeps(self, *, limit: int | None = None, offset: int | None = None) -> dict:
-        return self._json("GET", "/sweeps", params={"limit": limit, "offset": offset})
+    def list_sweeps(
+        self, *, owner: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> dict:
+        """GET /sweeps, newest first; `owner`: "me" or a user's name."""
+        params = {"owner": owner, "limit": limit, "offset": offset}
+        return self._json("GET", "/sweeps", params=params)
 
     def sweep(self, sweep_id: int) -> dict:
         return self._json("GET", f"/sweeps/{sweep_id}")
@@ -324,6 +370,84 @@ class Client:
 
     def delete_sweep(self, sweep_id: int) -> None:
         self._json("DELETE", f"/sweeps/{sweep_id}")
+
+    # ------------------------------------------------------------------ users, tokens, audit
+
+    def me(self) -> dict:
+        """GET /users/me: who the token says this client is, their role, quotas and usage."""
+        return self._json("GET", "/users/me")
+
+    def users(self) -> dict:
+        """GET /users (admins): `{"items": [...], "total": n}`."""
+        return self._json("GET", "/users")
+
+    def user(self, name: str) -> dict:
+        return self._json("GET", f"/users/{segment(name)}")
+
+    def create_user(
+        self,
+        name: str,
+        role: str,
+        *,
+        max_queued_runs: int | None = None,
+        max_gpus: int | None = None,
+    ) -> dict:
+        """POST /users (admins); quotas left out are the deployment's. Not retried: a
+        second try of one that arrived would be a 409."""
+        body: dict[str, Any] = {"name": name, "role": role}
+        if max_queued_runs is not None:
+            body["max_queued_runs"] = max_queued_runs
+        if max_gpus is not None:
+            body["max_gpus"] = max_gpus
+        return self._json("POST", "/users", json_body=body)
+
+    def update_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        disabled: bool | None = None,
+        max_queued_runs: int | None | EllipsisType = ...,
+        max_gpus: int | None | EllipsisType = ...,
+    ) -> dict:
+        """PATCH /users/{name} (admins): what is given changes; a quota of None is the
+        deployment's again (left out, it stays). Disabling refuses the user's tokens from
+        their next request."""
+        body: dict[str, Any] = {}
+        if role is not None:
+            body["role"] = role
+        if disabled is not None:
+            body["disabled"] = disabled
+        if max_queued_runs is not ...:
+            body["max_queued_runs"] = max_queued_runs
+        if max_gpus is not ...:
+            body["max_gpus"] = max_gpus
+        return self._json("PATCH", f"/users/{segment(name)}", json_body=body, retry=True)
+
+    def _user_or_me(self, user: str | None) -> str:
+        return segment(user if user is not None else self.me()["name"])
+
+    def create_token(
+        self, name: str, *, user: str | None = None, expires_in_days: int | None = None
+    ) -> dict:
+        """POST /users/{user}/tokens (yours unless `user`; another's: admins): the token's
+        record with its secret in `token`, which the API shows this once."""
+        body: dict[str, Any] = {"name": name}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        return self._json("POST", f"/users/{self._user_or_me(user)}/tokens", json_body=body)
+
+    def tokens(self, *, user: str | None = None) -> dict:
+        """GET /users/{user}/tokens (yours unless `user`): revoked ones too, never a secret."""
+        return self._json("GET", f"/users/{self._user_or_me(user)}/tokens")
+
+    def revoke_token(self, token_id: int, *, user: str | None = None) -> None:
+        """DELETE /users/{user}/tokens/{id}: refused from its next request on."""
+        self._json("DELETE", f"/users/{self._user_or_me(user)}/tokens/{token_id}")
+
+    def audit(self, *, limit: int | None = None, offset: int | None = None) -> dict:
+        """GET /audit (admins): every change, newest first: who, when, what."""
+        return self._json("GET", "/audit", params={"limit": limit, "offset": offset})
 
     # ------------------------------------------------------------------ files
 

@@ -18,11 +18,14 @@ from moe_lab.app import (
     BASE_PRESETS_HELP,
     CsvOption,
     JsonOption,
+    MineOption,
+    OwnerOption,
     UsageProblem,
     api,
     app,
     handled,
     one_output,
+    owner_filter,
     print_csv,
     print_json,
 )
@@ -169,26 +172,29 @@ def list_experiments(
     order: Annotated[
         str | None, typer.Option(help="newest (default) | val_ce (best validation CE first)")
     ] = None,
+    mine: MineOption = False,
+    owner: OwnerOption = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List experiments (GET /experiments)."""
     page = api(ctx).list_experiments(
         status=status, name=name, tag=tag, study_id=study, preset=preset, dense=dense,
-        order=order, limit=limit,
+        owner=owner_filter(mine, owner), order=order, limit=limit,
     )  # fmt: skip
     if as_json:
         print_json(page)
         return
     out = render.console()
     grid = render.table(
-        "id", "name", "preset", "status", "epoch", "best val CE", "tags", "created",
+        "id", "name", "owner", "preset", "status", "epoch", "best val CE", "tags", "created",
         right=("id", "epoch", "best val CE"),
     )  # fmt: skip
     for run in page["items"]:
         grid.add_row(
             str(run["id"]),
             run["name"],
+            run.get("owner") or "",
             render.kind(run),
             run["status"],
             f"{run['current_epoch']}/{run['num_epochs']}",

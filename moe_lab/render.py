@@ -322,10 +322,17 @@ def verdict_significance(verdict: Mapping[str, Any]) -> str:
     return "; ".join(line["significance"] for line in verdict_rows(verdict) if line["significance"])
 
 
+def owned_by(submission: Mapping[str, Any]) -> str:
+    """`; owner ada`: the end of a study's or sweep's first line (an API of before owners:
+    nothing)."""
+    return f"; owner {submission['owner']}" if submission.get("owner") else ""
+
+
 def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The key fields of an experiment as (label, text) pairs, empty ones left out."""
     pairs = [
         ("name", run["name"]),
+        ("owner", run.get("owner") or ""),
         ("kind", kind(run) + (f" on {run['base_preset']}" if run.get("base_preset") else "")),
         ("status", run["status"] + (" (cancel requested)" if run.get("cancel_requested") else "")),
         ("error", run.get("error") or ""),
@@ -333,6 +340,7 @@ def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:
          + (" (stopped early)" if run.get("stopped_early") else "")),
         ("baseline", str(run["baseline_id"]) if run.get("baseline_id") else ""),
         ("study", str(run["study_id"]) if run.get("study_id") else ""),
+        ("priority", str(run["priority"]) if run.get("priority") else ""),
         ("tags", ", ".join(run.get("tags") or [])),
         ("note", run.get("note") or ""),
         ("best val CE", num(run.get("best_val_ce_loss"), ".4f")),

@@ -11,7 +11,17 @@ import typer
 
 from moe_core.presets import EXPERIMENT_PRESETS, SPEC_EXPERIMENTS
 from moe_lab import render
-from moe_lab.app import BASE_PRESETS_HELP, JsonOption, api, handled, print_json, study_app
+from moe_lab.app import (
+    BASE_PRESETS_HELP,
+    JsonOption,
+    MineOption,
+    OwnerOption,
+    api,
+    handled,
+    owner_filter,
+    print_json,
+    study_app,
+)
 from moe_lab.bodies import apply_sets, check_json, split_list
 from moe_lab.experiment_commands import fetch_artifact, print_plan, wait_quietly
 from moe_lab.follow import Follower
@@ -99,7 +109,7 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
     out.print(
         f"study {study['id']} {study['name']!r}: {study['status']}, base "
         f"{study.get('base_preset') or 'custom'}, {study['seeds']} seed(s), "
-        f"dense runs {', '.join(map(str, study['dense_ids']))}"
+        f"dense runs {', '.join(map(str, study['dense_ids']))}" + render.owned_by(study)
     )
     errors = any(m.get("error") for m in study["members"])
     members = render.table(
@@ -183,20 +193,23 @@ def study_show(
 @handled
 def study_ls(
     ctx: typer.Context,
+    mine: MineOption = False,
+    owner: OwnerOption = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List studies (GET /studies)."""
-    page = api(ctx).list_studies(limit=limit)
+    page = api(ctx).list_studies(owner=owner_filter(mine, owner), limit=limit)
     if as_json:
         print_json(page)
         return
     grid = render.table(
-        "id", "name", "status", "seeds", "runs", "created", right=("id", "seeds", "runs")
+        "id", "name", "owner", "status", "seeds", "runs", "created", right=("id", "seeds", "runs")
     )
     for study in page["items"]:
         grid.add_row(
-            str(study["id"]), study["name"], study["status"], str(study["seeds"]),
+            str(study["id"]), study["name"], study.get("owner") or "", study["status"],
+            str(study["seeds"]),
             str(len(study["member_ids"])), render.when(study.get("created_at")),
         )  # fmt: skip
     render.console().print(grid)

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 
 from moe_lab import render
-from moe_lab.app import JsonOption, api, handled, print_json, sweep_app
+from moe_lab.app import (
+    JsonOption,
+    MineOption,
+    OwnerOption,
+    api,
+    handled,
+    owner_filter,
+    print_json,
+    sweep_app,
+)
 from moe_lab.bodies import load_body
 
 SweepId = Annotated[int, typer.Argument(metavar="ID", help="the sweep's id")]
@@ -75,15 +84,22 @@ def sweep_show(ctx: typer.Context, sweep_id: SweepId, as_json: JsonOption = Fals
 
 @sweep_app.command("ls")
 @handled
-def sweep_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def sweep_list(
+    ctx: typer.Context,
+    mine: MineOption = False,
+    owner: OwnerOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Sweeps, newest first."""
-    sweeps = api(ctx).list_sweeps()
+    sweeps = api(ctx).list_sweeps(owner=owner_filter(mine, owner))
     if as_json:
         print_json(sweeps)
         return
-    rows = render.table("id", "name", "status", "trials", "best", right=("id", "trials", "best"))
+    rows = render.table("id", "name", "owner", "status", "trials", "best",
+                        right=("id", "trials", "best"))  # fmt: skip
     for s in sweeps["items"]:
-        rows.add_row(str(s["id"]), s["name"], s["status"], str(len(s["trials"])),
+        rows.add_row(str(s["id"]), s["name"], s.get("owner") or "", s["status"],
+                     str(len(s["trials"])),
                      "" if s["best_trial"] is None else str(s["best_trial"]))  # fmt: skip
     render.console().print(rows)
 
@@ -127,7 +143,8 @@ def print_sweep(out: Any, sweep: Mapping[str, Any]) -> None:
     config = sweep["config"]
     out.print(f"sweep {sweep['id']} {sweep['name']!r}: {sweep['status']}, {config['method']}, "
               f"{len(sweep['trials'])} trial(s) x {config['seeds']} seed(s), objective "
-              f"{config['objective']}; dense runs {', '.join(map(str, sweep['dense_run_ids']))}")  # fmt: skip
+              f"{config['objective']}; dense runs {', '.join(map(str, sweep['dense_run_ids']))}"
+              + render.owned_by(sweep))  # fmt: skip
     rows = render.table("#", "state", "objective ± SE", "95% CI", "p", "verdict", "params", "runs",
                         right=("#", "objective ± SE", "p"), wrap=("params",))  # fmt: skip
     for t in ranked(sweep):

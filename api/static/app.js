@@ -5,6 +5,7 @@
 // (with experts.js), study.js, compare.js, sweep.js, workers.js.
 
 import { el, fill, newScope, view } from "./dom.js";
+import { signOut, signedIn, whoAmI } from "./http.js";
 import { runsView, studiesView } from "./runs.js";
 import { runView } from "./run.js";
 import { studyView } from "./study.js";
@@ -41,5 +42,20 @@ async function route() {
   fill(view, el("h1", {}, "Not found"), el("p", {}, el("a", { href: "#/" }, "All runs")));
 }
 
+// Who the page acts as, in the header: "ada (member) · sign out". An open deployment (no
+// MOE_API_TOKEN on the server) needs no token, and there is nothing to sign out of.
+async function showWho() {
+  const who = document.getElementById("who");
+  try {
+    const me = await whoAmI();
+    fill(who, el("span", { id: "who-name" }, me.name), ` (${me.role})`,
+      signedIn() ? [" · ", el("a", { href: "#", id: "sign-out", onclick: (e) => { e.preventDefault(); signOut(); } }, "sign out")] : null);
+  } catch (_) {
+    fill(who);  // an API from before users: no /users/me
+  }
+}
+
 window.addEventListener("hashchange", route);
+window.addEventListener("moe-lab-signed-in", showWho);
 route();
+showWho();

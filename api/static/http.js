@@ -1,9 +1,13 @@
-// The HTTP side: the API's JSON routes with the bearer token the user gave, ETag polling,
-// and a run's server-sent events.
+// The HTTP side: the API's JSON routes with the bearer token the user signed in with,
+// who that is (GET /users/me), ETag polling, and a run's server-sent events.
 
 export const API = new URL("../", document.baseURI).pathname.replace(/\/$/, "");
 export const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+// Kept in this origin's local storage until "sign out": a user's own token (issue 27), so
+// every tab and a reload are signed in, as with any site's login. Sent only in the
+// Authorization header (never in a URL: no log or Referer ever holds it).
 const TOKEN_KEY = "moe-lab-token";
+const storedToken = () => localStorage.getItem(TOKEN_KEY);
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -13,7 +17,7 @@ export class ApiError extends Error {
 }
 
 function authHeaders(extra = {}) {
-  const token = sessionStorage.getItem(TOKEN_KEY);
+  const token = storedToken();
   return token ? { ...extra, Authorization: `Bearer ${token}` } : { ...extra };
 }
 
@@ -64,9 +68,23 @@ export function conditional() {
   };
 }
 
+// Who the API says the page is signed in as: GET /users/me once, again after a sign-in.
+let me = null;
+export function whoAmI() {
+  if (!me) me = api("/users/me").catch((error) => { me = null; throw error; });
+  return me;
+}
+export const signedIn = () => storedToken() !== null;
+
+export function signOut() {
+  localStorage.removeItem(TOKEN_KEY);
+  me = null;
+  location.reload();  // the next request meets the 401, and the sign-in form
+}
+
 let tokenPrompt = null;
 export function askToken() {
-  // One prompt for every request that met a 401 at once.
+  // One sign-in form for every request that met a 401 at once.
   if (tokenPrompt) return tokenPrompt;
   const dialog = document.getElementById("token-dialog");
   const input = document.getElementById("token-input");
@@ -74,21 +92,25 @@ export function askToken() {
   tokenPrompt = new Promise((resolve) => {
     document.getElementById("token-form").onsubmit = async (event) => {
       event.preventDefault();
-      const probe = await fetch(`${API}/experiments?limit=1`, {
-        headers: { Authorization: `Bearer ${input.value}` },
+      const probe = await fetch(`${API}/users/me`, {
+        headers: { Accept: "application/json", Authorization: `Bearer ${input.value}` },
       });
       if (probe.status === 401) {
-        error.textContent = "That token was refused.";
+        error.textContent = `That token was refused (${(await failure(probe)).message.replace(/^401: /, "")}).`;
         return;
       }
-      sessionStorage.setItem(TOKEN_KEY, input.value);
+      localStorage.setItem(TOKEN_KEY, input.value);
+      input.value = "";
+      me = probe.ok ? Promise.resolve(await probe.json()) : null;
       dialog.close();
       tokenPrompt = null;
+      window.dispatchEvent(new Event("moe-lab-signed-in"));
       resolve();
     };
   });
-  error.textContent = sessionStorage.getItem(TOKEN_KEY) ? "The token was refused." : "";
-  sessionStorage.removeItem(TOKEN_KEY);
+  error.textContent = storedToken() ? "The token was refused: sign in again." : "";
+  localStorage.removeItem(TOKEN_KEY);
+  me = null;
   if (!dialog.open) dialog.showModal();
   return tokenPrompt;
 }

@@ -22,8 +22,10 @@ export function gpuCell(gpu) {
 // The tags (each with a remove button, and a field to add one) and the note (saved on its
 // button). onChange(run) gets the run as the PATCH answered it; an error shows the API's
 // message. Rendered apart from the header, which progress events redraw: an edit in
-// progress is not wiped by the next event.
-export function labelsEditor(run, onChange) {
+// progress is not wiped by the next event. Not `editable` (another user's run: only its
+// owner or an admin changes it), the tags and the note are shown, with nothing to edit.
+export function labelsEditor(run, onChange, { editable = true } = {}) {
+  if (!editable) return labelsShown(run);
   const error = el("p", { class: "error", id: "labels-error" });
   // The fields are made once and kept across redraws: what is typed in one survives the
   // answer to a change made with the other.
@@ -58,6 +60,20 @@ export function labelsEditor(run, onChange) {
     fill(chips, run.tags.map((t) => el("span", { class: "tag", "data-tag": t }, t,
       el("button", { type: "button", title: `remove ${t}`, "aria-label": `remove tag ${t}`,
         onclick: () => patch({ tags: { remove: [t] } }) }, "×"))));
+  };
+  box.update(run);
+  return box;
+}
+
+function labelsShown(run) {
+  const chips = el("span", { class: "tags" });
+  const note = el("p", { class: "note", id: "note-shown" });
+  const box = el("div", { class: "labels", id: "labels", "data-editable": "false" },
+    el("div", { class: "tags" }, el("span", { class: "muted" }, "tags"), chips), note);
+  box.update = (current) => {
+    fill(chips, current.tags.length ? current.tags.map((t) => el("span", { class: "tag", "data-tag": t }, t))
+      : el("span", { class: "muted" }, "none"));
+    note.textContent = current.note || "";
   };
   box.update(run);
   return box;

@@ -1,7 +1,7 @@
 // One run: its figures, curves, experts (MoE runs only), verdict, log, configuration and
 // artifacts, following the run's event stream while it runs.
 
-import { FINISHED, api, download, follow, request } from "./http.js";
+import { FINISHED, api, download, follow, request, whoAmI } from "./http.js";
 import { el, every, fill, fmt, fmtInt, mark, progressCell, scopeSignal, scroller, sortable, statusTag, view } from "./dom.js";
 import { chartControls, epochAxes, lineChart } from "./charts.js";
 import { expertSection } from "./experts.js";
@@ -88,8 +88,13 @@ export async function runView(id) {
     api(`/experiments/${id}/metrics`, { signal }), api(`/experiments/${id}/steps`, { signal })]);
   const epochs = metrics.epochs;
   let points = steps.points;
+  // Only its owner or an admin changes a run (the API says so with a 403 too): no buttons
+  // for what would be refused. An API from before users has no /users/me: all may.
+  const me = await whoAmI().catch(() => null);
+  const mayChange = !me || me.role === "admin" || me.name === run.owner;
   const header = el("div");
-  const labels = labelsEditor(run, (changed) => { run = changed; renderHeader(); labels.update(run); });
+  const labels = labelsEditor(run, (changed) => { run = changed; renderHeader(); labels.update(run); },
+    { editable: mayChange });
   const curvesBox = el("div");
   const experts = el("div");
   const verdictBox = el("div");
@@ -102,6 +107,7 @@ export async function runView(id) {
     el("h1", {}, `${run.name} `, el("span", { class: "muted" }, `#${run.id}`)),
     el("div", { class: "summary" },
       el("div", {}, el("span", {}, "status"), statusTag(run.status)),
+      el("div", { id: "run-owner" }, el("span", {}, "owner"), run.owner),
       el("div", {}, el("span", {}, "progress"), progressCell(run)),
       el("div", {}, el("span", {}, "kind"), run.dense ? "dense" : `MoE, ${run.preset || "custom"}`),
       el("div", {}, el("span", {}, "best val CE"), fmt(run.best_val_ce_loss)),
@@ -111,9 +117,10 @@ export async function runView(id) {
       run.status === "running" ? gpuCell(run.gpu) : null,
       el("div", {}, el("span", {}, "worker"), run.worker_name || "–"),
       run.study_id ? el("div", {}, el("span", {}, "study"), el("a", { href: `#/study/${run.study_id}` }, `study ${run.study_id}`)) : null,
-      run.baseline_id ? el("div", {}, el("span", {}, "baseline"), el("a", { href: `#/run/${run.baseline_id}` }, `run ${run.baseline_id}`)) : null),
+      run.baseline_id ? el("div", {}, el("span", {}, "baseline"), el("a", { href: `#/run/${run.baseline_id}` }, `run ${run.baseline_id}`)) : null,
+      run.priority ? el("div", {}, el("span", {}, "priority"), run.priority) : null),
     run.error ? el("pre", { class: "error" }, run.error) : null,
-    FINISHED.has(run.status) ? null : el("button", { class: "danger", id: "cancel", onclick: async (e) => {
+    FINISHED.has(run.status) || !mayChange ? null : el("button", { class: "danger", id: "cancel", onclick: async (e) => {
       e.target.disabled = true;
       try {
         run = await api(`/experiments/${id}/cancel`, { method: "POST" });

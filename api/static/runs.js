@@ -1,5 +1,5 @@
-// The runs (a study's runs together, under the study) with the columns the user chose, kept
-// in the URL (#/?cols=id,name,...); and the studies.
+// The runs (a study's runs together, under the study) with the columns the user chose and
+// whether only theirs, kept in the URL (#/?mine=1&cols=id,name,...); and the studies.
 
 import { api, conditional } from "./http.js";
 import { duration, el, every, fill, fmt, fmtInt, progressCell, scopeSignal, scroller, sortRows, sortable, statusTag, view } from "./dom.js";
@@ -9,6 +9,7 @@ import { presetNames } from "./presets.js";
 export const RUN_COLUMNS = {
   id: { label: "id", num: true, cell: (r) => r.id },
   name: { label: "name", cell: (r) => el("a", { href: `#/run/${r.id}` }, r.name) },
+  owner: { label: "owner", cell: (r) => r.owner },
   status: { label: "status", cell: (r) => statusTag(r.status) },
   progress: { label: "progress", cell: (r) => progressCell(r), sort: (r) => r.current_epoch / r.num_epochs },
   preset: { label: "preset", cell: (r) => r.dense ? "dense" : (r.preset || "custom") },
@@ -26,13 +27,22 @@ export const RUN_COLUMNS = {
   duration: { label: "duration", num: true, cell: (r) => r.started_at && r.finished_at ? duration((new Date(r.finished_at) - new Date(r.started_at)) / 1000) : "–",
     sort: (r) => r.started_at && r.finished_at ? new Date(r.finished_at) - new Date(r.started_at) : null },
 };
-export const DEFAULT_COLUMNS = ["id", "name", "status", "progress", "preset", "val_ce", "tokens_per_sec", "tags", "created"];
+export const DEFAULT_COLUMNS = ["id", "name", "owner", "status", "progress", "preset", "val_ce", "tokens_per_sec", "tags", "created"];
 
 export async function runsView(query) {
   const signal = scopeSignal();
   const presetOptions = await presetNames().catch(() => []);
   const asked = (query.get("cols") || "").split(",").filter((c) => c in RUN_COLUMNS);
   const columns = asked.length ? asked : DEFAULT_COLUMNS.slice();
+  let chosen = asked.length > 0;  // columns of the user's choice: kept in the URL
+  let mine = query.get("mine") === "1";  // only the runs of whoever is signed in (?owner=me)
+  const keepInUrl = () => {
+    const state = new URLSearchParams();
+    if (mine) state.set("mine", "1");
+    if (chosen) state.set("cols", columns.join(","));
+    const text = state.toString().replaceAll("%2C", ",");
+    history.replaceState(null, "", text ? `#/?${text}` : "#/");
+  };
   const params = new URLSearchParams(sessionStorage.getItem("moe-lab-filters") || "order=newest");
   const selected = new Set();
   const table = el("table", { id: "runs" });
@@ -57,7 +67,8 @@ export async function runsView(query) {
       el("input", { type: "checkbox", name: key, checked: columns.includes(key), onchange: (e) => {
         if (e.target.checked) columns.splice(Object.keys(RUN_COLUMNS).filter((k) => columns.includes(k) || k === key).indexOf(key), 0, key);
         else columns.splice(columns.indexOf(key), 1);
-        history.replaceState(null, "", `#/?cols=${columns.join(",")}`);
+        chosen = true;
+        keepInUrl();
         delete table.dataset.sortColumn;
         renderHead();
         load(true);
@@ -72,6 +83,12 @@ export async function runsView(query) {
   fill(view,
     el("h1", {}, "Runs"),
     el("div", { class: "filters" },
+      el("label", { class: "mine", title: "only the runs you submitted" },
+        el("input", { type: "checkbox", id: "mine", checked: mine, onchange: (e) => {
+          mine = e.target.checked;
+          keepInUrl();
+          load(true);
+        } }), " mine"),
       field("status", el("select", {}, options(["queued", "running", "succeeded", "failed", "cancelled"], "any status"))),
       field("name", el("input", { placeholder: "name contains", size: 14 })),
       field("tag", el("input", { placeholder: "tag", size: 10 })),
@@ -102,6 +119,7 @@ export async function runsView(query) {
   let list = null;
   async function load(redraw = false) {
     const query = new URLSearchParams(params);
+    if (mine) query.set("owner", "me");
     query.set("limit", "200");
     const fresh = await poll(`/experiments?${query}`, { signal });
     if (fresh === null && !redraw) return;  // unchanged since the last look
@@ -137,9 +155,9 @@ export async function runsView(query) {
 export async function studiesView() {
   const list = await api("/studies?limit=200", { signal: scopeSignal() });
   fill(view, el("h1", {}, "Studies"), scroller(sortable(el("table", { id: "studies" },
-    el("thead", {}, el("tr", {}, ...["id", "name", "status", "seeds", "runs", "created"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ...["id", "name", "owner", "status", "seeds", "runs", "created"].map((h) => el("th", {}, h)))),
     el("tbody", {}, list.items.map((s) => el("tr", { "data-study": s.id },
       el("td", {}, s.id), el("td", {}, el("a", { href: `#/study/${s.id}` }, s.name)),
-      el("td", {}, statusTag(s.status)), el("td", {}, s.seeds), el("td", {}, s.member_ids.length),
+      el("td", { class: "owner" }, s.owner), el("td", {}, statusTag(s.status)), el("td", {}, s.seeds), el("td", {}, s.member_ids.length),
       el("td", { class: "muted", "data-sort": s.created_at }, new Date(s.created_at).toLocaleString()))))))));
 }

@@ -58,6 +58,7 @@ export async function studyView(id) {
     fill(header, el("h1", {}, `${study.name} `, el("span", { class: "muted" }, `study #${study.id}`)),
       el("div", { class: "summary" },
         el("div", {}, el("span", {}, "status"), statusTag(study.status)),
+        el("div", { id: "study-owner" }, el("span", {}, "owner"), study.owner),
         el("div", {}, el("span", {}, "presets"), study.experiments.join(", ")),
         el("div", {}, el("span", {}, "seeds"), study.seeds),
         el("div", {}, el("span", {}, "base"), study.base_preset || "custom")));

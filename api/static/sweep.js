@@ -150,7 +150,7 @@ export async function sweepView(id) {
     const importance = Object.entries(sweep.importance || {}).sort((a, b) => b[1] - a[1]);
     fill(body,
       el("h1", {}, `${sweep.name} `, el("span", { class: "muted" }, `sweep #${sweep.id}`)),
-      el("p", {}, `${sweep.status} · ${config.method}, ${sweep.trials.length}${config.trials ? ` of ${config.trials}` : ""} trials × ${config.seeds} seed(s) · objective ${config.objective} (lower is better) · dense runs `,
+      el("p", {}, el("span", { id: "sweep-owner" }, `by ${sweep.owner}`), ` · ${sweep.status} · ${config.method}, ${sweep.trials.length}${config.trials ? ` of ${config.trials}` : ""} trials × ${config.seeds} seed(s) · objective ${config.objective} (lower is better) · dense runs `,
         ...sweep.dense_run_ids.flatMap((d, i) => [i ? ", " : "", el("a", { href: `#/run/${d}` }, `#${d}`)])),
       sweep.best_trial !== null ? el("p", {}, "best: trial ", el("strong", {}, String(sweep.best_trial)),
         el("span", { class: "muted" }, " (a pruned trial or one whose router collapsed is never best)")) : null,
@@ -174,12 +174,12 @@ export async function sweepsView() {
   const signal = scopeSignal();
   const list = await api("/sweeps?limit=100", { signal });
   const rows = list.items.map((s) => el("tr", {},
-    el("td", {}, el("a", { href: `#/sweep/${s.id}` }, `#${s.id}`)), el("td", {}, s.name), el("td", {}, s.status),
+    el("td", {}, el("a", { href: `#/sweep/${s.id}` }, `#${s.id}`)), el("td", {}, s.name), el("td", { class: "owner" }, s.owner), el("td", {}, s.status),
     el("td", {}, s.config.method), el("td", { class: "num" }, String(s.trials.length)),
     el("td", { class: "num" }, s.best_trial === null ? "–" : String(s.best_trial))));
   fill(view, el("h1", {}, "Sweeps"),
     list.items.length ? scroller(sortable(el("table", {},
-      el("thead", {}, el("tr", {}, ...["id", "name", "status", "method", "trials", "best"].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ...["id", "name", "owner", "status", "method", "trials", "best"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows))))
       : el("p", { class: "muted" }, "No sweeps yet: moe-lab sweep submit FILE.yaml"));
 }

@@ -224,8 +224,8 @@ def test_the_token_is_asked_once_and_nothing_is_served_without_it(deployment, st
     page.fill("#token-input", "s3cret")
     page.click("#token-dialog button")
     page.wait_for_selector("#runs-total")
-    assert page.evaluate("sessionStorage.getItem('moe-lab-token')") == "s3cret"
-    page.reload()  # kept for the tab's session: not asked again
+    assert page.evaluate("localStorage.getItem('moe-lab-token')") == "s3cret"
+    page.reload()  # kept until signed out: not asked again
     page.wait_for_selector("#runs-total")
     assert not page.locator("#token-dialog[open]").count()
 

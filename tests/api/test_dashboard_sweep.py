@@ -130,4 +130,4 @@ def test_the_sweeps_list_links_each_sweep(sweep_page):
     row = page.eval_on_selector(
         f"a[href='#/sweep/{sweep_id}']", "a => [...a.closest('tr').cells].map(c => c.textContent)"
     )
-    assert row == [f"#{sweep_id}", "capacity", "finished", "grid", "4", "0"]
+    assert row == [f"#{sweep_id}", "capacity", "admin", "finished", "grid", "4", "0"]

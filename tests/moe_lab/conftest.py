@@ -15,6 +15,14 @@ from moe_lab.client import Client
 from tests.client import make_client
 
 
+@pytest.fixture(autouse=True)
+def no_login_of_the_developer(tmp_path, monkeypatch):
+    """The tests' clients never read what `moe-lab login` kept on this machine: each test
+    has a config folder of its own (XDG_CONFIG_HOME), and no MOE_API_TOKEN."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("MOE_API_TOKEN", raising=False)
+
+
 @pytest.fixture(scope="module")
 def settings(deployment):
     # No worker: submitted runs stay queued; the tests finish them as a worker would

@@ -97,14 +97,16 @@ def test_ls_filters_orders_and_prints_a_table(cli, seeded):
 
     table = ok(cli("ls", "--tag", "reads"))
     header, *rows = [line for line in table.splitlines() if line.strip() and "──" not in line]
-    assert header.split() == ["id", "name", "preset", "status", "epoch", "best", "val", "CE",
-                              "tags", "created"]  # fmt: skip
-    assert rows[1].split()[:6] == [str(seeded.moe), "r-moe", "baseline", "succeeded", "2/2",
-                                   "5.0000"]  # fmt: skip
-    assert rows[2].split()[:6] == [str(seeded.dense), "r-dense", "dense", "succeeded", "2/2",
-                                   "5.2400"]  # fmt: skip
+    assert header.split() == ["id", "name", "owner", "preset", "status", "epoch", "best", "val",
+                              "CE", "tags", "created"]  # fmt: skip
+    # an open deployment: every run is the bootstrap admin's
+    assert rows[1].split()[:7] == [str(seeded.moe), "r-moe", "admin", "baseline", "succeeded",
+                                   "2/2", "5.0000"]  # fmt: skip
+    assert rows[2].split()[:7] == [str(seeded.dense), "r-dense", "admin", "dense", "succeeded",
+                                   "2/2", "5.2400"]  # fmt: skip
     assert "reads,dense" in rows[2]
-    assert rows[0].split()[:5] == [str(seeded.queued), "r-queued", "top2", "queued", "0/2"]
+    assert rows[0].split()[:6] == [str(seeded.queued), "r-queued", "admin", "top2", "queued",
+                                   "0/2"]  # fmt: skip
 
     limited = ok(cli("ls", "--limit", "2"))
     assert "2 of " in limited.splitlines()[-1]
@@ -412,6 +414,7 @@ def test_a_token_is_sent_as_a_bearer(settings, cli):
     with make_client(guarded) as http:
         refused = cli("ls", client=Client(http=http, token=""))
         assert (refused.exit_code, refused.stderr) == (
-            1, "error: 401 missing or wrong bearer token\n"
+            1, "error: 401 missing or wrong bearer token (no token was sent: moe-lab login, or "
+               "MOE_API_TOKEN)\n"
         )  # fmt: skip
         assert ok(cli("ls", "--json", client=Client(http=http, token="s3cret")))
