@@ -168,3 +168,43 @@ def test_0003_keeps_old_stats_as_training_ones_and_its_downgrade_drops_evaluatio
         assert_schema_matches_models(empty_database)
     finally:
         engine.dispose()
+
+
+def test_an_existing_deployment_upgrades_with_its_runs_intact_and_owned(empty_database):
+    """0012 on a store of before users: every run, study and sweep is the bootstrap admin's,
+    who exists; the runs' epochs stay (SQLite's batch mode copies the tables)."""
+    from sqlalchemy import text
+
+    from store.models import BOOTSTRAP_ADMIN
+
+    command.upgrade(alembic_config(empty_database), "0011")
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO studies (name, base, experiment_presets, seeds, created_at) "
+                "VALUES ('s', '{}', '[]', 1, CURRENT_TIMESTAMP)"
+            ))  # fmt: skip
+            connection.execute(text(
+                "INSERT INTO experiments (name, dense, config, base, status, cancel_requested, "
+                "current_epoch, num_epochs, stopped_early, attempts, restarts, handbacks, "
+                "run_key, study_id, created_at) VALUES ('old', false, '{}', '{}', 'succeeded', "
+                "false, 1, 1, false, 1, 0, 0, 'k1', (SELECT min(id) FROM studies), "
+                "CURRENT_TIMESTAMP)"
+            ))  # fmt: skip
+            connection.execute(text(EPOCH_ROW.format(id="(SELECT min(id) FROM experiments)")))
+        upgrade_database(empty_database)
+        with engine.connect() as connection:
+            owners = {
+                table: connection.execute(text(f"SELECT owner FROM {table}")).scalars().all()
+                for table in ("experiments", "studies")
+            }
+            users = connection.execute(text("SELECT name, role FROM users")).all()
+            epochs = connection.execute(text("SELECT count(*) FROM epoch_metrics")).scalar_one()
+            keys = connection.execute(text("SELECT run_key, study_id FROM experiments")).all()
+    finally:
+        engine.dispose()
+    assert owners == {"experiments": [BOOTSTRAP_ADMIN], "studies": [BOOTSTRAP_ADMIN]}
+    assert [tuple(u) for u in users] == [(BOOTSTRAP_ADMIN, "admin")]
+    assert epochs == 1 and keys[0][0] == "k1" and keys[0][1] is not None
+    assert_schema_matches_models(empty_database)
