@@ -18,6 +18,7 @@ SPEC: {"out", "device": "cpu" | "cuda", "threads", "counted", "warmup", "timed",
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -163,6 +164,11 @@ def train(spec: dict[str, Any], run: dict[str, Any], device: torch.device,
         pass
     finally:
         marks.close()
+    # The stop's traceback holds the Trainer (and DDP's reducer, with its process group) in
+    # reference cycles: freed now, while the process group lives. Left to the interpreter's
+    # exit, gloo's threads are torn down unjoined and a rank aborts ("terminate called
+    # without an active exception"; half of the 4-rank launches here).
+    gc.collect()
     if len(marks.times) != marks.last + 1:
         raise RuntimeError(f"{run['name']}: {len(marks.times)} step marks, not {marks.last + 1}")
     return marks
