@@ -409,6 +409,14 @@ QUOTES = [
     q(RESULTS, "`zloss` by one expert at [{}% in one seed](results/options-3seed/experiment_results.json)",
       OPTIONS, ("@means.zloss.final_min_use", lambda xs: number(min(xs), ".1f"))),
     # ---- docs/distributed.md: what the ranks send each other
+    q(DISTRIBUTED, "run [{} at commit {}](../benchmarks/results/distributed-cpu.json) on this "
+      "project's VM ({}, {} cores, gloo, one thread per process), with other sessions' test "
+      "suites running beside it: the load average was [{} at the start and {} at the end]"
+      "(../benchmarks/results/distributed-cpu.json)", DISTRIBUTED_CPU,
+      ("environment.date", lambda d: d[:10]), ("environment.commit", str),
+      ("environment.device_name", str), ("environment.cpu_count", "d"),
+      ("environment.load_avg_at_start[0]", ".1f"),
+      ("sections.distributed.load_avg_at_end[0]", ".1f")),
     *[
         q(DISTRIBUTED, f"| {size} | `{preset}` | {layout} | [{{}} ms]({DIST_LINK}) | "
           f"[{{}} ms]({DIST_LINK}) | [{{}}]({DIST_LINK}) | [{{}} ({{}})]({DIST_LINK}) | "
