@@ -26,6 +26,7 @@ process, a few steps; in the test suite (tests/benchmarks/test_smoke.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +49,34 @@ from .harness import ROOT, device_name, environment, summarize
 FLOAT32 = 4  # bytes: the rows the experts exchange are the residual stream's, float32
 NVLINK_BYTES_PER_S = 450e9  # H100 SXM: NVLink 4, 900 GB/s per GPU, 450 each direction
 
-# launches: world size -> the layouts (gpus, expert_parallel) one torchrun launch trains
-CPU = dict(sizes=("micro", "small"), presets=("top2", "dropless"),
+Layout = tuple[int, int]  # (gpus, expert_parallel)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `run` trains: each base size x preset, in one plain process and in each launch
+    (world size -> the layouts one torchrun launch of that many ranks trains), `rounds`
+    times; each run `warmup` steps, `counted` ones whose collectives are counted, then
+    `timed` ones."""
+
+    sizes: tuple[str, ...]
+    presets: tuple[str, ...]
+    launches: dict[int, list[Layout]]
+    warmup: int
+    counted: int
+    timed: int
+    rounds: int
+    device: str
+    timeout_s: float  # per launch: a rank lost in a collective fails the run, not hangs it
+    threads: int = 1  # per process
+
+
+CPU = Plan(sizes=("micro", "small"), presets=("top2", "dropless"),
            launches={1: [(1, 1)], 2: [(2, 1), (2, 2)], 4: [(4, 2)]},
            warmup=5, counted=1, timed=15, rounds=4, device="cpu", timeout_s=1800)  # fmt: skip
-# a launch that hangs (a rank lost in a collective) fails the smoke test, not the suite
-SMOKE = dict(sizes=("micro",), presets=("top2",), launches={2: [(2, 1), (2, 2)]},
+SMOKE = Plan(sizes=("micro",), presets=("top2",), launches={2: [(2, 1), (2, 2)]},
              warmup=2, counted=1, timed=3, rounds=1, device="cpu", timeout_s=300)  # fmt: skip
-GPU = dict(sizes=("small", "spec"), presets=("top2", "dropless"), launches={1: [(1, 1)]},
+GPU = Plan(sizes=("small", "spec"), presets=("top2", "dropless"), launches={1: [(1, 1)]},
            warmup=10, counted=1, timed=50, rounds=2, device="cuda", timeout_s=600)  # fmt: skip
 
 
@@ -167,13 +189,12 @@ def projection(nvlink_bytes_per_s: float = NVLINK_BYTES_PER_S) -> list[dict[str,
 # ------------------------------------------------------------------------------ launches
 
 
-def _launch(spec: dict[str, Any], world: int | None, tmp: Path,
+def _launch(spec: dict[str, Any], world: int | None, layouts: list[Layout], tmp: Path,
             timeout_s: float) -> list[dict[str, Any]]:  # fmt: skip
-    """One launch of benchmarks.distributed_ranks (torchrun of `world` ranks, or None: one
-    plain process); its results."""
+    """One launch of benchmarks.distributed_ranks (torchrun of `world` ranks training
+    `layouts`, or None: one plain process); its results."""
     out = tmp / f"out-{world or 'plain'}.json"
     path = tmp / f"spec-{world or 'plain'}.json"
-    layouts = spec["launches"].get(world, []) if world else []
     path.write_text(json.dumps({**spec, "out": str(out), "layouts": layouts}))
     runner = [sys.executable]
     if world:
@@ -190,13 +211,13 @@ def _mean_over(records: list[list[dict[str, Any]]], key: str) -> float:
     return statistics.fmean(step[key] for rank in records for step in rank)
 
 
-def _row(size: str, preset: str, gpus: int, ep: int, sizes: dict[str, Any],
+def _row(size: str, preset: str, gpus: int, ep: int, plan: Plan,
          plain: list[float], steps: list[float], counted: list[list[dict[str, Any]]],
          ) -> dict[str, Any]:  # fmt: skip
     base, config = _configs(size, preset)
     name = layout_name(gpus, ep)
     one = statistics.median(plain)
-    measured = {key: _mean_over(counted, key) for key in
+    measured: dict[str, Any] = {key: _mean_over(counted, key) for key in
                 ("all_to_all", "all_to_all_off_rank", "all_reduce", "all_reduce_ring")}  # fmt: skip
     measured["all_to_all_off_rank_max"] = max(s["all_to_all_off_rank"] for r in counted for s in r)
     measured["dtypes"] = sorted({d for rank in counted for s in rank for d in s["dtypes"]})
@@ -216,9 +237,9 @@ def _row(size: str, preset: str, gpus: int, ep: int, sizes: dict[str, Any],
             "top_k": config.top_k,
             "capacity_factor": None if config.dropless else config.capacity_factor,
             "dropless": config.dropless,
-            "threads_per_rank": sizes["threads"],
-            "device": sizes["device"],
-            "warmup_steps": sizes["warmup"],
+            "threads_per_rank": plan.threads,
+            "device": plan.device,
+            "warmup_steps": plan.warmup,
             "timed_steps": len(steps),
         },  # fmt: skip
         "ratio_of": "step time / one process's median step",
@@ -232,46 +253,49 @@ def _row(size: str, preset: str, gpus: int, ep: int, sizes: dict[str, Any],
 
 def run(ctx: Context) -> dict[str, Any]:
     gpu = on_gpu(ctx)
-    sizes = dict(GPU if gpu else SMOKE if ctx.smoke else CPU)
+    plan = GPU if gpu else SMOKE if ctx.smoke else CPU
     if gpu:  # the CPU's layouts too, on GPUs where there are enough of them
-        count = torch.cuda.device_count()
-        sizes["launches"] = {**GPU["launches"],
-                             **{w: ls for w, ls in CPU["launches"].items() if 1 < w <= count}}  # fmt: skip
-    sizes["threads"] = 1
-    runs = [{"name": f"{size} {preset}", "base": {"preset": size}, "preset": preset}
-            for size in sizes["sizes"] for preset in sizes["presets"]]  # fmt: skip
-    spec = {key: sizes[key] for key in ("device", "threads", "warmup", "counted", "timed")}
-    spec |= {"runs": runs, "launches": sizes["launches"]}
+        more = {w: ls for w, ls in CPU.launches.items() if 1 < w <= torch.cuda.device_count()}
+        plan = dataclasses.replace(plan, launches={**plan.launches, **more})
+    runs: list[dict[str, Any]] = [
+        {"name": f"{size} {preset}", "base": {"preset": size}, "preset": preset}
+        for size in plan.sizes
+        for preset in plan.presets
+    ]
+    spec = {"device": plan.device, "threads": plan.threads, "warmup": plan.warmup,
+            "counted": plan.counted, "timed": plan.timed, "runs": runs}  # fmt: skip
     plain: dict[str, list[float]] = {r["name"]: [] for r in runs}
     steps: dict[tuple, list[float]] = {}
     counted: dict[tuple, list[list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="moe-bench-distributed-") as tmp:
         # Rounds of every launch, the order rotated by one each round (benchmarks.harness's
         # method, a launch for a variant): a neighbour's burst of load lands on all alike.
-        order = [None, *sorted(sizes["launches"])]
-        for r in range(sizes["rounds"]):
+        order: list[int | None] = [None, *sorted(plan.launches)]
+        for r in range(plan.rounds):
             for world in order[r % len(order) :] + order[: r % len(order)]:
-                for result in _launch(spec, world, Path(tmp), sizes["timeout_s"]):
+                layouts = plan.launches[world] if world else []
+                for result in _launch(spec, world, layouts, Path(tmp), plan.timeout_s):
                     if world is None:
                         plain[result["run"]] += result["steps_s"][0]
                         continue
                     key = (result["run"], *result["layout"])
                     steps.setdefault(key, []).extend(result["steps_s"][0])  # rank 0's clock
                     ranks = counted.setdefault(key, [[] for _ in result["bytes"]])
-                    for mine, more in zip(ranks, result["bytes"], strict=True):
-                        mine.extend(more)
+                    for mine, more_steps in zip(ranks, result["bytes"], strict=True):
+                        mine.extend(more_steps)
     rows = []
     for run_spec in runs:
-        for world in sorted(sizes["launches"]):
-            for gpus, ep in sizes["launches"][world]:
+        for world in sorted(plan.launches):
+            for gpus, ep in plan.launches[world]:
                 key = (run_spec["name"], gpus, ep)
                 size, preset = run_spec["base"]["preset"], run_spec["preset"]
-                rows.append(_row(size, preset, gpus, ep, sizes, plain[run_spec["name"]],
+                rows.append(_row(size, preset, gpus, ep, plan, plain[run_spec["name"]],
                                  steps[key], counted[key]))  # fmt: skip
     body: dict[str, Any] = {
         "rows": rows,
         "projection": projection(),
         "nvlink_bytes_per_s": NVLINK_BYTES_PER_S,
+        "plan": json.loads(json.dumps(dataclasses.asdict(plan))),  # as the JSON holds it
         "launch": "plain process vs python -m torch.distributed.run --standalone "
         "-m benchmarks.distributed_ranks",
     }

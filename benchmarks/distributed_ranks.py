@@ -74,7 +74,7 @@ class CollectiveBytes(TorchDispatchMode):
                 self._all_reduce(name, args)
         return func(*args, **(kwargs or {}))
 
-    def _all_to_all(self, x: torch.Tensor, _out_splits, in_splits, group_name: str) -> None:
+    def _all_to_all(self, x: torch.Tensor, _out_splits, in_splits, group_name: Any) -> None:
         group = dist.distributed_c10d._resolve_process_group(group_name)
         size, me = group.size(), dist.get_rank(group)
         rows = list(in_splits) if in_splits else [x.size(0) // size] * size
@@ -194,7 +194,7 @@ def main(spec_path: str) -> None:
                                    device=local_device(spec["device"]))  # fmt: skip
             for run in spec["runs"]:
                 marks = train(spec, run, ranks.device, ranks)
-                every = [None] * ranks.world_size
+                every: list[Any] = [None] * ranks.world_size
                 mine = (marks.timed_steps(), marks.bytes)
                 dist.all_gather_object(every, mine, group=ranks.control)
                 results.append({"run": run["name"], "layout": [gpus, ep], "launch": "torchrun",
