@@ -1,5 +1,7 @@
-"""python -m benchmarks {all,moe_layer,model_step,trainer_overhead,data,service,recovery,gpu}
-[options]; `python -m benchmarks gpu --device cuda` writes results/gpu-<GPU name>.json"""
+"""python -m benchmarks {all,moe_layer,model_step,trainer_overhead,data,service,recovery,gpu,
+distributed} [options]; `python -m benchmarks gpu --device cuda` writes
+results/gpu-<GPU name>.json, `python -m benchmarks distributed` results/distributed-cpu.json
+(on a machine with a GPU, distributed-<GPU name>.json)"""
 
 from __future__ import annotations
 

@@ -259,6 +259,11 @@ def row_lines(section: str, row: dict[str, Any]) -> list[str]:
             lines.append(f"  {'':<40} tokens/s: {tps}")
         if "mfu" in row:
             lines.append(f"  {'':<40} MFU: {row['mfu']}")
+        if "bytes_per_step" in row:
+            b = row["bytes_per_step"]
+            lines.append(f"  {'':<40} MB per rank and step: all-to-all {b['all_to_all'] / 1e6:.3f}"
+                         f" ({b['all_to_all_off_rank'] / 1e6:.3f} off-rank), all-reduce"
+                         f" {b['all_reduce'] / 1e6:.3f}")  # fmt: skip
         return lines
     if "p99_ms" in row:
         return [f"  {name:<40} p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms,"

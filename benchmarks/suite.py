@@ -25,6 +25,7 @@ SECTIONS = {
     "service": "benchmarks.service",
     "recovery": "benchmarks.recovery",
     "gpu": "benchmarks.gpu",
+    "distributed": "benchmarks.distributed",
 }
 
 
@@ -77,10 +78,11 @@ def run_suite(
     results["seconds"] = time.perf_counter() - started
     results["targets"] = check_targets(results)
     if write:
-        if out is None and names == ["gpu"] and not smoke:
-            from .gpu import output_name
-
-            out = RESULTS_DIR / output_name(dev)
+        if out is None and len(names) == 1 and not smoke:
+            # a section whose figures are the device's has a file of its own (results/gpu-H200.json)
+            output_name = getattr(importlib.import_module(SECTIONS[names[0]]), "output_name", None)
+            if output_name is not None:
+                out = RESULTS_DIR / output_name(dev)
         if out is None:
             full = not smoke and names == list(SECTIONS) and repeats is None
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

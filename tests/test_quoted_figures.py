@@ -1,5 +1,6 @@
-"""Every figure README.md and docs/results.md quote from a committed JSON is read from that
-JSON here: a figure that differs from its source, in the document or in the JSON, fails.
+"""Every figure README.md, docs/results.md and docs/distributed.md quote from a committed
+JSON is read from that JSON here: a figure that differs from its source, in the document or
+in the JSON, fails.
 
 QUOTES is the table: (document, the quoted text with `{}` where each figure goes, the JSON
 file(s), then each figure's path in the JSON and its format). A path is dotted keys, `[i]`
@@ -37,7 +38,7 @@ from tests.environment import ROOT
 
 Format = str | Callable[[Any], str]
 
-README, RESULTS = "README.md", "docs/results.md"
+README, RESULTS, DISTRIBUTED = "README.md", "docs/results.md", "docs/distributed.md"
 SMALL = "docs/results/small-3seed/experiment_results.json"
 OPTIONS = "docs/results/options-3seed/experiment_results.json"
 JITTER = "docs/results/options-3seed/jitter/experiment_results.json"
@@ -47,6 +48,7 @@ LATEST = "benchmarks/results/latest.json"
 SERVICE = "benchmarks/results/service.json"
 RECOVERY = "benchmarks/results/recovery.json"
 GPU = "benchmarks/results/gpu-NVIDIA-H200.json"
+DISTRIBUTED_CPU = "benchmarks/results/distributed-cpu.json"
 
 
 # ------------------------------------------------------------------------------- formats
@@ -181,6 +183,28 @@ def _pruned_by(doc: Any) -> list[float]:
     return [s["val_ce"] - s["median"] for s in saw if s is not None]
 
 
+def _gpu_step(doc: dict[str, Any], name: str) -> dict[str, float]:
+    """A row of the gpu section per training step: its seconds (the row times an epoch of
+    params.steps steps)."""
+    row = one(read(doc, f"sections.gpu.rows[name={name}]"))
+    variant = name.split(": ", 1)[1]
+    return {"s": row["times_s"][variant]["median"] / row["params"]["steps"]}
+
+
+def _on_nvlink(docs: list[dict[str, Any]], model: str, ep: str, step: str) -> dict[str, float]:
+    """A projected 8-GPU layout's communication (the distributed JSON's projection of
+    `model` at expert parallel `ep`) against one GPU's step of the same model (the gpu
+    JSON's row `step`): as a share of that whole step, and of an eighth of it (each GPU's
+    step if 8 split the work perfectly)."""
+    distributed, gpu = docs
+    row = one([r for r in distributed["sections"]["distributed"]["projection"]
+               if r["params"]["model"] == model and r["params"]["expert_parallel"] == int(ep)])  # fmt: skip
+    seconds, ranks = row["seconds_at_nvlink"]["total"], row["params"]["gpus"]
+    whole = _gpu_step(gpu, step)["s"]
+    return {"step_s": whole, "share_s": whole / ranks, "of_step": seconds / whole,
+            "of_share": seconds / (whole / ranks)}  # fmt: skip
+
+
 VIEWS: dict[str, Callable[..., Any]] = {
     "vs": lambda study, against: _paired(study, against, best_val_loss),
     "gap_vs": lambda study, against: _paired(study, against, generalisation_gap),
@@ -188,6 +212,8 @@ VIEWS: dict[str, Callable[..., Any]] = {
     "complete": _complete,
     "spearman": _spearman,
     "pruned_by": _pruned_by,
+    "gpu_step": _gpu_step,
+    "on_nvlink": _on_nvlink,
 }
 
 
@@ -256,6 +282,16 @@ STUDY_ENGINE = GPU_ROWS + "[name=the spec's study: python -m moe_core study --pa
 STUDY_SERVICE = GPU_ROWS + "[name=the spec's study: POST /studies, one worker of 5 slots]"
 GRAPHS = GPU_ROWS + "[name=spec step: {} bf16+graphs]"
 FOUR_RUNS = GPU_ROWS + "[name=4 run(s) per GPU]"
+DIST_ROWS = "sections.distributed.rows"
+DIST_LAYOUTS = ("1 rank (torchrun)", "2 ranks, data parallel", "2 ranks, expert parallel 2",
+                "4 ranks, 2 x 2 (expert parallel 2)")  # fmt: skip
+DIST_LINK = "../benchmarks/results/distributed-cpu.json"
+GPU_LINK = "../benchmarks/results/gpu-NVIDIA-H200.json"
+BOTH_LINK = "../benchmarks/results/distributed-cpu.json"  # a ratio of the two JSONs
+SPEC_EP8 = "sections.distributed.projection[name=spec top2: 8 ranks, expert parallel 8]"
+# the bytes a GPU puts on NVLink per step: the all-to-all's off-rank part and the ring's
+SPEC_EP8_TOTAL = (f"[0].{SPEC_EP8}.bytes_per_step.all_to_all_off_rank|ddp_all_reduce_ring"
+                  "|expert_all_reduce_ring", lambda xs: number(sum(xs) * 1e-6, ".1f"))  # fmt: skip
 
 QUOTES = [
     # ---- README.md: the headline results
@@ -372,6 +408,65 @@ QUOTES = [
       ("experiments.shared_expert|baseline.active_params", ratio(".0%", excess=True))),
     q(RESULTS, "`zloss` by one expert at [{}% in one seed](results/options-3seed/experiment_results.json)",
       OPTIONS, ("@means.zloss.final_min_use", lambda xs: number(min(xs), ".1f"))),
+    # ---- docs/distributed.md: what the ranks send each other
+    q(DISTRIBUTED, "run [{} at commit {}](../benchmarks/results/distributed-cpu.json) on this "
+      "project's VM ({}, {} cores, gloo, one thread per process), with other sessions' test "
+      "suites running beside it: the load average was [{} at the start and {} at the end]"
+      "(../benchmarks/results/distributed-cpu.json)", DISTRIBUTED_CPU,
+      ("environment.date", lambda d: d[:10]), ("environment.commit", str),
+      ("environment.device_name", str), ("environment.cpu_count", "d"),
+      ("environment.load_avg_at_start[0]", ".1f"),
+      ("sections.distributed.load_avg_at_end[0]", ".1f")),
+    *[
+        q(DISTRIBUTED, f"| {size} | `{preset}` | {layout} | [{{}} ms]({DIST_LINK}) | "
+          f"[{{}} ms]({DIST_LINK}) | [{{}}]({DIST_LINK}) | [{{}} ({{}})]({DIST_LINK}) | "
+          f"[{{}}]({DIST_LINK}) |", DISTRIBUTED_CPU,
+          (f"{row}.times_s.one process.median", scaled(".1f", 1e3)),
+          (f"{row}.times_s.{layout}.median", scaled(".1f", 1e3)),
+          (f"{row}.ratio.median", ".2f"),
+          (f"{row}.bytes_per_step.all_to_all", scaled(".3f", 1e-6)),
+          (f"{row}.bytes_per_step.all_to_all_off_rank", scaled(".3f", 1e-6)),
+          (f"{row}.bytes_per_step.all_reduce", scaled(".3f", 1e-6)))
+        for size in ("micro", "small") for preset in ("top2", "dropless")
+        for layout in DIST_LAYOUTS
+        for row in [f"{DIST_ROWS}[name={size} {preset}: {layout}]"]
+    ],
+    q(DISTRIBUTED, "[{} collectives a step](../benchmarks/results/distributed-cpu.json)",
+      DISTRIBUTED_CPU, (f"{DIST_ROWS}[name=small top2: 2 ranks, expert parallel 2]"
+                        ".bytes_per_step.calls", lambda c: str(sum(one(c).values())))),
+    *[
+        q(DISTRIBUTED, f"| {model} | {layout} | [{{}} MB]({DIST_LINK}) | [{{}} MB]({DIST_LINK}) "
+          f"| [{{}} ms]({DIST_LINK}) | [{{}} ms]({GPU_LINK}) | [{{}}]({BOTH_LINK}) |",
+          (DISTRIBUTED_CPU, GPU),
+          (f"[0].{proj}.bytes_per_step.all_to_all_off_rank", scaled(".1f", 1e-6)),
+          (f"[0].{proj}.bytes_per_step.ddp_all_reduce_ring|expert_all_reduce_ring",
+           lambda xs: number(sum(xs) * 1e-6, ".1f")),
+          (f"[0].{proj}.seconds_at_nvlink.total", scaled(".2f", 1e3)),
+          (f"@on_nvlink({name},{ep},{step}).share_s", scaled(".2f", 1e3)),
+          (f"@on_nvlink({name},{ep},{step}).of_share", ".0%"))
+        for model, name, step in (("the spec's", "spec", "spec step: top2 bf16+graphs"),
+                                  ("GPU-sized", "GPU-sized", "GPU-sized: top2 bf16+graphs"))
+        for layout, ep in (("expert parallel 8", 8), ("data parallel 8", 1))
+        for proj in [f"sections.distributed.projection[name={name} top2: 8 ranks, "
+                     + ("expert parallel 8]" if ep == 8 else "data parallel]")]
+    ],
+    q(DISTRIBUTED, "The arithmetic of the first row: {} MB + {} MB = {} MB a step per GPU; {} MB / "
+      "450 GB/s = [{} ms](../benchmarks/results/distributed-cpu.json), against one H200's "
+      "[{} ms](../benchmarks/results/gpu-NVIDIA-H200.json) / 8 = {} ms of work per GPU: "
+      "[{}](../benchmarks/results/distributed-cpu.json).", (DISTRIBUTED_CPU, GPU),
+      (f"[0].{SPEC_EP8}.bytes_per_step.all_to_all_off_rank", scaled(".1f", 1e-6)),
+      (f"[0].{SPEC_EP8}.bytes_per_step.ddp_all_reduce_ring|expert_all_reduce_ring",
+       lambda xs: number(sum(xs) * 1e-6, ".1f")),
+      SPEC_EP8_TOTAL, SPEC_EP8_TOTAL,
+      (f"[0].{SPEC_EP8}.seconds_at_nvlink.total", scaled(".2f", 1e3)),
+      ("@on_nvlink(spec,8,spec step: top2 bf16+graphs).step_s", scaled(".2f", 1e3)),
+      ("@on_nvlink(spec,8,spec step: top2 bf16+graphs).share_s", scaled(".2f", 1e3)),
+      ("@on_nvlink(spec,8,spec step: top2 bf16+graphs).of_share", ".0%")),
+    q(DISTRIBUTED, "one H200 trains a step of the spec's top-2 model in "
+      "[{} ms](../benchmarks/results/gpu-NVIDIA-H200.json) and of the GPU-sized one in "
+      "[{} ms](../benchmarks/results/gpu-NVIDIA-H200.json)", GPU,
+      ("@gpu_step(spec step: top2 bf16+graphs).s", scaled(".2f", 1e3)),
+      ("@gpu_step(GPU-sized: top2 bf16+graphs).s", scaled(".1f", 1e3))),
 ]  # fmt: skip
 
 
@@ -406,7 +501,7 @@ def test_every_quoted_figure_is_its_jsons():
 _JSON_LINK = re.compile(r"\[([^\[\]]*\d[^\[\]]*)\]\(([^)\s]+\.json)\)")
 
 
-@pytest.mark.parametrize("doc", [README, RESULTS])
+@pytest.mark.parametrize("doc", [README, RESULTS, DISTRIBUTED])
 def test_every_figure_linked_to_a_json_is_checked(doc):
     quoted = " ".join(_collapsed(rendered(q, ROOT)) for q in QUOTES if q.doc == doc)
     links = [

@@ -1,5 +1,6 @@
 """The benchmark suite at smoke sizes: every section runs and reports sane figures."""
 
+import json
 import math
 
 import pytest
@@ -115,3 +116,44 @@ def test_the_gpu_section_writes_the_gpu_named_file(tmp_path):
 
     name = output_name(torch.device("cpu"))
     assert name.startswith("gpu-") and name.endswith(".json") and " " not in name
+
+
+def test_the_distributed_section_counts_what_the_ranks_send(results):
+    """`python -m benchmarks distributed --smoke`: micro top2 on 2 CPU ranks (gloo), data
+    parallel and expert parallel, against one process. Data parallel sends no all-to-all;
+    expert parallel sends exactly the padded volume its configuration implies, half of it to
+    the other rank; DDP's buckets hold every parameter it averages, and nothing else is
+    more than a few hundred bytes of scalars."""
+    body = results["sections"]["distributed"]
+    assert json.loads(json.dumps(body)) == body  # what the suite writes as JSON
+    rows = {row["name"]: row for row in body["rows"]}
+    assert set(rows) == {
+        "micro top2: 2 ranks, data parallel",
+        "micro top2: 2 ranks, expert parallel 2",
+    }
+    scalars = 4096  # losses, routing statistics, the stop vote: a few hundred bytes
+    for row in rows.values():
+        sent, analytic = row["bytes_per_step"], row["analytic_bytes_per_step"]
+        assert row["params"]["gpus"] == 2 and row["params"]["timed_steps"] >= 1
+        assert row["times_s"]["one process"]["median"] > 0
+        assert sent["all_to_all"] == analytic["all_to_all"]
+        assert sent["all_to_all_off_rank"] == analytic["all_to_all_off_rank"]
+        held = analytic["ddp_all_reduce"] + analytic["expert_all_reduce"]
+        assert held <= sent["all_reduce"] < held + scalars
+    dp = rows["micro top2: 2 ranks, data parallel"]
+    assert dp["bytes_per_step"]["all_to_all"] == 0 and dp["bytes_per_step"]["dtypes"] == []
+    assert dp["bytes_per_step"]["all_reduce"] > 0
+    ep = rows["micro top2: 2 ranks, expert parallel 2"]
+    sent = ep["bytes_per_step"]
+    assert sent["all_to_all"] > 0 and sent["all_to_all_off_rank"] == sent["all_to_all"] / 2
+    assert sent["dtypes"] == ["float32"]
+    # DDP holds only the dense parameters once the experts are split: less to all-reduce
+    assert (
+        ep["analytic_bytes_per_step"]["ddp_all_reduce"]
+        < dp["analytic_bytes_per_step"]["ddp_all_reduce"]
+    )
+    # the 8-GPU projection: expert parallel moves its rows, data parallel every gradient
+    for row in body["projection"]:
+        seconds, volume = row["seconds_at_nvlink"], row["bytes_per_step"]
+        assert seconds["total"] == pytest.approx(seconds["all_to_all"] + seconds["all_reduce"])
+        assert (volume["all_to_all"] > 0) == (row["params"]["expert_parallel"] > 1)
