@@ -27,6 +27,7 @@ into equal slices). Each MoE layer's experts are split over the ranks of an expe
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ class Parallel:
         return cls(dist.get_rank(), world, expert_parallel, device, mesh, control)
 
     def stop(self) -> None:
+        # What still holds the process group (a stopped Trainer's DDP, kept alive by the
+        # stop's traceback) goes first: torn down after it, at exit, a rank aborts.
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 

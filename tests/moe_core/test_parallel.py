@@ -7,7 +7,7 @@ What "the same run" means, stated:
   order of float sums: EXACT, 1e-4 relative. This holds the data split, the gradient
   averaging, the expert all-to-all (padded to the capacity, and by split sizes when
   dropless), the statistics' sums and the clipping norm to the single-process run;
-- with the preset's capacity (top-2, capacity 1.25) each rank applies it to its own shard
+- with the preset's capacity (top-2, capacity 2.5) each rank applies it to its own shard
   of the batch, as Megatron-Core and GShard do, so other assignments are dropped than when
   one process sees the whole batch: after two epochs the run is within CLOSE_NATS of the
   single-process run's CE, its share of dropped assignments within CLOSE_DROPPED, and its
@@ -44,7 +44,7 @@ RUNS = {
     "top1": {"preset": "baseline", "set": ROOMY},
     "top2": {"preset": "top2", "set": ROOMY},
     "dropless": {"preset": "dropless", "set": NO_DROPOUT},
-    "top2_capacity": {"preset": "top2"},  # as the preset is: dropout 0.1, capacity 1.25
+    "top2_capacity": {"preset": "top2"},  # as the preset is: dropout 0.1, capacity 2.5
 }
 EXACT_RUNS = ("dense", "top1", "top2", "dropless")
 
