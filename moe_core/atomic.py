@@ -18,7 +18,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 MB = 1 << 20
 # What a file holds beyond its tensors (the zip's headers, pickled histories): room kept.
@@ -29,7 +29,7 @@ class StorageError(OSError):
     """A file that could not be written: the message names the path and the cause, `errno`
     and `filename` are the file system's."""
 
-    def __init__(self, code: int, message: str, path: str | os.PathLike) -> None:
+    def __init__(self, code: int, message: str, path: str | os.PathLike[str]) -> None:
         super().__init__(code, message, str(path))
         self.message = message
 
@@ -37,7 +37,7 @@ class StorageError(OSError):
         return self.message
 
 
-def ensure_room(directory: str | os.PathLike, need: int) -> None:
+def ensure_room(directory: str | os.PathLike[str], need: int) -> None:
     """StorageError (ENOSPC) unless the file system of `directory` has `need` bytes free."""
     have = shutil.disk_usage(directory).free
     if have < need:
@@ -48,7 +48,7 @@ def ensure_room(directory: str | os.PathLike, need: int) -> None:
         )
 
 
-def ensure_room_for(files: Mapping[str | os.PathLike | None, int]) -> None:
+def ensure_room_for(files: Mapping[str | os.PathLike[str] | None, int]) -> None:
     """Before a run writes its files: room for each file's `bytes` at its largest (a file
     replaced atomically takes its old and its new size at once), less what the file takes
     already. None paths (files the run does not write) count nothing."""
@@ -65,7 +65,7 @@ def ensure_room_for(files: Mapping[str | os.PathLike | None, int]) -> None:
 
 
 def write_atomic(
-    path: str | os.PathLike, write: Callable[[Path], Any], *, size: int | None = None
+    path: str | os.PathLike[str], write: Callable[[Path], Any], *, size: int | None = None
 ) -> Path:
     """`write(tmp)` fills a temporary file beside `path`, which then replaces `path`. With
     `size` (the bytes it will take), the file system must have room for them first. An
@@ -88,12 +88,12 @@ def write_atomic(
     return path
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     text = json.dumps(obj, indent=2)
     return write_atomic(path, lambda tmp: tmp.write_text(text), size=len(text.encode()))
 
 
-def torch_save_atomic(path: str | os.PathLike, obj: Any) -> Path:
+def torch_save_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """torch.save(obj) to `path` through write_atomic, after checking there is room for
     obj's tensors. torch writes through a Python file, so a failing write is the file
     system's OSError (kept, since torch reraises it as its own RuntimeError)."""
@@ -103,7 +103,9 @@ def torch_save_atomic(path: str | os.PathLike, obj: Any) -> Path:
         with _create(tmp) as file:
             recording = _Recording(file)
             try:
-                torch.save(obj, recording)
+                # torch.save writes to any object with write() and flush(), though its
+                # annotation names IO[bytes] only
+                torch.save(obj, cast(IO[bytes], recording))
             except RuntimeError as exc:
                 if recording.error is not None:
                     raise recording.error from None

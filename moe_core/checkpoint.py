@@ -54,7 +54,7 @@ def newest(*paths: Path) -> Path | None:
     return max(dated)[1] if dated else None
 
 
-def rng_state(loader: Iterable) -> dict[str, Any]:
+def rng_state(loader: Iterable[Any]) -> dict[str, Any]:
     """Every random state a run draws from: torch's (CPU and CUDA), Python's, NumPy's and the
     train loader's own generator (its shuffle), when it has one."""
     generator = getattr(loader, "generator", None)
@@ -67,7 +67,7 @@ def rng_state(loader: Iterable) -> dict[str, Any]:
     }
 
 
-def restore_rng(state: dict[str, Any], loader: Iterable) -> None:
+def restore_rng(state: dict[str, Any], loader: Iterable[Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -78,11 +78,11 @@ def restore_rng(state: dict[str, Any], loader: Iterable) -> None:
         generator.set_state(state["loader"])
 
 
-def read_checkpoint(path: str | os.PathLike, tag: str | None) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str], tag: str | None) -> dict[str, Any]:
     """The checkpoint at `path`; raises CheckpointMismatch when `tag` is set and the
     checkpoint carries another (it belongs to another run)."""
     # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     if tag is not None and state.get("tag") != tag:
         raise CheckpointMismatch(f"{path} belongs to {state.get('tag')!r}, not {tag!r}")
     return state

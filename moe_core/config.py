@@ -11,7 +11,11 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .presets import BASE_PRESETS, EXPERIMENT_PRESETS, FINE_GRAINED_SPLIT, SPEC_EXPERIMENTS
+# BASE_PRESETS and EXPERIMENT_PRESETS are re-exported (`as`): the CLI and the API take them
+# from here, beside the configs they build.
+from .presets import BASE_PRESETS as BASE_PRESETS
+from .presets import EXPERIMENT_PRESETS as EXPERIMENT_PRESETS
+from .presets import FINE_GRAINED_SPLIT, SPEC_EXPERIMENTS
 
 Precision = Literal["auto", "bf16", "fp32"]
 CompileMode = Literal["off", "default", "graphs"]
@@ -375,6 +379,7 @@ def study_runs(
     out = []
     for seed in range(base.seed, base.seed + seeds):
         seeded = base.model_copy(update={"seed": seed})
+        members: list[tuple[str, str | None, ExperimentConfig]]
         members = [("dense", None, dense_config(seeded))]
         members += [(name, name, configs[name]) for name in names]
         for name, preset, config in members:

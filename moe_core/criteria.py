@@ -11,7 +11,7 @@ moe_core.verdict_words (its names stay importable from here, where they used to 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from . import comparable
@@ -33,14 +33,14 @@ from .verdict_records import (
     gap_outcome,
     loss_worse,
 )
-from .verdict_words import (  # noqa: F401 (re-exported: the wording's old home)
-    ONE_SEED_NOTE,
-    RULES,
-    format_p,
-    format_table,
-    format_verdict,
-    verdict_lines,
-)
+
+# Re-exported (`as`, so that a strict type check sees it): the wording's old home.
+from .verdict_words import ONE_SEED_NOTE as ONE_SEED_NOTE
+from .verdict_words import RULES as RULES
+from .verdict_words import format_p as format_p
+from .verdict_words import format_table as format_table
+from .verdict_words import format_verdict as format_verdict
+from .verdict_words import verdict_lines as verdict_lines
 
 
 def _throughput_note(m: Mapping[str, Any], dm: Mapping[str, Any]) -> str | None:
@@ -220,7 +220,7 @@ def judge(
 
 
 def judge_seeds(
-    results: list[Mapping[str, Any]], dense_results: list[Mapping[str, Any]]
+    results: Sequence[Mapping[str, Any]], dense_results: Sequence[Mapping[str, Any]]
 ) -> SeedsVerdict:
     """Verdict of one configuration over several seeds, each run paired with the dense run
     of the same seed (by position).

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ def get_tokenizer(
     return tok, key
 
 
-class TokenBlocks(Dataset):
+class TokenBlocks(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Contiguous, non-overlapping blocks of seq_len + 1 tokens, as (input, target) pairs."""
 
     def __init__(self, tokens: torch.Tensor, seq_len: int):
@@ -193,9 +194,12 @@ class WikiTextData:
 
 
 def _token_ids(
-    split, tokenizer: Tokenizer, tokenizer_key: str, should_stop: Callable[[], bool] | None = None
+    split: Any,  # a datasets.Dataset (the package is untyped)
+    tokenizer: Tokenizer,
+    tokenizer_key: str,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    def encode(batch: dict) -> dict:
+    def encode(batch: dict[str, Any]) -> dict[str, list[list[int]]]:
         _check(should_stop)  # every 1000 lines: a cancel need not wait for the whole split
         return {"ids": [e.ids for e in tokenizer.encode_batch(batch["text"])]}
 
@@ -210,7 +214,8 @@ def _token_ids(
         desc="tokenising",
     )
     # Flatten the arrow list column without a Python loop.
-    return mapped.data.column("ids").combine_chunks().flatten().to_numpy()
+    ids: np.ndarray = mapped.data.column("ids").combine_chunks().flatten().to_numpy()
+    return ids
 
 
 def build_datasets(base: BaseConfig, should_stop: Callable[[], bool] | None = None) -> WikiTextData:

@@ -33,7 +33,7 @@ class EpochProgress:
     # Set once every step is done: a stop during evaluation resumes with evaluation.
     train_stats: dict[str, float] | None = None
 
-    def remaining_batches(self, loader: Iterable) -> Iterator:
+    def remaining_batches(self, loader: Iterable[Any]) -> Iterator[Any]:
         """The epoch's batches from where a restored epoch stands: the iterator remade from
         the epoch's start state, so the same shuffle, and the batches already trained
         skipped (cheap: a gather each). This holds at step 0 too: the loader's generator has
@@ -60,7 +60,7 @@ class EpochProgress:
                    train_stats=state["train_stats"])  # fmt: skip
 
 
-def loader_generator(loader: Iterable) -> torch.Generator:
+def loader_generator(loader: Iterable[Any]) -> torch.Generator:
     """The generator a new iterator of `loader` draws from: a DataLoader (and data.Batches)
     draws its base seed and (shuffling) its order from its own generator, else from torch's
     global one."""

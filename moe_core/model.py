@@ -35,6 +35,8 @@ class Router(nn.Module):
     """Linear gate computed in float32, with a temperature settable between epochs and,
     in training only, multiplicative jitter on its input."""
 
+    temperature: torch.Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, n_embd: int, num_experts: int, jitter: float = 0.0):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_experts, n_embd))
@@ -79,7 +81,8 @@ class Experts(nn.Module):
         # grouped_mm runs every expert's matmul on its contiguous slice in one call,
         # forward and backward, with no padding to capacity and no per-expert loop; its
         # shapes are [R, C] whatever the routing, so a compiled step stays one graph.
-        w1, w2 = self.w1, self.w2
+        w1: torch.Tensor = self.w1
+        w2: torch.Tensor = self.w2
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
@@ -102,7 +105,7 @@ class Experts(nn.Module):
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
 
 
-@torch.compiler.assume_constant_result
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # unannotated in torch
 def _cuda_capability(index: int | None) -> tuple[int, int]:
     # A constant to torch.compile: read once when a step is traced, not at every call.
     return torch.cuda.get_device_capability(index)
@@ -329,7 +332,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        out: torch.Tensor = self.dropout(self.proj(F.gelu(self.fc(x))))  # a Module call is Any
+        return out
 
 
 class CausalSelfAttention(nn.Module):
@@ -352,7 +356,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=True
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
-        return self.resid_dropout(self.proj(y))
+        out: torch.Tensor = self.resid_dropout(self.proj(y))  # a Module call is Any
+        return out
 
 
 class Block(nn.Module):
@@ -418,7 +423,9 @@ class GPT(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
-    def forward(self, idx: torch.Tensor, *, output_routing: bool = False):
+    def forward(
+        self, idx: torch.Tensor, *, output_routing: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, list[RoutingStats]]:
         """idx: (B, T) token ids -> (logits (B, T, vocab), weighted aux loss (scalar)), and
         with `output_routing` a third item: each MoE layer's RoutingStats, in order (as
         Hugging Face models return router logits when asked)."""
@@ -441,13 +448,17 @@ class GPT(nn.Module):
         return (logits, aux, routing) if output_routing else (logits, aux)
 
     def aux_loss(
-        self, balance_losses: list[torch.Tensor], z_losses: list[torch.Tensor], device=None
+        self,
+        balance_losses: list[torch.Tensor],
+        z_losses: list[torch.Tensor],
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """The weighted aux loss from the MoE layers' balance losses and, with a
         `router_z_loss` coefficient, their router z-losses (zero when dense)."""
         if not balance_losses:
             return torch.zeros((), device=device)
         moe = self.config.moe
+        assert moe is not None, "MoE layers in a model without an MoEConfig"
         # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
         # balance) however many layers are MoE.
         aux = moe.aux_weight * torch.stack(balance_losses).mean()

@@ -43,6 +43,7 @@ class Proposer:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep = sweep
         seed = sweep.sampler_seed + (len(told) if told is not None else 0)
+        sampler: optuna.samplers.BaseSampler
         if sweep.method == "tpe":
             # constant_liar: trials asked before earlier ones are told (side by side) are
             # spread out rather than proposed alike.
@@ -69,7 +70,7 @@ class Proposer:
     def _distributions(self, params: Mapping[str, Any]) -> dict[str, Any]:
         import optuna.distributions as d
 
-        out = {}
+        out: dict[str, Any] = {}
         for name in params:
             param = self.sweep.space[name]
             if isinstance(param, Choice) or self.sweep.method == "grid":
@@ -108,7 +109,7 @@ class Proposer:
         if self.sweep.method == "grid":
             if self._next_grid >= len(self._grid):
                 return None
-            point = self._grid[self._next_grid]
+            point: dict[str, Any] = self._grid[self._next_grid]
             self._next_grid += 1
             # Enqueued, then suggested over the field's whole grid: Optuna records the point
             # (for importance) with one distribution per field across trials.
@@ -119,7 +120,7 @@ class Proposer:
             self._trials[trial.number] = trial
             return trial.number, point
         trial = self.study.ask()
-        point: dict[str, Any] = {}
+        point = {}
         for name in _order(self.sweep.space):
             param = self.sweep.space[name]
             if not _active(param, point):
@@ -185,10 +186,12 @@ def _pruner(margin: float, *, n_startup_trials: int, n_warmup_steps: int) -> Any
         return median
 
     class MarginPruner(optuna.pruners.BasePruner):
-        def prune(self, study: Any, trial: Any) -> bool:
+        def prune(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
             if not median.prune(study, trial):
                 return False
             step = trial.last_step
+            if step is None:  # unreachable: the median pruner keeps a trial with no step
+                return False
             others = [
                 t.intermediate_values[step]
                 for t in study.get_trials(

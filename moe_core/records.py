@@ -267,8 +267,8 @@ class MetricsHistory:
         return {
             "epoch": self.epoch,
             "model_name": model_name,
-            "train": {k: train[k] for k in ("loss", "ce_loss", "aux_loss")},
-            "val": val,
+            "train": _losses(train),
+            "val": _losses(val) if val is not None else None,
             "tokens_per_sec": train["tokens_per_sec"],
             "steps": self.steps[-1],
             "forward_time": train["forward_time"],
@@ -295,6 +295,11 @@ class MetricsHistory:
     def from_state(cls, state: dict[str, Any]) -> MetricsHistory:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in state.items() if k in known})
+
+
+def _losses(figures: dict[str, float]) -> Losses:
+    """The three losses of a training or evaluation pass's figures."""
+    return {"loss": figures["loss"], "ce_loss": figures["ce_loss"], "aux_loss": figures["aux_loss"]}
 
 
 class _HasHistory(Protocol):

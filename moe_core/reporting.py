@@ -44,11 +44,14 @@ class ConsoleReporter:
             f"[{self.name}] epoch {r['epoch']}/{num_epochs} "
             f"train {t['loss']:.4f} (ce {t['ce_loss']:.4f} aux {t['aux_loss']:.4f})"
         )
-        if r["val"] is not None:
-            v = r["val"]
-            line += f" | val {v['loss']:.4f} (ce {v['ce_loss']:.4f}, ppl {math.exp(min(v['ce_loss'], 50)):.1f})"
-            if r["train_eval"] is not None:
-                line += f" gap {v['ce_loss'] - r['train_eval']['ce_loss']:+.4f}"
+        # A record's losses may be None (the type allows a store's null); the Trainer's are not.
+        v = r["val"]
+        if v is not None and v["ce_loss"] is not None:
+            ce = v["ce_loss"]
+            line += f" | val {v['loss']:.4f} (ce {ce:.4f}, ppl {math.exp(min(ce, 50)):.1f})"
+            train_ce = r["train_eval"]["ce_loss"] if r["train_eval"] is not None else None
+            if train_ce is not None:
+                line += f" gap {ce - train_ce:+.4f}"
         total = r["forward_time"] + r["backward_time"] + r["optimizer_time"]
         line += (
             f" | {r['tokens_per_sec']:,.0f} tok/s | fwd {r['forward_time']:.1f}s"
@@ -61,17 +64,22 @@ class ConsoleReporter:
             print(
                 f"    layer {s['layer']} train: entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
                 f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
-                f" (one step: {s['max_step_load']:.1f}%) | dropped {100 * s['dropped']:.1f}%"
+                f" (one step: {s['max_step_load']:.1f}%) | dropped {_percent(s['dropped'])}"
                 f" | imbalance {s['imbalance']:.2f} (worst {s['max_imbalance']:.2f})"
-                f" pad {100 * s['pad_ratio']:.1f}% z {s['z_loss']:.2f}",
+                f" pad {_percent(s['pad_ratio'])} z {s['z_loss']:.2f}",
                 flush=True,
             )
-        for s in r["eval_expert_stats"]:
+        for e in r["eval_expert_stats"]:
             print(
-                f"    layer {s['layer']} val:   entropy {s['entropy']:.3f}/{s['max_entropy']:.3f} nats"
-                f" | usage min {s['min_usage']:.1f}% max {s['max_usage']:.1f}%"
-                f" | over training capacity {100 * s['dropped']:.1f}%",
+                f"    layer {e['layer']} val:   entropy {e['entropy']:.3f}/{e['max_entropy']:.3f} nats"
+                f" | usage min {e['min_usage']:.1f}% max {e['max_usage']:.1f}%"
+                f" | over training capacity {_percent(e['dropped'])}",
                 flush=True,
             )
         if r["stopped_early"]:
             self.say(f"early stopping: no improvement for {r['patience_counter']} evaluations")
+
+
+def _percent(share: float | None) -> str:
+    """A share as a percentage; n/a where a record has none (a dense layer's, an old row's)."""
+    return "n/a" if share is None else f"{100 * share:.1f}%"

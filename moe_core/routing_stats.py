@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from .model import RoutingStats
-from .records import LayerRouting
+from .records import EvalLayerRouting, LayerRouting
 
 
-def layer_usage(layer: int, counts: torch.Tensor, dropped: torch.Tensor) -> LayerRouting:
+def layer_usage(layer: int, counts: torch.Tensor, dropped: torch.Tensor) -> EvalLayerRouting:
     """A layer's summary from its assignment counts per expert and the count dropped."""
     counts = counts.double().cpu()
     n = counts.sum().item()
@@ -70,18 +70,18 @@ class TrainingRouting:
             self.sums[i] += torch.stack([imbalance, s.pad_ratio, s.z_loss.detach()])
 
     def summary(self, layers: list[int], steps: int) -> list[LayerRouting]:
-        out = []
+        out: list[LayerRouting] = []
         for i, layer in enumerate(layers):
             stats = layer_usage(layer, self.usage[i], self.dropped[i])
             imbalance, pad_ratio, z_loss = (self.sums[i].double().cpu() / max(steps, 1)).tolist()
-            stats.update(
-                imbalance=imbalance,
-                max_step_load=100 * self.max_load[i].item(),
-                max_imbalance=self.max_imbalance[i].item(),
-                pad_ratio=pad_ratio,
-                z_loss=z_loss,
-            )
-            out.append(stats)
+            out.append({
+                **stats,
+                "imbalance": imbalance,
+                "max_step_load": 100 * self.max_load[i].item(),
+                "max_imbalance": self.max_imbalance[i].item(),
+                "pad_ratio": pad_ratio,
+                "z_loss": z_loss,
+            })  # fmt: skip
         return out
 
     # The names are a checkpoint format: those of checkpoints written before this class.
@@ -126,7 +126,7 @@ class EvalRouting:
     def z_losses(self, tokens: int) -> list[torch.Tensor]:
         return [z / tokens for z in self.z_sums]
 
-    def summary(self, layers: list[int]) -> list[LayerRouting]:
+    def summary(self, layers: list[int]) -> list[EvalLayerRouting]:
         return [
             layer_usage(layer, counts, over)
             for layer, counts, over in zip(layers, self.counts, self.over, strict=True)

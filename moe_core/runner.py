@@ -119,7 +119,7 @@ def run_single_experiment(
     dense: bool = False,
     hooks: TrainerHooks | None = None,
     checkpointing: Checkpointing | None = None,
-    model_path: str | os.PathLike | None = None,
+    model_path: str | os.PathLike[str] | None = None,
     test_dataset: Dataset | None = None,
     verbose: bool = True,
     parallel: Parallel | None = None,
@@ -267,5 +267,5 @@ def _rank_hooks(hooks: TrainerHooks, parallel: Parallel) -> TrainerHooks:
     return TrainerHooks(should_stop=agreed, step_metrics_every=hooks.step_metrics_every)
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+def save_model(model: nn.Module, path: str | os.PathLike[str]) -> None:
     torch_save_atomic(path, model.state_dict())

@@ -265,9 +265,13 @@ def check_sweep(sweep: SweepConfig) -> list[str]:
 def _corners(space: Mapping[str, Param]) -> list[dict[str, Any]]:
     points = []
     for field, param in space.items():
-        values = param.choices if isinstance(param, Choice) else [param.low, param.high]
-        if isinstance(param, Range) and param.integer:
-            values = [int(v) for v in values]
+        values: list[Value]
+        if isinstance(param, Choice):
+            values = param.choices
+        elif param.integer:
+            values = [int(param.low), int(param.high)]
+        else:
+            values = [param.low, param.high]
         points += [{field: v} for v in values]
     return points
 
@@ -313,16 +317,18 @@ def val_ce_within(result: Mapping[str, Any], seconds: float, seq_len: int) -> fl
     ends = training_seconds(result, seq_len)
     evaluated = list(zip(m.get("val_epochs") or range(1, len(m["val_ce_losses"]) + 1),
                          m["val_ce_losses"], strict=False))  # fmt: skip
-    reached = [
+    reached: list[float] = [
         ce for epoch, ce in evaluated if ce is not None and ends[epoch - 1] <= seconds * (1 + 1e-9)
     ]
     if reached:
         return min(reached)
-    first = [ce for _, ce in evaluated if ce is not None]
+    first: list[float] = [ce for _, ce in evaluated if ce is not None]
     return first[0] if first else None
 
 
-def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> Objective:
+def objective_of(
+    sweep: SweepConfig, runs: list[dict[str, Any]], dense: list[dict[str, Any]]
+) -> Objective:
     """The trial's objective over its seeds: mean, SE, the paired test's interval, p and
     significance (for the differences from dense, paired by seed).
 
@@ -332,7 +338,7 @@ def objective_of(sweep: SweepConfig, runs: list[dict], dense: list[dict]) -> Obj
       it (it has seen fewer tokens by then);
     - `val_ce`: the trial's own best val CE.
     """
-    from .criteria import best_val_loss
+    from .measures import best_val_loss
     from .statistics import paired_t_test
 
     seq_len = sweep.base_config().seq_len

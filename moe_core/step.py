@@ -82,7 +82,7 @@ class LossStep:
             ce, aux = batch[1], batch[2]
         return objective, ce, aux, routing
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
@@ -113,8 +113,11 @@ class PhaseClock:
     @staticmethod
     def seconds(start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
         if isinstance(start, float):
+            assert isinstance(end, float), "marks of two clocks"
             return end - start
-        return start.elapsed_time(end) / 1e3
+        assert isinstance(end, torch.cuda.Event), "marks of two clocks"
+        milliseconds: float = start.elapsed_time(end)
+        return milliseconds / 1e3
 
     def add_phases(self, marks: list[tuple[Mark, Mark, Mark, Mark]],
                    seconds: dict[str, float]) -> None:  # fmt: skip

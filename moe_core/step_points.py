@@ -83,6 +83,7 @@ class StepPoints:
         if step % (self.every or 1) == 0:
             values = torch.stack([loss.detach().float(), ce.detach().float(),
                                   aux.detach().float(), grad_norm.detach().float()])  # fmt: skip
+            done: torch.cuda.Event | float
             if self.cuda:
                 host = torch.empty(4, pin_memory=True)
                 host.copy_(values, non_blocking=True)
@@ -113,8 +114,10 @@ class StepPoints:
         for _ in range(n):
             p = self._pending.popleft()
             if isinstance(p.done, float):
+                assert isinstance(self._start, float), "a CPU point in a CUDA segment"
                 wall = self.seconds + p.done - self._start
             else:
+                assert isinstance(self._start, torch.cuda.Event), "a CUDA point in a CPU segment"
                 wall = self.seconds + self._start.elapsed_time(p.done) / 1e3
             loss, ce, aux, norm = p.values.tolist()
             step, wall_then, tokens_then = self.last
@@ -136,7 +139,7 @@ class StepPoints:
     def load_state(self, state: dict[str, Any] | None) -> None:
         if state:  # checkpoints written before points were taken have none
             self.seconds, self.tokens = state["seconds"], state["tokens"]
-            self.last = tuple(state["last"])  # type: ignore[assignment]
+            self.last = tuple(state["last"])
 
 
 def _finite(value: float) -> float | None:

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,28 +19,30 @@ import torch
 
 from .atomic import write_json_atomic
 from .config import BaseConfig, StudyRun, check_or_raise, study_runs
-from .criteria import best_val_loss, format_table, format_verdict, judge, judge_seeds
+from .criteria import format_table, format_verdict, judge, judge_seeds
+from .measures import best_val_loss
 from .provenance import source_commit
 from .runner import resolve_device, resolve_precision, run_single_experiment
+from .verdict_records import SeedsVerdict, Verdict
 
 if TYPE_CHECKING:  # torch.distributed only where a study is parallel
     from .parallel import Parallel
 
 
 def evaluate_success_criteria(
-    results: dict[str, dict[str, Any]],
-    dense_baseline_loss: float,
-    dense_results: dict[str, Any] | None = None,
+    results: Mapping[str, Mapping[str, Any]],
+    dense_baseline_loss: float | None,
+    dense_results: Mapping[str, Any] | None = None,
     *,
     verbose: bool = True,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Verdict]:
     """Judge each experiment (name -> result) against the dense baseline; print and return.
 
     With `dense_results` (the dense run's result) the gap and throughput comparisons are
     made too; with only `dense_baseline_loss` (the spec's two arguments), the primary
     criterion uses the loss alone and each verdict says the gap was not judged.
     """
-    verdicts = {}
+    verdicts: dict[str, Verdict] = {}
     for name, result in results.items():
         verdicts[name] = judge(result, dense_results, dense_baseline_loss)
         if verbose:
@@ -81,7 +84,7 @@ def _run_in_process(run: StudyRun, model_path: Path | None, verbose: bool) -> di
 
 def main(
     base_config: BaseConfig | None = None,
-    out_dir: str | os.PathLike = ".",
+    out_dir: str | os.PathLike[str] = ".",
     experiments: list[str] | None = None,
     device: str | torch.device | None = None,
     verbose: bool = True,
@@ -159,7 +162,7 @@ def main(
             results = [f.result() for f in futures]  # in the plan's order, whatever finished first
 
     dense_runs = [r for run, r in zip(plan, results, strict=True) if run.dense]
-    names = list(dict.fromkeys(run.preset for run in plan if not run.dense))
+    names = list(dict.fromkeys(run.preset for run in plan if run.preset is not None))
     runs = {
         name: [r for run, r in zip(plan, results, strict=True) if run.preset == name]
         for name in names
@@ -168,6 +171,7 @@ def main(
     first = {name: r[0] for name, r in runs.items()}
     if verbose:
         print("\n=== success criteria ===", flush=True)
+    verdicts: Mapping[str, Verdict | SeedsVerdict]
     if seeds == 1:
         verdicts = evaluate_success_criteria(
             first, best_val_loss(dense["metrics"]), dense, verbose=verbose

@@ -21,20 +21,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic import write_json_atomic
-from .config import check_or_raise, dense_config
-from .criteria import MIN_USAGE_TARGET, judge_seeds
+from .config import BaseConfig, ExperimentConfig, check_or_raise, dense_config
+from .criteria import judge_seeds
 from .errors import TrainingCancelled
 from .hooks import TrainerHooks
 from .proposals import Proposer
 from .provenance import source_commit
+from .records import EpochRecord
 from .runner import resolve_device, resolve_precision, run_single_experiment
 from .search import SweepConfig, check_sweep, objective_of, rank  # noqa: F401 (rank: re-exported)
+from .verdict_records import MIN_USAGE_TARGET
 
 RESULTS = "sweep_results.json"
 
@@ -45,7 +48,7 @@ class SweepRefused(ValueError):
 
 def run_sweep(
     sweep: SweepConfig,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     *,
     data_dir: str | None = None,
     cache_dir: str | None = None,
@@ -73,7 +76,13 @@ def run_sweep(
     seeds = list(range(base.seed, base.seed + sweep.seeds))
     started = time.perf_counter()
 
-    def train(config, run_base, *, dense=False, hooks=None):
+    def train(
+        config: ExperimentConfig,
+        run_base: BaseConfig,
+        *,
+        dense: bool = False,
+        hooks: TrainerHooks | None = None,
+    ) -> dict[str, Any]:
         return run_single_experiment(config, data.train, data.val, run_base, device, dense=dense,
                                      hooks=hooks, test_dataset=data.test, verbose=False)  # fmt: skip
 
@@ -122,7 +131,16 @@ def run_sweep(
     return report
 
 
-def _run_trial(sweep, proposer, number, params, base, seeds, dense, train) -> dict[str, Any]:
+def _run_trial(
+    sweep: SweepConfig,
+    proposer: Proposer,
+    number: int,
+    params: dict[str, Any],
+    base: BaseConfig,
+    seeds: list[int],
+    dense: list[dict[str, Any]],
+    train: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
     trial: dict[str, Any] = {"number": number, "params": params, "runs": [], "state": "complete",
                              "pruned_at_epoch": None, "error": None}  # fmt: skip
     for i, seed in enumerate(seeds):
@@ -167,13 +185,13 @@ class _PruneWatch:
 
     def __init__(self, proposer: Proposer, number: int, *, report: bool) -> None:
         self.proposer, self.number, self.report = proposer, number, report
-        self.epochs: list[dict[str, Any]] = []
+        self.epochs: list[EpochRecord] = []
         self.prune = False
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: EpochRecord) -> None:
         self.epochs.append(record)
-        val = record.get("val") or {}
-        if self.report and val.get("ce_loss") is not None:
+        val = record["val"]
+        if self.report and val is not None and val["ce_loss"] is not None:
             self.prune = self.proposer.report(self.number, val["ce_loss"], record["epoch"])
 
     def should_stop(self) -> bool:

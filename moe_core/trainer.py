@@ -431,7 +431,7 @@ class Trainer:
         self.history = MetricsHistory.from_state(state["history"])
         self.step_points.load_state(state.get("step_points"))
 
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Everything needed to resume from here (an epoch's end, or a step boundary), written
         atomically: one file, or on several ranks a DCP directory (moe_core.sharded_checkpoint)."""
         if self.parallel is not None:
@@ -439,7 +439,7 @@ class Trainer:
         else:
             torch_save_atomic(path, self.state_dict())  # after checking the disk has room
 
-    def load_checkpoint(self, path: str | os.PathLike) -> int:
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> int:
         """Restore from `path` (a file, or a DCP directory of any world size); returns the
         completed epochs. Raises CheckpointMismatch, restoring nothing, on another tag."""
         if Path(path).is_dir():
