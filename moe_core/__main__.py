@@ -56,7 +56,7 @@ def _validation_message(err: ValidationError, what: str) -> str:
     return f"error: invalid {what}: " + "; ".join(parts)
 
 
-def _base_from_args(args: argparse.Namespace):
+def _base_from_args(args: argparse.Namespace) -> BaseConfig:
     overrides = _parse_assignments(args.base_set, "--base-set")
     if args.epochs is not None:
         overrides["num_epochs"] = args.epochs

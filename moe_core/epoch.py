@@ -6,11 +6,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .routing_stats import TrainingRouting
+
+
+class Loader(Protocol):
+    """What the Trainer trains from: batches, and how many there are per epoch (a
+    DataLoader, data.Batches, parallel.ShardedBatches)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass

@@ -27,9 +27,14 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 
 
-def _all_to_all(x: torch.Tensor, out_splits, in_splits, group) -> torch.Tensor:
+def _all_to_all(
+    x: torch.Tensor,
+    out_splits: list[int] | None,
+    in_splits: list[int] | None,
+    group: dist.ProcessGroup | None,
+) -> torch.Tensor:
     # autograd-aware and traceable: backward is the all-to-all the other way
-    return funcol.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group)
+    return funcol.all_to_all_single_autograd(x.contiguous(), out_splits, in_splits, group)  # type: ignore[arg-type]  # only with ep_size > 1, when ep_group is set
 
 
 class ExpertDispatch:
@@ -82,7 +87,14 @@ class ExpertDispatch:
             return self._variable(experts, rows, kept_counts)
         return self._padded(experts, rows, expert_of_row, kept_counts, capacity)
 
-    def _padded(self, experts, rows, expert_of_row, kept_counts, cap: int) -> torch.Tensor:
+    def _padded(
+        self,
+        experts: nn.Module,
+        rows: torch.Tensor,
+        expert_of_row: torch.Tensor,
+        kept_counts: torch.Tensor,
+        cap: int,
+    ) -> torch.Tensor:
         E, P, E_loc = self.num_experts, self.ep_size, self.local_experts
         R, C = rows.shape
         starts = torch.cumsum(kept_counts, 0) - kept_counts  # [E] first row of each expert
@@ -103,12 +115,14 @@ class ExpertDispatch:
         back = torch.cat([back, back.new_zeros(1, C)])  # the trash row reads as zeros
         return back.index_select(0, dest)  # [R, C]
 
-    def _variable(self, experts, rows, kept_counts) -> torch.Tensor:
+    def _variable(
+        self, experts: nn.Module, rows: torch.Tensor, kept_counts: torch.Tensor
+    ) -> torch.Tensor:
         E_loc, P = self.local_experts, self.ep_size
         R, C = rows.shape
         # How many rows each rank gets from this one, and sends back: read on the host.
         mine = kept_counts.view(P, E_loc)  # [dest rank, its local expert]
-        theirs = funcol.all_to_all_single(kept_counts, None, None, self.ep_group).view(P, E_loc)
+        theirs = funcol.all_to_all_single(kept_counts, None, None, self.ep_group).view(P, E_loc)  # type: ignore[arg-type]  # ep_group is set when experts are split
         send_splits = mine.sum(1).tolist()
         counts = theirs.tolist()
         recv_splits = [sum(row) for row in counts]
@@ -116,6 +130,7 @@ class ExpertDispatch:
         recv = _all_to_all(rows[:kept], recv_splits, send_splits, self.ep_group)
         # Arrived grouped by source, then expert; the experts want them by expert.
         src_starts = [sum(recv_splits[:p]) for p in range(P)]
+        order: list[int]
         order, ends, total = [], [], 0
         for e in range(E_loc):
             for p in range(P):

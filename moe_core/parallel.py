@@ -85,7 +85,7 @@ class Parallel:
         mesh = init_device_mesh(device.type, (world // expert_parallel, expert_parallel),
                                 mesh_dim_names=("replica", "expert"))  # fmt: skip
         control = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-        return cls(dist.get_rank(), world, expert_parallel, device, mesh, control)
+        return cls(dist.get_rank(), world, expert_parallel, device, mesh, control)  # type: ignore[arg-type]  # WORLD is set once initialised
 
     def stop(self) -> None:
         # What still holds the process group (a stopped Trainer's DDP, kept alive by the
@@ -127,7 +127,7 @@ class Parallel:
             if self.expert_parallel > 1:
                 shard_experts(layer.experts, self.expert_rank, self.expert_parallel)
             layer.parallel = ExpertDispatch(
-                num_experts=layer.num_experts, world=dist.group.WORLD,
+                num_experts=layer.num_experts, world=dist.group.WORLD,  # type: ignore[arg-type]  # set once initialised
                 world_size=self.world_size,
                 ep_group=self.expert_group if self.expert_parallel > 1 else None,
                 ep_size=self.expert_parallel,
@@ -142,12 +142,12 @@ class Parallel:
         )
         return self.forward
 
-    def shard(self, loader: Iterable) -> ShardedBatches:
+    def shard(self, loader: Iterable[Any]) -> ShardedBatches:
         return ShardedBatches(loader, self.rank, self.world_size)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Values averaged over the ranks (no gradient; traceable, for a compiled step)."""
-        return funcol.all_reduce(values.detach(), "sum", dist.group.WORLD) / self.world_size
+        return funcol.all_reduce(values.detach(), "sum", dist.group.WORLD) / self.world_size  # type: ignore[arg-type, no-any-return]  # WORLD is set once initialised; funcol's result is untyped
 
     def agree(self, flag: bool) -> bool:
         """Whether any rank says yes: every rank gets the same answer at the same step."""
@@ -227,7 +227,7 @@ class ShardedBatches:
 
     @property
     def batch_size(self) -> int:
-        return self.loader.batch_size // self.world_size
+        return self.loader.batch_size // self.world_size  # type: ignore[no-any-return]  # the wrapped loader is untyped (Any)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import atomic
 from .atomic import torch_save_atomic
 from .checkpoint import Checkpointing
-from .config import BaseConfig, ExperimentConfig, check_or_raise
+from .config import BaseConfig, ExperimentConfig, Precision, check_or_raise
 from .data import Batches, TokenBlocks
 from .errors import CheckpointMismatch
 from .hooks import TrainerHooks
@@ -41,7 +41,7 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "fp32"]:
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["bf16", "fp32"]:
     """`auto`: bf16 autocast on a CUDA device with bf16 (Ampere and later), else float32
     (on the CPU, bf16 autocast is slower than float32 at these sizes)."""
     if precision == "auto":
@@ -49,7 +49,7 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["bf16", "
             including_emulation=False
         )
         return "bf16" if cuda_bf16 else "fp32"
-    return precision  # type: ignore[return-value]
+    return precision
 
 
 def seed_everything(seed: int) -> None:
@@ -92,9 +92,9 @@ def build_optimizer(
 
 
 def batches(
-    dataset: Dataset, batch_size: int, device: torch.device, *, train: bool = False,
+    dataset: Dataset[Any], batch_size: int, device: torch.device, *, train: bool = False,
     generator: torch.Generator | None = None,
-):  # fmt: skip
+) -> Batches | DataLoader[Any]:  # fmt: skip
     """TokenBlocks go to `device` once, as one tensor, and are batched there by index
     (data.Batches: DataLoader's order); any other dataset gets a DataLoader."""
     if isinstance(dataset, TokenBlocks):
@@ -104,15 +104,15 @@ def batches(
                       generator=generator)  # fmt: skip
 
 
-def steps_per_epoch(train_dataset: Dataset, batch_size: int) -> int:
+def steps_per_epoch(train_dataset: Dataset[Any], batch_size: int) -> int:
     """Training steps per epoch: full batches only (the last partial one is dropped)."""
-    return len(train_dataset) // batch_size
+    return len(train_dataset) // batch_size  # type: ignore[arg-type]  # map-style: it has a len
 
 
 def run_single_experiment(
     config: ExperimentConfig,
-    train_dataset: Dataset,
-    val_dataset: Dataset,
+    train_dataset: Dataset[Any],
+    val_dataset: Dataset[Any],
     base_config: BaseConfig,
     device: torch.device | str | None,
     *,
@@ -120,7 +120,7 @@ def run_single_experiment(
     hooks: TrainerHooks | None = None,
     checkpointing: Checkpointing | None = None,
     model_path: str | os.PathLike[str] | None = None,
-    test_dataset: Dataset | None = None,
+    test_dataset: Dataset[Any] | None = None,
     verbose: bool = True,
     parallel: Parallel | None = None,
 ) -> dict[str, Any]:
@@ -161,9 +161,9 @@ def run_single_experiment(
     bs = config.batch_size
     train_loader = batches(train_dataset, bs, device, train=True, generator=generator)
     if len(train_loader) == 0:
-        raise ValueError(f"{len(train_dataset)} training blocks are fewer than one batch of {bs}")
+        raise ValueError(f"{len(train_dataset)} training blocks are fewer than one batch of {bs}")  # type: ignore[arg-type]  # map-style: it has a len
     val_loader = batches(val_dataset, bs, device)
-    subset = min(len(val_dataset), len(train_dataset))
+    subset = min(len(val_dataset), len(train_dataset))  # type: ignore[arg-type]  # map-style: they have a len
     train_subset = (
         train_dataset.head(subset)
         if isinstance(train_dataset, TokenBlocks)

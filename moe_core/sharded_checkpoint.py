@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -30,12 +30,16 @@ from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from .checkpoint import restore_rng, rng_state
 from .errors import CheckpointMismatch
 
+if TYPE_CHECKING:
+    from .parallel import Parallel
+    from .trainer import Trainer
+
 
 def _expert_base(name: str) -> bool:
     return ".experts." in f".{name}"
 
 
-def _first_expert(parallel: Any, local: int) -> int:
+def _first_expert(parallel: Parallel | None, local: int) -> int:
     """The global index of this rank's first expert."""
     if parallel is None or parallel.expert_parallel == 1:
         return 0
@@ -115,7 +119,7 @@ def save(path: Path, trainer: Any, parallel: Any) -> None:
     _barrier(parallel)
 
 
-def load(path: Path, trainer: Any, parallel: Any) -> int:
+def load(path: Path, trainer: Trainer, parallel: Any) -> int:
     """Restore the trainer from a checkpoint written at any layout; returns the epochs
     completed. Raises CheckpointMismatch (restoring nothing) on another run's tag."""
     path = Path(path)

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import torch
 import torch.nn as nn
@@ -29,14 +29,14 @@ from . import sharded_checkpoint
 from .atomic import torch_save_atomic
 from .checkpoint import Checkpointing, read_checkpoint, restore_rng, rng_state
 from .config import CompileMode, GatingTempSchedule
-from .epoch import EpochProgress, loader_generator
+from .epoch import EpochProgress, Loader, loader_generator
 from .errors import CheckpointMismatch, TrainingCancelled, TrainingDiverged
 from .hooks import TrainerHooks
 from .model import MoELayer
-from .records import HistoryField, MetricsHistory, ProgressReport
+from .records import EvalLayerRouting, HistoryField, MetricsHistory, ProgressReport
 from .reporting import ConsoleReporter
 from .routing_stats import EvalRouting, TrainingRouting
-from .step import LossStep, PhaseClock
+from .step import LossStep, Mark, PhaseClock
 from .step_points import StepPoints
 
 if TYPE_CHECKING:  # torch.distributed only where a run is parallel
@@ -80,8 +80,8 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        train_loader: Iterable,
-        val_loader: Iterable,
+        train_loader: Loader,
+        val_loader: Iterable[Any],
         optimizer: torch.optim.Optimizer,
         device: torch.device | str,
         model_name: str = "model",
@@ -91,7 +91,7 @@ class Trainer:
         label_smoothing: float = 0.0,
         hooks: TrainerHooks | None = None,
         checkpointing: Checkpointing | None = None,
-        train_eval_loader: Iterable | None = None,
+        train_eval_loader: Iterable[Any] | None = None,
         log_interval: int = 50,
         verbose: bool = True,
         amp_dtype: torch.dtype | None = None,
@@ -124,9 +124,9 @@ class Trainer:
         # several ranks (moe_core.parallel): the whole batch's losses, norm and tokens.
         self.parallel = parallel
         self.ranks = parallel.world_size if parallel is not None else 1
-        self.loss_step = LossStep(parallel.forward if parallel else model, self.device,
+        self.loss_step = LossStep(parallel.forward if parallel else model, self.device,  # type: ignore[arg-type]  # parallelize() set forward
                                   routed=bool(self.moe_layers), amp_dtype=amp_dtype,
-                                  compile={True: "default", False: "off"}.get(compile, compile),
+                                  compile={True: "default", False: "off"}.get(compile, compile),  # type: ignore[arg-type]  # a bool to its mode, a mode as it is
                                   mean=parallel.mean if parallel else None)  # fmt: skip
         self.clock = PhaseClock(self.device)
         # The layer each reports as: the first index in its module path ("blocks.2.ffn" -> 2).
@@ -153,17 +153,17 @@ class Trainer:
             t = 1.0 if self.moe_layers else None
         self.gating_temperature = t
         for layer in self.moe_layers:
-            layer.router.set_temperature(t)
+            layer.router.set_temperature(t)  # type: ignore[arg-type]  # not None with MoE layers
 
     # ------------------------------------------------------------------ reports and stops
 
-    def _report(self, phase: str, progress: EpochProgress) -> None:
+    def _report(self, phase: Literal["training", "evaluating"], progress: EpochProgress) -> None:
         report: ProgressReport = {"phase": phase, "epoch": self.epoch + 1, "step": progress.steps,
                                   "steps_per_epoch": len(self.train_loader),
                                   "tokens": progress.tokens}  # fmt: skip
         for hook in (self.reporter and self.reporter.on_progress, self.hooks.on_progress):
             if hook is not None:
-                hook(report)
+                hook(report)  # type: ignore[operator]  # `reporter and ...`: the method, when set
 
     def _running_loss(self) -> float:
         p = self.progress
@@ -198,7 +198,8 @@ class Trainer:
         else:  # restored from a checkpoint written mid-epoch
             batches = self.progress.remaining_batches(self.train_loader)
         progress, points, on_steps = self.progress, self.step_points, self.hooks.on_steps
-        clocks = []  # per step: (start, forward done, backward done, optimizer done)
+        # per step: (start, forward done, backward done, optimizer done)
+        clocks: list[tuple[Mark, Mark, Mark, Mark]] = []
         # (train() planned the run's points; train_epoch() on its own plans this epoch's.)
         points.plan(self.hooks.step_metrics_every, len(self.train_loader))
         self.clock.sync()
@@ -280,7 +281,9 @@ class Trainer:
         return dict(progress.train_stats)
 
     @torch.no_grad()
-    def evaluate_loader(self, loader: Iterable, what: str = "validation"):
+    def evaluate_loader(
+        self, loader: Iterable[Any], what: str = "validation"
+    ) -> tuple[dict[str, float], list[EvalLayerRouting]]:
         """Mean losses over every token of `loader` in eval mode, and the routing of the
         same pass: (losses {"loss", "ce_loss", "aux_loss"}, per-MoE-layer statistics).
 
@@ -318,7 +321,7 @@ class Trainer:
         if self.moe_layers and hasattr(self.model, "aux_loss"):
             balance = [m.balance_loss(c, p) for m, c, p in
                        zip(self.moe_layers, routing.counts, routing.prob_sums, strict=True)]  # fmt: skip
-            aux = self.model.aux_loss(balance, routing.z_losses(n_tokens)).item()
+            aux = self.model.aux_loss(balance, routing.z_losses(n_tokens)).item()  # type: ignore[operator]  # a GPT's method; Module types attributes as Tensor | Module
         else:
             aux = (aux_sum / n_tokens).item()
         loss = ce + aux
@@ -368,6 +371,7 @@ class Trainer:
                 self.train_epoch()
                 self.progress = self._trained  # a stop during evaluation keeps it
             progress, val_stats = self.progress, None
+            assert progress is not None and progress.train_stats is not None  # trained above
             eval_start = time.perf_counter()
             if (epoch_index + 1) % eval_every == 0 or epoch_index + 1 == num_epochs:
                 val_stats = self.evaluate()
