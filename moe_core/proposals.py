@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from .search import Choice, SweepConfig, _active, _order, grid_points
 
+# How a trial stands in a store: `running` while it trains, else how it ended
+TrialEnd = Literal["running", "complete", "pruned", "failed"]
+
 
 @dataclass
 class Told:
@@ -21,7 +24,7 @@ class Told:
 
     number: int
     params: dict[str, Any]
-    state: Literal["running", "complete", "pruned", "failed"]
+    state: TrialEnd
     value: float | None = None
     intermediate: dict[int, float] = dataclasses.field(default_factory=dict)
 

@@ -9,13 +9,15 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import Select, delete, func, or_, select, type_coerce, update
+from sqlalchemy import ColumnElement, Row, Select, delete, func, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from moe_core import comparable
 from moe_core.config import BaseConfig, ExperimentConfig
+from store.db import rowcount
 from store.models import (
     BOOTSTRAP_ADMIN,
     FINISHED,
@@ -112,8 +114,13 @@ class TooManyTags(ValueError):
     pass
 
 
-# `note` left as it is (None would clear it)
-KEEP_NOTE = object()
+class _Keep(enum.Enum):
+    note = "keep"
+
+
+# `note` left as it is (None would clear it); an enum member, so that a type checker can tell
+# it from a note
+KEEP_NOTE: Final = _Keep.note
 
 
 def update_labels(
@@ -122,7 +129,7 @@ def update_labels(
     experiment_id: int,
     add_tags: Sequence[str] = (),
     remove_tags: Sequence[str] = (),
-    note: str | None | object = KEEP_NOTE,
+    note: str | None | _Keep = KEEP_NOTE,
     max_tags: int,
 ) -> Experiment | None:
     """A run's tags and note, the only things that change after submission (committed);
@@ -144,7 +151,7 @@ def update_labels(
         raise TooManyTags(f"the run would have {len(tags)} tags, over {max_tags}")
     experiment.tags = tags  # a new list: the JSON column sees the change
     if note is not KEEP_NOTE:
-        experiment.note = note  # type: ignore[assignment]
+        experiment.note = note
     session.commit()
     return get_experiment(session=session, experiment_id=experiment_id)
 
@@ -175,7 +182,7 @@ def list_experiments(
     limit: int,
     offset: int,
 ) -> tuple[Sequence[Experiment], int]:
-    query: Select[tuple[Experiment]] = select(Experiment)
+    query: Select[Experiment] = select(Experiment)
     if where.status is not None:
         query = query.where(Experiment.status == where.status)
     if where.name is not None:
@@ -201,7 +208,7 @@ def list_experiments(
     return items, total
 
 
-def _has_tag(session: Session, tag: str):
+def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
     """`tag` is among the run's tags: JSONB containment on Postgres, the JSON1 table
     function on SQLite. (No index: a GIN index on tags would serve it once lists grow.)"""
     if session.get_bind().dialect.name == "postgresql":
@@ -210,9 +217,13 @@ def _has_tag(session: Session, tag: str):
     return select(each.c.value).where(each.c.value == tag).exists()
 
 
+# A stored submission, of one of the three kinds
+Submission = TypeVar("Submission", Experiment, Study, Sweep)
+
+
 def find_submission(
-    *, session: Session, model: type[Experiment] | type[Study] | type[Sweep], idempotency_key: str
-) -> Experiment | Study | Sweep | None:
+    *, session: Session, model: type[Submission], idempotency_key: str
+) -> Submission | None:
     """The run, study or sweep an earlier POST with this Idempotency-Key stored."""
     session.rollback()  # after a failed insert, and to see the winner's commit
     return session.scalars(
@@ -233,9 +244,13 @@ def submission_published(*, session: Session, submission: Experiment | Study | S
 def delete_experiment(*, session: Session, experiment_id: int) -> bool:
     """Delete a finished run with its epochs and statistics (committed; the caller removes
     its files). False when it is not finished: a worker might still be writing to it."""
-    deleted = session.execute(
-        delete(Experiment).where(Experiment.id == experiment_id, Experiment.status.in_(FINISHED))
-    ).rowcount
+    deleted = rowcount(
+        session.execute(
+            delete(Experiment).where(
+                Experiment.id == experiment_id, Experiment.status.in_(FINISHED)
+            )
+        )
+    )
     session.commit()
     return deleted == 1
 
@@ -248,7 +263,7 @@ def delete_study(*, session: Session, study_id: int) -> bool:
         .where(Experiment.study_id == study_id, Experiment.status.not_in(FINISHED))
         .exists()
     )
-    deleted = session.execute(delete(Study).where(Study.id == study_id, ~unfinished)).rowcount
+    deleted = rowcount(session.execute(delete(Study).where(Study.id == study_id, ~unfinished)))
     session.commit()
     return deleted == 1
 
@@ -258,7 +273,9 @@ def experiment_status(*, session: Session, experiment_id: int) -> str | None:
     return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
 
 
-def live_state(*, session: Session, experiment_id: int):
+def live_state(
+    *, session: Session, experiment_id: int
+) -> Row[str, str | None, int, dict[str, Any] | None] | None:
     """The run's status, error, current epoch and progress (None for an unknown id)."""
     return session.execute(
         select(Experiment.status, Experiment.error, Experiment.current_epoch,

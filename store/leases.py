@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from moe_core import records
+from store.db import rowcount
 from store.models import (
     FINISHED,
     EpochMetrics,
@@ -95,27 +96,29 @@ def claim_run(
             return Claim(ClaimOutcome.finished)
         if restarts > max_restarts:
             error = _gave_up(restarts - 1, max_restarts, row.worker, row.heartbeat_at, now)
-            done = session.execute(
+            done = rowcount(session.execute(
                 fence.values(status=Status.failed, finished_at=now, error=error,
                              restarts=restarts)
-            ).rowcount  # fmt: skip
+            ))  # fmt: skip
             session.commit()
             if done:
                 return Claim(ClaimOutcome.gave_up)
             continue
-        taken = session.execute(
-            fence.values(
-                status=Status.running,
-                worker=owner,
-                worker_name=worker_name,
-                device=device,
-                heartbeat_at=now,
-                started_at=func.coalesce(Experiment.started_at, now),
-                progress=None,  # the new attempt reports its own
-                attempts=Experiment.attempts + 1,
-                restarts=restarts,
+        taken = rowcount(
+            session.execute(
+                fence.values(
+                    status=Status.running,
+                    worker=owner,
+                    worker_name=worker_name,
+                    device=device,
+                    heartbeat_at=now,
+                    started_at=func.coalesce(Experiment.started_at, now),
+                    progress=None,  # the new attempt reports its own
+                    attempts=Experiment.attempts + 1,
+                    restarts=restarts,
+                )
             )
-        ).rowcount
+        )
         session.commit()
         if taken:
             outcome = (
@@ -167,10 +170,10 @@ def requeue_abandoned(
                 fence.values(status=Status.failed, finished_at=now, error=error,
                              restarts=restarts)
             )  # fmt: skip
-        elif session.execute(
+        elif rowcount(session.execute(
             fence.values(status=Status.queued, worker=None, worker_name=None, heartbeat_at=None,
                          progress=None, restarts=restarts, queued_at=now)
-        ).rowcount:  # fmt: skip
+        )):  # fmt: skip
             requeued.append(row.id)
     session.commit()
     return requeued
@@ -200,17 +203,19 @@ def republish_due(*, session: Session, now: datetime, grace: float) -> list[int]
     ).all()
     due = []
     for experiment_id, queued_at in rows:
-        moved = session.execute(
-            update(Experiment)
-            .where(
-                Experiment.id == experiment_id,
-                Experiment.status == Status.queued,
-                Experiment.queued_at.is_(None)
-                if queued_at is None
-                else Experiment.queued_at == queued_at,
+        moved = rowcount(
+            session.execute(
+                update(Experiment)
+                .where(
+                    Experiment.id == experiment_id,
+                    Experiment.status == Status.queued,
+                    Experiment.queued_at.is_(None)
+                    if queued_at is None
+                    else Experiment.queued_at == queued_at,
+                )
+                .values(queued_at=now)
             )
-            .values(queued_at=now)
-        ).rowcount
+        )
         if moved:
             due.append(experiment_id)
     session.commit()
@@ -238,7 +243,7 @@ def heartbeat(
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = json_safe(progress)
-    alive = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount
+    alive = rowcount(session.execute(_update_owned(experiment_id, owner).values(**values)))
     session.commit()
     return alive == 1
 
@@ -277,25 +282,29 @@ def hand_back(
     of memory (counted in oom_handbacks). `restart`: its processes died, as a takeover
     after a crash (counted in restarts, not handbacks). False when `owner` no longer
     holds it."""
-    returned = session.execute(
-        _update_owned(experiment_id, owner).values(
-            status=Status.queued,
-            worker=None,
-            worker_name=None,
-            heartbeat_at=None,
-            progress=None,
-            handbacks=Experiment.handbacks + (0 if restart else 1),
-            restarts=Experiment.restarts + (1 if restart else 0),
-            oom_handbacks=Experiment.oom_handbacks + (1 if out_of_memory else 0),
-            queued_at=utcnow() + timedelta(seconds=due_in),
+    returned = rowcount(
+        session.execute(
+            _update_owned(experiment_id, owner).values(
+                status=Status.queued,
+                worker=None,
+                worker_name=None,
+                heartbeat_at=None,
+                progress=None,
+                handbacks=Experiment.handbacks + (0 if restart else 1),
+                restarts=Experiment.restarts + (1 if restart else 0),
+                oom_handbacks=Experiment.oom_handbacks + (1 if out_of_memory else 0),
+                queued_at=utcnow() + timedelta(seconds=due_in),
+            )
         )
-    ).rowcount
+    )
     session.commit()
     return returned == 1
 
 
 def oom_handbacks(*, session: Session, experiment_id: int) -> int:
-    return session.scalar(select(Experiment.oom_handbacks).where(Experiment.id == experiment_id))
+    return session.scalars(
+        select(Experiment.oom_handbacks).where(Experiment.id == experiment_id)
+    ).one()
 
 
 def pin_precision(*, session: Session, experiment_id: int, owner: str, resolved: str) -> str | None:
@@ -314,7 +323,7 @@ def pin_precision(*, session: Session, experiment_id: int, owner: str, resolved:
         precision = session.scalar(select(Study.precision).where(Study.id == study_id))
     done = session.execute(_update_owned(experiment_id, owner).values(precision=precision))
     session.commit()
-    return precision if done.rowcount == 1 else None
+    return precision if rowcount(done) == 1 else None
 
 
 def record_epoch(
@@ -326,15 +335,17 @@ def record_epoch(
     an older checkpoint replays epochs, and their rows are overwritten, never duplicated.
     Raises LostOwnership, writing nothing, when another worker owns the run now.
     """
-    owned = session.execute(
-        _update_owned(experiment_id, owner).values(
-            current_epoch=record["epoch"],
-            best_val_loss=finite(record.get("best_val_loss")),
-            best_val_ce_loss=finite(record.get("best_val_ce_loss")),
-            stopped_early=bool(record.get("stopped_early", False)),
-            heartbeat_at=utcnow(),
+    owned = rowcount(
+        session.execute(
+            _update_owned(experiment_id, owner).values(
+                current_epoch=record["epoch"],
+                best_val_loss=finite(record.get("best_val_loss")),
+                best_val_ce_loss=finite(record.get("best_val_ce_loss")),
+                stopped_early=bool(record.get("stopped_early", False)),
+                heartbeat_at=utcnow(),
+            )
         )
-    ).rowcount
+    )
     if owned != 1:
         session.rollback()
         raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")
@@ -354,9 +365,9 @@ def record_steps(
     Upserts on (experiment, step): a run resumed from an older checkpoint replays steps,
     and their points are overwritten, never duplicated. Raises LostOwnership, writing
     nothing, when another worker owns the run now."""
-    owned = session.execute(
-        _update_owned(experiment_id, owner).values(step_metrics_every=every)
-    ).rowcount
+    owned = rowcount(
+        session.execute(_update_owned(experiment_id, owner).values(step_metrics_every=every))
+    )
     if owned != 1:
         session.rollback()
         raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")
@@ -384,7 +395,7 @@ def finish_experiment(
     }
     if result is not None:
         values.update(result_columns(result))
-    done = session.execute(_update_owned(experiment_id, owner).values(**values)).rowcount
+    done = rowcount(session.execute(_update_owned(experiment_id, owner).values(**values)))
     session.commit()
     return done == 1
 
@@ -405,7 +416,11 @@ def _update_owned(experiment_id: int, owner: str) -> Update:
 
 def _upsert(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
     dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    inserts: dict[str, Callable[[type], postgresql.Insert | sqlite.Insert]] = {
+        "postgresql": postgresql.insert,
+        "sqlite": sqlite.insert,
+    }
+    insert = inserts[dialect]
     statement = insert(model).values(rows)
     updates = {c: statement.excluded[c] for c in rows[0] if c not in keys}
     session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))

@@ -6,7 +6,8 @@ only places that know how, in both directions."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -47,13 +48,15 @@ def epoch_rows(
     """The rows that keep an epoch record: its epoch_metrics row, and an expert_stats row per
     MoE layer and kind (training, evaluation). store.leases.record_epoch writes them."""
     epoch = record["epoch"]
+    # Read by the key names that the record's own declaration gives (records.keys)
+    fields: Mapping[str, Any] = record
     metrics_row: dict[str, Any] = {"experiment_id": experiment_id, "epoch": epoch,
                                    "recorded_at": utcnow()}  # fmt: skip
     for group in LOSS_GROUPS:
-        losses = record.get(group) or {}
+        losses = fields.get(group) or {}
         for column in _loss_columns(group):
             metrics_row[column] = losses.get(column.removeprefix(f"{group}_"))
-    metrics_row.update({key: record.get(key) for key in EPOCH_SCALARS})
+    metrics_row.update({key: fields.get(key) for key in EPOCH_SCALARS})
     # What the table requires, a record must have (a KeyError writes nothing); a figure
     # that records before it lack is null.
     table = ExpertStats.__table__.c
@@ -69,7 +72,7 @@ def epoch_rows(
             "usage": list(stats["usage"]),
         }
         for kind, key, _ in KINDS
-        for stats in record.get(key) or []
+        for stats in fields.get(key) or []
     ]
     for row in stats_rows:  # a training-only figure in an evaluation row would be misread
         if row["kind"] == StatsKind.eval:
@@ -114,7 +117,8 @@ def epoch_records(*, session: Session, experiment_id: int) -> list[records.Epoch
         for kind, key, _ in KINDS:
             epoch[key] = stats.get((r.epoch, kind), [])
         epochs.append(epoch)
-    return epochs
+    # Built from the columns, which follow the record's keys (tests/moe_core/test_records.py)
+    return cast(list[records.EpochFigures], epochs)
 
 
 def _read(value: Any) -> Any:

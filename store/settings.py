@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,11 @@ def default_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "moe-lab"
 
 
+# The default of a setting that _embedded_defaults fills in (from `home`): None until then,
+# typed Any so that the field keeps the type it has once filled.
+_FILLED_IN: Any = None
+
+
 class Settings(BaseSettings):
     # validate_default off: the None defaults below are placeholders that _embedded_defaults fills.
     model_config = SettingsConfigDict(env_prefix="MOE_", extra="ignore", validate_default=False)
@@ -35,13 +40,13 @@ class Settings(BaseSettings):
     )
     # The four below default to places under `home` (filled in by _embedded_defaults).
     database_url: str = Field(
-        None, description="SQLAlchemy URL; default sqlite:///$MOE_HOME/moe.db"
+        _FILLED_IN, description="SQLAlchemy URL; default sqlite:///$MOE_HOME/moe.db"
     )
     broker_url: str = Field(
-        None, description="Celery broker URL; default sqla+sqlite:///$MOE_HOME/broker.db"
+        _FILLED_IN, description="Celery broker URL; default sqla+sqlite:///$MOE_HOME/broker.db"
     )
-    artifact_dir: Path = Field(None, description="checkpoints and model weights")
-    cache_dir: Path = Field(None, description="the worker's tokenizer/dataset cache")
+    artifact_dir: Path = Field(_FILLED_IN, description="checkpoints and model weights")
+    cache_dir: Path = Field(_FILLED_IN, description="the worker's tokenizer/dataset cache")
     data_dir: Path | None = Field(
         None,
         description="directory with train.txt/valid.txt/test.txt for experiments whose base "
@@ -140,7 +145,7 @@ class Settings(BaseSettings):
     )
     # Embedded SQLite has no separate migrate step: the API and worker upgrade it at start.
     auto_migrate: bool = Field(
-        None, description="`alembic upgrade head` at start; default: on for SQLite"
+        _FILLED_IN, description="`alembic upgrade head` at start; default: on for SQLite"
     )
 
     @field_validator(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -39,7 +40,7 @@ class ServiceStats:
     handbacks: int
     restarts: int
     # live workers' latest GPU readings (Worker.gpu_reading), by name; CPU workers absent
-    gpus: dict[str, dict] = field(default_factory=dict)
+    gpus: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the optional sinks' failures (worker.sinks), per sink
     sink_failures: dict[str, int] = field(default_factory=dict)
 

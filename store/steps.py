@@ -4,6 +4,7 @@ run's owner)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,9 +17,9 @@ from store.results import finite
 COLUMNS = records.keys(records.StepPoint)
 
 
-def step_rows(experiment_id: int, points: list[records.StepPoint]) -> list[dict[str, Any]]:
-    """The step_metrics rows of `points`; a key a point lacks is a KeyError (nothing is
-    written), a non-finite figure is null."""
+def step_rows(experiment_id: int, points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The step_metrics rows of `points` (records.StepPoint, read by its declared keys); a
+    key a point lacks is a KeyError (nothing is written), a non-finite figure is null."""
     return [
         {"experiment_id": experiment_id,
          **{c: finite(p[c]) if isinstance(p[c], float) else p[c] for c in COLUMNS}}

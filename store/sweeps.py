@@ -18,9 +18,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from moe_core.config import BaseConfig, dense_config
-from moe_core.proposals import Proposer, Told
+from moe_core.proposals import Proposer, Told, TrialEnd
 from moe_core.search import SweepConfig, objective_of, rank
 from store import catalogue, results
+from store.db import rowcount
 from store.models import (
     BOOTSTRAP_ADMIN,
     FINISHED,
@@ -106,8 +107,9 @@ def _told(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> list[To
         for experiment_id, epoch, val_ce in rows:
             if val_ce is not None:
                 curves.setdefault(experiment_id, {})[epoch] = val_ce
-    state = {TrialState.running: "running", TrialState.complete: "complete",
-             TrialState.pruned: "pruned"}  # fmt: skip
+    state: dict[TrialState, TrialEnd] = {TrialState.running: "running",
+                                         TrialState.complete: "complete",
+                                         TrialState.pruned: "pruned"}  # fmt: skip
     return [
         Told(t.number, t.params, state.get(TrialState(t.state), "failed"),
              (t.objective or {}).get("mean"), curves.get(first_runs.get(t.number, -1), {}))
@@ -360,11 +362,13 @@ def delete(*, session: Session, sweep_id: int) -> list[tuple[int, str]] | None:
         .exists()
     )
     runs = [(run.id, run.run_key) for run in _runs(session, sweep_id)]
-    deleted = session.execute(
-        sa_delete(Sweep).where(
-            Sweep.id == sweep_id, Sweep.status != SweepStatus.running, ~unfinished
+    deleted = rowcount(
+        session.execute(
+            sa_delete(Sweep).where(
+                Sweep.id == sweep_id, Sweep.status != SweepStatus.running, ~unfinished
+            )
         )
-    ).rowcount
+    )
     session.commit()
     return runs if deleted == 1 else None
 

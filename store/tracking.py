@@ -7,6 +7,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from moe_core.verdict_records import ServedVerdict
+from store.db import rowcount
 from store.models import Experiment, SinkFailure, Status
 from store.verdicts import served_verdict
 
@@ -16,15 +17,17 @@ SINKS = ("tensorboard", "mlflow")  # the names /metrics labels, each reported ev
 def set_mlflow_run_id(*, session: Session, experiment_id: int, owner: str, run_id: str) -> bool:
     """Remember the MLflow run of a run `owner` still holds (committed); fenced like every
     write of a worker, so a stale attempt cannot point the run at its own MLflow run."""
-    done = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.worker == owner,
-            Experiment.status == Status.running,
+    done = rowcount(
+        session.execute(
+            update(Experiment)
+            .where(
+                Experiment.id == experiment_id,
+                Experiment.worker == owner,
+                Experiment.status == Status.running,
+            )
+            .values(mlflow_run_id=run_id)
         )
-        .values(mlflow_run_id=run_id)
-    ).rowcount
+    )
     session.commit()
     return done == 1
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import case, delete, func, literal, null, select, update
 from sqlalchemy.orm import Session
 
+from store.db import rowcount
 from store.models import Experiment, Status, Worker, utcnow
 
 
@@ -71,7 +72,7 @@ def beat(
     )
     # every pool process trains, or runs on several GPUs hold them all
     busy = (running >= Worker.slots) | (held >= Worker.gpus)
-    done = session.execute(
+    done = rowcount(session.execute(
         update(Worker)
         .where(Worker.name == name)
         .values(
@@ -83,7 +84,7 @@ def beat(
                 else_=func.coalesce(Worker.idle_since, literal(now, Worker.idle_since.type)),
             ),
         )
-    ).rowcount
+    ))  # fmt: skip
     session.commit()
     return done == 1
 
@@ -101,7 +102,7 @@ def deregister(*, session: Session, name: str) -> None:
 
 def prune(*, session: Session, silent_before: datetime) -> int:
     """Forget workers silent since `silent_before` (committed); returns how many."""
-    gone = session.execute(delete(Worker).where(Worker.heartbeat_at < silent_before)).rowcount
+    gone = rowcount(session.execute(delete(Worker).where(Worker.heartbeat_at < silent_before)))
     session.commit()
     return gone
 
