@@ -10,7 +10,9 @@ from typing import Any
 from fastapi import Request, Response, status
 from pydantic import BaseModel
 
-NOT_MODIFIED = {304: {"description": "unchanged since the ETag given in If-None-Match"}}
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "unchanged since the ETag given in If-None-Match"}
+}
 
 
 def etag_of(body: bytes) -> str:

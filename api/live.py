@@ -35,6 +35,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.conditional import etag_of
 from api.read_cache import ReadCache
+from moe_core.records import StepPoint
 from store import catalogue, results, steps
 from store.db import session_scope
 from store.models import FINISHED
@@ -62,11 +63,11 @@ class Steps:
     body: bytes
     etag: str
     every: int | None
-    points: list[dict[str, Any]]
+    points: list[StepPoint]
     final: bool
     at: float = field(default_factory=time.monotonic)
 
-    def after(self, step: int) -> list[dict[str, Any]]:
+    def after(self, step: int) -> list[StepPoint]:
         """The points after `step` (they are in step order)."""
         i = bisect.bisect_right([p["step"] for p in self.points], step)
         return self.points[i:]
@@ -152,7 +153,7 @@ def _read_steps(experiment_id: int, database_url: str) -> Steps:
     return Steps(body, etag_of(body), every, points, final=status_ in FINISHED)
 
 
-def steps_body(experiment_id: int, every: int | None, points: list[dict[str, Any]]) -> bytes:
+def steps_body(experiment_id: int, every: int | None, points: list[StepPoint]) -> bytes:
     # Serialised here, not through response_model: the rows have StepsRead's shape (a test
     # holds them to it), and validating 2,000 of them would dominate the read.
     body = {"experiment_id": experiment_id, "every": every, "points": points}

@@ -40,7 +40,7 @@ def known_query_only(request: Request) -> None:
         return
     known = getattr(route, "known_query_names", None)
     if known is None:  # once per route, kept on it
-        known = route.known_query_names = _query_names(route)
+        known = route.known_query_names = _query_names(route)  # type: ignore[attr-defined]  # kept on the route
     unknown = [key for key in request.query_params if key not in known]
     errors = []
     if unknown:

@@ -4,7 +4,7 @@ modules."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.sizing import memory_estimate, parameters
@@ -19,7 +19,8 @@ def plan(config: ExperimentConfig, base: BaseConfig, *, dense: bool) -> dict[str
         blocks = base.max_train_tokens // (base.seq_len + 1)
         steps = blocks // config.batch_size  # training drops a last partial batch
         tokens = steps * config.batch_size * base.seq_len
-    precision = "fp32" if base.precision == "fp32" else "bf16"  # auto: bf16 on a GPU
+    # auto: bf16 on a GPU
+    precision: Literal["bf16", "fp32"] = "fp32" if base.precision == "fp32" else "bf16"
     return {
         "gpu_memory": memory_estimate(config, base, dense=dense, precision=precision),
         "config": config.model_dump(mode="json"),

@@ -14,8 +14,12 @@ from typing import Generic, Protocol, TypeVar
 
 
 class Entry(Protocol):
-    final: bool  # never changes again (a finished run's)
-    at: float  # time.monotonic() when read
+    # Read-only, so that frozen dataclasses are entries
+    @property
+    def final(self) -> bool: ...  # never changes again (a finished run's)
+
+    @property
+    def at(self) -> float: ...  # time.monotonic() when read
 
 
 E = TypeVar("E", bound=Entry)

@@ -30,7 +30,7 @@ def bind_tcp_socket(self: uvicorn.config.Config) -> socket.socket:
 
 
 def run(argv: list[str] | None = None) -> None:
-    uvicorn.config.Config.bind_socket = bind_tcp_socket
+    uvicorn.config.Config.bind_socket = bind_tcp_socket  # type: ignore[method-assign]  # the fix above; uvicorn has no hook
     main(args=argv if argv is not None else sys.argv[1:], prog_name="python -m api.serve")
 
 

@@ -7,7 +7,7 @@ space to the searchable fields."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, model_validator
 from pydantic import Tag as Arm
@@ -19,7 +19,11 @@ from moe_core.config import ExperimentConfig
 from moe_core.search import BASE_FIELDS
 
 # The fields a `when` may name: a searched field or any ExperimentConfig field.
-WhenField = Literal[tuple(dict.fromkeys([*ExperimentConfig.model_fields, *BASE_FIELDS]))]  # type: ignore[valid-type]  # a Literal of the engine's field names, built at import
+# A Literal of the engine's field names, built at import; a str to a type checker
+if TYPE_CHECKING:
+    WhenField = str
+else:
+    WhenField = Literal[tuple(dict.fromkeys([*ExperimentConfig.model_fields, *BASE_FIELDS]))]
 WhenValue = (
     bool
     | JsonInt

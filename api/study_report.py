@@ -39,7 +39,8 @@ def study_summary(study: Study) -> dict[str, Any]:
 
 
 def study_read(study: Study) -> dict[str, Any]:
-    by_id = {member.id: member for member in study.members}
+    # keyed by id; a member's baseline_id is None for a dense run (no baseline)
+    by_id: dict[int | None, Experiment] = {member.id: member for member in study.members}
     moe = [member for member in _by_seed(study.members) if not member.dense]
     return {
         **study_summary(study),
@@ -124,7 +125,7 @@ def _member_verdict(member: Experiment, baseline: Experiment | None) -> dict[str
 
 
 def _preset_verdict(
-    preset: str, members: list[Experiment], by_id: dict[int, Experiment]
+    preset: str, members: list[Experiment], by_id: dict[int | None, Experiment]
 ) -> dict[str, Any]:
     """judge_seeds over the preset's runs, each paired with the dense run of its seed."""
     pairs = [(member, by_id.get(member.baseline_id)) for member in members]

@@ -217,7 +217,9 @@ def wrk_row(name: str, url: str, concurrency: int, seconds: int,
         int(m.group(1)): float(m.group(2)) * unit[m.group(3)]
         for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)$", out, re.M)
     }
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert found is not None, f"wrk printed no rate:\n{out}"
+    rate = float(found.group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if bad:
         raise RuntimeError(f"wrk {name}: {bad.group(1)} responses not 2xx/3xx")

@@ -39,14 +39,15 @@ import torch
 
 from moe_core.config import (
     EXPERIMENT_PRESETS,
-    SPEC_EXPERIMENTS,
     BaseConfig,
+    CompileMode,
     ExperimentConfig,
     base_config,
     dense_config,
     get_experiment_configs,
 )
 from moe_core.data import Batches, TokenBlocks
+from moe_core.presets import SPEC_EXPERIMENTS
 from moe_core.runner import build_model, build_optimizer
 from moe_core.sizing import train_flops_per_token
 from moe_core.trainer import Trainer
@@ -55,13 +56,17 @@ from .context import Context
 from .harness import ROOT, gpu_peak_flops, ratio_samples, summarize, times_summary
 
 PARTS = ("step", "big", "slots", "study_engine", "study_service")
-MODES = {"fp32": ("fp32", "off"), "bf16": ("bf16", "off"), "bf16+graphs": ("bf16", "graphs")}
+MODES: dict[str, tuple[str, CompileMode]] = {
+    "fp32": ("fp32", "off"),
+    "bf16": ("bf16", "off"),
+    "bf16+graphs": ("bf16", "graphs"),
+}
 GRAPHED = ("dense", "baseline", "top2")  # compiling every preset would take the budget
-BIG = dict(seq_len=1024, hidden_dim=1024, num_layers=8, num_heads=16, ffn_dim=4096,
+BIG: dict[str, Any] = dict(seq_len=1024, hidden_dim=1024, num_layers=8, num_heads=16, ffn_dim=4096,
            moe_layers=list(range(8)))  # fmt: skip
-FULL = dict(base="spec", steps=20, presets=tuple(EXPERIMENT_PRESETS), big=BIG, big_batch=8, slots=(1, 2, 4, 8), slot_tokens=600_000,
+FULL: dict[str, Any] = dict(base="spec", steps=20, presets=tuple(EXPERIMENT_PRESETS), big=BIG, big_batch=8, slots=(1, 2, 4, 8), slot_tokens=600_000,
             study_parallel=5, study_epochs=None)  # fmt: skip
-SMOKE = dict(base="micro", steps=2, presets=("baseline", "top2", "dropless"), big=dict(seq_len=64, hidden_dim=64, num_layers=2,
+SMOKE: dict[str, Any] = dict(base="micro", steps=2, presets=("baseline", "top2", "dropless"), big=dict(seq_len=64, hidden_dim=64, num_layers=2,
              num_heads=2, ffn_dim=128, moe_layers=[0, 1]), big_batch=2, slots=(1, 2),
              slot_tokens=4096, study_parallel=2, study_epochs=1)  # fmt: skip
 
@@ -135,7 +140,7 @@ def _epoch_rows(ctx: Context, label: str, base: BaseConfig, members: dict[str, t
                       repeats=max(ctx.repeats - 4, 1), warmup=1 if ctx.smoke else 2)  # fmt: skip
     times = times_summary(samples)
     peak = gpu_peak_flops(ctx.device) if ctx.device.type == "cuda" else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (config, dense, mode) in members.items():
         tokens = steps * config.batch_size * base.seq_len
         tps = tokens / times[name]["median"]

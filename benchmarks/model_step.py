@@ -26,11 +26,11 @@ from .context import Context
 from .harness import gpu_peak_flops, ratio_samples, summarize, times_summary
 
 # name -> (preset, overrides): the spec's main() dimensions and the `tiny` preset.
-FULL = {"spec": ("spec", {}), "tiny": ("tiny", {})}
-SMOKE = {"micro": ("micro", {})}
+FULL: dict[str, tuple[str, dict[str, Any]]] = {"spec": ("spec", {}), "tiny": ("tiny", {})}
+SMOKE: dict[str, tuple[str, dict[str, Any]]] = {"micro": ("micro", {})}
 # The routing options timed beside baseline and dense at these sizes: name -> (the
 # experiment preset, ExperimentConfig overrides on top of it).
-OPTIONS = {
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "zloss": ("zloss", {}),
     "aux_free": ("aux_free", {}),
     "shared_expert": ("shared_expert", {}),
@@ -82,7 +82,7 @@ def run(ctx: Context) -> dict[str, Any]:
         samples = ctx.run(variants, repeats=max(ctx.repeats - 2, 1), warmup=1)
         tokens = base.batch_size * base.seq_len
         times = times_summary(samples)
-        row = {
+        row: dict[str, Any] = {
             "name": f"{label}: baseline MoE vs dense",
             "params": dict(
                 preset=preset,

@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 
-from moe_core.config import FINE_GRAINED_SPLIT, MoEConfig
+from moe_core.config import MoEConfig
 from moe_core.model import MLP, MoELayer
+from moe_core.presets import FINE_GRAINED_SPLIT
 
 from .context import Context
 from .harness import ratio_samples, summarize, times_summary
 from .moe_references import REFERENCES
 
-FULL = dict(tokens=(1024, 4096, 8192), d=256, hidden=1024, experts=8)
-SMOKE = dict(tokens=(256,), d=64, hidden=128, experts=4)
+FULL: dict[str, Any] = dict(tokens=(1024, 4096, 8192), d=256, hidden=1024, experts=8)
+SMOKE: dict[str, Any] = dict(tokens=(256,), d=64, hidden=128, experts=4)
 ROUTINGS = ((1, 1.25), (1, 2.5), (2, 1.25), (2, 2.5))  # (top_k, capacity factor)
 # GShard's combine tensor is [tokens, experts, capacity], quadratic in the tokens; past
 # this many elements its einsums take longer than the rest of the section, so it is
@@ -88,7 +89,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 continue
             variants[name] = step(moe, lambda x, ref=ref, moe=moe: ref(moe, x))
         samples = ctx.run(variants)
-        row = {
+        row: dict[str, Any] = {
             "name": f"tokens={tokens} top{top_k} cf={cf}",
             "params": dict(
                 tokens=tokens, d=d, hidden=hidden, experts=E, top_k=top_k, capacity_factor=cf
@@ -116,14 +117,14 @@ def run(ctx: Context) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def option_rows(ctx: Context, sizes: dict[str, Any], gen: torch.Generator) -> list[dict]:
+def option_rows(ctx: Context, sizes: dict[str, Any], gen: torch.Generator) -> list[dict[str, Any]]:
     """Dropless and fine-grained layers against the top-1 capacity-1.25 layer."""
     d, hidden, E = sizes["d"], sizes["hidden"], sizes["experts"]
     split, cf = FINE_GRAINED_SPLIT, 1.25
     rows = []
     for tokens in sizes["tokens"]:
         torch.manual_seed(0)
-        layers = {
+        layers: dict[str, torch.nn.Module] = {
             "capacity": MoELayer(
                 d, MoEConfig(num_experts=E, expert_dim=hidden, top_k=1, capacity_factor=cf)
             ),
@@ -165,6 +166,7 @@ def option_rows(ctx: Context, sizes: dict[str, Any], gen: torch.Generator) -> li
             ),  # fmt: skip
         ):
             layer = layers[option]
+            assert isinstance(layer, MoELayer)
             rows.append({
                 "name": f"tokens={tokens} {option} vs top1 cf={cf}",
                 "params": dict(tokens=tokens, d=d, hidden=hidden, experts=E, top_k=1,

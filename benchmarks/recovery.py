@@ -23,8 +23,8 @@ from .context import Context
 from .deployment import Deployment, deployment, unavailable
 from .harness import summarize
 
-FULL = dict(kill_default=3, kill_short=5, term=5)
-SMOKE = dict(kill_default=0, kill_short=1, term=1)
+FULL: dict[str, Any] = dict(kill_default=3, kill_short=5, term=5)
+SMOKE: dict[str, Any] = dict(kill_default=0, kill_short=1, term=1)
 
 if TYPE_CHECKING:
     from local_deployment.processes import WorkerProcess
@@ -86,7 +86,7 @@ def run(ctx: Context) -> dict[str, Any]:
         return {"skipped": reason}
     n = SMOKE if ctx.smoke else FULL
     rows = []
-    cases = [
+    cases: list[tuple[str, signal.Signals, int, dict[str, Any]]] = [
         ("SIGKILL to resume", signal.SIGKILL, n["kill_default"], {}),
         ("SIGKILL to resume", signal.SIGKILL, n["kill_short"],
          {"heartbeat_timeout": 10.0}),

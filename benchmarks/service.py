@@ -36,9 +36,9 @@ from .deployment import deployment, unavailable
 from .queue_latency import queue_latency
 from .sse_fanout import sse_fanout
 
-FULL = dict(epochs=100, layers=2, reads_1=300, reads_32=32 * 60, rounds=4, posts=1200,
+FULL: dict[str, Any] = dict(epochs=100, layers=2, reads_1=300, reads_32=32 * 60, rounds=4, posts=1200,
             queue_runs=7, streams=100, sse_window=20.0, sse_warmup=5.0)  # fmt: skip
-SMOKE = dict(epochs=10, layers=2, reads_1=10, reads_32=32, rounds=1, posts=16, queue_runs=1,
+SMOKE: dict[str, Any] = dict(epochs=10, layers=2, reads_1=10, reads_32=32, rounds=1, posts=16, queue_runs=1,
              streams=6, sse_window=2.5, sse_warmup=0.5)  # fmt: skip
 # The README's deployment (and docker-compose.yml's): one uvicorn process per core.
 API_WORKERS = 2

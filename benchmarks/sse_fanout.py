@@ -96,7 +96,7 @@ async def _follow_events(dep: Deployment, experiment_id: int, streams: int, wind
     import httpx
 
     path = f"/experiments/{experiment_id}/events"
-    counts = [Counter() for _ in range(streams)]
+    counts: list[Counter[str]] = [Counter() for _ in range(streams)]
     connected = [False] * streams
     errors: list[str] = []
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)

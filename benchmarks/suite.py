@@ -70,7 +70,7 @@ def run_suite(
         if verbose:
             print(f"-- {name} ...", flush=True)
         try:
-            body = importlib.import_module(SECTIONS[name]).run(ctx)
+            body: dict[str, Any] = importlib.import_module(SECTIONS[name]).run(ctx)
         except Exception as exc:  # one broken section must not hide the others' figures
             body = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         body["seconds"] = time.perf_counter() - t0

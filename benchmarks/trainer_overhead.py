@@ -22,8 +22,8 @@ from moe_core.trainer import GRAD_CLIP, Trainer, TrainerHooks
 from .context import Context
 from .harness import ratio_samples, summarize, times_summary
 
-FULL = dict(preset="tiny", steps=24)
-SMOKE = dict(preset="micro", steps=4)
+FULL: dict[str, Any] = dict(preset="tiny", steps=24)
+SMOKE: dict[str, Any] = dict(preset="micro", steps=4)
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -26,7 +26,12 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = ""
+    # (...): callers bind their loop's variables as the lambda's defaults
+    predicate: Callable[..., Any],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "",
 ) -> Any:
     """Poll until `predicate()` is truthy and return its value; TimeoutError after
     `timeout` seconds. A server cannot tell us it is up: we look."""
@@ -100,10 +105,11 @@ class RedisServer:
 
 
 def _postgres_bin(program: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}")) or [shutil.which(program)]
-    if not found or not found[-1]:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"))
+    path = found[-1] if found else shutil.which(program)
+    if not path:
         raise FileNotFoundError(f"Postgres' {program} is not installed")
-    return found[-1]
+    return path
 
 
 class PostgresCluster:

@@ -10,9 +10,9 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -63,14 +63,15 @@ class UsageProblem(Exception):
     """A command line that cannot become a request (a bad --set, an unreadable file)."""
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def handled(fn: F) -> F:
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
     """API errors and bad input as one line on stderr (exit 1 and 2); Ctrl-C exits 130."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
@@ -83,7 +84,7 @@ def handled(fn: F) -> F:
             render.stderr_line("interrupted")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _whose_token(error: ApiError, ctx: typer.Context | None) -> str:
@@ -154,7 +155,7 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+def print_csv(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> None:
     writer = csv.DictWriter(sys.stdout, fieldnames=list(columns))
     writer.writeheader()
     writer.writerows(rows)

@@ -387,7 +387,7 @@ def download(
     client = api(ctx)
     fetch_artifact(
         listing=lambda: client.artifacts(experiment_id),
-        fetch=lambda dest: client.download(experiment_id, name, dest),
+        fetch=lambda name, dest: client.download(experiment_id, name, dest),
         name=name,
         output=output,
         as_json=as_json,
@@ -397,7 +397,7 @@ def download(
 def fetch_artifact(
     *,
     listing: Callable[[], dict],
-    fetch: Callable[[Path], int],
+    fetch: Callable[[str, Path], int],  # (the artifact's name, where to write it)
     name: str | None,
     output: Path,
     as_json: bool,
@@ -419,7 +419,7 @@ def fetch_artifact(
         raise UsageProblem(f"{name!r} is not an artifact's name")
     output.mkdir(parents=True, exist_ok=True)
     target = output / name
-    written = fetch(target)
+    written = fetch(name, target)
     out.print(f"wrote {target} ({render.size(written)})")
 
 

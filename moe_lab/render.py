@@ -302,7 +302,7 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
 # --------------------------------------------------------------------------- verdicts
 
 
-def verdict_rows(verdict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def verdict_rows(verdict: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
     """The verdict's lines as the API serves them (moe_core.criteria.verdict_lines, the one
     definition the dashboard prints too); an API from before `lines` gets them made here."""
     return verdict.get("lines") or verdict_lines(verdict)

@@ -153,7 +153,7 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
         ]
         verdicts.add_row(*cells, *([row.get("detail") or ""] if waiting else []))
     out.print(verdicts)
-    if any(d.get("p_value") is not None for d in tests):
+    if confidence is not None and any(d.get("p_value") is not None for d in tests):
         alpha = f"{1 - confidence:.2g}"
         out.print(
             f"Δ: mean ± standard error over the seeds, each run paired with its seed's dense run; "
@@ -230,7 +230,7 @@ def study_download(
     client = api(ctx)
     fetch_artifact(
         listing=lambda: client.study_artifacts(study_id),
-        fetch=lambda dest: client.download_study(study_id, name, dest),
+        fetch=lambda name, dest: client.download_study(study_id, name, dest),
         name=name,
         output=output,
         as_json=as_json,

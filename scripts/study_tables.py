@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moe_core.criteria import best_val_loss, generalisation_gap, judge_seeds, throughput
+from moe_core.criteria import judge_seeds
+from moe_core.measures import best_val_loss, generalisation_gap, throughput
 from moe_core.statistics import CONFIDENCE, confidence_label, mean_se, paired_t_test
 from moe_core.verdict_records import SeedsVerdict
 from moe_core.verdict_words import format_p, format_table, format_verdict
@@ -64,7 +65,7 @@ def _pct(x: float | None, fmt: str = ".2f", scale: float = 1.0) -> str:
     return "-" if x is None else f"{scale * x:{fmt}}%"
 
 
-def _pm(test: dict[str, Any]) -> str:
+def _pm(test: Mapping[str, Any]) -> str:
     """'-0.0450 ± 0.0107*' from a paired_t_test dict: `*` where significant."""
     if test["mean"] is None:
         return "-"
@@ -83,10 +84,10 @@ def _gap(run: Run | None) -> float | None:
 
 
 def _paired(
-    runs: list[Run | None],
-    against: list[Run | None],
+    runs: Sequence[Run | None],
+    against: Sequence[Run | None],
     measure: Callable[[Run | None], float | None] = _ce,
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     """The paired t-test of `measure`, paired by seed (position); a seed whose run did not
     finish on either side is left out."""
     pairs = [(measure(r), measure(a)) for r, a in zip(runs, against, strict=True)]
@@ -129,7 +130,7 @@ def summary(study: dict[str, Any]) -> str:
         tps = _mean(throughput(r["metrics"]) for r in group)
         verdict = judged.get(name)
         # the verdict's own ratio where there is one (a mean of per-seed ratios)
-        ratio = (verdict or {}).get("secondary", {}).get("throughput_ratio")
+        ratio = verdict["secondary"]["throughput_ratio"] if verdict else None
         if ratio is None and tps and dense_tps:
             ratio = tps / dense_tps
         mark = (
@@ -238,7 +239,12 @@ def per_seed(study: dict[str, Any]) -> str:
                 rows.append(f"| {seed} | {name} | did not finish |" + " |" * 8)
                 continue
             m, s = r["metrics"], routing(r)
-            delta = _ce(r) - _ce(dense) if name != "dense" and _ce(dense) is not None else None
+            ce, dense_ce = _ce(r), _ce(dense)
+            delta = (
+                ce - dense_ce
+                if name != "dense" and ce is not None and dense_ce is not None
+                else None
+            )
             rows.append(
                 f"| {r['seed']} | {name} | {m['best_epoch']} | {_f(_ce(r), '.4f')} "
                 f"| {_f(delta, '+.4f') if delta is not None else ''} "

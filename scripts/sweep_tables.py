@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moe_core.criteria import best_val_loss, throughput
+from moe_core.measures import best_val_loss, throughput
 from moe_core.statistics import confidence_label, mean_se
 from scripts.study_tables import _f, _given, _mean, _pct, _pm, routing
 
@@ -90,9 +90,9 @@ def trials(sweep: dict[str, Any]) -> str:
         o, runs = trial["objective"], trial["runs"]
         seeds = ", ".join(f"{v:+.4f}" for v in o.get("values") or [])
         ratios = [
-            throughput(r["metrics"]) / d
+            tps / d
             for r, d in zip(runs, dense_tps, strict=False)
-            if d and throughput(r["metrics"])
+            if d and (tps := throughput(r["metrics"]))
         ]
         stats = [routing(r) for r in runs]
         verdict = trial.get("verdict")

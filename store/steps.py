@@ -5,7 +5,7 @@ run's owner)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -36,7 +36,8 @@ def step_points(
     query = select(*(t[c] for c in COLUMNS)).where(t.experiment_id == experiment_id)
     if after_step is not None:
         query = query.where(t.step > after_step)
-    return [dict(row._mapping) for row in session.execute(query.order_by(t.step))]  # type: ignore[misc]
+    rows = [dict(row._mapping) for row in session.execute(query.order_by(t.step))]
+    return cast(list[records.StepPoint], rows)  # its columns are the record's keys (COLUMNS)
 
 
 def last_step(*, session: Session, experiment_id: int) -> int:

@@ -112,7 +112,9 @@ def settle(lease: RunLease, returncode: int, *, settings: Settings) -> None:
         state = leases.lease_state(
             session=session, experiment_id=lease.experiment_id, owner=lease.owner
         )
-        restarts = session.get(Experiment, lease.experiment_id).restarts
+        experiment = session.get(Experiment, lease.experiment_id)
+        assert experiment is not None, "a running run is never deleted"
+        restarts = experiment.restarts
     if state is leases.LeaseState.lost:
         return  # ended by rank 0 (finished, failed, cancelled, handed back) or taken over
     if state is leases.LeaseState.cancel_requested:

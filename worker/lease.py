@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -305,7 +305,7 @@ class RunLease:
                     if now - last_beat >= beat_every or due:
                         leases.heartbeat(
                             session=session, experiment_id=self.experiment_id, owner=self.owner,
-                            progress=progress.as_row() if due else None,
+                            progress=progress.as_row() if due and progress is not None else None,
                         )  # fmt: skip
                         last_beat = now
                         if due:
@@ -326,7 +326,7 @@ class RunLease:
     def record_epoch(self, record: EpochRecord) -> None:
         """The Trainer's on_epoch_end: the epoch's rows, waiting out a database outage.
         Raises LostOwnership (writing nothing) when the run is no longer ours."""
-        val = record.get("val") or {}
+        val: Mapping[str, Any] = record.get("val") or {}
         log.info("epoch %s: train loss %.4f, val CE %s, %.0f tokens/s, %.1f s", record["epoch"],
                  record["train"]["loss"], f"{val['ce_loss']:.4f}" if val else "-",
                  record["tokens_per_sec"], record.get("duration") or 0.0)  # fmt: skip

@@ -56,6 +56,8 @@ def forward_to_pool_processes() -> list[int]:
         return []
     pids = []
     for child in active_children():
+        if child.pid is None:  # never started: nothing to signal
+            continue
         try:
             os.kill(child.pid, signal.SIGTERM)
             pids.append(child.pid)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from moe_core.records import EpochRecord
+from moe_core.records import EpochRecord, StepPoint
 from moe_core.verdict_records import ServedVerdict
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ MLFLOW_EXPERIMENT = "moe-lab"
 # The keys of a per-step point (moe_core.records.StepPoint, the Trainer's on_steps): the
 # step is the run's optimizer step from 1; these are its figures.
 STEP_FIGURES = ("loss", "ce_loss", "aux_loss", "learning_rate", "grad_norm", "tokens_per_sec")
-StepPoint = Mapping[str, float | int]
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,11 @@ def epoch_scalars(record: EpochRecord) -> dict[str, float]:
     """An epoch's figures as scalars: losses, throughput, and each MoE layer's routing of
     the validation set (entropy, the least and most used expert's share, drops)."""
     scalars: dict[str, Any] = {}
+    fields: Mapping[str, Any] = record  # read by the names below
     for split in ("train", "val"):
-        for key, value in (record.get(split) or {}).items():
+        for key, value in (fields.get(split) or {}).items():
             scalars[f"epoch/{split}_{key}"] = value
-    scalars["epoch/train_eval_ce_loss"] = (record.get("train_eval") or {}).get("ce_loss")
+    scalars["epoch/train_eval_ce_loss"] = (fields.get("train_eval") or {}).get("ce_loss")
     for key in ("tokens_per_sec", "duration", "gating_temperature"):
         scalars[f"epoch/{key}"] = record.get(key)
     for layer in record.get("eval_expert_stats") or []:
@@ -234,6 +234,7 @@ class MLflowSink:
     def finish(
         self, status: str, result: Mapping[str, Any] | None, verdict: ServedVerdict | None
     ) -> None:
+        assert self.run_id is not None, "finish() before start()"
         final = _result_metrics(result)
         if verdict is not None:
             final.update(self._verdict_tags(self.run_id, verdict))

@@ -240,7 +240,7 @@ def _end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
         with session_scope(settings.database_url) as session:
             run = catalogue.get_experiment(session=session, experiment_id=lease.experiment_id)
             ended = run is not None and run.worker == lease.owner and run.status in FINISHED
-            if ended:
+            if ended and run is not None:
                 status = str(run.status)
                 result = stored_result(run) if run.status == Status.succeeded else None
                 verdict = run_verdict(session=session, run=run) if result else None
@@ -401,7 +401,9 @@ def _share_the_gpu(
 ) -> None:  # fmt: skip
     """Cap this process's share of the GPU's memory (worker.gpu_memory), or refuse the run
     at once when it cannot fit even alone."""
-    estimate = memory_estimate(config, base, dense=dense, precision=base.precision)["total"]
+    # base.precision is pinned (bf16 or fp32) by now; resolving it again keeps it
+    precision = resolve_precision(base.precision, device)
+    estimate = memory_estimate(config, base, dense=dense, precision=precision)["total"]
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = gpu_memory.memory_fraction(
         estimate=estimate, total=total, slots=settings.runs_per_gpu

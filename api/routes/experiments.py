@@ -31,6 +31,7 @@ from api.schemas import (
 from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
 from moe_core import comparable
+from moe_core.verdict_records import ServedVerdict
 from store import artifacts, audit, catalogue, leases, results
 from store.catalogue import ExperimentFilter, Order
 from store.models import Experiment, Status
@@ -262,7 +263,7 @@ def read_result(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
     response_model=VerdictRead,
     responses=error_responses(404, 409, 422, e409="a run is unfinished, or there is no baseline"),
 )
-def read_verdict(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
+def read_verdict(*, experiment_id: ExperimentId, session: SessionDep) -> ServedVerdict:
     experiment = _get_or_404(session, experiment_id)
     baseline = (
         catalogue.get_experiment(session=session, experiment_id=experiment.baseline_id)

@@ -19,6 +19,7 @@ Create Date: 2026-11-25 12:00:00
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -36,7 +37,10 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgres
 def upgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
     # SQLite: rebuilt as AUTOINCREMENT tables (a rebuild is what batch mode does there anyway).
-    never_reuse = {"recreate": "always", "table_kwargs": {"sqlite_autoincrement": True}}
+    never_reuse: dict[str, Any] = {
+        "recreate": "always",
+        "table_kwargs": {"sqlite_autoincrement": True},
+    }
     with op.batch_alter_table("experiments", **(never_reuse if sqlite else {})) as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))

@@ -57,7 +57,7 @@ def test_a_terminal_gets_a_bar_per_epoch_that_gives_way_to_the_epochs_line():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, color_system="standard")
     run = {"id": 7, "status": "queued", "current_epoch": 0, "num_epochs": 2}
-    final = Follower(ScriptedRun(script), console).follow(run)  # type: ignore[arg-type]
+    final = Follower(ScriptedRun(script), console).follow(run)  # type: ignore[arg-type]  # a scripted stand-in for the Client
     assert final["status"] == "succeeded"
 
     raw = ANSI.sub("", out.getvalue())
