@@ -244,13 +244,9 @@ def submission_published(*, session: Session, submission: Experiment | Study | S
 def delete_experiment(*, session: Session, experiment_id: int) -> bool:
     """Delete a finished run with its epochs and statistics (committed; the caller removes
     its files). False when it is not finished: a worker might still be writing to it."""
-    deleted = rowcount(
-        session.execute(
-            delete(Experiment).where(
-                Experiment.id == experiment_id, Experiment.status.in_(FINISHED)
-            )
-        )
-    )
+    deleted = rowcount(session.execute(
+        delete(Experiment).where(Experiment.id == experiment_id, Experiment.status.in_(FINISHED))
+    ))  # fmt: skip
     session.commit()
     return deleted == 1
 

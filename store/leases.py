@@ -104,21 +104,19 @@ def claim_run(
             if done:
                 return Claim(ClaimOutcome.gave_up)
             continue
-        taken = rowcount(
-            session.execute(
-                fence.values(
-                    status=Status.running,
-                    worker=owner,
-                    worker_name=worker_name,
-                    device=device,
-                    heartbeat_at=now,
-                    started_at=func.coalesce(Experiment.started_at, now),
-                    progress=None,  # the new attempt reports its own
-                    attempts=Experiment.attempts + 1,
-                    restarts=restarts,
-                )
+        taken = rowcount(session.execute(
+            fence.values(
+                status=Status.running,
+                worker=owner,
+                worker_name=worker_name,
+                device=device,
+                heartbeat_at=now,
+                started_at=func.coalesce(Experiment.started_at, now),
+                progress=None,  # the new attempt reports its own
+                attempts=Experiment.attempts + 1,
+                restarts=restarts,
             )
-        )
+        ))  # fmt: skip
         session.commit()
         if taken:
             outcome = (
@@ -203,19 +201,17 @@ def republish_due(*, session: Session, now: datetime, grace: float) -> list[int]
     ).all()
     due = []
     for experiment_id, queued_at in rows:
-        moved = rowcount(
-            session.execute(
-                update(Experiment)
-                .where(
-                    Experiment.id == experiment_id,
-                    Experiment.status == Status.queued,
-                    Experiment.queued_at.is_(None)
-                    if queued_at is None
-                    else Experiment.queued_at == queued_at,
-                )
-                .values(queued_at=now)
+        moved = rowcount(session.execute(
+            update(Experiment)
+            .where(
+                Experiment.id == experiment_id,
+                Experiment.status == Status.queued,
+                Experiment.queued_at.is_(None)
+                if queued_at is None
+                else Experiment.queued_at == queued_at,
             )
-        )
+            .values(queued_at=now)
+        ))  # fmt: skip
         if moved:
             due.append(experiment_id)
     session.commit()
@@ -282,21 +278,19 @@ def hand_back(
     of memory (counted in oom_handbacks). `restart`: its processes died, as a takeover
     after a crash (counted in restarts, not handbacks). False when `owner` no longer
     holds it."""
-    returned = rowcount(
-        session.execute(
-            _update_owned(experiment_id, owner).values(
-                status=Status.queued,
-                worker=None,
-                worker_name=None,
-                heartbeat_at=None,
-                progress=None,
-                handbacks=Experiment.handbacks + (0 if restart else 1),
-                restarts=Experiment.restarts + (1 if restart else 0),
-                oom_handbacks=Experiment.oom_handbacks + (1 if out_of_memory else 0),
-                queued_at=utcnow() + timedelta(seconds=due_in),
-            )
+    returned = rowcount(session.execute(
+        _update_owned(experiment_id, owner).values(
+            status=Status.queued,
+            worker=None,
+            worker_name=None,
+            heartbeat_at=None,
+            progress=None,
+            handbacks=Experiment.handbacks + (0 if restart else 1),
+            restarts=Experiment.restarts + (1 if restart else 0),
+            oom_handbacks=Experiment.oom_handbacks + (1 if out_of_memory else 0),
+            queued_at=utcnow() + timedelta(seconds=due_in),
         )
-    )
+    ))  # fmt: skip
     session.commit()
     return returned == 1
 
@@ -335,17 +329,15 @@ def record_epoch(
     an older checkpoint replays epochs, and their rows are overwritten, never duplicated.
     Raises LostOwnership, writing nothing, when another worker owns the run now.
     """
-    owned = rowcount(
-        session.execute(
-            _update_owned(experiment_id, owner).values(
-                current_epoch=record["epoch"],
-                best_val_loss=finite(record.get("best_val_loss")),
-                best_val_ce_loss=finite(record.get("best_val_ce_loss")),
-                stopped_early=bool(record.get("stopped_early", False)),
-                heartbeat_at=utcnow(),
-            )
+    owned = rowcount(session.execute(
+        _update_owned(experiment_id, owner).values(
+            current_epoch=record["epoch"],
+            best_val_loss=finite(record.get("best_val_loss")),
+            best_val_ce_loss=finite(record.get("best_val_ce_loss")),
+            stopped_early=bool(record.get("stopped_early", False)),
+            heartbeat_at=utcnow(),
         )
-    )
+    ))  # fmt: skip
     if owned != 1:
         session.rollback()
         raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")
@@ -365,9 +357,9 @@ def record_steps(
     Upserts on (experiment, step): a run resumed from an older checkpoint replays steps,
     and their points are overwritten, never duplicated. Raises LostOwnership, writing
     nothing, when another worker owns the run now."""
-    owned = rowcount(
-        session.execute(_update_owned(experiment_id, owner).values(step_metrics_every=every))
-    )
+    owned = rowcount(session.execute(
+        _update_owned(experiment_id, owner).values(step_metrics_every=every)
+    ))  # fmt: skip
     if owned != 1:
         session.rollback()
         raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")

@@ -362,13 +362,11 @@ def delete(*, session: Session, sweep_id: int) -> list[tuple[int, str]] | None:
         .exists()
     )
     runs = [(run.id, run.run_key) for run in _runs(session, sweep_id)]
-    deleted = rowcount(
-        session.execute(
-            sa_delete(Sweep).where(
-                Sweep.id == sweep_id, Sweep.status != SweepStatus.running, ~unfinished
-            )
+    deleted = rowcount(session.execute(
+        sa_delete(Sweep).where(
+            Sweep.id == sweep_id, Sweep.status != SweepStatus.running, ~unfinished
         )
-    )
+    ))  # fmt: skip
     session.commit()
     return runs if deleted == 1 else None
 

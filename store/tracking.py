@@ -17,17 +17,15 @@ SINKS = ("tensorboard", "mlflow")  # the names /metrics labels, each reported ev
 def set_mlflow_run_id(*, session: Session, experiment_id: int, owner: str, run_id: str) -> bool:
     """Remember the MLflow run of a run `owner` still holds (committed); fenced like every
     write of a worker, so a stale attempt cannot point the run at its own MLflow run."""
-    done = rowcount(
-        session.execute(
-            update(Experiment)
-            .where(
-                Experiment.id == experiment_id,
-                Experiment.worker == owner,
-                Experiment.status == Status.running,
-            )
-            .values(mlflow_run_id=run_id)
+    done = rowcount(session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.worker == owner,
+            Experiment.status == Status.running,
         )
-    )
+        .values(mlflow_run_id=run_id)
+    ))  # fmt: skip
     session.commit()
     return done == 1
 
