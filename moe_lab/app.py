@@ -12,7 +12,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import typer
 
@@ -75,7 +75,9 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            render.stderr_line(f"error: {exc}{_whose_token(exc, kwargs.get('ctx'))}")
+            # the command's typer context, where it takes one
+            ctx = cast("typer.Context | None", kwargs.get("ctx"))
+            render.stderr_line(f"error: {exc}{_whose_token(exc, ctx)}")
             raise typer.Exit(1) from None
         except UsageProblem as exc:
             render.stderr_line(f"error: {exc}")
