@@ -8,9 +8,8 @@ epoch exactly, and raises `TrainingCancelled`. Printing is one more callback
 (moe_core.reporting); the histories are `self.history` (moe_core.records.MetricsHistory),
 whose fields are the spec's attributes.
 
-A training step reads nothing back from the device: losses and routing statistics are
-summed on it and read once per epoch. `compile` turns the forward and its losses into one
-compiled graph (its shapes are the same every step: see MoELayer.forward).
+A step reads nothing back from the device: losses and routing statistics are summed there
+and read once per epoch. `compile`: one graph for the forward and losses (moe_core.step).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from .routing_stats import EvalRouting, TrainingRouting
 from .step import LossStep, Mark, PhaseClock
 from .step_points import StepPoints
 
+Evaluated = tuple[dict[str, float], list[EvalLayerRouting]]  # losses, each layer's routing
 if TYPE_CHECKING:  # torch.distributed only where a run is parallel
     from .parallel import Parallel
 
@@ -198,8 +198,7 @@ class Trainer:
         else:  # restored from a checkpoint written mid-epoch
             batches = self.progress.remaining_batches(self.train_loader)
         progress, points, on_steps = self.progress, self.step_points, self.hooks.on_steps
-        # per step: (start, forward done, backward done, optimizer done)
-        clocks: list[tuple[Mark, Mark, Mark, Mark]] = []
+        clocks: list[tuple[Mark, Mark, Mark, Mark]] = []  # start, forward, backward, optimizer
         # (train() planned the run's points; train_epoch() on its own plans this epoch's.)
         points.plan(self.hooks.step_metrics_every, len(self.train_loader))
         self.clock.sync()
@@ -281,9 +280,7 @@ class Trainer:
         return dict(progress.train_stats)
 
     @torch.no_grad()
-    def evaluate_loader(
-        self, loader: Iterable[Any], what: str = "validation"
-    ) -> tuple[dict[str, float], list[EvalLayerRouting]]:
+    def evaluate_loader(self, loader: Iterable[Any], what: str = "validation") -> Evaluated:
         """Mean losses over every token of `loader` in eval mode, and the routing of the
         same pass: (losses {"loss", "ce_loss", "aux_loss"}, per-MoE-layer statistics).
 
