@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
+from sqlalchemy import update
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from local_deployment.servers import MlflowServer, free_port
 from moe_core.verdict_records import ServedVerdict
 from store import artifacts
 from store.db import session_scope
-from store.models import EpochMetrics
+from store.models import EpochMetrics, Experiment
 from store.queue import TrainingQueue
 from tests.client import make_client
 from tests.factories import new_experiment, record, run_row
@@ -173,6 +174,11 @@ def test_a_run_that_ends_before_its_dense_run_gets_its_verdict_when_dense_ends(
     database = settings.database_url
     dense = new_experiment(database, "dense", dense=True, **FAST)
     moe = new_experiment(database, "early", baseline_id=dense, **FAST)
+    # the fair queue takes one user's runs in submission order: an admin's priority puts
+    # the MoE run first
+    with session_scope(database) as session:
+        session.execute(update(Experiment).where(Experiment.id == moe).values(priority=1))
+        session.commit()
     _attempt(settings, moe)  # the MoE run ends first: no verdict to give yet
     mlflow = MlflowClient(mlflow_server.url)
     early = _mlflow_run(mlflow, database, moe)
