@@ -31,6 +31,8 @@ app = typer.Typer(
     name="moe-lab",
     help="Submit, follow and compare Mixture-of-Experts experiments on a moe-lab API.",
     no_args_is_help=True,
+    # -h too, inherited by every command: `tag 2 -h` asks for help, not to remove a tag "h"
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=True,  # --install-completion and --show-completion, typer's own
     pretty_exceptions_show_locals=False,  # a traceback must never print the token
 )

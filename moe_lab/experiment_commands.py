@@ -394,6 +394,12 @@ def download(
     )
 
 
+# `artifacts`, as the API names them (and as users type it): the same command.
+app.command("artifacts", help="The same as download: list a run's artifacts, or download one.")(
+    download
+)
+
+
 def fetch_artifact(
     *,
     listing: Callable[[], dict],

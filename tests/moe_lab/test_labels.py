@@ -84,3 +84,11 @@ def test_note_sets_prints_and_clears(cli, api, run_id):
 
     both = cli("note", run_id, "text", "--clear")
     assert (both.exit_code, both.stderr) == (2, "error: give a note or --clear, not both\n")
+
+
+def test_tag_dash_h_is_help_not_a_tag_called_h(cli, api, run_id):
+    api.update(run_id, add_tags=["h"])
+    helped = cli("tag", run_id, "-h")
+    assert helped.exit_code == 0 and "Usage:" in helped.stdout and "+TAG" in helped.stdout
+    assert "h" in api.experiment(run_id)["tags"]  # nothing was removed
+    assert "Usage:" in ok(cli("-h"))

@@ -308,6 +308,7 @@ def test_download_lists_and_streams_artifacts(cli, seeded, settings, http, tmp_p
     listing = ok(cli("download", seeded.moe))
     assert "model.pt" in listing and "1.0 MB" in listing
     assert json.loads(ok(cli("download", seeded.moe, "--json")))["items"][0]["size"] == len(payload)
+    assert ok(cli("artifacts", seeded.moe)) == listing  # the API's word for them, the same
 
     out = ok(cli("download", seeded.moe, "model.pt", "-o", tmp_path / "got"))
     assert out.strip() == f"wrote {tmp_path / 'got' / 'model.pt'} (1.0 MB)"
