@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
@@ -70,9 +71,28 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     ECHO_CHARS and made UTF-8 (a lone surrogate would fail to encode: a 500), non-finite
     numbers as text, large structures left out."""
     assert isinstance(exc, RequestValidationError)
-    errors = [{**error, "input": _echo(error.get("input"))} for error in exc.errors()]
+    errors = [{**error, "input": _echo(error.get("input")), "msg": _with_suggestion(error)}
+              for error in exc.errors()]  # fmt: skip
     errors = [{key: _echo(value) for key, value in error.items()} for error in errors]
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def _with_suggestion(error: dict[str, Any]) -> Any:
+    """An unknown field of a config or base, with the field it most likely meant
+    (`config.topk`: did you mean 'top_k'?)."""
+    from difflib import get_close_matches
+
+    from api.overrides import BaseOverrides, ConfigOverrides
+
+    loc, msg = error.get("loc", ()), error.get("msg")
+    fields: dict[str, type[BaseModel]] = {
+        "config": ConfigOverrides, "overrides": ConfigOverrides, "base": BaseOverrides,
+    }  # fmt: skip
+    if error.get("type") != "extra_forbidden" or len(loc) < 2 or loc[-2] not in fields:
+        return msg
+    known = list(fields[loc[-2]].model_fields)
+    close = get_close_matches(str(loc[-1]).lower(), known, n=1, cutoff=0.6)
+    return f"{msg}; did you mean {close[0]!r}?" if close else msg
 
 
 def _echo(value: Any) -> Any:

@@ -192,3 +192,25 @@ def test_every_route_refuses_a_query_parameter_it_does_not_take(client, path):
     response = client.get(path)
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "meant"),
+    [("config", "topk", "top_k"), ("config", "capacity", "capacity_factor"),
+     ("base", "hiddendim", "hidden_dim"), ("base", "epochs_num", "num_epochs")],
+)  # fmt: skip
+def test_a_misspelt_field_is_named_with_the_one_it_likely_meant(
+    client, nothing_stored_or_queued, section, field, meant
+):
+    body = request_body("typo", preset="top2")
+    body[section] = {**body.get(section, {}), field: 2}
+    response = client.post("/experiments", json=body)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", section, field] and error["type"] == "extra_forbidden"
+    assert error["msg"].endswith(f"; did you mean {meant!r}?")
+
+
+def test_an_unknown_field_like_none_gets_no_guess(client, nothing_stored_or_queued):
+    response = client.post("/experiments", json={**request_body("x"), "config": {"zzz": 1}})
+    assert response.json()["detail"][0]["msg"] == "Extra inputs are not permitted"

@@ -275,3 +275,9 @@ def test_a_baseline_of_another_base_is_refused_in_one_line_naming_what_differs(c
     same = created(cli("submit", "top2-micro", "--preset", "top2", *MICRO,
                        "--baseline", dense["id"], "--json"))  # fmt: skip
     assert same["baseline_id"] == dense["id"]
+
+
+def test_a_misspelt_set_key_says_which_field_it_likely_meant(cli):
+    refused = cli("submit", "typo", "--preset", "top2", *MICRO, "--set", "config.topk=2")
+    assert refused.exit_code == 1 and len(refused.stderr.splitlines()) == 1
+    assert "config.topk" in refused.stderr and "did you mean 'top_k'?" in refused.stderr
