@@ -436,6 +436,9 @@ class SweepRead(BaseModel):
     ranking: list[int] = Field(description="trial numbers that can be best, best first")
     best_trial: int | None
     importance: dict[str, float] | None = Field(description="fANOVA share of each field")
+    prune_rule: str | None = Field(
+        description="what the median pruner compares (None: the sweep does not prune)"
+    )
     created_at: datetime
     finished_at: datetime | None
 

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="train N runs at once, each in a process of its own (on one GPU:"
                             " each with 1/N of its memory); the results are the same as one"
                             " at a time (default: 1)")  # fmt: skip
+    study.add_argument("--seeds-together", action=argparse.BooleanOptionalAction, default=None,
+                       help="train each configuration's seeds as one stacked model"
+                            " (moe_core.together; default: on a GPU where the stack fits)")  # fmt: skip
 
     sweep = sub.add_parser(
         "sweep", help="search a design space (a YAML file), each trial judged against dense"
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--cache-dir", help="tokenised data cache")
     sweep.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     sweep.add_argument("--quiet", action="store_true", help="only the final table")
+    sweep.add_argument("--seeds-together", action=argparse.BooleanOptionalAction, default=None,
+                       help="train each configuration's seeds as one stacked model"
+                            " (moe_core.together; default: on a GPU where the stack fits)")  # fmt: skip
 
     train = sub.add_parser("train", help="train one experiment (resumes from OUT/checkpoint.pt)")
     _add_common(train)
@@ -157,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.parallel < 1:
             print(f"error: --parallel must be at least 1, got {args.parallel}", file=sys.stderr)
             return 2
+        if args.seeds_together and (args.parallel > 1 or base.gpus > 1):
+            print("error: --seeds-together trains a configuration's seeds in one process:"
+                  " not with --parallel > 1 or gpus > 1", file=sys.stderr)  # fmt: skip
+            return 2
         from .study import main as run_study
 
         ranks = _ranks(base, args.device)
@@ -165,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = run_study(base, args.out, experiments=args.experiments, device=args.device,
                                 verbose=not args.quiet, seeds=args.seeds,
-                                parallel=args.parallel, ranks=ranks or None)  # fmt: skip
+                                parallel=args.parallel, ranks=ranks or None,
+                                seeds_together=args.seeds_together)  # fmt: skip
         finally:
             if ranks:
                 ranks.stop()
@@ -281,7 +292,8 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
     try:
         report = run_sweep(sweep, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                           device=args.device, verbose=not args.quiet)  # fmt: skip
+                           device=args.device, verbose=not args.quiet,
+                           seeds_together=args.seeds_together)  # fmt: skip
     except SweepRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

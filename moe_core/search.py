@@ -360,3 +360,15 @@ def objective_of(
         finite = [v for v in values if v is not None and math.isfinite(v)]
         test["mean"] = sum(finite) / len(finite) if finite else None
     return {"name": sweep.objective, "values": values, **test}  # fmt: skip
+
+
+def prune_rule(sweep: SweepConfig, together: bool) -> str | None:
+    """What a trial's intermediate values are, as the pruner compares them: the first
+    seed's val CE when seeds train one after another (the service's runs, the engine's
+    default), their mean when they train together (moe_core.together)."""
+    if not sweep.prune:
+        return None
+    margin = f", by more than {sweep.prune_margin:g} nats" if sweep.prune_margin > 0 else ""
+    if together:
+        return f"median of the earlier trials against the mean val CE of the trial's {sweep.seeds} seeds at each epoch{margin}"
+    return f"median of the earlier trials against the first seed's val CE at each epoch{margin}"

@@ -23,6 +23,7 @@ from .criteria import format_table, format_verdict, judge, judge_seeds
 from .measures import best_val_loss
 from .provenance import source_commit
 from .runner import resolve_device, resolve_precision, run_single_experiment
+from .together_policy import resolve_together
 from .verdict_records import SeedsVerdict, Verdict
 
 if TYPE_CHECKING:  # torch.distributed only where a study is parallel
@@ -82,6 +83,26 @@ def _run_in_process(run: StudyRun, model_path: Path | None, verbose: bool) -> di
                                  test_dataset=data.test, verbose=verbose)  # fmt: skip
 
 
+def _train_together(plan: list[StudyRun], paths: list[Path | None], data: Any,
+                    device: torch.device, verbose: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Every configuration's seeds as one stack; the results in the plan's order. A study
+    needs every run: a replica that failed fails it, as it would apart."""
+    from .together import run_together
+
+    results: dict[int, dict[str, Any]] = {}
+    for key in dict.fromkeys((run.dense, run.preset) for run in plan):
+        members = [i for i, run in enumerate(plan) if (run.dense, run.preset) == key]
+        trained = run_together(plan[members[0]].config, data.train, data.val,
+                               [plan[i].base for i in members], device, dense=key[0],
+                               model_paths=[paths[i] for i in members],
+                               test_dataset=data.test, verbose=verbose)  # fmt: skip
+        for i, result in zip(members, trained, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            results[i] = result
+    return [results[i] for i in range(len(plan))]
+
+
 def main(
     base_config: BaseConfig | None = None,
     out_dir: str | os.PathLike[str] = ".",
@@ -91,6 +112,7 @@ def main(
     seeds: int = 1,
     parallel: int = 1,
     ranks: Parallel | None = None,
+    seeds_together: bool | None = None,
 ) -> dict[str, Any]:
     """The spec's pipeline: dense baseline (early stopping), the spec's four experiments (or
     `experiments`, any of EXPERIMENT_PRESETS), evaluation,
@@ -102,6 +124,9 @@ def main(
     `parallel` > 1, that many runs train at once, each in a process of its own. With
     `ranks` (moe_core.parallel: this process is one rank of a torchrun launch), every run
     trains on all the launch's ranks, one after another, and rank 0 writes the files.
+    With `seeds_together` (None: moe_core.together_policy decides: on a GPU where the stacks
+    fit), each configuration's seeds train as one stacked model (moe_core.together), giving
+    what they give apart.
     """
     from .data import build_datasets  # here, so importing the study needs no `datasets`
 
@@ -132,7 +157,15 @@ def main(
             flush=True,
         )
     paths = [_model_path(out, run, base.seed) for run in plan]
-    if parallel == 1:
+    groups = {(run.dense, run.preset): run.config for run in plan}
+    together = resolve_together(seeds_together, [(c, d) for (d, _), c in groups.items()], base,
+                                device, replicas=seeds)  # fmt: skip
+    if together and (parallel > 1 or ranks is not None):
+        raise ValueError("seeds_together trains each configuration's seeds in this process:"
+                         " not with parallel > 1 or on several ranks")  # fmt: skip
+    if together:
+        results = _train_together(plan, paths, data, device, verbose)
+    elif parallel == 1:
         results = [
             run_single_experiment(
                 run.config,
@@ -195,6 +228,7 @@ def main(
         "precision": base.precision,
         "compile": base.compile,
         "parallel": parallel,
+        "seeds_together": together,
         "threads": threads,
         "torch": torch.__version__,
         "commit": commit,

@@ -9,7 +9,10 @@ with the paired t-test's SE, interval and significance, and the spec's verdict
 reported as such, told to Optuna as failed (so TPE does not steer towards it) and is never
 the sweep's best. With pruning, the first seed's val CE after each epoch goes to Optuna's
 median pruner; a pruned trial stops there (its other seeds do not run), keeps its epochs,
-and is `pruned`, never best.
+and is `pruned`, never best. With `seeds_together` (moe_core.together: a trial's seeds, and
+the dense runs, train as one stacked model), the pruner is told the mean of the trial's
+seeds at each epoch instead, so a trial's fate no longer rests on one seed's noise; the
+report's `prune_rule` says which rule judged.
 
 Writes `sweep_results.json` (the sweep, the dense runs, every trial with its runs, the
 ranking, the best trial and each field's importance) after every trial, so an interrupted
@@ -36,7 +39,8 @@ from .proposals import Proposer
 from .provenance import source_commit
 from .records import EpochRecord
 from .runner import resolve_device, resolve_precision, run_single_experiment
-from .search import SweepConfig, check_sweep, objective_of, rank  # noqa: F401 (rank: re-exported)
+from .search import SweepConfig, check_sweep, objective_of, prune_rule, rank  # noqa: F401 (rank: re-exported)
+from .together_policy import resolve_together
 from .verdict_records import MIN_USAGE_TARGET
 
 RESULTS = "sweep_results.json"
@@ -54,9 +58,11 @@ def run_sweep(
     cache_dir: str | None = None,
     device: str | torch.device | None = None,
     verbose: bool = True,
+    seeds_together: bool | None = None,
 ) -> dict[str, Any]:
     """Run the sweep; return (and write) its results. Raises SweepRefused before anything
-    trains when the sweep cannot run."""
+    trains when the sweep cannot run. `seeds_together`: train each trial's seeds as one
+    stacked model (None: where moe_core.together.resolve_together says it pays)."""
     from .data import build_datasets
 
     problems = check_sweep(sweep)
@@ -75,6 +81,7 @@ def run_sweep(
     data = build_datasets(base)
     seeds = list(range(base.seed, base.seed + sweep.seeds))
     started = time.perf_counter()
+    together = _together(seeds_together, sweep, base, device)
 
     def train(
         config: ExperimentConfig,
@@ -92,6 +99,7 @@ def run_sweep(
                               "threads": torch.get_num_threads(), "commit": source_commit(),
                               "data": {"tokenizer": data.tokenizer_key, "train_tokens": data.train.num_tokens,
                                        "val_tokens": data.val.num_tokens},
+                              "seeds_together": together, "prune_rule": prune_rule(sweep, together),
                               "dense": [], "trials": []}  # fmt: skip
 
     def write() -> None:
@@ -100,9 +108,21 @@ def run_sweep(
                       seconds=time.perf_counter() - started)  # fmt: skip
         write_json_atomic(out / RESULTS, report)
 
-    for seed in seeds:
-        seeded = base.model_copy(update={"seed": seed})
-        result = train(dense_config(seeded), seeded, dense=True)
+    def train_together(config: ExperimentConfig, bases: list[BaseConfig], *, dense: bool = False,
+                       hooks: list[TrainerHooks] | None = None) -> list[dict[str, Any] | BaseException]:  # fmt: skip
+        from .together import run_together
+
+        return run_together(config, data.train, data.val, bases, device, dense=dense,
+                            hooks=hooks, test_dataset=data.test, verbose=False)  # fmt: skip
+
+    seeded = [base.model_copy(update={"seed": seed}) for seed in seeds]
+    if together:
+        dense_runs = train_together(dense_config(base), seeded, dense=True)
+    else:
+        dense_runs = [train(dense_config(b), b, dense=True) for b in seeded]
+    for seed, result in zip(seeds, dense_runs, strict=True):
+        if isinstance(result, BaseException):  # no baseline, no verdict: the sweep cannot go on
+            raise result
         report["dense"].append(result)
         say(
             f"dense (seed {seed}): best val CE {result['metrics']['best_val_ce_loss']:.4f}",
@@ -116,7 +136,11 @@ def run_sweep(
         if asked is None:
             break
         number, params = asked
-        trial = _run_trial(sweep, proposer, number, params, base, seeds, report["dense"], train)
+        if together:
+            trial = _run_trial_together(sweep, proposer, number, params, base, seeds,
+                                        report["dense"], train_together)  # fmt: skip
+        else:
+            trial = _run_trial(sweep, proposer, number, params, base, seeds, report["dense"], train)
         report["trials"].append(trial)
         proposer.tell(number, "complete" if trial["state"] == "complete" else
                       "pruned" if trial["state"] == "pruned" else "failed",
@@ -160,6 +184,13 @@ def _run_trial(
             trial.update(state="failed", error=f"{type(exc).__name__}: {exc}")
             break
         trial["runs"].append(result)
+    return _judge_trial(sweep, trial, dense)
+
+
+def _judge_trial(
+    sweep: SweepConfig, trial: dict[str, Any], dense: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A trial whose runs ended: its verdict and objective against the dense runs."""
     runs = trial["runs"]
     if trial["state"] == "complete":
         trial["verdict"] = judge_seeds(runs, dense[: len(runs)])
@@ -176,6 +207,106 @@ def _run_trial(
             "significant": None,
         }
     return trial  # fmt: skip
+
+
+def _together(asked: bool | None, sweep: SweepConfig, base: BaseConfig,
+              device: torch.device) -> bool:  # fmt: skip
+    from .config import get_experiment_configs
+
+    config = get_experiment_configs(base)[sweep.preset]
+    return resolve_together(asked, [(config, False), (dense_config(base), True)], base, device,
+                            replicas=sweep.seeds)  # fmt: skip
+
+
+def _run_trial_together(
+    sweep: SweepConfig,
+    proposer: Proposer,
+    number: int,
+    params: dict[str, Any],
+    base: BaseConfig,
+    seeds: list[int],
+    dense: list[dict[str, Any]],
+    train_together: Callable[..., list[dict[str, Any] | BaseException]],
+) -> dict[str, Any]:
+    """A trial whose seeds train together: the pruner judges the mean of its seeds."""
+    trial: dict[str, Any] = {"number": number, "params": params, "runs": [], "state": "complete",
+                             "pruned_at_epoch": None, "error": None}  # fmt: skip
+    pairs = [
+        sweep.trial_configs(params, base.model_copy(update={"seed": s}), number) for s in seeds
+    ]
+    for config, trial_base in pairs:
+        check_or_raise(config, trial_base)
+    watch = _MeanPruneWatch(proposer, number, replicas=len(seeds), report=sweep.prune)
+    hooks = [TrainerHooks(on_epoch_end=watch.replica(i), should_stop=watch.should_stop)
+             for i in range(len(seeds))]  # fmt: skip
+    results = train_together(pairs[0][0], [b for _, b in pairs], hooks=hooks)
+    watch.close()
+    failed = [r for r in results if isinstance(r, (RuntimeError, ValueError))]
+    if watch.prune:
+        trial.update(state="pruned", pruned_at_epoch=watch.pruned_at, epochs=watch.epochs[0],
+                     mean_curve=watch.mean_curve)  # fmt: skip
+    elif failed:  # a diverged seed fails the trial, as when the seeds run one by one
+        trial.update(state="failed", error=f"{type(failed[0]).__name__}: {failed[0]}")
+    else:
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            trial["runs"].append(r)
+        trial["mean_curve"] = watch.mean_curve
+    return _judge_trial(sweep, trial, dense)
+
+
+class _MeanPruneWatch:
+    """The epoch callbacks of a trial's seeds training together: keeps each replica's
+    epochs and, once every replica still training has recorded an epoch, hands the mean of
+    their val CE to the pruner (`report`); `should_stop` then stops them all.
+
+    A replica that early-stopped records no more epochs: an epoch is judged once as many
+    replicas recorded it as recorded the one before, or at the latest when any replica
+    records the next one."""
+
+    def __init__(self, proposer: Proposer, number: int, *, replicas: int, report: bool) -> None:
+        self.proposer, self.number, self.report = proposer, number, report
+        self.epochs: list[list[EpochRecord]] = [[] for _ in range(replicas)]
+        self.values: dict[int, list[float]] = {}  # epoch -> the replicas' val CE
+        self.mean_curve: dict[int, float] = {}  # epoch -> the mean told to the pruner
+        self.prune, self.pruned_at = False, None
+
+    def replica(self, index: int) -> Callable[[EpochRecord], None]:
+        def on_epoch(record: EpochRecord) -> None:
+            self.epochs[index].append(record)
+            epoch, val = record["epoch"], record["val"]
+            for pending in [e for e in self.values if e < epoch and e not in self.mean_curve]:
+                self._judge(pending)
+            if val is None or val["ce_loss"] is None:
+                return
+            self.values.setdefault(epoch, []).append(val["ce_loss"])
+            before = (
+                len(self.epochs)
+                if epoch == min(self.values)
+                else len(self.values.get(epoch - 1, []))
+            )
+            if len(self.values[epoch]) >= before:
+                self._judge(epoch)
+
+        return on_epoch
+
+    def _judge(self, epoch: int) -> None:
+        if epoch in self.mean_curve or self.prune:
+            return
+        values = self.values[epoch]
+        self.mean_curve[epoch] = sum(values) / len(values)
+        if self.report and self.proposer.report(self.number, self.mean_curve[epoch], epoch):
+            self.prune, self.pruned_at = True, epoch
+
+    def close(self) -> None:
+        """Training ended: the epochs not yet judged get their mean (for the report)."""
+        for epoch in sorted(self.values):
+            if epoch not in self.mean_curve:
+                self.mean_curve[epoch] = sum(self.values[epoch]) / len(self.values[epoch])
+
+    def should_stop(self) -> bool:
+        return self.prune
 
 
 class _PruneWatch:

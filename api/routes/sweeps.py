@@ -23,7 +23,7 @@ from api.requests import SweepCreate
 from api.resolve import resolve_sweep
 from api.schemas import SweepList, SweepPlan, SweepRead
 from api.submit import request_hash, store_once, submit
-from moe_core.search import MAX_RUNS, grid_points, rank
+from moe_core.search import MAX_RUNS, grid_points, prune_rule, rank
 from store import artifacts, audit, sweeps
 from store.models import Experiment, Sweep
 
@@ -47,6 +47,8 @@ def sweep_read(session: Session, sweep: Sweep) -> dict[str, Any]:
         "dense_run_ids": [i for i, n in runs if n is None],
         "trials": trials, "ranking": rank(trials), "best_trial": sweep.best_trial,
         "importance": sweep.importance, "created_at": sweep.created_at,
+        # the service trains a trial's seeds as runs of their own: the first seed's curve
+        "prune_rule": prune_rule(sweeps.config_of(sweep), together=False),
         "finished_at": sweep.finished_at,
     }  # fmt: skip
 

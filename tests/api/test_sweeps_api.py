@@ -61,6 +61,7 @@ def test_a_grid_sweep_runs_every_point_judged_against_dense_and_prunes_a_bad_one
         read["ranking"] == sorted(means, key=means.get) and read["best_trial"] == read["ranking"][0]
     )
     assert set(read["importance"] or {}) <= {"learning_rate"}
+    assert "first seed's val CE" in read["prune_rule"]  # the service's seeds are runs apart
 
 
 def test_a_sweep_is_checked_whole_before_anything_is_stored(client):

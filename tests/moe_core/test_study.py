@@ -86,6 +86,9 @@ def test_cli_study_and_train(micro_base, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "top_k" in err and "num_heads" in err and "Traceback" not in err
+    assert main(["study", *env_args, "--seeds", "2", "--seeds-together", "--parallel", "2",
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "--seeds-together" in capsys.readouterr().err
 
 
 def _losses(run: dict) -> dict:
@@ -94,27 +97,57 @@ def _losses(run: dict) -> dict:
     return {**{k: m[k] for k in keys}, "test": run["test"], "routing": m["expert_stats_history"]}
 
 
-def test_a_parallel_study_gives_the_sequential_studys_results(micro_base, tmp_path):
+def _assert_close(a, b, *, rel: float, path: str = "") -> None:
+    """Equal structures whose numbers agree to `rel` (ints and strings exactly)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_close(a[k], b[k], rel=rel, path=f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, rel=rel, path=f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=rel, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def test_a_parallel_or_stacked_study_gives_the_sequential_studys_results(micro_base, tmp_path):
     """Runs side by side, each in a process of its own: every run seeds itself, so each
     result is the sequential study's to the last bit (one thread per run on both sides:
-    a CPU matmul's rounding can depend on how many threads share it)."""
+    a CPU matmul's rounding can depend on how many threads share it). Each configuration's
+    seeds trained together as one stack (moe_core.together): the same to float rounding,
+    and the same verdicts."""
     torch.set_num_threads(1)
     try:
         base = micro_base.model_copy(update={"num_epochs": 1})
         kw = dict(experiments=["baseline", "top2"], device="cpu", verbose=False, seeds=2)
         one = main(base, tmp_path / "one", **kw)
         two = main(base, tmp_path / "two", parallel=2, **kw)
+        stacked = main(base, tmp_path / "stacked", seeds_together=True, **kw)
     finally:
         torch.set_num_threads(2)
     assert (one["parallel"], two["parallel"]) == (1, 2)
+    assert (one["seeds_together"], stacked["seeds_together"]) == (False, True)
     for name in ("dense", "baseline", "top2"):
         assert [_losses(r) for r in two["runs"][name]] == [_losses(r) for r in one["runs"][name]]
+        for apart, together in zip(one["runs"][name], stacked["runs"][name], strict=True):
+            assert together["seed"] == apart["seed"]
+            _assert_close(_losses(together), _losses(apart), rel=1e-4)
     for name in ("baseline", "top2"):  # every verdict but the speed's
         for part in ("primary", "tertiary", "significant"):
             assert two["verdicts"][name][part] == one["verdicts"][name][part]
+        for part in ("primary", "tertiary"):  # the secondary is the throughput's
+            assert (
+                stacked["verdicts"][name][part]["passed"] == one["verdicts"][name][part]["passed"]
+            )
+        assert stacked["verdicts"][name]["significant"] == one["verdicts"][name]["significant"]
     for f in ("dense_model.pt", f"dense_model.seed{base.seed + 1}.pt"):
         a, b = torch.load(tmp_path / "one" / f), torch.load(tmp_path / "two" / f)
         assert all(torch.equal(a[k], b[k]) for k in a)
+        c = torch.load(tmp_path / "stacked" / f)
+        assert a.keys() == c.keys() and all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
 
 
 WIKITEXT = os.environ.get("MOE_DATA_DIR")
