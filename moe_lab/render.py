@@ -72,7 +72,7 @@ class TrimmedLines(io.TextIOBase):
         return False
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # read-only: the stream's
         return getattr(self.stream, "encoding", None) or "utf-8"
 
 
@@ -328,7 +328,7 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     whose dense run is unfinished) is marked * (provisional: compare_notes says so)."""
     numbers = ("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "imbalance",
                "Δ vs dense", "dense")  # fmt: skip
-    out = table("id", "name", "status", *numbers[1:], right=numbers, wrap=("name",))
+    out = table("id", "name", "status", *numbers[1:], right=numbers)
     for row in rows:
         delta = signed(row["delta_vs_dense"], ".4f")
         out.add_row(
