@@ -362,6 +362,11 @@ class Presets(BaseModel):
     )
     dense: dict[str, Any] = Field(description="the dense baseline's config on that base")
     base: dict[str, dict[str, Any]] = Field(description="the base presets, as full configs")
+    dense_unused: list[str] = Field(
+        description="the fields (`config.F`, `base.F`) a dense run's configs hold but nothing "
+        "of it uses (it has no router and no experts): never a dense run's difference from "
+        "its defaults or from another run"
+    )
 
 
 class Health(BaseModel):

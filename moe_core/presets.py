@@ -9,7 +9,7 @@ from typing import Any
 
 # Named bases. "spec" is the spec's main(); "tiny" is sized so the whole study of main()
 # (dense baseline + the four experiments) finishes in a few minutes on 2 CPU cores;
-# "micro" is for tests and smoke runs.
+# "micro" is for tests and smoke runs (SMOKE_BASES).
 BASE_PRESETS: dict[str, dict[str, Any]] = {
     "spec": {},
     "tiny": dict(
@@ -37,6 +37,12 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         learning_rate=1e-3,
     ),
 }
+
+
+# Bases that check that a run goes through, not what it learns: on micro, the presets'
+# validation CEs differ by ~1e-5 nats, noise. The CLI says so beside a study or a
+# comparison on one.
+SMOKE_BASES: tuple[str, ...] = ("micro",)
 
 
 # A study that says something on 2 CPU cores: tiny's model on 4.5x the text, so that dense,
@@ -75,3 +81,17 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
 }
 # The spec's main() runs these, unless told otherwise.
 SPEC_EXPERIMENTS: tuple[str, ...] = ("baseline", "top2", "strong_reg", "throughput_opt")
+
+# What a dense run's configs hold but nothing of it uses: it has no router and no experts
+# (its FFN is base.ffn_dim wide). They are never a dense run's difference from a preset or
+# another run: the CLI's show and compare, and GET /presets' `dense_unused` (for the
+# dashboard), leave them out. The routing fields are RoutingConfig's (moe_core.config:
+# tests/test_presets.py holds them to it), named here for the torch- and
+# pydantic-free client.
+DENSE_UNUSED: frozenset[str] = frozenset(
+    ["config.expert_dim", "config.top_k", "config.aux_weight", "config.capacity_factor"]
+    + ["config.dropless", "config.router_z_loss", "config.router_jitter"]
+    + ["config.num_shared_experts", "config.aux_free_bias_rate", "config.num_experts"]
+    + ["config.gating_temp_schedule", "base.num_experts", "base.moe_layers"]
+    + ["base.expert_parallel"]
+)

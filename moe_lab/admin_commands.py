@@ -21,6 +21,7 @@ from moe_lab.app import (
     handled,
     print_json,
 )
+from moe_lab.completion import RunId
 
 
 class Role(enum.StrEnum):  # store.models.Role's values, as the API takes them
@@ -181,7 +182,7 @@ def audit(
 @handled
 def priority(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     value: Annotated[
         int, typer.Argument(metavar="N", min=-1000, max=1000, help="higher goes first; 0: usual")
     ],

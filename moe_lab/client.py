@@ -83,7 +83,7 @@ class Client:
         else:
             self.token = None
         self.http = http or httpx.Client(
-            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0)
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
         )
         self.retries = retries
 

@@ -31,6 +31,7 @@ from moe_lab.app import (
 )
 from moe_lab.bodies import apply_sets, check_json, load_body
 from moe_lab.client import FINISHED, ApiError, Client
+from moe_lab.completion import RunId, base_presets, presets, run_ids, study_ids
 from moe_lab.follow import Follower
 
 
@@ -41,15 +42,18 @@ def submit(
     name: Annotated[str | None, typer.Argument(help="the run's name (else the file's)")] = None,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", "-p", help=" | ".join(EXPERIMENT_PRESETS)),
+        typer.Option("--preset", "-p", help=" | ".join(EXPERIMENT_PRESETS), autocompletion=presets),
     ] = None,
     base_preset: Annotated[
         str | None,
-        typer.Option("--base-preset", "-b", help=BASE_PRESETS_HELP),
+        typer.Option("--base-preset", "-b", help=BASE_PRESETS_HELP, autocompletion=base_presets),
     ] = None,
     dense: Annotated[bool, typer.Option("--dense", help="a dense baseline run")] = False,
     baseline: Annotated[
-        int | None, typer.Option("--baseline", help="the dense run to judge this one against")
+        int | None,
+        typer.Option(
+            "--baseline", help="the dense run to judge this one against", autocompletion=run_ids
+        ),
     ] = None,
     sets: Annotated[
         list[str] | None,
@@ -119,7 +123,7 @@ def submit(
     raise typer.Exit(0 if final["status"] == "succeeded" else 1)
 
 
-def print_plan(out: Any, plan: Mapping[str, Any]) -> None:
+def print_plan(out: Any, plan: Mapping[str, Any], *, header: bool = True) -> None:
     grid = render.table("", "")
     grid.show_header = False
     config = plan["config"]
@@ -132,11 +136,21 @@ def print_plan(out: Any, plan: Mapping[str, Any]) -> None:
         ("tokens per epoch", render.num(plan.get("tokens_per_epoch"), ",d") or "the corpus decides"),
         ("batch", f"{config.get('batch_size')} x {plan['base'].get('seq_len')} tokens"),
         ("learning rate", str(plan["base"].get("learning_rate", ""))),
+        ("GPU memory", gib((plan.get("gpu_memory") or {}).get("total"))
+         + f" estimated peak{' per GPU' if plan['base'].get('gpus', 1) > 1 else ''}"),
     ]  # fmt: skip
     for label, text in rows:
         grid.add_row(label, text)
-    out.print("dry run: nothing stored or queued (--json for the resolved config)")
+    if header:
+        out.print("dry run: nothing stored or queued (--json for the resolved config)")
     out.print(grid)
+
+
+def gib(n: int | None) -> str:
+    """Bytes of GPU memory: `9.4 MiB`, `1.25 GiB`."""
+    if n is None:
+        return "?"
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def wait_quietly(client: Client, experiment_id: int) -> dict:
@@ -147,7 +161,7 @@ def wait_quietly(client: Client, experiment_id: int) -> dict:
 
 @app.command()
 @handled
-def watch(ctx: typer.Context, experiment_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+def watch(ctx: typer.Context, experiment_id: RunId) -> None:
     """Follow a run to its end: progress, each epoch's losses, the outcome and verdict."""
     client = api(ctx)
     run = client.experiment(experiment_id)
@@ -164,8 +178,12 @@ def list_experiments(
     ] = None,
     name: Annotated[str | None, typer.Option(help="a part of the name (any case)")] = None,
     tag: Annotated[str | None, typer.Option(help="runs with this tag")] = None,
-    study: Annotated[int | None, typer.Option(help="the members of this study")] = None,
-    preset: Annotated[str | None, typer.Option(help="runs of this preset")] = None,
+    study: Annotated[
+        int | None, typer.Option(help="the members of this study", autocompletion=study_ids)
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="runs of this preset", autocompletion=presets)
+    ] = None,
     dense: Annotated[
         bool | None, typer.Option("--dense/--moe", help="only dense runs, or only MoE runs")
     ] = None,
@@ -211,7 +229,7 @@ def list_experiments(
 @handled
 def show(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     as_json: JsonOption = False,
 ) -> None:
     """An experiment's key fields, its hyper-parameters and, while it runs, where it is."""
@@ -236,7 +254,7 @@ def show(
 @handled
 def metrics(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     as_csv: CsvOption = False,
     as_json: JsonOption = False,
     steps: Annotated[
@@ -281,11 +299,14 @@ def _step_metrics(ctx: typer.Context, experiment_id: int, *, as_csv: bool, as_js
 @handled
 def compare(
     ctx: typer.Context,
-    experiment_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="runs to compare")],
+    experiment_ids: Annotated[
+        list[int], typer.Argument(metavar="ID...", help="runs to compare", autocompletion=run_ids)
+    ],
     as_csv: CsvOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Runs side by side: validation CE, perplexity, speed, routing and Δ against dense."""
+    """Runs side by side: status, validation CE, perplexity, speed, routing and Δ against
+    dense (* while a run is unfinished), then the hyper-parameters in which they differ."""
     one_output(csv=as_csv, json=as_json)
     client = api(ctx)
     runs = [client.experiment(i) for i in experiment_ids]
@@ -306,14 +327,20 @@ def compare(
     if as_csv:
         print_csv(rows, render.COMPARE_COLUMNS)
         return
-    render.console().print(render.compare_table(rows))
+    out = render.console()
+    out.print(render.compare_table(rows))
+    for line in render.compare_notes(rows) + render.smoke_note(r.get("base_preset") for r in runs):
+        out.print(line)
+    differing = render.differences(runs)
+    if differing is not None:
+        out.print(differing)
 
 
 @app.command()
 @handled
 def verdict(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     as_json: JsonOption = False,
 ) -> None:
     """A run's verdict against its dense baseline: primary, secondary, tertiary."""
@@ -332,7 +359,7 @@ def verdict(
 
 @app.command()
 @handled
-def cancel(ctx: typer.Context, experiment_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+def cancel(ctx: typer.Context, experiment_id: RunId) -> None:
     """Cancel a queued or running run (a running one stops within a step or two)."""
     run = api(ctx).cancel(experiment_id)
     if run["status"] == "cancelled":
@@ -348,7 +375,7 @@ def cancel(ctx: typer.Context, experiment_id: Annotated[int, typer.Argument(meta
 @handled
 def logs(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="keep printing as it grows")
     ] = False,
@@ -376,7 +403,7 @@ def logs(
 @handled
 def download(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     name: Annotated[str | None, typer.Argument(help="the artifact (none: list them)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="the folder to write to")] = Path(
         "."
@@ -433,7 +460,7 @@ def fetch_artifact(
 @handled
 def delete(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
     """Delete a finished run, its metrics and its artifacts."""

@@ -9,6 +9,7 @@ import typer
 
 from moe_lab import render
 from moe_lab.app import JsonOption, UsageProblem, api, app, handled, print_json
+from moe_lab.completion import RunId
 
 
 # `-b` must reach the command as a tag to remove, not be parsed as an unknown option.
@@ -16,7 +17,7 @@ from moe_lab.app import JsonOption, UsageProblem, api, app, handled, print_json
 @handled
 def tag(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     changes: Annotated[
         list[str],
         typer.Argument(metavar="[+|-]TAG...", help="+TAG (or a bare TAG) adds it, -TAG removes it"),
@@ -51,7 +52,7 @@ def split_tags(changes: list[str]) -> tuple[list[str], list[str]]:
 @handled
 def note(
     ctx: typer.Context,
-    experiment_id: Annotated[int, typer.Argument(metavar="ID")],
+    experiment_id: RunId,
     text: Annotated[str | None, typer.Argument(help="the note (none: print the note)")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="remove the note")] = False,
     as_json: JsonOption = False,

@@ -6,13 +6,14 @@ print the same numbers the tables show.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO, cast
 
 from rich import box
 from rich.console import Console
@@ -20,17 +21,59 @@ from rich.table import Table
 
 from moe_core import comparable
 from moe_core.criteria import verdict_lines
+from moe_core.presets import DENSE_UNUSED, SMOKE_BASES
+from moe_lab.client import FINISHED
 
 CHECK, CROSS, DOT = "✓", "✗", "·"
 
 
 def console(*, stderr: bool = False) -> Console:
     """A console on the current stdout (or stderr): made per command, so a test runner's
-    captured streams are the ones written to. Off a terminal, lines are not cut at 80."""
-    out = Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=False)
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out.width = 160
-    return out
+    captured streams are the ones written to. Off a terminal (a pipe, a file), lines are
+    not cut at 80 but wrap at 160 (COLUMNS if set), and no line ends in the spaces rich
+    pads a table's cells with: what a script reads or a file keeps is the text alone."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    return Console(
+        file=stream if tty else cast(TextIO, TrimmedLines(stream)),
+        width=None if tty or "COLUMNS" in os.environ else 160,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=False,
+    )
+
+
+class TrimmedLines(io.TextIOBase):
+    """A text stream whose every line is written without its trailing spaces (a piped
+    table's cells are padded to the column's width, its wrapping columns to the console's)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.partial = ""  # the line written so far, until its newline
+
+    def write(self, text: str) -> int:
+        *lines, self.partial = (self.partial + text).split("\n")
+        if lines:
+            self.stream.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()  # a partial line waits for its end: its spaces may be padding
+
+    def close(self) -> None:  # the stream is the caller's: only what is left goes to it
+        if self.partial:
+            self.stream.write(self.partial.rstrip(" "))
+            self.partial = ""
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only: the stream's
+        return getattr(self.stream, "encoding", None) or "utf-8"
 
 
 def table(
@@ -40,8 +83,9 @@ def table(
     `wrap` (free text) wrap rather than squeeze the others."""
     right, wrap = set(right), set(wrap)
     out = Table(
-        box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False
-    )
+        box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False,
+        min_width=len(title) if title else None,  # a narrow table's title on one line
+    )  # fmt: skip
     for column in columns:
         out.add_column(
             column,
@@ -223,7 +267,7 @@ def _given(layers: Sequence[Mapping[str, Any]] | None, key: str) -> list[float]:
 # compare's columns, in compare_rows' order (compare --csv's header)
 COMPARE_COLUMNS = ("id", "name", "kind", "status", "val_ce", "perplexity", "tokens_per_sec",
                    "min_usage_pct", "drop_pct", "imbalance", "delta_vs_dense", "dense_id",
-                   "dense_comparable")  # fmt: skip
+                   "dense_comparable", "delta_provisional")  # fmt: skip
 
 
 def compare_rows(
@@ -253,6 +297,9 @@ def compare_rows(
             comparable.differences(run.get("base") or {}, reference.get("base") or {})
         )
         ref_ce = reference.get("best_val_ce_loss") if reference and not incomparable else None
+        delta = None if ce is None or ref_ce is None else ce - ref_ce
+        # either best val CE may still fall while its run goes on: the Δ is not yet its last
+        unfinished = [r for r in (run, reference) if r and r["status"] not in FINISHED]
         rows.append(
             {
                 "id": run["id"],
@@ -267,29 +314,34 @@ def compare_rows(
                 else None,
                 "drop_pct": 100 * max(drops) if drops else None,
                 "imbalance": max(loads) if loads else None,
-                "delta_vs_dense": None if ce is None or ref_ce is None else ce - ref_ce,
+                "delta_vs_dense": delta,
                 "dense_id": reference["id"] if reference else None,
                 "dense_comparable": not incomparable,
+                "delta_provisional": delta is not None and bool(unfinished),
             }
         )
     return rows
 
 
 def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """compare's rows, each run's status beside it; the Δ of an unfinished run (or of one
+    whose dense run is unfinished) is marked * (provisional: compare_notes says so)."""
     numbers = ("id", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "imbalance",
                "Δ vs dense", "dense")  # fmt: skip
-    out = table("id", "name", *numbers[1:], right=numbers, wrap=("name",))
+    out = table("id", "name", "status", *numbers[1:], right=numbers)
     for row in rows:
+        delta = signed(row["delta_vs_dense"], ".4f")
         out.add_row(
             str(row["id"]),
             row["name"],
+            row["status"],
             num(row["val_ce"], ".4f"),
             num(row["perplexity"], ".1f"),
             num(row["tokens_per_sec"], ",.0f"),
             pct(row["min_usage_pct"]),
             pct(row["drop_pct"]),
             num(row["imbalance"], ".2f"),
-            signed(row["delta_vs_dense"], ".4f"),
+            delta + "*" if delta and row.get("delta_provisional") else delta,
             str(row["dense_id"])
             if row["delta_vs_dense"] is not None
             else f"{row['dense_id']}: another base"
@@ -297,6 +349,16 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             else "",
         )
     return out
+
+
+def compare_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What compare's table needs said under it: which Δ are provisional."""
+    provisional = [str(row["id"]) for row in rows if row.get("delta_provisional")]
+    if not provisional:
+        return []
+    runs = f"run {provisional[0]}" if len(provisional) == 1 else f"runs {', '.join(provisional)}"
+    return [f"*: provisional ({runs}): the run or its dense run has not finished, and its best "
+            "val CE may still fall"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -358,13 +420,48 @@ def experiment_summary(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(label, text) for label, text in pairs if text]
 
 
+def _fields(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's resolved configs as `config.F` and `base.F`, every field it trains with: a
+    dense run's routing fields (moe_core.config.DENSE_UNUSED) configure nothing, left out."""
+    fields = {
+        f"{section}.{key}": value
+        for section in ("config", "base")
+        for key, value in (run.get(section) or {}).items()
+    }
+    if run.get("dense"):
+        fields = {name: value for name, value in fields.items() if name not in DENSE_UNUSED}
+    return fields
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
 def hyperparameters_table(run: Mapping[str, Any]) -> Table:
-    """The run's resolved configs, every field: what it was trained with."""
-    out = table("hyper-parameter", "value", title="hyper-parameters", wrap=("value",))
-    for section in ("config", "base"):
-        for key, value in (run.get(section) or {}).items():
-            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-            out.add_row(f"{section}.{key}", text)
+    """The run's resolved configs, every field it was trained with (a dense run has no
+    router: its routing fields are not among them)."""
+    title = "hyper-parameters" + (" (a dense run: no routing)" if run.get("dense") else "")
+    out = table("hyper-parameter", "value", title=title, wrap=("value",))
+    for name, value in _fields(run).items():
+        out.add_row(name, _text(value))
+    return out
+
+
+def differences(runs: Sequence[Mapping[str, Any]]) -> Table | None:
+    """The fields in which the runs that have them differ, one column a run (none: None).
+    A dense run's routing fields are not its own (it has no router): blank, and never the
+    reason a field is listed."""
+    fields = [_fields(run) for run in runs]
+    names = list(dict.fromkeys(name for each in fields for name in each))
+    # config.name is the run's name, in the columns' headers already
+    differing = [n for n in names if n != "config.name"
+                 and len({_text(f[n]) for f in fields if n in f}) > 1]  # fmt: skip
+    if not differing:
+        return None
+    columns = [f"{run['name']} #{run['id']}" for run in runs]
+    out = table("hyper-parameter", *columns, title="hyper-parameters that differ")
+    for name in differing:
+        out.add_row(name, *(_text(f[name]) if name in f else "" for f in fields))
     return out
 
 
@@ -410,6 +507,17 @@ def epoch_line(epoch: Mapping[str, Any], num_epochs: int | None) -> str:
     if epoch.get("duration") is not None:
         line += f"  {duration(epoch['duration'])}"
     return line
+
+
+def smoke_note(base_presets: Iterable[str | None]) -> list[str]:
+    """A line under a study or a comparison on a smoke-test base (micro): what it shows is
+    noise, not evidence (none for any other base)."""
+    smoke = sorted({name for name in base_presets if name in SMOKE_BASES})
+    return [
+        f"note: {name} is a smoke-test size: differences between its runs (~1e-5 nats) are "
+        "noise, not evidence (tiny or small for a comparison)"
+        for name in smoke
+    ]
 
 
 def stderr_line(text: str) -> None:

@@ -23,7 +23,8 @@ from moe_lab.app import (
     study_app,
 )
 from moe_lab.bodies import apply_sets, check_json, split_list
-from moe_lab.experiment_commands import fetch_artifact, print_plan, wait_quietly
+from moe_lab.completion import StudyId, base_presets, preset_list
+from moe_lab.experiment_commands import fetch_artifact, gib, print_plan, wait_quietly
 from moe_lab.follow import Follower
 
 
@@ -34,7 +35,7 @@ def study_submit(
     name: Annotated[str, typer.Argument(help="the study's name")],
     base_preset: Annotated[
         str | None,
-        typer.Option("--base-preset", "-b", help=BASE_PRESETS_HELP),
+        typer.Option("--base-preset", "-b", help=BASE_PRESETS_HELP, autocompletion=base_presets),
     ] = None,
     experiments: Annotated[
         list[str] | None,
@@ -43,6 +44,7 @@ def study_submit(
             "-e",
             help=f"presets, comma-separated or repeated, of {', '.join(EXPERIMENT_PRESETS)} "
             f"(default: the spec's four, {', '.join(SPEC_EXPERIMENTS)})",
+            autocompletion=preset_list,
         ),
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="run everything once per seed (1-10)")] = None,
@@ -76,9 +78,7 @@ def study_submit(
         if as_json:
             print_json(study)
             return
-        out.print(f"seeds {', '.join(map(str, study['seeds']))}; per seed:")
-        for plan in study["runs"]:
-            print_plan(out, plan)
+        print_study_plan(out, study, base_preset)
         return
     if as_json and not wait:
         print_json(study)
@@ -86,6 +86,8 @@ def study_submit(
     if not as_json:
         members = ", ".join(f"{m['name']} {m['id']}" for m in study["members"])
         out.print(f"submitted study {study['id']} {study['name']!r}: {members}")
+        for line in render.smoke_note([study.get("base_preset")]):
+            out.print(line)
     if not wait:
         out.print(f"follow it: moe-lab study show {study['id']}")
         return
@@ -103,6 +105,33 @@ def study_submit(
         out.rule()
         print_study(out, study)
     raise typer.Exit(0 if study["status"] == "succeeded" else 1)
+
+
+def print_study_plan(out: Any, study: Mapping[str, Any], base_preset: str | None) -> None:
+    """A study's dry run: each run it would train, labelled, then what they add up to
+    over the seeds (the API plans one seed: the others differ only in their seed)."""
+    plans, seeds = study["runs"], study["seeds"]
+    each_seed = f"once per seed ({', '.join(map(str, seeds))})" if len(seeds) > 1 else (
+        f"seed {seeds[0]}")  # fmt: skip
+    out.print("dry run: nothing stored or queued (--json for the resolved configs)")
+    for number, plan in enumerate(plans, 1):
+        name = plan["config"].get("name") or ("dense" if plan["dense"] else "?")
+        what = "the dense baseline" if plan["dense"] else f"preset {name}"
+        out.print(f"\nrun {number} of {len(plans)}: {what}, {each_seed}")
+        print_plan(out, plan, header=False)
+    runs = len(plans) * len(seeds)
+    steps = [p["steps_per_epoch"] * p["num_epochs"] for p in plans if p.get("steps_per_epoch")]
+    tokens = [p["tokens_per_epoch"] * p["num_epochs"] for p in plans if p.get("tokens_per_epoch")]
+    known = len(steps) == len(plans)  # without a token cap, the corpus decides
+    peak = max((p.get("gpu_memory") or {}).get("total") or 0 for p in plans)
+    out.print(
+        f"\ntotal: {runs} runs ({len(plans)} runs x {len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        + (f", {sum(steps) * len(seeds):,} optimizer steps, {sum(tokens) * len(seeds):,} "
+           "tokens trained on" if known else ", steps: the corpus decides")
+        + f"; the largest run needs {gib(peak)} of GPU memory (estimated peak)"
+    )  # fmt: skip
+    for line in render.smoke_note([base_preset]):
+        out.print(line)
 
 
 def print_study(out: Any, study: Mapping[str, Any]) -> None:
@@ -153,6 +182,8 @@ def print_study(out: Any, study: Mapping[str, Any]) -> None:
         ]
         verdicts.add_row(*cells, *([row.get("detail") or ""] if waiting else []))
     out.print(verdicts)
+    for line in render.smoke_note([study.get("base_preset")]):
+        out.print(line)
     if confidence is not None and any(d.get("p_value") is not None for d in tests):
         alpha = f"{1 - confidence:.2g}"
         out.print(
@@ -178,7 +209,7 @@ def delta_cells(delta: Mapping[str, Any] | None) -> list[str]:
 @handled
 def study_show(
     ctx: typer.Context,
-    study_id: Annotated[int, typer.Argument(metavar="ID")],
+    study_id: StudyId,
     as_json: JsonOption = False,
 ) -> None:
     """A study's members and its verdict per preset."""
@@ -219,7 +250,7 @@ def study_ls(
 @handled
 def study_download(
     ctx: typer.Context,
-    study_id: Annotated[int, typer.Argument(metavar="ID")],
+    study_id: StudyId,
     name: Annotated[str | None, typer.Argument(help="the artifact (none: list them)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="the folder to write to")] = Path(
         "."
@@ -241,7 +272,7 @@ def study_download(
 @handled
 def study_delete(
     ctx: typer.Context,
-    study_id: Annotated[int, typer.Argument(metavar="ID")],
+    study_id: StudyId,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
     """Delete a study and all its runs."""

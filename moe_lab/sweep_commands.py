@@ -22,8 +22,7 @@ from moe_lab.app import (
     sweep_app,
 )
 from moe_lab.bodies import load_body
-
-SweepId = Annotated[int, typer.Argument(metavar="ID", help="the sweep's id")]
+from moe_lab.completion import SweepId
 
 
 @sweep_app.command("submit")

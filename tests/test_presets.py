@@ -53,3 +53,17 @@ def test_the_http_api_page_lists_every_preset():
     start = page.index(listed)
     paragraph = page[page.rindex("\n\n", 0, start) : page.index("\n\n", start)]
     assert all(f"`{name}`" in paragraph for name in EXPERIMENT_PRESETS), paragraph
+
+
+def test_a_dense_runs_unused_fields_are_every_routing_field_and_served():
+    from fastapi.testclient import TestClient
+
+    from moe_core.config import ROUTING_FIELDS, BaseConfig, ExperimentConfig
+    from moe_core.presets import DENSE_UNUSED
+
+    assert {f"config.{name}" for name in ROUTING_FIELDS} <= DENSE_UNUSED
+    fields = {f"config.{n}" for n in ExperimentConfig.model_fields}
+    fields |= {f"base.{n}" for n in BaseConfig.model_fields}
+    assert DENSE_UNUSED <= fields  # each names a real field
+    with TestClient(create_app()) as client:
+        assert client.get("/presets").json()["dense_unused"] == sorted(DENSE_UNUSED)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.schemas import Presets
 from moe_core.config import BASE_PRESETS, base_config, dense_config, get_experiment_configs
+from moe_core.presets import DENSE_UNUSED
 
 router = APIRouter(prefix="/presets", tags=["presets"])
 
@@ -38,4 +39,5 @@ def read_presets(
         },
         dense=dense_config(spec).model_dump(mode="json"),
         base={name: base_config(name).model_dump(mode="json") for name in BASE_PRESETS},
+        dense_unused=sorted(DENSE_UNUSED),
     )

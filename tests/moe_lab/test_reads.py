@@ -226,10 +226,55 @@ def test_compare_is_one_table_with_the_delta_against_dense(cli, seeded):
                    "imbalance", "Δ vs dense"):  # fmt: skip
         assert column in header
     moe_line = next(line for line in table.splitlines() if "r-moe" in line)
-    assert moe_line.split() == [str(seeded.moe), "r-moe", "5.0000", "148.4", "2,000", "1.0%",
-                                "30.0%", "0.90", "-0.2400", str(seeded.dense)]  # fmt: skip
+    assert moe_line.split() == [str(seeded.moe), "r-moe", "succeeded", "5.0000", "148.4",
+                                "2,000", "1.0%", "30.0%", "0.90", "-0.2400",
+                                str(seeded.dense)]  # fmt: skip
     dense_line = next(line for line in table.splitlines() if "r-dense" in line)
-    assert dense_line.split() == [str(seeded.dense), "r-dense", "5.2400", "188.7", "1,000"]
+    assert dense_line.split() == [str(seeded.dense), "r-dense", "succeeded", "5.2400", "188.7",
+                                  "1,000"]  # fmt: skip
+    assert "provisional" not in table  # every run has ended
+    # the runs are micro's: the comparison says what micro's differences are worth
+    assert "note: micro is a smoke-test size" in table
+    assert not any(line != line.rstrip() for line in table.splitlines())  # piped: no padding
+
+
+def test_compare_marks_an_unfinished_runs_delta_provisional(cli, http, settings, seeded):
+    run_id = http.post("/experiments", json={**MICRO, "name": "r-going", "preset": "top2",
+                                             "baseline_id": seeded.dense}).json()["id"]  # fmt: skip
+    owner = "test-worker-going"
+    assert claim(settings.database_url, run_id, owner).outcome is leases.ClaimOutcome.claimed
+    write(settings.database_url, run_id, owner, epoch_record(1, 5.31))  # val CE 5.30
+    try:
+        rows = json.loads(ok(cli("compare", seeded.moe, run_id, "--json")))
+        assert [row["delta_provisional"] for row in rows] == [False, True]
+        table = ok(cli("compare", seeded.moe, run_id)).splitlines()
+        going = next(line.split() for line in table if "r-going" in line)
+        assert going[2] == "running" and going[-2:] == ["+0.0600*", str(seeded.dense)]
+        assert f"*: provisional (run {run_id}): " in "\n".join(table)
+    finally:
+        with session_scope(settings.database_url) as session:
+            leases.finish_experiment(session=session, experiment_id=run_id, owner=owner,
+                                     status=Status.cancelled)  # fmt: skip
+
+
+def test_a_dense_runs_routing_fields_are_not_its_differences(cli, seeded):
+    shown = ok(cli("show", seeded.dense))
+    fields = {line.split()[0] for line in shown.splitlines() if line.split()}
+    assert "config.dropout" in fields and "base.ffn_dim" in fields
+    assert not fields & {"config.top_k", "config.capacity_factor", "config.expert_dim",
+                         "base.moe_layers", "base.num_experts"}  # fmt: skip
+    assert "(a dense run: no routing)" in shown
+
+    # dense against a top2 run: top2's routing is no difference from a run without a router
+    table = ok(cli("compare", seeded.dense, seeded.loner))
+    differing = table[table.index("hyper-parameters that differ") :].splitlines()
+    names = [line.split()[0] for line in differing[3:] if line.split()]
+    assert "config.early_stopping_patience" in names  # dense_patience: a real difference
+    assert not {"config.top_k", "config.capacity_factor", "config.name"} & set(names)
+    # among MoE runs, it is one; the dense run's cell stays empty
+    table = ok(cli("compare", seeded.dense, seeded.moe, seeded.loner))
+    top_k = next(line for line in table.splitlines() if line.startswith("config.top_k"))
+    assert top_k.split() == ["config.top_k", "1", "2"]
 
 
 def test_verdict_shows_each_criterion(cli, seeded):
@@ -347,10 +392,11 @@ def test_study_show_prints_members_and_what_the_verdicts_wait_for(cli, http):
     for member in study["members"]:
         assert any(line.split()[:2] == [str(member["id"]), member["name"]]
                    for line in text.splitlines())  # fmt: skip
-    verdicts = text[text.index("verdicts against dense") :]
+    verdicts, note = text[text.index("verdicts against dense") :].split("\nnote: ")
     assert [line.split()[0] for line in verdicts.splitlines()[3:] if line[:1] != " "] == [
         "baseline", "top2"
     ]  # fmt: skip
+    assert note.startswith("micro is a smoke-test size")  # a study on micro says what it is
     baseline_id = next(m["id"] for m in study["members"] if m["name"] == "baseline")
     assert f"experiment {baseline_id} is queued" in " ".join(verdicts.split())
     assert json.loads(ok(cli("study", "show", study["id"], "--json")))["id"] == study["id"]
@@ -419,3 +465,37 @@ def test_a_token_is_sent_as_a_bearer(settings, cli):
                "MOE_API_TOKEN)\n"
         )  # fmt: skip
         assert ok(cli("ls", "--json", client=Client(http=http, token="s3cret")))
+
+
+def complete(api, words: str, *, shell: str = "bash") -> list[str]:
+    """What the shell's completion function gets for `words` (typer's _MOE_LAB_COMPLETE,
+    as the installed script asks), against `api`."""
+    from typer.testing import CliRunner
+
+    from moe_lab.cli import app
+
+    env = {"_MOE_LAB_COMPLETE": f"complete_{shell}", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+           "_TYPER_COMPLETE_ARGS": words}  # fmt: skip
+    result = CliRunner().invoke(app, [], env=env, obj=api, prog_name="moe-lab")
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    return [word for word in result.stdout.splitlines() if word]
+
+
+def test_completion_offers_the_apis_run_study_and_sweep_ids(api, seeded, http):
+    study = http.post("/studies", json={**MICRO, "name": "c-study", "experiments": ["top2"]})
+    study_id = study.json()["id"]
+    runs = {str(r["id"]) for r in api.list_experiments(limit=100)["items"]}
+    for command in ("show", "metrics", "verdict", "tag", "note", "cancel", "logs", "delete",
+                    "download", "artifacts", "watch", "compare 1", "admin priority"):  # fmt: skip
+        assert set(complete(api, f"moe-lab {command} ")) == runs, command
+    assert set(complete(api, "moe-lab submit x --baseline ")) == runs
+    prefix = str(seeded.dense)  # a prefix: the ids that start with it
+    assert set(complete(api, f"moe-lab show {prefix}")) == {i for i in runs if i.startswith(prefix)}
+    # zsh shows what each id names
+    assert f'"{seeded.moe}":"r-moe (baseline, succeeded)"' in complete(
+        api, "moe-lab show ", shell="zsh"
+    )
+    studies = complete(api, "moe-lab study show ")
+    assert str(study_id) in studies and studies == complete(api, "moe-lab ls --study ")
+    assert complete(api, "moe-lab sweep show ") == []  # none yet: nothing, and no error

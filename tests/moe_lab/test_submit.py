@@ -255,7 +255,23 @@ def test_study_submit_with_presets_seeds_and_base_sets(cli, api):
 
     result = cli("study", "submit", "repeated", "-e", "baseline", "-e", "top2", "--dry-run")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.count("dry run: nothing stored") == 3  # dense, baseline, top2
+    assert result.stdout.count("dry run: nothing stored") == 1
+    # each block says which run it is, then the total; tiny: no word of smoke tests
+    labels = [line for line in result.stdout.splitlines() if line.startswith("run ")]
+    assert labels == ["run 1 of 3: the dense baseline, seed 1337",
+                      "run 2 of 3: preset baseline, seed 1337",
+                      "run 3 of 3: preset top2, seed 1337"]  # fmt: skip
+    plans = created(cli("study", "submit", "r", "-e", "baseline,top2", "--dry-run", "--json"))
+    steps = sum(p["steps_per_epoch"] * p["num_epochs"] for p in plans["runs"])
+    total = result.stdout.splitlines()[-1]
+    assert total.startswith(f"total: 3 runs (3 runs x 1 seed), {steps:,} optimizer steps, ")
+    assert total.endswith("MiB of GPU memory (estimated peak)") and "smoke" not in result.stdout
+
+    result = cli("study", "submit", "r", *MICRO, "-e", "top2", "--seeds", "2", "--dry-run")
+    lines = result.stdout.splitlines()
+    assert "run 2 of 2: preset top2, once per seed (1337, 1338)" in lines
+    assert lines[-2].startswith("total: 4 runs (2 runs x 2 seeds), ")
+    assert lines[-1].startswith("note: micro is a smoke-test size: differences between its runs")
 
     result = cli("study", "submit", "bad", "--set", "config.top_k=2")
     assert result.exit_code == 2 and "--set takes base.FIELD=VALUE" in result.stderr
