@@ -192,8 +192,7 @@ def list_experiments(
     if where.status is not None:
         query = query.where(Experiment.status == where.status)
     if where.name is not None:
-        pattern = where.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Experiment.name.ilike(f"%{pattern}%", escape="\\"))
+        query = query.where(run_fields.contains(Experiment.name, where.name))
     if where.tag is not None:
         query = query.where(_has_tag(session, where.tag))
     if where.study_id is not None:

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement
+from sqlalchemy.orm import QueryableAttribute
 
 from moe_core.config import BaseConfig, ExperimentConfig
 from store.models import Experiment
@@ -199,13 +200,21 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 }  # fmt: skip
 
 
+def contains(
+    column: ColumnElement[Any] | QueryableAttribute[Any], text: str
+) -> ColumnElement[bool]:
+    """`column` holds `text`, any case (its % and _ meant as themselves)."""
+    pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.ilike(f"%{pattern}%", escape="\\")
+
+
 def sql(cond: Condition) -> ColumnElement[bool]:
     column = cond.field.column
     assert column is not None
     if cond.op == "~":
-        pattern = str(cond.value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return column.ilike(f"%{pattern}%", escape="\\")
-    return _COMPARE[cond.op](column, cond.value)
+        return contains(column, str(cond.value))
+    compared: ColumnElement[bool] = _COMPARE[cond.op](column, cond.value)
+    return compared
 
 
 def holds(cond: Condition, run: Experiment) -> bool:

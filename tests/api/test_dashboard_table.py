@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.services, pytest.mark.browser]
 
 ROWS = "[...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => Number(r.dataset.run))"
 HEADS = "[...document.querySelectorAll('#runs thead th')].map(t => t.dataset.column || '')"
-GROUPS = "[...document.querySelectorAll('#runs tr.group-head')].map(r => r.cells[1].textContent.trim())"
+GROUPS = (
+    "[...document.querySelectorAll('#runs tr.group-head')].map(r => r.cells[1].textContent.trim())"
+)
 
 
 def seed(database: str) -> SimpleNamespace:
@@ -35,12 +37,21 @@ def seed(database: str) -> SimpleNamespace:
         study = catalogue.create_study(session=session, name="capacity study", base=base,
                                        base_preset="micro", presets=["baseline", "top2"])  # fmt: skip
         members = [
-            catalogue.create_experiment(session=session, name=name, base=base, config=config,
-                                        preset=preset, dense=preset is None, study=study,
-                                        base_preset="micro").id  # fmt: skip
-            for name, preset, config in (("dense", None, dense_config(base)),
-                                         ("baseline", "baseline", presets["baseline"]),
-                                         ("top2", "top2", presets["top2"]))  # fmt: skip
+            catalogue.create_experiment(
+                session=session,
+                name=name,
+                base=base,
+                config=config,
+                preset=preset,
+                dense=preset is None,
+                study=study,
+                base_preset="micro",
+            ).id  # fmt: skip
+            for name, preset, config in (
+                ("dense", None, dense_config(base)),
+                ("baseline", "baseline", presets["baseline"]),
+                ("top2", "top2", presets["top2"]),
+            )  # fmt: skip
         ]
         space = {"capacity_factor": {"choices": [1.0, 2.0]}}
         sweep, _ = sweeps.create_sweep(session=session, parallel=2, base=base, config=SweepConfig(
@@ -108,7 +119,9 @@ def test_a_config_and_a_metric_column_sorted_and_filtered_over_every_run(table, 
     assert shown(page, f"sort=min_usage&group=none&{cols}") == listed(table, sort="min_usage")
     page.locator("#runs thead th[data-column='summary.min_usage']").click()
     assert shown(page, f"sort=-min_usage&group=none&{cols}") == listed(table, sort="-min_usage")
-    assert page.get_attribute("#runs th[data-column='summary.min_usage']", "aria-sort") == "descending"
+    assert (
+        page.get_attribute("#runs th[data-column='summary.min_usage']", "aria-sort") == "descending"
+    )
 
     # conditions on the config field and the metric, added with Enter, one chip each
     page.fill("#where", "top_k = 2, min_usage < 11")
@@ -123,7 +136,9 @@ def test_a_config_and_a_metric_column_sorted_and_filtered_over_every_run(table, 
     page.press("#where", "Enter")
     page.wait_for_selector("#runs-error:not(:empty)")
     assert "no field 'topk' (did you mean 'top_k'?)" in page.text_content("#runs-error")
-    assert page.locator("#where-chips .chip").count() == 2 and page.evaluate(ROWS) == [table.solo[0]]
+    assert page.locator("#where-chips .chip").count() == 2 and page.evaluate(ROWS) == [
+        table.solo[0]
+    ]
     assert page.input_value("#where") == "topk = 2"
 
     # the URL alone brings the same view back, in a fresh page
@@ -133,11 +148,14 @@ def test_a_config_and_a_metric_column_sorted_and_filtered_over_every_run(table, 
     assert shown(page, view) == [table.solo[0]]
     assert page.evaluate(HEADS) == ["", "id", "name", "preset", "config.top_k", "summary.min_usage"]
     assert page.locator("#where-chips .chip").count() == 2 and page.input_value("#group") == "none"
-    assert page.get_attribute("#runs th[data-column='summary.min_usage']", "aria-sort") == "descending"
+    assert (
+        page.get_attribute("#runs th[data-column='summary.min_usage']", "aria-sort") == "descending"
+    )
     # a chip's × takes its condition away
     page.locator("#where-chips button[aria-label='remove filter top_k = 2']").click()
     assert shown(page, f"where=min_usage+%3C+11&sort=-min_usage&group=none&{cols}") == listed(
-        table, where="min_usage<11", sort="-min_usage")
+        table, where="min_usage<11", sort="-min_usage"
+    )
 
 
 def test_groups_by_study_sweep_and_preset_fold_and_keep_the_boxes_in_one_column(table, page):
@@ -146,7 +164,9 @@ def test_groups_by_study_sweep_and_preset_fold_and_keep_the_boxes_in_one_column(
     shown(page, f"cols={cols}")
     # by study (the default): the study under its name, its runs in their own order
     assert page.evaluate(GROUPS) == ["▾ capacity study · 3 runs"]
-    members = page.evaluate("[...document.querySelectorAll('#runs tr.member')].map(r => Number(r.dataset.run))")
+    members = page.evaluate(
+        "[...document.querySelectorAll('#runs tr.member')].map(r => Number(r.dataset.run))"
+    )
     assert members == table.members
     boxes = page.evaluate("[...document.querySelectorAll('#runs tbody input[type=checkbox]')]"
                           ".map(b => b.getBoundingClientRect().x)")  # fmt: skip
@@ -158,7 +178,11 @@ def test_groups_by_study_sweep_and_preset_fold_and_keep_the_boxes_in_one_column(
     assert page.evaluate(GROUPS) == ["▾ capacity sweep · 3 runs"]
     page.select_option("#group", "preset")
     shown(page, f"group=preset&cols={cols}")
-    assert sorted(page.evaluate(GROUPS)) == ["▾ baseline · 4 runs", "▾ dense · 2 runs", "▾ top2 · 2 runs"]
+    assert sorted(page.evaluate(GROUPS)) == [
+        "▾ baseline · 4 runs",
+        "▾ dense · 2 runs",
+        "▾ top2 · 2 runs",
+    ]
     boxes = page.evaluate("[...document.querySelectorAll('#runs tbody input[type=checkbox]')]"
                           ".map(b => b.getBoundingClientRect().x)")  # fmt: skip
     assert len(set(boxes)) == 1, boxes
