@@ -158,7 +158,9 @@ def test_a_config_and_a_metric_column_sorted_and_filtered_over_every_run(table, 
     )
 
 
-def test_groups_by_study_sweep_and_preset_fold_and_keep_the_boxes_in_one_column(table, page):
+def test_groups_fold_keep_the_boxes_in_one_column_and_the_name_filter_applies_as_one_types(
+    table, page
+):
     cols = "id,name,status,preset,config.capacity_factor,val_ce,summary.min_usage,tokens_per_sec,created"
     page.goto(f"{table.url}/ui/#/?cols={cols}")
     shown(page, f"cols={cols}")
@@ -201,10 +203,9 @@ def test_groups_by_study_sweep_and_preset_fold_and_keep_the_boxes_in_one_column(
     shown(page, f"group=config.capacity_factor&cols={cols}")
     assert "▾ capacity_factor = 3 · 1 run" in page.evaluate(GROUPS)
 
-
-def test_the_name_filter_applies_as_one_types(table, page):
+    # the name filter applies as one types (no Enter, no change event)
     page.goto(f"{table.url}/ui/#/")
     shown(page, "")
-    page.locator("#filter-name").press_sequentially("solo")  # no Enter, no change event
+    page.locator("#filter-name").press_sequentially("solo")
     assert shown(page, "name=solo") == listed(table, name="solo") == table.solo[::-1]
     assert page.evaluate("location.hash") == "#/?name=solo"
