@@ -95,6 +95,7 @@ def test_conditions_and_sorts_on_config_base_and_summary_fields_on_both_backends
     assert listed("val_ce < 3.2") == [top2, top1]  # the queued run has none
     assert listed("name~SWITCH") == [top1]
     assert listed("dense=true") == [dense]
+    assert listed("dropless=false", "config.name~top") == [queued, top2]  # JSON bool and text
     assert listed("base.precision=auto", "dense != true") == [queued, top2, top1]
     assert listed("min_usage < 5") == [top1]  # derived: the final evaluation's experts
     assert listed("tokens_per_sec>=1000", "top_k=1") == [dense, top1]
