@@ -2,8 +2,7 @@
 // curl), following running runs on their event streams. Plain ES modules, no build step:
 // http.js (the API, ETags, event streams), dom.js (helpers, formats, sortable tables),
 // charts.js (uPlot line charts, bands, heatmaps), and a module per page: runs.js (with
-// runcolumns.js), run.js
-// (with experts.js), study.js, compare.js, sweep.js, workers.js.
+// runcolumns.js), run.js (with experts.js), study.js, compare.js, sweep.js, workers.js.
 
 import { el, fill, newScope, view } from "./dom.js";
 import { signOut, signedIn, whoAmI } from "./http.js";
