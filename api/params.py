@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from api.resolve import MAX_ID
+from store import run_fields
 
 # Ids are 32-bit in the database: a larger one is a 422 here, not a driver error (a 500).
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -102,3 +103,50 @@ OwnerQuery = Annotated[
 
 def owner_named(owner: str | None, caller: Any) -> str | None:
     return caller.name if owner == "me" else owner
+
+
+# Any field of a run table (store.run_fields): a run's own, its summary's, its config's and base's.
+_FIELDS = "a run's own (`status`), its summary's (`val_ce`, `tokens_per_sec`, `min_usage`: "
+_FIELDS += "ExperimentRead.summary), `config.FIELD` or `base.FIELD` (bare where only one has it)"
+WhereQuery = Annotated[
+    list[str] | None,
+    Query(
+        max_length=20,
+        description=f"`FIELD OP VALUE`, repeated for several (all must hold): FIELD {_FIELDS}; OP "
+        "one of = != < <= > >= (numbers; = and != for text and booleans too) or ~ (the text "
+        "contains VALUE, any case): `top_k=2`, `val_ce<5`, `base.precision=bf16`, `name~top`. "
+        "A run without the value meets no condition on it. An unknown field, an operator its "
+        "kind does not take or a value not of its kind is a 422 naming the parameter",
+    ),
+]
+SortQuery = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        description="`FIELD` (lowest first) or `-FIELD` (highest first), FIELD as in `where`; "
+        "runs without the value last, ties newest first. Over `order` when both are given",
+    ),
+]
+
+
+def run_conditions(
+    where: list[str], sort: str | None
+) -> tuple[tuple[run_fields.Condition, ...], run_fields.Sort | None]:
+    """`where` and `sort` read (store.run_fields), or a 422 naming each bad one."""
+    errors, conditions, sort_by = [], [], None
+    for text in where:
+        try:
+            conditions.append(run_fields.condition(text))
+        except run_fields.BadField as exc:
+            errors.append({"type": "bad_condition", "loc": ("query", "where"), "msg": str(exc),
+                           "input": text})  # fmt: skip
+    if sort is not None:
+        try:
+            sort_by = run_fields.sort_by(sort)
+        except run_fields.BadField as exc:
+            errors.append(
+                {"type": "bad_sort", "loc": ("query", "sort"), "msg": str(exc), "input": sort}
+            )
+    if errors:
+        raise RequestValidationError(errors)
+    return tuple(conditions), sort_by

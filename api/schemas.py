@@ -106,6 +106,12 @@ class ExperimentRead(BaseModel):
     dense: bool
     baseline_id: int | None
     study_id: int | None
+    sweep_id: int | None = Field(
+        description="the sweep it is a run of (a trial's, or a dense baseline's)"
+    )
+    trial_number: int | None = Field(
+        description="the sweep trial it runs (null: a sweep's dense run)"
+    )
     status: Status
     cancel_requested: bool
     config: dict[str, Any]
@@ -153,6 +159,15 @@ class ExperimentRead(BaseModel):
         "by every run of the worker); null on a CPU, where NVML gives none, or once finished"
     )
     run_key: str = Field(description="unique to the run; its artifacts live under it")
+    summary: dict[str, float | int | None] = Field(
+        description="what a run table shows of its results (GET /experiments filters and "
+        "sorts on each: `where=val_ce<5`, `sort=-tokens_per_sec`): val_ce, val_loss, test_ce, "
+        "test_loss, params, active_params, tokens_per_sec, best_epoch, train_ce (the last "
+        "epoch's), and of the MoE layers at the last evaluation min_usage and max_usage (the "
+        "smallest and largest expert's share, %), entropy (mean routing entropy over its "
+        "maximum: 1 is uniform) and dropped (the largest dropped share), and max_step_load "
+        "(the last trained epoch's); null where the run has none (yet)"
+    )
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -185,6 +200,12 @@ class ArtifactList(BaseModel):
 class ExperimentList(BaseModel):
     items: list[ExperimentRead]
     total: int
+    study_names: dict[int, str] = Field(
+        default_factory=dict, description="the name of each study the page's runs belong to"
+    )
+    sweep_names: dict[int, str] = Field(
+        default_factory=dict, description="the name of each sweep the page's runs belong to"
+    )
 
 
 class MetricsRead(BaseModel):

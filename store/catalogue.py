@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from moe_core import comparable
 from moe_core.config import BaseConfig, ExperimentConfig
+from store import run_fields
 from store.db import rowcount
 from store.models import (
     BOOTSTRAP_ADMIN,
@@ -172,6 +173,8 @@ class ExperimentFilter:
     preset: str | None = None
     dense: bool | None = None
     owner: str | None = None  # a user's name
+    # on any field a run table shows (store.run_fields: `top_k=2`, `val_ce<5`), all of them
+    conditions: tuple[run_fields.Condition, ...] = ()
 
 
 def list_experiments(
@@ -179,15 +182,17 @@ def list_experiments(
     session: Session,
     where: ExperimentFilter = ExperimentFilter(),
     order: Order = Order.newest,
+    sort: run_fields.Sort | None = None,
     limit: int,
     offset: int,
 ) -> tuple[Sequence[Experiment], int]:
+    """A page of the runs `where` leaves, in `sort`'s order where given, else `order`'s,
+    and how many there are in all."""
     query: Select[Experiment] = select(Experiment)
     if where.status is not None:
         query = query.where(Experiment.status == where.status)
     if where.name is not None:
-        pattern = where.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Experiment.name.ilike(f"%{pattern}%", escape="\\"))
+        query = query.where(run_fields.contains(Experiment.name, where.name))
     if where.tag is not None:
         query = query.where(_has_tag(session, where.tag))
     if where.study_id is not None:
@@ -198,14 +203,37 @@ def list_experiments(
         query = query.where(Experiment.dense.is_(where.dense))
     if where.owner is not None:
         query = query.where(Experiment.owner == where.owner)
+    in_sql = [c for c in where.conditions if c.field.column is not None]
+    query = query.where(*(run_fields.sql(c) for c in in_sql))
+    in_python = [c for c in where.conditions if c.field.column is None]
+    if in_python or (sort is not None and sort.field.column is None):
+        # a summary value derived from the metrics: every run left, judged and sorted here
+        runs = [run for run in session.scalars(query.order_by(Experiment.id.desc()))
+                if all(run_fields.holds(c, run) for c in in_python)]  # fmt: skip
+        if sort is not None:
+            runs = run_fields.sorted_runs(runs, sort)
+        return runs[offset : offset + limit], len(runs)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if order is Order.val_ce:
+    if sort is not None:
+        ordering = run_fields.sql_order(sort)
+    elif order is Order.val_ce:
         ordering = (Experiment.best_val_ce_loss.is_(None), Experiment.best_val_ce_loss,
                     Experiment.id.desc())  # fmt: skip
     else:
         ordering = (Experiment.id.desc(),)
     items = session.scalars(query.order_by(*ordering).limit(limit).offset(offset)).all()
     return items, total
+
+
+def group_names(
+    *, session: Session, runs: Sequence[Experiment]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """The names of the studies and of the sweeps that `runs` belong to, by id."""
+    study_ids = {run.study_id for run in runs if run.study_id is not None}
+    sweep_ids = {run.sweep_id for run in runs if run.sweep_id is not None}
+    studies = session.execute(select(Study.id, Study.name).where(Study.id.in_(study_ids)))
+    sweeps = session.execute(select(Sweep.id, Sweep.name).where(Sweep.id.in_(sweep_ids)))
+    return {i: n for i, n in studies}, {i: n for i, n in sweeps}
 
 
 def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:

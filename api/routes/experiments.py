@@ -14,7 +14,16 @@ from api import conditional, live, rules
 from api.auth import CallerDep, MemberDep, authorize_change, forbidden
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.params import ExperimentId, IdempotencyKey, Offset, OwnerQuery, owner_named
+from api.params import (
+    ExperimentId,
+    IdempotencyKey,
+    Offset,
+    OwnerQuery,
+    SortQuery,
+    WhereQuery,
+    owner_named,
+    run_conditions,
+)
 from api.plan import plan
 from api.quota import check_queue_room
 from api.requests import MAX_TAGS, ExperimentCreate, ExperimentPreset, ExperimentUpdate, Tag
@@ -139,16 +148,21 @@ def list_experiments(
     order: Annotated[
         Order, Query(description="newest first, or by best validation CE, lowest first")
     ] = Order.newest,
+    where: WhereQuery = None,
+    sort: SortQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> Response:
-    where = ExperimentFilter(status=status, name=name, tag=tag, study_id=study_id,
-                             preset=preset, dense=dense, owner=owner_named(owner, caller))  # fmt: skip
+    conditions, sort_by = run_conditions(where or [], sort)
+    chosen = ExperimentFilter(status=status, name=name, tag=tag, study_id=study_id, preset=preset,
+                              dense=dense, owner=owner_named(owner, caller), conditions=conditions)  # fmt: skip
     items, total = catalogue.list_experiments(
-        session=session, where=where, order=order, limit=limit, offset=offset
+        session=session, where=chosen, order=order, sort=sort_by, limit=limit, offset=offset
     )
+    studies, sweeps = catalogue.group_names(session=session, runs=items)
+    page = {"items": items, "total": total, "study_names": studies, "sweep_names": sweeps}
     # the dashboard polls this: a 304 when nothing in the page changed
-    return conditional.answer_model(request, ExperimentList, {"items": items, "total": total})
+    return conditional.answer_model(request, ExperimentList, page)
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))

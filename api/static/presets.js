@@ -29,3 +29,9 @@ export async function presetDefaults(run) {
       + (run.base_preset ? ` on base ${run.base_preset}` : " on the spec base (a custom base: its own fields are not compared)"),
   };
 }
+
+// Every field of an experiment's config and of a base, by name: the runs table's columns.
+export const fieldNames = () => presets().then((p) => ({
+  config: Object.keys(p.dense),
+  base: Object.keys(Object.values(p.base)[0] || {}),
+}));

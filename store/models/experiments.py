@@ -4,7 +4,9 @@ the failures of the optional sinks that mirror it."""
 from __future__ import annotations
 
 import enum
+import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +177,54 @@ class Experiment(Base):
             return self.progress.get("tokens_per_sec")
         speeds = (self.metrics or {}).get("tokens_per_sec") or []
         return sum(speeds) / len(speeds) if speeds else None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What a run table shows of its results (store.run_fields filters and sorts on it):
+        its best and test losses, size and speed, and of its MoE layers at the last
+        evaluation the smallest and largest expert's share of the assignments (%), the mean
+        routing entropy over its maximum (1: uniform) and the largest dropped share, and the
+        largest step load of the last trained epoch. Null where the run has none (yet)."""
+        metrics = self.metrics or {}
+        evaluated = _final_layers(metrics, "eval_expert_stats_history")
+        trained = _final_layers(metrics, "expert_stats_history")
+        return {
+            "val_ce": self.best_val_ce_loss,
+            "val_loss": self.best_val_loss,
+            "test_ce": self.test_ce_loss,
+            "test_loss": self.test_loss,
+            "params": self.params,
+            "active_params": self.active_params,
+            "tokens_per_sec": self.tokens_per_sec,
+            "best_epoch": metrics.get("best_epoch"),
+            "train_ce": (metrics.get("train_ce_losses") or [None])[-1],
+            "min_usage": _over(evaluated, "min_usage", min),
+            "max_usage": _over(evaluated, "max_usage", max),
+            "entropy": _normalized_entropy(evaluated),
+            "dropped": _over(evaluated, "dropped", max),
+            "max_step_load": _over(trained, "max_step_load", max),
+        }
+
+
+def _final_layers(metrics: dict[str, Any], history: str) -> list[dict[str, Any]]:
+    final = (metrics.get(history) or [None])[-1]
+    return list((final or {}).get("layers") or [])
+
+
+def _over(layers: list[dict[str, Any]], key: str, how: Callable[[list[float]], float]) -> Any:
+    values = [layer[key] for layer in layers if layer.get(key) is not None]
+    return how(values) if values else None
+
+
+def _normalized_entropy(layers: list[dict[str, Any]]) -> float | None:
+    shares = []
+    for layer in layers:
+        most = layer.get("max_entropy") or (
+            math.log(len(layer["usage"])) if layer.get("usage") else 0
+        )
+        if layer.get("entropy") is not None and most:
+            shares.append(layer["entropy"] / most)
+    return sum(shares) / len(shares) if shares else None
 
 
 class SinkFailure(Base):

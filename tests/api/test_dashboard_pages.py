@@ -361,9 +361,11 @@ def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
     assert page.evaluate(heads) == ["", "id", "name", "params", "seed"]
     cells = page.locator(f'#runs tr[data-run="{moe_id}"] td').all_inner_texts()
     assert cells[1:] == [str(moe_id), "top2", "1,000", "1337"]
-    # sorted by id, descending on the second click; the study-less runs only
+    # sorted by id (on the server), descending on the second click; the study-less runs only
     page.locator("#runs thead th", has_text="id").click()
+    wait_in_page(page, "document.querySelector('#runs').dataset.view.startsWith('sort=id&')")
     page.locator("#runs thead th", has_text="id").click()
+    wait_in_page(page, "document.querySelector('#runs').dataset.view.startsWith('sort=-id&')")
     ids = page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
     assert ids == [str(moe_id), str(dense_id)]
 

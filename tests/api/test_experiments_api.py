@@ -141,6 +141,50 @@ def test_list_filters_and_pages(client):
     assert client.get("/experiments", params={"limit": 0}).status_code == 422
 
 
+def test_list_filters_and_sorts_on_config_base_and_summary_fields(client, settings):
+    """`where` and `sort` on any field a run table shows (store.run_fields), the summary
+    served with each run, the studies' names with the page; a bad one is a 422 naming it."""
+    tag = "where-test"
+    wide = submit(client, name="wide", preset="top2", config={"capacity_factor": 3.0}, tags=[tag])
+    narrow = submit(client, name="narrow", preset="top2", tags=[tag])
+    one = submit(client, name="one", preset="baseline", base=fast_base(seed=7), tags=[tag])
+    succeed(settings.database_url, narrow["id"], result(2.5))
+    study = client.post("/studies", json={"name": "capacity study", "base_preset": "micro",
+                                          "base": fast_base(), "experiments": ["top2"]}).json()  # fmt: skip
+
+    def listed(*where: str, sort: str | None = None) -> list[int]:
+        params = {"tag": tag, "where": list(where), **({"sort": sort} if sort else {})}
+        response = client.get("/experiments", params=params)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert listed("top_k=2", "capacity_factor>2.5") == [wide["id"]]
+    assert listed("config.top_k = 2", "base.seed != 7") == [narrow["id"], wide["id"]]
+    assert listed("seed=7") == [one["id"]]
+    assert listed("val_ce<3") == [narrow["id"]]
+    assert listed(sort="-capacity_factor")[0] == wide["id"]
+    assert listed("top_k=2", sort="-tokens_per_sec") == [narrow["id"], wide["id"]]  # none last
+    run = client.get(f"/experiments/{narrow['id']}").json()
+    assert run["summary"]["val_ce"] == 2.5 and run["summary"]["tokens_per_sec"] == 1000.0
+    assert run["summary"]["min_usage"] == 12.5 and run["summary"]["entropy"] is not None
+    assert run["sweep_id"] is None and run["trial_number"] is None
+    page = client.get("/experiments", params={"study_id": study["id"]}).json()
+    assert page["study_names"] == {str(study["id"]): "capacity study"}
+
+    for params, loc, says in (
+        ({"where": "topk=2"}, "where", "did you mean 'top_k'"),
+        ({"where": "top_k=two"}, "where", "config.top_k is a number"),
+        ({"where": "name<3"}, "where", "name is not a number"),
+        ({"where": "num_experts=4"}, "where", "say config.num_experts or base.num_experts"),
+        ({"where": "val_ce"}, "where", "is not FIELD OP VALUE"),
+        ({"sort": "-moe_layers"}, "sort", "not a single value"),
+    ):
+        response = client.get("/experiments", params=params)
+        assert response.status_code == 422, params
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["query", loc] and says in error["msg"], error
+
+
 def test_unknown_ids_are_404(client):
     for path in (
         "/experiments/424242",
