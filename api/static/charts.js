@@ -53,7 +53,7 @@ export function chartControls() {
     onchange: (e) => { settings.logY = e.target.checked; changed(); } });
   return el("div", { class: "chart-controls filters", id: "chart-controls" },
     el("label", {}, "x-axis ", axis),
-    el("label", { title: "of step series: an exponential moving average, debiased (as TensorBoard's), the raw values drawn faint; epoch series are drawn as logged" }, "smoothing ", slider, " ", shown),
+    el("label", { title: "of step series: an exponential moving average, debiased (as TensorBoard's), the raw values drawn faint; epoch series are drawn as logged" }, "step smoothing ", slider, " ", shown),
     el("label", {}, log, " log y"));
 }
 
