@@ -115,11 +115,11 @@ export async function runView(id) {
     api(`/experiments/${id}/metrics`, { signal }), api(`/experiments/${id}/steps`, { signal })]);
   const epochs = metrics.epochs;
   let points = steps.points;
-  // Until the run has a result, its size is the dry run's (the plan knows it from the config).
-  const estimate = run.params === null ? await api(`/experiments/${id}/plan`, { signal }).catch(() => null) : null;
   // Only its owner or an admin changes a run (the API says so with a 403 too): no buttons
-  // for what would be refused. An API from before users has no /users/me: all may.
-  const me = await whoAmI().catch(() => null);
+  // for what would be refused. An API from before users has no /users/me: all may. Until
+  // the run has a result, its size is the dry run's (the plan knows it from the config).
+  const [me, estimate] = await Promise.all([whoAmI().catch(() => null),
+    run.params === null ? api(`/experiments/${id}/plan`, { signal }).catch(() => null) : null]);
   const mayChange = !me || me.role === "admin" || me.name === run.owner;
   const header = el("div");
   const labels = labelsEditor(run, (changed) => { run = changed; renderHeader(); labels.update(run); },
