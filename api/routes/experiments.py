@@ -40,6 +40,7 @@ from api.schemas import (
 from api.submit import request_hash, store_once, submit
 from api.verdicts import NoVerdict, verdict
 from moe_core import comparable
+from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.verdict_records import ServedVerdict
 from store import artifacts, audit, catalogue, leases, results
 from store.catalogue import ExperimentFilter, Order
@@ -168,6 +169,20 @@ def list_experiments(
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
 def read_experiment(*, experiment_id: ExperimentId, session: SessionDep) -> Experiment:
     return _get_or_404(session, experiment_id)
+
+
+@router.get(
+    "/{experiment_id}/plan",
+    response_model=ExperimentPlan,
+    responses=error_responses(404, 422),
+)
+def read_plan(*, experiment_id: ExperimentId, session: SessionDep) -> dict[str, Any]:
+    """The stored run's dry-run plan (its size before any epoch): what the dashboard shows
+    of a run that has no result yet."""
+    experiment = _get_or_404(session, experiment_id)
+    config = ExperimentConfig.model_validate(experiment.config)
+    base = BaseConfig.model_validate(experiment.base)
+    return plan(config, base, dense=experiment.dense)
 
 
 @router.patch(

@@ -1,8 +1,10 @@
 // The MoE lab dashboard: a few views over the same JSON routes as every client (the CLI,
 // curl), following running runs on their event streams. Plain ES modules, no build step:
 // http.js (the API, ETags, event streams), dom.js (helpers, formats, sortable tables),
-// charts.js (uPlot line charts, bands, heatmaps), and a module per page: runs.js (with
-// runcolumns.js), run.js (with experts.js), study.js, compare.js, sweep.js, workers.js.
+// charts.js (uPlot line charts, bands, heatmaps; ticks.js its axes' ticks), series.js (every
+// series a run logged, and the picker that charts any of them), and a module per page:
+// runs.js (with runcolumns.js), run.js (with experts.js), study.js, compare.js, sweep.js,
+// workers.js.
 
 import { el, fill, newScope, view } from "./dom.js";
 import { signOut, signedIn, whoAmI } from "./http.js";

@@ -1,12 +1,15 @@
 // Charts as a tracker draws them, by the vendored uPlot (a global from its script tag).
 //
 // A chart takes series from any source: each series is {label, x, y, color?, dash?, scale?,
-// band?}, where x holds one array per x-axis it can be drawn on ({epoch, tokens, time},
+// band?, steps?}, where x holds one array per x-axis it can be drawn on ({epoch, tokens, time},
 // {step, epoch, tokens, time}, an axis left out or null where the source does not give it)
-// and y the values (null: a gap). band: {lo, hi}, a shaded interval around y (a study's mean ± 1 SE). epochAxes()
-// makes the x of a run's epochs; steps.js stepAxes that of its step points.
+// and y the values (null: a gap). band: {lo, hi}, a shaded interval around y (a study's mean ± 1 SE).
+// steps: true marks a series of step points, the only ones smoothing applies to: an epoch
+// series has a few points, each an average already, and an EMA over three of them would
+// move its last point far from the value logged. epochAxes() makes the x of a run's epochs;
+// steps.js stepAxes that of its step points.
 //
-// One settings bar per page (x-axis, EMA smoothing, log y) redraws every chart on it; each
+// One settings bar per page (x-axis, EMA smoothing of step series, log y) redraws every chart on it; each
 // chart has reset zoom (or double-click), CSV of what it draws, and PNG; a click on a
 // legend entry hides that series. Zoom and hidden series outlive redraws and a live page's
 // rebuilt charts. Each chart box carries its uPlot instance as `.plot`
@@ -14,6 +17,7 @@
 
 import { el, duration } from "./dom.js";
 import { saveBlob } from "./http.js";
+import { epochIncrs, logRange, logTicks } from "./ticks.js";
 
 export const AXES = { step: "step", epoch: "epoch", tokens: "tokens", time: "wall time" };
 const SETTINGS_KEY = "moe-lab-charts";
@@ -49,7 +53,7 @@ export function chartControls() {
     onchange: (e) => { settings.logY = e.target.checked; changed(); } });
   return el("div", { class: "chart-controls filters", id: "chart-controls" },
     el("label", {}, "x-axis ", axis),
-    el("label", { title: "exponential moving average, debiased (as TensorBoard's); the raw values drawn faint" }, "smoothing ", slider, " ", shown),
+    el("label", { title: "of step series: an exponential moving average, debiased (as TensorBoard's), the raw values drawn faint; epoch series are drawn as logged" }, "step smoothing ", slider, " ", shown),
     el("label", {}, log, " log y"));
 }
 
@@ -120,10 +124,11 @@ const compact = (v) => Math.abs(v) >= 1e9 ? `${+(v / 1e9).toPrecision(3)}G` : Ma
   : Math.abs(v) >= 1e3 ? `${+(v / 1e3).toPrecision(3)}k` : String(+v.toPrecision(4));
 
 // One chart. series: as at the top; options: yLabel, y2 (a second y scale's label, for
-// series with scale "y2"), height.
-export function lineChart(title, series, { yLabel = "", height = 220, y2 = null } = {}) {
+// series with scale "y2"), height, key (data-key: the series key of a chart a person added),
+// onRemove (a "remove" button in the chart's tools calls it).
+export function lineChart(title, series, { yLabel = "", height = 220, y2 = null, key = null, onRemove = null } = {}) {
   const points = Math.max(0, ...series.map((s) => s.y.length));
-  const box = el("div", { class: "chart", "data-chart": title, "data-series": series.length, "data-points": points });
+  const box = el("div", { class: "chart", "data-chart": title, "data-key": key, "data-series": series.length, "data-points": points });
   const memory = keptFor(title);
   const hidden = memory.hidden;
   let plot = null;
@@ -131,7 +136,8 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
     el("button", { type: "button", "data-action": "reset", title: "reset zoom (or double-click the chart)",
       onclick: () => { memory.zoom = null; box.redraw(); } }, "reset"),
     el("button", { type: "button", "data-action": "csv", onclick: () => saveBlob(new Blob([box.csv()], { type: "text/csv" }), `${slug(title)}.csv`) }, "CSV"),
-    el("button", { type: "button", "data-action": "png", onclick: () => png().then((b) => saveBlob(b, `${slug(title)}.png`)) }, "PNG"));
+    el("button", { type: "button", "data-action": "png", onclick: () => png().then((b) => saveBlob(b, `${slug(title)}.png`)) }, "PNG"),
+    onRemove ? el("button", { type: "button", "data-action": "remove", title: "remove this chart", onclick: onRemove }, "×") : null);
   box.append(el("div", { class: "chart-head" }, el("h3", {}, title), toolbar));
 
   // The axis asked for, where every series has it; else the epoch.
@@ -149,7 +155,7 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
     series.forEach((s, i) => {
       const x = s.x[axis];
       const color = s.color ? (s.color.startsWith("--") ? css(s.color) : s.color) : colors[i % colors.length];
-      const smoothing = settings.smoothing;
+      const smoothing = s.steps ? settings.smoothing : 0;
       const smooth = (values) => (smoothing > 0 ? ema(values, smoothing) : values).map(positive);
       // markers on a series of few points (epochs), none on a dense one (step points)
       const common = { scale: s.scale || "y", spanGaps: true, points: { show: s.y.length <= 40 } };
@@ -172,14 +178,17 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
     const axisStyle = { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
     const axes = [
       { ...axisStyle, label: AXES[axis], size: 40,
-        values: (u, splits) => splits.map((v) => axis === "time" ? duration(v) : axis === "epoch" ? String(v) : compact(v)),
-        ...(axis === "epoch" ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] } : {}) },
-      { ...axisStyle, label: yLabel + (logY ? " (log)" : ""), scale: "y", size: 60, values: (u, splits) => splits.map((v) => v === null ? "" : compact(v)) },
+        values: (u, splits) => splits.map((v) => axis === "time" ? duration(v) : compact(v)),
+        ...(axis === "epoch" ? { incrs: epochIncrs } : {}) },
+      { ...axisStyle, label: yLabel + (logY ? " (log)" : ""), scale: "y", size: 60,
+        values: (u, splits) => splits.map((v) => v === null ? "" : compact(v)), ...(logY ? logAxis() : {}) },
     ];
     if (y2) axes.push({ ...axisStyle, label: y2, scale: "y2", side: 1, grid: { show: false }, size: 50 });
     const options = {
       width: Math.max(240, box.clientWidth - 12), height,
-      scales: { x: { time: false }, y: logY ? { distr: 3, log: 10 } : { auto: true }, ...(y2 ? { y2: { auto: true } } : {}) },
+      scales: { x: { time: false },
+        y: logY ? { distr: 3, log: 10, range: (u, min, max) => logRange(min, max) || [1, 10] } : { auto: true },
+        ...(y2 ? { y2: { auto: true } } : {}) },
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       axes,
@@ -254,6 +263,23 @@ export function lineChart(title, series, { yLabel = "", height = 220, y2 = null 
   // Drawn once the box is in the page and has a width.
   requestAnimationFrame(() => { if (box.isConnected) box.redraw(); });
   return box;
+}
+
+// A log y axis (ticks.js): a tick at every 1..9 x 10^k in the scale's range, a label and a
+// grid line on as many as the axis has room for (one each 24 px of the plot), a bare tick on the rest.
+function logAxis() {
+  let ticks = [];
+  const labelled = (u, splits) => splits.map((v, i) => (ticks[i] && ticks[i].label ? v : null));
+  return {
+    splits: (u, axisIdx, min, max) => {
+      // u.height: the chart's, in CSS pixels (the plot's box is not sized yet on a first draw)
+      ticks = logTicks(min, max, Math.max(3, Math.floor((u.height - 60) / 24)));
+      return ticks.map((t) => t.value);
+    },
+    filter: (u, splits) => splits,
+    values: (u, splits) => splits.map((v, i) => (ticks[i] && ticks[i].label ? compact(v) : "")),
+    grid: { stroke: css("--line"), width: 1, filter: labelled },
+  };
 }
 
 const slug = (title) => title.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");

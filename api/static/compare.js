@@ -1,9 +1,11 @@
 // Compare runs: their figures side by side (Δ against dense), the hyper-parameters in which
-// they differ, and their curves on one chart each.
+// they differ, and their curves on one chart each: epoch figures, step curves and routing
+// statistics, any series one of them logged (series.js), a line a run.
 
 import { api } from "./http.js";
 import { el, fill, fmt, fmtInt, mean, scopeSignal, scroller, sortable, view } from "./dom.js";
-import { chartControls, epochAxes, lineChart } from "./charts.js";
+import { chartControls, lineChart } from "./charts.js";
+import { chartPicker, seriesKeys, seriesLines } from "./series.js";
 
 // What makes two runs' cross-entropies comparable (moe_core.comparable.COMPARABLE_FIELDS;
 // tests/api/test_dashboard_pages.py holds this list to it): a dense run of another base is
@@ -47,7 +49,11 @@ export async function compareView(ids) {
   const byId = new Map(runs.map((r) => [r.id, r]));
   await Promise.all(runs.filter((r) => r.baseline_id !== null && !byId.has(r.baseline_id))
     .map(async (r) => byId.set(r.baseline_id, await api(`/experiments/${r.baseline_id}`, { signal }))));
-  const epochsOf = new Map(await Promise.all(runs.map(async (r) => [r.id, (await api(`/experiments/${r.id}/metrics`, { signal })).epochs])));
+  const recordsOf = new Map(await Promise.all(runs.map(async (run) => {
+    const [metrics, steps] = await Promise.all([api(`/experiments/${run.id}/metrics`, { signal }), api(`/experiments/${run.id}/steps`, { signal })]);
+    return [run.id, { run, epochs: metrics.epochs, points: steps.points }];
+  })));
+  const epochsOf = new Map(runs.map((r) => [r.id, recordsOf.get(r.id).epochs]));
   const dense = runs.filter((r) => r.dense);
   const rows = runs.map((run) => {
     const epochs = epochsOf.get(run.id);
@@ -65,11 +71,13 @@ export async function compareView(ids) {
       delta: ce !== null && reference && !another && reference.best_val_ce_loss !== null ? ce - reference.best_val_ce_loss : null,
       reference, another };
   });
-  const anyEpochs = runs.some((r) => epochsOf.get(r.id).length);
-  const series = (f) => runs.map((r) => {
-    const epochs = epochsOf.get(r.id);
-    return { label: `${r.name} #${r.id}`, x: epochAxes(epochs, r), y: epochs.map((e) => f(e) ?? null), dash: r.dense ? [8, 5] : undefined };
-  });
+  const anyEpochs = runs.some((r) => epochsOf.get(r.id).length || recordsOf.get(r.id).points.length);
+  // One line a run (a line a layer for every layer's statistic), in the run's colour on
+  // every chart, dashed for a dense run; the legend says whose.
+  const lines = (key) => runs.flatMap((r, i) => seriesLines(key, recordsOf.get(r.id), `${r.name} #${r.id}`)
+    .map((line) => ({ ...line, color: `--c${i % 10}`, dash: line.dash || (r.dense ? [8, 5] : undefined) })));
+  const keys = seriesKeys(runs.flatMap((r) => epochsOf.get(r.id)), runs.flatMap((r) => recordsOf.get(r.id).points));
+  const anySteps = keys.some((k) => k.key === "step:ce_loss");
   fill(view, el("h1", {}, "Compare runs"), form,
     scroller(sortable(el("table", { id: "compare" },
       el("thead", {}, el("tr", {}, ...["id", "name", "val CE", "perplexity", "tokens/s", "min usage", "drop rate", "imbalance", "Δ vs dense", "dense"].map((h, i) => el("th", { class: i && i !== 1 ? "num" : null }, h)))),
@@ -84,7 +92,9 @@ export async function compareView(ids) {
           r.reference ? (r.another ? `${r.reference.id}: another base` : r.reference.id) : "–"))))))),
     el("h2", {}, "Hyper-parameters that differ"), hyperParameterDiff(runs),
     anyEpochs ? [el("h2", {}, "Curves"), chartControls(), el("div", { class: "charts", id: "compare-curves" },
-      lineChart("Validation CE", series((e) => e.val && e.val.ce_loss), { yLabel: "nats" }),
-      lineChart("Training CE", series((e) => e.train.ce_loss), { yLabel: "nats" }),
-      lineChart("Tokens per second", series((e) => e.tokens_per_sec)))] : null);
+      lineChart("Validation CE", lines("epoch:val.ce_loss"), { yLabel: "nats" }),
+      lineChart("Training CE", lines("epoch:train.ce_loss"), { yLabel: "nats" }),
+      anySteps ? lineChart("Training CE per step", lines("step:ce_loss"), { yLabel: "nats" }) : null,
+      lineChart("Tokens per second", lines("epoch:tokens_per_sec"))),
+    chartPicker(keys, lines)] : null);
 }

@@ -8,6 +8,7 @@ import { expertSection } from "./experts.js";
 import { presetDefaults } from "./presets.js";
 import { gpuCell, labelsEditor } from "./labels.js";
 import { mergePoints, stepAxes } from "./steps.js";
+import { chartPicker, seriesKeys, seriesLines } from "./series.js";
 
 // The run's curves over its epochs and, where the run has step points, over those too:
 // each step figure a series of its own beside the epoch's (a faint line of many points),
@@ -18,7 +19,7 @@ function curves(run, epochs, points) {
   const pick = (f) => epochs.map((e) => { const v = f(e); return v === undefined ? null : v; });
   const line = (label, f, extra = {}) => ({ label, x, y: pick(f), ...extra });
   const perStep = (label, key, extra = {}) => points.length
-    ? [{ label: `${label} per step`, x: xs, y: points.map((p) => p[key] ?? null), ...extra }] : [];
+    ? [{ label: `${label} per step`, x: xs, y: points.map((p) => p[key] ?? null), steps: true, ...extra }] : [];
   const charts = [
     lineChart("Cross-entropy", [line("train CE", (e) => e.train.ce_loss), line("val CE", (e) => e.val && e.val.ce_loss),
       line("train CE (eval mode)", (e) => e.train_eval && e.train_eval.ce_loss, { dash: [6, 4] }),
@@ -39,6 +40,23 @@ function curves(run, epochs, points) {
     charts.push(lineChart("Gating temperature", [line("temperature", (e) => e.gating_temperature)]));
   }
   return el("div", { class: "charts", id: "curves", "data-step-points": points.length }, charts);
+}
+
+// A chart of any series the run logged, added with a picker (series.js).
+function anySeries(run, epochs, points) {
+  const records = { run, epochs, points };
+  return chartPicker(seriesKeys(epochs, points), (key) => seriesLines(key, records));
+}
+
+// The verdict is asked for once both runs have succeeded (before that the API answers 409,
+// which a browser logs as an error): until then, why there is none yet.
+async function verdictOf(run, signal) {
+  if (run.status !== "succeeded") {
+    return FINISHED.has(run.status) ? `No verdict: the run ${run.status}.` : "The verdict comes when the run and its baseline have succeeded.";
+  }
+  const baseline = await api(`/experiments/${run.baseline_id}`, { signal });
+  if (baseline.status !== "succeeded") return `No verdict yet: the baseline is ${baseline.status}.`;
+  return verdictTable(await api(`/experiments/${run.id}/verdict`, { signal }));
 }
 
 // The verdict's lines as the API words them (moe_core.criteria.verdict_lines): the same
@@ -82,6 +100,15 @@ function configSection(run, defaults) {
       el("pre", { id: "config" }, JSON.stringify({ config: run.config, base: run.base }, null, 2))));
 }
 
+// Parameters (and those a token passes through, MoE): the result's, else the plan's, marked so.
+function paramsCell(run, estimate) {
+  const from = run.params === null && estimate ? estimate : run;
+  const shown = run.dense ? fmtInt(from.params) : `${fmtInt(from.params)} / ${fmtInt(from.active_params)}`;
+  return el("div", { id: "run-params" }, el("span", {}, run.dense ? "params" : "params / active"),
+    from === run ? shown : [el("abbr", { title: "the dry run's count, from the config: the run has no result yet" }, shown),
+      el("small", { class: "muted" }, " (planned)")]);
+}
+
 export async function runView(id) {
   const signal = scopeSignal();
   let [run, metrics, steps] = await Promise.all([api(`/experiments/${id}`, { signal }),
@@ -89,8 +116,10 @@ export async function runView(id) {
   const epochs = metrics.epochs;
   let points = steps.points;
   // Only its owner or an admin changes a run (the API says so with a 403 too): no buttons
-  // for what would be refused. An API from before users has no /users/me: all may.
-  const me = await whoAmI().catch(() => null);
+  // for what would be refused. An API from before users has no /users/me: all may. Until
+  // the run has a result, its size is the dry run's (the plan knows it from the config).
+  const [me, estimate] = await Promise.all([whoAmI().catch(() => null),
+    run.params === null ? api(`/experiments/${id}/plan`, { signal }).catch(() => null) : null]);
   const mayChange = !me || me.role === "admin" || me.name === run.owner;
   const header = el("div");
   const labels = labelsEditor(run, (changed) => { run = changed; renderHeader(); labels.update(run); },
@@ -112,7 +141,7 @@ export async function runView(id) {
       el("div", {}, el("span", {}, "kind"), run.dense ? "dense" : `MoE, ${run.preset || "custom"}`),
       el("div", {}, el("span", {}, "best val CE"), fmt(run.best_val_ce_loss)),
       el("div", {}, el("span", {}, "test CE"), fmt(run.test_ce_loss)),
-      el("div", {}, el("span", {}, run.dense ? "params" : "params / active"), run.dense ? fmtInt(run.params) : `${fmtInt(run.params)} / ${fmtInt(run.active_params)}`),
+      paramsCell(run, estimate),
       el("div", {}, el("span", {}, "tokens/s"), fmtInt(run.tokens_per_sec)),
       run.status === "running" ? gpuCell(run.gpu) : null,
       el("div", {}, el("span", {}, "worker"), run.worker_name || "–"),
@@ -132,7 +161,8 @@ export async function runView(id) {
     } }, run.cancel_requested ? "Cancelling…" : "Cancel run"));
 
   const renderCurves = () => fill(curvesBox, el("h2", {}, "Curves"), epochs.length || points.length
-    ? [chartControls(), curves(run, epochs, points)] : el("p", { class: "muted" }, "No step has been recorded yet."));
+    ? [chartControls(), curves(run, epochs, points), anySeries(run, epochs, points)]
+    : el("p", { class: "muted" }, "No step has been recorded yet."));
   const renderExperts = () => fill(experts, run.dense ? null : expertSection(epochs, epochAxes(epochs, run)));
 
   const renderVerdict = async () => {
@@ -142,10 +172,11 @@ export async function runView(id) {
     }
     let body;
     try {
-      body = verdictTable(await api(`/experiments/${id}/verdict`, { signal }));
+      body = await verdictOf(run, signal);
     } catch (error) {
-      body = el("p", { class: "muted" }, error.message.replace(/^\d+: /, ""));
+      body = error.message.replace(/^\d+: /, "");
     }
+    if (typeof body === "string") body = el("p", { class: "muted", id: "verdict-pending" }, body);
     fill(verdictBox, el("h2", {}, "Verdict against ", el("a", { href: `#/run/${run.baseline_id}` }, `dense run ${run.baseline_id}`)), body);
   };
 

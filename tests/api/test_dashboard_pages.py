@@ -109,14 +109,18 @@ def ema(values: list[float], weight: float) -> list[float]:
 
 
 def drawn(page, title: str) -> dict:
-    """What a chart draws: its x-axis, the series' labels and the plotted data (uPlot's)."""
+    """What a chart draws: its x-axis, the series' labels and the plotted data (uPlot's);
+    its x and y scales' [min, max] and each axis' ticks and their labels ("" unlabelled)."""
     return page.evaluate(
         """title => {
             const box = document.querySelector(`[data-chart="${title}"]`);
+            const p = box.plot;
+            const ticks = (a) => ({ splits: a._splits || [], values: a._values || [] });
             return { axis: box.drawn.axis, labels: box.drawn.labels,
-                     data: box.plot.data.map(c => Array.from(c, v => v ?? null)),
-                     distr: box.plot.scales.y.distr,
-                     shown: box.plot.series.slice(1).map(s => s.show) };
+                     data: p.data.map(c => Array.from(c, v => v ?? null)),
+                     distr: p.scales.y.distr, shown: p.series.slice(1).map(s => s.show),
+                     x: [p.scales.x.min, p.scales.x.max], y: [p.scales.y.min, p.scales.y.max],
+                     xTicks: ticks(p.axes[0]), yTicks: ticks(p.axes[1]) };
         }""",
         title,
     )
@@ -165,22 +169,20 @@ def test_run_charts_switch_axis_smooth_log_zoom_hide_and_download(pair, page):
     assert chart["axis"] == "time" and chart["data"][0] == pytest.approx(times)
     redrawn(page, select.format("epoch"))
 
-    # smoothing: each line its debiased EMA, the raw values beside it, faint
+    # smoothing applies to step series only (this run has none): each epoch's figure is an
+    # average over its steps already, and an EMA over a few of them would draw the line away
+    # from what was logged. The epoch series stay as they are, with no raw line beside them.
     slider = "const r = document.querySelector('input[name=smoothing]'); r.value = '0.6';" \
              " r.dispatchEvent(new Event('input'))"  # fmt: skip
     redrawn(page, slider)
     chart = drawn(page, "Cross-entropy")
-    labels = chart["labels"]
-    assert labels[:2] == ["train CE (raw)", "train CE"]
-    smoothed = chart["data"][1 + labels.index("val CE")]
-    assert smoothed == pytest.approx(ema(val_ce, 0.6))
-    assert smoothed != pytest.approx(val_ce)
-    assert chart["data"][1 + labels.index("val CE (raw)")] == pytest.approx(val_ce)
+    assert chart["labels"] == ["train CE", "val CE", "train CE (eval mode)"]
+    assert chart["data"][2] == pytest.approx(val_ce)
+    assert chart["data"][2] != pytest.approx(ema(val_ce, 0.6))
     assert (
         page.locator('[data-chart="Cross-entropy"] .u-legend .u-series:not(.legend-hidden)').count()
         == 4
     )  # x + 3
-    docs_shot(page, "dashboard-run-smoothed", full_page=False)
     redrawn(page, slider.replace("0.6", "0"))
 
     # log y: a logarithmic y scale, the same values
@@ -343,7 +345,6 @@ def test_compare_diffs_hyper_parameters_and_sorts_columns(pair, page):
     assert page.evaluate(order) == str(moe_id)
     header.click()
     assert page.evaluate(order) == str(dense_id)
-    docs_shot(page, "dashboard-compare")
 
 
 def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
@@ -500,6 +501,10 @@ def test_step_curves_follow_a_running_run_on_every_axis(deployment, start_api, p
     ce = [p["ce_loss"] for p in points]
     assert plotted(chart, "train CE per step")[1] == pytest.approx(ema(ce, 0.6))
     assert plotted(chart, "train CE per step (raw)")[1] == pytest.approx(ce)
+    # the epoch's own figure as logged, no raw line beside it
+    assert plotted(chart, "val CE")[1] == pytest.approx([first["val"]["ce_loss"]])
+    assert "val CE (raw)" not in chart["labels"]
+    docs_shot(page, "dashboard-run-smoothed", full_page=False)
     redrawn(page, slider.replace("0.6", "0"))
 
     # log y: a logarithmic scale, and the aux loss of 0 left out

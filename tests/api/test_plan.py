@@ -71,3 +71,14 @@ def test_a_study_dry_run_plans_each_run_and_stores_nothing(client, service_setti
     assert answer["runs"][0]["params"] == answer["runs"][0]["active_params"]
     assert answer["seeds"] == [1337, 1338]
     assert studies() == before
+
+
+def test_a_stored_run_answers_its_plan_as_the_dry_run_did(client):
+    body = request_body("planned", preset="top2")
+    dry = client.post("/experiments?dry_run=true", json=body).json()
+    run = client.post("/experiments", json=body).json()
+    assert run["params"] is None  # no result yet: the plan is what knows the size
+    stored = client.get(f"/experiments/{run['id']}/plan")
+    assert stored.status_code == 200, stored.text
+    assert stored.json() == dry
+    assert client.get("/experiments/999999/plan").status_code == 404
