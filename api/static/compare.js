@@ -4,6 +4,7 @@
 
 import { api } from "./http.js";
 import { el, fill, fmt, fmtInt, mean, scopeSignal, scroller, sortable, view } from "./dom.js";
+import { denseUnused } from "./presets.js";
 import { chartControls, lineChart } from "./charts.js";
 import { chartPicker, seriesKeys, seriesLines } from "./series.js";
 
@@ -14,21 +15,26 @@ export const COMPARABLE_FIELDS = ["dataset_name", "dataset_config", "vocab_size"
 const comparable = (a, b) => COMPARABLE_FIELDS.every((f) =>
   JSON.stringify((a.base || {})[f] ?? null) === JSON.stringify((b.base || {})[f] ?? null));
 
-// Every config and base field, flattened: "config.top_k", "base.seq_len", ...
-function fields(run) {
+// Every config and base field, flattened: "config.top_k", "base.seq_len", ...; a dense run
+// without the routing fields it has no use for (`unused`), so they never make a field differ.
+function fields(run, unused) {
   const out = new Map();
   for (const [section, values] of [["config", run.config], ["base", run.base]]) {
-    for (const [key, value] of Object.entries(values || {})) out.set(`${section}.${key}`, value);
+    for (const [key, value] of Object.entries(values || {})) {
+      if (!(run.dense && unused.has(`${section}.${key}`))) out.set(`${section}.${key}`, value);
+    }
   }
   return out;
 }
 
 // The hyper-parameters that are not the same in every run: one row a field, one column a run.
-export function hyperParameterDiff(runs) {
-  const all = runs.map(fields);
+export function hyperParameterDiff(runs, unused = new Set()) {
+  const all = runs.map((r) => fields(r, unused));
   const names = [...new Set(all.flatMap((f) => [...f.keys()]))];
   const text = (v) => v === undefined ? "" : v === null ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v);
-  const differing = names.filter((name) => new Set(all.map((f) => text(f.get(name)))).size > 1);
+  // a field a dense run has no use for (its cell blank) differs only if the other runs differ
+  const uses = (run, name) => !(run.dense && unused.has(name));
+  const differing = names.filter((name) => new Set(all.filter((f, i) => uses(runs[i], name)).map((f) => text(f.get(name)))).size > 1);
   if (!differing.length) return el("p", { id: "hparams-none" }, "The runs' configurations are the same.");
   return scroller(sortable(el("table", { id: "hparams" },
     el("thead", {}, el("tr", {}, el("th", {}, "field"), runs.map((r) => el("th", { class: "num", "data-run": r.id }, `${r.name} #${r.id}`)))),
@@ -90,7 +96,7 @@ export async function compareView(ids) {
         el("td", { class: "num" }, r.delta === null ? "–" : (r.delta > 0 ? "+" : "") + fmt(r.delta)),
         el("td", { class: "num", title: r.another ? "another base: its cross-entropy is measured on other text, tokens or blocks" : null },
           r.reference ? (r.another ? `${r.reference.id}: another base` : r.reference.id) : "–"))))))),
-    el("h2", {}, "Hyper-parameters that differ"), hyperParameterDiff(runs),
+    el("h2", {}, "Hyper-parameters that differ"), hyperParameterDiff(runs, await denseUnused().catch(() => new Set())),
     anyEpochs ? [el("h2", {}, "Curves"), chartControls(), el("div", { class: "charts", id: "compare-curves" },
       lineChart("Validation CE", lines("epoch:val.ce_loss"), { yLabel: "nats" }),
       lineChart("Training CE", lines("epoch:train.ce_loss"), { yLabel: "nats" }),

@@ -15,6 +15,10 @@ function presets(base = "spec") {
 
 export const presetNames = () => presets().then((p) => Object.keys(p.experiments));
 
+// The fields a dense run has no use for ("config.top_k", "base.moe_layers", ...: it has no
+// router): never a dense run's difference (moe_core.presets.DENSE_UNUSED, served by /presets).
+export const denseUnused = () => presets().then((p) => new Set(p.dense_unused || []));
+
 // What a run would be with nothing changed: its preset's config (the dense config for a
 // dense run; the baseline preset for a custom one) and its base preset, both as the engine
 // builds them on that base (a preset's expert width follows the base's ffn_dim).
@@ -23,6 +27,7 @@ export async function presetDefaults(run) {
   const p = await presets(base);
   const name = run.dense ? "dense" : run.preset || "baseline";
   return {
+    unused: new Set(p.dense_unused || []),
     config: run.dense ? p.dense : p.experiments[name],
     base: run.base_preset ? p.base[run.base_preset] : null,
     label: `${run.dense ? "the dense config" : `preset ${name}${run.preset ? "" : " (a custom run: no preset of its own)"}`}`

@@ -79,9 +79,11 @@ export function verdictTable(verdict, { id = "verdict" } = {}) {
 // base preset), then the whole configuration, folded.
 function configSection(run, defaults) {
   const rows = [];
+  const unused = run.dense ? defaults.unused : new Set();
   const differ = (section, mine, theirs) => {
     if (!theirs) return;
     for (const key of Object.keys(mine)) {
+      if (unused.has(`${section}.${key}`)) continue;  // a dense run has no router
       if (JSON.stringify(mine[key]) !== JSON.stringify(theirs[key])) rows.push([`${section}.${key}`, mine[key], theirs[key]]);
     }
   };
