@@ -10,7 +10,7 @@ const pct = (row, key) => (value(row, key) === null ? null : 100 * row[key]);
 
 // The routing statistics' plots: with their title and compact legend, about a heatmap's
 // height (8 experts at 18 px a row), so that the row they share has no blank under either.
-const CHART_HEIGHT = 130;
+const CHART_HEIGHT = 150;
 
 // x: the epochs' axes (charts.epochAxes).
 export function expertSection(epochs, x) {

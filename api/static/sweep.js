@@ -16,7 +16,8 @@ export function scatter(sweep, field) {
     "aria-label": `${sweep.config.objective} against ${field}` });
   chart.append(svg("text", { x: (left + W - right) / 2, y: H - 6, "text-anchor": "middle", class: "axis-name" }, field),
     svg("text", { x: 10, y: (top + H - bottom) / 2, "text-anchor": "middle", class: "tick better",
-      transform: `rotate(-90 10 ${(top + H - bottom) / 2})` }, `${sweep.config.objective}, lower is better ↓`));
+      // read bottom to top: the arrow at the start points down
+      transform: `rotate(-90 10 ${(top + H - bottom) / 2})` }, `← lower is better · ${sweep.config.objective}`));
   if (!judged.length) return chart;
   const fx = fieldAxis(field, spec, judged.map((t) => t.params[field]));
   const fy = objectiveAxis(sweep.config.objective, judged.map(judgedMean));
