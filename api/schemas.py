@@ -458,9 +458,13 @@ class SweepRead(BaseModel):
     config: dict[str, Any] = Field(description="the sweep as the engine runs it (SweepConfig)")
     fields: list[str] = Field(description="the space's fields, in the order submitted")
     dense_run_ids: list[int]
+    budget: int = Field(description="trials the sweep runs at most (proposed so far: trials)")
     trials: list[TrialRead] = Field(description="in the order proposed")
     ranking: list[int] = Field(description="trial numbers that can be best, best first")
     best_trial: int | None
+    no_best: str | None = Field(
+        description="why no trial can be best (each state that rules trials out); null when one can"
+    )
     importance: dict[str, float] | None = Field(description="fANOVA share of each field")
     prune_rule: str | None = Field(
         description="what the median pruner compares (None: the sweep does not prune)"

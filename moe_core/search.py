@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from .config import BASE_PRESETS, EXPERIMENT_PRESETS, BaseConfig, ExperimentConfig
-from .verdict_records import Objective
+from .verdict_records import MIN_USAGE_TARGET, Objective
 
 # BaseConfig fields a sweep may vary: the model's MoE layout and the optimiser's rate. The
 # rest of the base (sizes, data, epochs) is the sweep's, shared with its dense baselines.
@@ -297,6 +297,35 @@ def rank(trials: list[dict[str, Any]]) -> list[int]:
         and math.isfinite(t["objective"]["mean"])
     ]  # fmt: skip
     return [t["number"] for t in sorted(eligible, key=lambda t: t["objective"]["mean"])]
+
+
+# What each state that keeps a trial from being best is called in `why_no_best`.
+_KEPT_OUT = {
+    "tertiary_failed": "failed tertiary", "pruned": "pruned", "failed": "failed",
+    "cancelled": "cancelled", "complete": "without an objective", "running": "running",
+}  # fmt: skip
+
+
+def why_no_best(trials: list[dict[str, Any]], least_usage: float | None = None) -> str | None:
+    """Why no trial can be best (None when one can): how many trials are in each state
+    that rules a trial out, and for collapsed routers the rule and the least used expert
+    seen (`least_usage`, percent). Without a best there is no ranking and no importance,
+    so the reader needs this line to know whether to wait, widen the space or fix it."""
+    if rank(trials):
+        return None
+    if not trials:
+        return "no best trial: none has been proposed yet"
+    counts = {state: sum(t["state"] == state for t in trials) for state in _KEPT_OUT}
+    parts = [f"{n} {_KEPT_OUT[state]}" for state, n in counts.items() if n]
+    if len(parts) == 1 and len(trials) > 1:  # "all 3 failed tertiary", "both running"
+        (state,) = (s for s, n in counts.items() if n)
+        parts = [f"{'both' if len(trials) == 2 else f'all {len(trials)}'} {_KEPT_OUT[state]}"]
+    if counts["tertiary_failed"]:
+        least = f"; the least used got {least_usage:.1f}%" if least_usage is not None else ""
+        rule = f"a router collapsed: every expert must get ≥ {MIN_USAGE_TARGET:g}% of assignments"
+        parts = [p + f" ({rule}{least})" if "tertiary" in p else p for p in parts]
+    head = "no best trial yet" if counts["running"] else "no best trial, none passed"
+    return f"{head}: {', '.join(parts)}"
 
 
 def training_seconds(result: Mapping[str, Any], seq_len: int) -> list[float]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,7 +99,7 @@ def sweep_list(
                         right=("id", "trials", "best"))  # fmt: skip
     for s in sweeps["items"]:
         rows.add_row(str(s["id"]), s["name"], s.get("owner") or "", s["status"],
-                     str(len(s["trials"])),
+                     f"{len(s['trials'])}/{s.get('budget') or len(s['trials'])}",
                      "" if s["best_trial"] is None else str(s["best_trial"]))  # fmt: skip
     render.console().print(rows)
 
@@ -132,16 +133,29 @@ def sweep_delete(
 
 
 def ranked(sweep: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The trials that can be best, best first, then the rest in the order proposed."""
+    """The trials that can be best, best first; then those with an objective that cannot
+    (a collapsed router), by their objective; then the rest in the order proposed."""
     by_number = {t["number"]: t for t in sweep["trials"]}
     first = [by_number[n] for n in sweep["ranking"]]
-    return first + [t for t in sweep["trials"] if t["number"] not in sweep["ranking"]]
+    rest = [t for t in sweep["trials"] if t["number"] not in sweep["ranking"]]
+    judged = sorted((t for t in rest if (t["objective"] or {}).get("mean") is not None),
+                    key=lambda t: t["objective"]["mean"])  # fmt: skip
+    return first + judged + [t for t in rest if t not in judged]
+
+
+def trial_count(sweep: Mapping[str, Any]) -> str:
+    """ "2 of 3 trials (1 complete, 1 running)": proposed of the budget, by state."""
+    trials = sweep["trials"]
+    states = Counter(t["state"].replace("_", " ") for t in trials)
+    by_state = ", ".join(f"{n} {state}" for state, n in states.items())
+    budget = sweep.get("budget") or len(trials)
+    return f"{len(trials)} of {budget} trials" + (f" ({by_state})" if by_state else "")
 
 
 def print_sweep(out: Any, sweep: Mapping[str, Any]) -> None:
     config = sweep["config"]
     out.print(f"sweep {sweep['id']} {sweep['name']!r}: {sweep['status']}, {config['method']}, "
-              f"{len(sweep['trials'])} trial(s) x {config['seeds']} seed(s), objective "
+              f"{trial_count(sweep)} x {config['seeds']} seed(s), objective "
               f"{config['objective']}; dense runs {', '.join(map(str, sweep['dense_run_ids']))}"
               + render.owned_by(sweep))  # fmt: skip
     rows = render.table("#", "state", "objective ± SE", "95% CI", "p", "verdict", "params", "runs",
@@ -162,6 +176,8 @@ def print_sweep(out: Any, sweep: Mapping[str, Any]) -> None:
         out.print(
             f"best: trial {sweep['best_trial']} (a trial whose router collapsed is never best)"
         )
+    if sweep.get("no_best"):
+        out.print(sweep["no_best"])
     if sweep.get("importance"):
         shares = ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(sweep["importance"].items(), key=lambda kv: -kv[1])

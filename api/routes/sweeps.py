@@ -23,7 +23,7 @@ from api.requests import SweepCreate
 from api.resolve import resolve_sweep
 from api.schemas import SweepList, SweepPlan, SweepRead
 from api.submit import request_hash, store_once, submit
-from moe_core.search import MAX_RUNS, grid_points, prune_rule, rank
+from moe_core.search import MAX_RUNS, grid_points, prune_rule, rank, why_no_best
 from store import artifacts, audit, sweeps
 from store.models import Experiment, Sweep
 
@@ -40,12 +40,17 @@ def sweep_read(session: Session, sweep: Sweep) -> dict[str, Any]:
         "passed": (t.verdict or {}).get("passed"), "pruned_at_epoch": t.pruned_at_epoch,
         "run_ids": [i for i, n in runs if n == t.number], "finished_at": t.finished_at,
     } for t in sweep.trials]  # fmt: skip
+    collapsed = [t.verdict["tertiary"].get("min_usage") for t in sweep.trials
+                 if t.state == "tertiary_failed" and t.verdict and "tertiary" in t.verdict]  # fmt: skip
+    least = min((u for u in collapsed if u is not None), default=None)
     return {
         "id": sweep.id, "name": sweep.name, "owner": sweep.owner, "status": sweep.status,
         "parallel": sweep.parallel,
         "config": sweep.config, "fields": sweep.fields,
         "dense_run_ids": [i for i, n in runs if n is None],
+        "budget": sweeps.config_of(sweep).budget(),
         "trials": trials, "ranking": rank(trials), "best_trial": sweep.best_trial,
+        "no_best": why_no_best(trials, least),
         "importance": sweep.importance, "created_at": sweep.created_at,
         # the service trains a trial's seeds as runs of their own: the first seed's curve
         "prune_rule": prune_rule(sweeps.config_of(sweep), together=False),

@@ -285,7 +285,7 @@ function logAxis() {
 const slug = (title) => title.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
 
 // Expert usage over training: one row per expert, one column per epoch, colour by the
-// share of assignments (white 0 → dark blue at the largest share seen).
+// share of assignments (0 like the background → the largest share seen, in contrast).
 export function heatmap(title, epochs, usageByEpoch, { vmax } = {}) {
   const experts = usageByEpoch.reduce((n, u) => Math.max(n, u ? u.length : 0), 0);
   const box = el("div", { class: "heatmap", "data-heatmap": title, "data-epochs": epochs.length,
@@ -309,9 +309,13 @@ export function heatmap(title, epochs, usageByEpoch, { vmax } = {}) {
     const ctx = canvas.getContext("2d");
     ctx.scale(ratio, ratio);
     const cellWidth = (cssWidth - labelWidth) / epochs.length;
+    const colourOf = heatColours();
+    // what it draws, for tests to read (as a line chart's .drawn)
+    box.colourOf = (value) => colourOf(Math.min(1, value / top));
+    box.drawn = { usage: usageByEpoch, top };
     usageByEpoch.forEach((usage, col) => {
       (usage || []).forEach((value, row) => {
-        ctx.fillStyle = blues(Math.min(1, value / top));
+        ctx.fillStyle = box.colourOf(value);
         ctx.fillRect(labelWidth + col * cellWidth, row * rowHeight, Math.ceil(cellWidth), rowHeight);
       });
     });
@@ -336,14 +340,24 @@ export function heatmap(title, epochs, usageByEpoch, { vmax } = {}) {
     box.dataset.drawn = "1";
   };
   box.append(canvas, el("div", { class: "legend" }, "0%", el("i"), `${top.toFixed(0)}% of assignments`));
+  box.redraw = draw;
+  charts.add(box);
   requestAnimationFrame(draw);
   return box;
 }
 
-function blues(t) {
-  // #f7fbff → #6baed6 → #08306b
-  const stops = [[247, 251, 255], [107, 174, 214], [8, 48, 107]];
-  const [a, b, u] = t < 0.5 ? [stops[0], stops[1], t * 2] : [stops[1], stops[2], (t - 0.5) * 2];
-  return `rgb(${a.map((c, i) => Math.round(c + (b[i] - c) * u)).join(",")})`;
+// The colour map, from the stylesheet's colour scheme (--heat0 → --heat1 → --heat2): white
+// to dark blue on a light page, dark to light blue on a dark one, so the busiest expert
+// stands out from the background on either.
+function heatColours() {
+  const stops = [0, 1, 2].map((i) => { const n = parseInt(css(`--heat${i}`).slice(1), 16); return [n >> 16, (n >> 8) & 255, n & 255]; });
+  return (t) => {
+    const [a, b, u] = t < 0.5 ? [stops[0], stops[1], t * 2] : [stops[1], stops[2], (t - 0.5) * 2];
+    return `rgb(${a.map((c, i) => Math.round(c + (b[i] - c) * u)).join(",")})`;
+  };
 }
 
+// A change of the system's colour scheme redraws every chart in the new colours.
+matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+  for (const chart of [...charts]) if (chart.isConnected) chart.redraw(); else charts.delete(chart);
+});

@@ -1,124 +1,58 @@
-// Sweeps: the list, and a sweep's page: its trials ranked (objective ± SE, verdict), a
-// parallel-coordinates view (one line per trial across its fields and the objective,
-// coloured by the objective; pruned trials grey, collapsed routers dashed red) and the
-// objective against each field. Plain SVG: a few dozen lines, nothing to vendor.
+// Sweeps: the list, and a sweep's page: its trials ranked (objective ± SE, verdict), the
+// parallel coordinates (parcoords.js: one line per trial, brushed to filter) and the
+// objective against each field; when no trial can be best, the line saying why. Plain SVG,
+// nothing to vendor. On every chart lower is drawn lower, and lower is better.
 
 import { api } from "./http.js";
 import { el, every, fill, fmt, mark, scopeSignal, scroller, sortable, view } from "./dom.js";
-
-const SVG = "http://www.w3.org/2000/svg";
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined) node.setAttribute(key, value);
-  }
-  node.append(...children.filter(Boolean));
-  return node;
-}
-
-const STATE_NOTE = { tertiary_failed: "router collapsed", pruned: "pruned", failed: "failed", cancelled: "cancelled" };
-
-// An axis for one field: where a value sits, 0 (bottom) to 1 (top), and its tick labels.
-function fieldAxis(name, spec, values) {
-  const shown = values.filter((v) => v !== undefined);
-  if (spec && spec.choices) {
-    const keys = spec.choices.map((c) => JSON.stringify(c));
-    const at = (v) => keys.length === 1 ? 0.5 : keys.indexOf(JSON.stringify(v)) / (keys.length - 1);
-    return { name, at, ticks: keys.map((k) => [at(JSON.parse(k)), k]) };
-  }
-  const log = spec && spec.log;
-  const f = (v) => log ? Math.log10(v) : v;
-  const lo = spec ? f(spec.low) : Math.min(...shown.map(f));
-  const hi = spec ? f(spec.high) : Math.max(...shown.map(f));
-  const at = (v) => hi === lo ? 0.5 : (f(v) - lo) / (hi - lo);
-  const label = (x) => log ? (10 ** x).toPrecision(2) : Number(x.toPrecision(3)).toString();
-  return { name, at, ticks: [[0, label(lo)], [1, label(hi)]] };
-}
-
-function objectiveAxis(values) {
-  const lo = Math.min(...values), hi = Math.max(...values);
-  // lower is better: the best trial at the top
-  const at = (v) => hi === lo ? 0.5 : (hi - v) / (hi - lo);
-  return { name: "objective", at, ticks: [[at(lo), fmt(lo, 4)], [at(hi), fmt(hi, 4)]], lo, hi };
-}
-
-// Blue (best) to orange (worst), by the objective's place between the extremes.
-const colour = (t) => `hsl(${Math.round(215 - 185 * t)}, 70%, 45%)`;
-
-export function parallelCoordinates(sweep) {
-  const space = sweep.config.space;
-  const fields = sweep.fields;
-  const judged = sweep.trials.filter((t) => t.objective && t.objective.mean !== null && t.objective.mean !== undefined);
-  const objective = judged.length ? objectiveAxis(judged.map((t) => t.objective.mean)) : null;
-  const axes = fields.map((f) => fieldAxis(f, space[f], sweep.trials.map((t) => t.params[f])));
-  if (objective) axes.push(objective);
-  const W = 160 * axes.length + 40, H = 260, top = 24, bottom = 40, left = 60;
-  const x = (i) => left + i * 160;
-  const y = (at) => top + (1 - at) * (H - top - bottom);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, class: "parcoords", role: "img",
-    "aria-label": "parallel coordinates: one line per trial" });
-  axes.forEach((axis, i) => {
-    chart.append(svg("line", { x1: x(i), x2: x(i), y1: y(0), y2: y(1), class: "axis" }),
-      svg("text", { x: x(i), y: H - 14, "text-anchor": "middle", class: "axis-name" }, axis.name));
-    for (const [at, label] of axis.ticks) {
-      chart.append(svg("text", { x: x(i) - 6, y: y(at) + 4, "text-anchor": "end", class: "tick" }, label));
-    }
-  });
-  for (const trial of sweep.trials) {
-    const value = trial.objective ? trial.objective.mean : null;
-    const points = axes.map((axis, i) => {
-      if (axis === objective) return value === null || value === undefined ? null : [x(i), y(objective.at(value))];
-      const v = trial.params[axis.name];
-      return v === undefined ? null : [x(i), y(axis.at(v))];
-    }).filter(Boolean);
-    const t = objective && value !== null && value !== undefined
-      ? (value - objective.lo) / ((objective.hi - objective.lo) || 1) : null;
-    const cls = `trial ${trial.state}`;
-    const stroke = trial.state === "tertiary_failed" ? "#cf222e" : t === null ? "#8c959f" : colour(t);
-    const line = svg("polyline", {
-      points: points.map((p) => p.join(",")).join(" "), class: cls, stroke, fill: "none",
-      "stroke-width": trial.number === sweep.best_trial ? 3 : 1.5,
-      "stroke-dasharray": trial.state === "tertiary_failed" ? "6 4" : null,
-      "data-trial": trial.number, "data-objective": value ?? "",
-    }, svg("title", {}, `trial ${trial.number}: ${Object.entries(trial.params).map(([k, v]) => `${k}=${v}`).join(", ")}`
-      + (value !== null && value !== undefined ? `; objective ${fmt(value, 4)}` : "") + (STATE_NOTE[trial.state] ? ` (${STATE_NOTE[trial.state]})` : "")));
-    // a link: to the trial's (first seed's) run, by keyboard or in a new tab as well
-    chart.append(trial.run_ids.length ? svg("a", { href: `#/run/${trial.run_ids[0]}` }, line) : line);
-  }
-  return chart;
-}
+import { fieldAxis, judgedMean, objectiveAxis, parallelCoordinates, svg } from "./parcoords.js";
 
 // The objective against one field: a dot per judged trial.
 export function scatter(sweep, field) {
   const spec = sweep.config.space[field];
-  const judged = sweep.trials.filter((t) => t.objective && t.objective.mean !== null && t.objective.mean !== undefined && t.params[field] !== undefined);
-  const W = 260, H = 180, left = 56, right = 12, top = 12, bottom = 34;
+  const judged = sweep.trials.filter((t) => judgedMean(t) !== null && t.params[field] !== undefined);
+  const W = 280, H = 190, left = 64, right = 14, top = 12, bottom = 36;
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "scatter", "data-field": field, role: "img",
-    "aria-label": `objective against ${field}` });
-  chart.append(svg("text", { x: (left + W - right) / 2, y: H - 6, "text-anchor": "middle", class: "axis-name" }, field));
+    "aria-label": `${sweep.config.objective} against ${field}` });
+  chart.append(svg("text", { x: (left + W - right) / 2, y: H - 6, "text-anchor": "middle", class: "axis-name" }, field),
+    svg("text", { x: 10, y: (top + H - bottom) / 2, "text-anchor": "middle", class: "tick better",
+      // read bottom to top: the arrow at the start points down
+      transform: `rotate(-90 10 ${(top + H - bottom) / 2})` }, `← lower is better · ${sweep.config.objective}`));
   if (!judged.length) return chart;
   const fx = fieldAxis(field, spec, judged.map((t) => t.params[field]));
-  const fy = objectiveAxis(judged.map((t) => t.objective.mean));
-  const px = (v) => left + fx.at(v) * (W - left - right);
-  const py = (v) => top + fy.at(v) * (H - top - bottom);  // the best at the top
+  const fy = objectiveAxis(sweep.config.objective, judged.map(judgedMean));
+  const px = (at) => left + at * (W - left - right);
+  const py = (at) => top + (1 - at) * (H - top - bottom);  // lower drawn lower, as in parcoords.js
   chart.append(svg("line", { x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, class: "axis" }),
     svg("line", { x1: left, x2: left, y1: top, y2: H - bottom, class: "axis" }));
-  for (const [at, label] of fy.ticks) chart.append(svg("text", { x: left - 4, y: top + at * (H - top - bottom) + 4, "text-anchor": "end", class: "tick" }, label));
-  for (const [at, label] of fx.ticks) chart.append(svg("text", { x: left + at * (W - left - right), y: H - bottom + 14, "text-anchor": "middle", class: "tick" }, label));
+  // the y ticks end left of the axis and the x ticks start right of it: they never meet
+  for (const [at, label] of fy.ticks) chart.append(svg("text", { x: left - 4, y: py(at) + 4, "text-anchor": "end", class: "tick" }, label));
+  for (const [at, label] of fx.ticks) chart.append(svg("text", { x: px(at), y: H - bottom + 14, "text-anchor": at === 0 ? "start" : at === 1 ? "end" : "middle", class: "tick" }, label));
   for (const t of judged) {
-    chart.append(svg("circle", { cx: px(t.params[field]), cy: py(t.objective.mean), r: 4,
+    chart.append(svg("circle", { cx: px(fx.at(t.params[field])), cy: py(fy.at(judgedMean(t))), r: 4,
       class: `trial ${t.state}`, fill: t.state === "tertiary_failed" ? "#cf222e" : "#0969da",
-      "data-trial": t.number, "data-objective": t.objective.mean },
-    svg("title", {}, `trial ${t.number}: ${field}=${t.params[field]}, objective ${fmt(t.objective.mean, 4)}`)));
+      "data-trial": t.number, "data-objective": judgedMean(t) },
+    svg("title", {}, `trial ${t.number}: ${field}=${t.params[field]}, objective ${fmt(judgedMean(t), 4)}`)));
   }
   return chart;
 }
 
+// Those that can be best, best first; then those judged that cannot (a collapsed router),
+// by their objective; then the rest as proposed (as `moe-lab sweep show` lists them).
 function ranked(sweep) {
   const byNumber = new Map(sweep.trials.map((t) => [t.number, t]));
   const first = sweep.ranking.map((n) => byNumber.get(n));
-  return [...first, ...sweep.trials.filter((t) => !sweep.ranking.includes(t.number))];
+  const rest = sweep.trials.filter((t) => !sweep.ranking.includes(t.number));
+  const judged = rest.filter((t) => judgedMean(t) !== null).sort((a, b) => judgedMean(a) - judgedMean(b));
+  return [...first, ...judged, ...rest.filter((t) => judgedMean(t) === null)];
+}
+
+// "2 of 3 trials (1 complete, 1 running)": proposed of the budget, by state.
+function trialCount(sweep) {
+  const states = new Map();
+  for (const t of sweep.trials) states.set(t.state.replace("_", " "), (states.get(t.state.replace("_", " ")) || 0) + 1);
+  const by = [...states].map(([state, n]) => `${n} ${state}`).join(", ");
+  return `${sweep.trials.length} of ${sweep.budget ?? sweep.trials.length} trials${by ? ` (${by})` : ""}`;
 }
 
 function trialsTable(sweep) {
@@ -148,16 +82,24 @@ export async function sweepView(id) {
   const render = (sweep) => {
     const config = sweep.config;
     const importance = Object.entries(sweep.importance || {}).sort((a, b) => b[1] - a[1]);
+    const table = trialsTable(sweep);
+    const judged = sweep.trials.some((t) => judgedMean(t) !== null);
+    const chart = parallelCoordinates(sweep, { onBrush: (kept) => table.querySelectorAll("tbody tr").forEach((row) =>
+      row.classList.toggle("in-brush", kept !== null && kept.includes(Number(row.dataset.trial)))) });
     fill(body,
       el("h1", {}, `${sweep.name} `, el("span", { class: "muted" }, `sweep #${sweep.id}`)),
-      el("p", {}, el("span", { id: "sweep-owner" }, `by ${sweep.owner}`), ` · ${sweep.status} · ${config.method}, ${sweep.trials.length}${config.trials ? ` of ${config.trials}` : ""} trials × ${config.seeds} seed(s) · objective ${config.objective} (lower is better) · dense runs `,
+      el("p", { id: "sweep-head" }, el("span", { id: "sweep-owner" }, `by ${sweep.owner}`), ` · ${sweep.status} · ${config.method}, ${trialCount(sweep)} × ${config.seeds} seed(s) · objective ${config.objective} (lower is better) · dense runs `,
         ...sweep.dense_run_ids.flatMap((d, i) => [i ? ", " : "", el("a", { href: `#/run/${d}` }, `#${d}`)])),
       sweep.best_trial !== null ? el("p", {}, "best: trial ", el("strong", {}, String(sweep.best_trial)),
         el("span", { class: "muted" }, " (a pruned trial or one whose router collapsed is never best)")) : null,
-      el("h2", {}, "Trials"), el("div", { class: "chart-box" }, parallelCoordinates(sweep)),
+      sweep.no_best ? el("p", { class: "no-best", id: "no-best" }, sweep.no_best,
+        judged && !sweep.ranking.length ? el("span", { class: "muted" }, " · the trials below are ordered by their objective all the same, and there is no importance without a trial to rank") : null) : null,
+      el("h2", {}, "Trials"),
+      el("p", { class: "muted footnote" }, "One line per trial, coloured by its objective: blue lowest (best) to orange highest; dashed red: router collapsed; grey: no objective. Drag along an axis to keep the trials in that range; click the axis to clear it."),
+      chart,
       el("div", { class: "scatters" }, ...sweep.fields.map((f) => scatter(sweep, f))),
       importance.length ? el("p", {}, "importance (fANOVA): ", importance.map(([f, v]) => `${f} ${v.toFixed(2)}`).join(", ")) : null,
-      scroller(trialsTable(sweep)));
+      scroller(table));
   };
   let sweep = await api(`/sweeps/${id}`, { signal });
   render(sweep);
@@ -175,7 +117,7 @@ export async function sweepsView() {
   const list = await api("/sweeps?limit=100", { signal });
   const rows = list.items.map((s) => el("tr", {},
     el("td", {}, el("a", { href: `#/sweep/${s.id}` }, `#${s.id}`)), el("td", {}, s.name), el("td", { class: "owner" }, s.owner), el("td", {}, s.status),
-    el("td", {}, s.config.method), el("td", { class: "num" }, String(s.trials.length)),
+    el("td", {}, s.config.method), el("td", { class: "num" }, `${s.trials.length}/${s.budget ?? s.trials.length}`),
     el("td", { class: "num" }, s.best_trial === null ? "–" : String(s.best_trial))));
   fill(view, el("h1", {}, "Sweeps"),
     list.items.length ? scroller(sortable(el("table", {},

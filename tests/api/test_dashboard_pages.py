@@ -410,13 +410,55 @@ def test_dark_mode_follows_the_system(stepped_pair, page):
     assert colours == {"page": "rgb(13, 17, 23)", "text": "rgb(230, 237, 243)",
                        "axis": "#e6edf3", "series": "#4493f8"}  # fmt: skip
     page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
+    page.wait_for_selector('#experts [data-chart$="load imbalance"][data-drawn="1"]')
+    # each MoE layer's heatmaps and routing charts: one row of boxes of about one height
+    # (the content's height in each box: the grid stretches the boxes themselves to one)
+    boxes = page.eval_on_selector(
+        "#experts .layer",
+        """l => [...l.children].map(b => ({
+        top: b.getBoundingClientRect().top,
+        height: b.lastElementChild.getBoundingClientRect().bottom - b.getBoundingClientRect().top}))""",
+    )
+    assert len(boxes) == 4 and len({round(b["top"]) for b in boxes}) == 1
+    heights = [b["height"] for b in boxes]
+    assert max(heights) / min(heights) < 1.2, heights
+    # the busiest cell of the heatmap stands out of the dark page (WCAG contrast ≥ 4.5)
+    assert contrast(busiest(page), colours["page"]) >= 4.5
     docs_shot(page, "dashboard-run-dark")
-    page.emulate_media(color_scheme="light")
+    page.emulate_media(color_scheme="light")  # the colour map follows the theme, no reload
+    wait_for(lambda: contrast(busiest(page), "rgb(255, 255, 255)") >= 4.5, timeout=10,
+             what="the heatmaps redrawn in the light colour map")  # fmt: skip
     page.reload()
     page.wait_for_selector('#curves [data-chart="Cross-entropy"][data-drawn="1"]')
     assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == (
         "rgb(255, 255, 255)"
     )
+
+
+def busiest(page) -> str:
+    """The colour of the busiest cell of the first layer's heatmaps, as drawn."""
+    return page.evaluate("""() => {
+        const boxes = [...document.querySelector('#experts .layer').querySelectorAll('[data-heatmap][data-drawn]')];
+        const most = (box) => Math.max(...box.drawn.usage.flat().filter(v => v !== null));
+        const box = boxes.reduce((a, b) => most(b) > most(a) ? b : a), top = most(box);
+        const [r, g, b] = box.colourOf(top).match(/\\d+/g).map(Number);
+        const c = box.querySelector('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;  // the pixels of that colour: it is drawn
+        for (let i = 0; i < d.length; i += 4) if (d[i] === r && d[i + 1] === g && d[i + 2] === b) n++;
+        return n ? box.colourOf(top) : `not drawn: ${box.colourOf(top)}`; }""")
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two rgb(...) colours, from their relative luminance."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", colour)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    assert "not drawn" not in a, a
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
 
 
 def plotted(chart: dict, label: str) -> tuple[list, list]:

@@ -76,8 +76,18 @@ def test_the_sweep_page_ranks_trials_draws_each_and_never_names_a_collapsed_rout
     }
     # two fields, then the objective; the pruned trial has no objective point
     assert [len(points[n]) for n in range(4)] == [3, 3, 3, 2]
-    # lower is better, drawn higher: -0.20 (collapsed) above -0.05 above +0.02
-    assert points[2][2][1] < points[0][2][1] < points[1][2][1]
+    # lower drawn lower, on every chart: -0.20 (collapsed) below -0.05 below +0.02
+    assert points[2][2][1] > points[0][2][1] > points[1][2][1]
+    for field in ("capacity_factor", "aux_weight"):
+        cy = page.eval_on_selector_all(f"svg.scatter[data-field={field}] circle",
+                                       "cs => cs.map(c => [Number(c.dataset.trial), Number(c.getAttribute('cy'))])")  # fmt: skip
+        assert [n for n, _ in sorted(cy, key=lambda d: -d[1])] == [2, 0, 1]
+    assert "lower is better" in page.eval_on_selector("svg.parcoords", "s => s.textContent")
+    # at the page's width (1,400 px less its margins), not a thumbnail
+    main = page.eval_on_selector("main", "m => m.clientWidth")
+    assert (
+        page.eval_on_selector("svg.parcoords", "s => s.getBoundingClientRect().width") > 0.9 * main
+    )
     # each field's value placed on its axis: capacity 1.0 at the bottom, 1.5 at the top
     with session_scope(settings.database_url) as session:
         params = {t.number: t.params for t in session.get(Sweep, sweep_id).trials}
@@ -110,7 +120,28 @@ def test_the_sweep_page_ranks_trials_draws_each_and_never_names_a_collapsed_rout
     )
     assert [s["field"] for s in scatters] == ["capacity_factor", "aux_weight"]
     assert all(sorted(s["dots"]) == [0, 1, 2] for s in scatters)  # the judged trials
+
+    # a drag down the capacity axis from its top to its middle keeps the trials at 1.5
+    box = page.eval_on_selector("svg.parcoords rect.brush-area[data-axis=capacity_factor]",
+                                "r => { const b = r.getBoundingClientRect(); return [b.x, b.y, b.width, b.height]; }")  # fmt: skip
+    x, top, height = box[0] + box[2] / 2, box[1], box[3]
+    page.mouse.move(x, top + 2)
+    page.mouse.down()
+    page.mouse.move(x, top + height * 0.3, steps=4)
+    page.mouse.move(x, top + height * 0.6, steps=4)
+    page.mouse.up()
+    kept = [n for n in range(4) if params[n]["capacity_factor"] == 1.5]
+    dimmed = "[...document.querySelectorAll('svg.parcoords polyline.dimmed')].map(l => Number(l.dataset.trial))"
+    assert sorted(page.evaluate(dimmed)) == sorted(set(range(4)) - set(kept))
+    assert page.inner_text("#brushed").startswith("2 of 4 trials in the brush (capacity_factor)")
+    assert page.get_attribute("#brushed", "data-trials") == ",".join(map(str, kept))
+    marked = page.eval_on_selector_all(
+        "table.trials tr.in-brush", "rs => rs.map(r => Number(r.dataset.trial))"
+    )
+    assert sorted(marked) == kept
     docs_shot(page, "sweep")
+    page.mouse.click(x, top + height / 2)  # a click on the axis clears its brush
+    assert page.evaluate(dimmed) == [] and page.inner_text("#brushed") == ""
 
     # each line links to its trial's run
     href = page.eval_on_selector(
@@ -123,6 +154,42 @@ def test_the_sweep_page_ranks_trials_draws_each_and_never_names_a_collapsed_rout
         assert session.get(Experiment, run_id).trial_number == 1
 
 
+def test_a_sweep_without_a_best_says_why_and_reads_on_a_phone(sweep_page, browser):
+    _, _, settings = sweep_page
+    with session_scope(settings.database_url) as session:  # every trial's router collapsed
+        sweep = session.get(Sweep, seed_sweep(settings.database_url))
+        for trial in sweep.trials:
+            trial.state = "tertiary_failed" if trial.objective else "pruned"
+            trial.verdict = {
+                **(trial.verdict or {}),
+                "tertiary": {"passed": False, "min_usage": 0.8},
+            }
+        sweep.best_trial, sweep.importance = None, None
+        session.commit()
+        sweep_id = sweep.id
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    phone = context.new_page()
+    try:
+        phone.goto(f"{sweep_page[0].url.split('/ui/')[0]}/ui/#/sweep/{sweep_id}")
+        phone.wait_for_selector("svg.parcoords polyline")
+        why = phone.inner_text("#no-best")
+        assert why.startswith("no best trial, none passed: 3 failed tertiary (a router collapsed: "
+                              "every expert must get ≥ 5% of assignments; the least used got 0.8%), 1 pruned")  # fmt: skip
+        assert "best: trial" not in phone.inner_text("main")
+        # what ran is still ranked, by its objective: -0.20, -0.05, +0.02, then the pruned
+        rows = phone.eval_on_selector_all(
+            "table.trials tbody tr", "rs => rs.map(r => Number(r.dataset.trial))"
+        )
+        assert rows == [2, 0, 1, 3]
+        # nothing wider than the phone but the trials table, which scrolls in its own box
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        width = phone.eval_on_selector("svg.parcoords", "s => s.getBoundingClientRect().width")
+        assert 300 <= width <= 390
+        docs_shot(phone, "sweep-390px", full_page=False)
+    finally:
+        context.close()
+
+
 def test_the_sweeps_list_links_each_sweep(sweep_page):
     page, sweep_id, _ = sweep_page
     page.click("header nav a[href='#/sweeps']")
@@ -130,4 +197,4 @@ def test_the_sweeps_list_links_each_sweep(sweep_page):
     row = page.eval_on_selector(
         f"a[href='#/sweep/{sweep_id}']", "a => [...a.closest('tr').cells].map(c => c.textContent)"
     )
-    assert row == [f"#{sweep_id}", "capacity", "admin", "finished", "grid", "4", "0"]
+    assert row == [f"#{sweep_id}", "capacity", "admin", "finished", "grid", "4/4", "0"]

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from moe_core.proposals import Proposer
-from moe_core.search import MAX_RUNS, SweepConfig, check_sweep, grid_points
+from moe_core.search import MAX_RUNS, SweepConfig, check_sweep, grid_points, why_no_best
 
 
 def sweep(**fields):
@@ -221,3 +221,21 @@ def test_at_equal_time_a_trial_slower_per_token_is_judged_on_what_it_reached_in_
     assert value == pytest.approx(4.6 - 4.7)  # by 3 s it had finished 2 epochs
     plain = sweep(method="grid", seeds=1, space={"top_k": {"choices": [1]}})
     assert objective_of(plain, [slow], [dense])["values"] == [pytest.approx(4.5 - 4.7)]
+
+
+def test_why_no_best_names_what_kept_each_trial_out():
+    def trial(number: int, state: str, mean: float | None = None) -> dict:
+        return {"number": number, "state": state, "objective": {"mean": mean}}
+
+    assert why_no_best([trial(0, "complete", -0.1), trial(1, "tertiary_failed", -0.3)]) is None
+    assert (
+        why_no_best([trial(0, "running"), trial(1, "running")]) == "no best trial yet: both running"
+    )
+    collapsed = [trial(n, "tertiary_failed", -0.1 * n) for n in range(3)]
+    assert why_no_best(collapsed, 0.42) == (
+        "no best trial, none passed: all 3 failed tertiary (a router collapsed: every expert "
+        "must get ≥ 5% of assignments; the least used got 0.4%)"
+    )
+    assert why_no_best([trial(0, "pruned"), trial(1, "failed"), trial(2, "running")]) == (
+        "no best trial yet: 1 pruned, 1 failed, 1 running"
+    )

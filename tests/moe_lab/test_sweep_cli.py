@@ -45,7 +45,9 @@ def test_sweep_submit_wait_ranks_the_trials_and_show_and_cancel_read_it(
     print(done.stdout, done.stderr)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("sweep 1 'cli-sweep': finished, grid, 2 trial(s) x 1 seed(s)")
+    assert lines[0].startswith(
+        "sweep 1 'cli-sweep': finished, grid, 2 of 2 trials (2 complete) x 1 seed(s)"
+    )
     shown = json.loads(moe_lab(server, "sweep", "show", "1", "--json").stdout)
     rows = [line.split() for line in lines if line.split() and line.split()[0] in ("0", "1")]
     assert [int(row[0]) for row in rows] == shown["ranking"]  # best first, as the API ranks
