@@ -18,6 +18,7 @@ from moe_core.records import EpochFigures, StepPoint
 from moe_core.statistics import CONFIDENCE, confidence_label
 from moe_core.verdict_records import PairedTest, ServedSeedsVerdict, ServedVerdict, VerdictLine
 from store.models import Status
+from store.system_points import SystemReading
 
 
 class GpuMemory(BaseModel):
@@ -223,6 +224,13 @@ class StepsRead(BaseModel):
     )
     # The engine's own step point (moe_core.records), as the store keeps it.
     points: list[StepPoint]
+
+
+class SystemRead(BaseModel):
+    experiment_id: int
+    # The store's own reading (store.system_points), every MOE_SYSTEM_METRICS_INTERVAL
+    # seconds, at most MOE_SYSTEM_POINTS_MAX of them (the oldest thinned past that).
+    points: list[SystemReading]
 
 
 class EpochLosses(BaseModel):

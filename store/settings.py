@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     # A running run's worker writes its progress (step, tokens/s, ETA) and its new step
     # points this often.
     progress_interval: float = Field(2.0, gt=0)
+    # A running run's training process reads its CPU and memory (and its GPU's utilisation,
+    # memory and power) this often and keeps them as a history (worker.system_metrics); 0:
+    # none. A run keeps at most system_points_max readings: past that the oldest are
+    # thinned to every other one and the reading interval doubles.
+    system_metrics_interval: float = Field(5.0, ge=0)
+    system_points_max: int = Field(2000, ge=10)
     # A worker whose database goes away at an epoch's end waits this long for it, retrying,
     # with training paused (the epoch's checkpoint follows its rows), instead of failing.
     db_outage_seconds: float = Field(300.0, ge=0)

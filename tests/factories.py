@@ -4,16 +4,17 @@ counts of what became of it (rows, queued tasks)."""
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from moe_core.config import base_config, get_experiment_configs
 from moe_core.records import EpochRecord, EvalLayerRouting, LayerRouting, Losses, StepPoint
-from store import catalogue, leases
+from store import catalogue, leases, system_points
 from store.db import session_scope
 from store.models import EpochMetrics, ExpertStats, Status, utcnow
+from store.system_points import SystemReading
 
 
 def fast_base(**overrides: Any) -> dict[str, Any]:
@@ -133,6 +134,25 @@ def write_steps(
     with session_scope(database) as session:
         leases.record_steps(session=session, experiment_id=experiment_id, owner=owner,
                             every=every, points=points)  # fmt: skip
+
+
+def system_reading(second: int, *, cpu: float = 100.0, rss: float = 512.0) -> SystemReading:
+    """A CPU run's system reading (store.system_points) `second` s after a fixed start."""
+    return {"t": SYSTEM_START + timedelta(seconds=second), "elapsed_s": float(second),
+            "step": 10 * second, "epoch": second / 100, "cpu_percent": cpu, "rss_mb": rss,
+            "gpu_util": None, "gpu_mem_mb": None, "gpu_power_w": None}  # fmt: skip
+
+
+SYSTEM_START = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def write_system(
+    database: str, experiment_id: int, owner: str, points: list, max_points: int = 2000
+) -> bool:
+    with session_scope(database) as session:
+        return system_points.record_system_points(session=session, experiment_id=experiment_id,
+                                                  owner=owner, points=points,
+                                                  max_points=max_points)  # fmt: skip
 
 
 def counts(database: str, experiment_id: int) -> tuple[int, int]:

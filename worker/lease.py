@@ -263,6 +263,17 @@ class RunLease:
                 self._points[:0] = points
             raise
 
+    def position(self) -> tuple[int | None, float | None]:
+        """Where training stands (worker.system_metrics): optimizer steps done (None until
+        an epoch's size is known) and the position in epochs (2.5: half-way through 3)."""
+        p = self._pace.current()
+        if p is None:
+            return None, None
+        if not p.steps_per_epoch:  # preparing data: at the start of its epoch
+            return None, float(p.epoch - 1)
+        done = min(p.step, p.steps_per_epoch)
+        return (p.epoch - 1) * p.steps_per_epoch + done, p.epoch - 1 + done / p.steps_per_epoch
+
     def preparing_data(self, *, epoch: int, num_epochs: int) -> None:
         self._pace.num_epochs = num_epochs
         self._pace.update({"phase": "preparing_data", "epoch": epoch, "step": 0,

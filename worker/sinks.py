@@ -4,8 +4,9 @@ default, set per deployment (store.settings):
 - `MOE_TENSORBOARD=true`: TensorBoard event files in the run's artifacts, `tensorboard/`
   (listed and served by GET /experiments/{id}/artifacts);
 - `MOE_MLFLOW_TRACKING_URI=...`: each run mirrored into an MLflow run of the experiment
-  `moe-lab`: params, per-step and per-epoch metrics, tags, and at the end its verdict and
-  status. An attempt after a crash goes on logging into the same MLflow run.
+  `moe-lab`: params, per-step and per-epoch metrics, system metrics (`system/...`, MLflow's
+  own prefix, so its UI shows them as the run's system metrics), tags, and at the end its
+  verdict and status. An attempt after a crash goes on logging into the same MLflow run.
 
 A sink is never the run's business: `Sinks` wraps every call, and a sink that raises is
 logged once with its exception, counted (GET /metrics: moe_sink_failures_total{sink=...})
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 from moe_core.records import EpochRecord, StepPoint
 from moe_core.verdict_records import ServedVerdict
+from store.system_points import SystemReading
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ MLFLOW_EXPERIMENT = "moe-lab"
 # The keys of a per-step point (moe_core.records.StepPoint, the Trainer's on_steps): the
 # step is the run's optimizer step from 1; these are its figures.
 STEP_FIGURES = ("loss", "ce_loss", "aux_loss", "learning_rate", "grad_norm", "tokens_per_sec")
+# A system reading's figures (store.system_points) under MLflow's names for its own system
+# metrics; the memory is the training process's resident set, not the machine's.
+SYSTEM_NAMES = {
+    "cpu_percent": "system/cpu_utilization_percentage",
+    "rss_mb": "system/process_memory_rss_megabytes",
+    "gpu_util": "system/gpu_0_utilization_percentage",
+    "gpu_mem_mb": "system/gpu_0_memory_usage_megabytes",
+    "gpu_power_w": "system/gpu_0_power_usage_watts",
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class Sink(Protocol):
 
     def start(self, run: RunInfo) -> None: ...
     def steps(self, points: Sequence[StepPoint]) -> None: ...
+    # every few seconds, from another thread than the rest (worker.system_metrics)
+    def system(self, points: Sequence[SystemReading]) -> None: ...
     def epoch(self, record: EpochRecord) -> None: ...
     def finish(
         self, status: str, result: Mapping[str, Any] | None, verdict: ServedVerdict | None
@@ -72,6 +85,11 @@ class Sink(Protocol):
 
 def step_scalars(point: StepPoint) -> dict[str, float]:
     return _finite({f"step/{key}": point.get(key) for key in STEP_FIGURES})
+
+
+def system_scalars(point: SystemReading) -> dict[str, float]:
+    """A reading's figures (those read: a CPU run has no GPU's) by their MLflow names."""
+    return _finite({name: point.get(key) for key, name in SYSTEM_NAMES.items()})
 
 
 def epoch_scalars(record: EpochRecord) -> dict[str, float]:
@@ -129,6 +147,13 @@ class TensorBoardSink:
         for point in points:
             for tag, value in step_scalars(point).items():
                 self._writer.add_scalar(tag, value, int(point["step"]))
+
+    def system(self, points: Sequence[SystemReading]) -> None:
+        # x: seconds since the run started, as the dashboard draws them by wall time
+        for point in points:
+            for tag, value in system_scalars(point).items():
+                self._writer.add_scalar(tag, value, int(point["elapsed_s"]),
+                                        walltime=point["t"].timestamp())  # fmt: skip
 
     def epoch(self, record: EpochRecord) -> None:
         for tag, value in epoch_scalars(record).items():
@@ -213,10 +238,14 @@ class MLflowSink:
         )
         return runs[0].info.run_id if runs else None
 
-    def _log(self, scalars: Iterator[tuple[str, float, int]], run_id: str | None = None) -> None:
+    def _log(
+        self, scalars: Iterator[tuple[str, float, int]], run_id: str | None = None,
+        at: float | None = None,
+    ) -> None:  # fmt: skip
+        """Log (key, value, step) metrics, timestamped `at` (seconds; default now)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int((time.time() if at is None else at) * 1000)
         metrics = [Metric(key, value, now, step) for key, value, step in scalars]
         for at in range(0, len(metrics), _BATCH):
             self._client.log_batch(run_id or self.run_id, metrics=metrics[at : at + _BATCH])
@@ -227,6 +256,15 @@ class MLflowSink:
             for point in points
             for key, value in step_scalars(point).items()
         )
+
+    def system(self, points: Sequence[SystemReading]) -> None:
+        # step: seconds since the run started; timestamp: when it was read
+        if self.run_id is None:
+            return  # read before the MLflow run was found or made: not for it
+        for point in points:
+            step = int(point["elapsed_s"])
+            self._log(((key, value, step) for key, value in system_scalars(point).items()),
+                      at=point["t"].timestamp())  # fmt: skip
 
     def epoch(self, record: EpochRecord) -> None:
         self._log((key, value, record["epoch"]) for key, value in epoch_scalars(record).items())
@@ -332,6 +370,8 @@ class Sinks:
             try:
                 getattr(sink, method)(*args)
             except Exception as exc:
+                if sink not in self._live:
+                    continue  # failed in the other thread (system metrics) just now
                 self._live.remove(sink)
                 log.warning("%s sink failed in %s; the run goes on without it", sink.name,
                             method, exc_info=True)  # fmt: skip
@@ -350,6 +390,9 @@ class Sinks:
 
     def steps(self, points: Sequence[StepPoint]) -> None:
         self._call("steps", points)
+
+    def system(self, points: Sequence[SystemReading]) -> None:
+        self._call("system", points)
 
     def epoch(self, record: EpochRecord) -> None:
         self._call("epoch", record)

@@ -40,6 +40,7 @@ from worker import gpu_memory, launch, shutdown, slots
 from worker.lease import RunLease
 from worker.run_log import run_log
 from worker.sinks import RunInfo, Sinks, open_sinks
+from worker.system_metrics import SystemSampler
 
 if TYPE_CHECKING:  # torch.distributed only in a run's ranks
     from moe_core.parallel import Parallel
@@ -221,7 +222,10 @@ def attempt(
                        **run.described)  # fmt: skip
     lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
     try:
-        with lease:
+        # beside the training, its process's CPU, memory and GPU every few seconds
+        sampler = SystemSampler(lease.experiment_id, owner=lease.owner, settings=settings,
+                                device=str(device), position=lease.position, on_points=sinks.system)  # fmt: skip
+        with lease, sampler:
             # under the lease's heartbeat: a tracking server slow to answer (or refuse)
             # must not make the run look dead
             sinks.start(run_info)

@@ -5,7 +5,7 @@ here: `from store.models import Experiment`."""
 
 from store.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime, utcnow
 from store.models.experiments import FINISHED, Experiment, SinkFailure, Status, new_run_key
-from store.models.metrics import EpochMetrics, ExpertStats, StatsKind, StepMetrics
+from store.models.metrics import EpochMetrics, ExpertStats, StatsKind, StepMetrics, SystemPoint
 from store.models.studies import Study
 from store.models.sweeps import TRIAL_DONE, Sweep, SweepStatus, SweepTrial, TrialState
 from store.models.users import BOOTSTRAP_ADMIN, ApiToken, AuditEvent, Role, User
@@ -32,6 +32,7 @@ __all__ = [
     "Sweep",
     "SweepStatus",
     "SweepTrial",
+    "SystemPoint",
     "TrialState",
     "UTCDateTime",
     "User",

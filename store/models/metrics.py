@@ -1,5 +1,6 @@
-"""What a run records as it trains: a row per epoch, a step point every few steps, and
-each MoE layer's routing statistics per epoch."""
+"""What a run records as it trains: a row per epoch, a step point every few steps, each
+MoE layer's routing statistics per epoch, and its process's system figures every few
+seconds."""
 
 from __future__ import annotations
 
@@ -74,6 +75,30 @@ class StepMetrics(Base):
     learning_rate: Mapped[float] = mapped_column(Float)
     grad_norm: Mapped[float | None] = mapped_column(Float)
     tokens_per_sec: Mapped[float | None] = mapped_column(Float)
+
+
+class SystemPoint(Base):
+    """The training process's CPU and memory (and its GPU's figures) at one moment
+    (store.system_points, written by worker.system_metrics); null: not read there."""
+
+    __tablename__ = "system_points"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    # When it was read: the key, so that a write tried again overwrites its own points and
+    # a restarted run's attempt appends after the last one's.
+    t: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    elapsed_s: Mapped[float] = mapped_column(Float)  # since the run first started
+    # Where training stood: its optimizer steps done (null: not known yet, e.g. a resumed
+    # run preparing its data) and its position in epochs (2.5: half-way through the third).
+    step: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float)
+    cpu_percent: Mapped[float | None] = mapped_column(Float)  # 100: one core busy
+    rss_mb: Mapped[float | None] = mapped_column(Float)
+    gpu_util: Mapped[float | None] = mapped_column(Float)  # percent, the whole GPU's
+    gpu_mem_mb: Mapped[float | None] = mapped_column(Float)
+    gpu_power_w: Mapped[float | None] = mapped_column(Float)
 
 
 class StatsKind(enum.StrEnum):

@@ -25,6 +25,7 @@ TABLES = {
     "sink_failures",
     "sweeps", "sweep_trials",
     "users", "api_tokens", "audit_events",
+    "system_points",
 }  # fmt: skip
 
 
