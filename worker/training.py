@@ -225,12 +225,13 @@ def attempt(
         # beside the training, its process's CPU, memory and GPU every few seconds
         sampler = SystemSampler(lease.experiment_id, owner=lease.owner, settings=settings,
                                 device=str(device), position=lease.position, on_points=sinks.system)  # fmt: skip
-        with lease, sampler:
+        with lease:
             # under the lease's heartbeat: a tracking server slow to answer (or refuse)
             # must not make the run look dead
             sinks.start(run_info)
-            _train(lease, run, device=device, settings=settings, sinks=sinks,
-                   parallel=parallel)  # fmt: skip
+            with sampler:  # once the sinks have their run to write into
+                _train(lease, run, device=device, settings=settings, sinks=sinks,
+                       parallel=parallel)  # fmt: skip
     finally:
         _end_sinks(sinks, lease, settings)
 

@@ -12,12 +12,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from local_deployment.servers import MlflowServer, free_port
 from moe_core.verdict_records import ServedVerdict
-from store import artifacts
+from store import artifacts, system_points
 from store.db import session_scope
 from store.models import EpochMetrics, Experiment
 from store.queue import TrainingQueue
 from tests.client import make_client
-from tests.factories import new_experiment, record, run_row
+from tests.factories import new_experiment, record, run_row, system_reading
 from tests.record_check import assert_is, leaf_paths
 from worker.sinks import (
     MLFLOW_EXPERIMENT,
@@ -95,7 +95,9 @@ def assert_mirrors(verdict: dict, tags: dict, metrics: dict) -> None:
 
 
 def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, mlflow_server):
-    settings = deployment(tensorboard=True, mlflow_tracking_uri=mlflow_server.url)
+    # system metrics read often enough that a run of seconds keeps some
+    settings = deployment(tensorboard=True, mlflow_tracking_uri=mlflow_server.url,
+                          system_metrics_interval=0.5)  # fmt: skip
     database = settings.database_url
     dense = new_experiment(database, "dense", dense=True, **FAST)
     _attempt(settings, dense)
@@ -140,6 +142,16 @@ def test_a_run_is_mirrored_into_mlflow_and_tensorboard_event_files(deployment, m
     assert_mirrors(verdict, tags, run.data.metrics)
     assert run.data.metrics["result/best_val_ce_loss"] == pytest.approx(row.best_val_ce_loss)
     assert tags["moe_lab.status"] == "succeeded"
+    # system metrics: the run's process read as it trained, kept in the store and under
+    # MLflow's system/ names, each at its second since the run started
+    with session_scope(database) as session:
+        kept = system_points.system_points(session=session, experiment_id=moe)
+    assert kept and all(p["rss_mb"] > 50 and p["gpu_util"] is None for p in kept)
+    history = mlflow.get_metric_history(run.info.run_id, "system/process_memory_rss_megabytes")
+    assert [(m.step, m.value) for m in history] == [
+        (int(p["elapsed_s"]), pytest.approx(p["rss_mb"])) for p in kept
+    ]
+    assert "system/gpu_0_utilization_percentage" not in run.data.metrics  # a CPU run
     # the dense run has no verdict to log
     dense_run = _mlflow_run(mlflow, database, dense)
     assert dense_run.data.tags["moe_lab.dense"] == "true"
@@ -245,6 +257,8 @@ def test_steps_feed_per_step_metrics_into_both_sinks(tmp_path, mlflow_server):
     sinks.start(_run_info(tmp_path, "steps-unit"))
     sinks.steps(POINTS[:2])
     sinks.steps(POINTS[2:])
+    readings = [system_reading(3, cpu=120.0), system_reading(6, cpu=95.5)]
+    sinks.system(readings)  # every few seconds, from the sampler's thread
     sinks.epoch(record(1, 4.5))
     sinks.finish("succeeded", None, None)
     assert remembered == [mlflow_sink.run_id]
@@ -256,9 +270,19 @@ def test_steps_feed_per_step_metrics_into_both_sinks(tmp_path, mlflow_server):
             (p["step"], pytest.approx(p[key])) for p in POINTS
         ], key
     assert client.get_run(mlflow_sink.run_id).info.status == "FINISHED"
+    # system metrics under MLflow's own names: at their second, stamped when read
+    cpu = client.get_metric_history(mlflow_sink.run_id, "system/cpu_utilization_percentage")
+    assert [(m.step, m.value, m.timestamp) for m in cpu] == [
+        (3, 120.0, int(readings[0]["t"].timestamp() * 1000)),
+        (6, 95.5, int(readings[1]["t"].timestamp() * 1000)),
+    ]
+    assert "system/gpu_0_power_usage_watts" not in client.get_run(mlflow_sink.run_id).data.metrics
 
     events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR))
     events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("system/process_memory_rss_megabytes")] == [
+        (3, 512.0), (6, 512.0)
+    ]  # fmt: skip
     assert [(s.step, s.value) for s in events.Scalars("step/learning_rate")] == [
         (p["step"], pytest.approx(p["learning_rate"])) for p in POINTS
     ]
