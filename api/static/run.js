@@ -9,6 +9,7 @@ import { presetDefaults } from "./presets.js";
 import { gpuCell, labelsEditor } from "./labels.js";
 import { mergePoints, stepAxes } from "./steps.js";
 import { chartPicker, seriesKeys, seriesLines } from "./series.js";
+import { systemSection } from "./system.js";  // system metrics (issue 28.5): see system.js
 
 // The run's curves over its epochs and, where the run has step points, over those too:
 // each step figure a series of its own beside the epoch's (a faint line of many points),
@@ -213,6 +214,7 @@ export async function runView(id) {
   renderHeader();
   renderCurves();
   renderExperts();
+  curvesBox.after(systemSection(run));  // system metrics (issue 28.5): CPU, memory, GPU charts
   await Promise.all([renderVerdict(), renderConfig(), renderArtifacts(), readLog()]);
 
   if (!FINISHED.has(run.status)) {

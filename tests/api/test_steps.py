@@ -10,12 +10,21 @@ import time
 import pytest
 from pydantic import TypeAdapter
 
-from api.schemas import StepsRead
+from api.schemas import StepsRead, SystemRead
 from store import leases
 from store.db import session_scope
 from tests.api.test_following import events
 from tests.client import submit
-from tests.factories import claim, record, result, step_point, write, write_steps
+from tests.factories import (
+    claim,
+    record,
+    result,
+    step_point,
+    system_reading,
+    write,
+    write_steps,
+    write_system,
+)
 
 pytestmark = pytest.mark.services
 
@@ -141,3 +150,23 @@ def test_a_run_with_2000_points_serves_them_at_once(deployment):
     assert warm.status_code == 304
     assert took < 0.5, took  # a fraction of the page's second, on two busy cores
     assert warm_took < 0.1, warm_took
+
+
+def test_system_points_in_time_order_and_404_for_no_run(client, settings):
+    """GET /experiments/{id}/system: the worker's system readings (store.system_points),
+    serialised as the schema says; reads are open to every role (test_teams walks every
+    read route: 401 without a token, never 403)."""
+    run = submit(client)
+    path = f"/experiments/{run['id']}/system"
+    assert client.get(path).json() == {"experiment_id": run["id"], "points": []}
+    claim(settings.database_url, run["id"], "w")
+    write_system(settings.database_url, run["id"], "w",
+                 [system_reading(10), system_reading(5, cpu=250.0)])  # fmt: skip
+    body = client.get(path).json()
+    TypeAdapter(SystemRead).validate_python(body)
+    assert [p["elapsed_s"] for p in body["points"]] == [5.0, 10.0]
+    first = body["points"][0]
+    assert first["cpu_percent"] == 250.0 and first["rss_mb"] == 512.0 and first["step"] == 50
+    assert first["gpu_util"] is None and first["t"].startswith("2026-12-07T12:00:05")
+    missing = client.get("/experiments/999999/system")
+    assert missing.status_code == 404 and missing.json()["detail"] == "experiment 999999 not found"
