@@ -8,9 +8,9 @@ at half the density, and the writer doubles its interval (see record_system_poin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from pydantic import Field
 from sqlalchemy import delete, func, select
@@ -71,10 +71,11 @@ def record_system_points(
         session.rollback()
         raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")
     if points:
+        read: Sequence[Mapping[str, Any]] = points  # by the reading's declared keys
         rows = [
             {"experiment_id": experiment_id,
              **{c: finite(p[c]) if isinstance(p[c], float) else p[c] for c in COLUMNS}}
-            for p in points
+            for p in read
         ]  # fmt: skip
         _upsert(session, SystemPoint, rows, ["experiment_id", "t"])
     thinned = _thin(session, experiment_id, max_points)

@@ -15,6 +15,8 @@ import pytest
 
 from store import system_points
 from store.db import session_scope
+from store.models import utcnow
+from store.settings import Settings
 from tests.factories import claim, new_experiment
 from worker.gpu_telemetry import GpuTelemetry
 from worker.system_metrics import ProcessReader, SystemSampler, reading
@@ -35,9 +37,8 @@ def test_the_sampler_beside_busy_work_keeps_this_process_cpu_and_memory(database
     system metrics), here beside a loop that keeps a core busy."""
     run = new_experiment(database)
     claim(database, run, "a")
-    settings = SimpleNamespace(database_url=database, system_metrics_interval=0.1,
-                               system_points_max=2000)  # fmt: skip
-    with SystemSampler(run, owner="a", settings=settings, device="cpu",  # type: ignore[arg-type]
+    settings = Settings(database_url=database, system_metrics_interval=0.1)
+    with SystemSampler(run, owner="a", settings=settings, device="cpu",
                        position=lambda: (None, 0.0)):  # fmt: skip
         deadline = time.monotonic() + 0.6
         while time.monotonic() < deadline:
@@ -85,26 +86,26 @@ def test_a_gpu_reading_comes_through_nvml(monkeypatch):
                         lambda h: SimpleNamespace(used=6000 * MiB, total=141_000 * MiB))  # fmt: skip
     monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerUsage", lambda h: 412_500)  # milliwatts
     gpu = GpuTelemetry("cuda:0", {}).read()
-    point = reading(t=None, elapsed_s=1.0, position=(10, 0.5), process=(None, 1.0), gpu=gpu)  # type: ignore[arg-type]
+    point = reading(t=utcnow(), elapsed_s=1.0, position=(10, 0.5), process=(None, 1.0), gpu=gpu)
     assert (point["gpu_util"], point["gpu_mem_mb"], point["gpu_power_w"]) == (87.0, 6000.0, 412.5)
 
 
-class _Still:
+class _Still(ProcessReader):
     """A reader that reads the same each time (the sampler's unit test)."""
+
+    def __init__(self) -> None:
+        pass
 
     def read(self):
         return (50.0, 100.0)
 
 
 def test_the_sampler_doubles_its_interval_past_the_cap_and_stops_when_not_its_run(database):
-    from store.models import utcnow
-
     run = new_experiment(database)
     claim(database, run, "a")
-    settings = SimpleNamespace(database_url=database, system_metrics_interval=5.0,
-                               system_points_max=10)  # fmt: skip
+    settings = Settings(database_url=database, system_metrics_interval=5.0, system_points_max=10)
     sent = []
-    sampler = SystemSampler(run, owner="a", settings=settings, device="cpu",  # type: ignore[arg-type]
+    sampler = SystemSampler(run, owner="a", settings=settings, device="cpu",
                             position=lambda: (1, 0.1), on_points=sent.extend, process=_Still(),
                             gpu=GpuTelemetry("cpu"))  # fmt: skip
     for _ in range(11):
