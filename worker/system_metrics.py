@@ -10,8 +10,8 @@ What is measured:
   Read from /proc/<pid>/stat and /proc/<pid>/status on Linux. Elsewhere the CPU comes from
   os.times() (this process only) and the memory is not read (null, shown absent).
 - A run on several GPUs or CPU processes (torchrun, worker.ranks): rank 0's process reads,
-  and sums the CPU and memory of every rank (its sibling processes under torchrun); the GPU
-  figures are rank 0's GPU only.
+  and sums the CPU and memory of every rank (its sibling processes under torchrun; pages
+  the ranks share count once per rank, as RSS does); the GPU figures are rank 0's GPU only.
 - GPU: the whole device's (NVML has no per-process utilisation), so runs sharing a GPU
   (MOE_RUNS_PER_GPU > 1) each see their neighbours' load too. On a CPU run: null.
 
@@ -164,6 +164,7 @@ class SystemSampler:
         self._started: datetime | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False
         self.lost = False
 
     def __enter__(self) -> SystemSampler:
@@ -199,8 +200,12 @@ class SystemSampler:
             ))  # fmt: skip
             self.write()
         except Exception:
-            log.warning("experiment %s: system metrics not read", self.experiment_id,
-                        exc_info=True)  # fmt: skip
+            if not self._failing:  # once a streak: an outage must not fill the run's log
+                log.warning("experiment %s: system metrics not read", self.experiment_id,
+                            exc_info=True)  # fmt: skip
+            self._failing = True
+        else:
+            self._failing = False
 
     def write(self) -> None:
         points, self._pending = self._pending, []

@@ -223,8 +223,10 @@ def attempt(
     lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
     try:
         # beside the training, its process's CPU, memory and GPU every few seconds
-        sampler = SystemSampler(lease.experiment_id, owner=lease.owner, settings=settings,
-                                device=str(device), position=lease.position, on_points=sinks.system)  # fmt: skip
+        sampler = SystemSampler(
+            lease.experiment_id, owner=lease.owner, settings=settings, device=str(device),
+            position=lease.position, on_points=sinks.system,
+        )  # fmt: skip
         with lease:
             # under the lease's heartbeat: a tracking server slow to answer (or refuse)
             # must not make the run look dead

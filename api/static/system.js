@@ -51,11 +51,12 @@ function charts(run, points) {
 export function systemSection(run) {
   const box = el("div", { id: "system" });
   const signal = scopeSignal();
-  let shown = -1;
+  let shown = null;
   const render = async () => {
     const { points } = await api(`/experiments/${run.id}/system`, { signal });
-    if (points.length === shown) return;  // nothing new: no redraw
-    shown = points.length;
+    const last = points.length ? points[points.length - 1].t : "";
+    if (shown === `${points.length}|${last}`) return;  // nothing new: no redraw
+    shown = `${points.length}|${last}`;
     fill(box, el("h2", {}, "System"), points.length ? charts(run, points)
       : el("p", { class: "muted" }, "No system reading yet: the worker reads one every few seconds while the run trains."));
   };
