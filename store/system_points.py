@@ -61,6 +61,17 @@ def record_system_points(
     never duplicates them; a restarted run's new attempt reads later times and appends.
     Fenced like every worker write (store.leases): raises LostOwnership, writing nothing,
     when `owner` no longer runs it."""
+    if points:
+        # the rows first: on SQLite a transaction that writes first waits for the lock (a
+        # read that turns into a write finds it taken and fails at once); the fence below
+        # still rules, in the same transaction
+        read: Sequence[Mapping[str, Any]] = points  # by the reading's declared keys
+        rows = [
+            {"experiment_id": experiment_id,
+             **{c: finite(p[c]) if isinstance(p[c], float) else p[c] for c in COLUMNS}}
+            for p in read
+        ]  # fmt: skip
+        _upsert(session, SystemPoint, rows, ["experiment_id", "t"])
     owned = session.scalar(
         select(Experiment.id)
         .where(Experiment.id == experiment_id, Experiment.worker == owner,
@@ -70,14 +81,6 @@ def record_system_points(
     if owned is None:
         session.rollback()
         raise LostOwnership(f"experiment {experiment_id} is no longer run by {owner}")
-    if points:
-        read: Sequence[Mapping[str, Any]] = points  # by the reading's declared keys
-        rows = [
-            {"experiment_id": experiment_id,
-             **{c: finite(p[c]) if isinstance(p[c], float) else p[c] for c in COLUMNS}}
-            for p in read
-        ]  # fmt: skip
-        _upsert(session, SystemPoint, rows, ["experiment_id", "t"])
     thinned = _thin(session, experiment_id, max_points)
     session.commit()
     return thinned
