@@ -54,11 +54,13 @@ export function systemSection(run) {
   let shown = null;
   const render = async () => {
     const { points } = await api(`/experiments/${run.id}/system`, { signal });
+    box.dataset.read = "1";
     const last = points.length ? points[points.length - 1].t : "";
     if (shown === `${points.length}|${last}`) return;  // nothing new: no redraw
     shown = `${points.length}|${last}`;
+    if (!points.length && FINISHED.has(run.status)) return;  // ran before readings were kept, or too briefly
     fill(box, el("h2", {}, "System"), points.length ? charts(run, points)
-      : el("p", { class: "muted" }, "No system reading yet: the worker reads one every few seconds while the run trains."));
+      : el("p", { class: "muted", id: "system-none" }, "No system reading yet: the worker reads one every few seconds while the run trains."));
   };
   render().catch(() => {});
   if (!FINISHED.has(run.status)) every(REFRESH_MS, () => render().catch(() => {}), signal);

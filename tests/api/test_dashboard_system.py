@@ -88,3 +88,19 @@ def test_the_run_page_draws_its_stored_cpu_memory_and_gpu_readings(deployment, s
     page.select_option("select[name=x-axis]", "epoch")
     page.evaluate("document.querySelector('#system').scrollIntoView()")
     docs_shot(page, "run-system", full_page=False)
+    # a running run with no reading yet says so; a finished one without any shows nothing
+    running = new_experiment(database, "starting")
+    claim(database, running, "w2")
+    finished = new_experiment(database, "from-before")
+    claim(database, finished, "w3")
+    with session_scope(database) as session:
+        assert leases.finish_experiment(session=session, experiment_id=finished, owner="w3",
+                                        status=Status.succeeded, result=result(4.2))  # fmt: skip
+    for run_id, shown in ((running, "#system #system-none"), (finished, None)):
+        page.goto(f"{url}/ui/#/run/{run_id}")  # the same page: only its hash changes
+        wait_in_page(page, f"document.querySelector('h1')?.textContent.includes('#{run_id}')"
+                     " && document.querySelector('#system')?.dataset.read === '1'")  # fmt: skip
+        if shown:
+            assert "while the run trains" in page.inner_text(shown)
+        else:
+            assert page.inner_html("#system") == ""
