@@ -264,13 +264,13 @@ class RunLease:
             raise
 
     def position(self) -> tuple[int | None, float | None]:
-        """Where training stands (worker.system_metrics): optimizer steps done (None until
-        an epoch's size is known) and the position in epochs (2.5: half-way through 3)."""
+        """Where training stands (worker.system_metrics): optimizer steps done (None while a
+        resumed run prepares its data) and the position in epochs (2.5: half-way through 3)."""
         p = self._pace.current()
         if p is None:
             return None, None
         if not p.steps_per_epoch:  # preparing data: at the start of its epoch
-            return None, float(p.epoch - 1)
+            return (0 if p.epoch == 1 else None), float(p.epoch - 1)
         done = min(p.step, p.steps_per_epoch)
         return (p.epoch - 1) * p.steps_per_epoch + done, p.epoch - 1 + done / p.steps_per_epoch
 

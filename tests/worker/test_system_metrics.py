@@ -128,6 +128,8 @@ def test_a_reading_says_where_training_stood():
     lease = RunLease(1, settings=Settings(database_url="sqlite://"),
                      queue=cast(TrainingQueue, None), worker_name=None, device="cpu")  # fmt: skip
     assert lease.position() == (None, None)
+    lease.preparing_data(epoch=1, num_epochs=4)  # a first attempt: nothing done yet
+    assert lease.position() == (0, 0.0)
     lease.preparing_data(epoch=3, num_epochs=4)  # resumed after two epochs: their size unknown
     assert lease.position() == (None, 2.0)
     lease.report_progress({"phase": "training", "epoch": 3, "step": 5, "steps_per_epoch": 10,
