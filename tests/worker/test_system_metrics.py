@@ -34,10 +34,11 @@ def _points(database: str, experiment_id: int) -> list[dict]:
         return list(system_points.system_points(session=session, experiment_id=experiment_id))
 
 
-def test_the_sampler_beside_busy_work_keeps_this_process_cpu_and_memory(database):
+def test_the_sampler_beside_busy_work_keeps_this_process_cpu_and_memory(database_url):
     """The sampler as worker.training runs it beside training (a full micro run through the
     worker path records them too: test_sinks' first test checks its points and its MLflow
     system metrics), here beside a loop that keeps a core busy."""
+    database = database_url  # Postgres: the store's own tests cover SQLite too
     run = new_experiment(database)
     claim(database, run, "a")
     settings = Settings(database_url=database, system_metrics_interval=0.1)
@@ -106,7 +107,8 @@ class _Still(ProcessReader):
         return (50.0, 100.0)
 
 
-def test_the_sampler_doubles_its_interval_past_the_cap_and_stops_when_not_its_run(database):
+def test_the_sampler_doubles_its_interval_past_the_cap_and_stops_when_not_its_run(database_url):
+    database = database_url  # Postgres: the store's own tests cover SQLite too
     run = new_experiment(database)
     claim(database, run, "a")
     settings = Settings(database_url=database, system_metrics_interval=5.0, system_points_max=10)
