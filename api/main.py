@@ -39,6 +39,7 @@ from api.routes import (
     run_files,
     studies,
     sweeps,
+    system_metrics,
     users,
 )
 from api.security import Authentication, SecurityHeaders
@@ -96,10 +97,8 @@ def create_app() -> FastAPI:
     )
     add_docs(app)
     app.add_middleware(BodySizeLimit)
-    guarded_routers = [
-        module.router
-        for module in (presets, experiments, run_files, studies, sweeps, operations, users)
-    ]
+    routed = (presets, experiments, run_files, system_metrics, studies, sweeps, operations, users)
+    guarded_routers = [module.router for module in routed]
     guarded_routers.append(users.audit_router)
     app.add_middleware(
         Authentication,

@@ -35,7 +35,6 @@ from api.schemas import (
     MetricsRead,
     ResultRead,
     StepsRead,
-    SystemRead,
     VerdictRead,
 )
 from api.submit import request_hash, store_once, submit
@@ -43,7 +42,7 @@ from api.verdicts import NoVerdict, verdict
 from moe_core import comparable
 from moe_core.config import BaseConfig, ExperimentConfig
 from moe_core.verdict_records import ServedVerdict
-from store import artifacts, audit, catalogue, leases, results, system_points
+from store import artifacts, audit, catalogue, leases, results
 from store.catalogue import ExperimentFilter, Order
 from store.models import Experiment, Status
 
@@ -271,16 +270,6 @@ async def read_experiment_steps(
         return conditional.answer(request, cached.body, cached.etag)
     body = live.steps_body(experiment_id, cached.every, cached.after(after_step))
     return conditional.answer(request, body)
-
-
-@router.get("/{experiment_id}/system", response_model=SystemRead,
-            responses=error_responses(404, 422))  # fmt: skip
-def read_experiment_system(*, experiment_id: ExperimentId, session: SessionDep) -> dict:
-    """The run's training process's CPU and memory, and its GPU's utilisation, memory and
-    power, every few seconds (worker.system_metrics), in time order."""
-    _get_or_404(session, experiment_id)
-    points = system_points.system_points(session=session, experiment_id=experiment_id)
-    return {"experiment_id": experiment_id, "points": points}
 
 
 @router.get(
