@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CompileMode
-from .model import RoutingStats
+from .routing import RoutingStats
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[RoutingStats]]
 Mark = float | torch.cuda.Event  # a point in time (PhaseClock.now)
