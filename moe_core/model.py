@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MoEConfig
-from .routing import MoERouting, RoutingStats
+from .routing import MoERouting, RoutingStats, weighted_aux_loss
 
 if TYPE_CHECKING:  # torch.distributed only where a run is parallel
     from .expert_parallel import ExpertDispatch
@@ -326,13 +326,4 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """The weighted aux loss from the MoE layers' balance losses and, with a
         `router_z_loss` coefficient, their router z-losses (zero when dense)."""
-        if not balance_losses:
-            return torch.zeros((), device=device)
-        moe = self.config.moe
-        assert moe is not None, "MoE layers in a model without an MoEConfig"
-        # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
-        # balance) however many layers are MoE.
-        aux = moe.aux_weight * torch.stack(balance_losses).mean()
-        if moe.router_z_loss > 0:
-            aux = aux + moe.router_z_loss * torch.stack(z_losses).mean()
-        return aux
+        return weighted_aux_loss(self.config.moe, balance_losses, z_losses, device)

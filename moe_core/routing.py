@@ -216,3 +216,23 @@ class MoERouting(nn.Module):
             if cap is None
             else 1.0 - kept_counts.sum(-1).detach() / (E * cap * ranks),
         )
+
+
+def weighted_aux_loss(
+    moe: MoEConfig | None,
+    balance_losses: list[torch.Tensor],
+    z_losses: list[torch.Tensor],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The weighted aux loss from the MoE layers' balance losses and, with a
+    `router_z_loss` coefficient, their router z-losses (zero when dense); each loss () or,
+    for replicas side by side, [R]."""
+    if not balance_losses:
+        return torch.zeros((), device=device)
+    assert moe is not None, "MoE layers in a model without an MoEConfig"
+    # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
+    # balance) however many layers are MoE.
+    aux = moe.aux_weight * torch.stack(balance_losses).mean(0)
+    if moe.router_z_loss > 0:
+        aux = aux + moe.router_z_loss * torch.stack(z_losses).mean(0)
+    return aux
