@@ -120,18 +120,32 @@ class StackedGPT(nn.Module):
     @torch.no_grad()
     def keep(self, rows: list[int], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Keep only the replicas at `rows` (in that order), and their optimizer state:
-        the others leave the stack (stopped, failed) and cost nothing from here on."""
+        the others leave the stack (stopped, failed) and cost nothing from here on. New
+        parameters replace the old (autograd keeps a leaf's shape: a new `.data` would not
+        do), in the modules and in the optimizer."""
         index = torch.tensor(rows, device=self.tok_emb.weight.device)
-        for p in self.parameters():
-            state = optimizer.state.get(p, {}) if optimizer is not None else {}
-            for key, value in state.items():  # AdamW's moments; its step count is shared
-                if torch.is_tensor(value) and value.dim() > 0:
-                    state[key] = value.index_select(0, index)
-            p.grad = None
-            p.data = p.data.index_select(0, index)
+        new: dict[int, nn.Parameter] = {}  # a tied parameter stays tied
         for module in self.modules():
-            for name, buffer in module.named_buffers(recurse=False):
-                setattr(module, name, buffer.index_select(0, index))
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in new:
+                    new[id(p)] = nn.Parameter(p.index_select(0, index))
+                    if optimizer is not None and p in optimizer.state:
+                        state = optimizer.state.pop(p)  # AdamW's moments; its step is shared
+                        optimizer.state[new[id(p)]] = {
+                            key: value.index_select(0, index)
+                            if torch.is_tensor(value) and value.dim() > 0
+                            else value
+                            for key, value in state.items()
+                        }
+                module._parameters[name] = new[id(p)]
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    module._buffers[name] = buffer.index_select(0, index)
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["params"] = [new[id(p)] for p in group["params"]]
         self.replicas = len(rows)
 
 
@@ -171,7 +185,7 @@ def _stack(modules: list[nn.Module], memo: dict[int, nn.Parameter]) -> nn.Module
         persistent = name not in first._non_persistent_buffers_set
         stacked = torch.stack([getattr(m, name) for m in modules])
         out.register_buffer(name, stacked, persistent=persistent)
-    for name, child in first.named_children():
+    for name, _ in first.named_children():
         out.add_module(name, _stack([getattr(m, name) for m in modules], memo))
     if isinstance(first, MoELayer):  # its options that are off are plain None attributes
         assert isinstance(out, StackedMoE)
