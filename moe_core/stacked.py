@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,10 +30,11 @@ from .step import LossStep
 class StackedMoE(MoERouting):
     """R replicas of an MoELayer: its children (router, experts, shared) hold [R, ...]."""
 
-    router: nn.Module
-    experts: nn.Module
-    shared: nn.Module | None
-    dropout: nn.Module
+    # _stack's containers, with the MoELayer's attribute names (Any: built by name)
+    router: Any
+    experts: Any
+    shared: Any
+    dropout: Any
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingStats]:
         R, B, T, C = x.size()
@@ -66,6 +68,14 @@ class StackedGPT(nn.Module):
     """R GPTs of one GPTConfig as one model: `forward(idx [R, B, T])` returns GPT's outputs
     with a leading replica dimension (logits [R, B, T, V], aux [R], each RoutingStats
     field [R, ...])."""
+
+    # _stack's containers, with the GPT's attribute names (Any: built by name)
+    tok_emb: Any
+    pos_emb: Any
+    drop: Any
+    blocks: Any
+    ln_f: Any
+    lm_head: Any
 
     def __init__(self, models: Sequence[GPT]):
         super().__init__()
@@ -118,6 +128,18 @@ class StackedGPT(nn.Module):
                 t[r].copy_(state[name])
 
     @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Each replica's gradient clipped by its own total norm (clip_grad_norm_'s
+        arithmetic, per replica); returns the norms before clipping, [R]."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        R = self.replicas
+        norms: torch.Tensor = torch.stack([g.reshape(R, -1).norm(dim=1) for g in grads]).norm(dim=0)
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [R]
+        for g in grads:
+            g.mul_(coef.view(R, *([1] * (g.dim() - 1))).to(g.dtype))
+        return norms
+
+    @torch.no_grad()
     def keep(self, rows: list[int], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Keep only the replicas at `rows` (in that order), and their optimizer state:
         the others leave the stack (stopped, failed) and cost nothing from here on. New
@@ -163,6 +185,18 @@ class StackedLossStep(LossStep):
         return ce, ce
 
 
+class _Stacked(nn.Module):
+    """A container of stacked parameters, buffers and children, named as in the GPT."""
+
+    def __getattr__(self, name: str) -> Any:  # its attributes are built by name
+        return super().__getattr__(name)
+
+
+def replica_stats(routing: list[RoutingStats], i: int) -> list[RoutingStats]:
+    """Replica i's RoutingStats from the stacked ones (each field [R, ...])."""
+    return [RoutingStats(*(t[i] for t in stats)) for stats in routing]
+
+
 def _stack(modules: list[nn.Module], memo: dict[int, nn.Parameter]) -> nn.Module:
     """A module holding `modules`' parameters and buffers stacked, under the same names."""
     first = modules[0]
@@ -171,12 +205,13 @@ def _stack(modules: list[nn.Module], memo: dict[int, nn.Parameter]) -> nn.Module
     elif isinstance(first, nn.ModuleList):
         out = nn.ModuleList()
     elif isinstance(first, CausalSelfAttention):
-        out = nn.Module()
-        out.n_head, out.attn_dropout = first.n_head, first.attn_dropout
+        out = _Stacked()
+        setattr(out, "n_head", first.n_head)  # noqa: B010  # a plain attribute of a Module
+        setattr(out, "attn_dropout", first.attn_dropout)  # noqa: B010
     elif not any(True for _ in first.parameters()):
         return copy.deepcopy(first)  # dropout: nothing to stack
     else:
-        out = nn.Module()
+        out = _Stacked()
     for name, p in first.named_parameters(recurse=False):
         if id(p) not in memo:
             memo[id(p)] = nn.Parameter(torch.stack([getattr(m, name).detach() for m in modules]))
@@ -203,19 +238,20 @@ def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], weight.size(1))
 
 
-def _layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
+def _layer_norm(x: torch.Tensor, ln: Any) -> torch.Tensor:
     """Per replica LayerNorm (weight, bias [R, C]) of x [R, ..., C]."""
     shape = (x.size(0),) + (1,) * (x.dim() - 2) + (x.size(-1),)
     y = F.layer_norm(x, (x.size(-1),), eps=1e-5)
-    return y * ln.weight.view(shape) + ln.bias.view(shape)
+    out: torch.Tensor = y * ln.weight.view(shape) + ln.bias.view(shape)
+    return out
 
 
-def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     out: torch.Tensor = mlp.dropout(_linear(F.gelu(_linear(x, mlp.fc.weight)), mlp.proj.weight))
     return out
 
 
-def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _attention(attn: Any, x: torch.Tensor) -> torch.Tensor:
     R, B, T, C = x.size()
     H = attn.n_head
     q, k, v = _linear(x, attn.qkv.weight).view(R * B, T, 3 * C).split(C, dim=2)

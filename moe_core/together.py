@@ -35,7 +35,7 @@ from .hooks import TrainerHooks
 from .model import GPT
 from .records import EvalLayerRouting, MetricsHistory, ProgressReport
 from .reporting import ConsoleReporter
-from .routing import RoutingStats, weighted_aux_loss
+from .routing import weighted_aux_loss
 from .routing_stats import EvalRouting, TrainingRouting
 from .runner import (
     batches,
@@ -47,7 +47,7 @@ from .runner import (
     seed_everything,
 )
 from .sizing import parameters
-from .stacked import StackedGPT, StackedLossStep, StackedMoE
+from .stacked import StackedGPT, StackedLossStep, StackedMoE, replica_stats
 from .step import Mark, PhaseClock
 from .step_points import StepPoints
 from .trainer import GRAD_CLIP
@@ -145,15 +145,16 @@ class TogetherTrainer:
             fetched = [next(r.batches, None) for r in self.live]  # type: ignore[arg-type]  # set above
             if any(b is None for b in fetched):
                 break  # one epoch's batches: as many for every replica
-            x = torch.stack([b[0] for b in fetched]).to(self.device, non_blocking=True)
-            y = torch.stack([b[1] for b in fetched]).to(self.device, non_blocking=True)
+            batch: list[Any] = fetched
+            x = torch.stack([b[0] for b in batch]).to(self.device, non_blocking=True)
+            y = torch.stack([b[1] for b in batch]).to(self.device, non_blocking=True)
             t0 = self.clock.now()
             loss, ce, aux, routing = self.loss_step(x, y, self.config.label_smoothing)  # [R]
             t1 = self.clock.now()
             assert self.optimizer is not None, "training without an optimizer"
             self.optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # replica r's parameters get replica r's gradient alone
-            grad_norm = self._clip()  # [R]
+            grad_norm = self.model.clip_grad_norm_(GRAD_CLIP)  # [R]: each its own
             t2 = self.clock.now()
             learning_rate = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
@@ -285,17 +286,6 @@ class TogetherTrainer:
 
     # ------------------------------------------------------------------ replicas
 
-    def _clip(self) -> torch.Tensor:
-        """Each replica's gradient clipped by its own total norm (clip_grad_norm_'s
-        arithmetic, per replica); returns the norms before clipping, [R]."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        R = len(self.live)
-        norms = torch.stack([g.reshape(R, -1).norm(dim=1) for g in grads]).norm(dim=0)  # [R]
-        coef = (GRAD_CLIP / (norms + 1e-6)).clamp(max=1.0)  # [R]
-        for g in grads:
-            g.mul_(coef.view(R, *([1] * (g.dim() - 1))).to(g.dtype))
-        return norms
-
     def _close_segment(self, r: Replica, clocks: list[tuple[Mark, Mark, Mark, Mark]],
                        start: float) -> None:  # fmt: skip
         p = r.progress
@@ -344,11 +334,6 @@ class TogetherTrainer:
         if len(rows) < len(self.live):
             self.model.keep(rows, self.optimizer)
             self.live = [self.live[i] for i in rows]
-
-
-def replica_stats(routing: list[RoutingStats], i: int) -> list[RoutingStats]:
-    """Replica i's RoutingStats from the stacked ones (each field [R, ...])."""
-    return [RoutingStats(*(t[i] for t in stats)) for stats in routing]
 
 
 def run_together(
@@ -400,9 +385,8 @@ def run_together(
         generator = torch.Generator().manual_seed(b.seed)
         loader = batches(train_dataset, bs, device, train=True, generator=generator)
         if len(loader) == 0:
-            raise ValueError(
-                f"{len(train_dataset)} training blocks are fewer than one batch of {bs}"
-            )  # type: ignore[arg-type]  # map-style: it has a len
+            n = len(train_dataset)  # type: ignore[arg-type]  # map-style: it has a len
+            raise ValueError(f"{n} training blocks are fewer than one batch of {bs}")
         models.append(build_model(config, b, dense))
         reporter = (ConsoleReporter(f"{config.name} seed {b.seed}", _nan, 50)
                     if verbose else None)  # fmt: skip
