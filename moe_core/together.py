@@ -76,6 +76,10 @@ class Replica:
     def running(self) -> bool:
         return self.outcome is None and self.kept is None
 
+    def running_loss(self) -> float:
+        p = self.progress
+        return (p.totals[0] / max(p.steps, 1)).item() if p is not None else math.nan
+
 
 class TogetherTrainer:
     """The Trainer's loop (moe_core.trainer) over the live replicas of a StackedGPT, whose
@@ -388,9 +392,11 @@ def run_together(
             n = len(train_dataset)  # type: ignore[arg-type]  # map-style: it has a len
             raise ValueError(f"{n} training blocks are fewer than one batch of {bs}")
         models.append(build_model(config, b, dense))
-        reporter = (ConsoleReporter(f"{config.name} seed {b.seed}", _nan, 50)
-                    if verbose else None)  # fmt: skip
-        replicas.append(Replica(i, b, h, loader, StepPoints(device), reporter))
+        replica = Replica(i, b, h, loader, StepPoints(device))
+        if verbose:
+            name = f"{config.name} seed {b.seed}"
+            replica.reporter = ConsoleReporter(name, replica.running_loss)
+        replicas.append(replica)
     template = models[0]
     weights = atomic.tensor_bytes(template.state_dict())
     atomic.ensure_room_for({p: weights for p in paths})
@@ -418,8 +424,13 @@ def run_together(
                 r.outcome = exc
     del trainer, model, optimizer
     done = [r for r in replicas if r.outcome is None and r.kept is not None]
-    tests = _test(config, done, template, test_dataset, device, dense=dense, amp_dtype=amp_dtype,
-                  verbose=verbose)  # fmt: skip
+    try:
+        tests = _test(config, done, template, test_dataset, device, dense=dense,
+                      amp_dtype=amp_dtype, verbose=verbose)  # fmt: skip
+    except Exception as exc:  # the stack's own failure, again
+        tests = {}
+        for r in done:
+            r.outcome = r.outcome or exc
     results: list[dict[str, Any] | BaseException] = []
     for r, path in zip(replicas, paths, strict=True):
         if r.outcome is not None:
@@ -456,25 +467,22 @@ def _test(
     if test_dataset is None or not done:
         return {}
     model = StackedGPT([template] * len(done)).to(device)
-    for i, r in enumerate(done):
-        model.load_replica(i, r.kept)  # type: ignore[arg-type]  # done: kept is set
-    kept_epochs = [r.history.best_epoch if r.best_state is not None else r.history.epoch
-                   for r in done]  # fmt: skip
-    for r in done:
+    kept = [r.kept for r in done]
+    for i, (r, state) in enumerate(zip(done, kept, strict=True)):
+        model.load_replica(i, state)  # type: ignore[arg-type]  # done: kept is set
         r.kept, r.progress = None, None  # running again, for the pass
     tester = TogetherTrainer(model, list(done), None, device, config, dense=dense,
                              amp_dtype=amp_dtype)  # fmt: skip
     evaluated = tester.evaluate_loader(batches(test_dataset, config.batch_size, device), "test")
     out: dict[int, dict[str, Any]] = {}
-    for r, losses, epoch in zip(done, evaluated, kept_epochs, strict=True):
-        r.kept = model.replica_state(done.index(r)) if r.outcome is None else None
-        if losses is not None and r.outcome is None:
-            out[r.index] = {**losses[0], "epoch": epoch}
-            if verbose:
-                print(f"[{config.name} seed {r.base.seed}] test (epoch {epoch}'s weights): loss "
-                      f"{losses[0]['loss']:.4f} (ce {losses[0]['ce_loss']:.4f})", flush=True)  # fmt: skip
+    for r, losses, state in zip(done, evaluated, kept, strict=True):
+        if r.outcome is not None or losses is None:
+            continue  # cancelled during the pass, as a run's test evaluation would be
+        r.kept = state
+        h = r.history
+        epoch = h.best_epoch if r.best_state is not None else h.epoch  # the kept weights'
+        out[r.index] = {**losses[0], "epoch": epoch}
+        if verbose:
+            print(f"[{config.name} seed {r.base.seed}] test (epoch {epoch}'s weights): loss "
+                  f"{losses[0]['loss']:.4f} (ce {losses[0]['ce_loss']:.4f})", flush=True)  # fmt: skip
     return out
-
-
-def _nan() -> float:
-    return math.nan  # a stacked run's running loss is read per epoch, not per log line

@@ -23,14 +23,7 @@ SEEDS = (1, 2, 3)
 PRESETS = ("dense", "baseline", "top2", "dropless", "fine_grained")  # dense, top-1, ...
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Micro models on a shared 2-core machine: one thread is ~10x faster than two that
-    # wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny steps, one thread
 
 
 def blocks(n: int, seed: int) -> TokenBlocks:
