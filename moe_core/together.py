@@ -115,8 +115,10 @@ class TogetherTrainer:
             if self.moe:
                 self.model.set_temperature(self.gating_temperature)  # type: ignore[arg-type]  # not None with MoE layers
             self._train_epoch()
+            if not self.live:
+                break
             eval_start = time.perf_counter()
-            evaluated = self.evaluate(epoch_index + 1)
+            evaluated = self.evaluate()
             for i, r in enumerate(self.live):
                 if r.running:
                     self._finish_epoch(i, r, evaluated[i], eval_start, num_epochs)
@@ -228,7 +230,7 @@ class TogetherTrainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, epoch: int) -> list[tuple[Losses, list[EvalLayerRouting], float | None] | None]:  # fmt: skip
+    def evaluate(self) -> list[tuple[Losses, list[EvalLayerRouting], float | None] | None]:  # fmt: skip
         """Per live replica: validation losses, validation routing and the eval-mode CE of
         the training subset, for its weights now (None for one that failed or stopped)."""
         for r in self.live:
