@@ -1,7 +1,8 @@
 """
 Full definition of a GPT language model with Mixture-of-Experts feed-forward layers,
-all of it in this single file, built bottom-up:
-Router -> Experts -> MoELayer -> MLP -> CausalSelfAttention -> Block -> GPTConfig -> GPT.
+built bottom-up: Router -> Experts -> MoELayer -> MLP -> CausalSelfAttention -> Block ->
+GPTConfig -> GPT. The MoE layer's routing arithmetic (capacity, assignment, combine, balance
+loss, statistics) is moe_core.routing's MoERouting, which MoELayer extends with its weights.
 
 References:
 - GPT-2 / nanoGPT for the transformer (pre-LayerNorm, learned positions, tied embeddings).
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MoEConfig
+from .routing import MoERouting, RoutingStats, weighted_aux_loss
 
 if TYPE_CHECKING:  # torch.distributed only where a run is parallel
     from .expert_parallel import ExpertDispatch
@@ -75,29 +77,34 @@ class Experts(nn.Module):
         nn.init.normal_(self.w2, std=0.02)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        # x: [R, C], rows sorted by expert; offsets: [E] int32 cumulative row ends. Rows
-        # past offsets[-1] (dropped assignments) belong to no expert: their output is
-        # undefined and the caller masks it.
-        # grouped_mm runs every expert's matmul on its contiguous slice in one call,
-        # forward and backward, with no padding to capacity and no per-expert loop; its
-        # shapes are [R, C] whatever the routing, so a compiled step stays one graph.
-        w1: torch.Tensor = self.w1
-        w2: torch.Tensor = self.w2
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
-        if _grouped_mm_supported(x, *w1.shape[1:]):
-            h = F.gelu(_grouped_mm(x, w1, offs=offsets))  # [R, H]
-            return _grouped_mm(h, w2, offs=offsets)  # [R, C]
-        # Where grouped_mm cannot run (float32 on CUDA, unaligned widths), a loop over the
-        # same per-expert slices: it reads the offsets on the host, so it syncs and cannot
-        # be compiled into one graph.
-        ends = offsets.tolist()
-        starts = [0] + ends[:-1]
-        groups = enumerate(zip(starts, ends, strict=True))
-        out = [F.gelu(x[a:b] @ w1[e]) @ w2[e] for e, (a, b) in groups]
-        out.append(x.new_zeros(x.size(0) - ends[-1], w2.size(-1)))  # the rows of no expert
-        return torch.cat(out)
+        return expert_ffn(x, self.w1, self.w2, offsets)
+
+
+def expert_ffn(
+    x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """Experts' FFNs (w1 [E, C, H], w2 [E, H, C]) on rows sorted by expert."""
+    # x: [R, C], rows sorted by expert; offsets: [E] int32 cumulative row ends. Rows
+    # past offsets[-1] (dropped assignments) belong to no expert: their output is
+    # undefined and the caller masks it.
+    # grouped_mm runs every expert's matmul on its contiguous slice in one call,
+    # forward and backward, with no padding to capacity and no per-expert loop; its
+    # shapes are [R, C] whatever the routing, so a compiled step stays one graph.
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
+    if _grouped_mm_supported(x, *w1.shape[1:]):
+        h = F.gelu(_grouped_mm(x, w1, offs=offsets))  # [R, H]
+        return _grouped_mm(h, w2, offs=offsets)  # [R, C]
+    # Where grouped_mm cannot run (float32 on CUDA, unaligned widths), a loop over the
+    # same per-expert slices: it reads the offsets on the host, so it syncs and cannot
+    # be compiled into one graph.
+    ends = offsets.tolist()
+    starts = [0] + ends[:-1]
+    groups = enumerate(zip(starts, ends, strict=True))
+    out = [F.gelu(x[a:b] @ w1[e]) @ w2[e] for e, (a, b) in groups]
+    out.append(x.new_zeros(x.size(0) - ends[-1], w2.size(-1)))  # the rows of no expert
+    return torch.cat(out)
 
 
 # F.grouped_mm is torch.nn.functional's name for torch._grouped_mm (same arguments); a
@@ -121,21 +128,7 @@ def _grouped_mm_supported(x: torch.Tensor, C: int, H: int) -> bool:
     return aligned and (x.dtype == torch.bfloat16 or not torch.compiler.is_compiling())
 
 
-class RoutingStats(NamedTuple):
-    """What one MoELayer forward computed about its routing, returned with its output. All
-    stay on the device (reading one costs a sync; the Trainer sums them and reads the sums
-    once per epoch)."""
-
-    balance_loss: torch.Tensor  # () unweighted load-balancing loss, in the graph
-    z_loss: torch.Tensor  # () router z-loss, unweighted; in the graph in training only
-    counts: torch.Tensor  # [E] long: assignments per expert, before capacity
-    dropped: torch.Tensor  # () long: assignments this forward dropped
-    over_capacity: torch.Tensor  # () long: assignments over the *training* capacity
-    prob_sum: torch.Tensor  # [E] router probabilities summed over tokens
-    pad_ratio: torch.Tensor  # () share of capacity slots left unused (0: no capacity)
-
-
-class MoELayer(nn.Module):
+class MoELayer(MoERouting):
     """Top-k routed experts with capacity, replacing a Block's MLP, built from an
     `MoEConfig` (moe_core.config: the fields, their defaults and sources).
 
@@ -161,9 +154,7 @@ class MoELayer(nn.Module):
     """
 
     def __init__(self, n_embd: int, moe: MoEConfig, dropout: float = 0.0):
-        super().__init__()
-        self.config = moe
-        self.num_experts, self.top_k = moe.num_experts, moe.top_k
+        super().__init__(moe)
         self.router = Router(n_embd, moe.num_experts, moe.router_jitter)
         self.experts = Experts(moe.num_experts, n_embd, moe.expert_dim)
         width = moe.num_shared_experts * moe.expert_dim
@@ -180,145 +171,25 @@ class MoELayer(nn.Module):
         # rank holding each expert (moe_core.expert_parallel). None: one process, all here.
         self.parallel: ExpertDispatch | None = None
 
-    def capacity(self, num_tokens: int, capacity_factor: float | None = None) -> int:
-        # Switch Transformer: expert capacity = capacity_factor * tokens / experts.
-        factor = self.config.capacity_factor if capacity_factor is None else capacity_factor
-        return math.ceil(factor * num_tokens / self.num_experts)
-
-    def _forward_capacity(self, num_tokens: int) -> int | None:
-        """This forward's expert capacity; None: no capacity, nothing can be dropped."""
-        if self.training:
-            # MegaBlocks: dropless, the experts' groups are as large as their loads
-            return None if self.config.dropless else self.capacity(num_tokens)
-        if self.config.eval_capacity_factor is not None:
-            return self.capacity(num_tokens, self.config.eval_capacity_factor)
-        return None
-
-    def balance_loss(
-        self, counts: torch.Tensor, prob_sum: torch.Tensor, tokens: int | None = None
-    ) -> torch.Tensor:
-        """Load-balancing loss, Switch Transformer eq. (4)-(6): E * sum_e f_e * P_e, where
-        f_e is the fraction of assignments routed to expert e and P_e the mean router
-        probability for e, from counts and probability sums over any number of tokens
-        (`tokens`: those prob_sum is over; by default those of counts). It is 1.0 at
-        perfect balance and E when all go to one expert."""
-        f = counts.to(prob_sum.dtype) / counts.sum()  # [E]
-        P = prob_sum / (counts.sum() / self.top_k if tokens is None else tokens)  # [E]
-        return self.num_experts * torch.sum(f * P)
-
-    @torch.no_grad()
-    def update_expert_bias(self, counts: torch.Tensor) -> None:
-        """DeepSeek-V3, sec. 2.1.2: after each step, raise the bias of every expert that
-        took fewer than the mean of the step's assignments (`counts`, this layer's
-        RoutingStats.counts) by the rate and lower every busier one's by it. No sync."""
-        if self.expert_bias is None:
-            return
-        load = counts.to(self.expert_bias.dtype)  # [E]
-        self.expert_bias += self.config.aux_free_bias_rate * torch.sign(load.mean() - load)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingStats]:
         B, T, C = x.size()
-        E, k = self.num_experts, self.top_k
         x_flat = x.reshape(-1, C)  # [N, C]
-        N = x_flat.size(0)
-
         logits = self.router(x_flat)  # [N, E] float32
         probs = F.softmax(logits, dim=-1)  # [N, E]
-        if self.expert_bias is None:
-            gates, chosen = probs.topk(k, dim=-1)  # [N, k]
-        else:
-            # The bias chooses the experts; the gates stay the router's probabilities.
-            chosen = (probs + self.expert_bias).topk(k, dim=-1).indices  # [N, k]
-            gates = probs.gather(1, chosen)  # [N, k]
-        # Top-1 keeps the raw probability as the gate (Switch): renormalising it would make
-        # it 1.0 and cut the router off from the task loss's gradient. For k > 1 the gates
-        # are renormalised to sum to 1 (GShard, Mixtral), so the output's scale does not
-        # depend on how peaked the router is.
-        if k > 1:
-            gates = gates / gates.sum(dim=-1, keepdim=True)
-
-        # Assignments in priority order: every token's first choice, then every second
-        # choice, so capacity drops second choices before any first choice.
-        # Assignment a is token a % N's (a // N)-th choice.
-        flat_expert = chosen.t().reshape(-1)  # [k*N]
-        flat_gate = gates.t().reshape(-1)  # [k*N]
-
-        cap = self._forward_capacity(N)
-        if cap is None or cap >= N:  # nothing can overflow: every assignment is kept
-            counts = torch.zeros(E, dtype=torch.long, device=x.device)
-            counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))  # [E]
-            kept_counts, sort_key, kept = counts, flat_expert, None
-        else:
-            # An assignment's slot at its expert: how many assignments before it, in
-            # priority order, chose the same expert. It is kept if the slot is < capacity.
-            one_hot = F.one_hot(flat_expert, E)  # [k*N, E]
-            slots = one_hot.cumsum(0)  # [k*N, E]
-            counts = slots[-1]  # [E]
-            slot = slots.gather(1, flat_expert.unsqueeze(1)).squeeze(1) - 1  # [k*N]
-            kept_counts = counts.clamp(max=cap)  # [E]
-            # Dropped assignments sort after every kept one (key E), out of every group.
-            sort_key = flat_expert.masked_fill(slot >= cap, E)  # [k*N]
-            kept = torch.arange(k * N, device=x.device) < kept_counts.sum()  # [k*N] sorted
-        # A stable sort keeps the priority order within each expert's group.
-        order = torch.sort(sort_key, stable=True).indices  # [k*N] assignment ids
-        offsets = torch.cumsum(kept_counts, 0).to(torch.int32)  # [E] row ends
-
-        token_ids = order if k == 1 else order % N  # [k*N]
-        # index_select rather than x_flat[token_ids]: its backward is an index_add, not
-        # the slower accumulating index_put of advanced indexing.
-        rows = x_flat.index_select(0, token_ids)  # [k*N, C]
-        if kept is not None:
-            # The dropped rows' gradient comes back through no expert: make it zero here
-            rows = torch.where(kept.unsqueeze(1), rows, 0.0)
+        chosen, gates = self.choose(probs, self.expert_bias)  # [N, k] each
+        cap = self._forward_capacity(x_flat.size(0))
+        a = self.assign(chosen.unsqueeze(0), cap)  # one replica
+        rows = self.rows(x_flat, a)  # [k*N, C]
         ep = self.parallel
         if ep is not None and ep.splits_experts:  # the rows go where their experts are
-            expert_of_row = sort_key.index_select(0, order)  # [k*N], E for dropped rows
-            expert_out = ep.run_experts(self.experts, rows, expert_of_row, kept_counts, cap)
+            expert_of_row = a.sort_key.index_select(0, a.order)  # [k*N], E for dropped rows
+            expert_out = ep.run_experts(self.experts, rows, expert_of_row, a.kept_counts[0], cap)
         else:
-            expert_out = self.experts(rows, offsets)  # [k*N, C]
-        if kept is not None:
-            # A dropped assignment contributes nothing: its token passes through the
-            # block's residual connection unchanged (plus the shared experts' output). Its
-            # row is masked before the gate multiplies it, so that its gate's gradient is
-            # zero too (the row itself holds whatever no expert wrote there).
-            expert_out = torch.where(kept.unsqueeze(1), expert_out, 0.0)
-        weighted = expert_out * flat_gate.index_select(0, order).unsqueeze(1).to(expert_out.dtype)
-        # Combine: sum each token's (one or k) expert outputs.
-        out = torch.zeros_like(x_flat, dtype=weighted.dtype).index_add_(0, token_ids, weighted)
+            expert_out = self.experts(rows, a.offsets)  # [k*N, C]
+        out = self.combine(x_flat, expert_out, gates.unsqueeze(0), a)  # [N, C]
         if self.shared is not None:
             out = out + self.shared(x_flat).to(out.dtype)  # [N, C], every token
-
-        prob_sum = probs.sum(dim=0)  # [E]
-        # ST-MoE eq. (5): the mean over tokens of the squared log-sum-exp of the router
-        # logits. Always computed (it is a statistic too); in the graph only in training.
-        z_logits = logits if self.training else logits.detach()
-        z_loss = torch.logsumexp(z_logits, dim=-1).square().mean()
-        train_cap = N if self.config.dropless else self.capacity(N)
-        over = (counts - counts.clamp(max=train_cap)).sum()
-        local_prob_sum, ranks = prob_sum, 1
-        if ep is not None and self.training:
-            # This rank's tokens are a shard of the batch: the statistics are the batch's,
-            # summed over the ranks. The balance loss takes the batch's expert fractions and
-            # this shard's probabilities: averaged over the ranks (as their gradients are),
-            # it is the whole batch's loss, value and gradient. The z-loss reads as the
-            # batch's mean; its gradient stays this shard's.
-            counts, kept_counts, over, prob_sum, z_sum = ep.reduce(
-                counts, kept_counts, over, prob_sum, z_loss
-            )
-            z_loss = z_loss + (z_sum / ep.world_size - z_loss).detach()
-            ranks = ep.world_size
-        stats = RoutingStats(
-            balance_loss=self.balance_loss(counts, local_prob_sum, tokens=N),
-            z_loss=z_loss,
-            counts=counts.detach(),
-            dropped=(counts - kept_counts).sum().detach(),
-            over_capacity=over.detach(),
-            prob_sum=prob_sum.detach(),
-            # Capacity slots (E x cap) left unused; dropless groups have no slots to leave.
-            pad_ratio=torch.zeros((), device=x.device)
-            if cap is None
-            else 1.0 - kept_counts.sum().detach() / (E * cap * ranks),
-        )
+        stats = self.statistics(logits, probs, a.counts[0], a.kept_counts[0], cap, ep)
         return self.dropout(out.to(x.dtype)).view(B, T, C), stats
 
 
@@ -455,13 +326,4 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """The weighted aux loss from the MoE layers' balance losses and, with a
         `router_z_loss` coefficient, their router z-losses (zero when dense)."""
-        if not balance_losses:
-            return torch.zeros((), device=device)
-        moe = self.config.moe
-        assert moe is not None, "MoE layers in a model without an MoEConfig"
-        # Mean over MoE layers: the aux term keeps one scale (aux_weight at perfect
-        # balance) however many layers are MoE.
-        aux = moe.aux_weight * torch.stack(balance_losses).mean()
-        if moe.router_z_loss > 0:
-            aux = aux + moe.router_z_loss * torch.stack(z_losses).mean()
-        return aux
+        return weighted_aux_loss(self.config.moe, balance_losses, z_losses, device)

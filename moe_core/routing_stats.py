@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .model import RoutingStats
 from .records import EvalLayerRouting, LayerRouting
+from .routing import RoutingStats
 
 
 def layer_usage(layer: int, counts: torch.Tensor, dropped: torch.Tensor) -> EvalLayerRouting:

@@ -77,16 +77,20 @@ def build_model(config: ExperimentConfig, base: BaseConfig, dense: bool = False)
 
 
 def build_optimizer(
-    model: nn.Module, config: ExperimentConfig, base: BaseConfig, *, fused: bool = False
-) -> torch.optim.AdamW:
+    model: nn.Module, config: ExperimentConfig, base: BaseConfig, *, fused: bool = False,
+    replica_dim: bool = False,
+) -> torch.optim.AdamW:  # fmt: skip
     """AdamW; `fused` runs the whole update as one kernel per dtype/device on a GPU
-    (torch's fused implementation), instead of a loop of small kernels per parameter."""
+    (torch's fused implementation), instead of a loop of small kernels per parameter.
+    `replica_dim`: every parameter carries a leading replica dimension (moe_core.stacked);
+    AdamW is elementwise, so over the stack it is each replica's own."""
     # Decay matrices only, as nanoGPT and most LM recipes do: decaying LayerNorm gains and
     # biases pulls them toward zero for no regularisation benefit.
     params = [p for p in model.parameters() if p.requires_grad]
+    matrix = 3 if replica_dim else 2
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= matrix], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < matrix], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=base.learning_rate, fused=fused or None)
 

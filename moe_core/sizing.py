@@ -45,6 +45,7 @@ def memory_estimate(
     *,
     dense: bool,
     precision: Literal["bf16", "fp32"] = "bf16",
+    replicas: int = 1,
 ) -> dict[str, int]:
     """Bytes a training run holds on a GPU at its peak: float32 weights and gradients, AdamW's
     two moments, bf16 copies of the matmul weights under autocast, and one step's saved
@@ -53,7 +54,9 @@ def memory_estimate(
     high (the allocator's caching and fragmentation are counted as 10%).
 
     Per rank when the run spans several (base.gpus, base.expert_parallel): each holds the
-    dense parameters, its share of the experts and its share of each batch."""
+    dense parameters, its share of the experts and its share of each batch. With `replicas`,
+    that many seeds trained together as one stack (moe_core.together): each figure that many
+    times, every replica holding its own weights, state and step's activations."""
     total, _ = parameters(config, base, dense=dense)
     moe_layers = 0 if dense else len(base.moe_layers)
     experts = config.experts(base)
@@ -84,11 +87,12 @@ def memory_estimate(
         activations += moe_layers * 3 * int(experts * capacity) * c * half
     # float32 logits, their log-softmax and its gradient
     logits = 3 * 4 * n * base.vocab_size
-    subtotal = weights + state + casts + activations + logits
+    k = replicas
+    subtotal = k * (weights + state + casts + activations + logits)
     return {
-        "parameters": weights,
-        "gradients_and_optimizer": state,
-        "autocast_weights": casts,
-        "activations": activations + logits,
+        "parameters": k * weights,
+        "gradients_and_optimizer": k * state,
+        "autocast_weights": k * casts,
+        "activations": k * (activations + logits),
         "total": int(subtotal * 1.1),
     }

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CompileMode
-from .model import RoutingStats
+from .routing import RoutingStats
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[RoutingStats]]
 Mark = float | torch.cuda.Event  # a point in time (PhaseClock.now)
@@ -61,18 +61,7 @@ class LossStep:
                 logits, aux, routing = self.model(x, output_routing=True)
             else:
                 (logits, aux), routing = self.model(x), []
-            logits = logits.view(-1, logits.size(-1)).float()
-            y = y.reshape(-1)
-            if smoothing > 0:
-                # One log-softmax gives both the plain CE that is reported (so runs with and
-                # without smoothing compare) and the smoothed CE that is optimised, which is
-                # (1 - eps) * nll + eps * mean over the vocabulary of -log p.
-                logp = F.log_softmax(logits, dim=-1)
-                ce = -logp.gather(1, y.unsqueeze(1)).mean()
-                objective = (1 - smoothing) * ce - smoothing * logp.mean()
-            else:
-                ce = F.cross_entropy(logits, y)
-                objective = ce
+            objective, ce = self.losses(logits, y, smoothing)
         objective = objective + aux
         # (a DDP wrapper keeps a training flag of its own: its module's is the Trainer's)
         if self.mean is not None and getattr(self.model, "module", self.model).training:
@@ -81,6 +70,22 @@ class LossStep:
             objective = objective + (batch[0] - own[0])  # the value moves, not the gradient
             ce, aux = batch[1], batch[2]
         return objective, ce, aux, routing
+
+    def losses(
+        self, logits: torch.Tensor, y: torch.Tensor, smoothing: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective without the aux loss, plain CE) from the logits and the targets."""
+        logits = logits.view(-1, logits.size(-1)).float()
+        y = y.reshape(-1)
+        if smoothing > 0:
+            # One log-softmax gives both the plain CE that is reported (so runs with and
+            # without smoothing compare) and the smoothed CE that is optimised, which is
+            # (1 - eps) * nll + eps * mean over the vocabulary of -log p.
+            logp = F.log_softmax(logits, dim=-1)
+            ce = -logp.gather(1, y.unsqueeze(1)).mean()
+            return (1 - smoothing) * ce - smoothing * logp.mean(), ce
+        ce = F.cross_entropy(logits, y)
+        return ce, ce
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.amp_dtype is None:

@@ -20,3 +20,13 @@ def micro_data(corpus_dir, cache_dir):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Many tiny steps: with a thread per core they spend their time in OpenMP barriers
+    # whenever another process holds a core (10-25x slower here under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,15 +22,7 @@ from moe_core.trainer import Trainer
 from tests.moe_core.test_sizing import active_on_the_modules
 from tests.moe_core.test_trainer import StopAt, random_blocks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Hundreds of tiny steps: with a thread per core they spend their time in OpenMP
-    # barriers whenever another process holds a core (25x slower here under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny steps, one thread
 
 
 OPTIONS = {

@@ -61,3 +61,18 @@ def test_the_memory_estimate_counts_weights_and_adam_exactly_and_grows_with_the_
     larger = memory_estimate(config.model_copy(update={"batch_size": 64}), base, dense=False)
     assert larger["activations"] > 3.9 * bf16["activations"]  # ~linear in the batch
     assert bf16["total"] > sum(v for k, v in bf16.items() if k != "total")
+
+
+def test_the_memory_estimate_of_seeds_together_is_the_stacks():
+    """Three seeds trained together hold three replicas' weights, AdamW state and
+    activations: the stack's parameters, counted on it, are three models'."""
+    from moe_core.stacked import StackedGPT
+
+    config, base, dense, model = build("micro", "top2")
+    one = memory_estimate(config, base, dense=False)
+    three = memory_estimate(config, base, dense=False, replicas=3)
+    stack = StackedGPT([model] * 3)
+    assert three["parameters"] == 4 * count_parameters(stack) == 3 * one["parameters"]
+    for key in ("gradients_and_optimizer", "autocast_weights", "activations"):
+        assert three[key] == 3 * one[key], key
+    assert three["total"] == pytest.approx(3 * one["total"], abs=3)
