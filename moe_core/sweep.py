@@ -270,7 +270,8 @@ class _MeanPruneWatch:
         self.epochs: list[list[EpochRecord]] = [[] for _ in range(replicas)]
         self.values: dict[int, list[float]] = {}  # epoch -> the replicas' val CE
         self.mean_curve: dict[int, float] = {}  # epoch -> the mean told to the pruner
-        self.prune, self.pruned_at = False, None
+        self.prune: bool = False
+        self.pruned_at: int | None = None
 
     def replica(self, index: int) -> Callable[[EpochRecord], None]:
         def on_epoch(record: EpochRecord) -> None:

@@ -7,6 +7,7 @@ from fewer kernel launches."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 
@@ -32,7 +33,7 @@ def resolve_together(
     if device.type != "cuda":
         return False
     room = torch.cuda.get_device_properties(device).total_memory * share
-    precision = "bf16" if base.precision == "bf16" else "fp32"
+    precision: Literal["bf16", "fp32"] = "bf16" if base.precision == "bf16" else "fp32"
     need = max(
         memory_estimate(config, base, dense=dense, precision=precision, replicas=replicas)["total"]
         for config, dense in configs

@@ -117,8 +117,10 @@ def test_a_parallel_or_stacked_study_gives_the_sequential_studys_results(micro_b
     """Runs side by side, each in a process of its own: every run seeds itself, so each
     result is the sequential study's to the last bit (one thread per run on both sides:
     a CPU matmul's rounding can depend on how many threads share it). Each configuration's
-    seeds trained together as one stack (moe_core.together): the same to float rounding,
-    and the same verdicts."""
+    seeds trained together as one stack (moe_core.together): the presets' dropout (0.1)
+    draws its masks differently in a stack, so the runs are other draws of the same seeds
+    (tests/moe_core/test_together.py holds them equal at dropout 0): the same seeds in the
+    same places, losses within the masks' noise, and the same verdicts."""
     torch.set_num_threads(1)
     try:
         base = micro_base.model_copy(update={"num_epochs": 1})
@@ -134,7 +136,9 @@ def test_a_parallel_or_stacked_study_gives_the_sequential_studys_results(micro_b
         assert [_losses(r) for r in two["runs"][name]] == [_losses(r) for r in one["runs"][name]]
         for apart, together in zip(one["runs"][name], stacked["runs"][name], strict=True):
             assert together["seed"] == apart["seed"]
-            _assert_close(_losses(together), _losses(apart), rel=1e-4)
+            for key in ("train_losses", "val_ce_losses"):
+                assert together["metrics"][key] == pytest.approx(apart["metrics"][key], abs=0.02)
+            assert together["together"]["replicas"] == 2 and "together" not in apart
     for name in ("baseline", "top2"):  # every verdict but the speed's
         for part in ("primary", "tertiary", "significant"):
             assert two["verdicts"][name][part] == one["verdicts"][name][part]
@@ -143,11 +147,16 @@ def test_a_parallel_or_stacked_study_gives_the_sequential_studys_results(micro_b
                 stacked["verdicts"][name][part]["passed"] == one["verdicts"][name][part]["passed"]
             )
         assert stacked["verdicts"][name]["significant"] == one["verdicts"][name]["significant"]
-    for f in ("dense_model.pt", f"dense_model.seed{base.seed + 1}.pt"):
+    files = ("dense_model.pt", f"dense_model.seed{base.seed + 1}.pt")
+    for i, f in enumerate(files):
         a, b = torch.load(tmp_path / "one" / f), torch.load(tmp_path / "two" / f)
         assert all(torch.equal(a[k], b[k]) for k in a)
+        # each seed's own weights, saved as a GPT's: nearer its own seed's apart than the other's
         c = torch.load(tmp_path / "stacked" / f)
-        assert a.keys() == c.keys() and all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+        other = torch.load(tmp_path / "one" / files[1 - i])
+        assert a.keys() == c.keys() and all(a[k].shape == c[k].shape for k in a)
+        near = (c["tok_emb.weight"] - a["tok_emb.weight"]).norm()
+        assert near < (c["tok_emb.weight"] - other["tok_emb.weight"]).norm() / 4
 
 
 WIKITEXT = os.environ.get("MOE_DATA_DIR")

@@ -101,7 +101,7 @@ def test_a_sweep_with_seeds_together_prunes_on_the_mean(tmp_path, corpus_dir, ca
     assert done["objective"]["mean"] is not None and done["verdict"]["seeds"] == 2
     # each epoch's mean is the mean of the two seeds' val CE
     for epoch, mean in done["mean_curve"].items():
-        vals = [r["metrics"]["val_ce_loss"][int(epoch) - 1] for r in done["runs"]]
+        vals = [r["metrics"]["val_ce_losses"][int(epoch) - 1] for r in done["runs"]]
         assert mean == pytest.approx(sum(vals) / 2)
     assert bad["state"] == "pruned" and bad["pruned_at_epoch"] == 2 and bad["runs"] == []
     assert [e["epoch"] for e in bad["epochs"]] == [1, 2]
