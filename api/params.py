@@ -116,7 +116,8 @@ WhereQuery = Annotated[
         "one of = != < <= > >= (numbers; = and != for text and booleans too) or ~ (the text "
         "contains VALUE, any case): `top_k=2`, `val_ce<5`, `base.precision=bf16`, `name~top`. "
         "A run without the value meets no condition on it. An unknown field, an operator its "
-        "kind does not take or a value not of its kind is a 422 naming the parameter",
+        "kind does not take or a value not of its kind is a 422 naming the parameter "
+        "(`bad_condition`)",
     ),
 ]
 SortQuery = Annotated[
@@ -124,7 +125,8 @@ SortQuery = Annotated[
     Query(
         max_length=100,
         description="`FIELD` (lowest first) or `-FIELD` (highest first), FIELD as in `where`; "
-        "runs without the value last, ties newest first. Over `order` when both are given",
+        "runs without the value last, ties newest first. Over `order` when both are given. "
+        "An unknown field, or one that cannot be sorted on, is a 422 (`bad_sort`)",
     ),
 ]
 

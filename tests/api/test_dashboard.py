@@ -15,7 +15,7 @@ from moe_core.presets import EXPERIMENT_PRESETS
 from store import catalogue, leases
 from store.db import session_scope
 from tests.factories import claim, fast_base, record, result, step_point, succeed
-from tests.fixtures.browser import inked, shot, wait_in_page
+from tests.fixtures.browser import docs_shot, inked, shot, wait_in_page
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -62,7 +62,7 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
         assert f"{delta:.4f}" in row.inner_text()
     members = page.locator("#study-members tbody tr")
     assert members.count() == len(truth["members"])
-    shot(page, "study")
+    docs_shot(page, "dashboard-study")
 
     # The MoE run's page: curves and one heatmap per layer and kind, epochs x experts.
     moe = next(m for m in truth["members"] if not m["dense"])
@@ -76,7 +76,7 @@ def test_a_study_page_follows_a_live_study_to_its_verdict(deployment, start_api,
     assert page.locator("#verdict").get_attribute("data-passed") in ("true", "false")
     assert "epoch 3:" in page.locator("#log").inner_text()
     assert page.locator("#artifacts tr").count() == 4
-    shot(page, "run")
+    docs_shot(page, "dashboard-run")
 
 
 def test_a_study_over_seeds_shows_each_difference_with_its_interval_and_p_value(
@@ -113,7 +113,7 @@ def test_a_study_over_seeds_shows_each_difference_with_its_interval_and_p_value(
     note = page.locator("#study-verdicts-note").inner_text()
     assert "95% CI: Δ ± t·SE, Student's t with n − 1 degrees of freedom" in note
     assert "two-sided paired t-test" in note and "p < 0.05" in note
-    shot(page, "study-seeds")
+    docs_shot(page, "dashboard-study-seeds")
 
 
 def seed_long_run(database: str, epochs: int = 200, layers: tuple[int, ...] = (1, 2, 3, 4),

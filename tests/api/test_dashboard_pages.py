@@ -375,7 +375,15 @@ def test_runs_table_columns_are_chosen_and_kept_in_the_url(pair, page):
     assert ids == [str(moe_id), str(dense_id)]
 
 
-@pytest.mark.parametrize("where", ["runs", "run"])
+PHONE_PAGES = {  # the other pages at a phone's width: their hash, and what shows them drawn
+    "compare": ("#/compare?ids={moe},{dense}", "#hparams"),
+    "studies": ("#/studies", "h1"),
+    "sweeps": ("#/sweeps", "h1"),
+    "workers": ("#/workers", "#workers-summary"),
+}
+
+
+@pytest.mark.parametrize("where", ["runs", "run", *PHONE_PAGES])
 def test_nothing_overflows_a_phone_screen(stepped_pair, browser, where):
     api, moe_id = stepped_pair, stepped_pair.moe
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
@@ -385,13 +393,18 @@ def test_nothing_overflows_a_phone_screen(stepped_pair, browser, where):
             page.goto(f"{api.url}/ui/#/?cols=id,name,status,progress,preset,val_ce,test_ce,"
                       "tokens_per_sec,params,active_params,tags,created")  # fmt: skip
             page.wait_for_selector(f'#runs tr[data-run="{moe_id}"]')
-        else:
+        elif where == "run":
             page.goto(f"{api.url}/ui/#/run/{moe_id}")
             page.wait_for_selector("#experts [data-heatmap][data-drawn]")
             page.wait_for_selector("#verdict")
             page.wait_for_selector('[data-chart="Gradient norm"][data-drawn="1"]')
+        else:
+            hash_, drawn = PHONE_PAGES[where]
+            page.goto(f"{api.url}/ui/{hash_.format(moe=moe_id, dense=stepped_pair.dense)}")
+            page.wait_for_selector(drawn)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
-        docs_shot(page, f"dashboard-{where}-390px", full_page=False)
+        if where in ("runs", "run"):
+            docs_shot(page, f"dashboard-{where}-390px", full_page=False)
     finally:
         context.close()
 

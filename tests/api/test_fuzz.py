@@ -98,7 +98,7 @@ def user_token(database_url: str, name: str, role: str) -> str:
 def refused_only_by_stated_rules(openapi: dict[str, Any]):
     """A check: a request valid against the schema is not refused (422) except by a rule
     the schema states, i.e. each error's `type` is named in the description of a model or
-    field on its `loc` (`body`, `base`, `batch_size`: ExperimentCreate, its `base`,
+    field on its `loc` (a query parameter's own; `body`, `base`, `batch_size`: ExperimentCreate, its `base`,
     BaseOverrides, its `batch_size`)."""
 
     def check(ctx, response, case) -> None:
@@ -118,7 +118,11 @@ def refused_only_by_stated_rules(openapi: dict[str, Any]):
 
 
 def _descriptions_along(openapi: dict, operation: dict, loc: list) -> list[str]:
-    """The descriptions of every schema a request body's error location passes through."""
+    """The descriptions of every schema a request body's error location passes through; for
+    a query parameter's (`query`, name), the parameter's own."""
+    if len(loc) >= 2 and loc[0] == "query":
+        return [p.get("description", "") for p in operation.get("parameters", [])
+                if p["in"] == "query" and p["name"] == loc[1]]  # fmt: skip
     if not loc or loc[0] != "body" or "requestBody" not in operation:
         return []
     schemas = openapi["components"]["schemas"]
