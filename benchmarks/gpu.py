@@ -17,6 +17,9 @@
   20 epochs, early stopping), everything on (bf16, compile=graphs, N runs side by side),
   timed wall to wall through `python -m moe_core study --parallel N` and through POST
   /studies on one worker of N slots.
+- `together` and `study_together` (benchmarks/gpu_together.py, issue 29): k = 2, 4, 8 seeds
+  trained as one stack against one run alone, and the spec's study with 3 seeds trained
+  together.
 
 The parts that train real runs need WikiText-2 (MOE_DATA_DIR or --data-dir); the service
 parts need the service's packages (requirements/api.txt) beside torch. On the CPU only
@@ -53,9 +56,10 @@ from moe_core.sizing import train_flops_per_token
 from moe_core.trainer import Trainer
 
 from .context import Context
+from .gpu_together import study_together_rows, together_rows
 from .harness import ROOT, gpu_peak_flops, ratio_samples, summarize, times_summary
 
-PARTS = ("step", "big", "slots", "study_engine", "study_service")
+PARTS = ("step", "big", "slots", "study_engine", "study_service", "together", "study_together")
 MODES: dict[str, tuple[str, CompileMode]] = {
     "fp32": ("fp32", "off"),
     "bf16": ("bf16", "off"),
@@ -65,10 +69,10 @@ GRAPHED = ("dense", "baseline", "top2")  # compiling every preset would take the
 BIG: dict[str, Any] = dict(seq_len=1024, hidden_dim=1024, num_layers=8, num_heads=16, ffn_dim=4096,
            moe_layers=list(range(8)))  # fmt: skip
 FULL: dict[str, Any] = dict(base="spec", steps=20, presets=tuple(EXPERIMENT_PRESETS), big=BIG, big_batch=8, slots=(1, 2, 4, 8), slot_tokens=600_000,
-            study_parallel=5, study_epochs=None)  # fmt: skip
+            study_parallel=5, study_epochs=None, together_k=(2, 4, 8), together_seeds=3)  # fmt: skip
 SMOKE: dict[str, Any] = dict(base="micro", steps=2, presets=("baseline", "top2", "dropless"), big=dict(seq_len=64, hidden_dim=64, num_layers=2,
              num_heads=2, ffn_dim=128, moe_layers=[0, 1]), big_batch=2, slots=(1, 2),
-             slot_tokens=4096, study_parallel=2, study_epochs=1)  # fmt: skip
+             slot_tokens=4096, study_parallel=2, study_epochs=1, together_k=(2,), together_seeds=2)  # fmt: skip
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -384,6 +388,8 @@ PART_FUNCTIONS = {
     "slots": slot_rows,
     "study_engine": study_engine_rows,
     "study_service": study_service_rows,
+    "together": together_rows,
+    "study_together": study_together_rows,
 }
 
 

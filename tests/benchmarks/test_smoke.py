@@ -93,7 +93,8 @@ def test_the_gpu_section_runs_every_part_through_the_real_paths(results):
     mode (compiled ones traced), the GPU-sized model, runs through a real worker of one and
     two slots, and the study through the engine and through POST /studies."""
     body = results["sections"]["gpu"]
-    assert body["parts"] == ["step", "big", "slots", "study_engine", "study_service"]
+    assert body["parts"] == ["step", "big", "slots", "study_engine", "study_service",
+                             "together", "study_together"]  # fmt: skip
     names = [row["name"] for row in body["rows"]]
     for mode in ("fp32", "bf16", "bf16+graphs"):
         for model in ("dense", "baseline", "top2"):
@@ -101,14 +102,23 @@ def test_the_gpu_section_runs_every_part_through_the_real_paths(results):
     assert [n for n in names if n.startswith("GPU-sized")] == [
         "GPU-sized: dense bf16+graphs", "GPU-sized: top2 bf16+graphs",
     ]  # fmt: skip
-    slots = [row for row in body["rows"] if "aggregate_tokens_per_s" in row]
+    slots = [row for row in body["rows"] if row["name"].endswith("run(s) per GPU")]
     assert [row["params"]["runs"] for row in slots] == [1, 2]
     assert slots[0]["speedup_vs_one"] == 1 and all(r["aggregate_tokens_per_s"] > 0 for r in slots)
     assert all(row["params"]["precision"] == "fp32" for row in slots)  # auto, on the CPU
-    studies = [row for row in body["rows"] if row["name"].startswith("the spec's study")]
+    studies = [row for row in body["rows"] if row["name"].startswith("the spec's study:")]
     assert len(studies) == 2
     for row in studies:  # dense + the spec's four, every one trained
         assert row["params"]["epochs_trained"] == [1] * 5 and row["params"]["precision"] == "fp32"
+    # issue 29's rows: k seeds stacked against one run alone, and the study with seeds together
+    alone, two = [row for row in body["rows"] if row["name"].startswith("seeds together")]
+    assert alone["per_seed_of_alone"] == 1 and two["params"]["seeds"] == 2
+    assert two["aggregate_tokens_per_s"] > 0 and two["target"]["per_seed_of_alone_at_least"] == 0.8
+    assert two["target"]["met"] is None  # a CPU smoke's speed means nothing
+    (together,) = [
+        row for row in body["rows"] if row["name"].startswith("the spec's study, 2 seeds")
+    ]
+    assert together["params"]["epochs_trained"] == [1] * 10  # 5 configurations x 2 seeds
 
 
 def test_the_gpu_section_writes_the_gpu_named_file(tmp_path):
