@@ -82,8 +82,22 @@ class Deployment:
         return self.processes.worker(self.settings, name)
 
     def drop_queued(self) -> None:
-        """Forget every queued message (earlier POSTs' tasks) of this deployment."""
+        """Forget every queued message (earlier POSTs' tasks) of this deployment, and cancel
+        their runs in the store: a worker takes the fairest queued run from the store
+        (store.queue_order), not the message it was handed, so runs left queued there would
+        be trained before the next one posted."""
+        from sqlalchemy import update
+
+        from store.db import session_scope
+        from store.models import Experiment, Status
+        from store.models.base import utcnow
+
         _delete_keys(self.redis, self.prefix)
+        with session_scope(self.url) as session:
+            session.execute(update(Experiment).where(Experiment.status == Status.queued)
+                            .values(status=Status.cancelled, cancel_requested=True,
+                                    finished_at=utcnow()))  # fmt: skip
+            session.commit()
 
 
 def _delete_keys(client: Any, prefix: str) -> None:
