@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from moe_core.presets import EXPERIMENT_PRESETS
-from moe_lab import render
+from moe_lab import compare_render, render
 from moe_lab.app import (
     BASE_PRESETS_HELP,
     CsvOption,
@@ -247,7 +247,7 @@ def show(
     if run.get("gpu"):
         grid.add_row("GPU", render.gpu_line(run["gpu"]))
     out.print(grid)
-    out.print(render.hyperparameters_table(run))
+    out.print(compare_render.hyperparameters_table(run))
 
 
 @app.command()
@@ -320,18 +320,20 @@ def compare(
                 if error.status != 404:
                     raise
     epochs = {run["id"]: client.metrics(run["id"])["epochs"] for run in runs}
-    rows = render.compare_rows(runs, epochs, by_id)
+    rows = compare_render.compare_rows(runs, epochs, by_id)
     if as_json:
         print_json(rows)
         return
     if as_csv:
-        print_csv(rows, render.COMPARE_COLUMNS)
+        print_csv(rows, compare_render.COMPARE_COLUMNS)
         return
     out = render.console()
-    out.print(render.compare_table(rows))
-    for line in render.compare_notes(rows) + render.smoke_note(r.get("base_preset") for r in runs):
+    out.print(compare_render.compare_table(rows))
+    for line in compare_render.compare_notes(rows) + render.smoke_note(
+        r.get("base_preset") for r in runs
+    ):
         out.print(line)
-    differing = render.differences(runs)
+    differing = compare_render.differences(runs)
     if differing is not None:
         out.print(differing)
 

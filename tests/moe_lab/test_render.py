@@ -4,7 +4,7 @@ dense run whose cross-entropy compares (moe_core.comparable)."""
 from __future__ import annotations
 
 from moe_core.config import base_config
-from moe_lab.render import compare_rows
+from moe_lab.compare_render import compare_rows
 
 
 def run(run_id: int, ce: float, base: str, **fields) -> dict:
