@@ -155,6 +155,11 @@ def run_sweep(
     return report
 
 
+def _new_trial(number: int, params: dict[str, Any]) -> dict[str, Any]:
+    return {"number": number, "params": params, "runs": [], "state": "complete",
+            "pruned_at_epoch": None, "error": None}  # fmt: skip
+
+
 def _run_trial(
     sweep: SweepConfig,
     proposer: Proposer,
@@ -165,8 +170,7 @@ def _run_trial(
     dense: list[dict[str, Any]],
     train: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
-    trial: dict[str, Any] = {"number": number, "params": params, "runs": [], "state": "complete",
-                             "pruned_at_epoch": None, "error": None}  # fmt: skip
+    trial = _new_trial(number, params)
     for i, seed in enumerate(seeds):
         config, trial_base = sweep.trial_configs(
             params, base.model_copy(update={"seed": seed}), number
@@ -229,8 +233,7 @@ def _run_trial_together(
     train_together: Callable[..., list[dict[str, Any] | BaseException]],
 ) -> dict[str, Any]:
     """A trial whose seeds train together: the pruner judges the mean of its seeds."""
-    trial: dict[str, Any] = {"number": number, "params": params, "runs": [], "state": "complete",
-                             "pruned_at_epoch": None, "error": None}  # fmt: skip
+    trial = _new_trial(number, params)
     pairs = [
         sweep.trial_configs(params, base.model_copy(update={"seed": s}), number) for s in seeds
     ]
