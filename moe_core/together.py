@@ -9,7 +9,8 @@ state (AdamW is elementwise: over the stack it is each replica's own), and goes 
 the Trainer's epoch: the same records to its hooks, the same early stopping and metrics
 (moe_core.records.MetricsHistory). A replica that stops early, fails (a non-finite loss, a
 hook that raises) or is cancelled (its `should_stop`) leaves the stack at once; the others
-go on. Dropout and router jitter draw other random numbers than separate runs would.
+go on. Dropout and router jitter draw other random numbers than separate runs would. Each
+replica's checkpoint is a single run's (moe_core.together_checkpoint), resumed by a stack too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from . import atomic
 from .atomic import torch_save_atomic
+from .checkpoint import Checkpointing
 from .config import BaseConfig, ExperimentConfig, check_or_raise
 from .data import TokenBlocks
 from .epoch import EpochProgress, Loader, loader_generator
@@ -50,6 +52,7 @@ from .sizing import parameters
 from .stacked import StackedGPT, StackedLossStep, StackedMoE, replica_stats
 from .step import Mark, PhaseClock
 from .step_points import StepPoints
+from .together_checkpoint import StackCheckpoints, optimizer_layout
 from .trainer import GRAD_CLIP
 
 Losses = dict[str, float]
@@ -89,10 +92,11 @@ class TogetherTrainer:
         self, model: StackedGPT, replicas: list[Replica], optimizer: torch.optim.Optimizer | None,
         device: torch.device, config: ExperimentConfig, *, dense: bool, val_loader: Any = None,
         train_eval_loader: Any = None, amp_dtype: torch.dtype | None = None, compile: Any = "off",
+        checkpoints: StackCheckpoints | None = None,
     ) -> None:  # fmt: skip
         self.model, self.live, self.optimizer, self.device = model, replicas, optimizer, device
         self.val_loader, self.train_eval_loader = val_loader, train_eval_loader
-        self.config, self.dense = config, dense
+        self.config, self.dense, self.checkpoints = config, dense, checkpoints
         self.moe = [(name, m) for name, m in model.named_modules() if isinstance(m, StackedMoE)]
         self.layer_ids = [int(name.split(".")[1]) for name, _ in self.moe]  # "blocks.2.ffn"
         self.loss_step = StackedLossStep(model, device, routed=bool(self.moe),
@@ -103,12 +107,10 @@ class TogetherTrainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self, num_epochs: int) -> None:
-        steps = len(self.live[0].loader)
         for r in self.live:
-            r.points.plan(r.hooks.step_metrics_every, num_epochs * steps)
-        for epoch_index in range(num_epochs):
-            if not self.live:
-                break
+            r.points.plan(r.hooks.step_metrics_every, num_epochs * len(r.loader))
+        while self.live and self.live[0].history.epoch < num_epochs:  # resumed: the rest
+            epoch_index = self.live[0].history.epoch  # every live replica's
             schedule = None if self.dense else self.config.gating_temp_schedule
             t = schedule.temperature(epoch_index) if schedule is not None else None
             self.gating_temperature = t if t is not None or not self.moe else 1.0
@@ -222,9 +224,11 @@ class TogetherTrainer:
         r.progress = None
         if r.reporter is not None:
             r.reporter.on_epoch_end(record, num_epochs)
-        if r.hooks.on_epoch_end is not None:
-            with self._guard(r):
+        with self._guard(r):  # the hook, then the checkpoint, as the Trainer: a crash replays
+            if r.hooks.on_epoch_end is not None:
                 r.hooks.on_epoch_end(record)
+            if self.checkpoints is not None:
+                self.checkpoints.save(self.model, self.optimizer, i, r)
         if h.stopped_early and r.outcome is None:
             r.kept = r.best_state  # it leaves the stack with its best weights
 
@@ -315,7 +319,7 @@ class TogetherTrainer:
                     hook(report)  # type: ignore[operator]  # a method when set
 
     def _cancel(self, r: Replica, where: str) -> None:
-        """The Trainer's stop, for this replica alone (it keeps no checkpoint)."""
+        """The Trainer's stop, for this replica alone (no checkpoint: a resume replays the epoch)."""
         steps = r.progress.steps if r.progress is not None else 0
         message = (f"{self.config.name} (seed {r.base.seed}): stopped {where} of epoch "
                    f"{r.history.epoch + 1}, after step {steps}/{len(r.loader)} (global step "
@@ -354,6 +358,7 @@ def run_together(
     model_paths: list[str | os.PathLike[str] | None] | None = None,
     test_dataset: Dataset[Any] | None = None,
     verbose: bool = True,
+    checkpointing: list[Checkpointing | None] | None = None,
 ) -> list[dict[str, Any] | BaseException]:
     """`run_single_experiment(config, ..., base, ...)` for each of `base_configs` (which
     differ in `seed` alone: ValueError naming the field otherwise), trained together as one
@@ -361,7 +366,9 @@ def run_together(
     and `together`: {"replicas", "index"}) or what ended it: TrainingCancelled when its
     `hooks[i].should_stop` stopped it, TrainingDiverged, or what one of its hooks raised.
     `model_paths[i]` receives seed i's kept weights (a GPT state dict, as save_model
-    writes). An error of the stack itself (out of memory) ends every seed still training."""
+    writes). An error of the stack itself (out of memory) ends every seed still training.
+    `checkpointing[i]`: seed i's checkpoint, a single run's, written at epochs' ends and
+    resumed from (moe_core.together_checkpoint: ValueError unless from one epoch's end)."""
     k = len(base_configs)
     if k == 0:
         raise ValueError("no base configs to train")
@@ -375,9 +382,9 @@ def run_together(
     if base.gpus > 1:
         raise ValueError("seeds are trained together in one process: base.gpus must be 1")
     hooks = hooks or [TrainerHooks() for _ in base_configs]
-    paths = model_paths or [None] * k
-    if len(hooks) != k or len(paths) != k:
-        raise ValueError(f"{k} base configs, {len(hooks)} hooks and {len(paths)} model paths")
+    paths, saves = model_paths or [None] * k, checkpointing or [None] * k
+    if not len(hooks) == len(paths) == len(saves) == k:
+        raise ValueError(f"{k} base configs: as many hooks, model paths and checkpointings")
     check_or_raise(config, base, dense=dense)
     device = resolve_device(device)
     precision = resolve_precision(base.precision, device)
@@ -401,7 +408,8 @@ def run_together(
         replicas.append(replica)
     template = models[0]
     weights = atomic.tensor_bytes(template.state_dict())
-    atomic.ensure_room_for({p: weights for p in paths})
+    files = dict.fromkeys(paths, weights)  # the kept weights; a checkpoint: 8 weights' worth
+    atomic.ensure_room_for(files | {c.path: 8 * weights for c in saves if c})
     model = StackedGPT(models).to(device)
     del models
     subset = min(len(val_dataset), len(train_dataset))  # type: ignore[arg-type]  # map-style: they have a len
@@ -409,10 +417,12 @@ def run_together(
                     else Subset(train_dataset, range(subset)))  # fmt: skip
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
     optimizer = build_optimizer(model, config, base, fused=device.type == "cuda", replica_dim=True)
-    trainer = TogetherTrainer(model, list(replicas), optimizer, device, config, dense=dense,
+    checkpoints = StackCheckpoints(saves, optimizer_layout(template, config, base))
+    live = checkpoints.resume(model, optimizer, replicas, base.num_epochs)
+    trainer = TogetherTrainer(model, live, optimizer, device, config, dense=dense,
                               val_loader=batches(val_dataset, bs, device),
                               train_eval_loader=batches(train_subset, bs, device),
-                              amp_dtype=amp_dtype, compile=base.compile)  # fmt: skip
+                              amp_dtype=amp_dtype, compile=base.compile, checkpoints=checkpoints)  # fmt: skip
     if verbose:
         kind = "dense" if dense else f"MoE ({config.experts(base)} experts, top-{config.top_k})"
         print(f"[{config.name}] {kind}: {count_parameters(template):,} parameters x {k} seeds "
