@@ -175,6 +175,7 @@ class BaseOverrides(BaseModel):
     expert_parallel: Whole[Annotated[int, Field(ge=1, le=LIMITS["gpus"])]] = _base(
         "expert_parallel", rules.EXPERT_PARALLEL_LAYOUT, rules.EXPERTS_OVER_RANKS
     )
+    seeds_together: bool | None = _base("seeds_together")
     dataset_name: Text = _base("dataset_name", rules.DATASET_NOT_OFFERED)
     dataset_config: Text = _base("dataset_config", rules.DATASET_NOT_OFFERED)
     max_train_tokens: Whole[Annotated[int, Field(ge=2)]] | None = _base(

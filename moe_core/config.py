@@ -163,6 +163,13 @@ class BaseConfig(BaseModel):
         "divides gpus and the experts per layer; gpus / expert_parallel replicas of each expert",
     )
 
+    seeds_together: bool | None = Field(
+        None,
+        description="train a study's (or a sweep trial's) seeds of one configuration as one "
+        "stacked model, each still a run of its own: null decides (on a GPU when the stack "
+        "fits the run's memory share, never on a CPU); true or false as said",
+    )
+
     # Data: the hub's wikitext-2-v1 unless `data_dir` holds train.txt/valid.txt/test.txt
     dataset_name: str = "wikitext"
     dataset_config: str = "wikitext-2-v1"

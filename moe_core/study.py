@@ -124,8 +124,8 @@ def main(
     `parallel` > 1, that many runs train at once, each in a process of its own. With
     `ranks` (moe_core.parallel: this process is one rank of a torchrun launch), every run
     trains on all the launch's ranks, one after another, and rank 0 writes the files.
-    With `seeds_together` (None: moe_core.together_policy decides: on a GPU where the stacks
-    fit), each configuration's seeds train as one stacked model (moe_core.together), giving
+    With `seeds_together` (None: base.seeds_together, and where that is None too
+    moe_core.together_policy decides: on a GPU where the stacks fit), each configuration's seeds train as one stacked model (moe_core.together), giving
     what they give apart.
     """
     from .data import build_datasets  # here, so importing the study needs no `datasets`
@@ -158,7 +158,8 @@ def main(
         )
     paths = [_model_path(out, run, base.seed) for run in plan]
     groups = {(run.dense, run.preset): run.config for run in plan}
-    together = resolve_together(seeds_together, [(c, d) for (d, _), c in groups.items()], base,
+    asked = seeds_together if seeds_together is not None else base.seeds_together
+    together = resolve_together(asked, [(c, d) for (d, _), c in groups.items()], base,
                                 device, replicas=seeds)  # fmt: skip
     if together and (parallel > 1 or ranks is not None):
         raise ValueError("seeds_together trains each configuration's seeds in this process:"

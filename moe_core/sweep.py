@@ -218,6 +218,7 @@ def _together(asked: bool | None, sweep: SweepConfig, base: BaseConfig,
     from .config import get_experiment_configs
 
     config = get_experiment_configs(base)[sweep.preset]
+    asked = asked if asked is not None else base.seeds_together
     return resolve_together(asked, [(config, False), (dense_config(base), True)], base, device,
                             replicas=sweep.seeds)  # fmt: skip
 

@@ -48,6 +48,14 @@ def study_submit(
         ),
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="run everything once per seed (1-10)")] = None,
+    seeds_together: Annotated[
+        bool | None,
+        typer.Option(
+            "--seeds-together/--seeds-apart",
+            help="train each configuration's seeds as one stacked model on one GPU "
+            "(base.seeds_together; default: where the stack fits a GPU)",
+        ),
+    ] = None,  # fmt: skip
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="base.FIELD=VALUE")
     ] = None,
@@ -69,6 +77,8 @@ def study_submit(
         body["experiments"] = split_list(experiments)
     if seeds is not None:
         body["seeds"] = seeds
+    if seeds_together is not None:
+        body["base"] = {"seeds_together": seeds_together}
     apply_sets(body, sets or [], ("base",))
     check_json(body)
     client = api(ctx)

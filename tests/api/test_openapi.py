@@ -130,9 +130,10 @@ def test_null_is_taken_exactly_where_the_schema_offers_it(client, openapi, secti
     model = "BaseOverrides" if section == "base" else "ConfigOverrides"
     fields = openapi["components"]["schemas"][model]["properties"]
     offered = {name for name, field in fields.items() if _takes_null(field)}
-    # the fields whose engine value may be null: the base's experts, no schedule, no cap
+    # the fields whose engine value may be null: the base's experts, no schedule, no cap,
+    # the workers' policy on seeds trained together
     nullable = {"config": {"num_experts", "gating_temp_schedule"},
-                "base": {"max_train_tokens", "max_val_tokens"}}  # fmt: skip
+                "base": {"max_train_tokens", "max_val_tokens", "seeds_together"}}  # fmt: skip
     assert offered == nullable[section]
     for name in fields:
         body = request_body("nulls")

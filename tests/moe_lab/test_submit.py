@@ -252,6 +252,10 @@ def test_study_submit_with_presets_seeds_and_base_sets(cli, api):
     assert len(study["members"]) == 6 and study["base"]["num_epochs"] == 1
     dense_member = api.experiment(study["dense_id"])
     assert dense_member["dense"] and dense_member["num_epochs"] == 1
+    assert study["base"]["seeds_together"] is None  # unset: the workers' policy decides
+    together = created(cli("study", "submit", "stacked", *MICRO, "--seeds", "2",
+                           "--seeds-together", "--json"))  # fmt: skip
+    assert together["base"]["seeds_together"] is True
 
     result = cli("study", "submit", "repeated", "-e", "baseline", "-e", "top2", "--dry-run")
     assert result.exit_code == 0, result.stderr
