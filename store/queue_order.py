@@ -71,3 +71,38 @@ def choose(*, session: Session, hint: int, now: datetime, default_gpus: int | No
             continue  # its owner is at their GPU limit: it waits
         return Choice(run_id, republish=hint if run_id != hint else None)
     return Choice(None)
+
+
+def seed_siblings(*, session: Session, experiment_id: int, now: datetime, limit: int) -> list[int]:
+    """Queued runs that may train as one stack with `experiment_id` (moe_core.together): of
+    its study (or its sweep's trial, or its sweep's dense baselines), its owner and its
+    kind, as far along as it is, with its configuration and its base but for the seed.
+    At most `limit`, in submission order; the claims decide which are taken."""
+    run = session.get(Experiment, experiment_id)
+    if run is None or limit < 1 or (run.study_id is None and run.sweep_id is None):
+        return []
+    group = (
+        Experiment.study_id == run.study_id
+        if run.study_id is not None
+        else (Experiment.sweep_id == run.sweep_id)
+        & (Experiment.trial_number.is_(None) if run.trial_number is None
+           else Experiment.trial_number == run.trial_number)
+    )  # fmt: skip
+    rows = session.execute(
+        select(Experiment.id, Experiment.config, Experiment.base)
+        .where(group, Experiment.id != run.id, Experiment.status == Status.queued,
+               Experiment.owner == run.owner, Experiment.dense == run.dense,
+               Experiment.cancel_requested.is_(False),
+               Experiment.current_epoch == run.current_epoch,
+               or_(Experiment.queued_at.is_(None), Experiment.queued_at <= now))
+        .order_by(Experiment.id)
+    ).all()  # fmt: skip
+    mine = _but_seed(run.base)
+    found = [i for i, config, base in rows
+             if config == run.config and _but_seed(base) == mine and base.get("seed") != run.base.get("seed")]  # fmt: skip
+    session.rollback()  # end the read: each claim reads afresh
+    return found[:limit]
+
+
+def _but_seed(base: dict) -> dict:
+    return {k: v for k, v in base.items() if k != "seed"}

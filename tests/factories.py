@@ -52,6 +52,37 @@ def new_experiment(
         return experiment.id
 
 
+def new_study(
+    database: str, *, seeds: int, presets: tuple[str, ...] = ("baseline",),
+    config: dict[str, Any] | None = None, dense: bool = True, **base_overrides: Any,
+) -> dict[tuple[str, int], int]:  # fmt: skip
+    """A queued study on the micro base, as POST /studies stores one: for each seed a dense
+    run ("dense"; not with `dense=False`) and one run per preset, each judged against its
+    seed's dense run; `config`: ExperimentConfig fields over every run's. Returns
+    {(preset or "dense", seed): id}."""
+    from moe_core.config import dense_config
+
+    first = base_config("micro", **base_overrides)
+    with session_scope(database) as session:
+        study = catalogue.create_study(session=session, name="study", base=first,
+                                       base_preset="micro", presets=list(presets), seeds=seeds)  # fmt: skip
+        ids: dict[tuple[str, int], int] = {}
+        for seed in range(first.seed, first.seed + seeds):
+            base = first.model_copy(update={"seed": seed})
+            configs = {"dense": dense_config(base)} if dense else {}
+            configs.update({name: get_experiment_configs(base)[name] for name in presets})
+            for name, run_config in configs.items():
+                run = catalogue.create_experiment(
+                    session=session, name=f"{name}-{seed}", base=base, study=study,
+                    config=run_config.model_copy(update=config or {}), dense=name == "dense",
+                    preset=None if name == "dense" else name, base_preset="micro",
+                    baseline_id=ids.get(("dense", seed)),
+                )  # fmt: skip
+                ids[(name, seed)] = run.id
+        session.commit()
+    return ids
+
+
 def step_point(step: int, *, epoch: int = 1, loss: float = 5.0) -> StepPoint:
     """A step point as the Trainer's on_steps delivers it (moe_core.records.StepPoint):
     512 tokens a step, 0.01 s a step."""

@@ -10,7 +10,7 @@ from sqlalchemy import update
 from store import queue_order, users
 from store.db import session_scope
 from store.models import Experiment, Role, User, utcnow
-from tests.factories import claim, new_experiment
+from tests.factories import claim, new_experiment, new_study
 
 pytestmark = pytest.mark.services  # real Postgres (see tests/fixtures/services.py)
 
@@ -83,3 +83,51 @@ def test_a_delivery_of_a_run_not_queued_is_left_to_the_lease_protocol(own_databa
     (a,) = runs_of(own_database, "amy", 1)
     claim(own_database, a, "w1")  # running: maybe a dead worker's, to take over
     assert choose(own_database, a) == queue_order.Choice(a)
+
+
+def siblings(database: str, run: int, limit: int = 8) -> list[int]:
+    with session_scope(database) as session:
+        return queue_order.seed_siblings(session=session, experiment_id=run, now=utcnow(),
+                                         limit=limit)  # fmt: skip
+
+
+def test_a_runs_seed_siblings_are_its_studys_queued_runs_that_differ_in_the_seed_alone(
+    own_database,
+):
+    runs = new_study(own_database, seeds=4, presets=("baseline", "top2"))
+    other = new_study(own_database, seeds=2)  # another study of the same configurations
+    alone = new_experiment(own_database, "alone")
+    first = runs[("baseline", 1337)]
+    assert siblings(own_database, first) == [runs[("baseline", s)] for s in (1338, 1339, 1340)]
+    assert siblings(own_database, first, limit=2) == [runs[("baseline", 1338)],
+                                                     runs[("baseline", 1339)]]  # fmt: skip
+    # the dense runs are one another's, never an MoE run's; another study's are not
+    assert siblings(own_database, runs[("dense", 1339)]) == [
+        runs[("dense", s)] for s in (1337, 1338, 1340)]  # fmt: skip
+    assert runs[("baseline", 1337)] not in siblings(own_database, other[("baseline", 1338)])
+    assert siblings(own_database, alone) == []
+    # not one that is running, asked to cancel, not due, or at another epoch
+    claim(own_database, runs[("baseline", 1338)], "w1")
+    now = utcnow()
+    with session_scope(own_database) as session:
+        for seed, change in ((1339, {"cancel_requested": True}),
+                             (1340, {"queued_at": now + timedelta(minutes=5)})):  # fmt: skip
+            session.execute(update(Experiment)
+                            .where(Experiment.id == runs[("baseline", seed)]).values(**change))  # fmt: skip
+        session.execute(update(Experiment).where(Experiment.id == runs[("top2", 1338)])
+                        .values(current_epoch=2))  # fmt: skip
+        session.commit()
+    assert siblings(own_database, first) == []
+    assert siblings(own_database, runs[("top2", 1337)]) == [runs[("top2", s)] for s in (1339, 1340)]
+
+
+def test_runs_of_another_owner_or_base_are_not_siblings(own_database):
+    runs = new_study(own_database, seeds=3)
+    with session_scope(own_database) as session:
+        users.create_user(session=session, name="cat", role=Role.member)
+        row = session.get(Experiment, runs[("baseline", 1338)])
+        row.owner = "cat"
+        other = session.get(Experiment, runs[("baseline", 1339)])
+        other.base = {**other.base, "learning_rate": 0.0123}
+        session.commit()
+    assert siblings(own_database, runs[("baseline", 1337)]) == []
