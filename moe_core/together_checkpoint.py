@@ -203,3 +203,24 @@ def _row(value: Any, row: int) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     return bool(torch.equal(a, b)) if torch.is_tensor(a) and torch.is_tensor(b) else a == b
+
+
+def stack_resume_epoch(checkpointing: Checkpointing | None) -> int | None:
+    """The epoch's end a stack would resume this seed from (0: it has no checkpoint), or None
+    when its checkpoint cannot join a stack: written within an epoch (at a stop), on several
+    ranks, for another run (its tag), or unreadable; its run alone resumes (or replaces) it.
+    Reads the checkpoint memory-mapped: its weights are not loaded."""
+    source = checkpointing.source if checkpointing is not None else None
+    if checkpointing is None or source is None or not source.exists():
+        return 0
+    if source.is_dir():
+        return None
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001  # not a checkpoint this process can read: not a stack's
+        return None
+    if checkpointing.tag is not None and state.get("tag") != checkpointing.tag:
+        return None
+    if state.get("progress") is not None:
+        return None
+    return int(state["history"]["epoch"])

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # A run whose workers died more than this many times (lease expired, process killed,
     # e.g. out of memory) fails with an error that says so, instead of looping for good.
     max_restarts: int = Field(5, ge=0)
+    # A study's or sweep trial's seeds of one configuration (base.seeds_together) are
+    # claimed by one pool process and trained as one stack of at most this many runs.
+    max_seeds_together: int = Field(8, ge=1)
     # Only a backstop: Redis hands an unacknowledged task to another worker after this many
     # seconds. Taking over a dead worker's run is the lease's job (heartbeat_timeout); a
     # redelivered task whose run is held by a live worker, or finished, does nothing.

@@ -4,7 +4,16 @@ when the GPU ran out of memory beside its neighbours."""
 
 from __future__ import annotations
 
-from moe_core.sizing import GiB
+import logging
+
+import torch
+
+from moe_core.config import BaseConfig, ExperimentConfig
+from moe_core.runner import resolve_precision
+from moe_core.sizing import GiB, memory_estimate
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class GPUTooSmall(RuntimeError):
@@ -30,3 +39,22 @@ def retry_delay(oom_handbacks: int) -> float:
     """Seconds before a run handed back for want of memory is offered again: 10, 20, 40 ...
     up to 5 minutes, so that its neighbours have finished or shrunk meanwhile."""
     return min(10.0 * 2**oom_handbacks, 300.0)
+
+
+def share_the_gpu(
+    config: ExperimentConfig, base: BaseConfig, *, dense: bool, device: torch.device,
+    settings: Settings, replicas: int = 1,
+) -> None:  # fmt: skip
+    """Cap this process's share of the GPU's memory (memory_fraction), or refuse the run
+    (a stack of `replicas` seeds: worker.together) at once when it cannot fit even alone."""
+    # base.precision is pinned (bf16 or fp32) by now; resolving it again keeps it
+    precision = resolve_precision(base.precision, device)
+    estimate = memory_estimate(config, base, dense=dense, precision=precision,
+                               replicas=replicas)["total"]  # fmt: skip
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = memory_fraction(estimate=estimate, total=total, slots=settings.runs_per_gpu)
+    # It takes an index (torch.device("cuda") raises there): the current device's if none.
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    log.info("GPU memory: an estimated %.2f GiB of %.1f GiB; this run may use %.0f%%",
+             estimate / GiB, total / GiB, 100 * fraction)  # fmt: skip

@@ -27,7 +27,6 @@ from moe_core.runner import (
     run_single_experiment,
     steps_per_epoch,
 )
-from moe_core.sizing import GiB, memory_estimate
 from store import artifacts, catalogue, leases, queue_order, results, workers
 from store.db import session_scope
 from store.leases import ClaimOutcome
@@ -86,7 +85,7 @@ def run_experiment(
             lease.hand_back()
             return
         if claim.attempt == 1:
-            _remove_foreign_checkpoints(run.directory, experiment_id)
+            remove_foreign_checkpoints(run.directory, experiment_id)
         held = _take_slots(lease, run.base, settings=settings, worker_name=worker_name,
                            device=device)  # fmt: skip
         if held is None:
@@ -96,7 +95,15 @@ def run_experiment(
                 launch.train_on_ranks(lease, run, gpus=held.indices, settings=settings,
                                       worker_name=worker_name)  # fmt: skip
             else:
-                attempt(lease, run, settings=settings, device=device)
+                from worker import together  # it builds on this module's steps
+
+                group = together.claim_siblings(lease, run, settings=settings, queue=queue,
+                                                worker_name=worker_name, device=device)  # fmt: skip
+                if group:
+                    together.attempt_together([(lease, run), *group], settings=settings,
+                                              device=device)  # fmt: skip
+                else:
+                    attempt(lease, run, settings=settings, device=device)
 
 
 # A delivery that found no run allowed to start (their owners at their GPU limit) comes
@@ -165,7 +172,7 @@ def prepare(
     return run
 
 
-def _remove_foreign_checkpoints(directory: Path, experiment_id: int) -> None:
+def remove_foreign_checkpoints(directory: Path, experiment_id: int) -> None:
     # A first attempt has no past to resume; whatever lies there is not this run's.
     for name in (artifacts.CHECKPOINT, artifacts.SHARDED_CHECKPOINT):
         path = directory / name
@@ -216,10 +223,7 @@ def attempt(
         remember_mlflow_run=lease.remember_mlflow_run,
         on_failure=lease.record_sink_failure,
     )
-    run_info = RunInfo(experiment_id=lease.experiment_id, run_key=run.run_key,
-                       directory=run.directory, config=run.config.model_dump(mode="json"),
-                       base=run.base.model_dump(mode="json"), dense=run.dense,
-                       **run.described)  # fmt: skip
+    run_info = describe(lease, run)
     lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
     try:
         # beside the training, its process's CPU, memory and GPU every few seconds
@@ -235,10 +239,18 @@ def attempt(
                 _train(lease, run, device=device, settings=settings, sinks=sinks,
                        parallel=parallel)  # fmt: skip
     finally:
-        _end_sinks(sinks, lease, settings)
+        end_sinks(sinks, lease, settings)
 
 
-def _end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
+def describe(lease: RunLease, run: Prepared) -> RunInfo:
+    """The run as its sinks name it."""
+    return RunInfo(experiment_id=lease.experiment_id, run_key=run.run_key,
+                   directory=run.directory, config=run.config.model_dump(mode="json"),
+                   base=run.base.model_dump(mode="json"), dense=run.dense,
+                   **run.described)  # fmt: skip
+
+
+def end_sinks(sinks: Sinks, lease: RunLease, settings: Settings) -> None:
     """Tell the sinks how the attempt ended, as the store of record has it: the run finished
     by this attempt (its status, result and verdict), or left for another attempt."""
     if not sinks:
@@ -276,18 +288,11 @@ def _train(
     """The attempt under its lease, ending the run (or handing it back) however it goes."""
     experiment_id = lease.experiment_id
     config, base = run.config, run.base
-
-    def epoch_end(record: EpochRecord) -> None:
-        lease.record_epoch(record)  # the store first: it raises if the run is not ours
-        sinks.epoch(record)
-
-    def steps(points: list[StepPoint]) -> None:
-        lease.record_steps(points)  # kept in memory; the lease's monitor writes them
-        sinks.steps(points)
-
     try:
         if device.type == "cuda" and parallel is None:  # ranks hold their GPUs alone
-            _share_the_gpu(config, base, dense=run.dense, device=device, settings=settings)
+            gpu_memory.share_the_gpu(
+                config, base, dense=run.dense, device=device, settings=settings
+            )
         data, every = training_data(run, settings, lease.should_stop, parallel)
         log.info("data: %s training / %s validation blocks of %s tokens", len(data.train),
                  len(data.val), base.seq_len)  # fmt: skip
@@ -303,13 +308,7 @@ def _train(
             base,
             device,
             dense=run.dense,
-            hooks=TrainerHooks(
-                on_epoch_end=epoch_end,
-                on_progress=lease.report_progress,
-                on_steps=steps,
-                step_metrics_every=every,
-                should_stop=lease.should_stop,
-            ),
+            hooks=reporting(lease, sinks, every),
             checkpointing=saved,
             # Every run keeps its final weights (a study's dense run's are the spec's
             # dense_model.pt): the checkpoint alone would need the engine to read.
@@ -319,15 +318,6 @@ def _train(
             verbose=False,
             parallel=parallel,
         )
-    except TrainingCancelled as stop:
-        lease.settle_stop(str(stop))  # cancelled, taken over, or this worker is stopping
-    except gpu_memory.GPUTooSmall as exc:
-        log.error("experiment %s: %s", experiment_id, exc)
-        lease.finish(Status.failed, error=f"does not fit the GPU: {exc}")
-    except torch.cuda.OutOfMemoryError as exc:
-        _out_of_memory(lease, exc, settings)
-    except leases.LostOwnership:
-        log.info("experiment %s: taken over by another worker", experiment_id)
     except (OperationalError, InterfaceError):
         # The database stayed away past db_outage_seconds: not the run's fault. The
         # task's autoretry (worker.tasks) resumes it from its checkpoint once it is back.
@@ -338,16 +328,55 @@ def _train(
             # and the pool process that launched them puts it back as a restart.
             log.warning("experiment %s: a rank was lost (%s)", experiment_id, exc)
             raise
-        log.exception("experiment %s failed", experiment_id)
-        lease.finish(Status.failed, error=f"{type(exc).__name__}: {exc}")
+        settle(lease, run, exc, settings=settings)
+    else:
+        settle(lease, run, result, settings=settings)
+
+
+def reporting(lease: RunLease, sinks: Sinks, every: int) -> TrainerHooks:
+    """The Trainer's hooks for the run: every epoch and step point to the store (its lease)
+    and the sinks; its progress; its stop."""
+
+    def epoch_end(record: EpochRecord) -> None:
+        lease.record_epoch(record)  # the store first: it raises if the run is not ours
+        sinks.epoch(record)
+
+    def steps(points: list[StepPoint]) -> None:
+        lease.record_steps(points)  # kept in memory; the lease's monitor writes them
+        sinks.steps(points)
+
+    return TrainerHooks(on_epoch_end=epoch_end, on_progress=lease.report_progress,
+                        on_steps=steps, step_metrics_every=every,
+                        should_stop=lease.should_stop)  # fmt: skip
+
+
+def settle(
+    lease: RunLease, run: Prepared, outcome: dict[str, Any] | BaseException, *,
+    settings: Settings,
+) -> None:  # fmt: skip
+    """End the attempt as its training ended (`outcome`: the result, or what stopped it):
+    succeeded, failed, cancelled, or handed back (a stop, the GPU's memory)."""
+    experiment_id = lease.experiment_id
+    if isinstance(outcome, TrainingCancelled):
+        lease.settle_stop(str(outcome))  # cancelled, taken over, or this worker is stopping
+    elif isinstance(outcome, gpu_memory.GPUTooSmall):
+        log.error("experiment %s: %s", experiment_id, outcome)
+        lease.finish(Status.failed, error=f"does not fit the GPU: {outcome}")
+    elif isinstance(outcome, torch.cuda.OutOfMemoryError):
+        _out_of_memory(lease, outcome, settings)
+    elif isinstance(outcome, leases.LostOwnership):
+        log.info("experiment %s: taken over by another worker", experiment_id)
+    elif isinstance(outcome, BaseException):
+        log.error("experiment %s failed", experiment_id, exc_info=outcome)
+        lease.finish(Status.failed, error=f"{type(outcome).__name__}: {outcome}")
     else:
         try:  # a copy beside the weights; the store holds the result either way
-            write_json_atomic(run.directory / artifacts.RESULT, results.json_safe(result))
+            write_json_atomic(run.directory / artifacts.RESULT, results.json_safe(outcome))
         except OSError:
             log.warning("experiment %s: result.json not written", experiment_id, exc_info=True)
-        lease.finish(Status.succeeded, result=result)
+        lease.finish(Status.succeeded, result=outcome)
         log.info("experiment %s succeeded: best val CE %s", experiment_id,
-                 result["metrics"].get("best_val_ce_loss"))  # fmt: skip
+                 outcome["metrics"].get("best_val_ce_loss"))  # fmt: skip
 
 
 def follow(run: Prepared, *, settings: Settings, parallel: Parallel) -> None:
@@ -400,26 +429,6 @@ def checkpointing(run: Prepared) -> Checkpointing:
                        for name in (artifacts.CHECKPOINT, artifacts.SHARDED_CHECKPOINT))  # fmt: skip
     return Checkpointing(sharded if run.base.gpus > 1 else single, tag=run.run_key,
                          resume_from=newest(single, sharded))  # fmt: skip
-
-
-def _share_the_gpu(
-    config: ExperimentConfig, base: BaseConfig, *, dense: bool, device: torch.device,
-    settings: Settings,
-) -> None:  # fmt: skip
-    """Cap this process's share of the GPU's memory (worker.gpu_memory), or refuse the run
-    at once when it cannot fit even alone."""
-    # base.precision is pinned (bf16 or fp32) by now; resolving it again keeps it
-    precision = resolve_precision(base.precision, device)
-    estimate = memory_estimate(config, base, dense=dense, precision=precision)["total"]
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = gpu_memory.memory_fraction(
-        estimate=estimate, total=total, slots=settings.runs_per_gpu
-    )
-    # It takes an index (torch.device("cuda") raises there): the current device's if none.
-    index = torch.cuda.current_device() if device.index is None else device.index
-    torch.cuda.set_per_process_memory_fraction(fraction, index)
-    log.info("GPU memory: an estimated %.2f GiB of %.1f GiB; this run may use %.0f%%",
-             estimate / GiB, total / GiB, 100 * fraction)  # fmt: skip
 
 
 def _out_of_memory(lease: RunLease, exc: BaseException, settings: Settings) -> None:

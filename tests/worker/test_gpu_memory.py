@@ -45,7 +45,7 @@ def test_a_runs_memory_share_is_set_on_its_gpus_index(monkeypatch, device, index
     import torch
 
     from store.settings import Settings
-    from worker.training import _share_the_gpu
+    from worker.gpu_memory import share_the_gpu
 
     calls = []
     monkeypatch.setattr(
@@ -55,6 +55,6 @@ def test_a_runs_memory_share_is_set_on_its_gpus_index(monkeypatch, device, index
     props = type("Props", (), {"total_memory": 141 * GiB})
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: props)
     base = base_config("spec")
-    _share_the_gpu(get_experiment_configs(base)["baseline"], base, dense=False,
+    share_the_gpu(get_experiment_configs(base)["baseline"], base, dense=False,
                    device=torch.device(device), settings=Settings(runs_per_gpu=4))  # fmt: skip
     assert calls == [(0.25, index)]

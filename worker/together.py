@@ -1,0 +1,169 @@
+"""Seeds trained together on a worker (moe_core.together, issue 29). A pool process that
+claims a run of a study, of a sweep's trial or of a sweep's dense baselines also claims the
+queued runs that differ from it in their seed alone, when their base says `seeds_together`
+(or leaves it to moe_core.together_policy: on a GPU where the stack fits this process's
+share of its memory), and trains them as one stacked model on its one slot.
+
+Each stays a run of its own: its lease (claim, heartbeat, fencing, cancel), epoch and step
+rows, sinks, system metrics, log, checkpoint (an ordinary one-process checkpoint, so any
+later attempt resumes it, stacked or alone), result, verdict and ending. A run cancelled,
+pruned, failed or taken over leaves the stack and the others go on; a worker that dies
+leaves each run to be taken over as any run is (worker.lease).
+
+Left as it is: the fair queue (store.queue_order) counts each member as a run holding a
+GPU, though the stack holds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from moe_core.together import run_together
+from moe_core.together_checkpoint import stack_resume_epoch
+from moe_core.together_policy import resolve_together
+from store import artifacts, queue_order
+from store.db import session_scope
+from store.leases import ClaimOutcome
+from store.models import utcnow
+from store.queue import TrainingQueue
+from store.settings import Settings
+from worker import gpu_memory
+from worker.lease import RunLease
+from worker.run_log import run_log
+from worker.sinks import Sinks, open_sinks
+from worker.system_metrics import SystemSampler
+from worker.training import (
+    Prepared,
+    checkpointing,
+    describe,
+    end_sinks,
+    prepare,
+    remove_foreign_checkpoints,
+    reporting,
+    settle,
+    training_data,
+)
+
+log = logging.getLogger(__name__)
+
+Member = tuple[RunLease, Prepared]
+
+
+def claim_siblings(
+    lease: RunLease, run: Prepared, *, settings: Settings, queue: TrainingQueue,
+    worker_name: str | None, device: torch.device,
+) -> list[Member]:  # fmt: skip
+    """The claimed run's queued seed siblings that train with it, claimed and prepared (none
+    when its seeds train apart)."""
+    if run.base.gpus > 1 or run.base.seeds_together is False:
+        return []
+    resumes = stack_resume_epoch(checkpointing(run))
+    if resumes is None:  # stopped within an epoch: it resumes alone
+        return []
+    with session_scope(settings.database_url) as session:
+        found = queue_order.seed_siblings(session=session, experiment_id=lease.experiment_id,
+                                          now=utcnow(), limit=settings.max_seeds_together - 1)  # fmt: skip
+    wanted = _replicas(run, 1 + len(found), settings, device) - 1
+    group: list[Member] = []
+    for sibling_id in found:
+        if len(group) >= wanted:
+            break
+        sibling = RunLease(sibling_id, settings=settings, queue=queue, worker_name=worker_name,
+                           device=str(device))  # fmt: skip
+        claim = sibling.claim()  # fenced: a run another worker took meanwhile is skipped
+        if claim.outcome is not ClaimOutcome.claimed:
+            continue
+        prepared = prepare(sibling, settings=settings, worker_name=worker_name, device=device)
+        if prepared is None:
+            continue
+        if claim.attempt == 1:
+            remove_foreign_checkpoints(prepared.directory, sibling_id)
+        # its checkpoint too must be at the stack's epoch's end (it moved on between the
+        # read and the claim, or a shutdown stopped it within an epoch when it trained alone)
+        if (prepared.epochs_done != run.epochs_done
+                or stack_resume_epoch(checkpointing(prepared)) != resumes):  # fmt: skip
+            with run_log(prepared.directory / artifacts.LOG, sibling_id):  # its log says why
+                sibling.hand_back("not at the epoch's end the runs it would train with resume "
+                                  "from")  # fmt: skip
+            continue
+        group.append((sibling, prepared))
+    return group
+
+
+def _replicas(run: Prepared, found: int, settings: Settings, device: torch.device) -> int:
+    """How many seeds train as one stack: all those found when asked; under the policy, as
+    many as fit this process's share of the GPU (1: apart)."""
+    share = 1 / settings.runs_per_gpu
+    for k in range(found, 1, -1):
+        if resolve_together(run.base.seeds_together, [(run.config, run.dense)], run.base,
+                            device, replicas=k, share=share):  # fmt: skip
+            return k
+    return 1
+
+
+def attempt_together(group: list[Member], *, settings: Settings, device: torch.device) -> None:
+    """Train the claimed runs as one stack, each under its lease, with its sinks and its
+    system metrics, and end each as its seed ended. The first's log is open already."""
+    with contextlib.ExitStack() as stack:
+        for lease, run in group[1:]:
+            stack.enter_context(run_log(run.directory / artifacts.LOG, lease.experiment_id))
+        ids = [lease.experiment_id for lease, _ in group]
+        log.info("experiments %s: seeds %s trained together as one stack", ids,
+                 [run.base.seed for _, run in group])  # fmt: skip
+        sinks: list[Sinks] = []
+        for lease, _ in group:
+            sinks.append(open_sinks(tensorboard=settings.tensorboard,
+                                    mlflow_tracking_uri=settings.mlflow_tracking_uri,
+                                    remember_mlflow_run=lease.remember_mlflow_run,
+                                    on_failure=lease.record_sink_failure))  # fmt: skip
+            # told how its run ended once every lease is let go (the stack unwinds in reverse)
+            stack.callback(end_sinks, sinks[-1], lease, settings)
+        for (lease, run), its_sinks in zip(group, sinks, strict=True):
+            lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
+            stack.enter_context(lease)
+            its_sinks.start(describe(lease, run))
+            stack.enter_context(SystemSampler(
+                lease.experiment_id, owner=lease.owner, settings=settings, device=str(device),
+                position=lease.position, on_points=its_sinks.system,
+            ))  # fmt: skip
+        _train_together(group, sinks, settings=settings, device=device)
+
+
+def _train_together(
+    group: list[Member], sinks: list[Sinks], *, settings: Settings, device: torch.device
+) -> None:
+    leases = [lease for lease, _ in group]
+    first = group[0][1]  # the runs differ in their seed alone: the first's data is theirs
+    try:
+        if device.type == "cuda":
+            gpu_memory.share_the_gpu(first.config, first.base, dense=first.dense, device=device,
+                          settings=settings, replicas=len(group))  # fmt: skip
+        # the data is prepared while any of them still wants it
+        data, every = training_data(first, settings, lambda: all(x.should_stop() for x in leases),
+                                    None)  # fmt: skip
+        for lease in leases:
+            lease.step_metrics_every = every
+        outcomes = run_together(
+            first.config, data.train, data.val, [run.base for _, run in group], device,
+            dense=first.dense,
+            hooks=[reporting(lease, s, every) for lease, s in zip(leases, sinks, strict=True)],
+            model_paths=[run.directory / artifacts.MODEL for _, run in group],
+            test_dataset=data.test, verbose=False,
+            checkpointing=[checkpointing(run) for _, run in group],
+        )  # fmt: skip
+    except (OperationalError, InterfaceError):
+        raise  # the task's autoretry resumes the first run; the sweep puts back the others
+    except Exception as exc:  # the stack's own, before any seed trained: every run's
+        outcomes = [exc] * len(group)
+    outage: BaseException | None = None
+    for (lease, run), outcome in zip(group, outcomes, strict=True):
+        if isinstance(outcome, (OperationalError, InterfaceError)):
+            outage = outage or outcome  # not the run's fault: as above
+            continue
+        settle(lease, run, outcome, settings=settings)
+    if outage is not None:
+        raise outage
