@@ -90,31 +90,54 @@ def _dense_by_seed(runs: Sequence[Experiment]) -> dict[int, Experiment]:
     return {run.base["seed"]: run for run in runs if run.trial_number is None}
 
 
+def on_the_mean(sweep: Sweep) -> bool:
+    """Whether the pruner judges a trial on the mean of its seeds' val CE (their base asks
+    them trained together, as one stack: worker.together) rather than its first seed's."""
+    return sweep.base.get("seeds_together") is True and config_of(sweep).seeds > 1
+
+
 def _told(session: Session, sweep: Sweep, runs: Sequence[Experiment]) -> list[Told]:
-    """The sweep's trials as Optuna is told them: each with its first seed's val CE per
-    epoch (what the median pruner compares). A collapsed router is told as failed, so
-    that TPE does not steer towards it; a cancelled trial too."""
-    first = sweep.base["seed"]
-    first_runs = {
-        r.trial_number: r.id for r in runs if r.trial_number is not None and r.base["seed"] == first
-    }
+    """The sweep's trials as Optuna is told them: each with its val CE per epoch (what the
+    median pruner compares), its first seed's or its seeds' mean (`on_the_mean`). A
+    collapsed router is told as failed, so that TPE does not steer towards it; a cancelled
+    trial too."""
+    first, mean = sweep.base["seed"], on_the_mean(sweep)
+    judged = [r for r in runs if r.trial_number is not None and (mean or r.base["seed"] == first)]
     curves: dict[int, dict[int, float]] = {}
-    if first_runs:
+    if judged:
         rows = session.execute(
             select(EpochMetrics.experiment_id, EpochMetrics.epoch, EpochMetrics.val_ce_loss)
-            .where(EpochMetrics.experiment_id.in_(first_runs.values()))
+            .where(EpochMetrics.experiment_id.in_([r.id for r in judged]))
         )  # fmt: skip
         for experiment_id, epoch, val_ce in rows:
             if val_ce is not None:
                 curves.setdefault(experiment_id, {})[epoch] = val_ce
+    by_trial: dict[int, list[Experiment]] = {}
+    for r in judged:
+        by_trial.setdefault(r.trial_number, []).append(r)  # type: ignore[arg-type]  # judged: set
     state: dict[TrialState, TrialEnd] = {TrialState.running: "running",
                                          TrialState.complete: "complete",
                                          TrialState.pruned: "pruned"}  # fmt: skip
     return [
         Told(t.number, t.params, state.get(TrialState(t.state), "failed"),
-             (t.objective or {}).get("mean"), curves.get(first_runs.get(t.number, -1), {}))
+             (t.objective or {}).get("mean"), _curve(by_trial.get(t.number, []), curves))
         for t in sweep.trials
     ]  # fmt: skip
+
+
+def _curve(runs: list[Experiment], curves: dict[int, dict[int, float]]) -> dict[int, float]:
+    """A trial's val CE per epoch: its one judged run's, or the mean of its seeds' at each
+    epoch that every seed still training has reached (one that ended, early-stopped or
+    cancelled, holds none back), in order."""
+    if len(runs) == 1:
+        return curves.get(runs[0].id, {})
+    out: dict[int, float] = {}
+    for epoch in sorted({e for r in runs for e in curves.get(r.id, {})}):
+        values = [curves[r.id][epoch] for r in runs if epoch in curves.get(r.id, {})]
+        if any(epoch not in curves.get(r.id, {}) and r.status not in FINISHED for r in runs):
+            break  # a seed still on its way there
+        out[epoch] = sum(values) / len(values)
+    return out
 
 
 def _propose(session: Session, sweep: Sweep, max_queued: int | None = None) -> list[Experiment]:
@@ -269,8 +292,8 @@ def after_run(*, session: Session, experiment_id: int, max_queued: int | None = 
 
 
 def consider_pruning(*, session: Session, experiment_id: int) -> bool:
-    """After an epoch of a trial's first-seed run: whether the median pruner stops the
-    trial. If so (committed), the trial is `pruned` at that epoch and each of its runs is
+    """After an epoch of a trial's first-seed run (of any of its seeds, `on_the_mean`):
+    whether the median pruner stops the trial. If so (committed), the trial is `pruned` at that epoch and each of its runs is
     asked to stop (their epochs stay)."""
     run = session.get(Experiment, experiment_id)
     if run is None or run.sweep_id is None or run.trial_number is None:
@@ -280,7 +303,7 @@ def consider_pruning(*, session: Session, experiment_id: int) -> bool:
     trial = next(t for t in sweep.trials if t.number == run.trial_number)
     if (
         not config.prune
-        or run.base["seed"] != sweep.base["seed"]
+        or (run.base["seed"] != sweep.base["seed"] and not on_the_mean(sweep))
         or trial.state != TrialState.running
     ):
         session.rollback()

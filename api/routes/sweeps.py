@@ -52,8 +52,8 @@ def sweep_read(session: Session, sweep: Sweep) -> dict[str, Any]:
         "trials": trials, "ranking": rank(trials), "best_trial": sweep.best_trial,
         "no_best": why_no_best(trials, least),
         "importance": sweep.importance, "created_at": sweep.created_at,
-        # the service trains a trial's seeds as runs of their own: the first seed's curve
-        "prune_rule": prune_rule(sweeps.config_of(sweep), together=False),
+        # a trial's seeds asked to train together are judged on their mean curve
+        "prune_rule": prune_rule(sweeps.config_of(sweep), together=sweeps.on_the_mean(sweep)),
         "finished_at": sweep.finished_at,
     }  # fmt: skip
 

@@ -64,6 +64,28 @@ def test_a_grid_sweep_runs_every_point_judged_against_dense_and_prunes_a_bad_one
     assert "first seed's val CE" in read["prune_rule"]  # the service's seeds are runs apart
 
 
+def test_a_sweeps_seeds_asked_together_train_as_stacks_and_are_pruned_on_their_mean(client):
+    response = client.post("/sweeps", json=body(
+        method="grid", seeds=2, parallel=1, base=fast_base(num_epochs=3, seeds_together=True),
+        space={"learning_rate": {"choices": [0.003, 0.002, 1e-7]}},
+    ))  # fmt: skip
+    assert response.status_code == 201, response.text
+    read = finished(client, response.json()["id"])
+    assert "mean val CE of the trial's 2 seeds" in read["prune_rule"]
+    states = {t["number"]: t["state"] for t in read["trials"]}
+    assert states == {0: "complete", 1: "complete", 2: "pruned"}, read["trials"]
+    assert read["trials"][2]["pruned_at_epoch"] == 2
+    for trial in read["trials"]:  # each trial's two seeds, and the two dense runs, one stack
+        for run_id in trial["run_ids"]:
+            log = client.get(f"/experiments/{run_id}/logs").text
+            assert "seeds [1337, 1338] trained together as one stack" in log, run_id
+    for run_id in read["trials"][2]["run_ids"]:  # both seeds stopped, their epochs kept
+        assert client.get(f"/experiments/{run_id}").json()["status"] == "cancelled"
+        assert len(client.get(f"/experiments/{run_id}/metrics").json()["epochs"]) == 2
+    dense = [client.get(f"/experiments/{i}").json() for i in read["dense_run_ids"]]
+    assert [d["status"] for d in dense] == ["succeeded"] * 2
+
+
 def test_a_sweep_is_checked_whole_before_anything_is_stored(client):
     before = client.get("/experiments").json()["total"], client.get("/sweeps").json()["total"]
     bad = client.post("/sweeps", json=body(method="grid", space={"top_k": {"choices": [1, 16]}}))
