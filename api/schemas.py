@@ -262,6 +262,9 @@ class ResultRead(BaseModel):
         description="its ranks: gpus (processes) and expert_parallel (ranks the experts "
         "are split over); one process: gpus 1",
     )
+    together: dict[str, int] | None = Field(None, description="trained with its seed siblings "
+                                            "as one stack: replicas (seeds) and index (its "
+                                            "row); null: as a run alone")  # fmt: skip
 
 
 # A verdict is the engine's record (moe_core.verdict_records), served as declared there:

@@ -133,6 +133,8 @@ def result_columns(result: dict[str, Any]) -> dict[str, Any]:
     if test is not None:  # the columns hold its losses; the JSON the rest
         evaluation = {**(evaluation or {}), "test_epoch": test.get("epoch"),
                       "test_aux_loss": test.get("aux_loss")}  # fmt: skip
+    if result.get("together") is not None:  # trained as one stack with its seed siblings
+        evaluation = {**(evaluation or {}), "together": result["together"]}
     values: dict[str, Any] = {
         "metrics": metrics,
         "params": result.get("params"),
@@ -159,6 +161,7 @@ def stored_result(run: Experiment) -> dict[str, Any]:
     it as None."""
     evaluation = dict(run.evaluation) if run.evaluation is not None else None
     test = None
+    together = evaluation.pop("together", None) if evaluation is not None else None
     if evaluation is not None and "test_epoch" in evaluation:
         test = {
             "loss": run.test_loss,
@@ -183,6 +186,7 @@ def stored_result(run: Experiment) -> dict[str, Any]:
             "gpus": run.base.get("gpus", 1),
             "expert_parallel": run.base.get("expert_parallel", 1),
         },  # fmt: skip
+        "together": together,
     }
 
 

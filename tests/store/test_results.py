@@ -115,16 +115,18 @@ def test_a_finished_run_keeps_its_result_whole(database, experiment_id):
     assert run.evaluation["test_epoch"] == 2
     rebuilt = results.stored_result(run)
     # (the factory's run has a full config; the store adds the base the run trained on and
-    # its ranks, one process here)
-    assert rebuilt == {**whole, "config": run.config, "base": run.base,
+    # its ranks, one process here, trained alone)
+    assert rebuilt == {**whole, "config": run.config, "base": run.base, "together": None,
                        "parallel": {"gpus": 1, "expert_parallel": 1}}  # fmt: skip
 
-    # A run without a test split (or stored before there was one) has no `test`.
+    # A run without a test split (or stored before there was one) has no `test`; one trained
+    # with its seed siblings as one stack says so.
     other = new_experiment(database)
-    bare = {**result(4.0), "test": None}
+    bare = {**result(4.0), "test": None, "together": {"replicas": 3, "index": 1}}
     succeed(database, other, bare)
     rebuilt = results.stored_result(run_row(database, other))
     assert rebuilt["test"] is None and rebuilt["evaluation"] == bare["evaluation"]
+    assert rebuilt["together"] == {"replicas": 3, "index": 1}
     assert run_row(database, other).test_loss is None
 
 

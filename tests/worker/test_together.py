@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from store import artifacts, catalogue, leases
+from store import artifacts, catalogue, leases, results
 from store.db import session_scope
 from store.models import Experiment, utcnow
 from store.queue import TrainingQueue
@@ -75,6 +75,7 @@ def test_a_studys_seeds_train_as_one_stack_each_a_run_of_its_own(deployment, apa
         for name in (artifacts.MODEL, artifacts.RESULT, artifacts.CHECKPOINT):
             assert (directory / name).is_file(), (seed, name)
         assert "trained together as one stack" in (directory / artifacts.LOG).read_text()
+        assert results.stored_result(run)["together"] == {"replicas": 3, "index": SEEDS.index(seed)}
     assert_same_curves(settings, ids, apart)
 
 
