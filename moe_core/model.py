@@ -112,9 +112,10 @@ def expert_ffn(
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
 
 
-@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # unannotated in torch
-def _cuda_capability(index: int | None) -> tuple[int, int]:
-    # A constant to torch.compile: read once when a step is traced, not at every call.
+def cuda_capability(index: int | None) -> tuple[int, int]:
+    # A constant to torch.compile, read once when a step is traced, not at every call:
+    # moe_core.step marks it so where it compiles one (marking it here would import
+    # torch._dynamo, most of a second, into every process, compiled or not).
     return torch.cuda.get_device_capability(index)
 
 
@@ -124,7 +125,7 @@ def _grouped_mm_supported(x: torch.Tensor, C: int, H: int) -> bool:
     shape function for it does not: compiled, float32 takes the loop (with graph breaks)."""
     aligned = (C * x.element_size()) % 16 == 0 and (H * x.element_size()) % 16 == 0
     if x.device.type == "cuda":
-        return aligned and x.dtype == torch.bfloat16 and _cuda_capability(x.device.index)[0] >= 8
+        return aligned and x.dtype == torch.bfloat16 and cuda_capability(x.device.index)[0] >= 8
     return aligned and (x.dtype == torch.bfloat16 or not torch.compiler.is_compiling())
 
 

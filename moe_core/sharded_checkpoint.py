@@ -23,9 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 
 from .checkpoint import restore_rng, rng_state
 from .errors import CheckpointMismatch
@@ -107,6 +105,8 @@ def save(path: Path, trainer: Any, parallel: Any) -> None:
     })  # fmt: skip
     rank = parallel.rank if parallel else 0
     state[f"rng/{rank}"] = _blob(rng_state(trainer.train_loader))
+    import torch.distributed.checkpoint as dcp  # here: half a second of imports, for ranks only
+
     dcp.save(state, checkpoint_id=tmp, no_dist=parallel is None)
     _barrier(parallel)
     if main:
@@ -125,6 +125,8 @@ def load(path: Path, trainer: Trainer, parallel: Any) -> int:
     path = Path(path)
     if not (path / ".metadata").is_file():
         path = Path(f"{path}.old")  # a crash between the renames of a save
+    from torch.distributed.checkpoint import FileSystemReader
+
     written = set(FileSystemReader(path).read_metadata().state_dict_metadata)
     rank = parallel.rank if parallel else 0
     meta = {"trainer": b"", "optim_groups": b""}
@@ -198,8 +200,10 @@ def slice_whole(state: dict[str, Any], trainer: Any, parallel: Any) -> dict[str,
 
 
 def _read(path: Path, target: dict[str, Any], parallel: Any) -> None:
+    import torch.distributed.checkpoint as dcp
+
     dcp.load(target, checkpoint_id=path, no_dist=parallel is None,
-             planner=DefaultLoadPlanner(allow_partial_load=True))  # fmt: skip
+             planner=dcp.DefaultLoadPlanner(allow_partial_load=True))  # fmt: skip
 
 
 def _barrier(parallel: Any) -> None:

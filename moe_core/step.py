@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CompileMode
+from .model import cuda_capability
 from .routing import RoutingStats
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[RoutingStats]]
@@ -47,6 +48,7 @@ class LossStep:
         self.graphs = compile == "graphs" and device.type == "cuda"
         self.compiled: Callable[..., StepResult] = self.eager
         if compile != "off":
+            torch.compiler.assume_constant_result(cuda_capability)  # marks it, once is enough
             mode = "reduce-overhead" if self.graphs else None
             self.compiled = torch.compile(self.eager, mode=mode, dynamic=False)
 
