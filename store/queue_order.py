@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -104,5 +105,5 @@ def seed_siblings(*, session: Session, experiment_id: int, now: datetime, limit:
     return found[:limit]
 
 
-def _but_seed(base: dict) -> dict:
+def _but_seed(base: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in base.items() if k != "seed"}

@@ -128,12 +128,15 @@ def test_a_sweep_is_deleted_with_its_runs_only_once_it_has_ended(database):
 
 def test_a_trial_trained_together_is_judged_on_its_seeds_mean_once_each_training_seed_has_it():
     from types import SimpleNamespace
+    from typing import Any
 
-    runs = [SimpleNamespace(id=1, status=Status.running), SimpleNamespace(id=2, status=Status.running),
-            SimpleNamespace(id=3, status=Status.succeeded)]  # fmt: skip
+    # the runs as _curve reads them: an id and a status
+    runs: list[Any] = [SimpleNamespace(id=1, status=Status.running),
+                       SimpleNamespace(id=2, status=Status.running),
+                       SimpleNamespace(id=3, status=Status.succeeded)]  # fmt: skip
     curves = {1: {1: 5.0, 2: 4.0, 3: 3.5}, 2: {1: 6.0}, 3: {1: 4.0}}
     # epoch 1 is every seed's; epoch 2 waits for seed 2, still training, though seed 1 is past it
-    assert sweeps._curve(runs, curves) == {1: 5.0}  # type: ignore[arg-type]
+    assert sweeps._curve(runs, curves) == {1: 5.0}
     runs[1].status = Status.cancelled  # seed 2 ended: it holds no epoch back
-    assert sweeps._curve(runs, curves) == {1: 5.0, 2: 4.0, 3: 3.5}  # type: ignore[arg-type]
-    assert sweeps._curve(runs[:1], curves) == curves[1]  # type: ignore[arg-type]  # one seed's own
+    assert sweeps._curve(runs, curves) == {1: 5.0, 2: 4.0, 3: 3.5}
+    assert sweeps._curve(runs[:1], curves) == curves[1]  # one seed's own
