@@ -340,7 +340,8 @@ class RunLease:
         val: Mapping[str, Any] = record.get("val") or {}
         log.info("epoch %s: train loss %.4f, val CE %s, %.0f tokens/s, %.1f s", record["epoch"],
                  record["train"]["loss"], f"{val['ce_loss']:.4f}" if val else "-",
-                 record["tokens_per_sec"], record.get("duration") or 0.0)  # fmt: skip
+                 record["tokens_per_sec"], record.get("duration") or 0.0,
+                 extra={"experiment_id": self.experiment_id})  # fmt: skip
         self.write_steps()  # the epoch's last points before the epoch (and its checkpoint)
 
         def write() -> None:

@@ -38,8 +38,11 @@ def run_log(path: Path, experiment_id: int) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     thread, monitor = threading.get_ident(), f"lease-{experiment_id}"
-    # Not another run's lines, in a threaded pool: this thread's and this run's monitor's.
-    handler.addFilter(lambda record: record.thread == thread or record.threadName == monitor)
+    # Not another run's lines, in a threaded pool: this thread's and this run's monitor's;
+    # of seeds trained together in one thread (worker.together), not a line that names
+    # another run (`extra={"experiment_id": ...}`).
+    handler.addFilter(lambda record: (record.thread == thread or record.threadName == monitor)
+                      and getattr(record, "experiment_id", experiment_id) == experiment_id)  # fmt: skip
     root = logging.getLogger()
     root.addHandler(handler)
     try:

@@ -74,7 +74,9 @@ def test_a_studys_seeds_train_as_one_stack_each_a_run_of_its_own(deployment, apa
         # its own weights, result and a one-process checkpoint any later attempt resumes
         for name in (artifacts.MODEL, artifacts.RESULT, artifacts.CHECKPOINT):
             assert (directory / name).is_file(), (seed, name)
-        assert "trained together as one stack" in (directory / artifacts.LOG).read_text()
+        log = (directory / artifacts.LOG).read_text()
+        assert "trained together as one stack" in log
+        assert log.count("epoch 1: train loss") == 1  # its own epochs, not its siblings' too
         assert results.stored_result(run)["together"] == {"replicas": 3, "index": SEEDS.index(seed)}
     assert_same_curves(settings, ids, apart)
 
