@@ -19,8 +19,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -31,11 +30,12 @@ from .atomic import torch_save_atomic
 from .checkpoint import Checkpointing
 from .config import BaseConfig, ExperimentConfig, check_or_raise
 from .data import TokenBlocks
-from .epoch import EpochProgress, Loader, loader_generator
+from .epoch import EpochProgress, loader_generator
 from .errors import TrainingCancelled, TrainingDiverged
 from .hooks import TrainerHooks
 from .model import GPT
-from .records import EvalLayerRouting, MetricsHistory, ProgressReport
+from .records import EvalLayerRouting, ProgressReport
+from .replica import Replica
 from .reporting import ConsoleReporter
 from .routing import weighted_aux_loss
 from .routing_stats import EvalRouting, TrainingRouting
@@ -58,32 +58,6 @@ from .trainer import GRAD_CLIP
 Losses = dict[str, float]
 
 
-@dataclass
-class Replica:
-    """One seed's run within the stack: what a Trainer keeps for its run."""
-
-    index: int  # its place in base_configs (and in the results)
-    base: BaseConfig
-    hooks: TrainerHooks
-    loader: Loader
-    points: StepPoints
-    reporter: ConsoleReporter | None = None
-    history: MetricsHistory = field(default_factory=MetricsHistory)
-    progress: EpochProgress | None = None
-    batches: Iterator[Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None  # early stopping's weights
-    kept: dict[str, torch.Tensor] | None = None  # the weights its result keeps, once done
-    outcome: BaseException | None = None  # how it failed or was cancelled
-
-    @property
-    def running(self) -> bool:
-        return self.outcome is None and self.kept is None
-
-    def running_loss(self) -> float:
-        p = self.progress
-        return (p.totals[0] / max(p.steps, 1)).item() if p is not None else math.nan
-
-
 class TogetherTrainer:
     """The Trainer's loop (moe_core.trainer) over the live replicas of a StackedGPT, whose
     rows are `live`, in order."""
@@ -97,6 +71,7 @@ class TogetherTrainer:
         self.model, self.live, self.optimizer, self.device = model, replicas, optimizer, device
         self.val_loader, self.train_eval_loader = val_loader, train_eval_loader
         self.config, self.dense, self.checkpoints = config, dense, checkpoints
+        self.on_left: Callable[[int, BaseException], None] | None = None
         self.moe = [(name, m) for name, m in model.named_modules() if isinstance(m, StackedMoE)]
         self.layer_ids = [int(name.split(".")[1]) for name, _ in self.moe]  # "blocks.2.ffn"
         self.loss_step = StackedLossStep(model, device, routed=bool(self.moe),
@@ -339,9 +314,14 @@ class TogetherTrainer:
             r.outcome = r.outcome or exc
 
     def _drop(self) -> None:
-        """The replicas done (stopped early, failed, cancelled) leave the stack."""
+        """The replicas done (stopped early, failed, cancelled) leave the stack; one that
+        failed or was cancelled is told to `on_left` at once (one stopped early has its test
+        pass still to come, with the others')."""
         rows = [i for i, r in enumerate(self.live) if r.running]
         if len(rows) < len(self.live):
+            for r in self.live:
+                if r.outcome is not None and self.on_left is not None:
+                    self.on_left(r.index, r.outcome)
             self.model.keep(rows, self.optimizer)
             self.live = [self.live[i] for i in rows]
 
@@ -359,6 +339,7 @@ def run_together(
     test_dataset: Dataset[Any] | None = None,
     verbose: bool = True,
     checkpointing: list[Checkpointing | None] | None = None,
+    on_left: Callable[[int, BaseException], None] | None = None,
 ) -> list[dict[str, Any] | BaseException]:
     """`run_single_experiment(config, ..., base, ...)` for each of `base_configs` (which
     differ in `seed` alone: ValueError naming the field otherwise), trained together as one
@@ -368,7 +349,9 @@ def run_together(
     `model_paths[i]` receives seed i's kept weights (a GPT state dict, as save_model
     writes). An error of the stack itself (out of memory) ends every seed still training.
     `checkpointing[i]`: seed i's checkpoint, a single run's, written at epochs' ends and
-    resumed from (moe_core.together_checkpoint: ValueError unless from one epoch's end)."""
+    resumed from (moe_core.together_checkpoint: ValueError unless from one epoch's end).
+    `on_left(i, outcome)`: seed i failed or was cancelled and left the stack, told as it
+    happens (its outcome is in the results too), so that a caller can end its run at once."""
     k = len(base_configs)
     if k == 0:
         raise ValueError("no base configs to train")
@@ -423,6 +406,7 @@ def run_together(
                               val_loader=batches(val_dataset, bs, device),
                               train_eval_loader=batches(train_subset, bs, device),
                               amp_dtype=amp_dtype, compile=base.compile, checkpoints=checkpoints)  # fmt: skip
+    trainer.on_left = on_left
     if verbose:
         kind = "dense" if dense else f"MoE ({config.experts(base)} experts, top-{config.top_k})"
         print(f"[{config.name}] {kind}: {count_parameters(template):,} parameters x {k} seeds "

@@ -20,7 +20,7 @@ draws other numbers (which at dropout 0 without jitter changes nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -30,11 +30,9 @@ from .config import BaseConfig, ExperimentConfig
 from .epoch import loader_generator
 from .model import GPT
 from .records import MetricsHistory
+from .replica import Replica
 from .runner import build_optimizer
 from .stacked import StackedGPT
-
-if TYPE_CHECKING:  # together imports this module
-    from .together import Replica
 
 Layout = list[list[str]]  # a GPT AdamW's groups, each its parameters' names in order
 State = dict[str, Any]
