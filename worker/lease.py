@@ -174,6 +174,9 @@ class RunLease:
         # `owner`: a lease claimed by another process of this attempt (rank 0 of a run on
         # several GPUs reports under the claim its worker's pool process made: worker.launch)
         self.owner = owner or new_owner_id()
+        # Its lines name their run, so that the log of each of several runs trained in one
+        # thread (worker.together) keeps its own (worker.run_log)
+        self.log = logging.LoggerAdapter(log, {"experiment_id": experiment_id})
         self.attempt = 0
         self._state = LeaseState.held  # as the monitor last saw it
         self._pace = Pace()
@@ -327,21 +330,20 @@ class RunLease:
                 if self._state is not LeaseState.held:
                     self._stop.set()
                 if failing:
-                    log.info("%r: the database is back", self)
+                    self.log.info("%r: the database is back", self)
                 failing = False
             except Exception as exc:  # a database outage must not kill the run: try again
                 if not failing:
-                    log.warning("%r: lease poll failed (%s); training goes on", self, exc)
+                    self.log.warning("%r: lease poll failed (%s); training goes on", self, exc)
                 failing = True
 
     def record_epoch(self, record: EpochRecord) -> None:
         """The Trainer's on_epoch_end: the epoch's rows, waiting out a database outage.
         Raises LostOwnership (writing nothing) when the run is no longer ours."""
         val: Mapping[str, Any] = record.get("val") or {}
-        log.info("epoch %s: train loss %.4f, val CE %s, %.0f tokens/s, %.1f s", record["epoch"],
+        self.log.info("epoch %s: train loss %.4f, val CE %s, %.0f tokens/s, %.1f s", record["epoch"],
                  record["train"]["loss"], f"{val['ce_loss']:.4f}" if val else "-",
-                 record["tokens_per_sec"], record.get("duration") or 0.0,
-                 extra={"experiment_id": self.experiment_id})  # fmt: skip
+                 record["tokens_per_sec"], record.get("duration") or 0.0)  # fmt: skip
         self.write_steps()  # the epoch's last points before the epoch (and its checkpoint)
 
         def write() -> None:
@@ -353,7 +355,7 @@ class RunLease:
 
         outlasting_outages(self.settings, f"{self!r} epoch {record['epoch']}", write)
         if self._sweep_prunes():
-            log.info("experiment %s: pruned by its sweep after epoch %s", self.experiment_id,
+            self.log.info("experiment %s: pruned by its sweep after epoch %s", self.experiment_id,
                      record["epoch"])  # fmt: skip
             self._stop.set()  # the trial's runs are flagged cancelled: settle_stop ends this one
 
@@ -366,7 +368,7 @@ class RunLease:
             with self._session() as session:
                 return sweeps.consider_pruning(session=session, experiment_id=self.experiment_id)
         except Exception:
-            log.warning("experiment %s: the sweep's pruning check failed", self.experiment_id,
+            self.log.warning("experiment %s: the sweep's pruning check failed", self.experiment_id,
                         exc_info=True)  # fmt: skip
             return False
 
@@ -381,7 +383,7 @@ class RunLease:
                     self.queue.enqueue(ids)
                     catalogue.mark_published(session=session, experiment_ids=ids)
         except Exception:
-            log.warning("experiment %s: advancing its sweep failed; the agents will",
+            self.log.warning("experiment %s: advancing its sweep failed; the agents will",
                         self.experiment_id, exc_info=True)  # fmt: skip
 
     def remember_mlflow_run(self, run_id: str) -> None:
@@ -414,7 +416,7 @@ class RunLease:
 
         done = outlasting_outages(self.settings, f"{self!r} finish", write)
         if not done:
-            log.info("%r: no longer ours to finish (%s)", self, status)
+            self.log.info("%r: no longer ours to finish (%s)", self, status)
         else:
             self._advance_sweep()
         return done
@@ -443,8 +445,8 @@ class RunLease:
         try:
             self.queue.enqueue([self.experiment_id], countdown=countdown)
         except Exception:  # the broker is away: the sweep publishes it again later
-            log.warning("%r: handed back, but not published", self, exc_info=True)
-        log.info("%r: %s; handed back to the queue", self, where)
+            self.log.warning("%r: handed back, but not published", self, exc_info=True)
+        self.log.info("%r: %s; handed back to the queue", self, where)
         return True
 
     def settle_stop(self, where: str) -> None:
@@ -459,9 +461,9 @@ class RunLease:
 
         state = outlasting_outages(self.settings, f"{self!r} stop", read)
         if state is LeaseState.lost:
-            log.info("%r: taken over by another worker; stopping", self)
+            self.log.info("%r: taken over by another worker; stopping", self)
         elif state is LeaseState.cancel_requested:
-            log.info("experiment %s: cancelled, %s", self.experiment_id, where)
+            self.log.info("experiment %s: cancelled, %s", self.experiment_id, where)
             self.finish(Status.cancelled)
         else:
             self.hand_back(where)

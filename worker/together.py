@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import torch
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -69,79 +70,135 @@ def claim_siblings(
                                           now=utcnow(), limit=settings.max_seeds_together - 1)  # fmt: skip
     wanted = _replicas(run, 1 + len(found), settings, device) - 1
     group: list[Member] = []
-    for sibling_id in found:
-        if len(group) >= wanted:
-            break
-        sibling = RunLease(sibling_id, settings=settings, queue=queue, worker_name=worker_name,
-                           device=str(device))  # fmt: skip
-        claim = sibling.claim()  # fenced: a run another worker took meanwhile is skipped
-        if claim.outcome is not ClaimOutcome.claimed:
-            continue
-        prepared = prepare(sibling, settings=settings, worker_name=worker_name, device=device)
-        if prepared is None:
-            continue
-        if claim.attempt == 1:
-            remove_foreign_checkpoints(prepared.directory, sibling_id)
-        # its checkpoint too must be at the stack's epoch's end (it moved on between the
-        # read and the claim, or a shutdown stopped it within an epoch when it trained alone)
-        if (prepared.epochs_done != run.epochs_done
-                or stack_resume_epoch(checkpointing(prepared)) != resumes):  # fmt: skip
-            with run_log(prepared.directory / artifacts.LOG, sibling_id):  # its log says why
-                sibling.hand_back("not at the epoch's end the runs it would train with resume "
-                                  "from")  # fmt: skip
-            continue
-        group.append((sibling, prepared))
+    try:
+        for sibling_id in found[:wanted]:
+            member = _claim(sibling_id, run, resumes, settings=settings, queue=queue,
+                            worker_name=worker_name, device=device)  # fmt: skip
+            if member is not None:
+                group.append(member)
+    except BaseException:
+        # (a database gone mid-claim) those claimed go back now, not after a heartbeat timeout
+        _hand_back([lease for lease, _ in group], "its stack could not be formed")
+        raise
     return group
 
 
+def _claim(
+    sibling_id: int, run: Prepared, resumes: int, *, settings: Settings, queue: TrainingQueue,
+    worker_name: str | None, device: torch.device,
+) -> Member | None:  # fmt: skip
+    """One sibling claimed and prepared to join the stack, or None (taken, or not at the
+    stack's epoch's end: handed back)."""
+    sibling = RunLease(sibling_id, settings=settings, queue=queue, worker_name=worker_name,
+                       device=str(device))  # fmt: skip
+    claim = sibling.claim()  # fenced: a run another worker took meanwhile is skipped
+    if claim.outcome is not ClaimOutcome.claimed:
+        return None
+    try:
+        prepared = prepare(sibling, settings=settings, worker_name=worker_name, device=device)
+        if prepared is None:
+            return None
+        if claim.attempt == 1:
+            remove_foreign_checkpoints(prepared.directory, sibling_id)
+    except BaseException:
+        _hand_back([sibling], "its stack could not be formed")
+        raise
+    # its checkpoint too must be at the stack's epoch's end (it moved on between the read
+    # and the claim, or a shutdown stopped it within an epoch when it trained alone)
+    if (prepared.epochs_done == run.epochs_done
+            and stack_resume_epoch(checkpointing(prepared)) == resumes):  # fmt: skip
+        return sibling, prepared
+    with run_log(prepared.directory / artifacts.LOG, sibling_id):  # its log says why
+        sibling.hand_back("not at the epoch's end the runs it would train with resume from")
+    return None
+
+
+def _hand_back(leases: list[RunLease], why: str) -> None:
+    """Best effort, for a stack that will not train: each back to the queue at once."""
+    for lease in leases:
+        try:
+            lease.hand_back(why)
+        except Exception:  # noqa: BLE001  # the agent's sweep puts it back after the timeout
+            log.warning("experiment %s: not handed back", lease.experiment_id, exc_info=True)
+
+
 def _replicas(run: Prepared, found: int, settings: Settings, device: torch.device) -> int:
-    """How many seeds train as one stack: all those found when asked; under the policy, as
-    many as fit this process's share of the GPU (1: apart)."""
-    share = 1 / settings.runs_per_gpu
+    """How many seeds train as one stack: under the policy, as many as fit this process's
+    share of the GPU; when asked, as many as fit the whole GPU (on a CPU: all found); 1:
+    apart."""
+    asked = run.base.seeds_together
+    share = 1.0 if asked else 1 / settings.runs_per_gpu
     for k in range(found, 1, -1):
-        if resolve_together(run.base.seeds_together, [(run.config, run.dense)], run.base,
-                            device, replicas=k, share=share):  # fmt: skip
+        configs = [(run.config, run.dense)]
+        if resolve_together(asked, configs, run.base, device, replicas=k, share=share) and (
+            not asked or device.type != "cuda"
+            or resolve_together(None, configs, run.base, device, replicas=k, share=share)
+        ):  # fmt: skip
             return k
     return 1
 
 
 def attempt_together(group: list[Member], *, settings: Settings, device: torch.device) -> None:
     """Train the claimed runs as one stack, each under its lease, with its sinks and its
-    system metrics, and end each as its seed ended. The first's log is open already."""
+    system metrics, and end each as its seed ends: one cancelled or failed at once, the
+    others when the stack is done. The first's log is open already."""
     with contextlib.ExitStack() as stack:
         for lease, run in group[1:]:
             stack.enter_context(run_log(run.directory / artifacts.LOG, lease.experiment_id))
-        ids = [lease.experiment_id for lease, _ in group]
-        log.info("experiments %s: seeds %s trained together as one stack", ids,
-                 [run.base.seed for _, run in group])  # fmt: skip
+        log.info("experiments %s: seeds %s trained together as one stack",
+                 [lease.experiment_id for lease, _ in group], [run.base.seed for _, run in group])  # fmt: skip
+        # one per member, closed when its run ends: its sampler, its lease, then its sinks
+        own = [stack.enter_context(contextlib.ExitStack()) for _ in group]
         sinks: list[Sinks] = []
-        for lease, _ in group:
+        for (lease, run), its in zip(group, own, strict=True):
             sinks.append(open_sinks(tensorboard=settings.tensorboard,
                                     mlflow_tracking_uri=settings.mlflow_tracking_uri,
                                     remember_mlflow_run=lease.remember_mlflow_run,
                                     on_failure=lease.record_sink_failure))  # fmt: skip
-            # told how its run ended once every lease is let go (the stack unwinds in reverse)
-            stack.callback(end_sinks, sinks[-1], lease, settings)
-        for (lease, run), its_sinks in zip(group, sinks, strict=True):
+            its.callback(end_sinks, sinks[-1], lease, settings)
             lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
-            stack.enter_context(lease)
+            its.enter_context(lease)  # every lease heartbeats before any sink is started
+        for (lease, run), its, its_sinks in zip(group, own, sinks, strict=True):
             its_sinks.start(describe(lease, run))
-            stack.enter_context(SystemSampler(
+            its.enter_context(SystemSampler(
                 lease.experiment_id, owner=lease.owner, settings=settings, device=str(device),
                 position=lease.position, on_points=its_sinks.system,
             ))  # fmt: skip
-        _train_together(group, sinks, settings=settings, device=device)
+        _train_together(group, sinks, own, settings=settings, device=device)
 
 
 def _train_together(
-    group: list[Member], sinks: list[Sinks], *, settings: Settings, device: torch.device
-) -> None:
+    group: list[Member], sinks: list[Sinks], own: list[contextlib.ExitStack], *,
+    settings: Settings, device: torch.device,
+) -> None:  # fmt: skip
     leases = [lease for lease, _ in group]
     first = group[0][1]  # the runs differ in their seed alone: the first's data is theirs
+    ended: set[int] = set()
+    outages: list[BaseException] = []
+
+    def end(i: int, outcome: dict[str, Any] | BaseException) -> None:
+        """Member i's run ended as `outcome`: settled, its lease, sampler and sinks closed.
+        Never raises (a database outage is kept, and raised once every run is settled)."""
+        if i in ended:
+            return
+        ended.add(i)
+        try:
+            if isinstance(outcome, (OperationalError, InterfaceError)):
+                raise outcome  # not the run's fault: the sweep puts it back, to resume
+            settle(group[i][0], group[i][1], outcome, settings=settings)
+        except (OperationalError, InterfaceError) as exc:
+            outages.append(exc)
+        except Exception:  # noqa: BLE001  # the others must still be settled
+            log.exception("experiment %s: its ending not recorded", leases[i].experiment_id)
+        try:
+            own[i].close()
+        except Exception:  # noqa: BLE001
+            log.exception("experiment %s: its lease or sinks not closed", leases[i].experiment_id)
+
     try:
         if device.type == "cuda":
             gpu_memory.share_the_gpu(first.config, first.base, dense=first.dense, device=device,
-                          settings=settings, replicas=len(group))  # fmt: skip
+                                     settings=settings, replicas=len(group))  # fmt: skip
         # the data is prepared while any of them still wants it
         data, every = training_data(first, settings, lambda: all(x.should_stop() for x in leases),
                                     None)  # fmt: skip
@@ -153,17 +210,13 @@ def _train_together(
             hooks=[reporting(lease, s, every) for lease, s in zip(leases, sinks, strict=True)],
             model_paths=[run.directory / artifacts.MODEL for _, run in group],
             test_dataset=data.test, verbose=False,
-            checkpointing=[checkpointing(run) for _, run in group],
+            checkpointing=[checkpointing(run) for _, run in group], on_left=end,
         )  # fmt: skip
-    except (OperationalError, InterfaceError):
-        raise  # the task's autoretry resumes the first run; the sweep puts back the others
+    except (OperationalError, InterfaceError) as exc:
+        outcomes = [exc] * len(group)  # the task's autoretry resumes the first run
     except Exception as exc:  # the stack's own, before any seed trained: every run's
         outcomes = [exc] * len(group)
-    outage: BaseException | None = None
-    for (lease, run), outcome in zip(group, outcomes, strict=True):
-        if isinstance(outcome, (OperationalError, InterfaceError)):
-            outage = outage or outcome  # not the run's fault: as above
-            continue
-        settle(lease, run, outcome, settings=settings)
-    if outage is not None:
-        raise outage
+    for i, outcome in enumerate(outcomes):
+        end(i, outcome)
+    if outages:
+        raise outages[0]

@@ -116,15 +116,21 @@ def test_a_seed_cancelled_leaves_the_stack_and_the_others_go_on(deployment, apar
     cancelled = ids[SEEDS[1]]
     record_epoch = lease_module.RunLease.record_epoch
 
+    seen = []
+
     def record_then_cancel(self, record):  # its user cancels it after its first epoch
         record_epoch(self, record)
         if self.experiment_id == cancelled and record["epoch"] == 1:
             with session_scope(settings.database_url) as session:
                 catalogue.request_cancel(session=session, experiment_id=cancelled,
                                          stale_before=leases.stale_cutoff(60))  # fmt: skip
+        if record["epoch"] == EPOCHS:  # the others' last epoch: is it ended already?
+            seen.append(run_row(settings.database_url, cancelled).status)
 
     monkeypatch.setattr(lease_module.RunLease, "record_epoch", record_then_cancel)
     attempt(settings, ids[SEEDS[0]])
+    # ended as it left the stack, not when the stack was done
+    assert seen == ["cancelled", "cancelled"]
     assert run_row(settings.database_url, cancelled).status == "cancelled"
     for seed in (SEEDS[0], SEEDS[2]):
         assert run_row(settings.database_url, ids[seed]).status == "succeeded"
