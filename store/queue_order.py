@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import Experiment, Status, User
-from store.workers import run_gpus
+from store.workers import run_gpus, training_process
 
 CANDIDATES = 200  # read at most this many, fairest first, to find one whose owner has room
 
@@ -41,10 +41,16 @@ def choose(*, session: Session, hint: int, now: datetime, default_gpus: int | No
     status = session.scalar(select(Experiment.status).where(Experiment.id == hint))
     if status != Status.queued:
         return Choice(hint)
-    in_use = (
-        select(Experiment.owner, func.sum(run_gpus()).label("gpus"))
+    # the GPUs each user's running runs hold: a stack of seeds (one process) holds one
+    per_process = (
+        select(Experiment.owner, func.max(run_gpus()).label("gpus"))
         .where(Experiment.status == Status.running)
-        .group_by(Experiment.owner)
+        .group_by(Experiment.owner, training_process())
+        .subquery()
+    )
+    in_use = (
+        select(per_process.c.owner, func.sum(per_process.c.gpus).label("gpus"))
+        .group_by(per_process.c.owner)
         .subquery()
     )
     last_start = (

@@ -51,6 +51,15 @@ def run_gpus() -> Any:
     return func.coalesce(Experiment.base["gpus"].as_integer(), 1)
 
 
+def training_process() -> Any:
+    """The process a running run trains in, as SQL: its lease owner's `host:pid` (an owner
+    is `host:pid:` and 8 hex digits: worker.lease.new_owner_id). Seeds trained together
+    (worker.together) share one process, one slot and one GPU."""
+    length = func.length(Experiment.worker)
+    return case((length > 9, func.substr(Experiment.worker, 1, length - 9)),
+                else_=Experiment.worker)  # fmt: skip
+
+
 def beat(
     *, session: Session, name: str, stopping: bool = False, gpu: Mapping[str, Any] | None = None
 ) -> bool:
@@ -59,8 +68,8 @@ def beat(
     written whole, so that a worker whose reading failed shows none rather than an old one.
     False when the row is gone (pruned): register again."""
     now = utcnow()
-    running = (
-        select(func.count())
+    running = (  # its slots in use: a stack of seeds trains in one
+        select(func.count(func.distinct(training_process())))
         .where(Experiment.worker_name == name, Experiment.status == Status.running)
         .scalar_subquery()
     )
@@ -112,7 +121,7 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
     while it trains any, `slots_in_use` of its `slots`)."""
     alive_after = utcnow() - timedelta(seconds=heartbeat_timeout)
     rows = session.execute(
-        select(Worker, Experiment.id, run_gpus())
+        select(Worker, Experiment.id, run_gpus(), training_process())
         .outerjoin(
             Experiment,
             (Experiment.worker_name == Worker.name) & (Experiment.status == Status.running),
@@ -120,12 +129,13 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
         .where(Worker.heartbeat_at >= alive_after)
         .order_by(Worker.name, Experiment.id)
     ).all()
-    held: dict[str, tuple[Worker, list[int], list[int]]] = {}
-    for worker, run_id, gpus in rows:
-        _, runs, run_gpus_held = held.setdefault(worker.name, (worker, [], []))
+    held: dict[str, tuple[Worker, list[int], list[int], set[str]]] = {}
+    for worker, run_id, gpus, process in rows:
+        _, runs, run_gpus_held, processes = held.setdefault(worker.name, (worker, [], [], set()))
         if run_id is not None:
             runs.append(run_id)
             run_gpus_held.append(gpus)
+            processes.add(process)
     return [
         {
             "name": worker.name,
@@ -134,7 +144,7 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
             "device": worker.device,
             "state": "stopping" if worker.stopping else ("busy" if run_ids else "idle"),
             "slots": worker.slots,
-            "slots_in_use": len(run_ids),
+            "slots_in_use": len(processes),  # a stack of seeds holds one
             "experiment_ids": run_ids,
             # the run it holds, for a worker of one slot (the first, for several)
             "experiment_id": run_ids[0] if run_ids else None,
@@ -148,5 +158,5 @@ def live_workers(*, session: Session, heartbeat_timeout: float) -> list[dict[str
             "idle_since": worker.idle_since,
             "gpu": worker.gpu_reading(),
         }
-        for worker, run_ids, gpus in held.values()
+        for worker, run_ids, gpus, processes in held.values()
     ]

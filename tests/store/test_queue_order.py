@@ -131,3 +131,15 @@ def test_runs_of_another_owner_or_base_are_not_siblings(own_database):
         other.base = {**other.base, "learning_rate": 0.0123}
         session.commit()
     assert siblings(own_database, runs[("baseline", 1337)]) == []
+
+
+def test_a_stack_of_seeds_holds_one_gpu_of_its_owners_limit(own_database):
+    stack = runs_of(own_database, "amy", 3)
+    for run, lease in zip(stack[:2], ("aaaaaaaa", "bbbbbbbb"), strict=True):
+        claim(own_database, run, f"h:11:{lease}")  # two seeds, one process, one GPU
+    assert choose(own_database, stack[2], default_gpus=2) == queue_order.Choice(stack[2])
+    claim(own_database, new_experiment(own_database, "x"), "h:12:cccccccc")  # another process
+    with session_scope(own_database) as session:  # (the bootstrap admin's: not amy's)
+        session.execute(update(Experiment).where(Experiment.name == "x").values(owner="amy"))
+        session.commit()
+    assert choose(own_database, stack[2], default_gpus=2) == queue_order.Choice(None)

@@ -142,3 +142,16 @@ def test_a_run_on_two_gpus_holds_both_of_a_workers_gpus(own_database):
     (worker,) = live(own_database)
     assert (worker["gpus_in_use"], worker["state"]) == (0, "idle")
     assert worker["idle_since"] is not None
+
+
+def test_seeds_trained_together_hold_one_slot(own_database):
+    with session_scope(own_database) as session:
+        workers.register(session=session, name="w@h", host="h", pid=10, device="cuda:0", slots=2)
+    runs = [new_experiment(own_database, f"seed-{i}") for i in range(3)]
+    for run, lease in zip(runs, ("aaaaaaaa", "bbbbbbbb", "cccccccc"), strict=True):
+        claim(own_database, run, f"h:11:{lease}", worker_name="w@h")  # one pool process
+    with session_scope(own_database) as session:
+        assert workers.beat(session=session, name="w@h")
+    (worker,) = live(own_database)
+    assert (worker["slots_in_use"], worker["experiment_ids"]) == (1, runs)
+    assert worker["idle_since"] is not None  # its other slot is free
