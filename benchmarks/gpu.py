@@ -19,7 +19,8 @@
   /studies on one worker of N slots.
 - `together` and `study_together` (benchmarks/gpu_together.py, issue 29): k = 2, 4, 8 seeds
   trained as one stack against one run alone, and the spec's study with 3 seeds trained
-  together.
+  together; `study_service_together` the same study through POST /studies
+  (`seeds_together`: each configuration's seeds one stack on the worker).
 
 The parts that train real runs need WikiText-2 (MOE_DATA_DIR or --data-dir); the service
 parts need the service's packages (requirements/api.txt) beside torch. On the CPU only
@@ -59,7 +60,16 @@ from .context import Context
 from .gpu_together import study_together_rows, together_rows
 from .harness import ROOT, gpu_peak_flops, ratio_samples, summarize, times_summary
 
-PARTS = ("step", "big", "slots", "study_engine", "study_service", "together", "study_together")
+PARTS = (
+    "step",
+    "big",
+    "slots",
+    "study_engine",
+    "study_service",
+    "together",
+    "study_together",
+    "study_service_together",
+)
 MODES: dict[str, tuple[str, CompileMode]] = {
     "fp32": ("fp32", "off"),
     "bf16": ("bf16", "off"),
@@ -359,29 +369,45 @@ def study_engine_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any
     }]  # fmt: skip
 
 
-def study_service_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
+def study_service_rows(
+    ctx: Context, sizes: dict[str, Any], *, seeds: int = 1, together: bool | None = None
+) -> list[dict[str, Any]]:
+    """The spec's study through POST /studies and one embedded worker; `seeds` per
+    configuration, trained as one stack each with `together` (worker.together)."""
     reason = _unavailable()
     if reason:
         return [{"name": "POST /studies", "skipped": reason}]
     n = sizes["study_parallel"]
+    base = {**_study_base(sizes), **({} if together is None else {"seeds_together": together})}
     with tempfile.TemporaryDirectory(prefix="moe-bench-gpu-") as tmp:
         worker = embedded_worker(ctx, n, Path(tmp), sizes["cache_dir"])
         with worker as settings, _client(settings) as api:
             started = time.monotonic()
             response = api.post("/studies", json={"name": "bench", "base_preset": sizes["base"],
-                                                  "base": _study_base(sizes)})  # fmt: skip
+                                                  "base": base, "seeds": seeds})  # fmt: skip
             response.raise_for_status()
             study = response.json()
             runs = _finished(api, [m["id"] for m in study["members"]], timeout=3600)
             wall = time.monotonic() - started
             precision = api.get(f"/studies/{study['id']}").json()["precision"]
-    return [{
-        "name": f"the spec's study: POST /studies, one worker of {n} slots",
-        "params": {"base": sizes["base"], "slots": n, "precision": precision,
-                   "compile": _study_base(sizes)["compile"], "experiments": list(SPEC_EXPERIMENTS),
-                   "epochs_trained": [r["current_epoch"] for r in runs]},
+            stacks = [api.get(f"/experiments/{r['id']}/result").json().get("together")
+                      for r in runs]  # fmt: skip
+    row = {
+        "name": f"the spec's study: POST /studies, one worker of {n} slots"
+                + (f", {seeds} seeds trained together" if together else ""),
+        "params": {"base": sizes["base"], "slots": n, "precision": precision, "seeds": seeds,
+                   "compile": base["compile"], "experiments": list(SPEC_EXPERIMENTS),
+                   "epochs_trained": [r["current_epoch"] for r in runs],
+                   "stacked_runs": sum(s is not None for s in stacks)},
         "seconds": summarize([wall]),
-    }]  # fmt: skip
+    }  # fmt: skip
+    if together:
+        row["target"] = {"seconds_at_most": 180, "met": None if ctx.smoke else wall <= 180}
+    return [row]
+
+
+def study_service_together_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    return study_service_rows(ctx, sizes, seeds=sizes["together_seeds"], together=True)
 
 
 PART_FUNCTIONS = {
@@ -392,6 +418,7 @@ PART_FUNCTIONS = {
     "study_service": study_service_rows,
     "together": together_rows,
     "study_together": study_together_rows,
+    "study_service_together": study_service_together_rows,
 }
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_core.config import base_config, dense_config, get_experiment_configs
+from moe_core.model import compile_ready
 from moe_core.runner import build_model, build_optimizer, count_parameters
 from moe_core.sizing import train_flops_per_token
 from moe_core.trainer import GRAD_CLIP
@@ -75,6 +76,8 @@ def run(ctx: Context) -> dict[str, Any]:
             torch.manual_seed(base.seed)
             model = build_model(cfg, base, dense).to(ctx.device).train()
             optimizer = build_optimizer(model, cfg, base, fused=ctx.device.type == "cuda")
+            if ctx.compile:
+                compile_ready()
             forward = torch.compile(model) if ctx.compile else model
             variants[name] = make_step(model, optimizer, x, y, ctx, forward)
             models[name], built[name] = model, (cfg, dense)

@@ -112,11 +112,17 @@ def expert_ffn(
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
 
 
-def cuda_capability(index: int | None) -> tuple[int, int]:
-    # A constant to torch.compile, read once when a step is traced, not at every call:
-    # moe_core.step marks it so where it compiles one (marking it here would import
-    # torch._dynamo, most of a second, into every process, compiled or not).
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    # A constant to torch.compile, read once when a step is traced, not at every call
+    # (compile_ready marks it so).
     return torch.cuda.get_device_capability(index)
+
+
+def compile_ready() -> None:
+    """Call before torch.compile traces these models: it marks what the compiler may take
+    for a constant. Not at import: that would import torch._dynamo, most of a second, into
+    every process, compiled or not."""
+    torch.compiler.assume_constant_result(_cuda_capability)  # marks it in place
 
 
 def _grouped_mm_supported(x: torch.Tensor, C: int, H: int) -> bool:
@@ -125,7 +131,7 @@ def _grouped_mm_supported(x: torch.Tensor, C: int, H: int) -> bool:
     shape function for it does not: compiled, float32 takes the loop (with graph breaks)."""
     aligned = (C * x.element_size()) % 16 == 0 and (H * x.element_size()) % 16 == 0
     if x.device.type == "cuda":
-        return aligned and x.dtype == torch.bfloat16 and cuda_capability(x.device.index)[0] >= 8
+        return aligned and x.dtype == torch.bfloat16 and _cuda_capability(x.device.index)[0] >= 8
     return aligned and (x.dtype == torch.bfloat16 or not torch.compiler.is_compiling())
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CompileMode
-from .model import cuda_capability
+from .model import compile_ready
 from .routing import RoutingStats
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[RoutingStats]]
@@ -48,7 +48,7 @@ class LossStep:
         self.graphs = compile == "graphs" and device.type == "cuda"
         self.compiled: Callable[..., StepResult] = self.eager
         if compile != "off":
-            torch.compiler.assume_constant_result(cuda_capability)  # marks it, once is enough
+            compile_ready()
             mode = "reduce-overhead" if self.graphs else None
             self.compiled = torch.compile(self.eager, mode=mode, dynamic=False)
 
