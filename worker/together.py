@@ -7,11 +7,9 @@ share of its memory), and trains them as one stacked model on its one slot.
 Each stays a run of its own: its lease (claim, heartbeat, fencing, cancel), epoch and step
 rows, sinks, system metrics, log, checkpoint (an ordinary one-process checkpoint, so any
 later attempt resumes it, stacked or alone), result, verdict and ending. A run cancelled,
-pruned, failed or taken over leaves the stack and the others go on; a worker that dies
-leaves each run to be taken over as any run is (worker.lease).
-
-Left as it is: the fair queue (store.queue_order) counts each member as a run holding a
-GPU, though the stack holds one.
+pruned or failed leaves the stack and ends at once; the others go on. A worker that dies
+leaves each run to be taken over as any run is (worker.lease). The stack holds one slot
+and one GPU (store.workers.training_process).
 """
 
 from __future__ import annotations
