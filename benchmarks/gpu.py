@@ -393,8 +393,8 @@ def study_service_rows(
             stacks = [api.get(f"/experiments/{r['id']}/result").json().get("together")
                       for r in runs]  # fmt: skip
     row = {
-        "name": f"the spec's study: POST /studies, one worker of {n} slots"
-                + (f", {seeds} seeds trained together" if together else ""),
+        "name": (f"the spec's study, {seeds} seeds trained together: " if together
+                 else "the spec's study: ") + f"POST /studies, one worker of {n} slots",
         "params": {"base": sizes["base"], "slots": n, "precision": precision, "seeds": seeds,
                    "compile": base["compile"], "experiments": list(SPEC_EXPERIMENTS),
                    "epochs_trained": [r["current_epoch"] for r in runs],
