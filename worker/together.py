@@ -200,15 +200,18 @@ def _train_together(
         # the data is prepared while any of them still wants it
         data, every = training_data(first, settings, lambda: all(x.should_stop() for x in leases),
                                     None)  # fmt: skip
-        for lease in leases:
+        saves = [checkpointing(run) for _, run in group]
+        for lease, saved in zip(leases, saves, strict=True):
             lease.step_metrics_every = every
+            if saved.source is not None and saved.source.exists():
+                lease.log.info("resuming from %s", saved.source.name)
         outcomes = run_together(
             first.config, data.train, data.val, [run.base for _, run in group], device,
             dense=first.dense,
             hooks=[reporting(lease, s, every) for lease, s in zip(leases, sinks, strict=True)],
             model_paths=[run.directory / artifacts.MODEL for _, run in group],
             test_dataset=data.test, verbose=False,
-            checkpointing=[checkpointing(run) for _, run in group], on_left=end,
+            checkpointing=saves, on_left=end,
         )  # fmt: skip
     except (OperationalError, InterfaceError) as exc:
         outcomes = [exc] * len(group)  # the task's autoretry resumes the first run
