@@ -26,7 +26,7 @@ from moe_core.together_checkpoint import stack_resume_epoch
 from moe_core.together_policy import resolve_together
 from store import artifacts, queue_order
 from store.db import session_scope
-from store.leases import ClaimOutcome
+from store.leases import ClaimOutcome, oom_handbacks
 from store.models import utcnow
 from store.queue import TrainingQueue
 from store.settings import Settings
@@ -66,7 +66,9 @@ def claim_siblings(
     with session_scope(settings.database_url) as session:
         found = queue_order.seed_siblings(session=session, experiment_id=lease.experiment_id,
                                           now=utcnow(), limit=settings.max_seeds_together - 1)  # fmt: skip
-    wanted = _replicas(run, 1 + len(found), settings, device) - 1
+        # each time it ran out of GPU memory (in a stack, most likely), half as many seeds
+        ooms = oom_handbacks(session=session, experiment_id=lease.experiment_id)
+    wanted = _replicas(run, max(1, (1 + len(found)) >> ooms), settings, device) - 1
     group: list[Member] = []
     try:
         for sibling_id in found[:wanted]:

@@ -170,3 +170,28 @@ def test_a_seed_stopped_within_an_epoch_is_left_to_resume_alone(deployment, apar
     attempt(settings, ids[1338])  # alone, from its step
     assert [run_row(settings.database_url, ids[s]).status for s in SEEDS] == ["succeeded"] * 3
     assert_same_curves(settings, ids, apart)
+
+
+def test_a_stack_out_of_gpu_memory_comes_back_half_as_large(deployment, monkeypatch):
+    import torch
+
+    from worker import together
+
+    settings = deployment()
+    ids = study(settings, together=True)
+
+    def out_of_memory(*args, **kwargs):  # the stack of three does not fit beside neighbours
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test's)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(together, "run_together", out_of_memory)
+        attempt(settings, ids[SEEDS[0]])
+    for seed in SEEDS:  # each handed back, to be offered again after a pause
+        run = run_row(settings.database_url, ids[seed])
+        assert (run.status, run.oom_handbacks) == ("queued", 1)
+    with session_scope(settings.database_url) as session:  # the pause is over
+        session.execute(update(Experiment).values(queued_at=utcnow()))
+        session.commit()
+    attempt(settings, ids[SEEDS[0]])  # one seed now: 3 halved is 1
+    assert [run_row(settings.database_url, ids[s]).status for s in SEEDS] == [
+        "succeeded", "queued", "queued"]  # fmt: skip
