@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -338,7 +338,7 @@ def run_together(
     model_paths: list[str | os.PathLike[str] | None] | None = None,
     test_dataset: Dataset[Any] | None = None,
     verbose: bool = True,
-    checkpointing: list[Checkpointing | None] | None = None,
+    checkpointing: Sequence[Checkpointing | None] | None = None,
     on_left: Callable[[int, BaseException], None] | None = None,
 ) -> list[dict[str, Any] | BaseException]:
     """`run_single_experiment(config, ..., base, ...)` for each of `base_configs` (which
@@ -365,7 +365,7 @@ def run_together(
     if base.gpus > 1:
         raise ValueError("seeds are trained together in one process: base.gpus must be 1")
     hooks = hooks or [TrainerHooks() for _ in base_configs]
-    paths, saves = model_paths or [None] * k, checkpointing or [None] * k
+    paths, saves = model_paths or [None] * k, list(checkpointing or [None] * k)
     if not len(hooks) == len(paths) == len(saves) == k:
         raise ValueError(f"{k} base configs: as many hooks, model paths and checkpointings")
     check_or_raise(config, base, dense=dense)
