@@ -346,19 +346,30 @@ def _study_base(sizes: dict[str, Any]) -> dict[str, Any]:
     return {"compile": "graphs", "precision": "auto"}
 
 
-def study_engine_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
+def timed_study(
+    ctx: Context, sizes: dict[str, Any], **study: Any
+) -> tuple[dict[str, Any], float] | None:
+    """The spec's study through the engine (moe_core.study.main with `study`'s arguments) on
+    WikiText-2 at the part's sizes: its summary and wall seconds; None without the data."""
     data = _data_dir()
     if data is None:
-        return [{"name": "study --parallel", "skipped": "no WikiText-2 (set MOE_DATA_DIR)"}]
-    from moe_core.study import main as study
+        return None
+    from moe_core.study import main
 
-    n = sizes["study_parallel"]
     with tempfile.TemporaryDirectory(prefix="moe-bench-study-") as tmp:
         base = base_config(sizes["base"], data_dir=str(data), cache_dir=str(sizes["cache_dir"]),
                            **_study_base(sizes))  # fmt: skip
         started = time.monotonic()
-        summary = study(base, tmp, device=ctx.device, verbose=False, parallel=n)
-        wall = time.monotonic() - started
+        summary = main(base, tmp, device=ctx.device, verbose=False, **study)
+        return summary, time.monotonic() - started
+
+
+def study_engine_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    n = sizes["study_parallel"]
+    timed = timed_study(ctx, sizes, parallel=n)
+    if timed is None:
+        return [{"name": "study --parallel", "skipped": "no WikiText-2 (set MOE_DATA_DIR)"}]
+    summary, wall = timed
     runs = [summary["dense"], *summary["experiments"].values()]
     return [{
         "name": f"the spec's study: python -m moe_core study --parallel {n}",

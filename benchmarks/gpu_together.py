@@ -13,7 +13,6 @@ On the CPU only `--smoke` runs them (micro, two seeds, no compile): the path, no
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Any
 
@@ -87,21 +86,13 @@ def _params(base: Any, config: Any, k: int) -> dict[str, Any]:
 
 
 def study_together_rows(ctx: Context, sizes: dict[str, Any]) -> list[dict[str, Any]]:
-    from .gpu import _data_dir, _study_base  # the study parts' data and compile choices
-
-    data = _data_dir()
-    if data is None:
-        return [{"name": "study --seeds-together", "skipped": "no WikiText-2 (set MOE_DATA_DIR)"}]
-    from moe_core.study import main as study
+    from .gpu import timed_study
 
     seeds = sizes["together_seeds"]
-    with tempfile.TemporaryDirectory(prefix="moe-bench-together-") as tmp:
-        base = base_config(sizes["base"], data_dir=str(data), cache_dir=str(sizes["cache_dir"]),
-                           **_study_base(sizes))  # fmt: skip
-        started = time.monotonic()
-        summary = study(base, tmp, device=ctx.device, verbose=False, seeds=seeds,
-                        seeds_together=True)  # fmt: skip
-        wall = time.monotonic() - started
+    timed = timed_study(ctx, sizes, seeds=seeds, seeds_together=True)
+    if timed is None:
+        return [{"name": "study --seeds-together", "skipped": "no WikiText-2 (set MOE_DATA_DIR)"}]
+    summary, wall = timed
     runs = [r for group in summary["runs"].values() for r in group]
     return [{
         "name": f"the spec's study, {seeds} seeds trained together: python -m moe_core study "

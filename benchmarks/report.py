@@ -150,25 +150,19 @@ TARGETS = [
         lambda r: r["seconds"]["median"],
         30.0,
     ),  # fmt: skip
-    # The GPU issue's (16), from `python -m benchmarks gpu --device cuda` on one H200.
+    # The GPU issue's (16), from `python -m benchmarks gpu --device cuda` on one H200, and
+    # issue 29's: the same study with 3 seeds of each configuration trained as one stack.
     *(
         Target(
-            f"the spec's study, 20 epochs, {how} (s)",
+            f"the spec's study, {what}, {how} (s)",
             "gpu",
-            _named(f"the spec's study: {how}"),
+            _named(f"the spec's study{row}: {how}"),
             lambda r: r["seconds"]["median"],
-            300.0,
+            bound,
         )
-        for how in ("python -m moe_core study", "POST /studies")
-    ),  # fmt: skip
-    # Issue 29's: the same study, 3 seeds of each configuration trained as one stack.
-    *(
-        Target(
-            f"the spec's study, 3 seeds trained together, {how} (s)",
-            "gpu",
-            _named(f"the spec's study, 3 seeds trained together: {how}"),
-            lambda r: r["seconds"]["median"],
-            180.0,
+        for what, row, bound in (
+            ("20 epochs", "", 300.0),
+            ("3 seeds trained together", ", 3 seeds trained together", 180.0),
         )
         for how in ("python -m moe_core study", "POST /studies")
     ),  # fmt: skip

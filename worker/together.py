@@ -33,8 +33,7 @@ from store.settings import Settings
 from worker import gpu_memory
 from worker.lease import RunLease
 from worker.run_log import run_log
-from worker.sinks import Sinks, open_sinks
-from worker.system_metrics import SystemSampler
+from worker.sinks import Sinks
 from worker.training import (
     Prepared,
     checkpointing,
@@ -43,7 +42,9 @@ from worker.training import (
     prepare,
     remove_foreign_checkpoints,
     reporting,
+    run_sinks,
     settle,
+    system_sampler,
     training_data,
 )
 
@@ -127,13 +128,11 @@ def _replicas(run: Prepared, found: int, settings: Settings, device: torch.devic
     share of the GPU; when asked, as many as fit the whole GPU (on a CPU: all found); 1:
     apart."""
     asked = run.base.seeds_together
+    judged = None if asked and device.type == "cuda" else asked  # None: by the memory estimate
     share = 1.0 if asked else 1 / settings.runs_per_gpu
     for k in range(found, 1, -1):
-        configs = [(run.config, run.dense)]
-        if resolve_together(asked, configs, run.base, device, replicas=k, share=share) and (
-            not asked or device.type != "cuda"
-            or resolve_together(None, configs, run.base, device, replicas=k, share=share)
-        ):  # fmt: skip
+        if resolve_together(judged, [(run.config, run.dense)], run.base, device, replicas=k,
+                            share=share):  # fmt: skip
             return k
     return 1
 
@@ -151,19 +150,13 @@ def attempt_together(group: list[Member], *, settings: Settings, device: torch.d
         own = [stack.enter_context(contextlib.ExitStack()) for _ in group]
         sinks: list[Sinks] = []
         for (lease, run), its in zip(group, own, strict=True):
-            sinks.append(open_sinks(tensorboard=settings.tensorboard,
-                                    mlflow_tracking_uri=settings.mlflow_tracking_uri,
-                                    remember_mlflow_run=lease.remember_mlflow_run,
-                                    on_failure=lease.record_sink_failure))  # fmt: skip
+            sinks.append(run_sinks(lease, settings))
             its.callback(end_sinks, sinks[-1], lease, settings)
             lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
             its.enter_context(lease)  # every lease heartbeats before any sink is started
         for (lease, run), its, its_sinks in zip(group, own, sinks, strict=True):
             its_sinks.start(describe(lease, run))
-            its.enter_context(SystemSampler(
-                lease.experiment_id, owner=lease.owner, settings=settings, device=str(device),
-                position=lease.position, on_points=its_sinks.system,
-            ))  # fmt: skip
+            its.enter_context(system_sampler(lease, its_sinks, settings=settings, device=device))
         _train_together(group, sinks, own, settings=settings, device=device)
 
 
@@ -184,8 +177,9 @@ def _train_together(
         ended.add(i)
         try:
             if isinstance(outcome, (OperationalError, InterfaceError)):
-                raise outcome  # not the run's fault: the sweep puts it back, to resume
-            settle(group[i][0], group[i][1], outcome, settings=settings)
+                outages.append(outcome)  # not the run's fault: the sweep puts it back, to resume
+            else:
+                settle(group[i][0], group[i][1], outcome, settings=settings)
         except (OperationalError, InterfaceError) as exc:
             outages.append(exc)
         except Exception:  # noqa: BLE001  # the others must still be settled
@@ -215,10 +209,8 @@ def _train_together(
             test_dataset=data.test, verbose=False,
             checkpointing=saves, on_left=end,
         )  # fmt: skip
-    except (OperationalError, InterfaceError) as exc:
-        outcomes = [exc] * len(group)  # the task's autoretry resumes the first run
     except Exception as exc:  # the stack's own, before any seed trained: every run's
-        outcomes = [exc] * len(group)
+        outcomes = [exc] * len(group)  # (a database outage: raised below, for the autoretry)
     for i, outcome in enumerate(outcomes):
         end(i, outcome)
     if outages:

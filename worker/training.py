@@ -217,20 +217,11 @@ def attempt(
 ) -> None:  # fmt: skip
     """Train the claimed run (on several ranks: rank 0's part, which reports) under its lease,
     with its sinks, and end it or hand it back."""
-    sinks = open_sinks(
-        tensorboard=settings.tensorboard,
-        mlflow_tracking_uri=settings.mlflow_tracking_uri,
-        remember_mlflow_run=lease.remember_mlflow_run,
-        on_failure=lease.record_sink_failure,
-    )
+    sinks = run_sinks(lease, settings)
     run_info = describe(lease, run)
     lease.preparing_data(epoch=run.epochs_done + 1, num_epochs=run.base.num_epochs)
     try:
-        # beside the training, its process's CPU, memory and GPU every few seconds
-        sampler = SystemSampler(
-            lease.experiment_id, owner=lease.owner, settings=settings, device=str(device),
-            position=lease.position, on_points=sinks.system,
-        )  # fmt: skip
+        sampler = system_sampler(lease, sinks, settings=settings, device=device)
         with lease:
             # under the lease's heartbeat: a tracking server slow to answer (or refuse)
             # must not make the run look dead
@@ -240,6 +231,22 @@ def attempt(
                        parallel=parallel)  # fmt: skip
     finally:
         end_sinks(sinks, lease, settings)
+
+
+def run_sinks(lease: RunLease, settings: Settings) -> Sinks:
+    """The run's sinks, as the settings ask (worker.sinks), remembering through its lease."""
+    return open_sinks(tensorboard=settings.tensorboard,
+                      mlflow_tracking_uri=settings.mlflow_tracking_uri,
+                      remember_mlflow_run=lease.remember_mlflow_run,
+                      on_failure=lease.record_sink_failure)  # fmt: skip
+
+
+def system_sampler(
+    lease: RunLease, sinks: Sinks, *, settings: Settings, device: torch.device
+) -> SystemSampler:
+    """Beside the training, its process's CPU, memory and GPU every few seconds."""
+    return SystemSampler(lease.experiment_id, owner=lease.owner, settings=settings,
+                         device=str(device), position=lease.position, on_points=sinks.system)  # fmt: skip
 
 
 def describe(lease: RunLease, run: Prepared) -> RunInfo:
